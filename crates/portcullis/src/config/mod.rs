@@ -1,0 +1,366 @@
+//! Configuration: the TOML schema, and loading it with precedence file < environment <
+//! flags. Secrets come only from the environment, as `NAME` or `NAME_FILE`.
+
+mod overrides;
+pub mod rules;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+pub use overrides::Overrides;
+pub use secret::{SecretError, read_secret};
+
+/// The environment variable that holds the static bearer tokens.
+pub const API_TOKENS_VAR: &str = "PORTCULLIS_API_TOKENS";
+
+/// Everything `serve` needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Certificate and key for a TLS listener; plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Size limits and timeouts.
+    pub limits: LimitsConfig,
+    /// Cross-origin access; off unless origins are listed.
+    pub cors: CorsConfig,
+    /// The security headers added to every response.
+    pub security_headers: SecurityHeadersConfig,
+    /// Named upstream services.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Which upstream serves which path prefix.
+    pub routes: Vec<RouteConfig>,
+    /// Static bearer tokens; only ever from the environment.
+    #[serde(skip)]
+    pub api_tokens: Vec<SecretString>,
+}
+
+/// PEM files for the TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Request limits and timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body, declared or streamed.
+    pub max_body_bytes: u64,
+    /// Longest request target (path and query).
+    pub max_uri_bytes: usize,
+    /// Most bytes of request header names and values together.
+    pub max_header_bytes: usize,
+    /// Most request header fields.
+    pub max_headers: usize,
+    /// Time a client has to send a request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time an idle keep-alive connection stays open.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time an upstream has to send response headers.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish after SIGTERM or SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Cross-origin resource sharing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins allowed; empty turns CORS off. `*` is refused.
+    pub allowed_origins: Vec<String>,
+    /// Methods a cross-origin request may use.
+    pub allowed_methods: Vec<String>,
+    /// Request headers a cross-origin request may send.
+    pub allowed_headers: Vec<String>,
+    /// Response headers exposed to the calling script.
+    pub expose_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Whether cross-origin requests may carry cookies.
+    pub allow_credentials: bool,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: strings(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+            allowed_headers: strings(&["authorization", "content-type", "x-request-id"]),
+            expose_headers: strings(&["x-request-id"]),
+            max_age: Duration::from_secs(600),
+            allow_credentials: false,
+        }
+    }
+}
+
+/// The security headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityHeadersConfig {
+    /// Whether to add them (`PORTCULLIS_DISABLE_SECURITY_HEADERS=1` turns them off).
+    pub enabled: bool,
+    /// The `Content-Security-Policy` for paths without an override.
+    pub content_security_policy: String,
+    /// Per-path-prefix policies, e.g. for a docs page or a UI.
+    pub csp_overrides: Vec<CspOverride>,
+    /// The `Strict-Transport-Security` value, sent only on HTTPS.
+    pub strict_transport_security: String,
+}
+
+impl Default for SecurityHeadersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            content_security_policy: crate::pipeline::headers::DEFAULT_CSP.to_owned(),
+            csp_overrides: Vec::new(),
+            strict_transport_security: "max-age=31536000; includeSubDomains".to_owned(),
+        }
+    }
+}
+
+/// A `Content-Security-Policy` for paths below a prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CspOverride {
+    /// Paths at or below this prefix get `content_security_policy`.
+    pub path_prefix: String,
+    /// The policy.
+    pub content_security_policy: String,
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://` or `https://` URL, optionally with a base path.
+    pub url: String,
+    /// Overrides `limits.request_timeout` for this upstream.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// A path prefix and the upstream that serves it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Paths at or below this prefix (on a segment boundary) match.
+    pub path_prefix: String,
+    /// The name of an entry in `upstreams`.
+    pub upstream: String,
+    /// Remove the prefix from the path sent upstream.
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+/// The name `--upstream` gives the upstream it defines.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            trusted_proxies: Vec::new(),
+            limits: LimitsConfig::default(),
+            cors: CorsConfig::default(),
+            security_headers: SecurityHeadersConfig::default(),
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            api_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// A secret could not be read from the environment.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })
+    }
+
+    /// Loads the configuration: the file named by `overrides` (if any), then the values
+    /// `overrides` carries from the environment and flags, then the secrets that `env`
+    /// holds. `env` is the process environment in production and a map in tests.
+    pub fn load(overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Self::from_toml(&text, path)?
+            }
+            None => Self::default(),
+        };
+        overrides.apply(&mut config);
+        if let Some(tokens) = read_secret(API_TOKENS_VAR, &env)? {
+            config.api_tokens = split_tokens(&tokens);
+        }
+        Ok(config)
+    }
+
+    /// Adds an upstream named [`DEFAULT_UPSTREAM`] at `url`, and a catch-all route to it
+    /// unless a route for `/` exists.
+    pub fn set_default_upstream(&mut self, url: &str) {
+        self.upstreams.insert(
+            DEFAULT_UPSTREAM.to_owned(),
+            UpstreamConfig {
+                url: url.to_owned(),
+                timeout: None,
+            },
+        );
+        if !self.routes.iter().any(|r| r.path_prefix.trim_end_matches('/').is_empty()) {
+            self.routes.push(RouteConfig {
+                path_prefix: "/".to_owned(),
+                upstream: DEFAULT_UPSTREAM.to_owned(),
+                strip_prefix: false,
+            });
+        }
+    }
+
+    /// The request timeout that applies to `upstream`.
+    pub fn timeout_for(&self, upstream: &UpstreamConfig) -> Duration {
+        upstream.timeout.unwrap_or(self.limits.request_timeout)
+    }
+}
+
+/// Splits a comma-separated token list, dropping blanks around and between entries.
+fn split_tokens(list: &SecretString) -> Vec<SecretString> {
+    use secrecy::ExposeSecret;
+    list.expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| SecretString::from(t.to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            listen = "0.0.0.0:8443"
+            trusted_proxies = ["10.0.0.0/8", "::1/128"]
+            [tls]
+            cert = "/etc/p/cert.pem"
+            key = "/etc/p/key.pem"
+            [limits]
+            max_body_bytes = 2048
+            request_timeout = "5s"
+            [cors]
+            allowed_origins = ["https://a.example"]
+            [security_headers]
+            [[security_headers.csp_overrides]]
+            path_prefix = "/docs"
+            content_security_policy = "default-src 'self'"
+            [upstreams.inventory]
+            url = "http://127.0.0.1:9000"
+            timeout = "2s"
+            [[routes]]
+            path_prefix = "/v1"
+            upstream = "inventory"
+        "#;
+        let config = Config::from_toml(text, Path::new("x.toml")).unwrap();
+        assert_eq!(config.listen.port(), 8443);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.limits.max_body_bytes, 2048);
+        assert_eq!(config.limits.max_headers, 100, "unset fields keep their defaults");
+        assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.upstreams["inventory"].timeout, Some(Duration::from_secs(2)));
+        assert_eq!(config.routes[0].upstream, "inventory");
+        assert_eq!(config.security_headers.csp_overrides[0].path_prefix, "/docs");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_location() {
+        let error = Config::from_toml("[limits]\nmax_body = 1\n", Path::new("c.toml")).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("c.toml") && text.contains("max_body"), "{text}");
+    }
+
+    #[test]
+    fn tokens_come_from_the_environment_and_are_split() {
+        let env = |name: &str| (name == API_TOKENS_VAR).then(|| " a-token , ,b-token,".to_owned());
+        let config = Config::load(&Overrides::default(), env).unwrap();
+        let tokens: Vec<&str> = config.api_tokens.iter().map(|t| t.expose_secret()).collect();
+        assert_eq!(tokens, ["a-token", "b-token"]);
+    }
+
+    #[test]
+    fn default_upstream_adds_a_catch_all_route_once() {
+        let mut config = Config::default();
+        config.set_default_upstream("http://127.0.0.1:1");
+        config.set_default_upstream("http://127.0.0.1:2");
+        assert_eq!(config.routes.len(), 1);
+        assert_eq!(config.upstreams[DEFAULT_UPSTREAM].url, "http://127.0.0.1:2");
+    }
+}

@@ -1,0 +1,107 @@
+//! Settings given as flags or environment variables, which override the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use ipnet::IpNet;
+
+use super::{Config, TlsFiles};
+
+/// Flags shared by `serve` and `check`; each also reads the environment variable named
+/// beside it. Clap gives a flag precedence over its variable; both win over the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "PORTCULLIS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Upstream URL that serves every path not routed elsewhere.
+    #[arg(long, env = "PORTCULLIS_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// PEM certificate chain for a TLS listener (needs --tls-key).
+    #[arg(long, env = "PORTCULLIS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for a TLS listener (needs --tls-cert).
+    #[arg(long, env = "PORTCULLIS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Comma-separated CIDRs whose X-Forwarded-* headers are believed.
+    #[arg(long, env = "PORTCULLIS_TRUSTED_PROXIES", value_name = "CIDRS", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpNet>>,
+
+    /// Comma-separated origins allowed to make cross-origin requests.
+    #[arg(long, env = "PORTCULLIS_CORS_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Option<Vec<String>>,
+
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long, env = "PORTCULLIS_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+
+    /// Time an upstream has to answer, e.g. 30s [default: 30s].
+    #[arg(long, env = "PORTCULLIS_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Time a client has to send its request head, e.g. 10s [default: 10s].
+    #[arg(long, env = "PORTCULLIS_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+
+    /// Most client connections open at once [default: 10000].
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Turn the security headers off (not for production).
+    #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub disable_security_headers: bool,
+}
+
+impl Overrides {
+    /// Writes every value that was given onto `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(url) = &self.upstream {
+            config.set_default_upstream(url);
+        }
+        if self.tls_cert.is_some() || self.tls_key.is_some() {
+            // A flag given alone replaces its half of the file's pair; a missing half
+            // stays empty and is reported by the `tls.pair` rule.
+            let current = config.tls.take();
+            let cert = self.tls_cert.clone().or_else(|| current.as_ref().map(|t| t.cert.clone()));
+            let key = self.tls_key.clone().or_else(|| current.map(|t| t.key));
+            config.tls = Some(TlsFiles {
+                cert: cert.unwrap_or_default(),
+                key: key.unwrap_or_default(),
+            });
+        }
+        if let Some(proxies) = &self.trusted_proxies {
+            config.trusted_proxies = proxies.clone();
+        }
+        if let Some(origins) = &self.cors_allowed_origins {
+            config.cors.allowed_origins = origins.iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            config.limits.max_body_bytes = bytes;
+        }
+        if let Some(timeout) = self.request_timeout {
+            config.limits.request_timeout = timeout;
+        }
+        if let Some(timeout) = self.header_read_timeout {
+            config.limits.header_read_timeout = timeout;
+        }
+        if let Some(max) = self.max_connections {
+            config.limits.max_connections = max;
+        }
+        if self.disable_security_headers {
+            config.security_headers.enabled = false;
+        }
+    }
+}

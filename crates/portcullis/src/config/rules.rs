@@ -1,0 +1,374 @@
+//! The rules a configuration must pass: always before `serve` starts, and with
+//! `--production` the stricter set for an internet-facing deployment. Each failed rule
+//! says what is wrong and how to fix it.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use secrecy::ExposeSecret;
+
+use super::{API_TOKENS_VAR, Config};
+use crate::pipeline::auth::is_token68;
+use crate::pipeline::cors::normalize_origin;
+use crate::pipeline::hygiene::check_path;
+
+/// Shortest token `check` accepts without a warning (and `--production` at all).
+pub const MIN_TOKEN_LEN: usize = 32;
+/// Largest body limit `--production` accepts.
+pub const PRODUCTION_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// The timeouts `--production` accepts.
+pub const PRODUCTION_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(120);
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The configuration must not be used.
+    Error,
+    /// Usable, but weaker than it should be.
+    Warning,
+}
+
+/// One failed rule.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Stable rule id, e.g. `credentials.present`.
+    pub rule: &'static str,
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+/// The outcome of checking a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Every failed rule, in rule order.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether no rule failed with [`Severity::Error`].
+    pub fn passed(&self) -> bool {
+        self.errors().next().is_none()
+    }
+
+    /// The findings that block the configuration.
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.severity == Severity::Error)
+    }
+
+    /// The findings that only warn.
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.severity == Severity::Warning)
+    }
+
+    fn add(&mut self, rule: &'static str, severity: Severity, message: impl Into<String>, fix: impl Into<String>) {
+        self.findings.push(Finding {
+            rule,
+            severity,
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+}
+
+/// Runs every rule on `config`; `production` adds the production rules and turns some
+/// warnings into errors.
+pub fn check(config: &Config, production: bool) -> Report {
+    let mut report = Report::default();
+    credentials(config, production, &mut report);
+    upstreams_and_routes(config, &mut report);
+    tls(config, production, &mut report);
+    cors(config, &mut report);
+    security_headers(config, production, &mut report);
+    limits(config, production, &mut report);
+    report
+}
+
+fn strict(production: bool) -> Severity {
+    if production { Severity::Error } else { Severity::Warning }
+}
+
+fn credentials(config: &Config, production: bool, report: &mut Report) {
+    if config.api_tokens.is_empty() {
+        report.add(
+            "credentials.present",
+            Severity::Error,
+            "no credentials are configured, so every request would be refused",
+            format!("set {API_TOKENS_VAR} (or {API_TOKENS_VAR}_FILE) to a comma-separated list of bearer tokens"),
+        );
+    }
+    for (index, token) in config.api_tokens.iter().enumerate() {
+        let token = token.expose_secret();
+        let position = index + 1;
+        if !is_token68(token) {
+            report.add(
+                "credentials.syntax",
+                Severity::Error,
+                format!("token #{position} in {API_TOKENS_VAR} has characters a bearer token cannot carry"),
+                "use only A-Z a-z 0-9 - . _ ~ + / (e.g. the output of `openssl rand -hex 32`)",
+            );
+        } else if token.len() < MIN_TOKEN_LEN {
+            report.add(
+                "credentials.length",
+                strict(production),
+                format!("token #{position} in {API_TOKENS_VAR} is shorter than {MIN_TOKEN_LEN} characters"),
+                "generate a longer one, e.g. `openssl rand -hex 32`",
+            );
+        }
+    }
+}
+
+fn upstreams_and_routes(config: &Config, report: &mut Report) {
+    if config.routes.is_empty() {
+        report.add(
+            "routes.present",
+            Severity::Error,
+            "no upstream is configured, so there is nothing to forward to",
+            "pass --upstream URL (PORTCULLIS_UPSTREAM), or add [upstreams.NAME] and [[routes]] to the config file",
+        );
+    }
+    for (name, upstream) in &config.upstreams {
+        if let Err(error) = crate::upstream::validate_url(name, &upstream.url) {
+            report.add("upstreams.url", Severity::Error, error.to_string(), "use a URL like http://127.0.0.1:9000 or https://api.internal/base");
+        }
+    }
+    for route in &config.routes {
+        if !config.upstreams.contains_key(&route.upstream) {
+            report.add(
+                "routes.upstream",
+                Severity::Error,
+                format!("route {:?} names upstream {:?}, which is not defined", route.path_prefix, route.upstream),
+                format!("add [upstreams.{}] with a url, or fix the route's upstream", route.upstream),
+            );
+        }
+        if check_path(&route.path_prefix).is_err() {
+            report.add(
+                "routes.path_prefix",
+                Severity::Error,
+                format!("route path_prefix {:?} is not a clean absolute path", route.path_prefix),
+                "start it with / and use no dot segments, backslashes or percent-escapes that decode to them",
+            );
+        }
+    }
+}
+
+fn tls(config: &Config, production: bool, report: &mut Report) {
+    match &config.tls {
+        Some(files) if files.cert.as_os_str().is_empty() || files.key.as_os_str().is_empty() => report.add(
+            "tls.pair",
+            Severity::Error,
+            "a TLS certificate was given without its key, or a key without its certificate",
+            "set both --tls-cert and --tls-key (PORTCULLIS_TLS_CERT, PORTCULLIS_TLS_KEY)",
+        ),
+        Some(files) => {
+            if let Err(error) = crate::server::tls::load(&files.cert, &files.key) {
+                report.add("tls.files", Severity::Error, error.to_string(), "point --tls-cert and --tls-key at a readable PEM certificate chain and its private key");
+            }
+        }
+        None if production && config.trusted_proxies.is_empty() => report.add(
+            "production.transport",
+            Severity::Error,
+            "the listener is plain HTTP and no trusted proxy terminates TLS in front of it",
+            "set --tls-cert and --tls-key, or PORTCULLIS_TRUSTED_PROXIES to the proxy that terminates TLS",
+        ),
+        None => {}
+    }
+}
+
+fn cors(config: &Config, report: &mut Report) {
+    let cors = &config.cors;
+    for origin in &cors.allowed_origins {
+        if normalize_origin(origin).is_none() {
+            report.add(
+                "cors.origins",
+                Severity::Error,
+                format!("CORS origin {origin:?} is not an exact origin (wildcards and null are refused)"),
+                "list each origin exactly, e.g. PORTCULLIS_CORS_ALLOWED_ORIGINS=https://a.example,https://b.example",
+            );
+        }
+    }
+    for method in &cors.allowed_methods {
+        if Method::from_bytes(method.as_bytes()).is_err() {
+            report.add("cors.methods", Severity::Error, format!("CORS method {method:?} is not a method"), "use names like GET or POST");
+        }
+    }
+    for name in cors.allowed_headers.iter().chain(&cors.expose_headers) {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            report.add("cors.headers", Severity::Error, format!("CORS header {name:?} is not a header name"), "use names like content-type");
+        }
+    }
+}
+
+fn security_headers(config: &Config, production: bool, report: &mut Report) {
+    let headers = &config.security_headers;
+    if !headers.enabled {
+        report.add(
+            "security_headers.enabled",
+            strict(production),
+            "security headers are off: responses carry no CSP, framing, sniffing or HSTS protection",
+            "unset PORTCULLIS_DISABLE_SECURITY_HEADERS and set security_headers.enabled = true",
+        );
+    }
+    let values = std::iter::once(&headers.content_security_policy)
+        .chain(headers.csp_overrides.iter().map(|o| &o.content_security_policy))
+        .chain(std::iter::once(&headers.strict_transport_security));
+    for value in values {
+        if HeaderValue::from_str(value).is_err() {
+            report.add("security_headers.values", Severity::Error, format!("{value:?} is not a valid header value"), "remove control characters and line breaks");
+        }
+    }
+    for o in &headers.csp_overrides {
+        if !o.path_prefix.starts_with('/') {
+            report.add("security_headers.csp_overrides", Severity::Error, format!("CSP override path_prefix {:?} does not start with /", o.path_prefix), "use an absolute path prefix such as /docs");
+        }
+    }
+}
+
+fn limits(config: &Config, production: bool, report: &mut Report) {
+    let limits = &config.limits;
+    let positive = [
+        ("limits.max_body_bytes", limits.max_body_bytes == 0),
+        ("limits.max_uri_bytes", limits.max_uri_bytes == 0),
+        ("limits.max_header_bytes", limits.max_header_bytes == 0),
+        ("limits.max_headers", limits.max_headers == 0),
+        ("limits.max_connections", limits.max_connections == 0),
+    ];
+    for (name, is_zero) in positive {
+        if is_zero {
+            report.add("limits.positive", Severity::Error, format!("{name} is 0, which refuses everything"), format!("set {name} to a positive number"));
+        }
+    }
+    let mut timeouts = vec![
+        ("request_timeout".to_owned(), limits.request_timeout),
+        ("header_read_timeout".to_owned(), limits.header_read_timeout),
+        ("idle_timeout".to_owned(), limits.idle_timeout),
+    ];
+    timeouts.extend(config.upstreams.iter().filter_map(|(name, u)| Some((format!("upstreams.{name}.timeout"), u.timeout?))));
+    for (name, timeout) in &timeouts {
+        if timeout.is_zero() {
+            report.add("limits.timeouts", Severity::Error, format!("{name} is 0"), "set a timeout of at least 1s");
+        }
+    }
+    if !production {
+        return;
+    }
+    if limits.max_body_bytes > PRODUCTION_MAX_BODY_BYTES {
+        report.add(
+            "production.body_limit",
+            Severity::Error,
+            format!("the body limit is {} bytes, over the {PRODUCTION_MAX_BODY_BYTES} allowed in production", limits.max_body_bytes),
+            "set PORTCULLIS_MAX_BODY_BYTES to 10485760 or less",
+        );
+    }
+    for (name, timeout) in timeouts.iter().filter(|(name, _)| name != "idle_timeout") {
+        if !PRODUCTION_TIMEOUTS.contains(timeout) {
+            report.add(
+                "production.timeouts",
+                Severity::Error,
+                format!("{name} is {}, outside 1s..=120s", humantime::format_duration(*timeout)),
+                format!("set {name} between 1s and 120s"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn valid() -> Config {
+        let mut config = Config::default();
+        config.set_default_upstream("http://127.0.0.1:9000");
+        config.api_tokens = vec![SecretString::from("a".repeat(40))];
+        config
+    }
+
+    fn rules(report: &Report) -> Vec<(&'static str, Severity)> {
+        report.findings.iter().map(|f| (f.rule, f.severity)).collect()
+    }
+
+    #[test]
+    fn a_complete_config_passes() {
+        let report = check(&valid(), false);
+        assert!(report.findings.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn no_credentials_fails_and_names_the_variable() {
+        let mut config = valid();
+        config.api_tokens.clear();
+        let report = check(&config, false);
+        assert!(!report.passed());
+        let finding = report.errors().next().unwrap();
+        assert_eq!(finding.rule, "credentials.present");
+        assert!(finding.fix.contains("PORTCULLIS_API_TOKENS"));
+    }
+
+    #[test]
+    fn short_tokens_warn_and_fail_in_production() {
+        let mut config = valid();
+        config.api_tokens = vec![SecretString::from("short".to_owned())];
+        config.tls = None;
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(rules(&check(&config, false)), [("credentials.length", Severity::Warning)]);
+        assert_eq!(rules(&check(&config, true)), [("credentials.length", Severity::Error)]);
+    }
+
+    #[test]
+    fn token_findings_do_not_contain_the_token() {
+        let mut config = valid();
+        config.api_tokens = vec![SecretString::from("tiny".to_owned()), SecretString::from("bad token".to_owned())];
+        for finding in check(&config, true).findings {
+            assert!(!finding.message.contains("tiny") && !finding.message.contains("bad token"));
+        }
+    }
+
+    #[test]
+    fn production_rules() {
+        let mut config = valid();
+        config.security_headers.enabled = false;
+        config.limits.max_body_bytes = PRODUCTION_MAX_BODY_BYTES + 1;
+        config.limits.request_timeout = Duration::from_secs(121);
+        let found: Vec<_> = check(&config, true).errors().map(|f| f.rule).collect();
+        assert_eq!(
+            found,
+            ["production.transport", "security_headers.enabled", "production.body_limit", "production.timeouts"]
+        );
+        assert!(check(&config, false).passed(), "only warnings outside production");
+    }
+
+    #[test]
+    fn wildcard_and_malformed_origins_fail() {
+        let mut config = valid();
+        config.cors.allowed_origins = vec!["*".into(), "https://ok.example".into(), "https://a.example/path".into()];
+        let errors: Vec<_> = check(&config, false).errors().map(|f| f.message.clone()).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn routes_must_name_defined_upstreams_and_clean_prefixes() {
+        let mut config = valid();
+        config.routes.push(crate::config::RouteConfig {
+            path_prefix: "/a/../b".into(),
+            upstream: "missing".into(),
+            strip_prefix: false,
+        });
+        let found: Vec<_> = check(&config, false).errors().map(|f| f.rule).collect();
+        assert_eq!(found, ["routes.upstream", "routes.path_prefix"]);
+    }
+
+    #[test]
+    fn half_a_tls_pair_fails() {
+        let mut config = valid();
+        config.tls = Some(crate::config::TlsFiles {
+            cert: "/x/cert.pem".into(),
+            key: "".into(),
+        });
+        assert_eq!(check(&config, false).errors().next().unwrap().rule, "tls.pair");
+    }
+}

@@ -1,0 +1,166 @@
+//! The `portcullis` command line.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::rules::{self, Report, Severity};
+use portcullis::config::{Config, Overrides};
+use portcullis::server::Server;
+use tracing::warn;
+
+/// A security gateway: authentication, security headers, CORS and request hygiene in
+/// front of any HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway in front of an upstream.
+    ///
+    /// Bearer tokens come from PORTCULLIS_API_TOKENS (comma-separated) or the file named by
+    /// PORTCULLIS_API_TOKENS_FILE; without them the gateway refuses to start.
+    Serve(Overrides),
+    /// Validate the configuration and print each failed rule with how to fix it.
+    Check {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Also apply the rules for an internet-facing deployment.
+        #[arg(long)]
+        production: bool,
+    },
+    /// Run a sample inventory API behind the gateway on localhost and print curl commands
+    /// to try it.
+    Demo {
+        /// Address the demo gateway listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portcullis: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(overrides) => serve(&overrides).await,
+            Command::Check { overrides, production } => check(&overrides, production),
+            Command::Demo { listen } => match portcullis::demo::run(listen, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("portcullis demo: {error}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+/// Logs go to stderr; `PORTCULLIS_LOG` takes a tracing filter such as `debug` or
+/// `portcullis=debug`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn load(overrides: &Overrides) -> Result<Config, ExitCode> {
+    Config::load(overrides, |name| std::env::var(name).ok()).map_err(|error| {
+        eprintln!("portcullis: {error}");
+        ExitCode::from(2)
+    })
+}
+
+async fn serve(overrides: &Overrides) -> ExitCode {
+    let config = match load(overrides) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let report = rules::check(&config, false);
+    if !report.passed() {
+        // One line per problem, naming what to set.
+        for finding in report.errors() {
+            eprintln!("portcullis: {}; {}", finding.message, finding.fix);
+        }
+        return ExitCode::from(2);
+    }
+    for finding in report.warnings() {
+        warn!(rule = finding.rule, fix = %finding.fix, "{}", finding.message);
+    }
+    let server = match Server::bind(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+fn check(overrides: &Overrides, production: bool) -> ExitCode {
+    let config = match load(overrides) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let report = rules::check(&config, production);
+    print_report(&report, production);
+    if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn print_report(report: &Report, production: bool) {
+    let scope = if production { "production" } else { "basic" };
+    for finding in &report.findings {
+        let label = match finding.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        println!("{label}[{}]: {}", finding.rule, finding.message);
+        println!("  fix: {}", finding.fix);
+    }
+    let errors = report.errors().count();
+    let warnings = report.warnings().count();
+    if errors == 0 {
+        println!("ok: the configuration passes the {scope} rules ({warnings} warning(s))");
+    } else {
+        println!("failed: {errors} error(s), {warnings} warning(s) against the {scope} rules");
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

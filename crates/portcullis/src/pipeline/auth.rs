@@ -1,0 +1,267 @@
+//! Authentication: who is calling, proven by a bearer token.
+//!
+//! Presented tokens are hashed with SHA-256 and compared, in constant time, against the
+//! digest of every configured token, without stopping at the first match: how long a check
+//! takes depends neither on how much of a token was right nor on which token matched.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, header};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+use super::problem::{Problem, ProblemKind};
+
+/// The longest `Authorization` value considered; longer ones are refused unread.
+pub const MAX_AUTHORIZATION_LEN: usize = 4096;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    name: Arc<str>,
+}
+
+impl Principal {
+    /// The principal every static token (`PORTCULLIS_API_TOKENS`) authenticates as.
+    pub fn static_token() -> Self {
+        Self {
+            name: Arc::from("static"),
+        }
+    }
+
+    /// The name audit events and rate limits know this caller by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Why an `Authorization` header did not yield a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// No `Authorization` header.
+    #[error("a bearer token is required")]
+    Missing,
+    /// More than one `Authorization` header.
+    #[error("exactly one Authorization header is accepted")]
+    Duplicated,
+    /// The value is longer than [`MAX_AUTHORIZATION_LEN`].
+    #[error("the Authorization header is too long")]
+    TooLong,
+    /// The value has bytes outside visible ASCII.
+    #[error("the Authorization header is not ASCII")]
+    NotAscii,
+    /// A scheme other than `Bearer`.
+    #[error("only the Bearer scheme is accepted")]
+    WrongScheme,
+    /// `Bearer` with an empty or malformed token.
+    #[error("the bearer token is malformed")]
+    Malformed,
+    /// A well-formed token that no credential matches.
+    #[error("the bearer token is not valid")]
+    Invalid,
+}
+
+/// The bearer token in `headers`, checked for shape but not yet for validity.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, CredentialError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(CredentialError::Missing)?;
+    if values.next().is_some() {
+        return Err(CredentialError::Duplicated);
+    }
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(CredentialError::TooLong);
+    }
+    let text = value.to_str().map_err(|_| CredentialError::NotAscii)?;
+    let (scheme, token) = text.split_once(' ').ok_or_else(|| {
+        if text.eq_ignore_ascii_case("bearer") {
+            CredentialError::Malformed
+        } else {
+            CredentialError::WrongScheme
+        }
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(CredentialError::WrongScheme);
+    }
+    let token = token.trim_start_matches(' ');
+    if is_token68(token) {
+        Ok(token)
+    } else {
+        Err(CredentialError::Malformed)
+    }
+}
+
+/// Whether `token` has the `b64token` syntax of RFC 6750: `[A-Za-z0-9-._~+/]+ =*`.
+pub fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// The static tokens from `PORTCULLIS_API_TOKENS`, held only as SHA-256 digests.
+#[derive(Clone)]
+pub struct StaticTokens {
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for StaticTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticTokens")
+            .field("count", &self.digests.len())
+            .finish()
+    }
+}
+
+impl StaticTokens {
+    /// Digests `tokens`; every one of them is valid, which is how rotation works.
+    pub fn new(tokens: &[SecretString]) -> Self {
+        Self {
+            digests: tokens.iter().map(|t| digest(t.expose_secret())).collect(),
+        }
+    }
+
+    /// Whether `token` is one of the configured tokens.
+    pub fn verify(&self, token: &str) -> bool {
+        let presented = digest(token);
+        let matched = self
+            .digests
+            .iter()
+            .fold(Choice::from(0), |found, known| found | known.ct_eq(&presented));
+        matched.into()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The authentication stage: turns a request's credential into a [`Principal`].
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    static_tokens: StaticTokens,
+}
+
+impl Authenticator {
+    /// Authenticates against `static_tokens`.
+    pub fn new(static_tokens: StaticTokens) -> Self {
+        Self { static_tokens }
+    }
+
+    /// The caller behind `headers`, or a 401 problem that does not say which check failed
+    /// beyond what the client already knows (whether it sent a credential at all).
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
+        let token = bearer_token(headers).map_err(unauthorized)?;
+        if self.static_tokens.verify(token) {
+            Ok(Principal::static_token())
+        } else {
+            Err(unauthorized(CredentialError::Invalid))
+        }
+    }
+}
+
+/// The 401 sent for `error`, with the `WWW-Authenticate` challenge of RFC 6750.
+pub fn unauthorized(error: CredentialError) -> Problem {
+    let (challenge, detail) = match error {
+        CredentialError::Missing => (r#"Bearer realm="portcullis""#, "a bearer token is required"),
+        _ => (
+            r#"Bearer realm="portcullis", error="invalid_token""#,
+            "the credentials were not accepted",
+        ),
+    };
+    Problem::new(ProblemKind::Unauthorized)
+        .with_detail(detail)
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    fn tokens(list: &[&str]) -> StaticTokens {
+        StaticTokens::new(&list.iter().map(|t| SecretString::from(t.to_string())).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses_bearer_tokens() {
+        assert_eq!(bearer_token(&headers(&[b"Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&[b"bearer  a.b-c_d~e+f/g=="])), Ok("a.b-c_d~e+f/g=="));
+    }
+
+    #[test]
+    fn refuses_every_malformed_header() {
+        let cases: [(&[&[u8]], CredentialError); 9] = [
+            (&[], CredentialError::Missing),
+            (&[b"Bearer a", b"Bearer b"], CredentialError::Duplicated),
+            (&[b"Basic dXNlcjpwYXNz"], CredentialError::WrongScheme),
+            (&[b"abc"], CredentialError::WrongScheme),
+            (&[b"Bearer"], CredentialError::Malformed),
+            (&[b"Bearer "], CredentialError::Malformed),
+            (&[b"Bearer a b"], CredentialError::Malformed),
+            (&[b"Bearer \xc3\xa9t\xc3\xa9"], CredentialError::NotAscii),
+            (&[b"Bearer =="], CredentialError::Malformed),
+        ];
+        for (values, expected) in cases {
+            assert_eq!(bearer_token(&headers(values)), Err(expected), "{values:?}");
+        }
+        let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
+        assert_eq!(bearer_token(&headers(&[long.as_bytes()])), Err(CredentialError::TooLong));
+    }
+
+    #[test]
+    fn every_listed_token_is_valid_and_nothing_else() {
+        let store = tokens(&["old-token", "new-token"]);
+        assert!(store.verify("old-token"));
+        assert!(store.verify("new-token"));
+        assert!(!store.verify("new-toke"));
+        assert!(!store.verify("new-tokenx"));
+        assert!(!store.verify(""));
+    }
+
+    #[test]
+    fn debug_does_not_show_tokens_or_digests() {
+        let text = format!("{:?}", tokens(&["sekrit-value"]));
+        assert!(!text.contains("sekrit"));
+        assert_eq!(text, "StaticTokens { count: 1 }");
+    }
+
+    #[test]
+    fn refusals_are_401_with_a_bearer_challenge() {
+        let auth = Authenticator::new(tokens(&["good"]));
+        let missing = auth.authenticate(&headers(&[])).unwrap_err();
+        assert_eq!(missing.kind(), ProblemKind::Unauthorized);
+        let wrong = auth.authenticate(&headers(&[b"Bearer bad"])).unwrap_err();
+        let response = wrong.into_response(&HeaderValue::from_static("r"));
+        assert_eq!(response.status(), 401);
+        assert!(response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer "));
+        assert_eq!(auth.authenticate(&headers(&[b"Bearer good"])).unwrap(), Principal::static_token());
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                let mut map = HeaderMap::new();
+                map.insert(header::AUTHORIZATION, value);
+                let _ = bearer_token(&map);
+            }
+        }
+
+        #[test]
+        fn any_token68_round_trips(token in "[A-Za-z0-9._~+/-]{1,40}={0,2}") {
+            let value = format!("Bearer {token}");
+            let map = headers(&[value.as_bytes()]);
+            prop_assert_eq!(bearer_token(&map), Ok(token.as_str()));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Who is asking and how: the request id, the client's address and the scheme and host
+//! it used, with `X-Forwarded-*` believed only from trusted proxies.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use ipnet::IpNet;
+use rand::RngCore;
+
+/// `X-Request-ID`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What the listener knows about a connection before any request arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// The facts about one request that every later stage relies on.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The client's `X-Request-ID` when it is well-formed, otherwise a new one.
+    pub request_id: HeaderValue,
+    /// The client's address: the peer, or what a trusted proxy says it is.
+    pub client_ip: IpAddr,
+    /// Whether the client reached us over HTTPS (directly, or via a trusted proxy).
+    pub https: bool,
+    /// The `X-Forwarded-For` value to send upstream.
+    pub forwarded_for: HeaderValue,
+    /// The host the client asked for, to send upstream as `X-Forwarded-Host`.
+    pub forwarded_host: Option<HeaderValue>,
+    /// Whether the peer is a trusted proxy, so its forwarding headers may pass on.
+    pub via_trusted_proxy: bool,
+}
+
+/// Resolves a [`RequestContext`] from a request and its connection.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIdentity {
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl ClientIdentity {
+    /// Believes `X-Forwarded-*` only from peers inside `trusted_proxies`.
+    pub fn new(trusted_proxies: Vec<IpNet>) -> Self {
+        Self { trusted_proxies }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The context of `request`, which arrived on `conn`.
+    pub fn resolve<B>(&self, request: &Request<B>, conn: &ConnInfo) -> RequestContext {
+        let headers = request.headers();
+        let peer = conn.peer.ip().to_canonical();
+        let own_host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let peer_value = ip_header_value(peer);
+
+        let mut context = RequestContext {
+            request_id: request_id(headers),
+            client_ip: peer,
+            https: conn.tls,
+            forwarded_for: peer_value.clone(),
+            forwarded_host: own_host.clone(),
+            via_trusted_proxy: false,
+        };
+        if !self.is_trusted(peer) {
+            return context;
+        }
+
+        context.via_trusted_proxy = true;
+        if let Some(chain) = forwarded_for_chain(headers) {
+            context.client_ip = self.client_from_chain(&chain).unwrap_or(peer);
+            let joined = chain.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+            context.forwarded_for =
+                HeaderValue::from_str(&format!("{joined}, {peer}")).unwrap_or(peer_value);
+        }
+        if let Some(proto) = first_element(headers, &X_FORWARDED_PROTO) {
+            if proto.eq_ignore_ascii_case("https") {
+                context.https = true;
+            } else if proto.eq_ignore_ascii_case("http") {
+                context.https = false;
+            }
+        }
+        if let Some(host) = first_element(headers, &X_FORWARDED_HOST)
+            && let Ok(value) = HeaderValue::from_str(host)
+        {
+            context.forwarded_host = Some(value);
+        }
+        context
+    }
+
+    /// The right-most address in the chain that is not one of our proxies: everything to
+    /// its right was appended by a proxy we trust, everything to its left by the client.
+    fn client_from_chain(&self, chain: &[IpAddr]) -> Option<IpAddr> {
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !self.is_trusted(**ip))
+            .or_else(|| chain.first())
+            .copied()
+    }
+}
+
+/// Every address in all `X-Forwarded-For` fields, or `None` when the header is absent or
+/// any element is not an IP address (a chain we cannot read is not believed at all).
+fn forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
+    let mut chain = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        for element in value.to_str().ok()?.split(',') {
+            chain.push(element.trim().parse::<IpAddr>().ok()?.to_canonical());
+        }
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+fn first_element<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let value = headers.get(name)?.to_str().ok()?;
+    let first = value.split(',').next()?.trim();
+    (!first.is_empty()).then_some(first)
+}
+
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    // An IP address's text form is always a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The longest `X-Request-ID` the gateway accepts from a client.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's `X-Request-ID` when there is exactly one and it is 1 to 128 characters of
+/// `[A-Za-z0-9._-]`; otherwise a new random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) if is_valid_request_id(value.as_bytes()) => value.clone(),
+        _ => new_request_id(),
+    }
+}
+
+/// Whether `id` is acceptable as a client-supplied request id.
+pub fn is_valid_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A new request id: 128 random bits as 32 lowercase hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut text = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in bytes.iter().enumerate() {
+        text[2 * i] = HEX[usize::from(byte >> 4)];
+        text[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(peer: &str, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer: peer.parse().unwrap(),
+            tls,
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().uri("/x").header("host", "api.example");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn identity(trusted: &[&str]) -> ClientIdentity {
+        ClientIdentity::new(trusted.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_set_its_address_scheme_or_host() {
+        let req = request(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("192.0.2.7:5000", false));
+        assert_eq!(ctx.client_ip, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(ctx.forwarded_for, "192.0.2.7");
+        assert!(!ctx.https);
+        assert_eq!(ctx.forwarded_host.unwrap(), "api.example");
+        assert!(!ctx.via_trusted_proxy);
+    }
+
+    #[test]
+    fn trusted_proxy_is_believed_and_extended() {
+        let req = request(&[
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.5"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "public.example"),
+        ]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.0.0.1:5000", false));
+        assert_eq!(ctx.client_ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(ctx.forwarded_for, "203.0.113.9, 10.0.0.5, 10.0.0.1");
+        assert!(ctx.https);
+        assert_eq!(ctx.forwarded_host.unwrap(), "public.example");
+    }
+
+    #[test]
+    fn client_prepended_addresses_do_not_win_over_the_rightmost_untrusted_hop() {
+        // The client claims 1.1.1.1; the trusted proxy appended the real client 198.51.100.2.
+        let req = request(&[("x-forwarded-for", "1.1.1.1, 198.51.100.2")]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
+        assert_eq!(ctx.client_ip, "198.51.100.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn unreadable_chain_from_trusted_proxy_falls_back_to_the_peer() {
+        let req = request(&[("x-forwarded-for", "not-an-ip")]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
+        assert_eq!(ctx.client_ip, "10.1.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ctx.forwarded_for, "10.1.1.1");
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_matches_ipv4_proxy_ranges() {
+        let req = request(&[("x-forwarded-for", "203.0.113.1")]);
+        let ctx = identity(&["127.0.0.0/8"]).resolve(&req, &conn("[::ffff:127.0.0.1]:80", false));
+        assert_eq!(ctx.client_ip, "203.0.113.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn tls_connection_is_https() {
+        let ctx = identity(&[]).resolve(&request(&[]), &conn("192.0.2.1:1", true));
+        assert!(ctx.https);
+    }
+
+    #[test]
+    fn request_id_is_kept_only_when_well_formed() {
+        let keep = request(&[("x-request-id", "abc.DEF_123-x")]);
+        assert_eq!(request_id(keep.headers()), "abc.DEF_123-x");
+        for bad in ["has space", "semi;colon", &"a".repeat(129)] {
+            let req = request(&[("x-request-id", bad)]);
+            let id = request_id(req.headers());
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 32);
+        }
+        let twice = request(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        assert_eq!(request_id(twice.headers()).len(), 32);
+    }
+
+    #[test]
+    fn new_request_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

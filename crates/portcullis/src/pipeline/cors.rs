@@ -1,0 +1,289 @@
+//! CORS: an allowlist of origins, with preflights answered by the gateway.
+//!
+//! Written here rather than taken from tower-http's `CorsLayer` because the gateway's
+//! stages are plain values called in order by [`super::Gateway`]: preflights must be
+//! answered before authentication, refused preflights must be problem+json like every
+//! other refusal, and the headers must also land on responses the gateway makes itself.
+//! The gateway owns CORS: any `Access-Control-*` header an upstream sends is dropped.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+
+use super::problem::{Problem, ProblemKind};
+use crate::body::{self, ResponseBody};
+
+/// CORS settings, as configured.
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    /// Exact origins (`scheme://host[:port]`) allowed to call.
+    pub allowed_origins: Vec<String>,
+    /// Methods a cross-origin request may use.
+    pub allowed_methods: Vec<Method>,
+    /// Request headers a cross-origin request may send.
+    pub allowed_headers: Vec<HeaderName>,
+    /// Response headers the browser may show to the calling script.
+    pub expose_headers: Vec<HeaderName>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Duration,
+    /// Whether to send `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+}
+
+/// The CORS stage, built once from a [`CorsPolicy`].
+#[derive(Debug, Clone)]
+pub struct Cors {
+    origins: Vec<HeaderValue>,
+    methods: Vec<Method>,
+    allowed_headers: Vec<HeaderName>,
+    allow_methods: HeaderValue,
+    allow_headers: HeaderValue,
+    expose_headers: Option<HeaderValue>,
+    max_age: HeaderValue,
+    allow_credentials: bool,
+}
+
+/// Why a policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CorsError {
+    /// `*` or any other value that is not an exact origin.
+    #[error("CORS origin {0:?} is not an exact origin like https://app.example (wildcards are refused)")]
+    InvalidOrigin(String),
+}
+
+impl Cors {
+    /// Builds the stage; `None` when no origin is allowed, which turns CORS off.
+    pub fn new(policy: &CorsPolicy) -> Result<Option<Self>, CorsError> {
+        if policy.allowed_origins.is_empty() {
+            return Ok(None);
+        }
+        let origins = policy
+            .allowed_origins
+            .iter()
+            .map(|origin| {
+                let normalized = normalize_origin(origin)
+                    .ok_or_else(|| CorsError::InvalidOrigin(origin.clone()))?;
+                HeaderValue::from_str(&normalized).map_err(|_| CorsError::InvalidOrigin(origin.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let join = |items: Vec<&str>| HeaderValue::from_str(&items.join(", "));
+        let allow_methods = join(policy.allowed_methods.iter().map(Method::as_str).collect())
+            .unwrap_or(HeaderValue::from_static("GET"));
+        let allow_headers = join(policy.allowed_headers.iter().map(HeaderName::as_str).collect())
+            .unwrap_or(HeaderValue::from_static(""));
+        let expose_headers = (!policy.expose_headers.is_empty())
+            .then(|| join(policy.expose_headers.iter().map(HeaderName::as_str).collect()).ok())
+            .flatten();
+        Ok(Some(Self {
+            origins,
+            methods: policy.allowed_methods.clone(),
+            allowed_headers: policy.allowed_headers.clone(),
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            max_age: HeaderValue::from(policy.max_age.as_secs()),
+            allow_credentials: policy.allow_credentials,
+        }))
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.origins.iter().any(|allowed| allowed == origin)
+    }
+
+    /// Answers `request` if it is a CORS preflight: 204 with the allowed methods and
+    /// headers, or 403 when the origin, method or a requested header is not allowed.
+    /// `None` for any other request.
+    pub fn preflight<B>(&self, request: &Request<B>) -> Option<Result<Response<ResponseBody>, Problem>> {
+        let headers = request.headers();
+        if request.method() != Method::OPTIONS {
+            return None;
+        }
+        let origin = headers.get(header::ORIGIN)?;
+        let requested_method = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        Some(self.answer_preflight(origin, requested_method, headers))
+    }
+
+    fn answer_preflight(
+        &self,
+        origin: &HeaderValue,
+        requested_method: &HeaderValue,
+        headers: &HeaderMap,
+    ) -> Result<Response<ResponseBody>, Problem> {
+        let denied = |detail: &'static str| Problem::new(ProblemKind::CorsDenied).with_detail(detail);
+        if !self.allows(origin) {
+            return Err(denied("the origin is not allowed"));
+        }
+        let method_allowed = Method::from_bytes(requested_method.as_bytes())
+            .is_ok_and(|m| self.methods.contains(&m));
+        if !method_allowed {
+            return Err(denied("the requested method is not allowed"));
+        }
+        for value in headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            let Ok(list) = value.to_str() else {
+                return Err(denied("a requested header is not allowed"));
+            };
+            let all_allowed = list
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .all(|name| self.allowed_headers.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)));
+            if !all_allowed {
+                return Err(denied("a requested header is not allowed"));
+            }
+        }
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
+        out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+        Ok(response)
+    }
+
+    /// Adds the CORS response headers for a request from `origin` (any response,
+    /// preflight or not); an origin that is not allowed gets none of them.
+    pub fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        // Caches must not serve one origin's answer to another.
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = origin.filter(|o| self.allows(o)) else {
+            return;
+        };
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if self.allow_credentials {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        if let Some(expose) = &self.expose_headers {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+        }
+    }
+}
+
+/// Removes every `Access-Control-*` header, so only the gateway's policy reaches clients.
+pub fn strip_upstream_cors(headers: &mut HeaderMap) {
+    for name in [
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::ACCESS_CONTROL_MAX_AGE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// `scheme://host[:port]` in lowercase, or `None` when `origin` is not an exact http(s)
+/// origin (a wildcard, `null`, a path, userinfo, a missing host).
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    let lower = origin.trim().to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))?;
+    let authority: http::uri::Authority = rest.parse().ok()?;
+    let has_port = authority.as_str().len() > authority.host().len();
+    let exact = !rest.contains(['@', '*'])
+        && !authority.host().is_empty()
+        && (!has_port || authority.port_u16().is_some());
+    exact.then_some(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cors() -> Cors {
+        Cors::new(&CorsPolicy {
+            allowed_origins: vec!["https://a.example".into(), "HTTPS://B.example:8443".into()],
+            allowed_methods: vec![Method::GET, Method::POST],
+            allowed_headers: vec![header::AUTHORIZATION, header::CONTENT_TYPE],
+            expose_headers: vec![HeaderName::from_static("x-request-id")],
+            max_age: Duration::from_secs(600),
+            allow_credentials: false,
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn preflight(origin: &str, method: &str, headers: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/x")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, method);
+        if let Some(h) = headers {
+            builder = builder.header(header::ACCESS_CONTROL_REQUEST_HEADERS, h);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn off_when_no_origin_is_listed() {
+        let mut policy = CorsPolicy {
+            allowed_origins: vec![],
+            allowed_methods: vec![],
+            allowed_headers: vec![],
+            expose_headers: vec![],
+            max_age: Duration::ZERO,
+            allow_credentials: false,
+        };
+        assert!(Cors::new(&policy).unwrap().is_none());
+        policy.allowed_origins = vec!["*".into()];
+        assert!(Cors::new(&policy).is_err());
+    }
+
+    #[test]
+    fn allowed_preflight_is_answered() {
+        let answer = cors()
+            .preflight(&preflight("https://a.example", "POST", Some("content-type, Authorization")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+        assert_eq!(answer.headers()[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
+        assert_eq!(answer.headers()[header::ACCESS_CONTROL_MAX_AGE], "600");
+    }
+
+    #[test]
+    fn disallowed_preflights_are_refused() {
+        let c = cors();
+        for req in [
+            preflight("https://evil.example", "GET", None),
+            preflight("https://a.example", "DELETE", None),
+            preflight("https://a.example", "GET", Some("x-secret")),
+        ] {
+            let problem = c.preflight(&req).unwrap().unwrap_err();
+            assert_eq!(problem.kind(), ProblemKind::CorsDenied);
+        }
+    }
+
+    #[test]
+    fn non_preflights_pass_through() {
+        let get = Request::builder().uri("/").header(header::ORIGIN, "https://a.example").body(()).unwrap();
+        assert!(cors().preflight(&get).is_none());
+        let bare_options = Request::builder().method(Method::OPTIONS).uri("/").body(()).unwrap();
+        assert!(cors().preflight(&bare_options).is_none());
+    }
+
+    #[test]
+    fn allow_origin_only_for_listed_origins() {
+        let c = cors();
+        let mut allowed = HeaderMap::new();
+        c.apply(Some(&HeaderValue::from_static("https://b.example:8443")), &mut allowed);
+        assert_eq!(allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://b.example:8443");
+        assert_eq!(allowed[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
+        assert_eq!(allowed[header::VARY], "Origin");
+
+        let mut denied = HeaderMap::new();
+        c.apply(Some(&HeaderValue::from_static("https://a.example.evil")), &mut denied);
+        assert!(denied.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    }
+
+    #[test]
+    fn origin_normalization() {
+        assert_eq!(normalize_origin("https://A.example"), Some("https://a.example".into()));
+        assert_eq!(normalize_origin("http://localhost:3000"), Some("http://localhost:3000".into()));
+        assert_eq!(normalize_origin("http://[::1]:3000"), Some("http://[::1]:3000".into()));
+        for bad in ["*", "null", "https://*.example", "https://a.example/", "ftp://a", "https://", "https://u@a", "https://a:x"] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
+    }
+}

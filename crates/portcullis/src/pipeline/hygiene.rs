@@ -1,0 +1,479 @@
+//! Request hygiene: refuse what an upstream might read differently from us.
+//!
+//! Paths are never rewritten, only accepted or refused: a path that could mean one thing
+//! to the gateway and another to the upstream (dot segments in any encoding, NUL,
+//! backslash, invalid percent-encoding) never leaves the gateway, so the route the gateway
+//! authorised is the resource the upstream serves.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, header};
+use http_body::{Body, Frame, SizeHint};
+
+use super::problem::{Problem, ProblemKind};
+
+/// The request size limits enforced before anything is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, declared or streamed.
+    pub max_body_bytes: u64,
+    /// Longest request target (path and query).
+    pub max_uri_bytes: usize,
+    /// Most bytes of header names and values together.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+}
+
+/// Checks each request against [`Limits`] and the path rules.
+#[derive(Debug, Clone)]
+pub struct Hygiene {
+    limits: Limits,
+}
+
+/// The methods the gateway forwards.
+const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+];
+
+/// The `Allow` value sent with 405.
+const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
+impl Hygiene {
+    /// Enforces `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Refuses a request whose method, target, headers or declared length are not
+    /// acceptable. The body is limited separately, as it streams ([`LimitedBody`]).
+    pub fn check<B>(&self, request: &Request<B>) -> Result<(), Problem> {
+        check_method(request.method())?;
+
+        let target_len = request.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+        if target_len > self.limits.max_uri_bytes {
+            return Err(Problem::new(ProblemKind::UriTooLong).with_detail(format!(
+                "the request target may be at most {} bytes",
+                self.limits.max_uri_bytes
+            )));
+        }
+
+        let headers = request.headers();
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        if headers.len() > self.limits.max_headers || header_bytes > self.limits.max_header_bytes {
+            return Err(Problem::new(ProblemKind::HeadersTooLarge).with_detail(format!(
+                "at most {} header fields and {} bytes of them are accepted",
+                self.limits.max_headers, self.limits.max_header_bytes
+            )));
+        }
+
+        check_path(request.uri().path()).map_err(|error| {
+            Problem::new(ProblemKind::InvalidPath).with_detail(error.to_string())
+        })?;
+
+        if let Some(length) = declared_length(request)? {
+            if length > self.limits.max_body_bytes {
+                return Err(self.body_too_large());
+            }
+        }
+        Ok(())
+    }
+
+    /// The problem sent when a body exceeds the limit.
+    pub fn body_too_large(&self) -> Problem {
+        Problem::new(ProblemKind::BodyTooLarge).with_detail(format!(
+            "the request body may be at most {} bytes",
+            self.limits.max_body_bytes
+        ))
+    }
+}
+
+fn check_method(method: &Method) -> Result<(), Problem> {
+    if FORWARDED_METHODS.contains(method) {
+        Ok(())
+    } else if method == Method::TRACE || method == Method::CONNECT {
+        Err(Problem::new(ProblemKind::MethodNotAllowed)
+            .with_header(header::ALLOW, HeaderValue::from_static(ALLOW)))
+    } else {
+        Err(Problem::new(ProblemKind::MethodNotImplemented))
+    }
+}
+
+/// The declared `Content-Length`, refusing one that is not a single decimal number.
+fn declared_length<B>(request: &Request<B>) -> Result<Option<u64>, Problem> {
+    let mut values = request.headers().get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || Problem::new(ProblemKind::BadRequest).with_detail("invalid Content-Length");
+    let parse = |v: &HeaderValue| -> Option<u64> {
+        let text = v.to_str().ok()?;
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    };
+    let length = parse(first).ok_or_else(bad)?;
+    for other in values {
+        if parse(other) != Some(length) {
+            return Err(bad());
+        }
+    }
+    Ok(Some(length))
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The target is not an absolute path (`*`, or an empty path).
+    #[error("the request target must be an absolute path")]
+    NotAbsolute,
+    /// A `.` or `..` segment, plain or percent-encoded once or twice.
+    #[error("the path contains a dot segment")]
+    DotSegment,
+    /// A NUL byte, plain or encoded.
+    #[error("the path contains a NUL byte")]
+    Nul,
+    /// A backslash, plain or encoded.
+    #[error("the path contains a backslash")]
+    Backslash,
+    /// A `%` not followed by two hex digits.
+    #[error("the path has invalid percent-encoding")]
+    BadPercentEncoding,
+    /// The decoded path is not UTF-8 (which also catches overlong encodings of `.` and `/`).
+    #[error("the decoded path is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Accepts `path` only when it means the same thing however many times it is decoded.
+///
+/// The raw path, its percent-decoding and (when that still holds `%`) its second decoding
+/// must each be free of dot segments (`.`, `..`, also with `;params`), NUL and backslash.
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    check_segments(path.as_bytes())?;
+    if !path.contains('%') {
+        return Ok(());
+    }
+    let once = percent_decode(path.as_bytes()).ok_or(PathError::BadPercentEncoding)?;
+    if std::str::from_utf8(&once).is_err() {
+        return Err(PathError::NotUtf8);
+    }
+    check_segments(&once)?;
+    if !once.contains(&b'%') {
+        return Ok(());
+    }
+    // A `%` left after one decoding is either a literal percent sign (`%25`), which is
+    // fine, or a double encoding, which must be as clean as the single one.
+    match percent_decode(&once) {
+        Some(twice) if std::str::from_utf8(&twice).is_err() => Err(PathError::NotUtf8),
+        Some(twice) => check_segments(&twice),
+        None => Ok(()),
+    }
+}
+
+fn check_segments(path: &[u8]) -> Result<(), PathError> {
+    if path.contains(&0) {
+        return Err(PathError::Nul);
+    }
+    if path.contains(&b'\\') {
+        return Err(PathError::Backslash);
+    }
+    for segment in path.split(|b| *b == b'/') {
+        // `..;x` is `..` to servers that strip path parameters.
+        let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+        if name == b"." || name == b".." {
+            return Err(PathError::DotSegment);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes; `None` when a `%` is not followed by two hex digits.
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut bytes = input.iter();
+    while let Some(&byte) = bytes.next() {
+        if byte == b'%' {
+            let high = hex_value(*bytes.next()?)?;
+            let low = hex_value(*bytes.next()?)?;
+            out.push(high << 4 | low);
+        } else {
+            out.push(byte);
+        }
+    }
+    Some(out)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The error a [`LimitedBody`] yields once more than its limit has streamed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit that was exceeded.
+    pub limit: u64,
+}
+
+/// A request body that fails with [`BodyTooLarge`] as soon as more than `limit` bytes
+/// have streamed through, so a chunked body cannot slip past the declared-length check.
+#[derive(Debug)]
+pub struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+}
+
+impl<B> LimitedBody<B> {
+    /// Limits `inner` to `limit` bytes.
+    pub fn new(inner: B, limit: u64) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::body::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.remaining = 0;
+                        return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use proptest::prelude::*;
+
+    fn hygiene() -> Hygiene {
+        Hygiene::new(Limits {
+            max_body_bytes: 10,
+            max_uri_bytes: 64,
+            max_header_bytes: 200,
+            max_headers: 5,
+        })
+    }
+
+    fn kind_of<B>(request: &Request<B>) -> Option<ProblemKind> {
+        hygiene().check(request).err().map(|p| p.kind())
+    }
+
+    #[test]
+    fn refuses_dot_segments_in_every_encoding() {
+        for path in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e/b",
+            "/a/.%2e/b",
+            "/a/%252e%252e/b",
+            "/a/..%2fb",
+            "/a/%2e%2e%2fb",
+            "/a/..;/b",
+            "/a/%2e%2e;x/b",
+            "/%2e",
+        ] {
+            assert_eq!(check_path(path), Err(PathError::DotSegment), "{path}");
+        }
+    }
+
+    #[test]
+    fn refuses_nul_backslash_and_bad_escapes() {
+        assert_eq!(check_path("/a%00b"), Err(PathError::Nul));
+        assert_eq!(check_path("/a%2500b"), Err(PathError::Nul));
+        assert_eq!(check_path("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(check_path("/a%5cb"), Err(PathError::Backslash));
+        assert_eq!(check_path("/a%255cb"), Err(PathError::Backslash));
+        assert_eq!(check_path("/a%zzb"), Err(PathError::BadPercentEncoding));
+        assert_eq!(check_path("/a%2"), Err(PathError::BadPercentEncoding));
+        assert_eq!(check_path("/a/%c0%ae%c0%ae/b"), Err(PathError::NotUtf8));
+        assert_eq!(check_path("*"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn accepts_ordinary_paths() {
+        for path in [
+            "/",
+            "/v1/positions",
+            "/v1/positions/SKU-1.json",
+            "/a/.well-known/x",
+            "/a/...",
+            "/a/..b",
+            "/files/a%2Fb",
+            "/100%25",
+            "/caf%C3%A9",
+            "/a//b",
+        ] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn method_rules() {
+        let req = |m: &str| Request::builder().method(m).uri("/").body(()).unwrap();
+        assert_eq!(kind_of(&req("GET")), None);
+        assert_eq!(kind_of(&req("PATCH")), None);
+        assert_eq!(kind_of(&req("TRACE")), Some(ProblemKind::MethodNotAllowed));
+        assert_eq!(kind_of(&req("CONNECT")), Some(ProblemKind::MethodNotAllowed));
+        assert_eq!(kind_of(&req("PROPFIND")), Some(ProblemKind::MethodNotImplemented));
+    }
+
+    #[test]
+    fn size_rules() {
+        let long = Request::builder().uri(format!("/{}", "a".repeat(64))).body(()).unwrap();
+        assert_eq!(kind_of(&long), Some(ProblemKind::UriTooLong));
+
+        let mut many = Request::builder().uri("/");
+        for i in 0..6 {
+            many = many.header(format!("x-h{i}"), "v");
+        }
+        assert_eq!(kind_of(&many.body(()).unwrap()), Some(ProblemKind::HeadersTooLarge));
+
+        let big = Request::builder().uri("/").header("x-big", "v".repeat(201)).body(()).unwrap();
+        assert_eq!(kind_of(&big), Some(ProblemKind::HeadersTooLarge));
+
+        let declared = |v: &str| Request::builder().uri("/").header("content-length", v).body(()).unwrap();
+        assert_eq!(kind_of(&declared("10")), None);
+        assert_eq!(kind_of(&declared("11")), Some(ProblemKind::BodyTooLarge));
+        assert_eq!(kind_of(&declared("-1")), Some(ProblemKind::BadRequest));
+        assert_eq!(kind_of(&declared("1e3")), Some(ProblemKind::BadRequest));
+    }
+
+    #[tokio::test]
+    async fn limited_body_passes_up_to_the_limit() {
+        let body = LimitedBody::new(Full::new(Bytes::from_static(b"0123456789")), 10);
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected.len(), 10);
+    }
+
+    /// A body that yields `count` chunks of `chunk`, as a chunked upload would.
+    struct Chunks {
+        chunk: &'static [u8],
+        count: usize,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.count == 0 {
+                return Poll::Ready(None);
+            }
+            self.count -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(self.chunk)))))
+        }
+    }
+
+    #[tokio::test]
+    async fn limited_body_fails_when_a_stream_overruns() {
+        let body = LimitedBody::new(Chunks { chunk: b"abc", count: 5 }, 10);
+        let error = body.collect().await.unwrap_err();
+        assert!(error.downcast_ref::<BodyTooLarge>().is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(path in "\\PC*") {
+            let _ = check_path(&path);
+        }
+
+        #[test]
+        fn clean_segments_are_accepted(segments in prop::collection::vec("[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,12}", 0..6)) {
+            let path = format!("/{}", segments.join("/"));
+            prop_assume!(segments.iter().all(|s| s != "." && s != ".."));
+            prop_assert_eq!(check_path(&path), Ok(()));
+        }
+
+        #[test]
+        fn an_encoded_dot_segment_anywhere_is_refused(
+            before in prop::collection::vec("[a-z0-9]{1,8}", 0..4),
+            after in prop::collection::vec("[a-z0-9]{1,8}", 0..4),
+            dots in prop::sample::select(vec![".", "..", "%2e", "%2E%2e", ".%2e", "%252e%252E", "%252e", "..;p", "%2e%2e%3bx"]),
+        ) {
+            let mut segments = before.clone();
+            segments.push(dots.to_string());
+            segments.extend(after);
+            let path = format!("/{}", segments.join("/"));
+            prop_assert_eq!(check_path(&path), Err(PathError::DotSegment));
+        }
+
+        #[test]
+        fn accepted_paths_have_no_dot_segment_after_two_decodings(path in "/[a-z%.2e5cE/;]{0,24}") {
+            if check_path(&path).is_ok() {
+                let mut text = path.clone().into_bytes();
+                for _ in 0..2 {
+                    if let Some(decoded) = percent_decode(&text) { text = decoded; }
+                    let s = String::from_utf8_lossy(&text).to_string();
+                    for seg in s.split('/') {
+                        let name = seg.split(';').next().unwrap_or_default();
+                        prop_assert!(name != "." && name != "..", "{} decodes to a dot segment", path);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The request path. [`Gateway::handle`] runs the stages in order; each stage is a plain
+//! value from its own module, built once from the configuration.
+
+pub mod auth;
+pub mod context;
+pub mod cors;
+pub mod headers;
+pub mod health;
+pub mod hygiene;
+pub mod problem;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use hyper::body::Incoming;
+use tracing::warn;
+
+use crate::body::ResponseBody;
+use crate::config::Config;
+use crate::upstream::{ForwardError, Route, Router, Upstream, UpstreamError, prepare_request_headers};
+use auth::{Authenticator, StaticTokens};
+use context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
+use cors::{Cors, CorsError, CorsPolicy};
+use headers::{ResponseHeaders, SecurityHeadersPolicy};
+use health::{Health, Probe};
+use hygiene::{Hygiene, LimitedBody, Limits};
+use problem::{Problem, ProblemKind};
+
+/// Why a [`Gateway`] could not be built. `portcullis check` reports all of these as rule
+/// failures first, with fixes; these errors are the last line of defence.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// An upstream is unusable.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A route names an upstream that is not defined.
+    #[error("route {route:?} names an undefined upstream {upstream:?}")]
+    UnknownUpstream {
+        /// The route's prefix.
+        route: String,
+        /// The missing upstream.
+        upstream: String,
+    },
+    /// The CORS policy is unusable.
+    #[error(transparent)]
+    Cors(#[from] CorsError),
+    /// A configured header name or value is malformed.
+    #[error("invalid {what}: {value:?}")]
+    InvalidHeader {
+        /// Which setting.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+}
+
+/// Every stage of the request path, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    identity: ClientIdentity,
+    hygiene: Hygiene,
+    health: Health,
+    cors: Option<Cors>,
+    auth: Authenticator,
+    router: Router,
+    response_headers: ResponseHeaders,
+}
+
+impl Gateway {
+    /// Builds every stage from `config`.
+    pub fn from_config(config: &Config) -> Result<Self, GatewayError> {
+        let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
+        for (name, upstream) in &config.upstreams {
+            upstreams.push((name, Upstream::new(name, &upstream.url, config.timeout_for(upstream))?));
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| {
+                let upstream = upstreams
+                    .iter()
+                    .find(|(name, _)| *name == route.upstream)
+                    .ok_or_else(|| GatewayError::UnknownUpstream {
+                        route: route.path_prefix.clone(),
+                        upstream: route.upstream.clone(),
+                    })?;
+                Ok(Route::new(&route.path_prefix, upstream.1.clone(), route.strip_prefix))
+            })
+            .collect::<Result<Vec<_>, GatewayError>>()?;
+        let router = Router::new(routes);
+
+        let limits = &config.limits;
+        Ok(Self {
+            identity: ClientIdentity::new(config.trusted_proxies.clone()),
+            hygiene: Hygiene::new(Limits {
+                max_body_bytes: limits.max_body_bytes,
+                max_uri_bytes: limits.max_uri_bytes,
+                max_header_bytes: limits.max_header_bytes,
+                max_headers: limits.max_headers,
+            }),
+            health: Health::new(router.upstreams()),
+            cors: Cors::new(&cors_policy(config)?)?,
+            auth: Authenticator::new(StaticTokens::new(&config.api_tokens)),
+            router,
+            response_headers: ResponseHeaders::new(&security_headers_policy(config)?),
+        })
+    }
+
+    /// Serves one request, in the order of the request path. Never fails: every refusal
+    /// is a problem+json response, and every response leaves through the respond stage.
+    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let ctx = self.identity.resolve(&request, conn);
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let csp = self.response_headers.csp_for(request.uri().path());
+
+        let mut response = match self.process(request, &ctx).await {
+            Ok(response) => response,
+            Err(problem) => problem.into_response(&ctx.request_id),
+        };
+
+        let headers = response.headers_mut();
+        headers::strip_fingerprints(headers);
+        cors::strip_upstream_cors(headers);
+        self.response_headers.apply(headers, csp, ctx.https);
+        if let Some(cors) = &self.cors {
+            cors.apply(origin.as_ref(), headers);
+        }
+        headers.insert(X_REQUEST_ID.clone(), ctx.request_id);
+        response
+    }
+
+    async fn process(&self, request: Request<Incoming>, ctx: &RequestContext) -> Result<Response<ResponseBody>, Problem> {
+        self.hygiene.check(&request)?;
+        if let Some(probe) = Probe::for_path(request.uri().path()) {
+            return self.health.answer(probe, request.method()).await;
+        }
+        if let Some(cors) = &self.cors
+            && let Some(answer) = cors.preflight(&request)
+        {
+            return answer;
+        }
+        let _principal = self.auth.authenticate(request.headers())?;
+        let route = self.router.find(request.uri().path()).ok_or(ProblemKind::NotFound)?;
+        self.forward(request, route, ctx).await
+    }
+
+    async fn forward(&self, request: Request<Incoming>, route: &Route, ctx: &RequestContext) -> Result<Response<ResponseBody>, Problem> {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = route.upstream_uri(&parts.uri);
+        parts.version = Version::HTTP_11;
+        prepare_request_headers(&mut parts.headers, route.upstream().host(), ctx);
+        let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes);
+
+        route.upstream().send(Request::from_parts(parts, body)).await.map_err(|error| {
+            let upstream = route.upstream().name();
+            match error {
+                ForwardError::BodyTooLarge(_) => self.hygiene.body_too_large(),
+                ForwardError::Timeout(_) => {
+                    warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
+                    Problem::new(ProblemKind::UpstreamTimeout).with_detail("the upstream did not respond in time")
+                }
+                ForwardError::Unavailable(_) => {
+                    warn!(request_id = ?ctx.request_id, upstream, error = %error_chain(&error), "upstream failed");
+                    Problem::new(ProblemKind::UpstreamUnavailable).with_detail("the upstream could not be reached")
+                }
+            }
+        })
+    }
+
+    /// The raw HTTP/1.1 408 sent to a client that did not finish its request head in
+    /// time, with the same headers as any other refusal.
+    pub fn head_timeout_reply(&self, https: bool) -> Bytes {
+        let request_id = context::new_request_id();
+        let problem = Problem::new(ProblemKind::RequestTimeout).with_detail("the request head was not received in time");
+        let body = problem.to_json(request_id.to_str().unwrap_or_default());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        self.response_headers.apply(&mut headers, self.response_headers.csp_for("/"), https);
+        headers.insert(X_REQUEST_ID.clone(), request_id);
+        crate::server::render_http1(ProblemKind::RequestTimeout.status(), &headers, &body)
+    }
+}
+
+/// An error and its causes on one line, for the server's own log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn cors_policy(config: &Config) -> Result<CorsPolicy, GatewayError> {
+    let cors = &config.cors;
+    let invalid = |what: &'static str, value: &str| GatewayError::InvalidHeader {
+        what,
+        value: value.to_owned(),
+    };
+    let names = |list: &[String], what| {
+        list.iter()
+            .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(what, name)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(CorsPolicy {
+        allowed_origins: cors.allowed_origins.clone(),
+        allowed_methods: cors
+            .allowed_methods
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| invalid("CORS method", m)))
+            .collect::<Result<_, _>>()?,
+        allowed_headers: names(&cors.allowed_headers, "CORS allowed header")?,
+        expose_headers: names(&cors.expose_headers, "CORS exposed header")?,
+        max_age: cors.max_age,
+        allow_credentials: cors.allow_credentials,
+    })
+}
+
+fn security_headers_policy(config: &Config) -> Result<SecurityHeadersPolicy, GatewayError> {
+    let headers = &config.security_headers;
+    let value = |what: &'static str, text: &str| {
+        HeaderValue::from_str(text).map_err(|_| GatewayError::InvalidHeader {
+            what,
+            value: text.to_owned(),
+        })
+    };
+    Ok(SecurityHeadersPolicy {
+        enabled: headers.enabled,
+        content_security_policy: value("Content-Security-Policy", &headers.content_security_policy)?,
+        csp_overrides: headers
+            .csp_overrides
+            .iter()
+            .map(|o| Ok((o.path_prefix.clone(), value("Content-Security-Policy", &o.content_security_policy)?)))
+            .collect::<Result<_, GatewayError>>()?,
+        strict_transport_security: value("Strict-Transport-Security", &headers.strict_transport_security)?,
+    })
+}

@@ -1,0 +1,225 @@
+//! RFC 9457 problem details: the only shape of error portcullis itself sends.
+//!
+//! A [`Problem`] names what went wrong in terms the client can act on. It never carries
+//! an upstream's body, an OS error, an internal address or a stack trace: the `detail`
+//! strings are written here or at the refusal site, never copied from an error.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::{self, ResponseBody};
+
+/// The media type of every error body.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// Each refusal or failure the gateway can report, with a stable `type` URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The path has dot segments, NUL, backslash or bad percent-encoding.
+    InvalidPath,
+    /// A malformed request the gateway will not forward (e.g. a bad `Content-Length`).
+    BadRequest,
+    /// A known method that the gateway never forwards (`TRACE`, `CONNECT`).
+    MethodNotAllowed,
+    /// A method outside the standard set.
+    MethodNotImplemented,
+    /// The body is larger than the configured limit.
+    BodyTooLarge,
+    /// The request target is longer than the configured limit.
+    UriTooLong,
+    /// Too many header fields, or too many bytes of them.
+    HeadersTooLarge,
+    /// No valid credential was presented.
+    Unauthorized,
+    /// A CORS preflight from an origin, or for a method or header, that is not allowed.
+    CorsDenied,
+    /// No route matches the path.
+    NotFound,
+    /// The client did not send its request head in time.
+    RequestTimeout,
+    /// The upstream could not be reached or failed mid-exchange.
+    UpstreamUnavailable,
+    /// The upstream did not answer within the request timeout.
+    UpstreamTimeout,
+    /// The gateway or an upstream it depends on is not ready.
+    NotReady,
+}
+
+impl ProblemKind {
+    /// The HTTP status this kind is sent with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidPath | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::CorsDenied => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The last part of the `type` URI, e.g. `invalid-path`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::InvalidPath => "invalid-path",
+            Self::BadRequest => "bad-request",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::MethodNotImplemented => "method-not-implemented",
+            Self::BodyTooLarge => "body-too-large",
+            Self::UriTooLong => "uri-too-long",
+            Self::HeadersTooLarge => "headers-too-large",
+            Self::Unauthorized => "unauthorized",
+            Self::CorsDenied => "cors-denied",
+            Self::NotFound => "not-found",
+            Self::RequestTimeout => "request-timeout",
+            Self::UpstreamUnavailable => "upstream-unavailable",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::NotReady => "not-ready",
+        }
+    }
+
+    /// A short, human-readable summary that does not change between occurrences.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::InvalidPath => "The request path is not allowed",
+            Self::BadRequest => "The request is malformed",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::MethodNotImplemented => "Method not implemented",
+            Self::BodyTooLarge => "Request body too large",
+            Self::UriTooLong => "Request URI too long",
+            Self::HeadersTooLarge => "Request header fields too large",
+            Self::Unauthorized => "Authentication required",
+            Self::CorsDenied => "Cross-origin request not allowed",
+            Self::NotFound => "Not found",
+            Self::RequestTimeout => "Request timeout",
+            Self::UpstreamUnavailable => "Upstream unavailable",
+            Self::UpstreamTimeout => "Upstream timeout",
+            Self::NotReady => "Not ready",
+        }
+    }
+
+    /// The `type` member: a URN that names the problem without pointing anywhere.
+    pub fn type_uri(self) -> String {
+        format!("urn:portcullis:problem:{}", self.slug())
+    }
+}
+
+/// A refusal or failure, on its way to becoming a problem+json response.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    kind: ProblemKind,
+    detail: Option<Cow<'static, str>>,
+    headers: HeaderMap,
+}
+
+impl Problem {
+    /// A problem of `kind` with no detail.
+    pub fn new(kind: ProblemKind) -> Self {
+        Self {
+            kind,
+            detail: None,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Adds a `detail` member: an explanation specific to this occurrence.
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Adds a response header, such as `WWW-Authenticate` or `Allow`.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+
+    /// The problem+json document for this problem.
+    pub fn to_json(&self, request_id: &str) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            type_uri: String,
+            title: &'static str,
+            status: u16,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            detail: Option<&'a str>,
+            request_id: &'a str,
+        }
+        let wire = Wire {
+            type_uri: self.kind.type_uri(),
+            title: self.kind.title(),
+            status: self.kind.status().as_u16(),
+            detail: self.detail.as_deref(),
+            request_id,
+        };
+        // Serialising a struct of strings and integers cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// The response that carries this problem.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let json = self.to_json(request_id.to_str().unwrap_or_default());
+        let mut response = Response::new(body::full(json));
+        *response.status_mut() = self.kind.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.extend(self.headers);
+        response
+    }
+}
+
+impl From<ProblemKind> for Problem {
+    fn from(kind: ProblemKind) -> Self {
+        Self::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_rfc_9457_members_and_the_request_id() {
+        let problem = Problem::new(ProblemKind::Unauthorized).with_detail("a bearer token is required");
+        let value: serde_json::Value = serde_json::from_slice(&problem.to_json("req-1")).unwrap();
+        assert_eq!(value["type"], "urn:portcullis:problem:unauthorized");
+        assert_eq!(value["title"], "Authentication required");
+        assert_eq!(value["status"], 401);
+        assert_eq!(value["detail"], "a bearer token is required");
+        assert_eq!(value["request_id"], "req-1");
+    }
+
+    #[test]
+    fn detail_is_omitted_when_absent() {
+        let json = Problem::new(ProblemKind::NotFound).to_json("x");
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(value.get("detail").is_none());
+    }
+
+    #[test]
+    fn response_carries_status_media_type_and_extra_headers() {
+        let response = Problem::new(ProblemKind::MethodNotAllowed)
+            .with_header(header::ALLOW, HeaderValue::from_static("GET"))
+            .into_response(&HeaderValue::from_static("r"));
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(response.headers()[header::ALLOW], "GET");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    }
+}

@@ -1,0 +1,286 @@
+//! The header-read deadline of an HTTP/1.1 connection, with a 408 for slow clients.
+//!
+//! hyper's own `header_read_timeout` closes the connection without a word. A client that
+//! started a request and stalled should learn why, so this wrapper around the connection's
+//! I/O keeps the clock itself:
+//!
+//! - a new connection must deliver a complete request head within `header_timeout`;
+//! - after a response, an idle keep-alive connection is closed after `idle_timeout`, and
+//!   once the next head's first byte arrives it must complete within `header_timeout`;
+//! - while a request is being served (head parsed, response not yet finished) no deadline
+//!   runs, so slow uploads and long responses are governed by the request timeout.
+//!
+//! When the deadline passes with part of a head received, a problem+json 408 is written and
+//! the connection closed; with nothing received, the connection is closed silently.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Whether the connection is between requests, shared by its reader and its service.
+#[derive(Debug, Default)]
+pub struct RequestPhase {
+    serving: AtomicBool,
+    responses_finished: AtomicU64,
+}
+
+impl RequestPhase {
+    /// The service was called: a head has been read.
+    pub fn request_started(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// The response body has been sent or dropped: the next head may come.
+    pub fn response_finished(&self) {
+        self.responses_finished.fetch_add(1, Ordering::AcqRel);
+        self.serving.store(false, Ordering::Release);
+    }
+}
+
+/// Renders the 408 a stalled client is sent (a fresh request id each time).
+pub type TimeoutReply = Arc<dyn Fn() -> Bytes + Send + Sync>;
+
+/// Connection I/O that enforces the header-read and idle deadlines described above.
+pub struct HeadDeadlineIo<T> {
+    inner: T,
+    phase: Arc<RequestPhase>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    seen_responses: u64,
+    head_started: bool,
+    sleep: Pin<Box<Sleep>>,
+    reply: TimeoutReply,
+    /// The 408 being written, and how much of it has been.
+    pending_reply: Option<(Bytes, usize)>,
+    closed: bool,
+}
+
+impl<T> HeadDeadlineIo<T> {
+    /// Wraps a freshly accepted connection.
+    pub fn new(
+        inner: T,
+        phase: Arc<RequestPhase>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        reply: TimeoutReply,
+    ) -> Self {
+        Self {
+            inner,
+            phase,
+            header_timeout,
+            idle_timeout,
+            seen_responses: 0,
+            head_started: false,
+            sleep: Box::pin(tokio::time::sleep(header_timeout)),
+            reply,
+            pending_reply: None,
+            closed: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> HeadDeadlineIo<T> {
+    /// Writes the 408, then reports end of stream so hyper closes the connection.
+    fn poll_send_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((reply, written)) = &mut self.pending_reply {
+            if *written < reply.len() {
+                match Pin::new(&mut self.inner).poll_write(cx, &reply[*written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.pending_reply = None,
+                    Poll::Ready(Ok(n)) => *written += n,
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else {
+                // A client that stopped reading must not hold the connection open.
+                let _ = std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx));
+                self.pending_reply = None;
+            }
+        }
+        self.closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending_reply.is_some() {
+            return this.poll_send_reply(cx);
+        }
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        if this.phase.serving.load(Ordering::Acquire) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let finished = this.phase.responses_finished.load(Ordering::Acquire);
+        if finished != this.seen_responses {
+            // A response went out since we last looked: the connection is now idle.
+            this.seen_responses = finished;
+            this.head_started = false;
+            this.sleep.as_mut().reset(Instant::now() + this.idle_timeout);
+        }
+
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && !this.head_started {
+                    this.head_started = true;
+                    if this.seen_responses > 0 {
+                        this.sleep.as_mut().reset(Instant::now() + this.header_timeout);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if this.head_started {
+                    this.pending_reply = Some(((this.reply)(), 0));
+                    this.poll_send_reply(cx)
+                } else {
+                    this.closed = true;
+                    Poll::Ready(Ok(()))
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that tells the connection's [`RequestPhase`] when it is done with
+/// (fully sent, or dropped because the client went away).
+pub struct PhaseBody<B> {
+    inner: B,
+    phase: Arc<RequestPhase>,
+}
+
+impl<B> PhaseBody<B> {
+    /// Wraps the body of the response to the request that `phase` is serving.
+    pub fn new(inner: B, phase: Arc<RequestPhase>) -> Self {
+        Self { inner, phase }
+    }
+}
+
+impl<B> Drop for PhaseBody<B> {
+    fn drop(&mut self) {
+        self.phase.response_finished();
+    }
+}
+
+impl<B: Body + Unpin> Body for PhaseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    fn reply() -> TimeoutReply {
+        Arc::new(|| Bytes::from_static(b"HTTP/1.1 408 Request Timeout\r\n\r\n"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_head_gets_a_408_then_eof() {
+        let (mut client, server) = duplex(1024);
+        let phase = Arc::new(RequestPhase::default());
+        let mut io = HeadDeadlineIo::new(server, phase, Duration::from_secs(5), Duration::from_secs(60), reply());
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
+        // The next read waits for the deadline, answers 408 and ends the stream.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        let mut answer = Vec::new();
+        drop(io);
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 408"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_connection_is_closed_without_a_reply() {
+        let (mut client, server) = duplex(1024);
+        let phase = Arc::new(RequestPhase::default());
+        let mut io = HeadDeadlineIo::new(server, phase, Duration::from_secs(5), Duration::from_secs(60), reply());
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        drop(io);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_deadline_while_a_request_is_served_and_idle_timeout_after() {
+        let (mut client, server) = duplex(1024);
+        let phase = Arc::new(RequestPhase::default());
+        let mut io = HeadDeadlineIo::new(server, phase.clone(), Duration::from_secs(5), Duration::from_secs(60), reply());
+        phase.request_started();
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let n = io.read(&mut buf).await.unwrap();
+            (io, n)
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"body").await.unwrap();
+        let (mut io, n) = read.await.unwrap();
+        assert_eq!(n, 4, "a slow body is not cut off by the header deadline");
+
+        phase.response_finished();
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), Duration::from_secs(60), "idle keep-alive uses idle_timeout");
+    }
+}

@@ -1,0 +1,246 @@
+//! Listeners: accept TCP or TLS connections (capped in number), serve HTTP/1.1 and, over
+//! TLS when the client offers it, HTTP/2; shut down gracefully.
+
+mod deadline;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::pipeline::context::ConnInfo;
+use crate::pipeline::{Gateway, GatewayError};
+use deadline::{HeadDeadlineIo, PhaseBody, RequestPhase, TimeoutReply};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The pipeline could not be built from the configuration.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A bound listener with its gateway, ready to [`run`](Self::run).
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Connections>,
+    max_connections: usize,
+    shutdown_grace: Duration,
+}
+
+/// What every connection task needs.
+struct Connections {
+    gateway: Arc<Gateway>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    plain_timeout_reply: TimeoutReply,
+    tls_timeout_reply: TimeoutReply,
+}
+
+impl Server {
+    /// Builds the gateway for `config` and binds its listener.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let gateway = Arc::new(Gateway::from_config(config)?);
+        let tls = match &config.tls {
+            Some(files) => Some(TlsAcceptor::from(tls::load(&files.cert, &files.key)?)),
+            None => None,
+        };
+        let bind_error = |source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+
+        let limits = &config.limits;
+        // hyper's own limits sit well above ours so that our checks, which answer with
+        // problem+json, are the ones clients meet.
+        let head_budget = limits.max_uri_bytes + limits.max_header_bytes;
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .max_buf_size((2 * head_budget).max(16 * 1024))
+            .max_headers((2 * limits.max_headers).max(100));
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(2 * head_budget).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+
+        let reply_for = |https: bool| -> TimeoutReply {
+            let gateway = gateway.clone();
+            Arc::new(move || gateway.head_timeout_reply(https))
+        };
+        let connections = Arc::new(Connections {
+            http1,
+            http2,
+            header_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            plain_timeout_reply: reply_for(false),
+            tls_timeout_reply: reply_for(true),
+            gateway,
+        });
+        Ok(Self {
+            listener,
+            local_addr,
+            tls,
+            connections,
+            max_connections: limits.max_connections,
+            shutdown_grace: limits.shutdown_grace,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and gives in-flight
+    /// requests the configured grace period to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        info!(addr = %self.local_addr, tls = self.tls.is_some(), "portcullis listening");
+        let graceful = GracefulShutdown::new();
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            // Waiting for a permit before accepting leaves excess connections in the
+            // kernel's backlog instead of accepting work we cannot do.
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, then go on.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let connections = self.connections.clone();
+            let tls = self.tls.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                connections.serve(stream, peer, tls, watcher).await;
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        info!(grace = ?self.shutdown_grace, "shutting down: no new connections; letting in-flight requests finish");
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await.is_err() {
+            warn!("grace period over; closing the remaining connections");
+        }
+    }
+}
+
+impl Connections {
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, watcher: Watcher) {
+        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = tls else {
+            let conn = ConnInfo { peer, tls: false };
+            return self.serve_http1(stream, conn, &self.plain_timeout_reply, watcher).await;
+        };
+        let stream = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => return debug!(%peer, "TLS handshake timed out"),
+        };
+        let conn = ConnInfo { peer, tls: true };
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let gateway = self.gateway.clone();
+            let service = service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(request, &conn).await) }
+            });
+            let connection = self.http2.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                debug!(%peer, %error, "HTTP/2 connection ended with an error");
+            }
+        } else {
+            let reply = self.tls_timeout_reply.clone();
+            self.serve_http1(stream, conn, &reply, watcher).await;
+        }
+    }
+
+    async fn serve_http1<I>(&self, io: I, conn: ConnInfo, reply: &TimeoutReply, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let phase = Arc::new(RequestPhase::default());
+        let io = HeadDeadlineIo::new(io, phase.clone(), self.header_timeout, self.idle_timeout, reply.clone());
+        let gateway = self.gateway.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let gateway = gateway.clone();
+            let phase = phase.clone();
+            phase.request_started();
+            async move {
+                let response = gateway.handle(request, &conn).await;
+                Ok::<_, Infallible>(response.map(|body| PhaseBody::new(body, phase)))
+            }
+        });
+        let connection = self.http1.serve_connection(TokioIo::new(io), service);
+        if let Err(error) = watcher.watch(connection).await {
+            debug!(peer = %conn.peer, %error, "HTTP/1.1 connection ended with an error");
+        }
+    }
+}
+
+/// Renders a complete HTTP/1.1 response, for the rare answer written outside hyper.
+pub(crate) fn render_http1(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(HeaderValue::from(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}

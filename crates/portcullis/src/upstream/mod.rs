@@ -1,0 +1,276 @@
+//! Upstreams: where requests go, and how they are sent there.
+//!
+//! Each [`Upstream`] owns its connection pool, so per-upstream transport settings (pinned
+//! certificates, concurrency caps, circuit breaking) have one place to live.
+
+mod forward;
+mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use forward::{prepare_request_headers, remove_hop_by_hop};
+pub use route::{Route, Router};
+
+use crate::body::ResponseBody;
+use crate::pipeline::hygiene::{BodyTooLarge, LimitedBody};
+
+/// The body the gateway sends upstream: the client's, limited as it streams.
+pub type UpstreamBody = LimitedBody<Incoming>;
+
+/// How long a connection attempt to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A configuration an [`Upstream`] cannot be built from.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The URL does not parse, or is not an absolute http(s) URL with a host.
+    #[error("upstream {name:?}: {url:?} is not an absolute http:// or https:// URL with a host and no query")]
+    InvalidUrl {
+        /// The upstream's name.
+        name: String,
+        /// The URL as configured.
+        url: String,
+    },
+    /// The URL carries credentials, which would end up in logs.
+    #[error("upstream {name:?}: the URL must not contain a user name or password")]
+    CredentialsInUrl {
+        /// The upstream's name.
+        name: String,
+    },
+    /// The TLS client could not be built.
+    #[error("upstream {name:?}: TLS client setup failed: {source}")]
+    Tls {
+        /// The upstream's name.
+        name: String,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+}
+
+/// Why a request could not be completed upstream. The gateway turns each into a problem
+/// that says which, and nothing more.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No response headers within the timeout.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The client's streamed body went over the limit.
+    #[error(transparent)]
+    BodyTooLarge(#[from] BodyTooLarge),
+    /// Connection refused, reset, TLS failure or a malformed response.
+    #[error("upstream request failed: {0}")]
+    Unavailable(#[source] hyper_util::client::legacy::Error),
+}
+
+/// Where an upstream URL points.
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    host: HeaderValue,
+}
+
+impl Target {
+    fn parse(name: &str, url: &str) -> Result<Self, UpstreamError> {
+        let invalid = || UpstreamError::InvalidUrl {
+            name: name.to_owned(),
+            url: url.to_owned(),
+        };
+        let uri: Uri = url.parse().map_err(|_| invalid())?;
+        let scheme = uri.scheme().cloned().ok_or_else(invalid)?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(invalid());
+        }
+        let authority = uri.authority().cloned().ok_or_else(invalid)?;
+        if authority.as_str().contains('@') {
+            return Err(UpstreamError::CredentialsInUrl { name: name.to_owned() });
+        }
+        if authority.host().is_empty() || uri.query().is_some() {
+            return Err(invalid());
+        }
+        Ok(Self {
+            host: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            scheme,
+            authority,
+        })
+    }
+}
+
+/// Checks that `url` is usable as the upstream `name`, without building a client.
+pub fn validate_url(name: &str, url: &str) -> Result<(), UpstreamError> {
+    Target::parse(name, url).map(|_| ())
+}
+
+/// A named upstream service.
+pub struct Upstream {
+    name: String,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    host: HeaderValue,
+    timeout: Duration,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("authority", &self.authority)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// An upstream called `name` at `url`, whose requests must produce response headers
+    /// within `timeout`.
+    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Arc<Self>, UpstreamError> {
+        let Target {
+            scheme,
+            authority,
+            base_path,
+            host,
+        } = Target::parse(name, url)?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+            .map_err(|source| UpstreamError::Tls {
+                name: name.to_owned(),
+                source,
+            })?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+
+        Ok(Arc::new(Self {
+            name: name.to_owned(),
+            scheme,
+            authority,
+            base_path,
+            host,
+            timeout,
+            client,
+        }))
+    }
+
+    /// The name it was configured under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The `Host` header value requests to it carry.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The absolute URI for `path_and_query` (already stripped of a route prefix when the
+    /// route says so), below the upstream's own base path.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Uri {
+        let mut target = String::with_capacity(self.base_path.len() + path.len() + 1);
+        target.push_str(&self.base_path);
+        if !path.starts_with('/') {
+            target.push('/');
+        }
+        target.push_str(path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        // Scheme and authority were validated at start; the path passed hygiene.
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// Sends `request` (already addressed with [`Self::uri_for`]) and returns the response
+    /// with hop-by-hop headers removed and its body streaming.
+    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<ResponseBody>, ForwardError> {
+        use http_body_util::BodyExt;
+
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(error)) => return Err(classify(error)),
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    }
+
+    /// Whether a TCP connection to the upstream can be opened within `timeout`.
+    pub async fn is_reachable(&self, timeout: Duration) -> bool {
+        let default_port = if self.scheme == Scheme::HTTPS { 443 } else { 80 };
+        let port = self.authority.port_u16().unwrap_or(default_port);
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let connect = tokio::net::TcpStream::connect((host, port));
+        matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)))
+    }
+}
+
+/// A body that went over the limit surfaces deep in the client's error chain.
+fn classify(error: hyper_util::client::legacy::Error) -> ForwardError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = source {
+        if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
+            return ForwardError::BodyTooLarge(*too_large);
+        }
+        source = current.source();
+    }
+    ForwardError::Unavailable(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Result<Arc<Upstream>, UpstreamError> {
+        Upstream::new("u", url, Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn accepts_http_and_https_urls() {
+        assert!(upstream("http://127.0.0.1:9000").is_ok());
+        assert!(upstream("https://api.example/base/").is_ok());
+    }
+
+    #[tokio::test]
+    async fn refuses_unusable_urls() {
+        for url in ["127.0.0.1:9000", "ftp://a.example", "/relative", "http://a.example/?q=1", "not a url"] {
+            assert!(matches!(upstream(url), Err(UpstreamError::InvalidUrl { .. })), "{url}");
+        }
+        assert!(matches!(upstream("http://user:pw@a.example"), Err(UpstreamError::CredentialsInUrl { .. })));
+    }
+
+    #[tokio::test]
+    async fn builds_uris_below_the_base_path() {
+        let plain = upstream("http://127.0.0.1:9000").unwrap();
+        assert_eq!(plain.uri_for("/v1/x", Some("a=1")), "http://127.0.0.1:9000/v1/x?a=1");
+        let based = upstream("http://127.0.0.1:9000/base/").unwrap();
+        assert_eq!(based.uri_for("/v1", None), "http://127.0.0.1:9000/base/v1");
+        assert_eq!(based.uri_for("", None), "http://127.0.0.1:9000/base/");
+        assert_eq!(based.host(), "127.0.0.1:9000");
+    }
+}

@@ -1,0 +1,114 @@
+//! Routes: which upstream serves a path (longest path prefix wins).
+
+use std::sync::Arc;
+
+use http::Uri;
+
+use super::Upstream;
+use crate::pipeline::headers::path_has_prefix;
+
+/// A path prefix served by one upstream.
+#[derive(Debug, Clone)]
+pub struct Route {
+    prefix: String,
+    upstream: Arc<Upstream>,
+    strip_prefix: bool,
+}
+
+impl Route {
+    /// Paths at or below `prefix` (on a segment boundary) go to `upstream`; with
+    /// `strip_prefix` the prefix is removed from the path sent upstream.
+    pub fn new(prefix: &str, upstream: Arc<Upstream>, strip_prefix: bool) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            upstream,
+            strip_prefix,
+        }
+    }
+
+    /// The upstream that serves this route.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Where a request for `uri` on this route goes.
+    pub fn upstream_uri(&self, uri: &Uri) -> Uri {
+        let path = uri.path();
+        let path = if self.strip_prefix {
+            path.get(self.prefix.len()..).unwrap_or(path)
+        } else {
+            path
+        };
+        self.upstream.uri_for(path, uri.query())
+    }
+}
+
+/// Every route, searched longest prefix first.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// A router over `routes`, in any order.
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        Self { routes }
+    }
+
+    /// The route whose prefix is the longest that covers `path`.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| path_has_prefix(path, &route.prefix))
+    }
+
+    /// Every upstream some route sends to, each once.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+        for route in &self.routes {
+            if !upstreams.iter().any(|u| Arc::ptr_eq(u, &route.upstream)) {
+                upstreams.push(route.upstream.clone());
+            }
+        }
+        upstreams
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn upstream(name: &str) -> Arc<Upstream> {
+        Upstream::new(name, "http://127.0.0.1:1", Duration::from_secs(1)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn longest_prefix_wins_on_segment_boundaries() {
+        let router = Router::new(vec![
+            Route::new("/", upstream("root"), false),
+            Route::new("/api", upstream("api"), false),
+            Route::new("/api/admin/", upstream("admin"), false),
+        ]);
+        let name = |path| router.find(path).map(|r| r.upstream().name().to_owned());
+        assert_eq!(name("/api/admin/users").as_deref(), Some("admin"));
+        assert_eq!(name("/api/admin").as_deref(), Some("admin"));
+        assert_eq!(name("/api/x").as_deref(), Some("api"));
+        assert_eq!(name("/apix").as_deref(), Some("root"));
+        assert_eq!(router.upstreams().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn no_route_without_a_covering_prefix() {
+        let router = Router::new(vec![Route::new("/api", upstream("api"), false)]);
+        assert!(router.find("/other").is_none());
+    }
+
+    #[tokio::test]
+    async fn strips_the_prefix_when_asked() {
+        let route = Route::new("/inventory", upstream("inv"), true);
+        let uri: Uri = "/inventory/v1/positions?x=1".parse().unwrap();
+        assert_eq!(route.upstream_uri(&uri), "http://127.0.0.1:1/v1/positions?x=1");
+        let kept = Route::new("/inventory", upstream("inv"), false);
+        assert_eq!(kept.upstream_uri(&uri), "http://127.0.0.1:1/inventory/v1/positions?x=1");
+    }
+}
