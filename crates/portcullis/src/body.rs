@@ -12,7 +12,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A response body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A response body with nothing in it.

@@ -31,15 +31,19 @@ pub enum DemoError {
 
 /// Runs the sample API and the gateway until `shutdown` resolves.
 pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
-    let api = TcpListener::bind("127.0.0.1:0").await.map_err(DemoError::SampleApi)?;
+    let api = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(DemoError::SampleApi)?;
     let api_addr = api.local_addr().map_err(DemoError::SampleApi)?;
     tokio::spawn(async move { axum::serve(api, sample_api()).await });
 
     let token = mint_token();
-    let mut config = Config::default();
-    config.listen = listen;
+    let mut config = Config {
+        listen,
+        api_tokens: vec![SecretString::from(token.clone())],
+        ..Config::default()
+    };
     config.set_default_upstream(&format!("http://{api_addr}"));
-    config.api_tokens = vec![SecretString::from(token.clone())];
     let server = Server::bind(&config).await?;
     print_instructions(server.local_addr(), &token);
     server.run(shutdown).await;
@@ -91,15 +95,19 @@ struct Position {
 }
 
 fn positions() -> Vec<Position> {
-    [("SKU-1001", "LYON-DC", 1200), ("SKU-1002", "LYON-DC", 75), ("SKU-2001", "GENOA-PLANT", 0)]
-        .into_iter()
-        .map(|(sku, site, on_hand)| Position {
-            sku: sku.into(),
-            site: site.into(),
-            on_hand,
-            unit: "EA".into(),
-        })
-        .collect()
+    [
+        ("SKU-1001", "LYON-DC", 1200),
+        ("SKU-1002", "LYON-DC", 75),
+        ("SKU-2001", "GENOA-PLANT", 0),
+    ]
+    .into_iter()
+    .map(|(sku, site, on_hand)| Position {
+        sku: sku.into(),
+        site: site.into(),
+        on_hand,
+        unit: "EA".into(),
+    })
+    .collect()
 }
 
 /// The sample API: it fingerprints itself, as many real APIs do, so the demo can show
@@ -108,12 +116,17 @@ fn sample_api() -> Router {
     Router::new()
         .route("/v1/positions", get(list_positions).post(create_position))
         .route("/v1/positions/{sku}", get(show_position))
-        .layer(axum::middleware::map_response(|mut response: Response| async move {
-            let headers = response.headers_mut();
-            headers.insert(header::SERVER, HeaderValue::from_static("sample-inventory/0.1"));
-            headers.insert("x-powered-by", HeaderValue::from_static("demo"));
-            response
-        }))
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::SERVER,
+                    HeaderValue::from_static("sample-inventory/0.1"),
+                );
+                headers.insert("x-powered-by", HeaderValue::from_static("demo"));
+                response
+            },
+        ))
 }
 
 async fn list_positions() -> Json<Vec<Position>> {
@@ -123,7 +136,11 @@ async fn list_positions() -> Json<Vec<Position>> {
 async fn show_position(Path(sku): Path<String>) -> Response {
     match positions().into_iter().find(|p| p.sku == sku) {
         Some(position) => Json(position).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "no such sku" }))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such sku" })),
+        )
+            .into_response(),
     }
 }
 

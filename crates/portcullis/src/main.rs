@@ -56,14 +56,19 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(overrides) => serve(&overrides).await,
-            Command::Check { overrides, production } => check(&overrides, production),
-            Command::Demo { listen } => match portcullis::demo::run(listen, shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("portcullis demo: {error}");
-                    ExitCode::FAILURE
+            Command::Check {
+                overrides,
+                production,
+            } => check(&overrides, production),
+            Command::Demo { listen } => {
+                match portcullis::demo::run(listen, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("portcullis demo: {error}");
+                        ExitCode::FAILURE
+                    }
                 }
-            },
+            }
         }
     })
 }
@@ -121,7 +126,11 @@ fn check(overrides: &Overrides, production: bool) -> ExitCode {
     };
     let report = rules::check(&config, production);
     print_report(&report, production);
-    if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn print_report(report: &Report, production: bool) {
@@ -148,14 +157,15 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

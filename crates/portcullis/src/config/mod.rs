@@ -246,7 +246,10 @@ impl Config {
     /// Loads the configuration: the file named by `overrides` (if any), then the values
     /// `overrides` carries from the environment and flags, then the secrets that `env`
     /// holds. `env` is the process environment in production and a map in tests.
-    pub fn load(overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut config = match &overrides.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -274,7 +277,11 @@ impl Config {
                 timeout: None,
             },
         );
-        if !self.routes.iter().any(|r| r.path_prefix.trim_end_matches('/').is_empty()) {
+        if !self
+            .routes
+            .iter()
+            .any(|r| r.path_prefix.trim_end_matches('/').is_empty())
+        {
             self.routes.push(RouteConfig {
                 path_prefix: "/".to_owned(),
                 upstream: DEFAULT_UPSTREAM.to_owned(),
@@ -333,25 +340,41 @@ mod tests {
         assert_eq!(config.listen.port(), 8443);
         assert_eq!(config.trusted_proxies.len(), 2);
         assert_eq!(config.limits.max_body_bytes, 2048);
-        assert_eq!(config.limits.max_headers, 100, "unset fields keep their defaults");
+        assert_eq!(
+            config.limits.max_headers, 100,
+            "unset fields keep their defaults"
+        );
         assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
-        assert_eq!(config.upstreams["inventory"].timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            config.upstreams["inventory"].timeout,
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(config.routes[0].upstream, "inventory");
-        assert_eq!(config.security_headers.csp_overrides[0].path_prefix, "/docs");
+        assert_eq!(
+            config.security_headers.csp_overrides[0].path_prefix,
+            "/docs"
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors_with_a_location() {
         let error = Config::from_toml("[limits]\nmax_body = 1\n", Path::new("c.toml")).unwrap_err();
         let text = error.to_string();
-        assert!(text.contains("c.toml") && text.contains("max_body"), "{text}");
+        assert!(
+            text.contains("c.toml") && text.contains("max_body"),
+            "{text}"
+        );
     }
 
     #[test]
     fn tokens_come_from_the_environment_and_are_split() {
         let env = |name: &str| (name == API_TOKENS_VAR).then(|| " a-token , ,b-token,".to_owned());
         let config = Config::load(&Overrides::default(), env).unwrap();
-        let tokens: Vec<&str> = config.api_tokens.iter().map(|t| t.expose_secret()).collect();
+        let tokens: Vec<&str> = config
+            .api_tokens
+            .iter()
+            .map(|t| t.expose_secret())
+            .collect();
         assert_eq!(tokens, ["a-token", "b-token"]);
     }
 

@@ -34,11 +34,21 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
 
     /// Comma-separated CIDRs whose X-Forwarded-* headers are believed.
-    #[arg(long, env = "PORTCULLIS_TRUSTED_PROXIES", value_name = "CIDRS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PORTCULLIS_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Option<Vec<IpNet>>,
 
     /// Comma-separated origins allowed to make cross-origin requests.
-    #[arg(long, env = "PORTCULLIS_CORS_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PORTCULLIS_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_allowed_origins: Option<Vec<String>>,
 
     /// Largest request body in bytes [default: 1048576].
@@ -75,7 +85,10 @@ impl Overrides {
             // A flag given alone replaces its half of the file's pair; a missing half
             // stays empty and is reported by the `tls.pair` rule.
             let current = config.tls.take();
-            let cert = self.tls_cert.clone().or_else(|| current.as_ref().map(|t| t.cert.clone()));
+            let cert = self
+                .tls_cert
+                .clone()
+                .or_else(|| current.as_ref().map(|t| t.cert.clone()));
             let key = self.tls_key.clone().or_else(|| current.map(|t| t.key));
             config.tls = Some(TlsFiles {
                 cert: cert.unwrap_or_default(),
@@ -86,7 +99,11 @@ impl Overrides {
             config.trusted_proxies = proxies.clone();
         }
         if let Some(origins) = &self.cors_allowed_origins {
-            config.cors.allowed_origins = origins.iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
+            config.cors.allowed_origins = origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
         }
         if let Some(bytes) = self.max_body_bytes {
             config.limits.max_body_bytes = bytes;

@@ -57,15 +57,25 @@ impl Report {
 
     /// The findings that block the configuration.
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Error)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
     }
 
     /// The findings that only warn.
     pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Warning)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
     }
 
-    fn add(&mut self, rule: &'static str, severity: Severity, message: impl Into<String>, fix: impl Into<String>) {
+    fn add(
+        &mut self,
+        rule: &'static str,
+        severity: Severity,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         self.findings.push(Finding {
             rule,
             severity,
@@ -89,7 +99,11 @@ pub fn check(config: &Config, production: bool) -> Report {
 }
 
 fn strict(production: bool) -> Severity {
-    if production { Severity::Error } else { Severity::Warning }
+    if production {
+        Severity::Error
+    } else {
+        Severity::Warning
+    }
 }
 
 fn credentials(config: &Config, production: bool, report: &mut Report) {
@@ -133,7 +147,12 @@ fn upstreams_and_routes(config: &Config, report: &mut Report) {
     }
     for (name, upstream) in &config.upstreams {
         if let Err(error) = crate::upstream::validate_url(name, &upstream.url) {
-            report.add("upstreams.url", Severity::Error, error.to_string(), "use a URL like http://127.0.0.1:9000 or https://api.internal/base");
+            report.add(
+                "upstreams.url",
+                Severity::Error,
+                error.to_string(),
+                "use a URL like http://127.0.0.1:9000 or https://api.internal/base",
+            );
         }
     }
     for route in &config.routes {
@@ -141,8 +160,14 @@ fn upstreams_and_routes(config: &Config, report: &mut Report) {
             report.add(
                 "routes.upstream",
                 Severity::Error,
-                format!("route {:?} names upstream {:?}, which is not defined", route.path_prefix, route.upstream),
-                format!("add [upstreams.{}] with a url, or fix the route's upstream", route.upstream),
+                format!(
+                    "route {:?} names upstream {:?}, which is not defined",
+                    route.path_prefix, route.upstream
+                ),
+                format!(
+                    "add [upstreams.{}] with a url, or fix the route's upstream",
+                    route.upstream
+                ),
             );
         }
         if check_path(&route.path_prefix).is_err() {
@@ -193,12 +218,22 @@ fn cors(config: &Config, report: &mut Report) {
     }
     for method in &cors.allowed_methods {
         if Method::from_bytes(method.as_bytes()).is_err() {
-            report.add("cors.methods", Severity::Error, format!("CORS method {method:?} is not a method"), "use names like GET or POST");
+            report.add(
+                "cors.methods",
+                Severity::Error,
+                format!("CORS method {method:?} is not a method"),
+                "use names like GET or POST",
+            );
         }
     }
     for name in cors.allowed_headers.iter().chain(&cors.expose_headers) {
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
-            report.add("cors.headers", Severity::Error, format!("CORS header {name:?} is not a header name"), "use names like content-type");
+            report.add(
+                "cors.headers",
+                Severity::Error,
+                format!("CORS header {name:?} is not a header name"),
+                "use names like content-type",
+            );
         }
     }
 }
@@ -214,16 +249,34 @@ fn security_headers(config: &Config, production: bool, report: &mut Report) {
         );
     }
     let values = std::iter::once(&headers.content_security_policy)
-        .chain(headers.csp_overrides.iter().map(|o| &o.content_security_policy))
+        .chain(
+            headers
+                .csp_overrides
+                .iter()
+                .map(|o| &o.content_security_policy),
+        )
         .chain(std::iter::once(&headers.strict_transport_security));
     for value in values {
         if HeaderValue::from_str(value).is_err() {
-            report.add("security_headers.values", Severity::Error, format!("{value:?} is not a valid header value"), "remove control characters and line breaks");
+            report.add(
+                "security_headers.values",
+                Severity::Error,
+                format!("{value:?} is not a valid header value"),
+                "remove control characters and line breaks",
+            );
         }
     }
     for o in &headers.csp_overrides {
         if !o.path_prefix.starts_with('/') {
-            report.add("security_headers.csp_overrides", Severity::Error, format!("CSP override path_prefix {:?} does not start with /", o.path_prefix), "use an absolute path prefix such as /docs");
+            report.add(
+                "security_headers.csp_overrides",
+                Severity::Error,
+                format!(
+                    "CSP override path_prefix {:?} does not start with /",
+                    o.path_prefix
+                ),
+                "use an absolute path prefix such as /docs",
+            );
         }
     }
 }
@@ -239,7 +292,12 @@ fn limits(config: &Config, production: bool, report: &mut Report) {
     ];
     for (name, is_zero) in positive {
         if is_zero {
-            report.add("limits.positive", Severity::Error, format!("{name} is 0, which refuses everything"), format!("set {name} to a positive number"));
+            report.add(
+                "limits.positive",
+                Severity::Error,
+                format!("{name} is 0, which refuses everything"),
+                format!("set {name} to a positive number"),
+            );
         }
     }
     let mut timeouts = vec![
@@ -247,10 +305,20 @@ fn limits(config: &Config, production: bool, report: &mut Report) {
         ("header_read_timeout".to_owned(), limits.header_read_timeout),
         ("idle_timeout".to_owned(), limits.idle_timeout),
     ];
-    timeouts.extend(config.upstreams.iter().filter_map(|(name, u)| Some((format!("upstreams.{name}.timeout"), u.timeout?))));
+    timeouts.extend(
+        config
+            .upstreams
+            .iter()
+            .filter_map(|(name, u)| Some((format!("upstreams.{name}.timeout"), u.timeout?))),
+    );
     for (name, timeout) in &timeouts {
         if timeout.is_zero() {
-            report.add("limits.timeouts", Severity::Error, format!("{name} is 0"), "set a timeout of at least 1s");
+            report.add(
+                "limits.timeouts",
+                Severity::Error,
+                format!("{name} is 0"),
+                "set a timeout of at least 1s",
+            );
         }
     }
     if !production {
@@ -269,7 +337,10 @@ fn limits(config: &Config, production: bool, report: &mut Report) {
             report.add(
                 "production.timeouts",
                 Severity::Error,
-                format!("{name} is {}, outside 1s..=120s", humantime::format_duration(*timeout)),
+                format!(
+                    "{name} is {}, outside 1s..=120s",
+                    humantime::format_duration(*timeout)
+                ),
                 format!("set {name} between 1s and 120s"),
             );
         }
@@ -289,7 +360,11 @@ mod tests {
     }
 
     fn rules(report: &Report) -> Vec<(&'static str, Severity)> {
-        report.findings.iter().map(|f| (f.rule, f.severity)).collect()
+        report
+            .findings
+            .iter()
+            .map(|f| (f.rule, f.severity))
+            .collect()
     }
 
     #[test]
@@ -315,14 +390,23 @@ mod tests {
         config.api_tokens = vec![SecretString::from("short".to_owned())];
         config.tls = None;
         config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(rules(&check(&config, false)), [("credentials.length", Severity::Warning)]);
-        assert_eq!(rules(&check(&config, true)), [("credentials.length", Severity::Error)]);
+        assert_eq!(
+            rules(&check(&config, false)),
+            [("credentials.length", Severity::Warning)]
+        );
+        assert_eq!(
+            rules(&check(&config, true)),
+            [("credentials.length", Severity::Error)]
+        );
     }
 
     #[test]
     fn token_findings_do_not_contain_the_token() {
         let mut config = valid();
-        config.api_tokens = vec![SecretString::from("tiny".to_owned()), SecretString::from("bad token".to_owned())];
+        config.api_tokens = vec![
+            SecretString::from("tiny".to_owned()),
+            SecretString::from("bad token".to_owned()),
+        ];
         for finding in check(&config, true).findings {
             assert!(!finding.message.contains("tiny") && !finding.message.contains("bad token"));
         }
@@ -337,16 +421,31 @@ mod tests {
         let found: Vec<_> = check(&config, true).errors().map(|f| f.rule).collect();
         assert_eq!(
             found,
-            ["production.transport", "security_headers.enabled", "production.body_limit", "production.timeouts"]
+            [
+                "production.transport",
+                "security_headers.enabled",
+                "production.body_limit",
+                "production.timeouts"
+            ]
         );
-        assert!(check(&config, false).passed(), "only warnings outside production");
+        assert!(
+            check(&config, false).passed(),
+            "only warnings outside production"
+        );
     }
 
     #[test]
     fn wildcard_and_malformed_origins_fail() {
         let mut config = valid();
-        config.cors.allowed_origins = vec!["*".into(), "https://ok.example".into(), "https://a.example/path".into()];
-        let errors: Vec<_> = check(&config, false).errors().map(|f| f.message.clone()).collect();
+        config.cors.allowed_origins = vec![
+            "*".into(),
+            "https://ok.example".into(),
+            "https://a.example/path".into(),
+        ];
+        let errors: Vec<_> = check(&config, false)
+            .errors()
+            .map(|f| f.message.clone())
+            .collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
@@ -369,6 +468,9 @@ mod tests {
             cert: "/x/cert.pem".into(),
             key: "".into(),
         });
-        assert_eq!(check(&config, false).errors().next().unwrap().rule, "tls.pair");
+        assert_eq!(
+            check(&config, false).errors().next().unwrap().rule,
+            "tls.pair"
+        );
     }
 }

@@ -34,15 +34,18 @@ pub fn read_secret(
 ) -> Result<Option<SecretString>, SecretError> {
     let file_var = format!("{name}_FILE");
     match (env(name), env(&file_var)) {
-        (Some(_), Some(_)) => Err(SecretError::Ambiguous { name: name.to_owned() }),
+        (Some(_), Some(_)) => Err(SecretError::Ambiguous {
+            name: name.to_owned(),
+        }),
         (Some(value), None) => Ok(Some(SecretString::from(value))),
         (None, Some(path)) => {
             let path = PathBuf::from(path);
-            let mut text = std::fs::read_to_string(&path).map_err(|source| SecretError::Unreadable {
-                name: name.to_owned(),
-                path: path.clone(),
-                source,
-            })?;
+            let mut text =
+                std::fs::read_to_string(&path).map_err(|source| SecretError::Unreadable {
+                    name: name.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
             let kept = text.trim_end_matches(['\r', '\n']).len();
             text.truncate(kept);
             Ok(Some(SecretString::from(text)))
@@ -58,7 +61,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
@@ -73,20 +79,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         std::fs::write(&path, "from-file\n").unwrap();
-        let secret = read_secret("S", env(&[("S_FILE", path.to_str().unwrap())])).unwrap().unwrap();
+        let secret = read_secret("S", env(&[("S_FILE", path.to_str().unwrap())]))
+            .unwrap()
+            .unwrap();
         assert_eq!(secret.expose_secret(), "from-file");
     }
 
     #[test]
     fn both_set_is_an_error_and_neither_is_none() {
-        assert!(matches!(read_secret("S", env(&[("S", "a"), ("S_FILE", "/x")])), Err(SecretError::Ambiguous { .. })));
+        assert!(matches!(
+            read_secret("S", env(&[("S", "a"), ("S_FILE", "/x")])),
+            Err(SecretError::Ambiguous { .. })
+        ));
         assert!(read_secret("S", env(&[])).unwrap().is_none());
     }
 
     #[test]
     fn unreadable_file_names_the_variable_not_the_secret() {
         let error = read_secret("S", env(&[("S_FILE", "/nonexistent/portcullis")])).unwrap_err();
-        assert!(error.to_string().starts_with("S_FILE: cannot read /nonexistent/portcullis"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("S_FILE: cannot read /nonexistent/portcullis")
+        );
     }
 
     #[test]

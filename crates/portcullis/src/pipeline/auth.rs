@@ -95,9 +95,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, CredentialError> {
 pub fn is_token68(token: &str) -> bool {
     let body = token.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 /// The static tokens from `PORTCULLIS_API_TOKENS`, held only as SHA-256 digests.
@@ -125,10 +125,9 @@ impl StaticTokens {
     /// Whether `token` is one of the configured tokens.
     pub fn verify(&self, token: &str) -> bool {
         let presented = digest(token);
-        let matched = self
-            .digests
-            .iter()
-            .fold(Choice::from(0), |found, known| found | known.ct_eq(&presented));
+        let matched = self.digests.iter().fold(Choice::from(0), |found, known| {
+            found | known.ct_eq(&presented)
+        });
         matched.into()
     }
 }
@@ -172,7 +171,10 @@ pub fn unauthorized(error: CredentialError) -> Problem {
     };
     Problem::new(ProblemKind::Unauthorized)
         .with_detail(detail)
-        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        )
 }
 
 #[cfg(test)]
@@ -189,13 +191,21 @@ mod tests {
     }
 
     fn tokens(list: &[&str]) -> StaticTokens {
-        StaticTokens::new(&list.iter().map(|t| SecretString::from(t.to_string())).collect::<Vec<_>>())
+        StaticTokens::new(
+            &list
+                .iter()
+                .map(|t| SecretString::from(t.to_string()))
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]
     fn parses_bearer_tokens() {
         assert_eq!(bearer_token(&headers(&[b"Bearer abc"])), Ok("abc"));
-        assert_eq!(bearer_token(&headers(&[b"bearer  a.b-c_d~e+f/g=="])), Ok("a.b-c_d~e+f/g=="));
+        assert_eq!(
+            bearer_token(&headers(&[b"bearer  a.b-c_d~e+f/g=="])),
+            Ok("a.b-c_d~e+f/g==")
+        );
     }
 
     #[test]
@@ -215,7 +225,10 @@ mod tests {
             assert_eq!(bearer_token(&headers(values)), Err(expected), "{values:?}");
         }
         let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
-        assert_eq!(bearer_token(&headers(&[long.as_bytes()])), Err(CredentialError::TooLong));
+        assert_eq!(
+            bearer_token(&headers(&[long.as_bytes()])),
+            Err(CredentialError::TooLong)
+        );
     }
 
     #[test]
@@ -243,8 +256,16 @@ mod tests {
         let wrong = auth.authenticate(&headers(&[b"Bearer bad"])).unwrap_err();
         let response = wrong.into_response(&HeaderValue::from_static("r"));
         assert_eq!(response.status(), 401);
-        assert!(response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer "));
-        assert_eq!(auth.authenticate(&headers(&[b"Bearer good"])).unwrap(), Principal::static_token());
+        assert!(
+            response.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer ")
+        );
+        assert_eq!(
+            auth.authenticate(&headers(&[b"Bearer good"])).unwrap(),
+            Principal::static_token()
+        );
     }
 
     proptest! {

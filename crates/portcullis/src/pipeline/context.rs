@@ -62,10 +62,12 @@ impl ClientIdentity {
     pub fn resolve<B>(&self, request: &Request<B>, conn: &ConnInfo) -> RequestContext {
         let headers = request.headers();
         let peer = conn.peer.ip().to_canonical();
-        let own_host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let own_host = headers.get(header::HOST).cloned().or_else(|| {
+            request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let peer_value = ip_header_value(peer);
 
         let mut context = RequestContext {
@@ -83,7 +85,11 @@ impl ClientIdentity {
         context.via_trusted_proxy = true;
         if let Some(chain) = forwarded_for_chain(headers) {
             context.client_ip = self.client_from_chain(&chain).unwrap_or(peer);
-            let joined = chain.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+            let joined = chain
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             context.forwarded_for =
                 HeaderValue::from_str(&format!("{joined}, {peer}")).unwrap_or(peer_value);
         }

@@ -47,7 +47,9 @@ pub struct Cors {
 #[derive(Debug, thiserror::Error)]
 pub enum CorsError {
     /// `*` or any other value that is not an exact origin.
-    #[error("CORS origin {0:?} is not an exact origin like https://app.example (wildcards are refused)")]
+    #[error(
+        "CORS origin {0:?} is not an exact origin like https://app.example (wildcards are refused)"
+    )]
     InvalidOrigin(String),
 }
 
@@ -63,16 +65,32 @@ impl Cors {
             .map(|origin| {
                 let normalized = normalize_origin(origin)
                     .ok_or_else(|| CorsError::InvalidOrigin(origin.clone()))?;
-                HeaderValue::from_str(&normalized).map_err(|_| CorsError::InvalidOrigin(origin.clone()))
+                HeaderValue::from_str(&normalized)
+                    .map_err(|_| CorsError::InvalidOrigin(origin.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let join = |items: Vec<&str>| HeaderValue::from_str(&items.join(", "));
         let allow_methods = join(policy.allowed_methods.iter().map(Method::as_str).collect())
             .unwrap_or(HeaderValue::from_static("GET"));
-        let allow_headers = join(policy.allowed_headers.iter().map(HeaderName::as_str).collect())
-            .unwrap_or(HeaderValue::from_static(""));
+        let allow_headers = join(
+            policy
+                .allowed_headers
+                .iter()
+                .map(HeaderName::as_str)
+                .collect(),
+        )
+        .unwrap_or(HeaderValue::from_static(""));
         let expose_headers = (!policy.expose_headers.is_empty())
-            .then(|| join(policy.expose_headers.iter().map(HeaderName::as_str).collect()).ok())
+            .then(|| {
+                join(
+                    policy
+                        .expose_headers
+                        .iter()
+                        .map(HeaderName::as_str)
+                        .collect(),
+                )
+                .ok()
+            })
             .flatten();
         Ok(Some(Self {
             origins,
@@ -93,7 +111,10 @@ impl Cors {
     /// Answers `request` if it is a CORS preflight: 204 with the allowed methods and
     /// headers, or 403 when the origin, method or a requested header is not allowed.
     /// `None` for any other request.
-    pub fn preflight<B>(&self, request: &Request<B>) -> Option<Result<Response<ResponseBody>, Problem>> {
+    pub fn preflight<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Option<Result<Response<ResponseBody>, Problem>> {
         let headers = request.headers();
         if request.method() != Method::OPTIONS {
             return None;
@@ -109,7 +130,8 @@ impl Cors {
         requested_method: &HeaderValue,
         headers: &HeaderMap,
     ) -> Result<Response<ResponseBody>, Problem> {
-        let denied = |detail: &'static str| Problem::new(ProblemKind::CorsDenied).with_detail(detail);
+        let denied =
+            |detail: &'static str| Problem::new(ProblemKind::CorsDenied).with_detail(detail);
         if !self.allows(origin) {
             return Err(denied("the origin is not allowed"));
         }
@@ -126,7 +148,11 @@ impl Cors {
                 .split(',')
                 .map(str::trim)
                 .filter(|name| !name.is_empty())
-                .all(|name| self.allowed_headers.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)));
+                .all(|name| {
+                    self.allowed_headers
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                });
             if !all_allowed {
                 return Err(denied("a requested header is not allowed"));
             }
@@ -134,8 +160,14 @@ impl Cors {
         let mut response = Response::new(body::empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
-        out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
-        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            self.allow_methods.clone(),
+        );
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            self.allow_headers.clone(),
+        );
         out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         Ok(response)
     }
@@ -150,7 +182,10 @@ impl Cors {
         };
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         if self.allow_credentials {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if let Some(expose) = &self.expose_headers {
             headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
@@ -234,11 +269,18 @@ mod tests {
     #[test]
     fn allowed_preflight_is_answered() {
         let answer = cors()
-            .preflight(&preflight("https://a.example", "POST", Some("content-type, Authorization")))
+            .preflight(&preflight(
+                "https://a.example",
+                "POST",
+                Some("content-type, Authorization"),
+            ))
             .unwrap()
             .unwrap();
         assert_eq!(answer.status(), StatusCode::NO_CONTENT);
-        assert_eq!(answer.headers()[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
+        assert_eq!(
+            answer.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
+            "GET, POST"
+        );
         assert_eq!(answer.headers()[header::ACCESS_CONTROL_MAX_AGE], "600");
     }
 
@@ -257,9 +299,17 @@ mod tests {
 
     #[test]
     fn non_preflights_pass_through() {
-        let get = Request::builder().uri("/").header(header::ORIGIN, "https://a.example").body(()).unwrap();
+        let get = Request::builder()
+            .uri("/")
+            .header(header::ORIGIN, "https://a.example")
+            .body(())
+            .unwrap();
         assert!(cors().preflight(&get).is_none());
-        let bare_options = Request::builder().method(Method::OPTIONS).uri("/").body(()).unwrap();
+        let bare_options = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/")
+            .body(())
+            .unwrap();
         assert!(cors().preflight(&bare_options).is_none());
     }
 
@@ -267,22 +317,52 @@ mod tests {
     fn allow_origin_only_for_listed_origins() {
         let c = cors();
         let mut allowed = HeaderMap::new();
-        c.apply(Some(&HeaderValue::from_static("https://b.example:8443")), &mut allowed);
-        assert_eq!(allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://b.example:8443");
-        assert_eq!(allowed[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
+        c.apply(
+            Some(&HeaderValue::from_static("https://b.example:8443")),
+            &mut allowed,
+        );
+        assert_eq!(
+            allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://b.example:8443"
+        );
+        assert_eq!(
+            allowed[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+            "x-request-id"
+        );
         assert_eq!(allowed[header::VARY], "Origin");
 
         let mut denied = HeaderMap::new();
-        c.apply(Some(&HeaderValue::from_static("https://a.example.evil")), &mut denied);
+        c.apply(
+            Some(&HeaderValue::from_static("https://a.example.evil")),
+            &mut denied,
+        );
         assert!(denied.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }
 
     #[test]
     fn origin_normalization() {
-        assert_eq!(normalize_origin("https://A.example"), Some("https://a.example".into()));
-        assert_eq!(normalize_origin("http://localhost:3000"), Some("http://localhost:3000".into()));
-        assert_eq!(normalize_origin("http://[::1]:3000"), Some("http://[::1]:3000".into()));
-        for bad in ["*", "null", "https://*.example", "https://a.example/", "ftp://a", "https://", "https://u@a", "https://a:x"] {
+        assert_eq!(
+            normalize_origin("https://A.example"),
+            Some("https://a.example".into())
+        );
+        assert_eq!(
+            normalize_origin("http://localhost:3000"),
+            Some("http://localhost:3000".into())
+        );
+        assert_eq!(
+            normalize_origin("http://[::1]:3000"),
+            Some("http://[::1]:3000".into())
+        );
+        for bad in [
+            "*",
+            "null",
+            "https://*.example",
+            "https://a.example/",
+            "ftp://a",
+            "https://",
+            "https://u@a",
+            "https://a:x",
+        ] {
             assert_eq!(normalize_origin(bad), None, "{bad}");
         }
     }

@@ -8,7 +8,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 pub const DEFAULT_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// Headers that tell an attacker what software the upstream runs.
-const FINGERPRINTS: [&str; 4] = ["server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"];
+const FINGERPRINTS: [&str; 4] = [
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+];
 
 /// Security header settings, as configured.
 #[derive(Debug, Clone)]
@@ -49,7 +54,12 @@ impl ResponseHeaders {
             ),
         ]
         .into_iter()
-        .map(|(name, value)| (HeaderName::from_static(name), HeaderValue::from_static(value)))
+        .map(|(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        })
         .collect();
         let mut csp_overrides = policy.csp_overrides.clone();
         csp_overrides.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
@@ -112,10 +122,18 @@ mod tests {
             enabled,
             content_security_policy: HeaderValue::from_static(DEFAULT_CSP),
             csp_overrides: vec![
-                ("/docs".into(), HeaderValue::from_static("default-src 'self'")),
-                ("/docs/raw".into(), HeaderValue::from_static("default-src 'none'; sandbox")),
+                (
+                    "/docs".into(),
+                    HeaderValue::from_static("default-src 'self'"),
+                ),
+                (
+                    "/docs/raw".into(),
+                    HeaderValue::from_static("default-src 'none'; sandbox"),
+                ),
             ],
-            strict_transport_security: HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+            strict_transport_security: HeaderValue::from_static(
+                "max-age=31536000; includeSubDomains",
+            ),
         })
     }
 
@@ -137,7 +155,10 @@ mod tests {
         let h = headers(true);
         let mut map = HeaderMap::new();
         h.apply(&mut map, h.csp_for("/"), true);
-        assert_eq!(map["strict-transport-security"], "max-age=31536000; includeSubDomains");
+        assert_eq!(
+            map["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
     }
 
     #[test]
@@ -160,7 +181,13 @@ mod tests {
     #[test]
     fn fingerprints_are_removed() {
         let mut map = HeaderMap::new();
-        for name in ["server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version", "content-type"] {
+        for name in [
+            "server",
+            "x-powered-by",
+            "x-aspnet-version",
+            "x-aspnetmvc-version",
+            "content-type",
+        ] {
             map.insert(name, HeaderValue::from_static("v"));
         }
         strip_fingerprints(&mut map);

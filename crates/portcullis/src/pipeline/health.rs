@@ -53,19 +53,32 @@ impl Health {
     }
 
     /// The answer to `probe` for a request with `method`.
-    pub async fn answer(&self, probe: Probe, method: &Method) -> Result<Response<ResponseBody>, Problem> {
+    pub async fn answer(
+        &self,
+        probe: Probe,
+        method: &Method,
+    ) -> Result<Response<ResponseBody>, Problem> {
         if method != Method::GET && method != Method::HEAD {
             return Err(Problem::new(ProblemKind::MethodNotAllowed)
                 .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
         }
         if probe == Probe::Readiness && !self.ready().await {
-            return Err(Problem::new(ProblemKind::NotReady).with_detail("an upstream is unreachable"));
+            return Err(
+                Problem::new(ProblemKind::NotReady).with_detail("an upstream is unreachable")
+            );
         }
-        let body = if probe == Probe::Liveness { r#"{"status":"ok"}"# } else { r#"{"status":"ready"}"# };
+        let body = if probe == Probe::Liveness {
+            r#"{"status":"ok"}"#
+        } else {
+            r#"{"status":"ready"}"#
+        };
         let mut response = Response::new(body::full(body));
         *response.status_mut() = StatusCode::OK;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
     }

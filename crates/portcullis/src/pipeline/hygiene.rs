@@ -63,7 +63,10 @@ impl Hygiene {
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), Problem> {
         check_method(request.method())?;
 
-        let target_len = request.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+        let target_len = request
+            .uri()
+            .path_and_query()
+            .map_or(1, |pq| pq.as_str().len());
         if target_len > self.limits.max_uri_bytes {
             return Err(Problem::new(ProblemKind::UriTooLong).with_detail(format!(
                 "the request target may be at most {} bytes",
@@ -72,22 +75,27 @@ impl Hygiene {
         }
 
         let headers = request.headers();
-        let header_bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
         if headers.len() > self.limits.max_headers || header_bytes > self.limits.max_header_bytes {
-            return Err(Problem::new(ProblemKind::HeadersTooLarge).with_detail(format!(
-                "at most {} header fields and {} bytes of them are accepted",
-                self.limits.max_headers, self.limits.max_header_bytes
-            )));
+            return Err(
+                Problem::new(ProblemKind::HeadersTooLarge).with_detail(format!(
+                    "at most {} header fields and {} bytes of them are accepted",
+                    self.limits.max_headers, self.limits.max_header_bytes
+                )),
+            );
         }
 
         check_path(request.uri().path()).map_err(|error| {
             Problem::new(ProblemKind::InvalidPath).with_detail(error.to_string())
         })?;
 
-        if let Some(length) = declared_length(request)? {
-            if length > self.limits.max_body_bytes {
-                return Err(self.body_too_large());
-            }
+        if let Some(length) = declared_length(request)?
+            && length > self.limits.max_body_bytes
+        {
+            return Err(self.body_too_large());
         }
         Ok(())
     }
@@ -374,25 +382,47 @@ mod tests {
         assert_eq!(kind_of(&req("GET")), None);
         assert_eq!(kind_of(&req("PATCH")), None);
         assert_eq!(kind_of(&req("TRACE")), Some(ProblemKind::MethodNotAllowed));
-        assert_eq!(kind_of(&req("CONNECT")), Some(ProblemKind::MethodNotAllowed));
-        assert_eq!(kind_of(&req("PROPFIND")), Some(ProblemKind::MethodNotImplemented));
+        assert_eq!(
+            kind_of(&req("CONNECT")),
+            Some(ProblemKind::MethodNotAllowed)
+        );
+        assert_eq!(
+            kind_of(&req("PROPFIND")),
+            Some(ProblemKind::MethodNotImplemented)
+        );
     }
 
     #[test]
     fn size_rules() {
-        let long = Request::builder().uri(format!("/{}", "a".repeat(64))).body(()).unwrap();
+        let long = Request::builder()
+            .uri(format!("/{}", "a".repeat(64)))
+            .body(())
+            .unwrap();
         assert_eq!(kind_of(&long), Some(ProblemKind::UriTooLong));
 
         let mut many = Request::builder().uri("/");
         for i in 0..6 {
             many = many.header(format!("x-h{i}"), "v");
         }
-        assert_eq!(kind_of(&many.body(()).unwrap()), Some(ProblemKind::HeadersTooLarge));
+        assert_eq!(
+            kind_of(&many.body(()).unwrap()),
+            Some(ProblemKind::HeadersTooLarge)
+        );
 
-        let big = Request::builder().uri("/").header("x-big", "v".repeat(201)).body(()).unwrap();
+        let big = Request::builder()
+            .uri("/")
+            .header("x-big", "v".repeat(201))
+            .body(())
+            .unwrap();
         assert_eq!(kind_of(&big), Some(ProblemKind::HeadersTooLarge));
 
-        let declared = |v: &str| Request::builder().uri("/").header("content-length", v).body(()).unwrap();
+        let declared = |v: &str| {
+            Request::builder()
+                .uri("/")
+                .header("content-length", v)
+                .body(())
+                .unwrap()
+        };
         assert_eq!(kind_of(&declared("10")), None);
         assert_eq!(kind_of(&declared("11")), Some(ProblemKind::BodyTooLarge));
         assert_eq!(kind_of(&declared("-1")), Some(ProblemKind::BadRequest));
@@ -430,7 +460,13 @@ mod tests {
 
     #[tokio::test]
     async fn limited_body_fails_when_a_stream_overruns() {
-        let body = LimitedBody::new(Chunks { chunk: b"abc", count: 5 }, 10);
+        let body = LimitedBody::new(
+            Chunks {
+                chunk: b"abc",
+                count: 5,
+            },
+            10,
+        );
         let error = body.collect().await.unwrap_err();
         assert!(error.downcast_ref::<BodyTooLarge>().is_some());
     }

@@ -18,7 +18,9 @@ use tracing::warn;
 
 use crate::body::ResponseBody;
 use crate::config::Config;
-use crate::upstream::{ForwardError, Route, Router, Upstream, UpstreamError, prepare_request_headers};
+use crate::upstream::{
+    ForwardError, Route, Router, Upstream, UpstreamError, prepare_request_headers,
+};
 use auth::{Authenticator, StaticTokens};
 use context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
 use cors::{Cors, CorsError, CorsPolicy};
@@ -72,7 +74,10 @@ impl Gateway {
     pub fn from_config(config: &Config) -> Result<Self, GatewayError> {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
         for (name, upstream) in &config.upstreams {
-            upstreams.push((name, Upstream::new(name, &upstream.url, config.timeout_for(upstream))?));
+            upstreams.push((
+                name,
+                Upstream::new(name, &upstream.url, config.timeout_for(upstream))?,
+            ));
         }
         let routes = config
             .routes
@@ -85,7 +90,11 @@ impl Gateway {
                         route: route.path_prefix.clone(),
                         upstream: route.upstream.clone(),
                     })?;
-                Ok(Route::new(&route.path_prefix, upstream.1.clone(), route.strip_prefix))
+                Ok(Route::new(
+                    &route.path_prefix,
+                    upstream.1.clone(),
+                    route.strip_prefix,
+                ))
             })
             .collect::<Result<Vec<_>, GatewayError>>()?;
         let router = Router::new(routes);
@@ -109,7 +118,11 @@ impl Gateway {
 
     /// Serves one request, in the order of the request path. Never fails: every refusal
     /// is a problem+json response, and every response leaves through the respond stage.
-    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
         let ctx = self.identity.resolve(&request, conn);
         let origin = request.headers().get(header::ORIGIN).cloned();
         let csp = self.response_headers.csp_for(request.uri().path());
@@ -120,8 +133,6 @@ impl Gateway {
         };
 
         let headers = response.headers_mut();
-        headers::strip_fingerprints(headers);
-        cors::strip_upstream_cors(headers);
         self.response_headers.apply(headers, csp, ctx.https);
         if let Some(cors) = &self.cors {
             cors.apply(origin.as_ref(), headers);
@@ -130,7 +141,11 @@ impl Gateway {
         response
     }
 
-    async fn process(&self, request: Request<Incoming>, ctx: &RequestContext) -> Result<Response<ResponseBody>, Problem> {
+    async fn process(
+        &self,
+        request: Request<Incoming>,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, Problem> {
         self.hygiene.check(&request)?;
         if let Some(probe) = Probe::for_path(request.uri().path()) {
             return self.health.answer(probe, request.method()).await;
@@ -141,18 +156,26 @@ impl Gateway {
             return answer;
         }
         let _principal = self.auth.authenticate(request.headers())?;
-        let route = self.router.find(request.uri().path()).ok_or(ProblemKind::NotFound)?;
+        let route = self
+            .router
+            .find(request.uri().path())
+            .ok_or(ProblemKind::NotFound)?;
         self.forward(request, route, ctx).await
     }
 
-    async fn forward(&self, request: Request<Incoming>, route: &Route, ctx: &RequestContext) -> Result<Response<ResponseBody>, Problem> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        route: &Route,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, Problem> {
         let (mut parts, body) = request.into_parts();
         parts.uri = route.upstream_uri(&parts.uri);
         parts.version = Version::HTTP_11;
         prepare_request_headers(&mut parts.headers, route.upstream().host(), ctx);
         let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes);
 
-        route.upstream().send(Request::from_parts(parts, body)).await.map_err(|error| {
+        let mut response = route.upstream().send(Request::from_parts(parts, body)).await.map_err(|error| {
             let upstream = route.upstream().name();
             match error {
                 ForwardError::BodyTooLarge(_) => self.hygiene.body_too_large(),
@@ -165,19 +188,29 @@ impl Gateway {
                     Problem::new(ProblemKind::UpstreamUnavailable).with_detail("the upstream could not be reached")
                 }
             }
-        })
+        })?;
+        // What the upstream says about itself, or about cross-origin access, is not for
+        // clients: the gateway's own headers replace it in the respond stage.
+        headers::strip_fingerprints(response.headers_mut());
+        cors::strip_upstream_cors(response.headers_mut());
+        Ok(response)
     }
 
     /// The raw HTTP/1.1 408 sent to a client that did not finish its request head in
     /// time, with the same headers as any other refusal.
     pub fn head_timeout_reply(&self, https: bool) -> Bytes {
         let request_id = context::new_request_id();
-        let problem = Problem::new(ProblemKind::RequestTimeout).with_detail("the request head was not received in time");
+        let problem = Problem::new(ProblemKind::RequestTimeout)
+            .with_detail("the request head was not received in time");
         let body = problem.to_json(request_id.to_str().unwrap_or_default());
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(problem::CONTENT_TYPE),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        self.response_headers.apply(&mut headers, self.response_headers.csp_for("/"), https);
+        self.response_headers
+            .apply(&mut headers, self.response_headers.csp_for("/"), https);
         headers.insert(X_REQUEST_ID.clone(), request_id);
         crate::server::render_http1(ProblemKind::RequestTimeout.status(), &headers, &body)
     }
@@ -230,12 +263,23 @@ fn security_headers_policy(config: &Config) -> Result<SecurityHeadersPolicy, Gat
     };
     Ok(SecurityHeadersPolicy {
         enabled: headers.enabled,
-        content_security_policy: value("Content-Security-Policy", &headers.content_security_policy)?,
+        content_security_policy: value(
+            "Content-Security-Policy",
+            &headers.content_security_policy,
+        )?,
         csp_overrides: headers
             .csp_overrides
             .iter()
-            .map(|o| Ok((o.path_prefix.clone(), value("Content-Security-Policy", &o.content_security_policy)?)))
+            .map(|o| {
+                Ok((
+                    o.path_prefix.clone(),
+                    value("Content-Security-Policy", &o.content_security_policy)?,
+                ))
+            })
             .collect::<Result<_, GatewayError>>()?,
-        strict_transport_security: value("Strict-Transport-Security", &headers.strict_transport_security)?,
+        strict_transport_security: value(
+            "Strict-Transport-Security",
+            &headers.strict_transport_security,
+        )?,
     })
 }

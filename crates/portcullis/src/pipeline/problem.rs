@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::body::{self, ResponseBody};
@@ -118,7 +118,7 @@ impl ProblemKind {
 pub struct Problem {
     kind: ProblemKind,
     detail: Option<Cow<'static, str>>,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -127,7 +127,7 @@ impl Problem {
         Self {
             kind,
             detail: None,
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -139,7 +139,7 @@ impl Problem {
 
     /// Adds a response header, such as `WWW-Authenticate` or `Allow`.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -179,7 +179,9 @@ impl Problem {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.extend(self.headers);
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
         response
     }
 }
@@ -196,7 +198,8 @@ mod tests {
 
     #[test]
     fn json_has_the_rfc_9457_members_and_the_request_id() {
-        let problem = Problem::new(ProblemKind::Unauthorized).with_detail("a bearer token is required");
+        let problem =
+            Problem::new(ProblemKind::Unauthorized).with_detail("a bearer token is required");
         let value: serde_json::Value = serde_json::from_slice(&problem.to_json("req-1")).unwrap();
         assert_eq!(value["type"], "urn:portcullis:problem:unauthorized");
         assert_eq!(value["title"], "Authentication required");

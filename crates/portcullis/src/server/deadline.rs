@@ -110,7 +110,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> HeadDeadlineIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending_reply.is_some() {
             return this.poll_send_reply(cx);
@@ -126,7 +130,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
             // A response went out since we last looked: the connection is now idle.
             this.seen_responses = finished;
             this.head_started = false;
-            this.sleep.as_mut().reset(Instant::now() + this.idle_timeout);
+            this.sleep
+                .as_mut()
+                .reset(Instant::now() + this.idle_timeout);
         }
 
         let before = buf.filled().len();
@@ -135,7 +141,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
                 if buf.filled().len() > before && !this.head_started {
                     this.head_started = true;
                     if this.seen_responses > 0 {
-                        this.sleep.as_mut().reset(Instant::now() + this.header_timeout);
+                        this.sleep
+                            .as_mut()
+                            .reset(Instant::now() + this.header_timeout);
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -158,7 +166,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -236,7 +248,13 @@ mod tests {
     async fn partial_head_gets_a_408_then_eof() {
         let (mut client, server) = duplex(1024);
         let phase = Arc::new(RequestPhase::default());
-        let mut io = HeadDeadlineIo::new(server, phase, Duration::from_secs(5), Duration::from_secs(60), reply());
+        let mut io = HeadDeadlineIo::new(
+            server,
+            phase,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            reply(),
+        );
         client.write_all(b"GET / HT").await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(io.read(&mut buf).await.unwrap(), 8);
@@ -252,7 +270,13 @@ mod tests {
     async fn silent_connection_is_closed_without_a_reply() {
         let (mut client, server) = duplex(1024);
         let phase = Arc::new(RequestPhase::default());
-        let mut io = HeadDeadlineIo::new(server, phase, Duration::from_secs(5), Duration::from_secs(60), reply());
+        let mut io = HeadDeadlineIo::new(
+            server,
+            phase,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            reply(),
+        );
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         drop(io);
@@ -265,7 +289,13 @@ mod tests {
     async fn no_deadline_while_a_request_is_served_and_idle_timeout_after() {
         let (mut client, server) = duplex(1024);
         let phase = Arc::new(RequestPhase::default());
-        let mut io = HeadDeadlineIo::new(server, phase.clone(), Duration::from_secs(5), Duration::from_secs(60), reply());
+        let mut io = HeadDeadlineIo::new(
+            server,
+            phase.clone(),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            reply(),
+        );
         phase.request_started();
         let read = tokio::spawn(async move {
             let mut buf = [0u8; 8];
@@ -281,6 +311,10 @@ mod tests {
         let started = Instant::now();
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
-        assert_eq!(started.elapsed(), Duration::from_secs(60), "idle keep-alive uses idle_timeout");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60),
+            "idle keep-alive uses idle_timeout"
+        );
     }
 }

@@ -166,20 +166,32 @@ impl Server {
         }
         drop(self.listener);
         info!(grace = ?self.shutdown_grace, "shutting down: no new connections; letting in-flight requests finish");
-        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             warn!("grace period over; closing the remaining connections");
         }
     }
 }
 
 impl Connections {
-    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, watcher: Watcher) {
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        watcher: Watcher,
+    ) {
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls else {
             let conn = ConnInfo { peer, tls: false };
-            return self.serve_http1(stream, conn, &self.plain_timeout_reply, watcher).await;
+            return self
+                .serve_http1(stream, conn, &self.plain_timeout_reply, watcher)
+                .await;
         };
-        let stream = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
+        let stream = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => return debug!(%peer, "TLS handshake timed out"),
@@ -206,7 +218,13 @@ impl Connections {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let phase = Arc::new(RequestPhase::default());
-        let io = HeadDeadlineIo::new(io, phase.clone(), self.header_timeout, self.idle_timeout, reply.clone());
+        let io = HeadDeadlineIo::new(
+            io,
+            phase.clone(),
+            self.header_timeout,
+            self.idle_timeout,
+            reply.clone(),
+        );
         let gateway = self.gateway.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let gateway = gateway.clone();
@@ -225,7 +243,11 @@ impl Connections {
 }
 
 /// Renders a complete HTTP/1.1 response, for the rare answer written outside hyper.
-pub(crate) fn render_http1(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Bytes {
+pub(crate) fn render_http1(
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Bytes {
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());

@@ -41,7 +41,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Rewrites a client's request headers for the upstream: strips the client's credential
 /// and hop-by-hop headers, drops forwarding claims an untrusted client made, and sets
 /// `Host`, `X-Forwarded-For/Proto/Host` and `X-Request-ID`.
-pub fn prepare_request_headers(headers: &mut HeaderMap, upstream_host: &HeaderValue, ctx: &RequestContext) {
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    upstream_host: &HeaderValue,
+    ctx: &RequestContext,
+) {
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     if !ctx.via_trusted_proxy {
@@ -92,9 +96,23 @@ mod tests {
         ] {
             headers.insert(name, HeaderValue::from_static(value));
         }
-        prepare_request_headers(&mut headers, &HeaderValue::from_static("up:80"), &ctx(false));
+        prepare_request_headers(
+            &mut headers,
+            &HeaderValue::from_static("up:80"),
+            &ctx(false),
+        );
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        for gone in ["authorization", "connection", "x-drop-me", "keep-alive", "te", "upgrade", "proxy-authorization", "forwarded", "x-real-ip"] {
+        for gone in [
+            "authorization",
+            "connection",
+            "x-drop-me",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "forwarded",
+            "x-real-ip",
+        ] {
             assert!(!names.contains(&gone), "{gone} was forwarded");
         }
         assert_eq!(headers["host"], "up:80");

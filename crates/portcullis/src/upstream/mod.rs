@@ -33,7 +33,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// The URL does not parse, or is not an absolute http(s) URL with a host.
-    #[error("upstream {name:?}: {url:?} is not an absolute http:// or https:// URL with a host and no query")]
+    #[error(
+        "upstream {name:?}: {url:?} is not an absolute http:// or https:// URL with a host and no query"
+    )]
     InvalidUrl {
         /// The upstream's name.
         name: String,
@@ -92,7 +94,9 @@ impl Target {
         }
         let authority = uri.authority().cloned().ok_or_else(invalid)?;
         if authority.as_str().contains('@') {
-            return Err(UpstreamError::CredentialsInUrl { name: name.to_owned() });
+            return Err(UpstreamError::CredentialsInUrl {
+                name: name.to_owned(),
+            });
         }
         if authority.host().is_empty() || uri.query().is_some() {
             return Err(invalid());
@@ -207,24 +211,39 @@ impl Upstream {
 
     /// Sends `request` (already addressed with [`Self::uri_for`]) and returns the response
     /// with hop-by-hop headers removed and its body streaming.
-    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<ResponseBody>, ForwardError> {
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, ForwardError> {
         use http_body_util::BodyExt;
 
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(error)) => return Err(classify(error)),
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 
     /// Whether a TCP connection to the upstream can be opened within `timeout`.
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
-        let default_port = if self.scheme == Scheme::HTTPS { 443 } else { 80 };
+        let default_port = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
         let port = self.authority.port_u16().unwrap_or(default_port);
-        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let connect = tokio::net::TcpStream::connect((host, port));
         matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)))
     }
@@ -258,16 +277,31 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_unusable_urls() {
-        for url in ["127.0.0.1:9000", "ftp://a.example", "/relative", "http://a.example/?q=1", "not a url"] {
-            assert!(matches!(upstream(url), Err(UpstreamError::InvalidUrl { .. })), "{url}");
+        for url in [
+            "127.0.0.1:9000",
+            "ftp://a.example",
+            "/relative",
+            "http://a.example/?q=1",
+            "not a url",
+        ] {
+            assert!(
+                matches!(upstream(url), Err(UpstreamError::InvalidUrl { .. })),
+                "{url}"
+            );
         }
-        assert!(matches!(upstream("http://user:pw@a.example"), Err(UpstreamError::CredentialsInUrl { .. })));
+        assert!(matches!(
+            upstream("http://user:pw@a.example"),
+            Err(UpstreamError::CredentialsInUrl { .. })
+        ));
     }
 
     #[tokio::test]
     async fn builds_uris_below_the_base_path() {
         let plain = upstream("http://127.0.0.1:9000").unwrap();
-        assert_eq!(plain.uri_for("/v1/x", Some("a=1")), "http://127.0.0.1:9000/v1/x?a=1");
+        assert_eq!(
+            plain.uri_for("/v1/x", Some("a=1")),
+            "http://127.0.0.1:9000/v1/x?a=1"
+        );
         let based = upstream("http://127.0.0.1:9000/base/").unwrap();
         assert_eq!(based.uri_for("/v1", None), "http://127.0.0.1:9000/base/v1");
         assert_eq!(based.uri_for("", None), "http://127.0.0.1:9000/base/");

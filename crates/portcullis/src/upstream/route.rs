@@ -58,7 +58,9 @@ impl Router {
 
     /// The route whose prefix is the longest that covers `path`.
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|route| path_has_prefix(path, &route.prefix))
+        self.routes
+            .iter()
+            .find(|route| path_has_prefix(path, &route.prefix))
     }
 
     /// Every upstream some route sends to, each once.
@@ -107,8 +109,14 @@ mod tests {
     async fn strips_the_prefix_when_asked() {
         let route = Route::new("/inventory", upstream("inv"), true);
         let uri: Uri = "/inventory/v1/positions?x=1".parse().unwrap();
-        assert_eq!(route.upstream_uri(&uri), "http://127.0.0.1:1/v1/positions?x=1");
+        assert_eq!(
+            route.upstream_uri(&uri),
+            "http://127.0.0.1:1/v1/positions?x=1"
+        );
         let kept = Route::new("/inventory", upstream("inv"), false);
-        assert_eq!(kept.upstream_uri(&uri), "http://127.0.0.1:1/inventory/v1/positions?x=1");
+        assert_eq!(
+            kept.upstream_uri(&uri),
+            "http://127.0.0.1:1/inventory/v1/positions?x=1"
+        );
     }
 }

@@ -1,0 +1,501 @@
+//! The harness: a real `portcullis` process in front of a real upstream that records what
+//! it was sent.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A token long enough to pass every rule.
+pub const TOKEN: &str = "test-token-0123456789abcdef0123456789abcdef";
+/// A second valid token, for rotation.
+pub const OTHER_TOKEN: &str = "other-token-0123456789abcdef0123456789abcdef";
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+type UpstreamBody = BoxBody<Bytes, Infallible>;
+
+/// A test upstream. It answers every request with a JSON summary of it and fingerprints
+/// itself with `Server`, `X-Powered-By` and friends; a few paths behave specially:
+/// `/slow/<ms>` waits before answering, `/status/<code>` answers with that status.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        Self::start_with(|_| None).await
+    }
+
+    /// Starts an upstream whose answers `custom` may take over (return `Some`).
+    pub async fn start_with(
+        custom: impl Fn(&Seen) -> Option<Response<UpstreamBody>> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let custom = Arc::new(custom);
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                let custom = custom.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let record = record.clone();
+                        let custom = custom.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = match body.collect().await {
+                                Ok(collected) => collected.to_bytes(),
+                                // The gateway cut the body off (e.g. over the limit).
+                                Err(_) => Bytes::from_static(b"<aborted>"),
+                            };
+                            let seen = Seen {
+                                method: parts.method,
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            record.lock().unwrap().push(seen.clone());
+                            Ok::<_, Infallible>(match custom(&seen) {
+                                Some(response) => response,
+                                None => default_answer(&seen).await,
+                            })
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The only request received so far.
+    pub fn only(&self) -> Seen {
+        let seen = self.seen();
+        assert_eq!(
+            seen.len(),
+            1,
+            "expected exactly one upstream request, got {seen:#?}"
+        );
+        seen.into_iter().next().unwrap()
+    }
+}
+
+async fn default_answer(seen: &Seen) -> Response<UpstreamBody> {
+    let path = seen.uri.split('?').next().unwrap_or_default().to_owned();
+    let mut status = StatusCode::OK;
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
+    }
+    let headers: HashMap<String, String> = seen
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "method": seen.method.as_str(),
+        "uri": seen.uri,
+        "headers": headers,
+        "body_len": seen.body.len(),
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("server", "echo/1.0 (Debian)")
+        .header("x-powered-by", "PHP/8.2")
+        .header("x-aspnet-version", "4.0.30319")
+        .header("x-aspnetmvc-version", "5.2")
+        .header("access-control-allow-origin", "*")
+        .header("x-upstream", "yes")
+        .body(full(summary.to_string()))
+        .unwrap()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A running `portcullis` process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+/// How to start a gateway: arguments after `serve` and environment variables. The
+/// environment is otherwise empty, so nothing from the machine leaks in.
+pub struct Launch {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// `serve` in front of `upstream` with [`TOKEN`] configured.
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            args: vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--upstream".into(),
+                upstream.into(),
+            ],
+            env: vec![("PORTCULLIS_API_TOKENS".into(), TOKEN.into())],
+        }
+    }
+
+    /// `serve` with only a listen address, no upstream and no token.
+    pub fn bare() -> Self {
+        Self {
+            args: vec!["--listen".into(), "127.0.0.1:0".into()],
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn without_env(mut self, name: &str) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self
+    }
+
+    pub fn start(self) -> Gateway {
+        Gateway::start(self)
+    }
+}
+
+pub fn portcullis() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.env_clear();
+    command
+}
+
+impl Gateway {
+    fn start(launch: Launch) -> Self {
+        let mut command = portcullis();
+        command
+            .arg("serve")
+            .args(&launch.args)
+            .envs(launch.env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start portcullis");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                let listening = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next());
+                if let Some(addr) = listening {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "portcullis did not start; its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Self { addr, child, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything the process has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        self.wait(Duration::from_secs(20))
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "portcullis did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts that this is a problem+json refusal with `status` and problem `slug`, whose
+    /// `request_id` is the one in `X-Request-ID`.
+    pub fn assert_problem(&self, status: u16, slug: &str) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let problem = self.json();
+        assert_eq!(
+            problem["type"],
+            format!("urn:portcullis:problem:{slug}"),
+            "{problem}"
+        );
+        assert_eq!(problem["status"], status);
+        assert!(problem["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert_eq!(problem["request_id"].as_str(), self.header("x-request-id"));
+        assert_security_headers(&self.headers);
+        problem
+    }
+}
+
+/// The headers every response must carry (over plain HTTP).
+pub fn assert_security_headers(headers: &HeaderMap) {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(get("x-content-type-options"), Some("nosniff"));
+    assert_eq!(get("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        get("referrer-policy"),
+        Some("strict-origin-when-cross-origin")
+    );
+    assert_eq!(
+        get("content-security-policy"),
+        Some("default-src 'none'; frame-ancestors 'none'")
+    );
+    assert_eq!(get("cross-origin-opener-policy"), Some("same-origin"));
+    assert_eq!(get("cross-origin-resource-policy"), Some("same-origin"));
+    assert!(get("permissions-policy").is_some_and(|v| v.contains("camera=()")));
+    assert!(get("x-request-id").is_some());
+}
+
+/// Sends a request with hyper's client and reads the whole response.
+pub async fn send(request: Request<Full<Bytes>>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.expect("request failed");
+    read_reply(response).await
+}
+
+pub async fn read_reply(response: Response<Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await.expect("read body").to_bytes(),
+    }
+}
+
+/// `GET url` with the given headers.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut builder = Request::get(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(builder.body(Full::default()).unwrap()).await
+}
+
+/// `GET url` with [`TOKEN`].
+pub async fn get_authorized(url: &str) -> Reply {
+    get(url, &[("authorization", &format!("Bearer {TOKEN}"))]).await
+}
+
+/// Writes raw bytes and reads until the gateway closes the connection, for requests no
+/// well-behaved client library would send.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .expect("gateway did not close the connection")
+        .unwrap();
+    parse_raw(&bytes)
+}
+
+/// Parses a `Content-Length`-delimited HTTP/1.1 response.
+pub fn parse_raw(bytes: &[u8]) -> Reply {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(bytes)));
+    let head = std::str::from_utf8(&bytes[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    Reply {
+        status: StatusCode::from_u16(status).unwrap(),
+        version: Version::HTTP_11,
+        headers,
+        body: Bytes::copy_from_slice(&bytes[split + 4..]),
+    }
+}
+
+/// A GET request for `target` (sent as is) with the token, ready for [`raw`].
+pub fn raw_get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+/// Writes `text` to a new file in `dir`.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One frame of a [`ChannelBody`].
+pub type Chunk = Result<hyper::body::Frame<Bytes>, Infallible>;
+
+/// A body whose frames are produced, at their own pace, by a task.
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Chunk>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Chunk>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A [`ChannelBody`] fed by `producer`.
+pub fn channel_body<F, Fut>(producer: F) -> ChannelBody
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Chunk>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(producer(tx));
+    ChannelBody(rx)
+}

@@ -1,0 +1,239 @@
+//! Request hygiene: paths, methods, sizes and the header-read deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn ambiguous_paths_are_400_and_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    for target in [
+        "/v1/../admin",
+        "/v1/./x",
+        "/v1/%2e%2e/admin",
+        "/v1/%2E%2E/admin",
+        "/v1/.%2e/admin",
+        "/v1/%252e%252e/admin",
+        "/v1/..%2fadmin",
+        "/v1/..;/admin",
+        "/v1/a%00b",
+        "/v1/a%5cb",
+        "/v1/a\\b",
+        "/v1/%zz",
+        "/v1/%2",
+        "/v1/%c0%ae%c0%ae/admin",
+    ] {
+        let reply = raw(gateway.addr, &raw_get(target)).await;
+        let problem = reply.assert_problem(400, "invalid-path");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("the ")),
+            "{target}: {problem}"
+        );
+    }
+    assert!(
+        upstream.seen().is_empty(),
+        "refused paths reached the upstream: {:#?}",
+        upstream.seen()
+    );
+
+    // Ordinary paths with dots and escapes still pass, unchanged.
+    let reply = raw(
+        gateway.addr,
+        &raw_get("/v1/.well-known/a..b/caf%C3%A9?q=.."),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(upstream.only().uri, "/v1/.well-known/a..b/caf%C3%A9?q=..");
+}
+
+#[tokio::test]
+async fn methods_outside_the_standard_set_are_refused() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let request = |method: &str| {
+        format!(
+            "{method} /v1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for method in ["TRACE", "CONNECT"] {
+        let reply = raw(gateway.addr, request(method).as_bytes()).await;
+        reply.assert_problem(405, "method-not-allowed");
+        assert!(
+            reply
+                .header("allow")
+                .is_some_and(|a| a.contains("GET") && !a.contains("TRACE"))
+        );
+    }
+    for method in ["PROPFIND", "FOO"] {
+        raw(gateway.addr, request(method).as_bytes())
+            .await
+            .assert_problem(501, "method-not-implemented");
+    }
+    assert!(upstream.seen().is_empty());
+    for method in ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let reply = raw(gateway.addr, request(method).as_bytes()).await;
+        assert_eq!(reply.status, 200, "{method}");
+    }
+    assert_eq!(upstream.seen().len(), 7);
+}
+
+#[tokio::test]
+async fn declared_bodies_over_the_limit_are_413_before_forwarding() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--max-body-bytes")
+        .arg("1000")
+        .start();
+    let post = |n: usize| {
+        Request::post(gateway.url("/v1/upload"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::from(vec![b'x'; n])))
+            .unwrap()
+    };
+    let problem = send(post(1001)).await.assert_problem(413, "body-too-large");
+    assert!(problem["detail"].as_str().unwrap().contains("1000"));
+    assert!(upstream.seen().is_empty());
+    assert_eq!(send(post(1000)).await.status, 200);
+    assert_eq!(upstream.only().body.len(), 1000);
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_cut_off_at_the_limit() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--max-body-bytes")
+        .arg("1000")
+        .start();
+    let body = channel_body(|tx| async move {
+        for _ in 0..8 {
+            if tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'x'; 400]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let request = Request::post(gateway.url("/v1/upload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(body)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client.request(request).await.unwrap();
+    let reply = read_reply(response).await;
+    reply.assert_problem(413, "body-too-large");
+    // The upstream saw at most an aborted request, never a complete oversized body.
+    for seen in upstream.seen() {
+        assert!(
+            seen.body.len() <= 1000 || seen.body == "<aborted>",
+            "upstream got {} bytes",
+            seen.body.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_uris_and_header_floods_are_refused() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+
+    let long = format!("/v1/{}", "a".repeat(9000));
+    raw(gateway.addr, &raw_get(&long))
+        .await
+        .assert_problem(414, "uri-too-long");
+
+    let mut many = format!(
+        "GET /v1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"
+    );
+    for i in 0..120 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    raw(gateway.addr, many.as_bytes())
+        .await
+        .assert_problem(431, "headers-too-large");
+
+    let big = format!(
+        "GET /v1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\nx-big: {}\r\n\r\n",
+        "v".repeat(40 * 1024)
+    );
+    raw(gateway.addr, big.as_bytes())
+        .await
+        .assert_problem(431, "headers-too-large");
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_head_gets_408() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--header-read-timeout")
+        .arg("1s")
+        .start();
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1 HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = parse_raw(&bytes);
+    reply.assert_problem(408, "request-timeout");
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert!(upstream.seen().is_empty());
+
+    // A connection that never sends anything is closed without an answer.
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut bytes))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bytes.is_empty());
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--max-connections")
+        .arg("1")
+        .start();
+    let request = format!("GET /v1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+
+    // The first connection is served and kept alive, holding the only slot.
+    let mut first = TcpStream::connect(gateway.addr).await.unwrap();
+    first.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // The second is not served while the first is open...
+    let mut second = TcpStream::connect(gateway.addr).await.unwrap();
+    second.write_all(request.as_bytes()).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "a connection over the cap was served");
+
+    // ...and is served as soon as the first closes.
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}

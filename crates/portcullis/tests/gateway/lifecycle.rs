@@ -1,0 +1,83 @@
+//! Liveness, readiness and graceful shutdown.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn health_and_ready_need_no_token_and_reveal_nothing() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let health = get(&gateway.url("/health"), &[]).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), serde_json::json!({"status": "ok"}));
+    let ready = get(&gateway.url("/ready"), &[]).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json(), serde_json::json!({"status": "ready"}));
+    assert!(
+        upstream.seen().is_empty(),
+        "the probes are answered by the gateway"
+    );
+
+    let post = send(
+        http::Request::post(gateway.url("/health"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    post.assert_problem(405, "method-not-allowed");
+}
+
+#[tokio::test]
+async fn ready_is_503_when_an_upstream_is_unreachable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gateway = Launch::new(&format!("http://{closed}")).start();
+    let health = get(&gateway.url("/health"), &[]).await;
+    assert_eq!(health.status, 200, "liveness does not depend on upstreams");
+    let ready = get(&gateway.url("/ready"), &[]).await;
+    ready.assert_problem(503, "not-ready");
+    assert!(
+        !ready.text().contains("127.0.0.1") && !ready.text().contains(&closed.port().to_string())
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Launch::new(&upstream.url()).start();
+    let url = gateway.url("/slow/1500");
+    let in_flight = tokio::spawn(async move { get_authorized(&url).await });
+    // Wait until the upstream has the request, so it is truly in flight.
+    for _ in 0..200 {
+        if !upstream.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.seen().len(), 1);
+    let addr = gateway.addr;
+
+    let status = tokio::task::spawn_blocking(move || gateway.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request completed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn sigint_on_an_idle_gateway_exits_zero() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Launch::new(&upstream.url()).start();
+    signal(gateway.pid(), "INT");
+    let status = gateway.wait(Duration::from_secs(20));
+    assert!(status.success());
+    assert!(gateway.log().contains("shutting down"));
+}

@@ -1,0 +1,14 @@
+//! Integration tests: each starts the real `portcullis` binary in front of a real upstream
+//! and checks what clients and the upstream see.
+
+mod common;
+
+mod auth;
+mod cli;
+mod cors;
+mod headers;
+mod hygiene;
+mod identity;
+mod lifecycle;
+mod proxy;
+mod tls;

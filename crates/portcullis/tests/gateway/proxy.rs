@@ -1,0 +1,268 @@
+//! Forwarding: what reaches the upstream, what comes back, routing and precedence.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let request = Request::post(gateway.url("/v1/items/42?a=1&b=two"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::from_static(b"{\"qty\":3}")))
+        .unwrap();
+    let reply = send(request).await;
+
+    assert_eq!(reply.status, 200);
+    let seen = upstream.only();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/v1/items/42?a=1&b=two");
+    assert_eq!(seen.body, "{\"qty\":3}");
+    assert_eq!(seen.header("x-custom"), Some("kept"));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the client's credential must not reach the upstream"
+    );
+    assert_eq!(reply.header("x-upstream"), Some("yes"));
+    assert_eq!(reply.json()["body_len"], 9);
+}
+
+#[tokio::test]
+async fn upstream_statuses_pass_through() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let reply = get_authorized(&gateway.url("/status/418")).await;
+    assert_eq!(reply.status, 418);
+    assert_eq!(reply.header("x-upstream"), Some("yes"));
+}
+
+#[tokio::test]
+async fn streams_bodies_both_ways_without_waiting_for_the_end() {
+    // The upstream sends one chunk, then waits for the test to confirm it arrived before
+    // sending the rest: the test only passes if the gateway streams.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let upstream = Upstream::start_with(move |seen| {
+        (seen.uri == "/stream").then(|| {
+            let mut release = release_rx.clone();
+            let chunks = channel_body(move |tx| async move {
+                tx.send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+                    .await
+                    .ok();
+                let _ = release.wait_for(|released| *released).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"second"))))
+                    .await
+                    .ok();
+            });
+            Response::new(chunks.boxed())
+        })
+    })
+    .await;
+    let gateway = Launch::new(&upstream.url()).start();
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let request = Request::get(gateway.url("/stream"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first;");
+    release_tx.send(true).unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+
+    // A chunked upload of 600 KiB (under the 1 MiB limit) arrives whole.
+    let chunk = Bytes::from(vec![b'x'; 60 * 1024]);
+    let upload = channel_body(move |tx| async move {
+        for _ in 0..10 {
+            tx.send(Ok(Frame::data(chunk.clone()))).await.ok();
+        }
+    });
+    let request = Request::put(gateway.url("/upload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(upload)
+        .unwrap();
+    let streaming_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = streaming_client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/upload")
+        .unwrap();
+    assert_eq!(seen.body.len(), 600 * 1024);
+}
+
+#[tokio::test]
+async fn config_file_routes_by_longest_prefix_and_strips_when_asked() {
+    let api = Upstream::start().await;
+    let admin = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "portcullis.toml",
+        &format!(
+            r#"
+            [upstreams.api]
+            url = "{}"
+            [upstreams.admin]
+            url = "{}/internal"
+            [[routes]]
+            path_prefix = "/v1"
+            upstream = "api"
+            [[routes]]
+            path_prefix = "/v1/admin"
+            upstream = "admin"
+            strip_prefix = true
+            "#,
+            api.url(),
+            admin.url()
+        ),
+    );
+    let gateway = Launch::bare()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .start();
+
+    assert_eq!(
+        get_authorized(&gateway.url("/v1/positions")).await.status,
+        200
+    );
+    assert_eq!(
+        get_authorized(&gateway.url("/v1/admin/users?page=2"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(api.only().uri, "/v1/positions");
+    assert_eq!(admin.only().uri, "/internal/users?page=2");
+
+    let unrouted = get_authorized(&gateway.url("/v2/other")).await;
+    unrouted.assert_problem(404, "not-found");
+    let unrouted_anonymous = get(&gateway.url("/v2/other"), &[]).await;
+    unrouted_anonymous.assert_problem(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn flags_override_environment_which_overrides_the_file() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "c.toml", "[limits]\nmax_body_bytes = 100\n");
+    let body_of = |n: usize| {
+        Request::post("/")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::from(vec![b'a'; n])))
+            .unwrap()
+    };
+    let post = |gateway: &Gateway, n: usize| {
+        let mut request = body_of(n);
+        *request.uri_mut() = gateway.url("/echo").parse().unwrap();
+        send(request)
+    };
+
+    let file_only = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+    post(&file_only, 150)
+        .await
+        .assert_problem(413, "body-too-large");
+
+    let env = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_MAX_BODY_BYTES", "200")
+        .start();
+    assert_eq!(post(&env, 150).await.status, 200);
+    post(&env, 250).await.assert_problem(413, "body-too-large");
+
+    let flag = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--max-body-bytes")
+        .arg("300")
+        .env("PORTCULLIS_MAX_BODY_BYTES", "200")
+        .start();
+    assert_eq!(post(&flag, 250).await.status, 200);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_without_internal_details() {
+    // Bind and drop a listener so the port is known to be closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gateway = Launch::new(&format!("http://{closed}")).start();
+    let reply = get_authorized(&gateway.url("/v1/x")).await;
+    reply.assert_problem(502, "upstream-unavailable");
+    let text = reply.text();
+    for leak in [
+        closed.to_string(),
+        closed.port().to_string(),
+        "refused".into(),
+        "os error".into(),
+        "127.0.0.1".into(),
+    ] {
+        assert!(!text.contains(&leak), "{leak:?} leaked into {text}");
+    }
+    assert!(
+        gateway.log().contains("upstream failed"),
+        "the operator's log says why"
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--request-timeout")
+        .arg("1s")
+        .start();
+    let reply = get_authorized(&gateway.url("/slow/3000")).await;
+    let problem = reply.assert_problem(504, "upstream-timeout");
+    assert!(!problem.to_string().contains(&upstream.addr.to_string()));
+}
+
+#[tokio::test]
+async fn garbage_from_the_upstream_is_502_and_not_relayed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"NOT HTTP: internal stack trace at /srv/app.py line 3\r\n\r\n")
+                .await;
+        }
+    });
+    let gateway = Launch::new(&format!("http://{addr}")).start();
+    let reply = get_authorized(&gateway.url("/x")).await;
+    reply.assert_problem(502, "upstream-unavailable");
+    assert!(!reply.text().contains("stack trace"));
+}
