@@ -46,7 +46,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // This runtime only waits for signals (and runs the demo's sample API); requests are
+    // served by the server's own worker runtimes.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("portcullis: cannot start the async runtime: {error}");
@@ -108,7 +113,7 @@ async fn serve(overrides: &Overrides) -> ExitCode {
     for finding in report.warnings() {
         warn!(rule = finding.rule, fix = %finding.fix, "{}", finding.message);
     }
-    let server = match Server::bind(&config).await {
+    let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("portcullis: {error}");

@@ -28,6 +28,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Certificate and key for a TLS listener; plain HTTP when absent.
     pub tls: Option<TlsFiles>,
+    /// Worker threads, each serving its share of connections; 0 means one per core.
+    pub workers: usize,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Size limits and timeouts.
@@ -199,6 +201,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            workers: 0,
             trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
             cors: CorsConfig::default(),
@@ -287,6 +290,14 @@ impl Config {
                 upstream: DEFAULT_UPSTREAM.to_owned(),
                 strip_prefix: false,
             });
+        }
+    }
+
+    /// How many worker threads to run: `workers`, or one per core when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
         }
     }
 

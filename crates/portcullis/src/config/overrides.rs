@@ -67,6 +67,10 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Worker threads; 0 means one per core [default: 0].
+    #[arg(long, env = "PORTCULLIS_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub disable_security_headers: bool,
@@ -116,6 +120,9 @@ impl Overrides {
         }
         if let Some(max) = self.max_connections {
             config.limits.max_connections = max;
+        }
+        if let Some(workers) = self.workers {
+            config.workers = workers;
         }
         if self.disable_security_headers {
             config.security_headers.enabled = false;

@@ -1,5 +1,11 @@
 //! Listeners: accept TCP or TLS connections (capped in number), serve HTTP/1.1 and, over
 //! TLS when the client offers it, HTTP/2; shut down gracefully.
+//!
+//! The gateway runs one single-threaded runtime per worker thread (one per core by
+//! default), each with its own `SO_REUSEPORT` listener, pipeline and upstream connection
+//! pools, as nginx runs one process per core: a request is served start to finish on one
+//! thread, with no cross-thread wake-ups on the hot path. What must hold across workers (the
+//! connection cap) is shared.
 
 mod deadline;
 pub mod tls;
@@ -18,9 +24,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::pipeline::context::ConnInfo;
@@ -46,17 +52,23 @@ pub enum ServerError {
     },
 }
 
-/// A bound listener with its gateway, ready to [`run`](Self::run).
+/// Bound listeners with their pipelines, ready to [`run`](Self::run).
 pub struct Server {
-    listener: TcpListener,
+    workers: Vec<Worker>,
     local_addr: SocketAddr,
+    tls: bool,
+}
+
+/// One worker thread's share of the server.
+struct Worker {
+    listener: std::net::TcpListener,
     tls: Option<TlsAcceptor>,
     connections: Arc<Connections>,
-    max_connections: usize,
+    permits: Arc<Semaphore>,
     shutdown_grace: Duration,
 }
 
-/// What every connection task needs.
+/// What every connection task of one worker needs.
 struct Connections {
     gateway: Arc<Gateway>,
     http1: hyper::server::conn::http1::Builder,
@@ -68,20 +80,167 @@ struct Connections {
 }
 
 impl Server {
-    /// Builds the gateway for `config` and binds its listener.
-    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
-        let gateway = Arc::new(Gateway::from_config(config)?);
+    /// Builds a pipeline per worker for `config` and binds their listeners.
+    pub fn bind(config: &Config) -> Result<Self, ServerError> {
         let tls = match &config.tls {
             Some(files) => Some(TlsAcceptor::from(tls::load(&files.cert, &files.key)?)),
             None => None,
         };
-        let bind_error = |source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        };
-        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let count = config.worker_count();
+        let listeners =
+            bind_reuseport(config.listen, count).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+        let workers = listeners
+            .into_iter()
+            .map(|listener| {
+                Ok(Worker {
+                    listener,
+                    tls: tls.clone(),
+                    connections: Arc::new(Connections::new(config)?),
+                    permits: permits.clone(),
+                    shutdown_grace: config.limits.shutdown_grace,
+                })
+            })
+            .collect::<Result<Vec<_>, ServerError>>()?;
+        Ok(Self {
+            workers,
+            local_addr,
+            tls: tls.is_some(),
+        })
+    }
 
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and gives in-flight
+    /// requests the configured grace period to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::new();
+        for (index, worker) in self.workers.into_iter().enumerate() {
+            let stopped = stopped.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("portcullis-worker-{index}"))
+                .spawn(move || worker.run(stopped));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(error) => error!(%error, "cannot start a worker thread"),
+            }
+        }
+        info!(addr = %self.local_addr, tls = self.tls, workers = threads.len(), "portcullis listening");
+        shutdown.await;
+        let _ = stop.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    error!("a worker thread panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+/// `count` listeners on one address with `SO_REUSEPORT`, so the kernel spreads new
+/// connections across workers. With port 0, the first picks the port and the rest share it.
+fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+impl Worker {
+    /// Runs this worker's single-threaded runtime until `stopped` turns true.
+    fn run(self, stopped: watch::Receiver<bool>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => return error!(%error, "cannot start a worker runtime"),
+        };
+        runtime.block_on(self.serve(stopped));
+    }
+
+    async fn serve(self, mut stopped: watch::Receiver<bool>) {
+        let listener = match TcpListener::from_std(self.listener) {
+            Ok(listener) => listener,
+            Err(error) => return error!(%error, "cannot register the listener"),
+        };
+        let shutdown = stopped.wait_for(|stop| *stop);
+        tokio::pin!(shutdown);
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, then go on.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // At the cap, the worker holds this one connection until a slot frees and
+            // accepts nothing more, so further connections wait in the kernel's backlog.
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let connections = self.connections.clone();
+            let tls = self.tls.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                connections.serve(stream, peer, tls, watcher).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        info!(grace = ?self.shutdown_grace, "shutting down: no new connections; letting in-flight requests finish");
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("grace period over; closing the remaining connections");
+        }
+    }
+}
+
+impl Connections {
+    fn new(config: &Config) -> Result<Self, ServerError> {
+        let gateway = Arc::new(Gateway::from_config(config)?);
         let limits = &config.limits;
         // hyper's own limits sit well above ours so that our checks, which answer with
         // problem+json, are the ones clients meet.
@@ -98,12 +257,11 @@ impl Server {
             .max_header_list_size(u32::try_from(2 * head_budget).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-
         let reply_for = |https: bool| -> TimeoutReply {
             let gateway = gateway.clone();
             Arc::new(move || gateway.head_timeout_reply(https))
         };
-        let connections = Arc::new(Connections {
+        Ok(Self {
             http1,
             http2,
             header_timeout: limits.header_read_timeout,
@@ -111,71 +269,9 @@ impl Server {
             plain_timeout_reply: reply_for(false),
             tls_timeout_reply: reply_for(true),
             gateway,
-        });
-        Ok(Self {
-            listener,
-            local_addr,
-            tls,
-            connections,
-            max_connections: limits.max_connections,
-            shutdown_grace: limits.shutdown_grace,
         })
     }
 
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting and gives in-flight
-    /// requests the configured grace period to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        info!(addr = %self.local_addr, tls = self.tls.is_some(), "portcullis listening");
-        let graceful = GracefulShutdown::new();
-        let permits = Arc::new(Semaphore::new(self.max_connections));
-        tokio::pin!(shutdown);
-        loop {
-            // Waiting for a permit before accepting leaves excess connections in the
-            // kernel's backlog instead of accepting work we cannot do.
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, then go on.
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let connections = self.connections.clone();
-            let tls = self.tls.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                connections.serve(stream, peer, tls, watcher).await;
-                drop(permit);
-            });
-        }
-        drop(self.listener);
-        info!(grace = ?self.shutdown_grace, "shutting down: no new connections; letting in-flight requests finish");
-        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            warn!("grace period over; closing the remaining connections");
-        }
-    }
-}
-
-impl Connections {
     async fn serve(
         self: Arc<Self>,
         stream: TcpStream,

@@ -220,7 +220,10 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let mut first = TcpStream::connect(gateway.addr).await.unwrap();
     first.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = first.read(&mut buf).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 
     // The second is not served while the first is open...

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Load benchmark: wrk against the upstream directly, nginx as a plain reverse proxy, and
+# portcullis (bearer token checked, security headers on), all in one run on this machine.
+# Every target is on 127.0.0.1; every wrk run is bounded by DURATION.
+#
+#   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
+#   CONNECTIONS=64 DURATION=15s bash bench/run.sh --record
+#
+# Needs: nginx and wrk (apt-get install nginx wrk), a Rust toolchain.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-10s}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18001}
+NGINX_PORT=${NGINX_PORT:-18002}
+PORTCULLIS_PORT=${PORTCULLIS_PORT:-18003}
+record=false
+[ "${1:-}" = "--record" ] && record=true
+
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx wrk)" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$work/upstream/nginx.pid" ] && kill "$(cat "$work/upstream/nginx.pid")" 2>/dev/null || true
+  [ -f "$work/proxy/nginx.pid" ] && kill "$(cat "$work/proxy/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "bench: building the release binary" >&2
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+binary="$root/target/release/portcullis"
+[ -n "${CARGO_TARGET_DIR:-}" ] && binary="$CARGO_TARGET_DIR/release/portcullis"
+
+# nginx <name> <workers> <server block>: an nginx of its own in $work/<name>.
+start_nginx() {
+  local dir="$work/$1"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 1000000;
+  $3
+}
+EOF
+  nginx -p "$dir" -c "$dir/nginx.conf"
+}
+
+# The upstream: a fixed small JSON document, as an inventory API might answer.
+start_nginx upstream 1 "server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location / {
+      default_type application/json;
+      return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
+    }
+  }"
+
+# nginx as a plain reverse proxy with pooled upstream connections, as portcullis has.
+start_nginx proxy auto "upstream api { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
+
+token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
+  --listen "127.0.0.1:$PORTCULLIS_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+  2>"$work/portcullis.log" &
+pids+=($!)
+
+for port in $UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT; do
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
+    sleep 0.1
+  done
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$PORTCULLIS_PORT/v1/positions")
+[ "$status" = 200 ] || { echo "bench: portcullis answered $status" >&2; cat "$work/portcullis.log" >&2; exit 1; }
+
+# measure <label> <url> [header]: one warm-up, then the measured run; prints a table row.
+measure() {
+  local args=(-t"$THREADS" -c"$CONNECTIONS" --latency)
+  [ -n "${3:-}" ] && args+=(-H "$3")
+  wrk "${args[@]}" -d2s "$2" >/dev/null
+  local out
+  out=$(wrk "${args[@]}" -d"$DURATION" "$2")
+  local rps p50 p99 errors
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx or 3xx/ {print $5}' <<<"$out")
+  echo "| $1 | ${rps} | ${p50} | ${p99} | ${errors:-0} |"
+  echo "$1 $rps" >>"$work/rps"
+}
+
+rows=$(
+  measure "upstream direct (nginx, 1 worker)" "http://127.0.0.1:$UPSTREAM_PORT/v1/positions"
+  measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PORT/v1/positions"
+  measure "portcullis (token + security headers)" "http://127.0.0.1:$PORTCULLIS_PORT/v1/positions" "Authorization: Bearer $token"
+)
+nginx_rps=$(awk '/^nginx/ {print $NF}' "$work/rps")
+portcullis_rps=$(awk '/^portcullis/ {print $NF}' "$work/rps")
+ratio=$(awk -v a="$portcullis_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')
+
+section=$(cat <<EOF
+
+## $(date -u +%Y-%m-%d) — $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr).
+wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target after a 2 s warm-up; all on 127.0.0.1,
+sharing the same cores. $(nginx -v 2>&1 | sed 's/.*: //').
+
+| target | requests/s | p50 | p99 | non-2xx |
+|---|---|---|---|---|
+$rows
+
+portcullis / nginx throughput: **${ratio}x**
+EOF
+)
+echo "$section"
+if $record; then
+  echo "$section" >>"$here/RESULTS.md"
+  echo "bench: appended to bench/RESULTS.md" >&2
+fi
