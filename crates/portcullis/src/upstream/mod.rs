@@ -4,6 +4,7 @@
 //! certificates, concurrency caps, circuit breaking) have one place to live.
 
 mod forward;
+mod pool;
 mod route;
 
 use std::sync::Arc;
@@ -12,12 +13,11 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use forward::{prepare_request_headers, remove_hop_by_hop};
+pub use pool::PoolError;
 pub use route::{Route, Router};
 
 use crate::body::ResponseBody;
@@ -70,7 +70,7 @@ pub enum ForwardError {
     BodyTooLarge(#[from] BodyTooLarge),
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed: {0}")]
-    Unavailable(#[source] hyper_util::client::legacy::Error),
+    Unavailable(#[source] PoolError),
 }
 
 /// Where an upstream URL points.
@@ -123,7 +123,7 @@ pub struct Upstream {
     base_path: String,
     host: HeaderValue,
     timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pool: Arc<pool::Pool>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -160,11 +160,17 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
+        let target = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            parts
+        })
+        .map_err(|_| UpstreamError::InvalidUrl {
+            name: name.to_owned(),
+            url: url.to_owned(),
+        })?;
 
         Ok(Arc::new(Self {
             name: name.to_owned(),
@@ -173,7 +179,7 @@ impl Upstream {
             base_path,
             host,
             timeout,
-            client,
+            pool: pool::Pool::new(https, target),
         }))
     }
 
@@ -187,10 +193,12 @@ impl Upstream {
         &self.host
     }
 
-    /// The absolute URI for `path_and_query` (already stripped of a route prefix when the
-    /// route says so), below the upstream's own base path.
+    /// The origin-form target (`/base/path?query`) for `path`, below the upstream's own
+    /// base path; `path` is already stripped of a route prefix when the route says so.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Uri {
-        let mut target = String::with_capacity(self.base_path.len() + path.len() + 1);
+        let mut target = String::with_capacity(
+            self.base_path.len() + path.len() + 2 + query.map_or(0, str::len),
+        );
         target.push_str(&self.base_path);
         if !path.starts_with('/') {
             target.push('/');
@@ -200,13 +208,8 @@ impl Upstream {
             target.push('?');
             target.push_str(query);
         }
-        // Scheme and authority were validated at start; the path passed hygiene.
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(target)
-            .build()
-            .unwrap_or_default()
+        // The path passed hygiene, so it is a valid request target.
+        Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
     /// Sends `request` (already addressed with [`Self::uri_for`]) and returns the response
@@ -217,8 +220,7 @@ impl Upstream {
     ) -> Result<Response<ResponseBody>, ForwardError> {
         use http_body_util::BodyExt;
 
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
+        let response = match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(error)) => return Err(classify(error)),
             Ok(Ok(response)) => response,
@@ -250,7 +252,7 @@ impl Upstream {
 }
 
 /// A body that went over the limit surfaces deep in the client's error chain.
-fn classify(error: hyper_util::client::legacy::Error) -> ForwardError {
+fn classify(error: PoolError) -> ForwardError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(current) = source {
         if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
@@ -298,13 +300,10 @@ mod tests {
     #[tokio::test]
     async fn builds_uris_below_the_base_path() {
         let plain = upstream("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            plain.uri_for("/v1/x", Some("a=1")),
-            "http://127.0.0.1:9000/v1/x?a=1"
-        );
+        assert_eq!(plain.uri_for("/v1/x", Some("a=1")), "/v1/x?a=1");
         let based = upstream("http://127.0.0.1:9000/base/").unwrap();
-        assert_eq!(based.uri_for("/v1", None), "http://127.0.0.1:9000/base/v1");
-        assert_eq!(based.uri_for("", None), "http://127.0.0.1:9000/base/");
+        assert_eq!(based.uri_for("/v1", None), "/base/v1");
+        assert_eq!(based.uri_for("", None), "/base/");
         assert_eq!(based.host(), "127.0.0.1:9000");
     }
 }

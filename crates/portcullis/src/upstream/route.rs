@@ -109,14 +109,8 @@ mod tests {
     async fn strips_the_prefix_when_asked() {
         let route = Route::new("/inventory", upstream("inv"), true);
         let uri: Uri = "/inventory/v1/positions?x=1".parse().unwrap();
-        assert_eq!(
-            route.upstream_uri(&uri),
-            "http://127.0.0.1:1/v1/positions?x=1"
-        );
+        assert_eq!(route.upstream_uri(&uri), "/v1/positions?x=1");
         let kept = Route::new("/inventory", upstream("inv"), false);
-        assert_eq!(
-            kept.upstream_uri(&uri),
-            "http://127.0.0.1:1/inventory/v1/positions?x=1"
-        );
+        assert_eq!(kept.upstream_uri(&uri), "/inventory/v1/positions?x=1");
     }
 }

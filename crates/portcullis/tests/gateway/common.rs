@@ -29,6 +29,8 @@ pub const OTHER_TOKEN: &str = "other-token-0123456789abcdef0123456789abcdef";
 /// One request as the upstream received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The gateway's end of the connection the request came on.
+    pub peer: SocketAddr,
     pub method: Method,
     pub uri: String,
     pub headers: HeaderMap,
@@ -67,7 +69,7 @@ impl Upstream {
         let record = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let record = record.clone();
@@ -84,6 +86,7 @@ impl Upstream {
                                 Err(_) => Bytes::from_static(b"<aborted>"),
                             };
                             let seen = Seen {
+                                peer,
                                 method: parts.method,
                                 uri: parts.uri.to_string(),
                                 headers: parts.headers,

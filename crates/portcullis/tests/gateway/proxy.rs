@@ -266,3 +266,54 @@ async fn garbage_from_the_upstream_is_502_and_not_relayed() {
     reply.assert_problem(502, "upstream-unavailable");
     assert!(!reply.text().contains("stack trace"));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--workers")
+        .arg("1")
+        .start();
+    for _ in 0..5 {
+        assert_eq!(get_authorized(&gateway.url("/v1")).await.status, 200);
+    }
+    let peers: std::collections::HashSet<_> = upstream.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "sequential requests should share one upstream connection: {peers:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_closing_kept_alive_connections_is_harmless() {
+    // An upstream that answers one request per connection and then closes it, as one
+    // with a short keep-alive timeout does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=1\r\n\r\nok",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let gateway = Launch::new(&format!("http://{addr}"))
+        .arg("--workers")
+        .arg("1")
+        .start();
+    for _ in 0..3 {
+        let reply = get_authorized(&gateway.url("/v1")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! Kept-alive HTTP/1.1 connections to one upstream.
+//!
+//! Each worker has its own pipeline and so its own pools, so a connection is only ever used
+//! by the thread that opened it. A connection goes back to the pool when the response body
+//! it carried has been read to the end; one whose response was abandoned is closed.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+use tracing::debug;
+
+use super::UpstreamBody;
+use crate::body::BoxError;
+
+/// How long an unused connection is kept; shorter than common upstream keep-alive
+/// timeouts (nginx: 75 s), so we close first and rarely write to a connection the upstream
+/// has just closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most unused connections kept per upstream and worker.
+const MAX_IDLE: usize = 256;
+
+/// Why a request could not be exchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be opened (refused, unreachable, TLS failure).
+    #[error("connect failed: {0}")]
+    Connect(#[source] BoxError),
+    /// The exchange failed on an open connection.
+    #[error(transparent)]
+    Exchange(#[from] hyper::Error),
+}
+
+struct IdleConnection {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// The connections to one upstream.
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority` of the upstream, for the connector.
+    target: Uri,
+    idle: Mutex<Vec<IdleConnection>>,
+}
+
+impl Pool {
+    /// An empty pool that opens connections to `target` with `connector`.
+    pub fn new(connector: HttpsConnector<HttpConnector>, target: Uri) -> Arc<Self> {
+        Arc::new(Self {
+            connector,
+            target,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends `request` (origin-form URI) on a pooled connection, or a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        if let Some(mut sender) = self.checkout().await {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.wrap(response, sender)),
+                // The connection closed before the request was written: nothing was sent,
+                // so it is safe to try once more on a new connection.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(error.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(request).await?;
+        Ok(self.wrap(response, sender))
+    }
+
+    /// The most recently used idle connection that is still open, ready for a request.
+    async fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            if idle.sender.is_closed() || idle.since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            let mut sender = idle.sender;
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(PoolError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "upstream connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        sender: SendRequest<UpstreamBody>,
+    ) -> Response<PooledBody> {
+        let pool = Arc::downgrade(self);
+        response.map(|body| PooledBody {
+            body,
+            ended: false,
+            checkin: Some((sender, pool)),
+        })
+    }
+
+    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool once read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    ended: bool,
+    checkin: Option<(SendRequest<UpstreamBody>, Weak<Pool>)>,
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves unread bytes on the connection, which then
+        // cannot carry another request; it closes with the sender.
+        if (self.ended || self.body.is_end_stream())
+            && let Some((sender, pool)) = self.checkin.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() {
+            self.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
