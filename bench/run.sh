@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Load benchmark: wrk against the upstream directly, nginx as a plain reverse proxy, and
 # portcullis (bearer token checked, security headers on), all in one run on this machine.
-# Every target is on 127.0.0.1; every wrk run is bounded by DURATION.
+# Every target is on 127.0.0.1; every wrk run is bounded by DURATION. The targets are
+# measured in ROUNDS interleaved rounds and each figure is the median over the rounds, since
+# on a small shared machine one run of one target can be off by 15%.
 #
 #   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
-#   CONNECTIONS=64 DURATION=15s bash bench/run.sh --record
+#   ROUNDS=5 DURATION=15s bash bench/run.sh --record
 #
 # Needs: nginx and wrk (apt-get install nginx wrk), a Rust toolchain.
 set -euo pipefail
@@ -14,6 +16,7 @@ root=$(cd "$here/.." && pwd)
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18001}
 NGINX_PORT=${NGINX_PORT:-18002}
 PORTCULLIS_PORT=${PORTCULLIS_PORT:-18003}
@@ -97,44 +100,68 @@ done
 status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$PORTCULLIS_PORT/v1/positions")
 [ "$status" = 200 ] || { echo "bench: portcullis answered $status" >&2; cat "$work/portcullis.log" >&2; exit 1; }
 
-# measure <label> <url> [header]: one warm-up, then the measured run; prints a table row.
+# measure <key> <url> [header]: one measured wrk run; appends "key rps p50 p99 errors" to $work/runs
+# with latencies in microseconds.
 measure() {
-  local args=(-t"$THREADS" -c"$CONNECTIONS" --latency)
+  local args=(-t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION")
   [ -n "${3:-}" ] && args+=(-H "$3")
-  wrk "${args[@]}" -d2s "$2" >/dev/null
-  local out
-  out=$(wrk "${args[@]}" -d"$DURATION" "$2")
-  local rps p50 p99 errors
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  errors=$(awk '/Non-2xx or 3xx/ {print $5}' <<<"$out")
-  echo "| $1 | ${rps} | ${p50} | ${p99} | ${errors:-0} |"
-  echo "$1 $rps" >>"$work/rps"
+  wrk "${args[@]}" "$2" | awk -v key="$1" '
+    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
+    /^Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = us($2) }
+    $1 == "99%" { p99 = us($2) }
+    /Non-2xx or 3xx/ { errors = $5 }
+    END { printf "%s %s %s %s %d\n", key, rps, p50, p99, errors }' >>"$work/runs"
 }
 
+upstream_url="http://127.0.0.1:$UPSTREAM_PORT/v1/positions"
+nginx_url="http://127.0.0.1:$NGINX_PORT/v1/positions"
+portcullis_url="http://127.0.0.1:$PORTCULLIS_PORT/v1/positions"
+auth="Authorization: Bearer $token"
+
+# Warm every path once (connections, pools, caches), then the interleaved rounds.
+for url in "$upstream_url" "$nginx_url"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null; done
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$portcullis_url" >/dev/null
+for round in $(seq "$ROUNDS"); do
+  echo "bench: round $round of $ROUNDS" >&2
+  measure upstream "$upstream_url"
+  measure nginx "$nginx_url"
+  measure portcullis "$portcullis_url" "$auth"
+done
+
+# median <key> <column>: the median of one column over the rounds.
+median() {
+  awk -v key="$1" -v col="$2" '$1 == key { print $col }' "$work/runs" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+row() {
+  printf '| %s | %.0f | %.2f ms | %.2f ms | %s |\n' "$2" "$(median "$1" 2)" \
+    "$(awk -v v="$(median "$1" 3)" 'BEGIN { print v / 1000 }')" \
+    "$(awk -v v="$(median "$1" 4)" 'BEGIN { print v / 1000 }')" \
+    "$(awk -v key="$1" '$1 == key { s += $5 } END { print s }' "$work/runs")"
+}
 rows=$(
-  measure "upstream direct (nginx, 1 worker)" "http://127.0.0.1:$UPSTREAM_PORT/v1/positions"
-  measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PORT/v1/positions"
-  measure "portcullis (token + security headers)" "http://127.0.0.1:$PORTCULLIS_PORT/v1/positions" "Authorization: Bearer $token"
+  row upstream "upstream direct (nginx, 1 worker)"
+  row nginx "nginx reverse proxy"
+  row portcullis "portcullis (token + security headers)"
 )
-nginx_rps=$(awk '/^nginx/ {print $NF}' "$work/rps")
-portcullis_rps=$(awk '/^portcullis/ {print $NF}' "$work/rps")
-ratio=$(awk -v a="$portcullis_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')
+ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median nginx 2)" 'BEGIN { printf "%.2f", a / b }')
+p99_ratio=$(awk -v a="$(median portcullis 4)" -v b="$(median nginx 4)" 'BEGIN { printf "%.2f", a / b }')
+per_round=$(awk '$1 == "portcullis" { p = $2 } $1 == "nginx" { n = $2 } $1 == "portcullis" && n { printf "%s%.2f", sep, p / n; sep = ", " }' "$work/runs")
 
 section=$(cat <<EOF
 
 ## $(date -u +%Y-%m-%d) — $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr).
-wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target after a 2 s warm-up; all on 127.0.0.1,
-sharing the same cores. $(nginx -v 2>&1 | sed 's/.*: //').
+wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target per round, $ROUNDS interleaved rounds after
+a warm-up, medians shown; all on 127.0.0.1, sharing the same cores. $(nginx -v 2>&1 | sed 's/.*: //').
 
-| target | requests/s | p50 | p99 | non-2xx |
+| target | requests/s | p50 | p99 | non-2xx (all rounds) |
 |---|---|---|---|---|
 $rows
 
-portcullis / nginx throughput: **${ratio}x**
+portcullis / nginx: throughput **${ratio}x** (per round: $per_round), p99 **${p99_ratio}x**.
 EOF
 )
 echo "$section"
