@@ -73,16 +73,20 @@ fn authorized(url: String) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn serves_http1_and_http2_over_tls_with_hsts() {
-    let upstream = Upstream::start().await;
-    let cert = test_cert();
-    let gateway = Launch::new(&upstream.url())
+fn start_tls(upstream: &Upstream, cert: &TestCert) -> Gateway {
+    Launch::new(&upstream.url())
         .arg("--tls-cert")
         .arg(&cert.cert)
         .arg("--tls-key")
         .arg(&cert.key)
-        .start();
+        .start()
+}
+
+#[tokio::test]
+async fn serves_http1_and_http2_over_tls_with_hsts() {
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let gateway = start_tls(&upstream, &cert);
     assert!(gateway.log().contains("tls=true"));
     let url = format!("https://127.0.0.1:{}/v1/positions", gateway.addr.port());
 
@@ -136,12 +140,7 @@ async fn serves_http1_and_http2_over_tls_with_hsts() {
 async fn plain_http_to_the_tls_port_gets_nothing() {
     let upstream = Upstream::start().await;
     let cert = test_cert();
-    let gateway = Launch::new(&upstream.url())
-        .arg("--tls-cert")
-        .arg(&cert.cert)
-        .arg("--tls-key")
-        .arg(&cert.key)
-        .start();
+    let gateway = start_tls(&upstream, &cert);
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(&raw_get("/v1")).await.unwrap();
