@@ -44,7 +44,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         ..Config::default()
     };
     config.set_default_upstream(&format!("http://{api_addr}"));
-    let server = Server::bind(&config)?;
+    let server = Server::bind(&config, &Default::default())?;
     print_instructions(server.local_addr(), &token);
     server.run(shutdown).await;
     Ok(())

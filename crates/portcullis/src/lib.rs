@@ -18,7 +18,9 @@
 
 pub mod body;
 pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod pipeline;
 pub mod server;
+pub mod store;
 pub mod upstream;

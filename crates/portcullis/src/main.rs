@@ -1,13 +1,21 @@
 //! The `portcullis` command line.
 
+mod token_cli;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::config::rules::{self, Report, Severity};
-use portcullis::config::{Config, Overrides};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::config::rules::{self, Facts, Report, Severity};
+use portcullis::config::{Config, Overrides, StoreArgs};
+use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
+use portcullis::pipeline::Shared;
 use portcullis::server::Server;
+use portcullis::store::{Store, StoreLocation};
 use tracing::warn;
 
 /// A security gateway: authentication, security headers, CORS and request hygiene in
@@ -25,14 +33,31 @@ enum Command {
     ///
     /// Bearer tokens come from PORTCULLIS_API_TOKENS (comma-separated) or the file named by
     /// PORTCULLIS_API_TOKENS_FILE; without them the gateway refuses to start.
-    Serve(Overrides),
+    Serve {
+        #[command(flatten)]
+        overrides: Overrides,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Validate the configuration and print each failed rule with how to fix it.
     Check {
         #[command(flatten)]
         overrides: Overrides,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Also apply the rules for an internet-facing deployment.
         #[arg(long)]
         production: bool,
+    },
+    /// Manage bearer tokens in the store (SQLite in --data-dir, or PostgreSQL).
+    Token {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON, for scripts.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: token_cli::TokenAction,
     },
     /// Run a sample inventory API behind the gateway on localhost and print curl commands
     /// to try it.
@@ -60,11 +85,17 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Serve(overrides) => serve(&overrides).await,
+            Command::Serve { overrides, store } => serve(&overrides, &store).await,
             Command::Check {
                 overrides,
+                store,
                 production,
-            } => check(&overrides, production),
+            } => check(&overrides, &store, production).await,
+            Command::Token {
+                store,
+                json,
+                action,
+            } => token_cli::run(&store, json, action).await,
             Command::Demo { listen } => {
                 match portcullis::demo::run(listen, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -97,12 +128,28 @@ fn load(overrides: &Overrides) -> Result<Config, ExitCode> {
     })
 }
 
-async fn serve(overrides: &Overrides) -> ExitCode {
+async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     let config = match load(overrides) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let report = rules::check(&config, false);
+    let env = |name: &str| std::env::var(name).ok();
+    let location = match store_args.location(env) {
+        Ok(location) => location,
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Fail closed: a store that cannot be opened stops the start.
+    let (shared, facts) = match open_store(&config, &location).await {
+        Ok(opened) => opened,
+        Err(message) => {
+            eprintln!("portcullis: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = rules::check(&config, &facts, false);
     if !report.passed() {
         // One line per problem, naming what to set.
         for finding in report.errors() {
@@ -113,23 +160,76 @@ async fn serve(overrides: &Overrides) -> ExitCode {
     for finding in report.warnings() {
         warn!(rule = finding.rule, fix = %finding.fix, "{}", finding.message);
     }
-    let server = match Server::bind(&config) {
+    let server = match Server::bind(&config, &shared) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("portcullis: {error}");
             return ExitCode::FAILURE;
         }
     };
+    let tokens = shared.tokens.clone();
+    let usage = tokens.clone().map(|tokens| {
+        tokio::spawn(async move { tokens.flush_usage_every(USAGE_FLUSH_INTERVAL).await })
+    });
     server.run(shutdown_signal()).await;
+    if let (Some(usage), Some(tokens)) = (usage, tokens) {
+        usage.abort();
+        if let Err(error) = tokens.flush_usage().await {
+            warn!(%error, "cannot record when tokens were last used");
+        }
+    }
     ExitCode::SUCCESS
 }
 
-fn check(overrides: &Overrides, production: bool) -> ExitCode {
+/// How often last-used times are written to the store.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Opens the store, with the token verifier every worker shares, and counts its live
+/// tokens.
+async fn open_store(config: &Config, location: &StoreLocation) -> Result<(Shared, Facts), String> {
+    let env = |name: &str| std::env::var(name).ok();
+    let pepper = credentials::load_pepper(location, env).map_err(|e| e.to_string())?;
+    let store = Store::open(location).await.map_err(|e| e.to_string())?;
+    let credentials = Credentials::new(
+        store.clone(),
+        TokenHasher::new(&pepper),
+        &config.route_scopes(),
+    );
+    let live_managed_tokens = credentials.count_live().await.map_err(|e| e.to_string())?;
+    let tokens = Arc::new(TokenVerifier::new(credentials, config.token_cache_ttl));
+    let shared = Shared {
+        tokens: Some(tokens),
+        store: Some(store),
+    };
+    Ok((
+        shared,
+        Facts {
+            live_managed_tokens,
+        },
+    ))
+}
+
+async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) -> ExitCode {
     let config = match load(overrides) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let report = rules::check(&config, production);
+    // Only an existing store is opened: `check` creates nothing.
+    let facts = match store_args.location(|name| std::env::var(name).ok()) {
+        Ok(StoreLocation::DataDir(dir)) if !dir.exists() => Facts::default(),
+        Ok(location) => match open_store(&config, &location).await {
+            Ok((_, facts)) => facts,
+            Err(message) => {
+                println!("error[store.open]: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(error) => {
+            println!("error[store.location]: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rules::check(&config, &facts, production);
     print_report(&report, production);
     if report.passed() {
         ExitCode::SUCCESS

@@ -14,11 +14,13 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-pub use overrides::Overrides;
+pub use overrides::{Overrides, StoreArgs};
 pub use secret::{SecretError, read_secret};
 
 /// The environment variable that holds the static bearer tokens.
 pub const API_TOKENS_VAR: &str = "PORTCULLIS_API_TOKENS";
+/// The environment variable that holds a PostgreSQL URL for the store.
+pub const DATABASE_URL_VAR: &str = "PORTCULLIS_DATABASE_URL";
 
 /// Everything `serve` needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +44,10 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Which upstream serves which path prefix.
     pub routes: Vec<RouteConfig>,
+    /// How long a verified managed token may be trusted without asking the store again
+    /// (at most 30 s): a revocation made on another instance applies within this time.
+    #[serde(with = "humantime_serde")]
+    pub token_cache_ttl: Duration,
     /// Static bearer tokens; only ever from the environment.
     #[serde(skip)]
     pub api_tokens: Vec<SecretString>,
@@ -191,6 +197,10 @@ pub struct RouteConfig {
     /// Remove the prefix from the path sent upstream.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// The scope a method needs, e.g. `{ POST = "reports:run" }`; methods not listed need
+    /// `read` (GET, HEAD, OPTIONS) or `write` (the rest).
+    #[serde(default)]
+    pub scopes: BTreeMap<String, String>,
 }
 
 /// The name `--upstream` gives the upstream it defines.
@@ -208,6 +218,7 @@ impl Default for Config {
             security_headers: SecurityHeadersConfig::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
+            token_cache_ttl: Duration::from_secs(30),
             api_tokens: Vec::new(),
         }
     }
@@ -235,6 +246,9 @@ pub enum ConfigError {
     /// A secret could not be read from the environment.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The database URL is not a PostgreSQL URL (it is not echoed: it may hold a password).
+    #[error("PORTCULLIS_DATABASE_URL must start with postgres:// or postgresql://")]
+    DatabaseUrl,
 }
 
 impl Config {
@@ -289,6 +303,7 @@ impl Config {
                 path_prefix: "/".to_owned(),
                 upstream: DEFAULT_UPSTREAM.to_owned(),
                 strip_prefix: false,
+                scopes: BTreeMap::new(),
             });
         }
     }
@@ -299,6 +314,18 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
+    }
+
+    /// Every scope a route names, beyond the built-in `read`, `write` and `admin`.
+    pub fn route_scopes(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.scopes.values().cloned())
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        scopes
     }
 
     /// The request timeout that applies to `upstream`.

@@ -71,6 +71,11 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 
+    /// How long a verified managed token is trusted before the store is asked again (at
+    /// most 30s) [default: 30s].
+    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_TTL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub token_cache_ttl: Option<Duration>,
+
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub disable_security_headers: bool,
@@ -121,11 +126,62 @@ impl Overrides {
         if let Some(max) = self.max_connections {
             config.limits.max_connections = max;
         }
+        if let Some(ttl) = self.token_cache_ttl {
+            config.token_cache_ttl = ttl;
+        }
         if let Some(workers) = self.workers {
             config.workers = workers;
         }
         if self.disable_security_headers {
             config.security_headers.enabled = false;
+        }
+    }
+}
+
+/// Where the store is: flags shared by `serve` and `token`.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Directory for the embedded SQLite store and the generated token pepper.
+    #[arg(
+        long,
+        env = "PORTCULLIS_DATA_DIR",
+        value_name = "DIR",
+        default_value = "portcullis-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL URL (postgres://...) to use instead of SQLite. Prefer the environment
+    /// variable or PORTCULLIS_DATABASE_URL_FILE: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "PORTCULLIS_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The store these arguments name; `env` supplies `PORTCULLIS_DATABASE_URL_FILE`.
+    pub fn location(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<crate::store::StoreLocation, super::ConfigError> {
+        use secrecy::{ExposeSecret, SecretString};
+        let url = match &self.database_url {
+            Some(url) => Some(SecretString::from(url.clone())),
+            None => super::read_secret(super::DATABASE_URL_VAR, env)?,
+        };
+        match url {
+            None => Ok(crate::store::StoreLocation::DataDir(self.data_dir.clone())),
+            Some(url)
+                if ["postgres://", "postgresql://"]
+                    .iter()
+                    .any(|s| url.expose_secret().starts_with(s)) =>
+            {
+                Ok(crate::store::StoreLocation::Postgres(url))
+            }
+            Some(_) => Err(super::ConfigError::DatabaseUrl),
         }
     }
 }

@@ -12,6 +12,8 @@ use crate::pipeline::auth::is_token68;
 use crate::pipeline::cors::normalize_origin;
 use crate::pipeline::hygiene::check_path;
 
+/// Longest time a verified managed token may be cached.
+pub const MAX_TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Shortest token `check` accepts without a warning (and `--production` at all).
 pub const MIN_TOKEN_LEN: usize = 32;
 /// Largest body limit `--production` accepts.
@@ -85,11 +87,18 @@ impl Report {
     }
 }
 
+/// What the rules need to know beyond the configuration itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// Live managed tokens in the store.
+    pub live_managed_tokens: usize,
+}
+
 /// Runs every rule on `config`; `production` adds the production rules and turns some
 /// warnings into errors.
-pub fn check(config: &Config, production: bool) -> Report {
+pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     let mut report = Report::default();
-    credentials(config, production, &mut report);
+    credentials(config, facts, production, &mut report);
     upstreams_and_routes(config, &mut report);
     tls(config, production, &mut report);
     cors(config, &mut report);
@@ -106,13 +115,24 @@ fn strict(production: bool) -> Severity {
     }
 }
 
-fn credentials(config: &Config, production: bool, report: &mut Report) {
-    if config.api_tokens.is_empty() {
+fn credentials(config: &Config, facts: &Facts, production: bool, report: &mut Report) {
+    if config.api_tokens.is_empty() && facts.live_managed_tokens == 0 {
         report.add(
             "credentials.present",
             Severity::Error,
             "no credentials are configured, so every request would be refused",
-            format!("set {API_TOKENS_VAR} (or {API_TOKENS_VAR}_FILE) to a comma-separated list of bearer tokens"),
+            format!(
+                "set {API_TOKENS_VAR} (or {API_TOKENS_VAR}_FILE) to a comma-separated list of bearer tokens, \
+                 or create one with `portcullis token create`"
+            ),
+        );
+    }
+    if config.token_cache_ttl > MAX_TOKEN_CACHE_TTL {
+        report.add(
+            "credentials.cache_ttl",
+            Severity::Error,
+            format!("token_cache_ttl is {}, over 30s", humantime::format_duration(config.token_cache_ttl)),
+            "set PORTCULLIS_TOKEN_CACHE_TTL to 30s or less, so revocations apply everywhere within it",
         );
     }
     for (index, token) in config.api_tokens.iter().enumerate() {
@@ -170,6 +190,16 @@ fn upstreams_and_routes(config: &Config, report: &mut Report) {
                 ),
             );
         }
+        for (method, scope) in &route.scopes {
+            if Method::from_bytes(method.as_bytes()).is_err() || !is_scope_name(scope) {
+                report.add(
+                    "routes.scopes",
+                    Severity::Error,
+                    format!("route {:?} has an invalid scope entry {method:?} = {scope:?}", route.path_prefix),
+                    "use a method name and a scope of letters, digits and : . _ - (e.g. POST = \"reports:run\")",
+                );
+            }
+        }
         if check_path(&route.path_prefix).is_err() {
             report.add(
                 "routes.path_prefix",
@@ -179,6 +209,14 @@ fn upstreams_and_routes(config: &Config, report: &mut Report) {
             );
         }
     }
+}
+
+/// Whether `scope` is 1 to 64 characters of letters, digits and `: . _ -`.
+pub fn is_scope_name(scope: &str) -> bool {
+    (1..=64).contains(&scope.len())
+        && scope
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
 }
 
 fn tls(config: &Config, production: bool, report: &mut Report) {
@@ -369,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_complete_config_passes() {
-        let report = check(&valid(), false);
+        let report = check(&valid(), &Facts::default(), false);
         assert!(report.findings.is_empty(), "{report:?}");
     }
 
@@ -377,11 +415,21 @@ mod tests {
     fn no_credentials_fails_and_names_the_variable() {
         let mut config = valid();
         config.api_tokens.clear();
-        let report = check(&config, false);
+        let report = check(&config, &Facts::default(), false);
         assert!(!report.passed());
         let finding = report.errors().next().unwrap();
         assert_eq!(finding.rule, "credentials.present");
         assert!(finding.fix.contains("PORTCULLIS_API_TOKENS"));
+    }
+
+    #[test]
+    fn live_managed_tokens_are_credentials_too() {
+        let mut config = valid();
+        config.api_tokens.clear();
+        let facts = Facts {
+            live_managed_tokens: 1,
+        };
+        assert!(check(&config, &facts, false).passed());
     }
 
     #[test]
@@ -391,11 +439,11 @@ mod tests {
         config.tls = None;
         config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(
-            rules(&check(&config, false)),
+            rules(&check(&config, &Facts::default(), false)),
             [("credentials.length", Severity::Warning)]
         );
         assert_eq!(
-            rules(&check(&config, true)),
+            rules(&check(&config, &Facts::default(), true)),
             [("credentials.length", Severity::Error)]
         );
     }
@@ -407,7 +455,7 @@ mod tests {
             SecretString::from("tiny".to_owned()),
             SecretString::from("bad token".to_owned()),
         ];
-        for finding in check(&config, true).findings {
+        for finding in check(&config, &Facts::default(), true).findings {
             assert!(!finding.message.contains("tiny") && !finding.message.contains("bad token"));
         }
     }
@@ -418,7 +466,10 @@ mod tests {
         config.security_headers.enabled = false;
         config.limits.max_body_bytes = PRODUCTION_MAX_BODY_BYTES + 1;
         config.limits.request_timeout = Duration::from_secs(121);
-        let found: Vec<_> = check(&config, true).errors().map(|f| f.rule).collect();
+        let found: Vec<_> = check(&config, &Facts::default(), true)
+            .errors()
+            .map(|f| f.rule)
+            .collect();
         assert_eq!(
             found,
             [
@@ -429,7 +480,7 @@ mod tests {
             ]
         );
         assert!(
-            check(&config, false).passed(),
+            check(&config, &Facts::default(), false).passed(),
             "only warnings outside production"
         );
     }
@@ -442,7 +493,7 @@ mod tests {
             "https://ok.example".into(),
             "https://a.example/path".into(),
         ];
-        let errors: Vec<_> = check(&config, false)
+        let errors: Vec<_> = check(&config, &Facts::default(), false)
             .errors()
             .map(|f| f.message.clone())
             .collect();
@@ -456,8 +507,12 @@ mod tests {
             path_prefix: "/a/../b".into(),
             upstream: "missing".into(),
             strip_prefix: false,
+            scopes: Default::default(),
         });
-        let found: Vec<_> = check(&config, false).errors().map(|f| f.rule).collect();
+        let found: Vec<_> = check(&config, &Facts::default(), false)
+            .errors()
+            .map(|f| f.rule)
+            .collect();
         assert_eq!(found, ["routes.upstream", "routes.path_prefix"]);
     }
 
@@ -469,7 +524,11 @@ mod tests {
             key: "".into(),
         });
         assert_eq!(
-            check(&config, false).errors().next().unwrap().rule,
+            check(&config, &Facts::default(), false)
+                .errors()
+                .next()
+                .unwrap()
+                .rule,
             "tls.pair"
         );
     }

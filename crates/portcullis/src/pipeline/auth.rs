@@ -10,8 +10,10 @@ use http::{HeaderMap, HeaderValue, header};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
+use tracing::warn;
 
 use super::problem::{Problem, ProblemKind};
+use crate::credentials::{TokenRecord, TokenVerifier, Verdict};
 
 /// The longest `Authorization` value considered; longer ones are refused unread.
 pub const MAX_AUTHORIZATION_LEN: usize = 4096;
@@ -20,19 +22,55 @@ pub const MAX_AUTHORIZATION_LEN: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     name: Arc<str>,
+    token_id: Option<Arc<str>>,
+    tenant: Option<Arc<str>>,
+    /// `None` means every scope.
+    scopes: Option<Arc<[String]>>,
 }
 
 impl Principal {
-    /// The principal every static token (`PORTCULLIS_API_TOKENS`) authenticates as.
+    /// The principal every static token (`PORTCULLIS_API_TOKENS`) authenticates as; it
+    /// holds every scope.
     pub fn static_token() -> Self {
         Self {
             name: Arc::from("static"),
+            token_id: None,
+            tenant: None,
+            scopes: None,
+        }
+    }
+
+    /// The principal a managed token authenticates as.
+    pub fn from_record(record: &TokenRecord) -> Self {
+        let all = record.scopes.iter().any(|s| s == "admin");
+        Self {
+            name: Arc::from(record.name.as_str()),
+            token_id: Some(Arc::from(record.id.as_str())),
+            tenant: record.tenant.as_deref().map(Arc::from),
+            scopes: (!all).then(|| Arc::from(record.scopes.as_slice())),
         }
     }
 
     /// The name audit events and rate limits know this caller by.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The managed token's id; `None` for static tokens.
+    pub fn token_id(&self) -> Option<&str> {
+        self.token_id.as_deref()
+    }
+
+    /// The tenant, if the credential has one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// Whether the caller may act with `scope` (`admin` implies every scope).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.iter().any(|s| s == scope))
     }
 }
 
@@ -140,23 +178,51 @@ fn digest(token: &str) -> [u8; 32] {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     static_tokens: StaticTokens,
+    managed: Option<Arc<TokenVerifier>>,
 }
 
 impl Authenticator {
-    /// Authenticates against `static_tokens`.
-    pub fn new(static_tokens: StaticTokens) -> Self {
-        Self { static_tokens }
+    /// Authenticates against `static_tokens` and, when there is a store, managed tokens.
+    pub fn new(static_tokens: StaticTokens, managed: Option<Arc<TokenVerifier>>) -> Self {
+        Self {
+            static_tokens,
+            managed,
+        }
     }
 
-    /// The caller behind `headers`, or a 401 problem that does not say which check failed
-    /// beyond what the client already knows (whether it sent a credential at all).
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
+    /// The caller behind `headers`, or a problem: 401 that does not say which check failed
+    /// beyond what the client already knows (whether it sent a credential at all), or 503
+    /// when the credential store cannot be asked (never an allow).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
         let token = bearer_token(headers).map_err(unauthorized)?;
         if self.static_tokens.verify(token) {
-            Ok(Principal::static_token())
-        } else {
-            Err(unauthorized(CredentialError::Invalid))
+            return Ok(Principal::static_token());
         }
+        let Some(managed) = &self.managed else {
+            return Err(unauthorized(CredentialError::Invalid));
+        };
+        match managed.verify(token).await {
+            Ok(Verdict::Valid(record)) => Ok(Principal::from_record(&record)),
+            Ok(Verdict::Invalid) => Err(unauthorized(CredentialError::Invalid)),
+            Err(error) => {
+                warn!(%error, "cannot verify a token: the credential store is unreachable");
+                Err(Problem::new(ProblemKind::StoreUnavailable)
+                    .with_detail("credentials cannot be verified right now")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")))
+            }
+        }
+    }
+}
+
+/// The 403 sent when the caller lacks `scope`, naming it (RFC 6750 `insufficient_scope`).
+pub fn insufficient_scope(scope: &str) -> Problem {
+    let challenge =
+        format!(r#"Bearer realm="portcullis", error="insufficient_scope", scope="{scope}""#);
+    let problem = Problem::new(ProblemKind::InsufficientScope)
+        .with_detail(format!("this request needs the scope \"{scope}\""));
+    match HeaderValue::from_str(&challenge) {
+        Ok(value) => problem.with_header(header::WWW_AUTHENTICATE, value),
+        Err(_) => problem,
     }
 }
 
@@ -242,18 +308,42 @@ mod tests {
     }
 
     #[test]
+    fn scopes() {
+        assert!(Principal::static_token().has_scope("anything"));
+        let mut record = TokenRecord {
+            id: "tok_1".into(),
+            name: "n".into(),
+            public_prefix: "pcl_x".into(),
+            scopes: vec!["read".into()],
+            tenant: None,
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+            superseded_by: None,
+        };
+        let reader = Principal::from_record(&record);
+        assert!(reader.has_scope("read") && !reader.has_scope("write"));
+        record.scopes = vec!["admin".into()];
+        assert!(Principal::from_record(&record).has_scope("write"));
+    }
+
+    #[test]
     fn debug_does_not_show_tokens_or_digests() {
         let text = format!("{:?}", tokens(&["sekrit-value"]));
         assert!(!text.contains("sekrit"));
         assert_eq!(text, "StaticTokens { count: 1 }");
     }
 
-    #[test]
-    fn refusals_are_401_with_a_bearer_challenge() {
-        let auth = Authenticator::new(tokens(&["good"]));
-        let missing = auth.authenticate(&headers(&[])).unwrap_err();
+    #[tokio::test]
+    async fn refusals_are_401_with_a_bearer_challenge() {
+        let auth = Authenticator::new(tokens(&["good"]), None);
+        let missing = auth.authenticate(&headers(&[])).await.unwrap_err();
         assert_eq!(missing.kind(), ProblemKind::Unauthorized);
-        let wrong = auth.authenticate(&headers(&[b"Bearer bad"])).unwrap_err();
+        let wrong = auth
+            .authenticate(&headers(&[b"Bearer bad"]))
+            .await
+            .unwrap_err();
         let response = wrong.into_response(&HeaderValue::from_static("r"));
         assert_eq!(response.status(), 401);
         assert!(
@@ -263,7 +353,9 @@ mod tests {
                 .starts_with("Bearer ")
         );
         assert_eq!(
-            auth.authenticate(&headers(&[b"Bearer good"])).unwrap(),
+            auth.authenticate(&headers(&[b"Bearer good"]))
+                .await
+                .unwrap(),
             Principal::static_token()
         );
     }

@@ -8,6 +8,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::problem::{Problem, ProblemKind};
 use crate::body::{self, ResponseBody};
+use crate::store::Store;
 use crate::upstream::Upstream;
 
 /// How long one upstream connection attempt may take during a readiness check.
@@ -40,14 +41,16 @@ impl Probe {
 #[derive(Debug)]
 pub struct Health {
     upstreams: Vec<Arc<Upstream>>,
+    store: Option<Store>,
     last_readiness: Mutex<Option<(Instant, bool)>>,
 }
 
 impl Health {
-    /// Readiness depends on reaching every one of `upstreams`.
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
+    /// Readiness depends on reaching every one of `upstreams` and the store, if any.
+    pub fn new(upstreams: Vec<Arc<Upstream>>, store: Option<Store>) -> Self {
         Self {
             upstreams,
+            store,
             last_readiness: Mutex::new(None),
         }
     }
@@ -90,9 +93,17 @@ impl Health {
         {
             return ready;
         }
-        let mut ready = true;
+        let mut ready = match &self.store {
+            Some(store) => tokio::time::timeout(PROBE_TIMEOUT, store.is_reachable())
+                .await
+                .unwrap_or(false),
+            None => true,
+        };
         for upstream in &self.upstreams {
-            ready &= upstream.is_reachable(PROBE_TIMEOUT).await;
+            if !ready {
+                break;
+            }
+            ready = upstream.is_reachable(PROBE_TIMEOUT).await;
         }
         if let Ok(mut guard) = self.last_readiness.lock() {
             *guard = Some((Instant::now(), ready));

@@ -18,8 +18,10 @@ use tracing::warn;
 
 use crate::body::ResponseBody;
 use crate::config::Config;
+use crate::credentials::TokenVerifier;
+use crate::store::Store;
 use crate::upstream::{
-    ForwardError, Route, Router, Upstream, UpstreamError, prepare_request_headers,
+    ForwardError, Route, RouteScopes, Router, Upstream, UpstreamError, prepare_request_headers,
 };
 use auth::{Authenticator, StaticTokens};
 use context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
@@ -57,6 +59,15 @@ pub enum GatewayError {
     },
 }
 
+/// State built once and shared by every worker's pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// Managed-token verification, when there is a store.
+    pub tokens: Option<Arc<TokenVerifier>>,
+    /// The store, for readiness.
+    pub store: Option<Store>,
+}
+
 /// Every stage of the request path, ready to serve.
 #[derive(Debug)]
 pub struct Gateway {
@@ -70,8 +81,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds every stage from `config`.
-    pub fn from_config(config: &Config) -> Result<Self, GatewayError> {
+    /// Builds every stage from `config`, around the state every worker shares.
+    pub fn from_config(config: &Config, shared: &Shared) -> Result<Self, GatewayError> {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
         for (name, upstream) in &config.upstreams {
             upstreams.push((
@@ -90,11 +101,22 @@ impl Gateway {
                         route: route.path_prefix.clone(),
                         upstream: route.upstream.clone(),
                     })?;
-                Ok(Route::new(
-                    &route.path_prefix,
-                    upstream.1.clone(),
-                    route.strip_prefix,
-                ))
+                let scopes = route
+                    .scopes
+                    .iter()
+                    .map(|(method, scope)| {
+                        Method::from_bytes(method.as_bytes())
+                            .map(|m| (m, scope.clone()))
+                            .map_err(|_| GatewayError::InvalidHeader {
+                                what: "route scope method",
+                                value: method.clone(),
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(
+                    Route::new(&route.path_prefix, upstream.1.clone(), route.strip_prefix)
+                        .with_scopes(RouteScopes::new(scopes)),
+                )
             })
             .collect::<Result<Vec<_>, GatewayError>>()?;
         let router = Router::new(routes);
@@ -108,9 +130,9 @@ impl Gateway {
                 max_header_bytes: limits.max_header_bytes,
                 max_headers: limits.max_headers,
             }),
-            health: Health::new(router.upstreams()),
+            health: Health::new(router.upstreams(), shared.store.clone()),
             cors: Cors::new(&cors_policy(config)?)?,
-            auth: Authenticator::new(StaticTokens::new(&config.api_tokens)),
+            auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),
             router,
             response_headers: ResponseHeaders::new(&security_headers_policy(config)?),
         })
@@ -155,11 +177,15 @@ impl Gateway {
         {
             return answer;
         }
-        let _principal = self.auth.authenticate(request.headers())?;
+        let principal = self.auth.authenticate(request.headers()).await?;
         let route = self
             .router
             .find(request.uri().path())
             .ok_or(ProblemKind::NotFound)?;
+        let scope = route.required_scope(request.method());
+        if !principal.has_scope(scope) {
+            return Err(auth::insufficient_scope(scope));
+        }
         self.forward(request, route, ctx).await
     }
 

@@ -33,6 +33,10 @@ pub enum ProblemKind {
     HeadersTooLarge,
     /// No valid credential was presented.
     Unauthorized,
+    /// The credential lacks the scope the route needs for the method.
+    InsufficientScope,
+    /// The credential store cannot be reached, so a credential cannot be verified.
+    StoreUnavailable,
     /// A CORS preflight from an origin, or for a method or header, that is not allowed.
     CorsDenied,
     /// No route matches the path.
@@ -58,7 +62,8 @@ impl ProblemKind {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::CorsDenied => StatusCode::FORBIDDEN,
+            Self::CorsDenied | Self::InsufficientScope => StatusCode::FORBIDDEN,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -79,6 +84,8 @@ impl ProblemKind {
             Self::HeadersTooLarge => "headers-too-large",
             Self::Unauthorized => "unauthorized",
             Self::CorsDenied => "cors-denied",
+            Self::InsufficientScope => "insufficient-scope",
+            Self::StoreUnavailable => "store-unavailable",
             Self::NotFound => "not-found",
             Self::RequestTimeout => "request-timeout",
             Self::UpstreamUnavailable => "upstream-unavailable",
@@ -99,6 +106,8 @@ impl ProblemKind {
             Self::HeadersTooLarge => "Request header fields too large",
             Self::Unauthorized => "Authentication required",
             Self::CorsDenied => "Cross-origin request not allowed",
+            Self::InsufficientScope => "Insufficient scope",
+            Self::StoreUnavailable => "Credential store unavailable",
             Self::NotFound => "Not found",
             Self::RequestTimeout => "Request timeout",
             Self::UpstreamUnavailable => "Upstream unavailable",

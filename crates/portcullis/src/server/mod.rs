@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::pipeline::context::ConnInfo;
-use crate::pipeline::{Gateway, GatewayError};
+use crate::pipeline::{Gateway, GatewayError, Shared};
 use deadline::{HeadDeadlineIo, PhaseBody, RequestPhase, TimeoutReply};
 
 /// Why the server could not start.
@@ -80,8 +80,9 @@ struct Connections {
 }
 
 impl Server {
-    /// Builds a pipeline per worker for `config` and binds their listeners.
-    pub fn bind(config: &Config) -> Result<Self, ServerError> {
+    /// Builds a pipeline per worker for `config`, around `shared`, and binds their
+    /// listeners.
+    pub fn bind(config: &Config, shared: &Shared) -> Result<Self, ServerError> {
         let tls = match &config.tls {
             Some(files) => Some(TlsAcceptor::from(tls::load(&files.cert, &files.key)?)),
             None => None,
@@ -105,7 +106,7 @@ impl Server {
                 Ok(Worker {
                     listener,
                     tls: tls.clone(),
-                    connections: Arc::new(Connections::new(config)?),
+                    connections: Arc::new(Connections::new(config, shared)?),
                     permits: permits.clone(),
                     shutdown_grace: config.limits.shutdown_grace,
                 })
@@ -239,8 +240,8 @@ impl Worker {
 }
 
 impl Connections {
-    fn new(config: &Config) -> Result<Self, ServerError> {
-        let gateway = Arc::new(Gateway::from_config(config)?);
+    fn new(config: &Config, shared: &Shared) -> Result<Self, ServerError> {
+        let gateway = Arc::new(Gateway::from_config(config, shared)?);
         let limits = &config.limits;
         // hyper's own limits sit well above ours so that our checks, which answer with
         // problem+json, are the ones clients meet.

@@ -2,10 +2,38 @@
 
 use std::sync::Arc;
 
-use http::Uri;
+use http::{Method, Uri};
 
 use super::Upstream;
 use crate::pipeline::headers::path_has_prefix;
+
+/// The scope each method needs on a route: `read` for GET, HEAD and OPTIONS and `write`
+/// for the rest, unless the route names another for a method.
+#[derive(Debug, Clone, Default)]
+pub struct RouteScopes {
+    by_method: Vec<(Method, String)>,
+}
+
+impl RouteScopes {
+    /// The defaults, with `overrides` taking precedence for their methods.
+    pub fn new(overrides: Vec<(Method, String)>) -> Self {
+        Self {
+            by_method: overrides,
+        }
+    }
+
+    /// The scope a request with `method` needs.
+    pub fn required(&self, method: &Method) -> &str {
+        if let Some((_, scope)) = self.by_method.iter().find(|(m, _)| m == method) {
+            return scope;
+        }
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            "read"
+        } else {
+            "write"
+        }
+    }
+}
 
 /// A path prefix served by one upstream.
 #[derive(Debug, Clone)]
@@ -13,6 +41,7 @@ pub struct Route {
     prefix: String,
     upstream: Arc<Upstream>,
     strip_prefix: bool,
+    scopes: RouteScopes,
 }
 
 impl Route {
@@ -23,7 +52,19 @@ impl Route {
             prefix: prefix.trim_end_matches('/').to_owned(),
             upstream,
             strip_prefix,
+            scopes: RouteScopes::default(),
         }
+    }
+
+    /// The same route, with `scopes` deciding what each method needs.
+    pub fn with_scopes(mut self, scopes: RouteScopes) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// The scope a request with `method` needs on this route.
+    pub fn required_scope(&self, method: &Method) -> &str {
+        self.scopes.required(method)
     }
 
     /// The upstream that serves this route.
@@ -97,6 +138,15 @@ mod tests {
         assert_eq!(name("/api/x").as_deref(), Some("api"));
         assert_eq!(name("/apix").as_deref(), Some("root"));
         assert_eq!(router.upstreams().len(), 3);
+    }
+
+    #[test]
+    fn scopes_default_to_read_and_write_with_overrides() {
+        let scopes = RouteScopes::new(vec![(Method::POST, "reports:run".into())]);
+        assert_eq!(scopes.required(&Method::GET), "read");
+        assert_eq!(scopes.required(&Method::OPTIONS), "read");
+        assert_eq!(scopes.required(&Method::DELETE), "write");
+        assert_eq!(scopes.required(&Method::POST), "reports:run");
     }
 
     #[tokio::test]

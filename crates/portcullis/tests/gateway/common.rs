@@ -228,10 +228,25 @@ impl Launch {
     }
 }
 
+/// A command for the binary with an empty environment, except for a fresh data
+/// directory of its own (so no test shares, or leaves behind, a store in the source tree).
 pub fn portcullis() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command.env_clear();
+    command.env("PORTCULLIS_DATA_DIR", scratch_dir());
     command
+}
+
+/// A new, empty directory under the test target's scratch space.
+pub fn scratch_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("gateway")
+        .join(format!("{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl Gateway {

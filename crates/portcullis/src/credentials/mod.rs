@@ -1,0 +1,422 @@
+//! Managed credentials: named bearer tokens with scopes, an optional tenant, expiry,
+//! revocation and rotation, kept in the [`Store`] as keyed hashes.
+
+pub mod token;
+pub mod verifier;
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::config::{SecretError, read_secret};
+use crate::store::{Store, StoreError, StoreLocation, now};
+pub use token::TokenHasher;
+pub use verifier::{TokenVerifier, Verdict};
+
+/// The environment variable that holds the pepper keying token hashes.
+pub const PEPPER_VAR: &str = "PORTCULLIS_TOKEN_PEPPER";
+/// The file in the data directory that holds a generated pepper.
+const PEPPER_FILE: &str = "token-pepper";
+
+/// The scopes every deployment knows; routes may name more. `admin` implies all.
+pub const BUILTIN_SCOPES: [&str; 3] = ["read", "write", "admin"];
+
+/// Why a credential operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// Another live token has this name.
+    #[error("a live token named {0:?} already exists; revoke it or choose another name")]
+    DuplicateName(String),
+    /// No token has this id.
+    #[error("no token has the id {0:?}")]
+    NotFound(String),
+    /// The token is revoked, expired or already rotated, so it cannot be rotated.
+    #[error("token {0:?} is not live (revoked, expired or already rotated)")]
+    NotLive(String),
+    /// A scope that is not built in and that no route names.
+    #[error("unknown scope {0:?}; known scopes: {1}")]
+    UnknownScope(String, String),
+    /// No scope was given.
+    #[error("a token needs at least one scope")]
+    NoScopes,
+    /// A name that is empty or too long.
+    #[error("a token name must be 1 to 100 characters")]
+    InvalidName,
+    /// An expiry of zero.
+    #[error("the expiry must be in the future")]
+    ExpiryInPast,
+    /// The pepper could not be read or created.
+    #[error("token pepper: {0}")]
+    Pepper(String),
+    /// The pepper variable could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CredentialError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(StoreError::Query(error))
+    }
+}
+
+/// What is stored about a token. Never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    /// Stable id, e.g. `tok_4fQ9zX1bK2mN`.
+    pub id: String,
+    /// Unique among live tokens.
+    pub name: String,
+    /// The token's first characters, to recognise it (e.g. `pcl_3xY9QaBc`).
+    pub public_prefix: String,
+    /// What the token may do.
+    pub scopes: Vec<String>,
+    /// The tenant the token belongs to, if any.
+    pub tenant: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; none means it does not expire.
+    pub expires_at: Option<i64>,
+    /// Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// Unix seconds, updated at most once a minute.
+    pub last_used_at: Option<i64>,
+    /// The id of the token that replaced this one by rotation.
+    pub superseded_by: Option<String>,
+}
+
+impl TokenRecord {
+    /// Whether the token is accepted at time `at`.
+    pub fn is_live_at(&self, at: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires| at < expires)
+    }
+
+    /// Whether the token carries `scope` (or `admin`, which implies every scope).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope || s == "admin")
+    }
+
+    /// `live`, `expired`, `revoked` or `rotated`.
+    pub fn state(&self, at: i64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if !self.is_live_at(at) {
+            "expired"
+        } else if self.superseded_by.is_some() {
+            "rotating"
+        } else {
+            "live"
+        }
+    }
+}
+
+/// A token to create.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Its name.
+    pub name: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its tenant.
+    pub tenant: Option<String>,
+    /// How long until it expires; none for never.
+    pub expires_in: Option<Duration>,
+}
+
+/// The managed tokens in a store.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    store: Store,
+    hasher: TokenHasher,
+    known_scopes: Vec<String>,
+}
+
+const COLUMNS: &str = "id, name, public_prefix, scopes, tenant, created_at, expires_at, revoked_at, last_used_at, superseded_by";
+
+impl Credentials {
+    /// The tokens in `store`, hashed with `hasher`; `extra_scopes` are the scopes routes
+    /// name beyond the built-in ones.
+    pub fn new(store: Store, hasher: TokenHasher, extra_scopes: &[String]) -> Self {
+        let mut known_scopes: Vec<String> =
+            BUILTIN_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+        for scope in extra_scopes {
+            if !known_scopes.contains(scope) {
+                known_scopes.push(scope.clone());
+            }
+        }
+        Self {
+            store,
+            hasher,
+            known_scopes,
+        }
+    }
+
+    /// Creates a token; the secret is returned once and never stored.
+    pub async fn create(
+        &self,
+        new: NewToken,
+    ) -> Result<(TokenRecord, SecretString), CredentialError> {
+        self.validate(&new)?;
+        let minted = token::mint();
+        let created_at = now();
+        let expires_at = new
+            .expires_in
+            .map(|d| created_at.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+        let record = TokenRecord {
+            id: token::new_id("tok"),
+            name: new.name,
+            public_prefix: minted.public_prefix,
+            scopes: new.scopes,
+            tenant: new.tenant,
+            created_at,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            superseded_by: None,
+        };
+        let hash = self.hasher.hash(minted.secret.expose_secret());
+        let mut connection = self.store.pool().acquire().await?;
+        insert(&mut connection, &record, &hash).await?;
+        Ok((record, minted.secret))
+    }
+
+    fn validate(&self, new: &NewToken) -> Result<(), CredentialError> {
+        if new.name.trim().is_empty() || new.name.len() > 100 {
+            return Err(CredentialError::InvalidName);
+        }
+        if new.scopes.is_empty() {
+            return Err(CredentialError::NoScopes);
+        }
+        if let Some(unknown) = new.scopes.iter().find(|s| !self.known_scopes.contains(s)) {
+            return Err(CredentialError::UnknownScope(
+                unknown.clone(),
+                self.known_scopes.join(", "),
+            ));
+        }
+        if new.expires_in.is_some_and(|d| d.is_zero()) {
+            return Err(CredentialError::ExpiryInPast);
+        }
+        Ok(())
+    }
+
+    /// Every token, newest first.
+    pub async fn list(&self) -> Result<Vec<TokenRecord>, CredentialError> {
+        let sql = format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at DESC, id");
+        let rows = sqlx::query(&sql).fetch_all(self.store.pool()).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The token with `id`.
+    pub async fn show(&self, id: &str) -> Result<TokenRecord, CredentialError> {
+        let sql = format!("SELECT {COLUMNS} FROM tokens WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.store.pool())
+            .await?;
+        row.as_ref()
+            .map(record_from_row)
+            .transpose()?
+            .ok_or_else(|| CredentialError::NotFound(id.to_owned()))
+    }
+
+    /// Revokes the token with `id` at once (revoking twice keeps the first time).
+    pub async fn revoke(&self, id: &str) -> Result<TokenRecord, CredentialError> {
+        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now())
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        self.show(id).await
+    }
+
+    /// Mints a successor to the token with `id`, with its name, scopes, tenant and
+    /// lifetime; the old token stays valid for `overlap` (or until its own expiry, if
+    /// sooner), then stops.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        overlap: Duration,
+    ) -> Result<(TokenRecord, SecretString), CredentialError> {
+        let old = self.show(id).await?;
+        let at = now();
+        if !old.is_live_at(at) || old.superseded_by.is_some() {
+            return Err(CredentialError::NotLive(id.to_owned()));
+        }
+        let minted = token::mint();
+        let lifetime = old.expires_at.map(|expires| expires - old.created_at);
+        let successor = TokenRecord {
+            id: token::new_id("tok"),
+            public_prefix: minted.public_prefix,
+            created_at: at,
+            expires_at: lifetime.map(|l| at.saturating_add(l)),
+            last_used_at: None,
+            revoked_at: None,
+            superseded_by: None,
+            ..old.clone()
+        };
+        let overlap_end = at.saturating_add(i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX));
+        let old_expiry = old.expires_at.map_or(overlap_end, |e| e.min(overlap_end));
+
+        let mut transaction = self.store.pool().begin().await?;
+        // The old token gives up its name first, so the successor can take it.
+        sqlx::query("UPDATE tokens SET superseded_by = $1, expires_at = $2 WHERE id = $3")
+            .bind(&successor.id)
+            .bind(old_expiry)
+            .bind(id)
+            .execute(&mut *transaction)
+            .await?;
+        insert(
+            &mut transaction,
+            &successor,
+            &self.hasher.hash(minted.secret.expose_secret()),
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok((successor, minted.secret))
+    }
+
+    /// The record whose stored hash is `hash` (see [`TokenHasher::hash`]), live or not.
+    pub async fn lookup_hash(&self, hash: &str) -> Result<Option<TokenRecord>, CredentialError> {
+        let sql = format!("SELECT {COLUMNS} FROM tokens WHERE hash = $1");
+        let row = sqlx::query(&sql)
+            .bind(hash)
+            .fetch_optional(self.store.pool())
+            .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    /// How many tokens are live now.
+    pub async fn count_live(&self) -> Result<usize, CredentialError> {
+        Ok(self
+            .list()
+            .await?
+            .iter()
+            .filter(|r| r.is_live_at(now()))
+            .count())
+    }
+
+    /// The store these credentials live in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records that the tokens `ids` were used at `at`.
+    pub async fn mark_used(&self, ids: &[String], at: i64) -> Result<(), CredentialError> {
+        for id in ids {
+            sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(id)
+                .execute(self.store.pool())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn insert(
+    connection: &mut sqlx::AnyConnection,
+    record: &TokenRecord,
+    hash: &str,
+) -> Result<(), CredentialError> {
+    let inserted = sqlx::query(
+        "INSERT INTO tokens (id, name, public_prefix, hash, scopes, tenant, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&record.id)
+    .bind(&record.name)
+    .bind(&record.public_prefix)
+    .bind(hash)
+    .bind(record.scopes.join(","))
+    .bind(&record.tenant)
+    .bind(record.created_at)
+    .bind(record.expires_at)
+    .execute(connection)
+    .await;
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            Err(CredentialError::DuplicateName(record.name.clone()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn record_from_row(row: &AnyRow) -> Result<TokenRecord, CredentialError> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        public_prefix: row.try_get("public_prefix")?,
+        scopes: scopes
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        tenant: row.try_get("tenant")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        superseded_by: row.try_get("superseded_by")?,
+    })
+}
+
+/// The pepper that keys token hashes: `PORTCULLIS_TOKEN_PEPPER` (or `_FILE`), otherwise,
+/// for a SQLite store, one generated once into the data directory with mode 0600. With
+/// PostgreSQL the variable is required, since every replica must hash alike.
+pub fn load_pepper(
+    location: &StoreLocation,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<SecretString, CredentialError> {
+    if let Some(pepper) = read_secret(PEPPER_VAR, env)? {
+        if pepper.expose_secret().len() < 16 {
+            return Err(CredentialError::Pepper(format!(
+                "{PEPPER_VAR} must be at least 16 characters"
+            )));
+        }
+        return Ok(pepper);
+    }
+    match location {
+        StoreLocation::DataDir(dir) => pepper_from_data_dir(dir),
+        StoreLocation::Postgres(_) => Err(CredentialError::Pepper(format!(
+            "set {PEPPER_VAR} (or {PEPPER_VAR}_FILE) when the store is PostgreSQL, the same on every replica"
+        ))),
+    }
+}
+
+fn pepper_from_data_dir(dir: &Path) -> Result<SecretString, CredentialError> {
+    use std::io::Write;
+    let path = dir.join(PEPPER_FILE);
+    let failed =
+        |error: std::io::Error| CredentialError::Pepper(format!("{}: {error}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return Ok(SecretString::from(text.trim().to_owned())),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(failed(error)),
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let pepper = token::mint().secret;
+    match options.open(&path) {
+        Ok(mut file) => {
+            file.write_all(pepper.expose_secret().as_bytes())
+                .map_err(failed)?;
+            Ok(pepper)
+        }
+        // Another process created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(&path).map_err(failed)?;
+            Ok(SecretString::from(text.trim().to_owned()))
+        }
+        Err(error) => Err(failed(error)),
+    }
+}

@@ -1,0 +1,137 @@
+//! Verifying managed tokens on the request path: a bounded cache in front of the store,
+//! shared by every worker, and last-used times written in the background.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{CredentialError, Credentials, TokenRecord};
+use crate::store::now;
+
+/// Most verified tokens kept in the cache; past this the cache is emptied, which only
+/// costs store lookups.
+const CACHE_CAPACITY: usize = 10_000;
+/// Last-used times are written at most this often per token.
+const USAGE_RESOLUTION_SECS: i64 = 60;
+
+/// What a token lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A live token.
+    Valid(TokenRecord),
+    /// Malformed, unknown, expired or revoked: the caller answers all of them alike.
+    Invalid,
+}
+
+/// Verifies managed tokens, caching what the store said for at most `ttl`.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    credentials: Credentials,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (TokenRecord, Instant)>>,
+    usage: Mutex<Usage>,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    last_marked: HashMap<String, i64>,
+    pending: Vec<String>,
+}
+
+impl TokenVerifier {
+    /// Verifies against `credentials`, trusting a cached answer for `ttl`.
+    pub fn new(credentials: Credentials, ttl: Duration) -> Self {
+        Self {
+            credentials,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            usage: Mutex::new(Usage::default()),
+        }
+    }
+
+    /// The credentials behind this verifier.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Whether `token` is a live managed token. A malformed token is refused without a
+    /// store lookup; expiry is checked against the clock even for cached tokens.
+    pub async fn verify(&self, token: &str) -> Result<Verdict, CredentialError> {
+        if !super::token::is_well_formed(token) {
+            return Ok(Verdict::Invalid);
+        }
+        let key = self.credentials.hasher.hash(token);
+        let cached = self.cache.lock().ok().and_then(|cache| {
+            cache
+                .get(&key)
+                .filter(|(_, fetched)| fetched.elapsed() < self.ttl)
+                .map(|(record, _)| record.clone())
+        });
+        let record = match cached {
+            Some(record) => Some(record),
+            None => {
+                let found = self.credentials.lookup_hash(&key).await?;
+                if let (Some(record), Ok(mut cache)) = (&found, self.cache.lock()) {
+                    if cache.len() >= CACHE_CAPACITY {
+                        cache.clear();
+                    }
+                    cache.insert(key, (record.clone(), Instant::now()));
+                }
+                found
+            }
+        };
+        let at = now();
+        match record {
+            Some(record) if record.is_live_at(at) => {
+                self.note_use(&record.id, at);
+                Ok(Verdict::Valid(record))
+            }
+            _ => Ok(Verdict::Invalid),
+        }
+    }
+
+    /// Forgets every cached answer, so a revocation made here applies at once.
+    pub fn forget_cached(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+
+    fn note_use(&self, id: &str, at: i64) {
+        let Ok(mut usage) = self.usage.lock() else {
+            return;
+        };
+        let due = usage
+            .last_marked
+            .get(id)
+            .is_none_or(|last| at - last >= USAGE_RESOLUTION_SECS);
+        if due {
+            usage.last_marked.insert(id.to_owned(), at);
+            usage.pending.push(id.to_owned());
+        }
+    }
+
+    /// Writes the pending last-used times to the store.
+    pub async fn flush_usage(&self) -> Result<(), CredentialError> {
+        let pending = match self.usage.lock() {
+            Ok(mut usage) => std::mem::take(&mut usage.pending),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let at = now();
+        self.credentials.mark_used(&pending, at).await
+    }
+
+    /// Flushes last-used times every `interval`, forever; run it in the background.
+    pub async fn flush_usage_every(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.flush_usage().await {
+                tracing::warn!(%error, "cannot record when tokens were last used");
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `portcullis token ...`: manage tokens directly in the store.
+
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use portcullis::config::StoreArgs;
+use portcullis::credentials::{self, Credentials, NewToken, TokenHasher, TokenRecord};
+use portcullis::store::{Store, now};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+/// What to do with tokens.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenAction {
+    /// Create a token. The token is printed once and never stored.
+    Create {
+        /// Unique name among live tokens, e.g. the person or service it is for.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: read, write, admin (implies all), or one a route names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90d or 12h; without it the token does not expire.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        /// Tenant the token belongs to.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List every token (never the tokens themselves).
+    List,
+    /// Show one token.
+    Show {
+        /// The token's id (tok_...).
+        id: String,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// The token's id (tok_...).
+        id: String,
+    },
+    /// Mint a successor; the old token keeps working until the overlap ends.
+    Rotate {
+        /// The token's id (tok_...).
+        id: String,
+        /// How long the old token stays valid, e.g. 24h.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        overlap: Duration,
+    },
+}
+
+/// Runs `action` against the store `store_args` names.
+pub async fn run(store_args: &StoreArgs, json: bool, action: TokenAction) -> ExitCode {
+    match execute(store_args, json, action).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("portcullis token: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Result<(), String> {
+    let env = |name: &str| std::env::var(name).ok();
+    let location = store_args.location(env).map_err(|e| e.to_string())?;
+    let pepper = credentials::load_pepper(&location, env).map_err(|e| e.to_string())?;
+    let store = Store::open(&location).await.map_err(|e| e.to_string())?;
+    let credentials = Credentials::new(store, TokenHasher::new(&pepper), &[]);
+    let error = |e: credentials::CredentialError| e.to_string();
+
+    match action {
+        TokenAction::Create {
+            name,
+            scopes,
+            expires,
+            tenant,
+        } => {
+            let new = NewToken {
+                name,
+                scopes,
+                tenant,
+                expires_in: expires,
+            };
+            let (record, secret) = credentials.create(new).await.map_err(error)?;
+            print_minted("created", &record, &secret, json);
+        }
+        TokenAction::List => {
+            let records = credentials.list().await.map_err(error)?;
+            if json {
+                println!(
+                    "{}",
+                    json!(records.iter().map(record_json).collect::<Vec<_>>())
+                );
+            } else {
+                print_table(&records);
+            }
+        }
+        TokenAction::Show { id } => {
+            print_record(&credentials.show(&id).await.map_err(error)?, json)
+        }
+        TokenAction::Revoke { id } => {
+            print_record(&credentials.revoke(&id).await.map_err(error)?, json)
+        }
+        TokenAction::Rotate { id, overlap } => {
+            let (record, secret) = credentials.rotate(&id, overlap).await.map_err(error)?;
+            print_minted(&format!("rotated {id} into"), &record, &secret, json);
+            if !json {
+                println!(
+                    "the old token keeps working for {}",
+                    humantime::format_duration(overlap)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_minted(verb: &str, record: &TokenRecord, secret: &SecretString, json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({ "token": secret.expose_secret(), "record": record_json(record) })
+        );
+        return;
+    }
+    println!(
+        "{verb} {} ({:?}, scopes {})",
+        record.id,
+        record.name,
+        record.scopes.join(",")
+    );
+    println!(
+        "token (shown once; store it now): {}",
+        secret.expose_secret()
+    );
+}
+
+fn print_record(record: &TokenRecord, json: bool) {
+    if json {
+        println!("{}", record_json(record));
+        return;
+    }
+    let at = now();
+    let rows = [
+        ("id", record.id.clone()),
+        ("name", record.name.clone()),
+        ("prefix", record.public_prefix.clone()),
+        ("scopes", record.scopes.join(",")),
+        (
+            "tenant",
+            record.tenant.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("state", record.state(at).into()),
+        ("created", time(Some(record.created_at))),
+        ("expires", time(record.expires_at)),
+        ("revoked", time(record.revoked_at)),
+        ("last used", time(record.last_used_at)),
+        (
+            "superseded by",
+            record.superseded_by.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    for (label, value) in rows {
+        println!("{label:>14}: {value}");
+    }
+}
+
+fn print_table(records: &[TokenRecord]) {
+    let at = now();
+    println!(
+        "{:<18} {:<20} {:<13} {:<16} {:<9} {:<21} LAST USED",
+        "ID", "NAME", "PREFIX", "SCOPES", "STATE", "EXPIRES"
+    );
+    for r in records {
+        println!(
+            "{:<18} {:<20} {:<13} {:<16} {:<9} {:<21} {}",
+            r.id,
+            r.name,
+            r.public_prefix,
+            r.scopes.join(","),
+            r.state(at),
+            time(r.expires_at),
+            time(r.last_used_at)
+        );
+    }
+}
+
+fn record_json(record: &TokenRecord) -> serde_json::Value {
+    let at = now();
+    json!({
+        "id": record.id,
+        "name": record.name,
+        "public_prefix": record.public_prefix,
+        "scopes": record.scopes,
+        "tenant": record.tenant,
+        "state": record.state(at),
+        "created_at": time_json(Some(record.created_at)),
+        "expires_at": time_json(record.expires_at),
+        "revoked_at": time_json(record.revoked_at),
+        "last_used_at": time_json(record.last_used_at),
+        "superseded_by": record.superseded_by,
+    })
+}
+
+fn time_json(seconds: Option<i64>) -> serde_json::Value {
+    seconds.map_or(serde_json::Value::Null, |s| time(Some(s)).into())
+}
+
+/// RFC 3339 in UTC, or `-`.
+fn time(seconds: Option<i64>) -> String {
+    match seconds.and_then(|s| u64::try_from(s).ok()) {
+        Some(s) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string()
+        }
+        None => "-".into(),
+    }
+}
