@@ -10,5 +10,6 @@ mod headers;
 mod hygiene;
 mod identity;
 mod lifecycle;
+mod managed;
 mod proxy;
 mod tls;

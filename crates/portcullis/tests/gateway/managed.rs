@@ -1,0 +1,450 @@
+//! Managed tokens against real SQLite and real PostgreSQL: the CLI, scopes, expiry,
+//! revocation, rotation, the cache, and what the store holds.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::common::*;
+
+/// A store for one test: SQLite in a fresh data directory, or a fresh PostgreSQL database.
+struct Backend {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    data_dir: std::path::PathBuf,
+    postgres: Option<PostgresDatabase>,
+}
+
+/// A database created for one test and dropped after it.
+struct PostgresDatabase {
+    name: String,
+    url: String,
+}
+
+/// The server that holds the test databases; `PORTCULLIS_TEST_POSTGRES` may point
+/// elsewhere.
+fn postgres_admin_url() -> String {
+    std::env::var("PORTCULLIS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl PostgresDatabase {
+    async fn create() -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("portcullis_test_{}_{n}", std::process::id());
+        let admin = postgres_admin_url();
+        let mut connection = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432 (see .ci/run)");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').unwrap().0;
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    async fn drop_now(&self) {
+        let mut connection = sqlx::PgConnection::connect(&postgres_admin_url())
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+
+    async fn table_text(&self) -> String {
+        let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT tokens::text FROM tokens")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(row,)| row)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Backend {
+    fn sqlite() -> Self {
+        let data_dir = scratch_dir();
+        Self {
+            args: vec!["--data-dir".into(), data_dir.to_str().unwrap().into()],
+            env: Vec::new(),
+            data_dir,
+            postgres: None,
+        }
+    }
+
+    async fn postgres() -> Self {
+        let database = PostgresDatabase::create().await;
+        Self {
+            args: Vec::new(),
+            env: vec![
+                ("PORTCULLIS_DATABASE_URL".into(), database.url.clone()),
+                (
+                    "PORTCULLIS_TOKEN_PEPPER".into(),
+                    "test-pepper-0123456789abcdef".into(),
+                ),
+            ],
+            data_dir: scratch_dir(),
+            postgres: Some(database),
+        }
+    }
+
+    /// Runs `portcullis token --json ARGS`; the exit status and what it printed.
+    fn token(&self, args: &[&str]) -> (bool, Value, String) {
+        let output = portcullis()
+            .arg("token")
+            .args(&self.args)
+            .arg("--json")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (
+            output.status.success(),
+            value,
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    }
+
+    /// Creates a token and returns (id, token).
+    fn create(&self, name: &str, scopes: &str, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["create", "--name", name, "--scopes", scopes];
+        args.extend_from_slice(extra);
+        let (ok, value, stderr) = self.token(&args);
+        assert!(ok, "token create failed: {stderr}");
+        (
+            value["record"]["id"].as_str().unwrap().to_owned(),
+            value["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A gateway on this store with no static token.
+    fn launch(&self, upstream: &Upstream) -> Launch {
+        let mut launch = Launch::new(&upstream.url()).without_env("PORTCULLIS_API_TOKENS");
+        launch.args.extend(self.args.iter().cloned());
+        for (name, value) in &self.env {
+            launch = launch.env(name, value.clone());
+        }
+        launch
+    }
+
+    /// Everything the store holds, as text, to search for secrets.
+    async fn stored_text(&self) -> String {
+        match &self.postgres {
+            Some(database) => database.table_text().await,
+            None => ["portcullis.db", "portcullis.db-wal"]
+                .iter()
+                .filter_map(|file| std::fs::read(self.data_dir.join(file)).ok())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(database) = self.postgres.take() {
+            // Best effort: a leftover test database is harmless.
+            let _ = std::process::Command::new("psql")
+                .args([
+                    &postgres_admin_url(),
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database.name),
+                ])
+                .output();
+        }
+    }
+}
+
+async fn call(gateway: &Gateway, method: &str, token: &str) -> Reply {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(gateway.url("/v1/positions"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    send(request).await
+}
+
+/// A problem body without its request id, to compare refusals.
+fn without_request_id(reply: &Reply) -> Value {
+    let mut problem = reply.json();
+    problem.as_object_mut().unwrap().remove("request_id");
+    problem
+}
+
+async fn scopes_expiry_revocation_and_storage(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let (_, reader) = backend.create("reader", "read", &[]);
+    let (writer_id, writer) = backend.create("writer", "read,write", &[]);
+    let (_, short_lived) = backend.create("short-lived", "read", &["--expires", "1s"]);
+    let (_, unknown) = Backend::sqlite().create("elsewhere", "read", &[]);
+
+    let gateway = backend
+        .launch(&upstream)
+        .arg("--token-cache-ttl")
+        .arg("1s")
+        .start();
+
+    assert_eq!(call(&gateway, "GET", &reader).await.status, 200);
+    assert_eq!(upstream.only().header("authorization"), None);
+    let denied = call(&gateway, "POST", &reader).await;
+    let problem = denied.assert_problem(403, "insufficient-scope");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("\"write\""),
+        "{problem}"
+    );
+    assert!(
+        denied
+            .header("www-authenticate")
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    assert_eq!(call(&gateway, "POST", &writer).await.status, 200);
+
+    // Unknown, malformed, expired and revoked tokens all get the same 401.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut damaged = writer.clone().into_bytes();
+    damaged[20] = if damaged[20] == b'A' { b'B' } else { b'A' };
+    let damaged = String::from_utf8(damaged).unwrap();
+    let refusals = [
+        call(&gateway, "GET", &unknown).await,
+        call(&gateway, "GET", &damaged).await,
+        call(&gateway, "GET", &short_lived).await,
+        call(&gateway, "GET", "pcl_short").await,
+    ];
+    let first = without_request_id(&refusals[0]);
+    for reply in &refusals {
+        reply.assert_problem(401, "unauthorized");
+        assert_eq!(without_request_id(reply), first);
+    }
+
+    let (revoked, _, _) = backend.token(&["revoke", &writer_id]);
+    assert!(revoked);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = call(&gateway, "POST", &writer).await;
+    after.assert_problem(401, "unauthorized");
+    assert_eq!(without_request_id(&after), first);
+
+    // Neither token, nor any long part of one, is in the store.
+    let stored = backend.stored_text().await;
+    assert!(
+        stored.contains("reader"),
+        "the search saw the store's contents"
+    );
+    for token in [&reader, &writer, &short_lived] {
+        assert!(!stored.contains(token.as_str()));
+        assert!(
+            !stored.contains(&token[12..40]),
+            "a secret part of the token is stored"
+        );
+    }
+
+    // Last-used times are written (at the latest when the gateway stops).
+    let mut gateway = gateway;
+    assert!(gateway.terminate().success());
+    let (_, list, _) = backend.token(&["list"]);
+    let reader_record = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "reader")
+        .unwrap()
+        .clone();
+    assert!(reader_record["last_used_at"].is_string(), "{reader_record}");
+    assert!(
+        list.to_string().find("pcl_").is_some(),
+        "public prefixes are listed"
+    );
+    assert!(
+        !list.to_string().contains(&reader),
+        "list never shows a token"
+    );
+}
+
+#[tokio::test]
+async fn scopes_expiry_revocation_and_storage_on_sqlite() {
+    scopes_expiry_revocation_and_storage(Backend::sqlite()).await;
+}
+
+#[tokio::test]
+async fn scopes_expiry_revocation_and_storage_on_postgres() {
+    scopes_expiry_revocation_and_storage(Backend::postgres().await).await;
+}
+
+async fn rotation_overlap_ends(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let (id, old) = backend.create("service", "read", &[]);
+    let gateway = backend
+        .launch(&upstream)
+        .arg("--token-cache-ttl")
+        .arg("1s")
+        .start();
+    assert_eq!(call(&gateway, "GET", &old).await.status, 200);
+
+    let (ok, rotated, stderr) = backend.token(&["rotate", &id, "--overlap", "2s"]);
+    assert!(ok, "{stderr}");
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["record"]["name"], "service");
+    assert_eq!(call(&gateway, "GET", &new).await.status, 200);
+    assert_eq!(
+        call(&gateway, "GET", &old).await.status,
+        200,
+        "the old token works during the overlap"
+    );
+
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    call(&gateway, "GET", &old)
+        .await
+        .assert_problem(401, "unauthorized");
+    assert_eq!(call(&gateway, "GET", &new).await.status, 200);
+
+    let (ok, _, stderr) = backend.token(&["rotate", &id]);
+    assert!(
+        !ok && stderr.contains("not live"),
+        "a rotated token cannot be rotated again: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn rotation_overlap_ends_on_sqlite() {
+    rotation_overlap_ends(Backend::sqlite()).await;
+}
+
+#[tokio::test]
+async fn rotation_overlap_ends_on_postgres() {
+    rotation_overlap_ends(Backend::postgres().await).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_gives_503_never_an_allow() {
+    let backend = Backend::postgres().await;
+    let upstream = Upstream::start().await;
+    let (_, cached) = backend.create("cached", "read", &[]);
+    let (_, uncached) = backend.create("uncached", "read", &[]);
+    let gateway = backend.launch(&upstream).start();
+    assert_eq!(call(&gateway, "GET", &cached).await.status, 200);
+
+    backend.postgres.as_ref().unwrap().drop_now().await;
+    let refused = call(&gateway, "GET", &uncached).await;
+    refused.assert_problem(503, "store-unavailable");
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        !refused.text().contains("postgres"),
+        "no store details leak"
+    );
+    // A token verified moments ago is still trusted within the cache window.
+    assert_eq!(call(&gateway, "GET", &cached).await.status, 200);
+    get(&gateway.url("/ready"), &[])
+        .await
+        .assert_problem(503, "not-ready");
+}
+
+#[tokio::test]
+async fn static_tokens_work_beside_managed_ones() {
+    let backend = Backend::sqlite();
+    let upstream = Upstream::start().await;
+    let (_, managed) = backend.create("managed", "read", &[]);
+    let gateway = backend
+        .launch(&upstream)
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .start();
+    assert_eq!(call(&gateway, "GET", &managed).await.status, 200);
+    assert_eq!(
+        call(&gateway, "POST", TOKEN).await.status,
+        200,
+        "static tokens hold every scope"
+    );
+}
+
+#[test]
+fn the_cli_refuses_bad_input_clearly() {
+    let backend = Backend::sqlite();
+    backend.create("alice", "read", &[]);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["create", "--name", "alice", "--scopes", "read"],
+            "already exists",
+        ),
+        (
+            &["create", "--name", "bob", "--scopes", "reed"],
+            "unknown scope \"reed\"",
+        ),
+        (
+            &[
+                "create",
+                "--name",
+                "bob",
+                "--scopes",
+                "read",
+                "--expires",
+                "0s",
+            ],
+            "in the future",
+        ),
+        (&["show", "tok_missing"], "no token has the id"),
+        (&["revoke", "tok_missing"], "no token has the id"),
+    ];
+    for (args, message) in cases {
+        let (ok, _, stderr) = backend.token(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn postgres_needs_a_shared_pepper() {
+    let output = portcullis()
+        .args(["token", "list"])
+        .env(
+            "PORTCULLIS_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PORTCULLIS_TOKEN_PEPPER") && !stderr.contains("postgres@"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_with_an_empty_store_and_no_static_token_refuses_to_start() {
+    let output = portcullis()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PORTCULLIS_API_TOKENS") && stderr.contains("portcullis token create"),
+        "{stderr}"
+    );
+}
