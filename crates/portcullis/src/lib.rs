@@ -16,6 +16,7 @@
 //!
 //! Every error portcullis itself produces is an RFC 9457 problem ([`pipeline::problem`]).
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod credentials;

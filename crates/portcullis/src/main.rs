@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis::admin::AdminServer;
 use portcullis::config::rules::{self, Facts, Report, Severity};
 use portcullis::config::{Config, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
@@ -168,10 +169,23 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
         }
     };
     let tokens = shared.tokens.clone();
+    let admin = match (&tokens, config.admin.enabled) {
+        (Some(tokens), true) => match AdminServer::bind(&config, tokens.clone()).await {
+            Ok(admin) => Some(tokio::spawn(admin.run())),
+            Err(error) => {
+                eprintln!("portcullis: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let usage = tokens.clone().map(|tokens| {
         tokio::spawn(async move { tokens.flush_usage_every(USAGE_FLUSH_INTERVAL).await })
     });
     server.run(shutdown_signal()).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     if let (Some(usage), Some(tokens)) = (usage, tokens) {
         usage.abort();
         if let Err(error) = tokens.flush_usage().await {

@@ -48,9 +48,33 @@ pub struct Config {
     /// (at most 30 s): a revocation made on another instance applies within this time.
     #[serde(with = "humantime_serde")]
     pub token_cache_ttl: Duration,
+    /// The admin API's listener.
+    pub admin: AdminConfig,
     /// Static bearer tokens; only ever from the environment.
     #[serde(skip)]
     pub api_tokens: Vec<SecretString>,
+}
+
+/// The admin API's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether to serve the admin API at all.
+    pub enabled: bool,
+    /// Its address; a non-loopback address needs `tls`.
+    pub listen: SocketAddr,
+    /// Certificate and key for the admin listener.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            tls: None,
+        }
+    }
 }
 
 /// PEM files for the TLS listener.
@@ -219,6 +243,7 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             token_cache_ttl: Duration::from_secs(30),
+            admin: AdminConfig::default(),
             api_tokens: Vec::new(),
         }
     }

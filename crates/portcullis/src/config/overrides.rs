@@ -67,6 +67,10 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Address of the admin API; `off` disables it [default: 127.0.0.1:9901].
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", value_name = "ADDR|off", value_parser = parse_admin_listen)]
+    pub admin_listen: Option<AdminListen>,
+
     /// Worker threads; 0 means one per core [default: 0].
     #[arg(long, env = "PORTCULLIS_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -79,6 +83,25 @@ pub struct Overrides {
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub disable_security_headers: bool,
+}
+
+/// Where the admin API listens, as given on the command line.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminListen {
+    /// No admin API.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+fn parse_admin_listen(text: &str) -> Result<AdminListen, String> {
+    match text {
+        "off" => Ok(AdminListen::Off),
+        addr => addr
+            .parse()
+            .map(AdminListen::At)
+            .map_err(|_| format!("{addr:?} is neither an address like 127.0.0.1:9901 nor `off`")),
+    }
 }
 
 impl Overrides {
@@ -128,6 +151,14 @@ impl Overrides {
         }
         if let Some(ttl) = self.token_cache_ttl {
             config.token_cache_ttl = ttl;
+        }
+        match self.admin_listen {
+            Some(AdminListen::Off) => config.admin.enabled = false,
+            Some(AdminListen::At(addr)) => {
+                config.admin.enabled = true;
+                config.admin.listen = addr;
+            }
+            None => {}
         }
         if let Some(workers) = self.workers {
             config.workers = workers;

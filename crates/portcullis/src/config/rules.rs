@@ -101,6 +101,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     credentials(config, facts, production, &mut report);
     upstreams_and_routes(config, &mut report);
     tls(config, production, &mut report);
+    admin(config, &mut report);
     cors(config, &mut report);
     security_headers(config, production, &mut report);
     limits(config, production, &mut report);
@@ -239,6 +240,28 @@ fn tls(config: &Config, production: bool, report: &mut Report) {
             "set --tls-cert and --tls-key, or PORTCULLIS_TRUSTED_PROXIES to the proxy that terminates TLS",
         ),
         None => {}
+    }
+}
+
+fn admin(config: &Config, report: &mut Report) {
+    let admin = &config.admin;
+    if admin.enabled && !admin.listen.ip().is_loopback() && admin.tls.is_none() {
+        report.add(
+            "admin.transport",
+            Severity::Error,
+            format!("the admin API would listen on {} without TLS", admin.listen),
+            "keep it on 127.0.0.1 (the default), or set [admin.tls] cert and key",
+        );
+    }
+    if let Some(files) = admin.tls.as_ref().filter(|_| admin.enabled)
+        && let Err(error) = crate::server::tls::load(&files.cert, &files.key)
+    {
+        report.add(
+            "admin.tls",
+            Severity::Error,
+            error.to_string(),
+            "point [admin.tls] at a readable PEM certificate chain and key",
+        );
     }
 }
 

@@ -192,6 +192,8 @@ impl Launch {
             args: vec![
                 "--listen".into(),
                 "127.0.0.1:0".into(),
+                "--admin-listen".into(),
+                "127.0.0.1:0".into(),
                 "--upstream".into(),
                 upstream.into(),
             ],
@@ -202,7 +204,12 @@ impl Launch {
     /// `serve` with only a listen address, no upstream and no token.
     pub fn bare() -> Self {
         Self {
-            args: vec!["--listen".into(), "127.0.0.1:0".into()],
+            args: vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--admin-listen".into(),
+                "127.0.0.1:0".into(),
+            ],
             env: Vec::new(),
         }
     }
@@ -267,11 +274,7 @@ impl Gateway {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
-                let listening = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next());
-                if let Some(addr) = listening {
+                if let Some(addr) = logged_addr(&line, "portcullis listening") {
                     let _ = tx.send(addr.to_owned());
                 }
             }
@@ -291,6 +294,21 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The admin API's address, once it has logged it.
+    pub fn admin_url(&self, path: &str) -> String {
+        for _ in 0..200 {
+            if let Some(addr) = self
+                .log()
+                .lines()
+                .find_map(|line| logged_addr(line, "admin API listening"))
+            {
+                return format!("http://{addr}{path}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the admin API did not start; log:\n{}", self.log());
     }
 
     /// Everything the process has written to stderr so far.
@@ -328,6 +346,15 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `addr=` of a log line that says `event`.
+fn logged_addr(line: &str, event: &str) -> Option<String> {
+    if !line.contains(event) {
+        return None;
+    }
+    let rest = line.split("addr=").nth(1)?;
+    Some(rest.split_whitespace().next()?.to_owned())
 }
 
 pub fn signal(pid: u32, name: &str) {

@@ -448,3 +448,194 @@ fn serve_with_an_empty_store_and_no_static_token_refuses_to_start() {
         "{stderr}"
     );
 }
+
+async fn admin(url: String, method: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(json) => {
+            builder = builder.header("content-type", "application/json");
+            http_body_util::Full::new(bytes::Bytes::from(json.to_string()))
+        }
+        None => http_body_util::Full::default(),
+    };
+    send(builder.body(body).unwrap()).await
+}
+
+#[tokio::test]
+async fn the_admin_api_manages_tokens_and_revokes_at_once() {
+    let backend = Backend::sqlite();
+    let upstream = Upstream::start().await;
+    let (_, reader) = backend.create("reader", "read", &[]);
+    // The static token holds every scope, admin included; the cache window is the default 30 s.
+    let gateway = backend
+        .launch(&upstream)
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .start();
+    let tokens = gateway.admin_url("/v1/tokens");
+
+    admin(tokens.clone(), "GET", None, None)
+        .await
+        .assert_problem(401, "unauthorized");
+    let not_admin = admin(tokens.clone(), "GET", Some(&reader), None).await;
+    let problem = not_admin.assert_problem(403, "insufficient-scope");
+    assert!(problem["detail"].as_str().unwrap().contains("\"admin\""));
+
+    let created = admin(
+        tokens.clone(),
+        "POST",
+        Some(TOKEN),
+        Some(serde_json::json!({"name": "ci", "scopes": ["read", "write"], "expires_in": "1h", "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let minted = created.json();
+    let ci_token = minted["token"].as_str().unwrap().to_owned();
+    let ci_id = minted["record"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(minted["record"]["tenant"], "acme");
+    assert_security_headers(&created.headers);
+    assert_eq!(call(&gateway, "POST", &ci_token).await.status, 200);
+
+    let listed = admin(tokens.clone(), "GET", Some(TOKEN), None).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json().as_array().unwrap().len(), 2);
+    assert!(!listed.text().contains(&ci_token) && !listed.text().contains(&reader));
+    let shown = admin(
+        gateway.admin_url(&format!("/v1/tokens/{ci_id}")),
+        "GET",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(shown.json()["name"], "ci");
+
+    let revoked = admin(
+        gateway.admin_url(&format!("/v1/tokens/{ci_id}/revoke")),
+        "POST",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(revoked.json()["state"], "revoked");
+    call(&gateway, "POST", &ci_token)
+        .await
+        .assert_problem(401, "unauthorized");
+
+    let reader_id = backend
+        .token(&["list"])
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "reader")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rotated = admin(
+        gateway.admin_url(&format!("/v1/tokens/{reader_id}/rotate")),
+        "POST",
+        Some(TOKEN),
+        Some(serde_json::json!({"overlap": "1h"})),
+    )
+    .await;
+    assert_eq!(rotated.status, 201);
+    let successor = rotated.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(call(&gateway, "GET", &successor).await.status, 200);
+    assert_eq!(call(&gateway, "GET", &reader).await.status, 200, "overlap");
+
+    // Refusals are problem+json.
+    admin(
+        gateway.admin_url("/v1/tokens/tok_missing"),
+        "GET",
+        Some(TOKEN),
+        None,
+    )
+    .await
+    .assert_problem(404, "not-found");
+    let duplicate = admin(
+        tokens.clone(),
+        "POST",
+        Some(TOKEN),
+        Some(serde_json::json!({"name": "reader", "scopes": ["read"]})),
+    )
+    .await;
+    let problem = duplicate.assert_problem(400, "bad-request");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already exists")
+    );
+    admin(
+        tokens.clone(),
+        "POST",
+        Some(TOKEN),
+        Some(serde_json::json!({"nme": "x"})),
+    )
+    .await
+    .assert_problem(400, "bad-request");
+    admin(
+        tokens.clone(),
+        "POST",
+        Some(TOKEN),
+        Some(serde_json::json!({"name": "x", "scopes": ["read"], "expires_in": "soon"})),
+    )
+    .await
+    .assert_problem(400, "bad-request");
+    admin(gateway.admin_url("/nowhere"), "GET", Some(TOKEN), None)
+        .await
+        .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn the_admin_api_documents_itself() {
+    let backend = Backend::sqlite();
+    let upstream = Upstream::start().await;
+    backend.create("someone", "read", &[]);
+    let gateway = backend.launch(&upstream).start();
+    let openapi = get(&gateway.admin_url("/openapi.json"), &[]).await;
+    assert_eq!(openapi.status, 200);
+    let document = openapi.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/tokens",
+        "/v1/tokens/{id}",
+        "/v1/tokens/{id}/revoke",
+        "/v1/tokens/{id}/rotate",
+    ] {
+        assert!(document["paths"][path].is_object(), "{path} missing");
+    }
+    let docs = get(&gateway.admin_url("/docs"), &[]).await;
+    assert_eq!(docs.status, 200);
+    assert!(docs.text().contains("/v1/tokens/{id}/rotate"));
+    assert_eq!(
+        docs.header("content-security-policy"),
+        Some("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        "the docs page has its own CSP"
+    );
+    assert_eq!(docs.header("x-frame-options"), Some("DENY"));
+}
+
+#[test]
+fn a_public_admin_listener_needs_tls() {
+    let output = portcullis()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("admin API would listen on 0.0.0.0:0 without TLS"),
+        "{stderr}"
+    );
+}
