@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::pipeline::Shared;
 use crate::server::{Server, ServerError};
 
 /// Why the demo could not start.
@@ -44,7 +45,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         ..Config::default()
     };
     config.set_default_upstream(&format!("http://{api_addr}"));
-    let server = Server::bind(&config, &Default::default())?;
+    let server = Server::bind(&config, &Shared::new(&config))?;
     print_instructions(server.local_addr(), &token);
     server.run(shutdown).await;
     Ok(())

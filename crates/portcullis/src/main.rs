@@ -214,6 +214,7 @@ async fn open_store(config: &Config, location: &StoreLocation) -> Result<(Shared
     let shared = Shared {
         tokens: Some(tokens),
         store: Some(store),
+        ..Shared::new(config)
     };
     Ok((
         shared,

@@ -50,9 +50,35 @@ pub struct Config {
     pub token_cache_ttl: Duration,
     /// The admin API's listener.
     pub admin: AdminConfig,
+    /// Bans for addresses that keep failing authentication.
+    pub bans: BansConfig,
     /// Static bearer tokens; only ever from the environment.
     #[serde(skip)]
     pub api_tokens: Vec<SecretString>,
+}
+
+/// Bans for addresses that keep failing authentication.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BansConfig {
+    /// Failed authentications within `window` that ban the address; 0 turns bans off.
+    pub max_failures: u32,
+    /// The window failures are counted in.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a ban lasts.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+impl Default for BansConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 20,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The admin API's listener.
@@ -221,6 +247,12 @@ pub struct RouteConfig {
     /// Remove the prefix from the path sent upstream.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Only these addresses may use the route (empty: any).
+    #[serde(default)]
+    pub allow_ips: Vec<IpNet>,
+    /// These addresses may not use the route.
+    #[serde(default)]
+    pub deny_ips: Vec<IpNet>,
     /// The scope a method needs, e.g. `{ POST = "reports:run" }`; methods not listed need
     /// `read` (GET, HEAD, OPTIONS) or `write` (the rest).
     #[serde(default)]
@@ -244,6 +276,7 @@ impl Default for Config {
             routes: Vec::new(),
             token_cache_ttl: Duration::from_secs(30),
             admin: AdminConfig::default(),
+            bans: BansConfig::default(),
             api_tokens: Vec::new(),
         }
     }
@@ -328,6 +361,8 @@ impl Config {
                 path_prefix: "/".to_owned(),
                 upstream: DEFAULT_UPSTREAM.to_owned(),
                 strip_prefix: false,
+                allow_ips: Vec::new(),
+                deny_ips: Vec::new(),
                 scopes: BTreeMap::new(),
             });
         }

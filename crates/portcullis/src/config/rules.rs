@@ -530,6 +530,8 @@ mod tests {
             path_prefix: "/a/../b".into(),
             upstream: "missing".into(),
             strip_prefix: false,
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
             scopes: Default::default(),
         });
         let found: Vec<_> = check(&config, &Facts::default(), false)

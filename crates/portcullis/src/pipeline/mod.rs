@@ -7,6 +7,7 @@ pub mod cors;
 pub mod headers;
 pub mod health;
 pub mod hygiene;
+pub mod ip_rules;
 pub mod problem;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use cors::{Cors, CorsError, CorsPolicy};
 use headers::{ResponseHeaders, SecurityHeadersPolicy};
 use health::{Health, Probe};
 use hygiene::{Hygiene, LimitedBody, Limits};
+use ip_rules::{BanPolicy, Bans, IpRules};
 use problem::{Problem, ProblemKind};
 
 /// Why a [`Gateway`] could not be built. `portcullis check` reports all of these as rule
@@ -60,12 +62,30 @@ pub enum GatewayError {
 }
 
 /// State built once and shared by every worker's pipeline.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Shared {
     /// Managed-token verification, when there is a store.
     pub tokens: Option<Arc<TokenVerifier>>,
     /// The store, for readiness.
     pub store: Option<Store>,
+    /// Addresses banned for failing authentication.
+    pub bans: Arc<Bans>,
+}
+
+impl Shared {
+    /// Shared state for `config`, without a store.
+    pub fn new(config: &Config) -> Self {
+        let bans = config.bans;
+        Self {
+            tokens: None,
+            store: None,
+            bans: Arc::new(Bans::new(BanPolicy {
+                max_failures: bans.max_failures,
+                window: bans.window,
+                duration: bans.duration,
+            })),
+        }
+    }
 }
 
 /// Every stage of the request path, ready to serve.
@@ -74,6 +94,7 @@ pub struct Gateway {
     identity: ClientIdentity,
     hygiene: Hygiene,
     health: Health,
+    bans: Arc<Bans>,
     cors: Option<Cors>,
     auth: Authenticator,
     router: Router,
@@ -115,7 +136,11 @@ impl Gateway {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(
                     Route::new(&route.path_prefix, upstream.1.clone(), route.strip_prefix)
-                        .with_scopes(RouteScopes::new(scopes)),
+                        .with_scopes(RouteScopes::new(scopes))
+                        .with_ip_rules(IpRules::new(
+                            route.allow_ips.clone(),
+                            route.deny_ips.clone(),
+                        )),
                 )
             })
             .collect::<Result<Vec<_>, GatewayError>>()?;
@@ -131,6 +156,7 @@ impl Gateway {
                 max_headers: limits.max_headers,
             }),
             health: Health::new(router.upstreams(), shared.store.clone()),
+            bans: shared.bans.clone(),
             cors: Cors::new(&cors_policy(config)?)?,
             auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),
             router,
@@ -172,16 +198,27 @@ impl Gateway {
         if let Some(probe) = Probe::for_path(request.uri().path()) {
             return self.health.answer(probe, request.method()).await;
         }
+        let route = self.router.find(request.uri().path());
+        self.bans.check(ctx.client_ip)?;
+        if let Some(route) = route {
+            route.ip_rules().check(ctx.client_ip)?;
+        }
         if let Some(cors) = &self.cors
             && let Some(answer) = cors.preflight(&request)
         {
             return answer;
         }
-        let principal = self.auth.authenticate(request.headers()).await?;
-        let route = self
-            .router
-            .find(request.uri().path())
-            .ok_or(ProblemKind::NotFound)?;
+        let principal = match self.auth.authenticate(request.headers()).await {
+            Ok(principal) => principal,
+            Err(refusal) => {
+                if refusal.kind() == ProblemKind::Unauthorized {
+                    self.bans.record_failure(ctx.client_ip);
+                }
+                return Err(refusal);
+            }
+        };
+        // Only an authenticated caller learns whether a path is routed.
+        let route = route.ok_or(ProblemKind::NotFound)?;
         let scope = route.required_scope(request.method());
         if !principal.has_scope(scope) {
             return Err(auth::insufficient_scope(scope));

@@ -37,6 +37,10 @@ pub enum ProblemKind {
     InsufficientScope,
     /// The credential store cannot be reached, so a credential cannot be verified.
     StoreUnavailable,
+    /// The client's address is not allowed on this route.
+    IpDenied,
+    /// The client's address is banned for repeated authentication failures.
+    Banned,
     /// A CORS preflight from an origin, or for a method or header, that is not allowed.
     CorsDenied,
     /// No route matches the path.
@@ -62,7 +66,8 @@ impl ProblemKind {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::CorsDenied | Self::InsufficientScope => StatusCode::FORBIDDEN,
+            Self::CorsDenied | Self::InsufficientScope | Self::IpDenied => StatusCode::FORBIDDEN,
+            Self::Banned => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -85,6 +90,8 @@ impl ProblemKind {
             Self::Unauthorized => "unauthorized",
             Self::CorsDenied => "cors-denied",
             Self::InsufficientScope => "insufficient-scope",
+            Self::IpDenied => "ip-denied",
+            Self::Banned => "banned",
             Self::StoreUnavailable => "store-unavailable",
             Self::NotFound => "not-found",
             Self::RequestTimeout => "request-timeout",
@@ -107,6 +114,8 @@ impl ProblemKind {
             Self::Unauthorized => "Authentication required",
             Self::CorsDenied => "Cross-origin request not allowed",
             Self::InsufficientScope => "Insufficient scope",
+            Self::IpDenied => "Address not allowed",
+            Self::Banned => "Address temporarily banned",
             Self::StoreUnavailable => "Credential store unavailable",
             Self::NotFound => "Not found",
             Self::RequestTimeout => "Request timeout",

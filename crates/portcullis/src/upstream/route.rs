@@ -6,6 +6,7 @@ use http::{Method, Uri};
 
 use super::Upstream;
 use crate::pipeline::headers::path_has_prefix;
+use crate::pipeline::ip_rules::IpRules;
 
 /// The scope each method needs on a route: `read` for GET, HEAD and OPTIONS and `write`
 /// for the rest, unless the route names another for a method.
@@ -42,6 +43,7 @@ pub struct Route {
     upstream: Arc<Upstream>,
     strip_prefix: bool,
     scopes: RouteScopes,
+    ip_rules: IpRules,
 }
 
 impl Route {
@@ -53,7 +55,19 @@ impl Route {
             upstream,
             strip_prefix,
             scopes: RouteScopes::default(),
+            ip_rules: IpRules::default(),
         }
+    }
+
+    /// The same route, with `rules` deciding which addresses may use it.
+    pub fn with_ip_rules(mut self, rules: IpRules) -> Self {
+        self.ip_rules = rules;
+        self
+    }
+
+    /// Which addresses may use this route.
+    pub fn ip_rules(&self) -> &IpRules {
+        &self.ip_rules
     }
 
     /// The same route, with `scopes` deciding what each method needs.

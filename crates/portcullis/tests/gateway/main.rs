@@ -9,6 +9,7 @@ mod cors;
 mod headers;
 mod hygiene;
 mod identity;
+mod ip_rules;
 mod lifecycle;
 mod managed;
 mod proxy;

@@ -1,0 +1,201 @@
+//! IP rules and bans: per-route allow and deny lists, and a temporary ban for an address
+//! that keeps failing authentication.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, header};
+use ipnet::IpNet;
+
+use super::problem::{Problem, ProblemKind};
+
+/// A route's address lists. An address in `deny` is refused; when `allow` is not empty,
+/// only addresses in it are let through.
+#[derive(Debug, Clone, Default)]
+pub struct IpRules {
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+}
+
+impl IpRules {
+    /// Rules from the two lists.
+    pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Self {
+        Self { allow, deny }
+    }
+
+    /// Refuses `ip` with 403 unless the rules let it through.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Problem> {
+        let denied = self.deny.iter().any(|net| net.contains(&ip));
+        let not_allowed = !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(&ip));
+        if denied || not_allowed {
+            Err(Problem::new(ProblemKind::IpDenied)
+                .with_detail("requests from this address are not allowed here"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// When authentication failures lead to a ban.
+#[derive(Debug, Clone, Copy)]
+pub struct BanPolicy {
+    /// Failures within `window` that trigger a ban; 0 turns bans off.
+    pub max_failures: u32,
+    /// The window failures are counted in.
+    pub window: Duration,
+    /// How long a ban lasts; it is lifted automatically.
+    pub duration: Duration,
+}
+
+/// Most addresses tracked at once; beyond it, stale entries are dropped first and new
+/// addresses are not tracked until there is room, so a flood cannot exhaust memory.
+const MAX_TRACKED: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    window_start: Instant,
+    failures: u32,
+    banned_until: Option<Instant>,
+}
+
+/// Authentication failures per address, and the bans they caused; shared by every worker.
+#[derive(Debug)]
+pub struct Bans {
+    policy: BanPolicy,
+    records: Mutex<HashMap<IpAddr, Record>>,
+}
+
+impl Bans {
+    /// Bans under `policy`.
+    pub fn new(policy: BanPolicy) -> Self {
+        Self {
+            policy,
+            records: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refuses a banned `ip` with 429 and `Retry-After`.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Problem> {
+        if self.policy.max_failures == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let banned_until = self
+            .records
+            .lock()
+            .ok()
+            .and_then(|records| records.get(&ip).and_then(|r| r.banned_until))
+            .filter(|until| *until > now);
+        match banned_until {
+            None => Ok(()),
+            Some(until) => {
+                let seconds = (until - now).as_secs().max(1);
+                Err(Problem::new(ProblemKind::Banned)
+                    .with_detail("too many failed authentication attempts from this address")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds)))
+            }
+        }
+    }
+
+    /// Counts an authentication failure from `ip`, banning it when the policy says so.
+    pub fn record_failure(&self, ip: IpAddr) {
+        if self.policy.max_failures == 0 {
+            return;
+        }
+        let Ok(mut records) = self.records.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
+            let policy = self.policy;
+            records.retain(|_, r| {
+                now.duration_since(r.window_start) < policy.window
+                    || r.banned_until.is_some_and(|u| u > now)
+            });
+            if records.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let record = records.entry(ip).or_insert(Record {
+            window_start: now,
+            failures: 0,
+            banned_until: None,
+        });
+        if now.duration_since(record.window_start) >= self.policy.window {
+            record.window_start = now;
+            record.failures = 0;
+        }
+        record.failures += 1;
+        if record.failures >= self.policy.max_failures {
+            record.banned_until = Some(now + self.policy.duration);
+            record.failures = 0;
+            record.window_start = now;
+            tracing::warn!(%ip, ban = ?self.policy.duration, "address banned after repeated authentication failures");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn deny_wins_and_allow_lists_are_exclusive() {
+        let rules = IpRules::new(
+            vec!["10.0.0.0/8".parse().unwrap()],
+            vec!["10.0.0.66/32".parse().unwrap()],
+        );
+        assert!(rules.check(ip("10.1.2.3")).is_ok());
+        assert_eq!(
+            rules.check(ip("10.0.0.66")).unwrap_err().kind(),
+            ProblemKind::IpDenied
+        );
+        assert_eq!(
+            rules.check(ip("192.0.2.1")).unwrap_err().kind(),
+            ProblemKind::IpDenied
+        );
+        assert!(IpRules::default().check(ip("192.0.2.1")).is_ok());
+    }
+
+    #[test]
+    fn repeated_failures_ban_and_the_ban_lifts() {
+        let bans = Bans::new(BanPolicy {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            duration: Duration::from_millis(200),
+        });
+        let attacker = ip("192.0.2.9");
+        for _ in 0..2 {
+            bans.record_failure(attacker);
+        }
+        assert!(bans.check(attacker).is_ok(), "under the threshold");
+        bans.record_failure(attacker);
+        let refusal = bans.check(attacker).unwrap_err();
+        assert_eq!(refusal.kind(), ProblemKind::Banned);
+        assert!(
+            bans.check(ip("192.0.2.10")).is_ok(),
+            "others are not affected"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(bans.check(attacker).is_ok(), "the ban lifted");
+    }
+
+    #[test]
+    fn zero_failures_turns_bans_off() {
+        let bans = Bans::new(BanPolicy {
+            max_failures: 0,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+        });
+        for _ in 0..100 {
+            bans.record_failure(ip("192.0.2.1"));
+        }
+        assert!(bans.check(ip("192.0.2.1")).is_ok());
+    }
+}

@@ -1,0 +1,105 @@
+//! Per-route address rules, and bans for addresses that keep failing authentication.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+fn with_config(upstream: &Upstream, toml: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "c.toml", toml);
+    let gateway = Launch::bare()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_TRUSTED_PROXIES", "127.0.0.1/32")
+        .env("PORTCULLIS_UPSTREAM", upstream.url())
+        .start();
+    (dir, gateway)
+}
+
+async fn from(gateway: &Gateway, path: &str, client: &str, token: &str) -> Reply {
+    get(
+        &gateway.url(path),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-forwarded-for", client),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn routes_allow_and_deny_addresses() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_config(
+        &upstream,
+        &format!(
+            r#"
+            [upstreams.api]
+            url = "{}"
+            [[routes]]
+            path_prefix = "/internal"
+            upstream = "api"
+            allow_ips = ["10.0.0.0/8"]
+            deny_ips = ["10.0.0.66/32"]
+            "#,
+            upstream.url()
+        ),
+    );
+    assert_eq!(
+        from(&gateway, "/internal/x", "10.1.2.3", TOKEN)
+            .await
+            .status,
+        200
+    );
+    let outside = from(&gateway, "/internal/x", "198.51.100.1", TOKEN).await;
+    outside.assert_problem(403, "ip-denied");
+    from(&gateway, "/internal/x", "10.0.0.66", TOKEN)
+        .await
+        .assert_problem(403, "ip-denied");
+    // Other routes are not restricted.
+    assert_eq!(
+        from(&gateway, "/public", "198.51.100.1", TOKEN)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn repeated_failures_ban_an_address_until_the_ban_lifts() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_config(
+        &upstream,
+        "[bans]\nmax_failures = 3\nwindow = \"1m\"\nduration = \"2s\"\n",
+    );
+    let attacker = "203.0.113.7";
+    for _ in 0..3 {
+        from(
+            &gateway,
+            "/v1",
+            attacker,
+            "guess-0123456789abcdef0123456789",
+        )
+        .await
+        .assert_problem(401, "unauthorized");
+    }
+    let banned = from(&gateway, "/v1", attacker, TOKEN).await;
+    banned.assert_problem(429, "banned");
+    let retry: u64 = banned.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        from(&gateway, "/v1", "203.0.113.8", TOKEN).await.status,
+        200,
+        "other addresses are served"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        from(&gateway, "/v1", attacker, TOKEN).await.status,
+        200,
+        "the ban lifted by itself"
+    );
+    assert_eq!(upstream.seen().len(), 2);
+}
