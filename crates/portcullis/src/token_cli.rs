@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis::config::StoreArgs;
-use portcullis::credentials::{self, Credentials, NewToken, TokenHasher, TokenRecord};
+use portcullis::credentials::{
+    self, CredentialKind, Credentials, NewToken, TokenHasher, TokenRecord,
+};
 use portcullis::store::{Store, now};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -26,6 +28,10 @@ pub enum TokenAction {
         /// Tenant the token belongs to.
         #[arg(long)]
         tenant: Option<String>,
+        /// Mint a capability: a secret used as the first path segment below a route
+        /// with `auth = "capability"`, instead of a bearer token.
+        #[arg(long)]
+        capability: bool,
     },
     /// List every token (never the tokens themselves).
     List,
@@ -74,8 +80,14 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
             scopes,
             expires,
             tenant,
+            capability,
         } => {
             let new = NewToken {
+                kind: if capability {
+                    CredentialKind::Capability
+                } else {
+                    CredentialKind::Token
+                },
                 name,
                 scopes,
                 tenant,
@@ -143,6 +155,7 @@ fn print_record(record: &TokenRecord, json: bool) {
     let at = now();
     let rows = [
         ("id", record.id.clone()),
+        ("kind", record.kind.as_str().into()),
         ("name", record.name.clone()),
         ("prefix", record.public_prefix.clone()),
         ("scopes", record.scopes.join(",")),
@@ -189,6 +202,7 @@ fn record_json(record: &TokenRecord) -> serde_json::Value {
     let at = now();
     json!({
         "id": record.id,
+        "kind": record.kind.as_str(),
         "name": record.name,
         "public_prefix": record.public_prefix,
         "scopes": record.scopes,

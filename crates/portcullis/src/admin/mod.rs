@@ -25,7 +25,7 @@ use tracing::{debug, info};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::config::Config;
-use crate::credentials::{CredentialError, NewToken, TokenRecord, TokenVerifier};
+use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
 use crate::pipeline::auth::{Authenticator, StaticTokens, insufficient_scope};
 use crate::pipeline::context::{X_REQUEST_ID, request_id};
 use crate::pipeline::headers::{ResponseHeaders, SecurityHeadersPolicy};
@@ -240,6 +240,8 @@ fn credential_problem(error: CredentialError, id: &HeaderValue) -> Response {
 #[derive(Debug, Serialize, ToSchema)]
 struct TokenView {
     id: String,
+    /// `token` or `capability`.
+    kind: String,
     name: String,
     public_prefix: String,
     scopes: Vec<String>,
@@ -258,6 +260,7 @@ impl From<TokenRecord> for TokenView {
     fn from(record: TokenRecord) -> Self {
         Self {
             state: record.state(crate::store::now()).to_owned(),
+            kind: record.kind.as_str().to_owned(),
             id: record.id,
             name: record.name,
             public_prefix: record.public_prefix,
@@ -293,6 +296,9 @@ impl MintedView {
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     name: String,
+    /// Mint a capability (a secret path segment) instead of a bearer token.
+    #[serde(default)]
+    capability: bool,
     scopes: Vec<String>,
     tenant: Option<String>,
     /// A duration such as `90d` or `12h`; absent for no expiry.
@@ -334,6 +340,11 @@ async fn create_token(
         Err(refusal) => return problem(refusal, &id),
     };
     let new = NewToken {
+        kind: if body.capability {
+            CredentialKind::Capability
+        } else {
+            CredentialKind::Token
+        },
         name: body.name,
         scopes: body.scopes,
         tenant: body.tenant,

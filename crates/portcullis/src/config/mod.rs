@@ -247,6 +247,10 @@ pub struct RouteConfig {
     /// Remove the prefix from the path sent upstream.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// How callers authenticate: `bearer` (the default) or `capability` (a secret path
+    /// segment right below the prefix, removed before forwarding).
+    #[serde(default)]
+    pub auth: crate::upstream::RouteAuth,
     /// Only these addresses may use the route (empty: any).
     #[serde(default)]
     pub allow_ips: Vec<IpNet>,
@@ -361,6 +365,7 @@ impl Config {
                 path_prefix: "/".to_owned(),
                 upstream: DEFAULT_UPSTREAM.to_owned(),
                 strip_prefix: false,
+                auth: Default::default(),
                 allow_ips: Vec::new(),
                 deny_ips: Vec::new(),
                 scopes: BTreeMap::new(),

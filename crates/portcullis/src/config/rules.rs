@@ -530,6 +530,7 @@ mod tests {
             path_prefix: "/a/../b".into(),
             upstream: "missing".into(),
             strip_prefix: false,
+            auth: Default::default(),
             allow_ips: Vec::new(),
             deny_ips: Vec::new(),
             scopes: Default::default(),

@@ -66,11 +66,34 @@ impl From<sqlx::Error> for CredentialError {
     }
 }
 
+/// How a credential is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// In `Authorization: Bearer ...`.
+    #[default]
+    Token,
+    /// As the first path segment below a capability route: `/<route>/<secret>/...`.
+    Capability,
+}
+
+impl CredentialKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Capability => "capability",
+        }
+    }
+}
+
 /// What is stored about a token. Never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenRecord {
     /// Stable id, e.g. `tok_4fQ9zX1bK2mN`.
     pub id: String,
+    /// Bearer token or capability.
+    pub kind: CredentialKind,
     /// Unique among live tokens.
     pub name: String,
     /// The token's first characters, to recognise it (e.g. `pcl_3xY9QaBc`).
@@ -119,6 +142,8 @@ impl TokenRecord {
 /// A token to create.
 #[derive(Debug, Clone)]
 pub struct NewToken {
+    /// Bearer token or capability.
+    pub kind: CredentialKind,
     /// Its name.
     pub name: String,
     /// Its scopes.
@@ -137,7 +162,7 @@ pub struct Credentials {
     known_scopes: Vec<String>,
 }
 
-const COLUMNS: &str = "id, name, public_prefix, scopes, tenant, created_at, expires_at, revoked_at, last_used_at, superseded_by";
+const COLUMNS: &str = "id, kind, name, public_prefix, scopes, tenant, created_at, expires_at, revoked_at, last_used_at, superseded_by";
 
 impl Credentials {
     /// The tokens in `store`, hashed with `hasher`; `extra_scopes` are the scopes routes
@@ -170,6 +195,7 @@ impl Credentials {
             .map(|d| created_at.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
         let record = TokenRecord {
             id: token::new_id("tok"),
+            kind: new.kind,
             name: new.name,
             public_prefix: minted.public_prefix,
             scopes: new.scopes,
@@ -325,8 +351,8 @@ async fn insert(
     hash: &str,
 ) -> Result<(), CredentialError> {
     let inserted = sqlx::query(
-        "INSERT INTO tokens (id, name, public_prefix, hash, scopes, tenant, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO tokens (id, name, public_prefix, hash, scopes, tenant, created_at, expires_at, kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&record.id)
     .bind(&record.name)
@@ -336,6 +362,7 @@ async fn insert(
     .bind(&record.tenant)
     .bind(record.created_at)
     .bind(record.expires_at)
+    .bind(record.kind.as_str())
     .execute(connection)
     .await;
     match inserted {
@@ -349,8 +376,14 @@ async fn insert(
 
 fn record_from_row(row: &AnyRow) -> Result<TokenRecord, CredentialError> {
     let scopes: String = row.try_get("scopes")?;
+    let kind: String = row.try_get("kind")?;
     Ok(TokenRecord {
         id: row.try_get("id")?,
+        kind: if kind == "capability" {
+            CredentialKind::Capability
+        } else {
+            CredentialKind::Token
+        },
         name: row.try_get("name")?,
         public_prefix: row.try_get("public_prefix")?,
         scopes: scopes

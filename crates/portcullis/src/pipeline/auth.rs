@@ -13,7 +13,7 @@ use subtle::{Choice, ConstantTimeEq};
 use tracing::warn;
 
 use super::problem::{Problem, ProblemKind};
-use crate::credentials::{TokenRecord, TokenVerifier, Verdict};
+use crate::credentials::{CredentialKind, TokenRecord, TokenVerifier, Verdict};
 
 /// The longest `Authorization` value considered; longer ones are refused unread.
 pub const MAX_AUTHORIZATION_LEN: usize = 4096;
@@ -202,16 +202,40 @@ impl Authenticator {
             return Err(unauthorized(CredentialError::Invalid));
         };
         match managed.verify(token).await {
-            Ok(Verdict::Valid(record)) => Ok(Principal::from_record(&record)),
-            Ok(Verdict::Invalid) => Err(unauthorized(CredentialError::Invalid)),
-            Err(error) => {
-                warn!(%error, "cannot verify a token: the credential store is unreachable");
-                Err(Problem::new(ProblemKind::StoreUnavailable)
-                    .with_detail("credentials cannot be verified right now")
-                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")))
+            Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Token => {
+                Ok(Principal::from_record(&record))
             }
+            Ok(_) => Err(unauthorized(CredentialError::Invalid)),
+            Err(error) => Err(store_unavailable(&error)),
         }
     }
+
+    /// The caller behind a capability `secret` (the path segment below a capability
+    /// route). Anything but a live capability gets the 404 an unrouted path gets, so the
+    /// route is not revealed; 503 when the store cannot be asked.
+    pub async fn authenticate_capability(
+        &self,
+        secret: Option<&str>,
+    ) -> Result<Principal, Problem> {
+        let not_found = || Problem::new(ProblemKind::NotFound);
+        let (Some(secret), Some(managed)) = (secret, &self.managed) else {
+            return Err(not_found());
+        };
+        match managed.verify(secret).await {
+            Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Capability => {
+                Ok(Principal::from_record(&record))
+            }
+            Ok(_) => Err(not_found()),
+            Err(error) => Err(store_unavailable(&error)),
+        }
+    }
+}
+
+fn store_unavailable(error: &crate::credentials::CredentialError) -> Problem {
+    warn!(%error, "cannot verify a credential: the credential store is unreachable");
+    Problem::new(ProblemKind::StoreUnavailable)
+        .with_detail("credentials cannot be verified right now")
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
 }
 
 /// The 403 sent when the caller lacks `scope`, naming it (RFC 6750 `insufficient_scope`).
@@ -315,6 +339,7 @@ mod tests {
             name: "n".into(),
             public_prefix: "pcl_x".into(),
             scopes: vec!["read".into()],
+            kind: crate::credentials::CredentialKind::Token,
             tenant: None,
             created_at: 0,
             expires_at: None,

@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::credentials::TokenVerifier;
 use crate::store::Store;
 use crate::upstream::{
-    ForwardError, Route, RouteScopes, Router, Upstream, UpstreamError, prepare_request_headers,
+    ForwardError, Route, RouteAuth, RouteScopes, Router, Upstream, UpstreamError,
+    prepare_request_headers,
 };
 use auth::{Authenticator, StaticTokens};
 use context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
@@ -140,7 +141,8 @@ impl Gateway {
                         .with_ip_rules(IpRules::new(
                             route.allow_ips.clone(),
                             route.deny_ips.clone(),
-                        )),
+                        ))
+                        .with_auth(route.auth),
                 )
             })
             .collect::<Result<Vec<_>, GatewayError>>()?;
@@ -208,10 +210,20 @@ impl Gateway {
         {
             return answer;
         }
-        let principal = match self.auth.authenticate(request.headers()).await {
+        let authenticated = match route.filter(|r| r.auth() == RouteAuth::Capability) {
+            Some(route) => {
+                let secret = route.capability_secret(request.uri().path());
+                self.auth.authenticate_capability(secret).await
+            }
+            None => self.auth.authenticate(request.headers()).await,
+        };
+        let principal = match authenticated {
             Ok(principal) => principal,
             Err(refusal) => {
-                if refusal.kind() == ProblemKind::Unauthorized {
+                if matches!(
+                    refusal.kind(),
+                    ProblemKind::Unauthorized | ProblemKind::NotFound
+                ) {
                     self.bans.record_failure(ctx.client_ip);
                 }
                 return Err(refusal);

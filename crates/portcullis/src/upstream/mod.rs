@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 pub use forward::{prepare_request_headers, remove_hop_by_hop};
 pub use pool::PoolError;
-pub use route::{Route, RouteScopes, Router};
+pub use route::{Route, RouteAuth, RouteScopes, Router};
 
 use crate::body::ResponseBody;
 use crate::pipeline::hygiene::{BodyTooLarge, LimitedBody};

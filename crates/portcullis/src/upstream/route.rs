@@ -36,12 +36,25 @@ impl RouteScopes {
     }
 }
 
+/// How callers of a route prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Bearer,
+    /// A capability secret as the first path segment below the prefix, removed before
+    /// forwarding (`/<prefix>/<secret>/rest` is sent as `/<prefix>/rest`).
+    Capability,
+}
+
 /// A path prefix served by one upstream.
 #[derive(Debug, Clone)]
 pub struct Route {
     prefix: String,
     upstream: Arc<Upstream>,
     strip_prefix: bool,
+    auth: RouteAuth,
     scopes: RouteScopes,
     ip_rules: IpRules,
 }
@@ -54,9 +67,28 @@ impl Route {
             prefix: prefix.trim_end_matches('/').to_owned(),
             upstream,
             strip_prefix,
+            auth: RouteAuth::default(),
             scopes: RouteScopes::default(),
             ip_rules: IpRules::default(),
         }
+    }
+
+    /// The same route, authenticated by `auth`.
+    pub fn with_auth(mut self, auth: RouteAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// How callers of this route authenticate.
+    pub fn auth(&self) -> RouteAuth {
+        self.auth
+    }
+
+    /// On a capability route, the secret segment right below the prefix in `path`.
+    pub fn capability_secret<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let below = path.get(self.prefix.len()..)?.strip_prefix('/')?;
+        let secret = below.split('/').next()?;
+        (!secret.is_empty()).then_some(secret)
     }
 
     /// The same route, with `rules` deciding which addresses may use it.
@@ -86,15 +118,23 @@ impl Route {
         &self.upstream
     }
 
-    /// Where a request for `uri` on this route goes.
+    /// Where a request for `uri` on this route goes: without the capability segment on a
+    /// capability route, and without the prefix when the route strips it.
     pub fn upstream_uri(&self, uri: &Uri) -> Uri {
         let path = uri.path();
-        let path = if self.strip_prefix {
-            path.get(self.prefix.len()..).unwrap_or(path)
+        let mut below = path.get(self.prefix.len()..).unwrap_or_default();
+        if self.auth == RouteAuth::Capability {
+            let after_secret = below
+                .strip_prefix('/')
+                .and_then(|rest| rest.find('/').map(|i| &rest[i..]));
+            below = after_secret.unwrap_or_default();
+        }
+        if self.strip_prefix {
+            self.upstream.uri_for(below, uri.query())
         } else {
-            path
-        };
-        self.upstream.uri_for(path, uri.query())
+            self.upstream
+                .uri_for(&format!("{}{below}", self.prefix), uri.query())
+        }
     }
 }
 
@@ -161,6 +201,21 @@ mod tests {
         assert_eq!(scopes.required(&Method::OPTIONS), "read");
         assert_eq!(scopes.required(&Method::DELETE), "write");
         assert_eq!(scopes.required(&Method::POST), "reports:run");
+    }
+
+    #[tokio::test]
+    async fn capability_segments_are_found_and_never_forwarded() {
+        let route = Route::new("/outline", upstream("o"), true).with_auth(RouteAuth::Capability);
+        let uri: Uri = "/outline/pcl_secret/access-keys?x=1".parse().unwrap();
+        assert_eq!(route.capability_secret(uri.path()), Some("pcl_secret"));
+        assert_eq!(route.upstream_uri(&uri), "/access-keys?x=1");
+        let bare: Uri = "/outline/pcl_secret".parse().unwrap();
+        assert_eq!(route.upstream_uri(&bare), "/");
+        assert_eq!(route.capability_secret("/outline"), None);
+        assert_eq!(route.capability_secret("/outline/"), None);
+
+        let kept = Route::new("/outline", upstream("o"), false).with_auth(RouteAuth::Capability);
+        assert_eq!(kept.upstream_uri(&uri), "/outline/access-keys?x=1");
     }
 
     #[tokio::test]

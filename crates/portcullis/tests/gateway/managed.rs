@@ -639,3 +639,93 @@ fn a_public_admin_listener_needs_tls() {
         "{stderr}"
     );
 }
+
+async fn capability_urls(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let (_, capability) = backend.create("alice-outline", "read,write", &["--capability"]);
+    let (_, reader_capability) = backend.create("bob-outline", "read", &["--capability"]);
+    let (_, bearer) = backend.create("bearer", "read,write", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            r#"
+            [upstreams.outline]
+            url = "{}/OUTLINE-OWN-SECRET"
+            [[routes]]
+            path_prefix = "/outline"
+            upstream = "outline"
+            auth = "capability"
+            strip_prefix = true
+            "#,
+            upstream.url()
+        ),
+    );
+    let gateway = backend
+        .launch(&upstream)
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_LOG", "trace")
+        .start();
+
+    let reply = get(
+        &gateway.url(&format!("/outline/{capability}/server?x=1")),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = upstream.only();
+    assert_eq!(seen.uri, "/OUTLINE-OWN-SECRET/server?x=1");
+    for (name, value) in &seen.headers {
+        assert!(
+            !value.to_str().unwrap_or_default().contains(&capability),
+            "{name} carried the capability"
+        );
+    }
+    let post = http::Request::post(gateway.url(&format!("/outline/{capability}/access-keys")))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(send(post).await.status, 200);
+    let read_only =
+        http::Request::post(gateway.url(&format!("/outline/{reader_capability}/access-keys")))
+            .body(http_body_util::Full::default())
+            .unwrap();
+    send(read_only)
+        .await
+        .assert_problem(403, "insufficient-scope");
+
+    // Unknown, missing and wrong-kind secrets look like a path that does not exist.
+    let (_, unknown) = Backend::sqlite().create("elsewhere", "read", &["--capability"]);
+    for path in [
+        format!("/outline/{unknown}/server"),
+        "/outline/server".to_owned(),
+        "/outline".to_owned(),
+        format!("/outline/{bearer}/server"),
+    ] {
+        get(&gateway.url(&path), &[])
+            .await
+            .assert_problem(404, "not-found");
+    }
+    // A capability is not a bearer token.
+    call(&gateway, "GET", &capability)
+        .await
+        .assert_problem(401, "unauthorized");
+    assert_eq!(upstream.seen().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !gateway.log().contains(&capability),
+        "the capability reached the log"
+    );
+}
+
+#[tokio::test]
+async fn capability_urls_on_sqlite() {
+    capability_urls(Backend::sqlite()).await;
+}
+
+#[tokio::test]
+async fn capability_urls_on_postgres() {
+    capability_urls(Backend::postgres().await).await;
+}
