@@ -2,7 +2,7 @@
 //! shared by every worker, and last-used times written in the background.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{CredentialError, Credentials, TokenRecord};
@@ -18,7 +18,7 @@ const USAGE_RESOLUTION_SECS: i64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// A live token.
-    Valid(TokenRecord),
+    Valid(Arc<TokenRecord>),
     /// Malformed, unknown, expired or revoked: the caller answers all of them alike.
     Invalid,
 }
@@ -28,7 +28,7 @@ pub enum Verdict {
 pub struct TokenVerifier {
     credentials: Credentials,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (TokenRecord, Instant)>>,
+    cache: Mutex<HashMap<String, (Arc<TokenRecord>, Instant)>>,
     usage: Mutex<Usage>,
 }
 
@@ -70,7 +70,7 @@ impl TokenVerifier {
         let record = match cached {
             Some(record) => Some(record),
             None => {
-                let found = self.credentials.lookup_hash(&key).await?;
+                let found = self.credentials.lookup_hash(&key).await?.map(Arc::new);
                 if let (Some(record), Ok(mut cache)) = (&found, self.cache.lock()) {
                     if cache.len() >= CACHE_CAPACITY {
                         cache.clear();

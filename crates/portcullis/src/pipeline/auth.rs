@@ -20,57 +20,59 @@ pub const MAX_AUTHORIZATION_LEN: usize = 4096;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    name: Arc<str>,
-    token_id: Option<Arc<str>>,
-    tenant: Option<Arc<str>>,
-    /// `None` means every scope.
-    scopes: Option<Arc<[String]>>,
+pub struct Principal(Caller);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    /// A static token from `PORTCULLIS_API_TOKENS`.
+    Static,
+    /// A managed token or capability (shared with the verifier's cache, so
+    /// authenticating copies nothing).
+    Managed(Arc<TokenRecord>),
 }
 
 impl Principal {
     /// The principal every static token (`PORTCULLIS_API_TOKENS`) authenticates as; it
     /// holds every scope.
     pub fn static_token() -> Self {
-        Self {
-            name: Arc::from("static"),
-            token_id: None,
-            tenant: None,
-            scopes: None,
-        }
+        Self(Caller::Static)
     }
 
-    /// The principal a managed token authenticates as.
-    pub fn from_record(record: &TokenRecord) -> Self {
-        let all = record.scopes.iter().any(|s| s == "admin");
-        Self {
-            name: Arc::from(record.name.as_str()),
-            token_id: Some(Arc::from(record.id.as_str())),
-            tenant: record.tenant.as_deref().map(Arc::from),
-            scopes: (!all).then(|| Arc::from(record.scopes.as_slice())),
-        }
+    /// The principal a managed credential authenticates as.
+    pub fn managed(record: Arc<TokenRecord>) -> Self {
+        Self(Caller::Managed(record))
     }
 
     /// The name audit events and rate limits know this caller by.
     pub fn name(&self) -> &str {
-        &self.name
+        match &self.0 {
+            Caller::Static => "static",
+            Caller::Managed(record) => &record.name,
+        }
     }
 
-    /// The managed token's id; `None` for static tokens.
+    /// The managed credential's id; `None` for static tokens.
     pub fn token_id(&self) -> Option<&str> {
-        self.token_id.as_deref()
+        match &self.0 {
+            Caller::Static => None,
+            Caller::Managed(record) => Some(&record.id),
+        }
     }
 
     /// The tenant, if the credential has one.
     pub fn tenant(&self) -> Option<&str> {
-        self.tenant.as_deref()
+        match &self.0 {
+            Caller::Static => None,
+            Caller::Managed(record) => record.tenant.as_deref(),
+        }
     }
 
     /// Whether the caller may act with `scope` (`admin` implies every scope).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes
-            .as_ref()
-            .is_none_or(|scopes| scopes.iter().any(|s| s == scope))
+        match &self.0 {
+            Caller::Static => true,
+            Caller::Managed(record) => record.has_scope(scope),
+        }
     }
 }
 
@@ -203,7 +205,7 @@ impl Authenticator {
         };
         match managed.verify(token).await {
             Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Token => {
-                Ok(Principal::from_record(&record))
+                Ok(Principal::managed(record))
             }
             Ok(_) => Err(unauthorized(CredentialError::Invalid)),
             Err(error) => Err(store_unavailable(&error)),
@@ -223,7 +225,7 @@ impl Authenticator {
         };
         match managed.verify(secret).await {
             Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Capability => {
-                Ok(Principal::from_record(&record))
+                Ok(Principal::managed(record))
             }
             Ok(_) => Err(not_found()),
             Err(error) => Err(store_unavailable(&error)),
@@ -347,10 +349,11 @@ mod tests {
             last_used_at: None,
             superseded_by: None,
         };
-        let reader = Principal::from_record(&record);
+        let reader = Principal::managed(Arc::new(record.clone()));
         assert!(reader.has_scope("read") && !reader.has_scope("write"));
+        assert_eq!(reader.name(), "n");
         record.scopes = vec!["admin".into()];
-        assert!(Principal::from_record(&record).has_scope("write"));
+        assert!(Principal::managed(Arc::new(record)).has_scope("write"));
     }
 
     #[test]
