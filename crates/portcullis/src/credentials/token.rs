@@ -119,13 +119,28 @@ impl TokenHasher {
         Self { key }
     }
 
-    /// The stored form of `token`.
-    pub fn hash(&self, token: &str) -> String {
+    /// The keyed digest of `token`.
+    pub fn digest(&self, token: &str) -> [u8; 32] {
         let mut mac = self.key.clone();
         mac.update(token.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        mac.finalize().into_bytes().into()
     }
+
+    /// The stored form of `token`: its digest in lowercase hex.
+    pub fn hash(&self, token: &str) -> String {
+        to_hex(&self.digest(token))
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ const CACHE_CAPACITY: usize = 10_000;
 /// Last-used times are written at most this often per token.
 const USAGE_RESOLUTION_SECS: i64 = 60;
 
+/// A token's keyed digest: the cache's key, so no token is held in memory.
+type Digest = [u8; 32];
+
 /// What a token lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -28,7 +31,7 @@ pub enum Verdict {
 pub struct TokenVerifier {
     credentials: Credentials,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Arc<TokenRecord>, Instant)>>,
+    cache: Mutex<HashMap<Digest, (Arc<TokenRecord>, Instant)>>,
     usage: Mutex<Usage>,
 }
 
@@ -60,7 +63,7 @@ impl TokenVerifier {
         if !super::token::is_well_formed(token) {
             return Ok(Verdict::Invalid);
         }
-        let key = self.credentials.hasher.hash(token);
+        let key = self.credentials.hasher.digest(token);
         let cached = self.cache.lock().ok().and_then(|cache| {
             cache
                 .get(&key)
@@ -70,7 +73,8 @@ impl TokenVerifier {
         let record = match cached {
             Some(record) => Some(record),
             None => {
-                let found = self.credentials.lookup_hash(&key).await?.map(Arc::new);
+                let hash = super::token::to_hex(&key);
+                let found = self.credentials.lookup_hash(&hash).await?.map(Arc::new);
                 if let (Some(record), Ok(mut cache)) = (&found, self.cache.lock()) {
                     if cache.len() >= CACHE_CAPACITY {
                         cache.clear();
