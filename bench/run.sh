@@ -86,8 +86,13 @@ start_nginx proxy auto "upstream api { server 127.0.0.1:$UPSTREAM_PORT; keepaliv
   }"
 
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# A managed token in the gateway's own store, to measure verification on the cache-hit path
+# beside the static token in the same process.
+managed=$("$binary" token --data-dir "$work/data" --json create --name bench --scopes read |
+  sed -E 's/.*"token":"([^"]+)".*/\1/')
 PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
   --listen "127.0.0.1:$PORTCULLIS_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+  --data-dir "$work/data" --admin-listen off \
   2>"$work/portcullis.log" &
 pids+=($!)
 
@@ -118,15 +123,18 @@ upstream_url="http://127.0.0.1:$UPSTREAM_PORT/v1/positions"
 nginx_url="http://127.0.0.1:$NGINX_PORT/v1/positions"
 portcullis_url="http://127.0.0.1:$PORTCULLIS_PORT/v1/positions"
 auth="Authorization: Bearer $token"
+managed_auth="Authorization: Bearer $managed"
 
 # Warm every path once (connections, pools, caches), then the interleaved rounds.
 for url in "$upstream_url" "$nginx_url"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null; done
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$portcullis_url" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$managed_auth" "$portcullis_url" >/dev/null
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   measure upstream "$upstream_url"
   measure nginx "$nginx_url"
   measure portcullis "$portcullis_url" "$auth"
+  measure managed "$portcullis_url" "$managed_auth"
 done
 
 # median <key> <column>: the median of one column over the rounds.
@@ -143,10 +151,12 @@ row() {
 rows=$(
   row upstream "upstream direct (nginx, 1 worker)"
   row nginx "nginx reverse proxy"
-  row portcullis "portcullis (token + security headers)"
+  row portcullis "portcullis (static token + security headers)"
+  row managed "portcullis (managed token, cache hit)"
 )
 ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median nginx 2)" 'BEGIN { printf "%.2f", a / b }')
 p99_ratio=$(awk -v a="$(median portcullis 4)" -v b="$(median nginx 4)" 'BEGIN { printf "%.2f", a / b }')
+managed_ratio=$(awk -v a="$(median managed 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 per_round=$(awk '$1 == "portcullis" { p = $2 } $1 == "nginx" { n = $2 } $1 == "portcullis" && n { printf "%s%.2f", sep, p / n; sep = ", " }' "$work/runs")
 
 section=$(cat <<EOF
@@ -162,6 +172,7 @@ a warm-up, medians shown; all on 127.0.0.1, sharing the same cores. $(nginx -v 2
 $rows
 
 portcullis / nginx: throughput **${ratio}x** (per round: $per_round), p99 **${p99_ratio}x**.
+Managed token (cache hit) / static token throughput: **${managed_ratio}x**.
 EOF
 )
 echo "$section"

@@ -13,7 +13,7 @@ use subtle::{Choice, ConstantTimeEq};
 use tracing::warn;
 
 use super::problem::{Problem, ProblemKind};
-use crate::credentials::{CredentialKind, TokenRecord, TokenVerifier, Verdict};
+use crate::credentials::{CredentialKind, TokenRecord, TokenVerifier, Verdict, token};
 
 /// The longest `Authorization` value considered; longer ones are refused unread.
 pub const MAX_AUTHORIZATION_LEN: usize = 4096;
@@ -197,18 +197,26 @@ impl Authenticator {
     /// when the credential store cannot be asked (never an allow).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
         let token = bearer_token(headers).map_err(unauthorized)?;
-        if self.static_tokens.verify(token) {
-            return Ok(Principal::static_token());
-        }
-        let Some(managed) = &self.managed else {
-            return Err(unauthorized(CredentialError::Invalid));
-        };
-        match managed.verify(token).await {
-            Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Token => {
-                Ok(Principal::managed(record))
+        // A token in the managed format (with a valid checksum) is looked up first; only
+        // if that fails is it compared with the static tokens, so each kind pays for one
+        // check in the common case.
+        if let Some(managed) = self
+            .managed
+            .as_ref()
+            .filter(|_| token::is_well_formed(token))
+        {
+            match managed.verify(token).await {
+                Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Token => {
+                    return Ok(Principal::managed(record));
+                }
+                Ok(_) => {}
+                Err(error) => return Err(store_unavailable(&error)),
             }
-            Ok(_) => Err(unauthorized(CredentialError::Invalid)),
-            Err(error) => Err(store_unavailable(&error)),
+        }
+        if self.static_tokens.verify(token) {
+            Ok(Principal::static_token())
+        } else {
+            Err(unauthorized(CredentialError::Invalid))
         }
     }
 
