@@ -187,9 +187,15 @@ pub struct StoreArgs {
         long,
         env = "PORTCULLIS_DATABASE_URL",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret_arg
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<secrecy::SecretString>,
+}
+
+/// Keeps a secret given as a flag out of `Debug` output from the moment it is parsed.
+fn secret_arg(text: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(text.to_owned()))
 }
 
 impl StoreArgs {
@@ -198,9 +204,9 @@ impl StoreArgs {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<crate::store::StoreLocation, super::ConfigError> {
-        use secrecy::{ExposeSecret, SecretString};
+        use secrecy::ExposeSecret;
         let url = match &self.database_url {
-            Some(url) => Some(SecretString::from(url.clone())),
+            Some(url) => Some(url.clone()),
             None => super::read_secret(super::DATABASE_URL_VAR, env)?,
         };
         match url {

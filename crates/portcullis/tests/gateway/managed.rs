@@ -729,3 +729,32 @@ async fn capability_urls_on_sqlite() {
 async fn capability_urls_on_postgres() {
     capability_urls(Backend::postgres().await).await;
 }
+
+#[test]
+fn the_database_url_is_a_secret() {
+    let url = "postgres://portcullis:SECRETPW@127.0.0.1:5432/no_such_database";
+    let output = portcullis()
+        .args(["token", "list"])
+        .env("PORTCULLIS_DATABASE_URL", url)
+        .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open the PostgreSQL store"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SECRETPW"), "{stderr}");
+
+    let help = portcullis()
+        .args(["serve", "--help"])
+        .env("PORTCULLIS_DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("PORTCULLIS_DATABASE_URL") && !help.contains("SECRETPW"),
+        "{help}"
+    );
+}
