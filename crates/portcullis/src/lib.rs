@@ -9,12 +9,15 @@
 //! | accept       | [`server`]               |
 //! | context      | [`pipeline::context`]    |
 //! | hygiene      | [`pipeline::hygiene`]    |
+//! | IP rules, bans | [`pipeline::ip_rules`] |
 //! | CORS         | [`pipeline::cors`]       |
-//! | authenticate | [`pipeline::auth`]       |
+//! | authenticate, authorize | [`pipeline::auth`], [`credentials`] |
 //! | forward      | [`upstream`]             |
 //! | respond      | [`pipeline::headers`]    |
 //!
 //! Every error portcullis itself produces is an RFC 9457 problem ([`pipeline::problem`]).
+//! Managed credentials live in the [`store`] and are managed through the [`admin`] API or
+//! the `portcullis token` command.
 
 pub mod admin;
 pub mod body;

@@ -210,25 +210,7 @@ impl Gateway {
         {
             return answer;
         }
-        let authenticated = match route.filter(|r| r.auth() == RouteAuth::Capability) {
-            Some(route) => {
-                let secret = route.capability_secret(request.uri().path());
-                self.auth.authenticate_capability(secret).await
-            }
-            None => self.auth.authenticate(request.headers()).await,
-        };
-        let principal = match authenticated {
-            Ok(principal) => principal,
-            Err(refusal) => {
-                if matches!(
-                    refusal.kind(),
-                    ProblemKind::Unauthorized | ProblemKind::NotFound
-                ) {
-                    self.bans.record_failure(ctx.client_ip);
-                }
-                return Err(refusal);
-            }
-        };
+        let principal = self.authenticate(&request, route, ctx).await?;
         // Only an authenticated caller learns whether a path is routed.
         let route = route.ok_or(ProblemKind::NotFound)?;
         let scope = route.required_scope(request.method());
@@ -236,6 +218,32 @@ impl Gateway {
             return Err(auth::insufficient_scope(scope));
         }
         self.forward(request, route, ctx).await
+    }
+
+    /// Who is calling: a capability on capability routes, a bearer token elsewhere. Each
+    /// failed attempt counts towards a ban of the address.
+    async fn authenticate(
+        &self,
+        request: &Request<Incoming>,
+        route: Option<&Route>,
+        ctx: &RequestContext,
+    ) -> Result<auth::Principal, Problem> {
+        let attempt = match route.filter(|r| r.auth() == RouteAuth::Capability) {
+            Some(route) => {
+                let secret = route.capability_secret(request.uri().path());
+                self.auth.authenticate_capability(secret).await
+            }
+            None => self.auth.authenticate(request.headers()).await,
+        };
+        if let Err(refusal) = &attempt
+            && matches!(
+                refusal.kind(),
+                ProblemKind::Unauthorized | ProblemKind::NotFound
+            )
+        {
+            self.bans.record_failure(ctx.client_ip);
+        }
+        attempt
     }
 
     async fn forward(
@@ -250,25 +258,41 @@ impl Gateway {
         prepare_request_headers(&mut parts.headers, route.upstream().host(), ctx);
         let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes);
 
-        let mut response = route.upstream().send(Request::from_parts(parts, body)).await.map_err(|error| {
-            let upstream = route.upstream().name();
-            match error {
-                ForwardError::BodyTooLarge(_) => self.hygiene.body_too_large(),
-                ForwardError::Timeout(_) => {
-                    warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
-                    Problem::new(ProblemKind::UpstreamTimeout).with_detail("the upstream did not respond in time")
-                }
-                ForwardError::Unavailable(_) => {
-                    warn!(request_id = ?ctx.request_id, upstream, error = %error_chain(&error), "upstream failed");
-                    Problem::new(ProblemKind::UpstreamUnavailable).with_detail("the upstream could not be reached")
-                }
-            }
-        })?;
+        let request = Request::from_parts(parts, body);
+        let mut response = route
+            .upstream()
+            .send(request)
+            .await
+            .map_err(|error| self.forward_problem(error, route.upstream().name(), ctx))?;
         // What the upstream says about itself, or about cross-origin access, is not for
         // clients: the gateway's own headers replace it in the respond stage.
         headers::strip_fingerprints(response.headers_mut());
         cors::strip_upstream_cors(response.headers_mut());
         Ok(response)
+    }
+
+    /// The problem a failed upstream exchange becomes; the cause goes to the operator's log
+    /// only.
+    fn forward_problem(
+        &self,
+        error: ForwardError,
+        upstream: &str,
+        ctx: &RequestContext,
+    ) -> Problem {
+        match error {
+            ForwardError::BodyTooLarge(_) => self.hygiene.body_too_large(),
+            ForwardError::Timeout(_) => {
+                warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
+                Problem::new(ProblemKind::UpstreamTimeout)
+                    .with_detail("the upstream did not respond in time")
+            }
+            ForwardError::Unavailable(_) => {
+                let cause = error_chain(&error);
+                warn!(request_id = ?ctx.request_id, upstream, error = %cause, "upstream failed");
+                Problem::new(ProblemKind::UpstreamUnavailable)
+                    .with_detail("the upstream could not be reached")
+            }
+        }
     }
 
     /// The raw HTTP/1.1 408 sent to a client that did not finish its request head in
