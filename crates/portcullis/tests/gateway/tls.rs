@@ -175,3 +175,34 @@ fn a_missing_key_file_stops_the_start_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/key.pem"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_admin_api_can_listen_with_tls() {
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[admin.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.cert, cert.key
+        ),
+    );
+    let gateway = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+    let url = gateway
+        .admin_url("/v1/tokens")
+        .replacen("http://", "https://", 1);
+    let reply = read_reply(
+        client(&cert.pem, rustls::ALL_VERSIONS, false)
+            .request(authorized(url))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(gateway.log().contains("admin API listening") && gateway.log().contains("tls=true"));
+}
