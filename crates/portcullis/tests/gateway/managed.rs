@@ -352,6 +352,13 @@ async fn an_unreachable_store_gives_503_never_an_allow() {
         !refused.text().contains("postgres"),
         "no store details leak"
     );
+    // A malformed or mistyped token is refused by its checksum, without asking the store.
+    let mut mistyped = uncached.clone().into_bytes();
+    mistyped[30] = if mistyped[30] == b'x' { b'y' } else { b'x' };
+    let mistyped = String::from_utf8(mistyped).unwrap();
+    call(&gateway, "GET", &mistyped)
+        .await
+        .assert_problem(401, "unauthorized");
     // A token verified moments ago is still trusted within the cache window.
     assert_eq!(call(&gateway, "GET", &cached).await.status, 200);
     get(&gateway.url("/ready"), &[])
