@@ -25,6 +25,7 @@ fn serve_refuses_to_start_without_credentials() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
     assert!(lines[0].contains("PORTCULLIS_API_TOKENS"), "{stderr}");
+    assert!(lines[0].contains("portcullis token create"), "{stderr}");
     assert!(!stderr.contains("listening"), "it must not bind: {stderr}");
 }
 

@@ -188,28 +188,18 @@ pub struct Launch {
 impl Launch {
     /// `serve` in front of `upstream` with [`TOKEN`] configured.
     pub fn new(upstream: &str) -> Self {
-        Self {
-            args: vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--admin-listen".into(),
-                "127.0.0.1:0".into(),
-                "--upstream".into(),
-                upstream.into(),
-            ],
-            env: vec![("PORTCULLIS_API_TOKENS".into(), TOKEN.into())],
-        }
+        Self::bare()
+            .arg("--upstream")
+            .arg(upstream)
+            .env("PORTCULLIS_API_TOKENS", TOKEN)
     }
 
-    /// `serve` with only a listen address, no upstream and no token.
+    /// `serve` with only listen addresses (port 0), no upstream and no token.
     pub fn bare() -> Self {
         Self {
-            args: vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--admin-listen".into(),
-                "127.0.0.1:0".into(),
-            ],
+            args: ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+                .map(String::from)
+                .to_vec(),
             env: Vec::new(),
         }
     }

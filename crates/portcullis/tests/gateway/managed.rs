@@ -436,26 +436,6 @@ fn postgres_needs_a_shared_pepper() {
     );
 }
 
-#[test]
-fn serve_with_an_empty_store_and_no_static_token_refuses_to_start() {
-    let output = portcullis()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "http://127.0.0.1:9",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("PORTCULLIS_API_TOKENS") && stderr.contains("portcullis token create"),
-        "{stderr}"
-    );
-}
-
 async fn admin(url: String, method: &str, token: Option<&str>, body: Option<Value>) -> Reply {
     let mut builder = http::Request::builder().method(method).uri(url);
     if let Some(token) = token {
