@@ -192,7 +192,8 @@ fn upstreams_and_routes(config: &Config, report: &mut Report) {
             );
         }
         for (method, scope) in &route.scopes {
-            if Method::from_bytes(method.as_bytes()).is_err() || !is_scope_name(scope) {
+            let standard = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+            if !standard.contains(&method.to_ascii_uppercase().as_str()) || !is_scope_name(scope) {
                 report.add(
                     "routes.scopes",
                     Severity::Error,

@@ -40,12 +40,22 @@ pub struct RequestContext {
     pub forwarded_host: Option<HeaderValue>,
     /// Whether the peer is a trusted proxy, so its forwarding headers may pass on.
     pub via_trusted_proxy: bool,
+    /// A trusted proxy sent an unreadable `X-Forwarded-For`, so `client_ip` (the proxy)
+    /// is not the client's: allow lists must not match it.
+    pub client_unknown: bool,
 }
 
 /// Resolves a [`RequestContext`] from a request and its connection.
 #[derive(Debug, Clone, Default)]
 pub struct ClientIdentity {
     trusted_proxies: Vec<IpNet>,
+}
+
+impl RequestContext {
+    /// The client's address, or `None` when a trusted proxy's chain did not say.
+    pub fn known_client_ip(&self) -> Option<IpAddr> {
+        (!self.client_unknown).then_some(self.client_ip)
+    }
 }
 
 impl ClientIdentity {
@@ -77,30 +87,37 @@ impl ClientIdentity {
             forwarded_for: peer_value.clone(),
             forwarded_host: own_host.clone(),
             via_trusted_proxy: false,
+            client_unknown: false,
         };
         if !self.is_trusted(peer) {
             return context;
         }
 
         context.via_trusted_proxy = true;
-        if let Some(chain) = forwarded_for_chain(headers) {
-            context.client_ip = self.client_from_chain(&chain).unwrap_or(peer);
-            let joined = chain
-                .iter()
-                .map(IpAddr::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            context.forwarded_for =
-                HeaderValue::from_str(&format!("{joined}, {peer}")).unwrap_or(peer_value);
+        match self.client_from_chain(headers) {
+            Ok(Some(client)) => context.client_ip = client,
+            Ok(None) => {}
+            // The hop next to our trusted proxies is unreadable, so the client is unknown:
+            // falling back to the proxy's own address would let the client pass as it.
+            Err(()) => context.client_unknown = true,
         }
-        if let Some(proto) = first_element(headers, &X_FORWARDED_PROTO) {
+        let chain: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !chain.is_empty() {
+            context.forwarded_for = HeaderValue::from_str(&format!("{}, {peer}", chain.join(", ")))
+                .unwrap_or(peer_value);
+        }
+        if let Some(proto) = last_element(headers, &X_FORWARDED_PROTO) {
             if proto.eq_ignore_ascii_case("https") {
                 context.https = true;
             } else if proto.eq_ignore_ascii_case("http") {
                 context.https = false;
             }
         }
-        if let Some(host) = first_element(headers, &X_FORWARDED_HOST)
+        if let Some(host) = last_element(headers, &X_FORWARDED_HOST)
             && let Ok(value) = HeaderValue::from_str(host)
         {
             context.forwarded_host = Some(value);
@@ -108,34 +125,37 @@ impl ClientIdentity {
         context
     }
 
-    /// The right-most address in the chain that is not one of our proxies: everything to
-    /// its right was appended by a proxy we trust, everything to its left by the client.
-    fn client_from_chain(&self, chain: &[IpAddr]) -> Option<IpAddr> {
-        chain
-            .iter()
-            .rev()
-            .find(|ip| !self.is_trusted(**ip))
-            .or_else(|| chain.first())
-            .copied()
-    }
-}
-
-/// Every address in all `X-Forwarded-For` fields, or `None` when the header is absent or
-/// any element is not an IP address (a chain we cannot read is not believed at all).
-fn forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
-    let mut chain = Vec::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        for element in value.to_str().ok()?.split(',') {
-            chain.push(element.trim().parse::<IpAddr>().ok()?.to_canonical());
+    /// The client's address from `X-Forwarded-For`, read from the right: every address our
+    /// trusted proxies appended is skipped, and the first one that is not theirs is the
+    /// client. `Ok(None)` without the header; `Err` when the entry where the client should
+    /// be is unreadable. Entries left of the client's (which the client wrote) are never
+    /// read.
+    fn client_from_chain(&self, headers: &HeaderMap) -> Result<Option<IpAddr>, ()> {
+        let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+        let mut leftmost = None;
+        for value in values.into_iter().rev() {
+            let text = value.to_str().map_err(|_| ())?;
+            for element in text.rsplit(',') {
+                let ip = element
+                    .trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| ())?
+                    .to_canonical();
+                if !self.is_trusted(ip) {
+                    return Ok(Some(ip));
+                }
+                leftmost = Some(ip);
+            }
         }
+        Ok(leftmost)
     }
-    (!chain.is_empty()).then_some(chain)
 }
 
-fn first_element<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    let value = headers.get(name)?.to_str().ok()?;
-    let first = value.split(',').next()?.trim();
-    (!first.is_empty()).then_some(first)
+/// The right-most element of a comma-separated header: the one our trusted proxy wrote.
+fn last_element<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let value = headers.get_all(name).iter().last()?.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    (!last.is_empty()).then_some(last)
 }
 
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
@@ -239,11 +259,29 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_chain_from_trusted_proxy_falls_back_to_the_peer() {
-        let req = request(&[("x-forwarded-for", "not-an-ip")]);
+    fn garbage_left_of_the_client_is_never_read() {
+        let req = request(&[("x-forwarded-for", "not-an-ip, 198.51.100.7")]);
         let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
-        assert_eq!(ctx.client_ip, "10.1.1.1".parse::<IpAddr>().unwrap());
-        assert_eq!(ctx.forwarded_for, "10.1.1.1");
+        assert_eq!(ctx.client_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert!(!ctx.client_unknown);
+    }
+
+    #[test]
+    fn an_unreadable_hop_next_to_our_proxies_makes_the_client_unknown() {
+        let req = request(&[("x-forwarded-for", "198.51.100.7, junk")]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
+        assert!(ctx.client_unknown);
+    }
+
+    #[test]
+    fn proto_and_host_are_read_from_the_right() {
+        let req = request(&[
+            ("x-forwarded-proto", "http, https"),
+            ("x-forwarded-host", "evil.example, public.example"),
+        ]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
+        assert!(ctx.https);
+        assert_eq!(ctx.forwarded_host.unwrap(), "public.example");
     }
 
     #[test]

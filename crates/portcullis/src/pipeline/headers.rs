@@ -104,12 +104,16 @@ pub fn strip_fingerprints(headers: &mut HeaderMap) {
 }
 
 /// Whether `path` is `prefix` or lies below it, on a segment boundary: `/api` covers
-/// `/api` and `/api/x`, not `/apix`.
+/// `/api` and `/api/x`, not `/apix`. Letters match in either case, so a path that a
+/// case-insensitive upstream would serve from a prefix is governed by that prefix's rules.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
+    match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+            let rest = &path[prefix.len()..];
+            rest.is_empty() || rest.starts_with('/')
+        }
+        _ => false,
     }
 }
 
@@ -200,6 +204,8 @@ mod tests {
         assert!(path_has_prefix("/api/x", "/api"));
         assert!(path_has_prefix("/api/x", "/api/"));
         assert!(!path_has_prefix("/apix", "/api"));
+        assert!(path_has_prefix("/API/x", "/api"));
+        assert!(!path_has_prefix("/ap", "/api"));
         assert!(path_has_prefix("/anything", "/"));
     }
 }

@@ -164,35 +164,84 @@ pub enum PathError {
     /// The decoded path is not UTF-8 (which also catches overlong encodings of `.` and `/`).
     #[error("the decoded path is not valid UTF-8")]
     NotUtf8,
+    /// A `;` path parameter, which some servers strip before routing.
+    #[error("the path contains a ';' path parameter")]
+    PathParameter,
+    /// `//` inside the path, which some servers collapse before routing.
+    #[error("the path contains an empty segment")]
+    EmptySegment,
+    /// `%61` for `a` and the like, which servers decode before routing.
+    #[error("the path percent-encodes a character that needs no encoding")]
+    EncodedUnreserved,
+    /// `%25` encoding another escape more than once.
+    #[error("the path is percent-encoded more than twice")]
+    TooManyEncodings,
 }
 
-/// Accepts `path` only when it means the same thing however many times it is decoded.
+/// Accepts `path` only when it means the same thing however many times it is decoded, and
+/// to servers that normalise paths in the usual ways.
 ///
-/// The raw path, its percent-decoding and (when that still holds `%`) its second decoding
-/// must each be free of dot segments (`.`, `..`, also with `;params`), NUL and backslash.
+/// The raw path, its percent-decoding and its second (lenient) decoding must each be free
+/// of dot segments (`.`, `..`, also `..;x`), NUL and backslash. Also refused, because
+/// upstreams commonly normalise them away after the gateway has matched the route: path
+/// parameters (`;`), empty segments (`//`) other than a trailing slash, percent-encoded
+/// unreserved characters (`%61` for `a`), at either decoding level, and a third level of
+/// encoding.
 pub fn check_path(path: &str) -> Result<(), PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     check_segments(path.as_bytes())?;
     if !path.contains('%') {
-        return Ok(());
+        return check_shape(path.as_bytes());
     }
     let once = percent_decode(path.as_bytes()).ok_or(PathError::BadPercentEncoding)?;
     if std::str::from_utf8(&once).is_err() {
         return Err(PathError::NotUtf8);
     }
     check_segments(&once)?;
-    if !once.contains(&b'%') {
-        return Ok(());
+    // A `%` left after one decoding is either a literal percent sign (`%25`) or a double
+    // encoding, which must be as clean as the single one; bad escapes stay as they are,
+    // as lenient decoders leave them.
+    let twice = percent_decode_lenient(&once);
+    if std::str::from_utf8(&twice).is_err() {
+        return Err(PathError::NotUtf8);
     }
-    // A `%` left after one decoding is either a literal percent sign (`%25`), which is
-    // fine, or a double encoding, which must be as clean as the single one.
-    match percent_decode(&once) {
-        Some(twice) if std::str::from_utf8(&twice).is_err() => Err(PathError::NotUtf8),
-        Some(twice) => check_segments(&twice),
-        None => Ok(()),
+    check_segments(&twice)?;
+    check_shape(path.as_bytes())?;
+    check_shape(&once)?;
+    if has_escape(&twice) {
+        return Err(PathError::TooManyEncodings);
     }
+    Ok(())
+}
+
+/// The checks that hold for the raw and the once-decoded path: no path parameters, no
+/// empty segment before the last, no encoded unreserved character.
+fn check_shape(path: &[u8]) -> Result<(), PathError> {
+    if path.contains(&b';') {
+        return Err(PathError::PathParameter);
+    }
+    let segments = path.split(|b| *b == b'/').skip(1);
+    let count = path.iter().filter(|b| **b == b'/').count();
+    if segments.take(count.saturating_sub(1)).any(<[u8]>::is_empty) {
+        return Err(PathError::EmptySegment);
+    }
+    let encoded_unreserved = path.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!((hex_value(w[1]), hex_value(w[2])), (Some(h), Some(l))
+                if { let c = h << 4 | l; c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') })
+    });
+    if encoded_unreserved {
+        return Err(PathError::EncodedUnreserved);
+    }
+    Ok(())
+}
+
+/// Whether `path` holds a well-formed `%XX` escape.
+fn has_escape(path: &[u8]) -> bool {
+    path.windows(3)
+        .any(|w| w[0] == b'%' && hex_value(w[1]).is_some() && hex_value(w[2]).is_some())
 }
 
 fn check_segments(path: &[u8]) -> Result<(), PathError> {
@@ -210,6 +259,29 @@ fn check_segments(path: &[u8]) -> Result<(), PathError> {
         }
     }
     Ok(())
+}
+
+/// Decodes the well-formed `%XX` escapes of `input` and keeps anything else as it is.
+fn percent_decode_lenient(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match (
+            input[i],
+            input.get(i + 1).copied().and_then(hex_value),
+            input.get(i + 2).copied().and_then(hex_value),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(high << 4 | low);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Decodes `%XX` escapes; `None` when a `%` is not followed by two hex digits.
@@ -338,7 +410,6 @@ mod tests {
             "/a/..%2fb",
             "/a/%2e%2e%2fb",
             "/a/..;/b",
-            "/a/%2e%2e;x/b",
             "/%2e",
         ] {
             assert_eq!(check_path(path), Err(PathError::DotSegment), "{path}");
@@ -359,6 +430,44 @@ mod tests {
     }
 
     #[test]
+    fn refuses_what_upstreams_would_normalise_after_routing() {
+        assert_eq!(
+            check_path("/%61dmin/users"),
+            Err(PathError::EncodedUnreserved)
+        );
+        assert_eq!(
+            check_path("/%2561dmin/users"),
+            Err(PathError::EncodedUnreserved)
+        );
+        assert_eq!(check_path("/admin;x/users"), Err(PathError::PathParameter));
+        assert_eq!(
+            check_path("/admin%3bx/users"),
+            Err(PathError::PathParameter)
+        );
+        assert_eq!(check_path("//admin/users"), Err(PathError::EmptySegment));
+        assert_eq!(check_path("/a//b"), Err(PathError::EmptySegment));
+        assert_eq!(
+            check_path("/a/b%2Fc"),
+            Ok(()),
+            "an encoded slash inside a segment stays allowed"
+        );
+        assert_eq!(
+            check_path("/a/%25252e%25252e/b"),
+            Err(PathError::TooManyEncodings)
+        );
+    }
+
+    #[test]
+    fn a_stray_percent_does_not_hide_a_double_encoding() {
+        assert_eq!(
+            check_path("/files/%252e%252e/secret/%25zz"),
+            Err(PathError::DotSegment)
+        );
+        assert_eq!(check_path("/a%2500b%25"), Err(PathError::Nul));
+        assert_eq!(check_path("/a%255cb%25"), Err(PathError::Backslash));
+    }
+
+    #[test]
     fn accepts_ordinary_paths() {
         for path in [
             "/",
@@ -370,7 +479,8 @@ mod tests {
             "/files/a%2Fb",
             "/100%25",
             "/caf%C3%A9",
-            "/a//b",
+            "/a/",
+            "/files/a%2Fb%20c",
         ] {
             assert_eq!(check_path(path), Ok(()), "{path}");
         }

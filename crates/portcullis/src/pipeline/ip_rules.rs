@@ -25,11 +25,17 @@ impl IpRules {
         Self { allow, deny }
     }
 
-    /// Refuses `ip` with 403 unless the rules let it through.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Problem> {
-        let denied = self.deny.iter().any(|net| net.contains(&ip));
-        let not_allowed = !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(&ip));
-        if denied || not_allowed {
+    /// Refuses the client with 403 unless the rules let it through; `None` is a client
+    /// whose address is unknown, which no rule can vouch for.
+    pub fn check(&self, ip: Option<IpAddr>) -> Result<(), Problem> {
+        let refused = match ip {
+            Some(ip) => {
+                self.deny.iter().any(|net| net.contains(&ip))
+                    || (!self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(&ip)))
+            }
+            None => !self.allow.is_empty() || !self.deny.is_empty(),
+        };
+        if refused {
             Err(Problem::new(ProblemKind::IpDenied)
                 .with_detail("requests from this address are not allowed here"))
         } else {
@@ -151,16 +157,21 @@ mod tests {
             vec!["10.0.0.0/8".parse().unwrap()],
             vec!["10.0.0.66/32".parse().unwrap()],
         );
-        assert!(rules.check(ip("10.1.2.3")).is_ok());
+        assert!(rules.check(Some(ip("10.1.2.3"))).is_ok());
         assert_eq!(
-            rules.check(ip("10.0.0.66")).unwrap_err().kind(),
+            rules.check(Some(ip("10.0.0.66"))).unwrap_err().kind(),
             ProblemKind::IpDenied
         );
         assert_eq!(
-            rules.check(ip("192.0.2.1")).unwrap_err().kind(),
+            rules.check(Some(ip("192.0.2.1"))).unwrap_err().kind(),
             ProblemKind::IpDenied
         );
-        assert!(IpRules::default().check(ip("192.0.2.1")).is_ok());
+        assert!(IpRules::default().check(Some(ip("192.0.2.1"))).is_ok());
+        assert!(
+            rules.check(None).is_err(),
+            "an unknown client matches no allow list"
+        );
+        assert!(IpRules::default().check(None).is_ok());
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Gateway {
                     .scopes
                     .iter()
                     .map(|(method, scope)| {
-                        Method::from_bytes(method.as_bytes())
+                        Method::from_bytes(method.to_ascii_uppercase().as_bytes())
                             .map(|m| (m, scope.clone()))
                             .map_err(|_| GatewayError::InvalidHeader {
                                 what: "route scope method",
@@ -201,9 +201,11 @@ impl Gateway {
             return self.health.answer(probe, request.method()).await;
         }
         let route = self.router.find(request.uri().path());
-        self.bans.check(ctx.client_ip)?;
+        if let Some(client) = ctx.known_client_ip() {
+            self.bans.check(client)?;
+        }
         if let Some(route) = route {
-            route.ip_rules().check(ctx.client_ip)?;
+            route.ip_rules().check(ctx.known_client_ip())?;
         }
         if let Some(cors) = &self.cors
             && let Some(answer) = cors.preflight(&request)
@@ -235,13 +237,14 @@ impl Gateway {
             }
             None => self.auth.authenticate(request.headers()).await,
         };
-        if let Err(refusal) = &attempt
-            && matches!(
+        let failed = attempt.as_ref().is_err_and(|refusal| {
+            matches!(
                 refusal.kind(),
                 ProblemKind::Unauthorized | ProblemKind::NotFound
             )
-        {
-            self.bans.record_failure(ctx.client_ip);
+        });
+        if failed && let Some(client) = ctx.known_client_ip() {
+            self.bans.record_failure(client);
         }
         attempt
     }

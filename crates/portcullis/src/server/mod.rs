@@ -249,6 +249,9 @@ impl Connections {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
+            // Our own deadline (HeadDeadlineIo) answers 408; hyper's would close silently,
+            // and giving it a timer turns its default 30 s one on.
+            .header_read_timeout(None)
             .max_buf_size((2 * head_budget).max(16 * 1024))
             .max_headers((2 * limits.max_headers).max(100));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -18,6 +18,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Headers that make some upstreams serve another path or method than the one the
+/// gateway authorised.
+const OVERRIDES: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Removes hop-by-hop headers, including any that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -48,6 +58,9 @@ pub fn prepare_request_headers(
 ) {
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
+    for name in OVERRIDES {
+        headers.remove(name);
+    }
     if !ctx.via_trusted_proxy {
         headers.remove(header::FORWARDED);
         headers.remove("x-real-ip");
@@ -75,6 +88,7 @@ mod tests {
             forwarded_for: HeaderValue::from_static("192.0.2.1"),
             forwarded_host: Some(HeaderValue::from_static("public.example")),
             via_trusted_proxy: trusted,
+            client_unknown: false,
         }
     }
 
@@ -91,6 +105,8 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("forwarded", "for=1.2.3.4"),
             ("x-real-ip", "1.2.3.4"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/admin"),
             ("x-forwarded-for", "1.2.3.4"),
             ("accept", "application/json"),
         ] {
@@ -112,6 +128,8 @@ mod tests {
             "proxy-authorization",
             "forwarded",
             "x-real-ip",
+            "x-http-method-override",
+            "x-original-url",
         ] {
             assert!(!names.contains(&gone), "{gone} was forwarded");
         }

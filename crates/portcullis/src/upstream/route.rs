@@ -23,9 +23,15 @@ impl RouteScopes {
         }
     }
 
-    /// The scope a request with `method` needs.
+    /// The scope a request with `method` needs; HEAD needs what GET needs, since
+    /// servers answer HEAD with the GET handler.
     pub fn required(&self, method: &Method) -> &str {
-        if let Some((_, scope)) = self.by_method.iter().find(|(m, _)| m == method) {
+        let lookup = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        if let Some((_, scope)) = self.by_method.iter().find(|(m, _)| m == lookup) {
             return scope;
         }
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -201,6 +207,12 @@ mod tests {
         assert_eq!(scopes.required(&Method::OPTIONS), "read");
         assert_eq!(scopes.required(&Method::DELETE), "write");
         assert_eq!(scopes.required(&Method::POST), "reports:run");
+        let guarded = RouteScopes::new(vec![(Method::GET, "admin".into())]);
+        assert_eq!(
+            guarded.required(&Method::HEAD),
+            "admin",
+            "HEAD runs the GET handler"
+        );
     }
 
     #[tokio::test]

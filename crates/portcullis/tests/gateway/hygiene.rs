@@ -30,6 +30,11 @@ async fn ambiguous_paths_are_400_and_never_reach_the_upstream() {
         "/v1/%zz",
         "/v1/%2",
         "/v1/%c0%ae%c0%ae/admin",
+        "/v1/files/%252e%252e/secret/%25zz",
+        "/%61dmin/users",
+        "/admin;x/users",
+        "//admin/users",
+        "/v1/%25252e%25252e/x",
     ] {
         let reply = raw(gateway.addr, &raw_get(target)).await;
         let problem = reply.assert_problem(400, "invalid-path");
