@@ -153,7 +153,7 @@ impl ClientIdentity {
 
 /// The right-most element of a comma-separated header: the one our trusted proxy wrote.
 fn last_element<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    let value = headers.get_all(name).iter().last()?.to_str().ok()?;
+    let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
     let last = value.rsplit(',').next()?.trim();
     (!last.is_empty()).then_some(last)
 }
