@@ -2,9 +2,11 @@
 //!
 //! Each worker has its own pipeline and so its own pools, so a connection is only ever used
 //! by the thread that opened it. A connection goes back to the pool when the response body
-//! it carried has been read to the end; one whose response was abandoned is closed.
+//! it carried has been read to the end and the request body has been sent whole; one whose
+//! response was abandoned, or that answered before taking the whole upload, is closed.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -39,8 +41,11 @@ pub enum PoolError {
     Exchange(#[from] hyper::Error),
 }
 
+/// What a pooled connection carries: the client's body, reporting when it has been sent.
+type Sent = SentBody<UpstreamBody>;
+
 struct IdleConnection {
-    sender: SendRequest<UpstreamBody>,
+    sender: SendRequest<Sent>,
     since: Instant,
 }
 
@@ -65,11 +70,13 @@ impl Pool {
     /// Sends `request` (origin-form URI) on a pooled connection, or a new one.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<UpstreamBody>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let request_sent = Arc::new(AtomicBool::new(false));
+        let mut request = request.map(|body| SentBody::new(body, request_sent.clone()));
         if let Some(mut sender) = self.checkout().await {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
+                Ok(response) => return Ok(self.wrap(response, sender, request_sent)),
                 // The connection closed before the request was written: nothing was sent,
                 // so it is safe to try once more on a new connection.
                 Err(mut error) => match error.take_message() {
@@ -80,11 +87,11 @@ impl Pool {
         }
         let mut sender = self.connect().await?;
         let response = sender.send_request(request).await?;
-        Ok(self.wrap(response, sender))
+        Ok(self.wrap(response, sender, request_sent))
     }
 
     /// The most recently used idle connection that is still open, ready for a request.
-    async fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    async fn checkout(&self) -> Option<SendRequest<Sent>> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
             if idle.sender.is_closed() || idle.since.elapsed() >= IDLE_TIMEOUT {
@@ -97,7 +104,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+    async fn connect(&self) -> Result<SendRequest<Sent>, PoolError> {
         let io = self
             .connector
             .clone()
@@ -116,17 +123,19 @@ impl Pool {
     fn wrap(
         self: &Arc<Self>,
         response: Response<Incoming>,
-        sender: SendRequest<UpstreamBody>,
+        sender: SendRequest<Sent>,
+        request_sent: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
         let pool = Arc::downgrade(self);
         response.map(|body| PooledBody {
             body,
             ended: false,
+            request_sent,
             checkin: Some((sender, pool)),
         })
     }
 
-    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+    fn checkin(&self, sender: SendRequest<Sent>) {
         if sender.is_closed() {
             return;
         }
@@ -145,14 +154,16 @@ impl Pool {
 pub struct PooledBody {
     body: Incoming,
     ended: bool,
-    checkin: Option<(SendRequest<UpstreamBody>, Weak<Pool>)>,
+    request_sent: Arc<AtomicBool>,
+    checkin: Option<(SendRequest<Sent>, Weak<Pool>)>,
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        // A body dropped before its end leaves unread bytes on the connection, which then
-        // cannot carry another request; it closes with the sender.
+        // A body dropped before its end leaves unread bytes on the connection, and an
+        // upload still going holds it busy: either way it closes with the sender instead.
         if (self.ended || self.body.is_end_stream())
+            && self.request_sent.load(Ordering::Acquire)
             && let Some((sender, pool)) = self.checkin.take()
             && let Some(pool) = pool.upgrade()
         {
@@ -182,5 +193,46 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A request body that records when it has been sent whole.
+pub struct SentBody<B> {
+    inner: B,
+    sent: Arc<AtomicBool>,
+}
+
+impl<B: Body> SentBody<B> {
+    fn new(inner: B, sent: Arc<AtomicBool>) -> Self {
+        if inner.is_end_stream() {
+            sent.store(true, Ordering::Release);
+        }
+        Self { inner, sent }
+    }
+}
+
+impl<B: Body + Unpin> Body for SentBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // Whole when the stream ends, or when the last declared byte has gone (hyper does
+        // not ask again after a Content-Length is met).
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.sent.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
