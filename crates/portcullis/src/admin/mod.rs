@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,9 @@ use crate::server::tls;
 
 /// The CSP of the docs page: its own inline styles, nothing else.
 pub const DOCS_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
+
+/// Time an admin client has for its TLS handshake and for each request head.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +73,12 @@ impl AdminServer {
     pub async fn bind(config: &Config, tokens: Arc<TokenVerifier>) -> Result<Self, AdminError> {
         let admin = &config.admin;
         let tls = match &admin.tls {
-            Some(files) => Some(TlsAcceptor::from(tls::load(&files.cert, &files.key)?)),
+            // The admin API speaks HTTP/1.1 only, so it must not offer h2.
+            Some(files) => Some(TlsAcceptor::from(tls::load_with_alpn(
+                &files.cert,
+                &files.key,
+                &[b"http/1.1"],
+            )?)),
             None => None,
         };
         let listener =
@@ -125,16 +133,26 @@ impl AdminServer {
             let service = TowerToHyperService::new(self.router.clone());
             let tls = self.tls.clone();
             tokio::spawn(async move {
-                let builder = hyper::server::conn::http1::Builder::new();
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEAD_TIMEOUT);
                 let served = match tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => {
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(ADMIN_HEAD_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Ok(Err(error)) => {
+                                return debug!(%peer, %error, "admin TLS handshake failed");
+                            }
+                            Err(_) => return debug!(%peer, "admin TLS handshake timed out"),
                         }
-                        Err(error) => return debug!(%peer, %error, "admin TLS handshake failed"),
-                    },
+                    }
                     None => {
                         builder
                             .serve_connection(TokioIo::new(stream), service)

@@ -290,13 +290,21 @@ impl Credentials {
         let old_expiry = old.expires_at.map_or(overlap_end, |e| e.min(overlap_end));
 
         let mut transaction = self.store.pool().begin().await?;
-        // The old token gives up its name first, so the successor can take it.
-        sqlx::query("UPDATE tokens SET superseded_by = $1, expires_at = $2 WHERE id = $3")
-            .bind(&successor.id)
-            .bind(old_expiry)
-            .bind(id)
-            .execute(&mut *transaction)
-            .await?;
+        // The old token gives up its name first, so the successor can take it; the
+        // conditions make a concurrent revocation, rotation or expiry win.
+        let updated = sqlx::query(
+            "UPDATE tokens SET superseded_by = $1, expires_at = $2 WHERE id = $3 \
+             AND revoked_at IS NULL AND superseded_by IS NULL AND (expires_at IS NULL OR expires_at > $4)",
+        )
+        .bind(&successor.id)
+        .bind(old_expiry)
+        .bind(id)
+        .bind(at)
+        .execute(&mut *transaction)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(CredentialError::NotLive(id.to_owned()));
+        }
         insert(
             &mut transaction,
             &successor,
@@ -428,28 +436,80 @@ fn pepper_from_data_dir(dir: &Path) -> Result<SecretString, CredentialError> {
     let path = dir.join(PEPPER_FILE);
     let failed =
         |error: std::io::Error| CredentialError::Pepper(format!("{}: {error}", path.display()));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => return Ok(SecretString::from(text.trim().to_owned())),
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(failed(error)),
-        Err(_) => {}
+    let read = |path: &Path| -> Result<SecretString, CredentialError> {
+        let text = std::fs::read_to_string(path).map_err(failed)?;
+        let pepper = text.trim();
+        if pepper.len() < 16 {
+            return Err(CredentialError::Pepper(format!(
+                "{} holds fewer than 16 characters; remove it to generate a new one (every token then needs re-issuing)",
+                path.display()
+            )));
+        }
+        Ok(SecretString::from(pepper.to_owned()))
+    };
+    if path.exists() {
+        return read(&path);
     }
     std::fs::create_dir_all(dir).map_err(failed)?;
+    // Written whole to a private temporary file, then linked into place: a concurrent
+    // start or a crash never leaves a partial pepper behind.
+    let temporary = dir.join(format!("{PEPPER_FILE}.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let pepper = token::mint().secret;
-    match options.open(&path) {
-        Ok(mut file) => {
-            file.write_all(pepper.expose_secret().as_bytes())
-                .map_err(failed)?;
-            Ok(pepper)
-        }
-        // Another process created it first: use theirs.
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            let text = std::fs::read_to_string(&path).map_err(failed)?;
-            Ok(SecretString::from(text.trim().to_owned()))
-        }
+    let mut file = options.open(&temporary).map_err(failed)?;
+    file.write_all(pepper.expose_secret().as_bytes())
+        .map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    drop(file);
+    // `hard_link` fails if another process put a pepper in place first: use theirs.
+    let linked = std::fs::hard_link(&temporary, &path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(pepper),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
         Err(error) => Err(failed(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_pepper_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = StoreLocation::DataDir(dir.path().to_owned());
+        let first = load_pepper(&location, |_| None).unwrap();
+        let second = load_pepper(&location, |_| None).unwrap();
+        assert_eq!(first.expose_secret(), second.expose_secret());
+        assert!(first.expose_secret().len() >= 16);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(PEPPER_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_short_pepper_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PEPPER_FILE), "short").unwrap();
+        let location = StoreLocation::DataDir(dir.path().to_owned());
+        assert!(matches!(
+            load_pepper(&location, |_| None),
+            Err(CredentialError::Pepper(_))
+        ));
+        let env = |name: &str| (name == PEPPER_VAR).then(|| "too-short".to_owned());
+        assert!(matches!(
+            load_pepper(&location, env),
+            Err(CredentialError::Pepper(_))
+        ));
     }
 }

@@ -34,6 +34,15 @@ pub enum TlsError {
 /// Loads a PEM certificate chain and private key into a server configuration that speaks
 /// TLS 1.2 and 1.3 and offers `h2` and `http/1.1`.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    load_with_alpn(cert, key, &[b"h2", b"http/1.1"])
+}
+
+/// Like [`load`], offering only the protocols in `alpn`.
+pub fn load_with_alpn(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_error = |reason: String| TlsError::Certificate {
         path: cert.to_owned(),
         reason,
@@ -55,6 +64,6 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -197,12 +197,17 @@ async fn the_admin_api_can_listen_with_tls() {
         .admin_url("/v1/tokens")
         .replacen("http://", "https://", 1);
     let reply = read_reply(
-        client(&cert.pem, rustls::ALL_VERSIONS, false)
+        client(&cert.pem, rustls::ALL_VERSIONS, true)
             .request(authorized(url))
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.version,
+        Version::HTTP_11,
+        "a client offering h2 is answered in HTTP/1.1"
+    );
     assert!(gateway.log().contains("admin API listening") && gateway.log().contains("tls=true"));
 }
