@@ -231,7 +231,7 @@ async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) 
     };
     // Only an existing store is opened: `check` creates nothing.
     let facts = match store_args.location(|name| std::env::var(name).ok()) {
-        Ok(StoreLocation::DataDir(dir)) if !dir.exists() => Facts::default(),
+        Ok(StoreLocation::DataDir(dir)) if !dir.join("portcullis.db").exists() => Facts::default(),
         Ok(location) => match open_store(&config, &location).await {
             Ok((_, facts)) => facts,
             Err(message) => {
