@@ -335,11 +335,6 @@ impl Credentials {
             .count())
     }
 
-    /// The store these credentials live in.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Records that the tokens `ids` were used at `at`.
     pub async fn mark_used(&self, ids: &[String], at: i64) -> Result<(), CredentialError> {
         for id in ids {

@@ -66,12 +66,6 @@ pub fn is_well_formed(token: &str) -> bool {
     ) == checksum
 }
 
-/// Whether `token` looks like a managed token at all (it starts with `pcl_`), so a
-/// malformed one can be refused without trying other credential kinds.
-pub fn claims_managed_format(token: &str) -> bool {
-    token.starts_with(PREFIX)
-}
-
 /// Big-endian `bytes` in base62, left-padded with `0` to `width` characters.
 fn base62(bytes: &[u8], width: usize) -> String {
     let mut number = bytes.to_vec();

@@ -51,22 +51,6 @@ impl Principal {
         }
     }
 
-    /// The managed credential's id; `None` for static tokens.
-    pub fn token_id(&self) -> Option<&str> {
-        match &self.0 {
-            Caller::Static => None,
-            Caller::Managed(record) => Some(&record.id),
-        }
-    }
-
-    /// The tenant, if the credential has one.
-    pub fn tenant(&self) -> Option<&str> {
-        match &self.0 {
-            Caller::Static => None,
-            Caller::Managed(record) => record.tenant.as_deref(),
-        }
-    }
-
     /// Whether the caller may act with `scope` (`admin` implies every scope).
     pub fn has_scope(&self, scope: &str) -> bool {
         match &self.0 {
