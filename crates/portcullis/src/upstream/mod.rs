@@ -69,7 +69,7 @@ pub enum ForwardError {
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
     /// Connection refused, reset, TLS failure or a malformed response.
-    #[error("upstream request failed: {0}")]
+    #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
 }
 

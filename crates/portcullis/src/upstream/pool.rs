@@ -34,7 +34,7 @@ const MAX_IDLE: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// No connection could be opened (refused, unreachable, TLS failure).
-    #[error("connect failed: {0}")]
+    #[error("connect failed")]
     Connect(#[source] BoxError),
     /// The exchange failed on an open connection.
     #[error(transparent)]

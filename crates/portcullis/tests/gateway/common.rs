@@ -306,6 +306,17 @@ impl Gateway {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the log says `text` within a few seconds (it is read on another thread).
+    pub fn log_shows(&self, text: &str) -> bool {
+        for _ in 0..200 {
+            if self.log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

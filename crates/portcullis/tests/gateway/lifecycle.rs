@@ -79,5 +79,5 @@ async fn sigint_on_an_idle_gateway_exits_zero() {
     signal(gateway.pid(), "INT");
     let status = gateway.wait(Duration::from_secs(20));
     assert!(status.success());
-    assert!(gateway.log().contains("shutting down"));
+    assert!(gateway.log_shows("shutting down"));
 }
