@@ -181,13 +181,13 @@ impl Authenticator {
     /// when the credential store cannot be asked (never an allow).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
         let token = bearer_token(headers).map_err(unauthorized)?;
-        // A token in the managed format (with a valid checksum) is looked up first; only
-        // if that fails is it compared with the static tokens, so each kind pays for one
-        // check in the common case.
+        // A token with the managed prefix is verified first (the verifier checks its format
+        // and checksum); only if that fails is it compared with the static tokens, so each
+        // kind pays for one check in the common case.
         if let Some(managed) = self
             .managed
             .as_ref()
-            .filter(|_| token::is_well_formed(token))
+            .filter(|_| token.starts_with(token::PREFIX))
         {
             match managed.verify(token).await {
                 Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Token => {

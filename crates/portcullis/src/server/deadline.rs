@@ -238,23 +238,26 @@ impl<B: Body + Unpin> Body for PhaseBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
-    fn reply() -> TimeoutReply {
-        Arc::new(|| Bytes::from_static(b"HTTP/1.1 408 Request Timeout\r\n\r\n"))
+    /// A server end with a 5 s header deadline and a 60 s idle timeout.
+    fn deadline_io(server: DuplexStream, phase: Arc<RequestPhase>) -> HeadDeadlineIo<DuplexStream> {
+        let reply: TimeoutReply =
+            Arc::new(|| Bytes::from_static(b"HTTP/1.1 408 Request Timeout\r\n\r\n"));
+        HeadDeadlineIo::new(
+            server,
+            phase,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            reply,
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn partial_head_gets_a_408_then_eof() {
         let (mut client, server) = duplex(1024);
         let phase = Arc::new(RequestPhase::default());
-        let mut io = HeadDeadlineIo::new(
-            server,
-            phase,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            reply(),
-        );
+        let mut io = deadline_io(server, phase);
         client.write_all(b"GET / HT").await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(io.read(&mut buf).await.unwrap(), 8);
@@ -270,13 +273,7 @@ mod tests {
     async fn silent_connection_is_closed_without_a_reply() {
         let (mut client, server) = duplex(1024);
         let phase = Arc::new(RequestPhase::default());
-        let mut io = HeadDeadlineIo::new(
-            server,
-            phase,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            reply(),
-        );
+        let mut io = deadline_io(server, phase);
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         drop(io);
@@ -289,13 +286,7 @@ mod tests {
     async fn no_deadline_while_a_request_is_served_and_idle_timeout_after() {
         let (mut client, server) = duplex(1024);
         let phase = Arc::new(RequestPhase::default());
-        let mut io = HeadDeadlineIo::new(
-            server,
-            phase.clone(),
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            reply(),
-        );
+        let mut io = deadline_io(server, phase.clone());
         phase.request_started();
         let read = tokio::spawn(async move {
             let mut buf = [0u8; 8];
