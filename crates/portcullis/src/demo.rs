@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{Config, RateSpec};
 use crate::pipeline::Shared;
 use crate::server::{Server, ServerError};
 
@@ -28,6 +30,9 @@ pub enum DemoError {
     /// The gateway could not start (e.g. its port is taken: try `--listen 127.0.0.1:0`).
     #[error(transparent)]
     Gateway(#[from] ServerError),
+    /// The gateway's shared state could not be built.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::GatewayError),
 }
 
 /// Runs the sample API and the gateway until `shutdown` resolves.
@@ -44,12 +49,16 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         api_tokens: vec![SecretString::from(token.clone())],
         ..Config::default()
     };
+    config.rate_limit.default = RateSpec::new(DEMO_RATE_PER_MINUTE, Duration::from_secs(60));
     config.set_default_upstream(&format!("http://{api_addr}"));
-    let server = Server::bind(&config, &Shared::new(&config))?;
+    let server = Server::bind(&config, &Shared::new(&config)?)?;
     print_instructions(server.local_addr(), &token);
     server.run(shutdown).await;
     Ok(())
 }
+
+/// The demo's rate limit per token, low enough to see it refuse.
+const DEMO_RATE_PER_MINUTE: u32 = 20;
 
 /// 32 random bytes as 64 hex digits.
 fn mint_token() -> String {
@@ -78,6 +87,9 @@ A refused path (dot segments never reach the API: 400):
 
 The headers the gateway adds (and the Server / X-Powered-By it removes):
   curl -s -D - -o /dev/null -H \"Authorization: Bearer $TOKEN\" {base}/v1/positions/SKU-1001
+
+A rate limit of {DEMO_RATE_PER_MINUTE}/min per token: the 21st call in a burst gets 429 with Retry-After:
+  for i in $(seq 21); do curl -s -o /dev/null -w '%{{http_code}} ' -H \"Authorization: Bearer $TOKEN\" {base}/v1/positions; done; echo
 
 Liveness, with no token:
   curl -s {base}/health

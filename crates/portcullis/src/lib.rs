@@ -25,6 +25,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod upstream;

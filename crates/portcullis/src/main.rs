@@ -176,13 +176,15 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     };
     let tokens = shared.tokens.clone();
     let admin = match (&tokens, config.admin.enabled) {
-        (Some(tokens), true) => match AdminServer::bind(&config, tokens.clone()).await {
-            Ok(admin) => Some(tokio::spawn(admin.run())),
-            Err(error) => {
-                eprintln!("portcullis: {error}");
-                return ExitCode::FAILURE;
+        (Some(tokens), true) => {
+            match AdminServer::bind(&config, tokens.clone(), shared.rate_limits.clone()).await {
+                Ok(admin) => Some(tokio::spawn(admin.run())),
+                Err(error) => {
+                    eprintln!("portcullis: {error}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         _ => None,
     };
     let usage = tokens.clone().map(|tokens| {
@@ -220,7 +222,7 @@ async fn open_store(config: &Config, location: &StoreLocation) -> Result<(Shared
     let shared = Shared {
         tokens: Some(tokens),
         store: Some(store),
-        ..Shared::new(config)
+        ..Shared::new(config).map_err(|e| e.to_string())?
     };
     Ok((
         shared,

@@ -30,6 +30,7 @@ use crate::pipeline::auth::{Authenticator, StaticTokens, insufficient_scope};
 use crate::pipeline::context::{X_REQUEST_ID, request_id};
 use crate::pipeline::headers::{ResponseHeaders, SecurityHeadersPolicy};
 use crate::pipeline::problem::{Problem, ProblemKind};
+use crate::ratelimit::{RateLimits, Snapshot};
 use crate::server::tls;
 
 /// The CSP of the docs page: its own inline styles, nothing else.
@@ -58,6 +59,7 @@ pub enum AdminError {
 struct AdminState {
     auth: Arc<Authenticator>,
     tokens: Arc<TokenVerifier>,
+    rate_limits: Arc<RateLimits>,
 }
 
 /// A bound admin listener.
@@ -69,8 +71,13 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds the admin listener of `config`, managing the tokens `tokens` verifies.
-    pub async fn bind(config: &Config, tokens: Arc<TokenVerifier>) -> Result<Self, AdminError> {
+    /// Binds the admin listener of `config`, managing the tokens `tokens` verifies and
+    /// reporting on `rate_limits`.
+    pub async fn bind(
+        config: &Config,
+        tokens: Arc<TokenVerifier>,
+        rate_limits: Arc<RateLimits>,
+    ) -> Result<Self, AdminError> {
         let admin = &config.admin;
         let tls = match &admin.tls {
             // The admin API speaks HTTP/1.1 only, so it must not offer h2.
@@ -111,6 +118,7 @@ impl AdminServer {
                 AdminState {
                     auth: Arc::new(auth),
                     tokens,
+                    rate_limits,
                 },
                 Arc::new(headers),
             ),
@@ -173,6 +181,8 @@ fn router(state: AdminState, headers: Arc<ResponseHeaders>) -> Router {
         .route("/v1/tokens/{id}", get(show_token))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/tokens/{id}/rotate", post(rotate_token))
+        .route("/v1/rate-limits", get(rate_limits))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state);
     Router::new()
@@ -439,13 +449,58 @@ async fn rotate_token(
     }
 }
 
+#[utoipa::path(get, path = "/v1/rate-limits",
+    responses((status = 200, body = Snapshot), (status = 401), (status = 403)))]
+async fn rate_limits(State(state): State<AdminState>) -> Json<Snapshot> {
+    Json(state.rate_limits.snapshot())
+}
+
+/// The rate-limit counters in the Prometheus text format.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let snapshot = state.rate_limits.snapshot();
+    let mut text = String::from(
+        "# HELP portcullis_rate_limit_requests_total Requests checked against a route's rate limits, by decision.\n\
+         # TYPE portcullis_rate_limit_requests_total counter\n",
+    );
+    for route in &snapshot.routes {
+        let label = route.path_prefix.replace('\\', "\\\\").replace('"', "\\\"");
+        for (decision, count) in [("allowed", route.allowed), ("limited", route.limited)] {
+            text.push_str(&format!(
+                "portcullis_rate_limit_requests_total{{route=\"{label}\",decision=\"{decision}\"}} {count}\n"
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "# HELP portcullis_rate_limit_backend Where rate limits are kept: 1 for the current state.\n\
+         # TYPE portcullis_rate_limit_backend gauge\n\
+         portcullis_rate_limit_backend{{state=\"{}\"}} 1\n\
+         # HELP portcullis_rate_limit_backend_errors_total Redis calls that failed or timed out.\n\
+         # TYPE portcullis_rate_limit_backend_errors_total counter\n\
+         portcullis_rate_limit_backend_errors_total {}\n\
+         # HELP portcullis_rate_limit_fallback_decisions_total Decisions made in memory because Redis was unreachable.\n\
+         # TYPE portcullis_rate_limit_fallback_decisions_total counter\n\
+         portcullis_rate_limit_fallback_decisions_total {}\n",
+        snapshot.backend.as_str(),
+        snapshot.backend_errors,
+        snapshot.fallback_decisions,
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "portcullis admin API",
         description = "Manage the gateway's bearer tokens. Every /v1 endpoint needs a bearer token with the admin scope."
     ),
-    paths(create_token, list_tokens, show_token, revoke_token, rotate_token),
-    components(schemas(TokenView, MintedView, CreateRequest, RotateRequest))
+    paths(
+        create_token,
+        list_tokens,
+        show_token,
+        revoke_token,
+        rotate_token,
+        rate_limits
+    ),
+    components(schemas(TokenView, MintedView, CreateRequest, RotateRequest, Snapshot))
 )]
 struct ApiDoc;

@@ -21,6 +21,8 @@ pub use secret::{SecretError, read_secret};
 pub const API_TOKENS_VAR: &str = "PORTCULLIS_API_TOKENS";
 /// The environment variable that holds a PostgreSQL URL for the store.
 pub const DATABASE_URL_VAR: &str = "PORTCULLIS_DATABASE_URL";
+/// The environment variable that holds the Redis URL of a shared rate-limit backend.
+pub const REDIS_URL_VAR: &str = "PORTCULLIS_REDIS_URL";
 
 /// Everything `serve` needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,10 +54,74 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Bans for addresses that keep failing authentication.
     pub bans: BansConfig,
+    /// Rate limiting: the default limit, the backend and its failure mode.
+    pub rate_limit: RateLimitConfig,
     /// Static bearer tokens; only ever from the environment.
     #[serde(skip)]
     pub api_tokens: Vec<SecretString>,
 }
+
+/// Rate limiting settings that apply to every route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// A limit for every route that sets no `rate_limits` of its own, keyed by principal
+    /// (`PORTCULLIS_RATE_LIMIT=60/min`).
+    pub default: Option<RateSpec>,
+    /// What happens when the Redis backend cannot be reached.
+    pub on_backend_error: OnBackendError,
+    /// How long one Redis call may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub redis_key_prefix: String,
+    /// Most keys one in-memory limit tracks; idle keys are evicted first, and keys beyond
+    /// the cap share one bucket.
+    pub max_keys: usize,
+    /// The shared backend's URL; only ever from the environment (it may hold a password).
+    #[serde(skip)]
+    pub redis_url: Option<SecretString>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            default: None,
+            on_backend_error: OnBackendError::Local,
+            redis_timeout: Duration::from_millis(50),
+            redis_key_prefix: "portcullis".to_owned(),
+            max_keys: 100_000,
+            redis_url: None,
+        }
+    }
+}
+
+/// What the gateway does while the shared rate-limit backend is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    /// Limit in memory, per instance, until the backend answers again.
+    #[default]
+    Local,
+    /// Refuse limited requests with 503.
+    Deny,
+}
+
+/// One limit on a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimitConfig {
+    /// The sustained rate, e.g. `60/min`.
+    pub rate: RateSpec,
+    /// Most requests allowed at once; defaults to the rate's count.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Who shares a bucket: `principal` (the default), `ip` or `route`.
+    #[serde(default)]
+    pub key: crate::ratelimit::LimitKey,
+}
+
+pub use crate::ratelimit::RateSpec;
 
 /// Bans for addresses that keep failing authentication.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -234,6 +300,16 @@ pub struct UpstreamConfig {
     /// Overrides `limits.request_timeout` for this upstream.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Most requests in flight to this upstream at once, over all workers; none when absent.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// How long a request waits for a free slot under `max_in_flight` before a 503.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 /// A path prefix and the upstream that serves it.
@@ -261,6 +337,10 @@ pub struct RouteConfig {
     /// `read` (GET, HEAD, OPTIONS) or `write` (the rest).
     #[serde(default)]
     pub scopes: BTreeMap<String, String>,
+    /// The route's rate limits; absent means `rate_limit.default` (if set), and `[]`
+    /// means none.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<RouteLimitConfig>>,
 }
 
 /// The name `--upstream` gives the upstream it defines.
@@ -281,6 +361,7 @@ impl Default for Config {
             token_cache_ttl: Duration::from_secs(30),
             admin: AdminConfig::default(),
             bans: BansConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             api_tokens: Vec::new(),
         }
     }
@@ -343,6 +424,7 @@ impl Config {
         if let Some(tokens) = read_secret(API_TOKENS_VAR, &env)? {
             config.api_tokens = split_tokens(&tokens);
         }
+        config.rate_limit.redis_url = read_secret(REDIS_URL_VAR, &env)?;
         Ok(config)
     }
 
@@ -354,6 +436,8 @@ impl Config {
             UpstreamConfig {
                 url: url.to_owned(),
                 timeout: None,
+                max_in_flight: None,
+                queue_timeout: default_queue_timeout(),
             },
         );
         if !self
@@ -369,6 +453,7 @@ impl Config {
                 allow_ips: Vec::new(),
                 deny_ips: Vec::new(),
                 scopes: BTreeMap::new(),
+                rate_limits: None,
             });
         }
     }
@@ -391,6 +476,23 @@ impl Config {
         scopes.sort();
         scopes.dedup();
         scopes
+    }
+
+    /// The limits that apply to `route`: its own, or else the default.
+    pub fn limits_for(&self, route: &RouteConfig) -> Vec<RouteLimitConfig> {
+        match &route.rate_limits {
+            Some(limits) => limits.clone(),
+            None => self
+                .rate_limit
+                .default
+                .iter()
+                .map(|rate| RouteLimitConfig {
+                    rate: *rate,
+                    burst: None,
+                    key: crate::ratelimit::LimitKey::Principal,
+                })
+                .collect(),
+        }
     }
 
     /// The request timeout that applies to `upstream`.

@@ -80,6 +80,11 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_TTL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub token_cache_ttl: Option<Duration>,
 
+    /// A rate limit for every route without limits of its own, per principal, e.g.
+    /// 60/min.
+    #[arg(long, env = "PORTCULLIS_RATE_LIMIT", value_name = "RATE")]
+    pub rate_limit: Option<crate::ratelimit::RateSpec>,
+
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub disable_security_headers: bool,
@@ -162,6 +167,9 @@ impl Overrides {
         }
         if let Some(workers) = self.workers {
             config.workers = workers;
+        }
+        if let Some(rate) = self.rate_limit {
+            config.rate_limit.default = Some(rate);
         }
         if self.disable_security_headers {
             config.security_headers.enabled = false;

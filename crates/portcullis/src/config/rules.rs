@@ -18,6 +18,8 @@ pub const MAX_TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 pub const MIN_TOKEN_LEN: usize = 32;
 /// Largest body limit `--production` accepts.
 pub const PRODUCTION_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// The longest Redis call timeout accepted: every limited request may wait this long.
+pub const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// The timeouts `--production` accepts.
 pub const PRODUCTION_TIMEOUTS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(120);
@@ -105,6 +107,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     cors(config, &mut report);
     security_headers(config, production, &mut report);
     limits(config, production, &mut report);
+    rate_limits(config, production, &mut report);
     report
 }
 
@@ -343,6 +346,76 @@ fn security_headers(config: &Config, production: bool, report: &mut Report) {
     }
 }
 
+fn rate_limits(config: &Config, production: bool, report: &mut Report) {
+    let settings = &config.rate_limit;
+    if let Some(url) = &settings.redis_url
+        && let Err(error) = crate::ratelimit::RedisBackend::validate_url(url)
+    {
+        report.add(
+            "rate_limit.redis_url",
+            Severity::Error,
+            error.to_string(),
+            "set PORTCULLIS_REDIS_URL to redis://[:password@]host:port[/db]",
+        );
+    }
+    if settings.max_keys == 0 {
+        report.add(
+            "rate_limit.max_keys",
+            Severity::Error,
+            "rate_limit.max_keys is 0, so no client could have a bucket of its own",
+            "set rate_limit.max_keys to a positive number (default 100000)",
+        );
+    }
+    if settings.redis_timeout.is_zero() || settings.redis_timeout > MAX_REDIS_TIMEOUT {
+        report.add(
+            "rate_limit.redis_timeout",
+            Severity::Error,
+            format!(
+                "rate_limit.redis_timeout is {}, outside 1ms..=1s",
+                humantime::format_duration(settings.redis_timeout)
+            ),
+            "keep it short (tens of milliseconds): every limited request waits for it",
+        );
+    }
+    for route in &config.routes {
+        for limit in config.limits_for(route) {
+            if limit.burst == Some(0) {
+                report.add(
+                    "routes.rate_limits",
+                    Severity::Error,
+                    format!(
+                        "route {:?} has a limit with burst 0, which refuses everything",
+                        route.path_prefix
+                    ),
+                    "set burst to at least 1, or leave it out to allow the rate's count at once",
+                );
+            }
+        }
+    }
+    for (name, upstream) in &config.upstreams {
+        if upstream.max_in_flight == Some(0) {
+            report.add(
+                "upstreams.max_in_flight",
+                Severity::Error,
+                format!("upstream {name:?} has max_in_flight = 0, which refuses everything"),
+                "set max_in_flight to a positive number, or leave it out for no cap",
+            );
+        }
+    }
+    let limited = config
+        .routes
+        .iter()
+        .any(|route| !config.limits_for(route).is_empty());
+    if production && !limited {
+        report.add(
+            "production.rate_limits",
+            Severity::Error,
+            "no route has a rate limit, so one client can take all of the upstream's capacity",
+            "set PORTCULLIS_RATE_LIMIT (e.g. 60/min) or give routes rate_limits = [{ rate = \"60/min\" }]",
+        );
+    }
+}
+
 fn limits(config: &Config, production: bool, report: &mut Report) {
     let limits = &config.limits;
     let positive = [
@@ -462,6 +535,7 @@ mod tests {
         config.api_tokens = vec![SecretString::from("short".to_owned())];
         config.tls = None;
         config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        config.rate_limit.default = Some("60/min".parse().unwrap());
         assert_eq!(
             rules(&check(&config, &Facts::default(), false)),
             [("credentials.length", Severity::Warning)]
@@ -500,13 +574,60 @@ mod tests {
                 "production.transport",
                 "security_headers.enabled",
                 "production.body_limit",
-                "production.timeouts"
+                "production.timeouts",
+                "production.rate_limits"
             ]
         );
         assert!(
             check(&config, &Facts::default(), false).passed(),
             "only warnings outside production"
         );
+    }
+
+    #[test]
+    fn production_needs_a_rate_limit_somewhere() {
+        let mut config = valid();
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let errors = |config: &Config| -> Vec<&'static str> {
+            check(config, &Facts::default(), true)
+                .errors()
+                .map(|f| f.rule)
+                .collect()
+        };
+        assert_eq!(errors(&config), ["production.rate_limits"]);
+        config.rate_limit.default = Some("60/min".parse().unwrap());
+        assert!(errors(&config).is_empty());
+        // A route that opts out of the default leaves no limit anywhere.
+        config.routes[0].rate_limits = Some(Vec::new());
+        assert_eq!(errors(&config), ["production.rate_limits"]);
+    }
+
+    #[test]
+    fn unusable_rate_limit_settings_fail() {
+        let mut config = valid();
+        config.rate_limit.redis_url =
+            Some(SecretString::from("http://:hunter2@cache:6379".to_owned()));
+        config.rate_limit.max_keys = 0;
+        config.rate_limit.redis_timeout = Duration::from_secs(5);
+        config.routes[0].rate_limits = Some(vec![crate::config::RouteLimitConfig {
+            rate: "10/s".parse().unwrap(),
+            burst: Some(0),
+            key: Default::default(),
+        }]);
+        let report = check(&config, &Facts::default(), false);
+        let found: Vec<_> = report.errors().map(|f| f.rule).collect();
+        assert_eq!(
+            found,
+            [
+                "rate_limit.redis_url",
+                "rate_limit.max_keys",
+                "rate_limit.redis_timeout",
+                "routes.rate_limits"
+            ]
+        );
+        for finding in &report.findings {
+            assert!(!finding.message.contains("hunter2") && !finding.fix.contains("hunter2"));
+        }
     }
 
     #[test]
@@ -535,6 +656,7 @@ mod tests {
             allow_ips: Vec::new(),
             deny_ips: Vec::new(),
             scopes: Default::default(),
+            rate_limits: None,
         });
         let found: Vec<_> = check(&config, &Facts::default(), false)
             .errors()

@@ -8,6 +8,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::problem::{Problem, ProblemKind};
 use crate::body::{self, ResponseBody};
+use crate::ratelimit::{BackendState, Limiter};
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -42,7 +43,16 @@ impl Probe {
 pub struct Health {
     upstreams: Vec<Arc<Upstream>>,
     store: Option<Store>,
-    last_readiness: Mutex<Option<(Instant, bool)>>,
+    last_readiness: Mutex<Option<(Instant, Readiness)>>,
+}
+
+/// The outcome of a readiness check.
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    /// Why the gateway is not ready, if it is not.
+    unready: Option<&'static str>,
+    /// Where rate limits are kept, when a shared backend is configured.
+    rate_limit_backend: Option<BackendState>,
 }
 
 impl Health {
@@ -55,25 +65,34 @@ impl Health {
         }
     }
 
-    /// The answer to `probe` for a request with `method`.
+    /// The answer to `probe` for a request with `method`; readiness also asks `limiter`
+    /// where rate limits are kept.
     pub async fn answer(
         &self,
         probe: Probe,
         method: &Method,
+        limiter: &Limiter,
     ) -> Result<Response<ResponseBody>, Problem> {
         if method != Method::GET && method != Method::HEAD {
             return Err(Problem::new(ProblemKind::MethodNotAllowed)
                 .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
         }
-        if probe == Probe::Readiness && !self.ready().await {
-            return Err(
-                Problem::new(ProblemKind::NotReady).with_detail("an upstream is unreachable")
-            );
-        }
-        let body = if probe == Probe::Liveness {
-            r#"{"status":"ok"}"#
-        } else {
-            r#"{"status":"ready"}"#
+        let body = match probe {
+            Probe::Liveness => r#"{"status":"ok"}"#.to_owned(),
+            Probe::Readiness => {
+                let readiness = self.readiness(limiter).await;
+                if let Some(reason) = readiness.unready {
+                    return Err(Problem::new(ProblemKind::NotReady).with_detail(reason));
+                }
+                match readiness.rate_limit_backend {
+                    // `fallback` tells the operator that limits are per instance for now.
+                    Some(backend) => format!(
+                        r#"{{"status":"ready","rate_limit_backend":"{}"}}"#,
+                        backend.as_str()
+                    ),
+                    None => r#"{"status":"ready"}"#.to_owned(),
+                }
+            }
         };
         let mut response = Response::new(body::full(body));
         *response.status_mut() = StatusCode::OK;
@@ -86,28 +105,48 @@ impl Health {
         Ok(response)
     }
 
-    async fn ready(&self) -> bool {
+    async fn readiness(&self, limiter: &Limiter) -> Readiness {
         if let Ok(guard) = self.last_readiness.lock()
-            && let Some((at, ready)) = *guard
+            && let Some((at, readiness)) = *guard
             && at.elapsed() < PROBE_CACHE
         {
-            return ready;
+            return readiness;
         }
-        let mut ready = match &self.store {
-            Some(store) => tokio::time::timeout(PROBE_TIMEOUT, store.is_reachable())
-                .await
-                .unwrap_or(false),
-            None => true,
-        };
-        for upstream in &self.upstreams {
-            if !ready {
-                break;
-            }
-            ready = upstream.is_reachable(PROBE_TIMEOUT).await;
-        }
+        let readiness = self.check_readiness(limiter).await;
         if let Ok(mut guard) = self.last_readiness.lock() {
-            *guard = Some((Instant::now(), ready));
+            *guard = Some((Instant::now(), readiness));
         }
-        ready
+        readiness
+    }
+
+    async fn check_readiness(&self, limiter: &Limiter) -> Readiness {
+        let rate_limit_backend = match limiter.is_shared() {
+            true => Some(limiter.backend_state().await),
+            false => None,
+        };
+        let mut readiness = Readiness {
+            unready: None,
+            rate_limit_backend,
+        };
+        if rate_limit_backend == Some(BackendState::Unavailable) {
+            readiness.unready = Some("the rate-limit backend is unreachable");
+            return readiness;
+        }
+        if let Some(store) = &self.store {
+            let reachable = tokio::time::timeout(PROBE_TIMEOUT, store.is_reachable())
+                .await
+                .unwrap_or(false);
+            if !reachable {
+                readiness.unready = Some("the credential store is unreachable");
+                return readiness;
+            }
+        }
+        for upstream in &self.upstreams {
+            if !upstream.is_reachable(PROBE_TIMEOUT).await {
+                readiness.unready = Some("an upstream is unreachable");
+                return readiness;
+            }
+        }
+        readiness
     }
 }

@@ -96,13 +96,16 @@ impl Bans {
             .filter(|until| *until > now);
         match banned_until {
             None => Ok(()),
-            Some(until) => {
-                let seconds = (until - now).as_secs().max(1);
-                Err(Problem::new(ProblemKind::Banned)
-                    .with_detail("too many failed authentication attempts from this address")
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds)))
-            }
+            Some(until) => Err(Self::refusal(until - now)),
         }
+    }
+
+    /// The 429 for an address banned for `remaining` more.
+    pub fn refusal(remaining: Duration) -> Problem {
+        let seconds = remaining.as_secs().max(1);
+        Problem::new(ProblemKind::Banned)
+            .with_detail("too many failed authentication attempts from this address")
+            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
     }
 
     /// Counts an authentication failure from `ip`, banning it when the policy says so.

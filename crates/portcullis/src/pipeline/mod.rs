@@ -20,9 +20,10 @@ use tracing::warn;
 use crate::body::ResponseBody;
 use crate::config::Config;
 use crate::credentials::TokenVerifier;
+use crate::ratelimit::{Limiter, Quota, RateLimitError, RateLimits};
 use crate::store::Store;
 use crate::upstream::{
-    ForwardError, Route, RouteAuth, RouteScopes, Router, Upstream, UpstreamError,
+    ForwardError, InFlightLimit, Route, RouteAuth, RouteScopes, Router, Upstream, UpstreamError,
     prepare_request_headers,
 };
 use auth::{Authenticator, StaticTokens};
@@ -31,7 +32,7 @@ use cors::{Cors, CorsError, CorsPolicy};
 use headers::{ResponseHeaders, SecurityHeadersPolicy};
 use health::{Health, Probe};
 use hygiene::{Hygiene, LimitedBody, Limits};
-use ip_rules::{BanPolicy, Bans, IpRules};
+use ip_rules::IpRules;
 use problem::{Problem, ProblemKind};
 
 /// Why a [`Gateway`] could not be built. `portcullis check` reports all of these as rule
@@ -52,6 +53,9 @@ pub enum GatewayError {
     /// The CORS policy is unusable.
     #[error(transparent)]
     Cors(#[from] CorsError),
+    /// The rate limits cannot be set up.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
     /// A configured header name or value is malformed.
     #[error("invalid {what}: {value:?}")]
     InvalidHeader {
@@ -69,23 +73,31 @@ pub struct Shared {
     pub tokens: Option<Arc<TokenVerifier>>,
     /// The store, for readiness.
     pub store: Option<Store>,
-    /// Addresses banned for failing authentication.
-    pub bans: Arc<Bans>,
+    /// Rate limits and bans, and their backend.
+    pub rate_limits: Arc<RateLimits>,
+    /// Each upstream's in-flight cap, by upstream name.
+    pub in_flight: Vec<(String, Arc<InFlightLimit>)>,
 }
 
 impl Shared {
     /// Shared state for `config`, without a store.
-    pub fn new(config: &Config) -> Self {
-        let bans = config.bans;
-        Self {
+    pub fn new(config: &Config) -> Result<Self, GatewayError> {
+        Ok(Self {
             tokens: None,
             store: None,
-            bans: Arc::new(Bans::new(BanPolicy {
-                max_failures: bans.max_failures,
-                window: bans.window,
-                duration: bans.duration,
-            })),
-        }
+            rate_limits: Arc::new(RateLimits::new(config)?),
+            in_flight: config
+                .upstreams
+                .iter()
+                .filter_map(|(name, upstream)| {
+                    let max = upstream.max_in_flight?;
+                    Some((
+                        name.clone(),
+                        InFlightLimit::new(max, upstream.queue_timeout),
+                    ))
+                })
+                .collect(),
+        })
     }
 }
 
@@ -95,7 +107,7 @@ pub struct Gateway {
     identity: ClientIdentity,
     hygiene: Hygiene,
     health: Health,
-    bans: Arc<Bans>,
+    limiter: Limiter,
     cors: Option<Cors>,
     auth: Authenticator,
     router: Router,
@@ -107,9 +119,14 @@ impl Gateway {
     pub fn from_config(config: &Config, shared: &Shared) -> Result<Self, GatewayError> {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
         for (name, upstream) in &config.upstreams {
+            let in_flight = shared
+                .in_flight
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, limit)| limit.clone());
             upstreams.push((
                 name,
-                Upstream::new(name, &upstream.url, config.timeout_for(upstream))?,
+                Upstream::new(name, &upstream.url, config.timeout_for(upstream), in_flight)?,
             ));
         }
         let routes = config
@@ -142,7 +159,8 @@ impl Gateway {
                             route.allow_ips.clone(),
                             route.deny_ips.clone(),
                         ))
-                        .with_auth(route.auth),
+                        .with_auth(route.auth)
+                        .with_rate_limits(shared.rate_limits.for_route(&route.path_prefix)),
                 )
             })
             .collect::<Result<Vec<_>, GatewayError>>()?;
@@ -158,7 +176,7 @@ impl Gateway {
                 max_headers: limits.max_headers,
             }),
             health: Health::new(router.upstreams(), shared.store.clone()),
-            bans: shared.bans.clone(),
+            limiter: Limiter::new(shared.rate_limits.clone()),
             cors: Cors::new(&cors_policy(config)?)?,
             auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),
             router,
@@ -177,13 +195,17 @@ impl Gateway {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let csp = self.response_headers.csp_for(request.uri().path());
 
-        let mut response = match self.process(request, &ctx).await {
+        let mut quota = None;
+        let mut response = match self.process(request, &ctx, &mut quota).await {
             Ok(response) => response,
             Err(problem) => problem.into_response(&ctx.request_id),
         };
 
         let headers = response.headers_mut();
         self.response_headers.apply(headers, csp, ctx.https);
+        if let Some(quota) = quota {
+            quota.apply(headers);
+        }
         if let Some(cors) = &self.cors {
             cors.apply(origin.as_ref(), headers);
         }
@@ -191,18 +213,24 @@ impl Gateway {
         response
     }
 
+    /// The stages up to and including forwarding; `quota` receives where the request
+    /// stands against its route's rate limits, for the response headers.
     async fn process(
         &self,
         request: Request<Incoming>,
         ctx: &RequestContext,
+        quota: &mut Option<Quota>,
     ) -> Result<Response<ResponseBody>, Problem> {
         self.hygiene.check(&request)?;
         if let Some(probe) = Probe::for_path(request.uri().path()) {
-            return self.health.answer(probe, request.method()).await;
+            return self
+                .health
+                .answer(probe, request.method(), &self.limiter)
+                .await;
         }
         let route = self.router.find(request.uri().path());
         if let Some(client) = ctx.known_client_ip() {
-            self.bans.check(client)?;
+            self.limiter.check_ban(client).await?;
         }
         if let Some(route) = route {
             route.ip_rules().check(ctx.known_client_ip())?;
@@ -218,6 +246,12 @@ impl Gateway {
         let scope = route.required_scope(request.method());
         if !principal.has_scope(scope) {
             return Err(auth::insufficient_scope(scope));
+        }
+        if let Some(limits) = route.rate_limits() {
+            let checked = self.limiter.check(limits, &principal, ctx).await?;
+            let admitted = checked.admit();
+            *quota = Some(checked);
+            admitted?;
         }
         self.forward(request, route, ctx).await
     }
@@ -244,7 +278,7 @@ impl Gateway {
             )
         });
         if failed && let Some(client) = ctx.known_client_ip() {
-            self.bans.record_failure(client);
+            self.limiter.record_failure(client).await;
         }
         attempt
     }
@@ -288,6 +322,12 @@ impl Gateway {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
                 Problem::new(ProblemKind::UpstreamTimeout)
                     .with_detail("the upstream did not respond in time")
+            }
+            ForwardError::Busy(_) => {
+                warn!(request_id = ?ctx.request_id, upstream, %error, "upstream at its in-flight cap");
+                Problem::new(ProblemKind::UpstreamBusy)
+                    .with_detail("the upstream is at capacity; retry shortly")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
             ForwardError::Unavailable(_) => {
                 let cause = error_chain(&error);

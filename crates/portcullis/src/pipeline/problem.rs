@@ -41,6 +41,12 @@ pub enum ProblemKind {
     IpDenied,
     /// The client's address is banned for repeated authentication failures.
     Banned,
+    /// A rate limit of the route is exhausted.
+    RateLimited,
+    /// The shared rate-limit backend is unreachable and configured to refuse.
+    RateLimitUnavailable,
+    /// The upstream has as many requests in flight as it may, and none finished in time.
+    UpstreamBusy,
     /// A CORS preflight from an origin, or for a method or header, that is not allowed.
     CorsDenied,
     /// No route matches the path.
@@ -67,7 +73,8 @@ impl ProblemKind {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::CorsDenied | Self::InsufficientScope | Self::IpDenied => StatusCode::FORBIDDEN,
-            Self::Banned => StatusCode::TOO_MANY_REQUESTS,
+            Self::Banned | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimitUnavailable | Self::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -92,6 +99,9 @@ impl ProblemKind {
             Self::InsufficientScope => "insufficient-scope",
             Self::IpDenied => "ip-denied",
             Self::Banned => "banned",
+            Self::RateLimited => "rate-limited",
+            Self::RateLimitUnavailable => "rate-limit-unavailable",
+            Self::UpstreamBusy => "upstream-busy",
             Self::StoreUnavailable => "store-unavailable",
             Self::NotFound => "not-found",
             Self::RequestTimeout => "request-timeout",
@@ -116,6 +126,9 @@ impl ProblemKind {
             Self::InsufficientScope => "Insufficient scope",
             Self::IpDenied => "Address not allowed",
             Self::Banned => "Address temporarily banned",
+            Self::RateLimited => "Too many requests",
+            Self::RateLimitUnavailable => "Rate limiting unavailable",
+            Self::UpstreamBusy => "Upstream busy",
             Self::StoreUnavailable => "Credential store unavailable",
             Self::NotFound => "Not found",
             Self::RequestTimeout => "Request timeout",

@@ -4,6 +4,7 @@
 //! certificates, concurrency caps, circuit breaking) have one place to live.
 
 mod forward;
+mod in_flight;
 mod pool;
 mod route;
 
@@ -17,6 +18,7 @@ use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 pub use forward::{prepare_request_headers, remove_hop_by_hop};
+pub use in_flight::{Busy, InFlightLimit};
 pub use pool::PoolError;
 pub use route::{Route, RouteAuth, RouteScopes, Router};
 
@@ -71,6 +73,9 @@ pub enum ForwardError {
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
+    /// The upstream's in-flight cap is reached and no slot freed in time.
+    #[error(transparent)]
+    Busy(#[from] Busy),
 }
 
 /// Where an upstream URL points.
@@ -124,6 +129,7 @@ pub struct Upstream {
     host: HeaderValue,
     timeout: Duration,
     pool: Arc<pool::Pool>,
+    in_flight: Option<Arc<InFlightLimit>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -138,8 +144,14 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// An upstream called `name` at `url`, whose requests must produce response headers
-    /// within `timeout`.
-    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Arc<Self>, UpstreamError> {
+    /// within `timeout`, with at most as many in flight as `in_flight` allows (shared by
+    /// every worker's copy of the upstream).
+    pub fn new(
+        name: &str,
+        url: &str,
+        timeout: Duration,
+        in_flight: Option<Arc<InFlightLimit>>,
+    ) -> Result<Arc<Self>, UpstreamError> {
         let Target {
             scheme,
             authority,
@@ -180,6 +192,7 @@ impl Upstream {
             host,
             timeout,
             pool: pool::Pool::new(https, target),
+            in_flight,
         }))
     }
 
@@ -220,6 +233,10 @@ impl Upstream {
     ) -> Result<Response<ResponseBody>, ForwardError> {
         use http_body_util::BodyExt;
 
+        let slot = match &self.in_flight {
+            Some(limit) => Some(limit.acquire().await?),
+            None => None,
+        };
         let response = match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(error)) => return Err(classify(error)),
@@ -227,10 +244,13 @@ impl Upstream {
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        let body = body.map_err(Into::into).boxed_unsync();
+        // The request stays in flight until its response body has been sent.
+        let body = match slot {
+            Some(slot) => in_flight::HoldSlot::new(body, slot).boxed_unsync(),
+            None => body,
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     /// Whether a TCP connection to the upstream can be opened within `timeout`.
@@ -268,7 +288,7 @@ mod tests {
     use super::*;
 
     fn upstream(url: &str) -> Result<Arc<Upstream>, UpstreamError> {
-        Upstream::new("u", url, Duration::from_secs(1))
+        Upstream::new("u", url, Duration::from_secs(1), None)
     }
 
     #[tokio::test]

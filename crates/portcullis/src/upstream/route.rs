@@ -7,6 +7,7 @@ use http::{Method, Uri};
 use super::Upstream;
 use crate::pipeline::headers::path_has_prefix;
 use crate::pipeline::ip_rules::IpRules;
+use crate::ratelimit::RouteLimits;
 
 /// The scope each method needs on a route: `read` for GET, HEAD and OPTIONS and `write`
 /// for the rest, unless the route names another for a method.
@@ -63,6 +64,7 @@ pub struct Route {
     auth: RouteAuth,
     scopes: RouteScopes,
     ip_rules: IpRules,
+    rate_limits: Option<Arc<RouteLimits>>,
 }
 
 impl Route {
@@ -76,7 +78,19 @@ impl Route {
             auth: RouteAuth::default(),
             scopes: RouteScopes::default(),
             ip_rules: IpRules::default(),
+            rate_limits: None,
         }
+    }
+
+    /// The same route, limited by `limits` (shared by every worker's copy of the route).
+    pub fn with_rate_limits(mut self, limits: Option<Arc<RouteLimits>>) -> Self {
+        self.rate_limits = limits;
+        self
+    }
+
+    /// The route's rate limits, if it has any.
+    pub fn rate_limits(&self) -> Option<&Arc<RouteLimits>> {
+        self.rate_limits.as_ref()
     }
 
     /// The same route, authenticated by `auth`.
@@ -182,7 +196,7 @@ mod tests {
     use std::time::Duration;
 
     fn upstream(name: &str) -> Arc<Upstream> {
-        Upstream::new(name, "http://127.0.0.1:1", Duration::from_secs(1)).unwrap()
+        Upstream::new(name, "http://127.0.0.1:1", Duration::from_secs(1), None).unwrap()
     }
 
     #[tokio::test]

@@ -13,4 +13,5 @@ mod ip_rules;
 mod lifecycle;
 mod managed;
 mod proxy;
+mod ratelimit;
 mod tls;

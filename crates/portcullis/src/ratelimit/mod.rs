@@ -1,0 +1,562 @@
+//! Rate limits: GCRA per principal, client address or route, in memory (governor) or
+//! shared by every replica through Redis; and the bans for addresses that keep failing
+//! authentication, kept in the same backend so that a ban holds on every replica.
+//!
+//! [`RateLimits`] is built once and shared by every worker: the routes' limits with their
+//! in-memory buckets, the counters the admin API reads, and the Redis backend's health. Each
+//! worker talks to it through its own [`Limiter`], which holds the worker's Redis connection.
+
+mod local;
+mod redis_backend;
+mod spec;
+
+use std::borrow::Cow;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+pub use local::LocalLimiter;
+pub use redis_backend::{RedisBackend, RedisLink, RedisUrlError};
+pub use spec::{LimitKey, RateSpec, RateSpecError};
+
+use crate::config::{Config, OnBackendError, RouteLimitConfig};
+use crate::pipeline::auth::Principal;
+use crate::pipeline::context::RequestContext;
+use crate::pipeline::ip_rules::{BanPolicy, Bans};
+use crate::pipeline::problem::{Problem, ProblemKind};
+
+/// `X-RateLimit-Limit`.
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`.
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `RateLimit-Policy` (IETF draft): the limits that apply.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (IETF draft): where each limit stands.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Where one limit stands after a request was counted against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Requests that may still pass at once.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+    /// When the request was refused: time until one may pass.
+    pub retry_after: Option<Duration>,
+}
+
+impl LimitStatus {
+    /// Whether this limit let the request through.
+    pub fn allowed(&self) -> bool {
+        self.retry_after.is_none()
+    }
+}
+
+/// One configured limit and its in-memory buckets.
+#[derive(Debug)]
+struct Limit {
+    /// The policy's name in the `RateLimit*` headers: the key, numbered when repeated.
+    name: String,
+    key: LimitKey,
+    rate: RateSpec,
+    burst: u32,
+    local: LocalLimiter,
+    /// Names this limit's buckets in Redis; derived from the route and the limit, so every
+    /// replica with the same configuration uses the same buckets.
+    bucket: String,
+}
+
+/// The limits of one route, shared by every worker, with its counters.
+#[derive(Debug)]
+pub struct RouteLimits {
+    path_prefix: String,
+    limits: Vec<Limit>,
+    policy: HeaderValue,
+    allowed: AtomicU64,
+    limited: AtomicU64,
+}
+
+impl RouteLimits {
+    fn new(path_prefix: &str, configs: &[RouteLimitConfig], max_keys: usize) -> Option<Self> {
+        if configs.is_empty() {
+            return None;
+        }
+        let mut limits: Vec<Limit> = Vec::with_capacity(configs.len());
+        for config in configs {
+            let burst = config.burst.unwrap_or(config.rate.count()).max(1);
+            let repeats = limits.iter().filter(|l| l.key == config.key).count();
+            let name = match repeats {
+                0 => config.key.as_str().to_owned(),
+                n => format!("{}-{}", config.key.as_str(), n + 1),
+            };
+            let digest = Sha256::digest(
+                format!("{path_prefix}\0{name}\0{}\0{burst}", config.rate).as_bytes(),
+            );
+            limits.push(Limit {
+                local: LocalLimiter::new(
+                    config.rate,
+                    NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
+                    max_keys,
+                ),
+                bucket: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+                name,
+                key: config.key,
+                rate: config.rate,
+                burst,
+            });
+        }
+        // A per-client limit is checked before a shared one, so that a client refused by
+        // its own limit does not use up what the route's other callers share.
+        limits.sort_by_key(|limit| limit.key == LimitKey::Route);
+        let policy = limits
+            .iter()
+            .map(|l| {
+                let window = l.rate.period().as_secs_f64().ceil() as u64;
+                format!("\"{}\";q={};w={window}", l.name, l.rate.count())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(Self {
+            path_prefix: path_prefix.to_owned(),
+            policy: HeaderValue::from_str(&policy).ok()?,
+            limits,
+            allowed: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+        })
+    }
+
+    /// The route these limits belong to.
+    pub fn path_prefix(&self) -> &str {
+        &self.path_prefix
+    }
+}
+
+/// Rate limits and bans for the whole gateway, shared by every worker.
+#[derive(Debug)]
+pub struct RateLimits {
+    routes: Vec<Arc<RouteLimits>>,
+    redis: Option<Arc<RedisBackend>>,
+    on_backend_error: OnBackendError,
+    bans: Bans,
+    ban_policy: BanPolicy,
+    hasher: RandomState,
+    /// Decisions made in memory because Redis could not be reached.
+    fallback_decisions: AtomicU64,
+}
+
+/// Why the rate limits could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    /// The Redis URL is unusable.
+    #[error(transparent)]
+    RedisUrl(#[from] RedisUrlError),
+}
+
+impl RateLimits {
+    /// The limits and bans `config` describes.
+    pub fn new(config: &Config) -> Result<Self, RateLimitError> {
+        let settings = &config.rate_limit;
+        let redis = match &settings.redis_url {
+            Some(url) => Some(RedisBackend::new(
+                RedisBackend::validate_url(url)?,
+                settings.redis_timeout,
+                &settings.redis_key_prefix,
+            )),
+            None => None,
+        };
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|route| {
+                RouteLimits::new(
+                    &route.path_prefix,
+                    &config.limits_for(route),
+                    settings.max_keys,
+                )
+            })
+            .map(Arc::new)
+            .collect();
+        let ban_policy = BanPolicy {
+            max_failures: config.bans.max_failures,
+            window: config.bans.window,
+            duration: config.bans.duration,
+        };
+        Ok(Self {
+            routes,
+            redis,
+            on_backend_error: settings.on_backend_error,
+            bans: Bans::new(ban_policy),
+            ban_policy,
+            hasher: RandomState::new(),
+            fallback_decisions: AtomicU64::new(0),
+        })
+    }
+
+    /// The limits of the route with `path_prefix`, if it has any.
+    pub fn for_route(&self, path_prefix: &str) -> Option<Arc<RouteLimits>> {
+        self.routes
+            .iter()
+            .find(|r| r.path_prefix == path_prefix)
+            .cloned()
+    }
+
+    /// What the admin API shows: each route's limits and counts, and the backend's state.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            backend: match &self.redis {
+                None => BackendState::Memory,
+                Some(redis) if redis.health().is_down() => match self.on_backend_error {
+                    OnBackendError::Local => BackendState::Fallback,
+                    OnBackendError::Deny => BackendState::Unavailable,
+                },
+                Some(_) => BackendState::Redis,
+            },
+            backend_errors: self.redis.as_ref().map_or(0, |r| r.health().errors()),
+            fallback_decisions: self.fallback_decisions.load(Ordering::Relaxed),
+            routes: self
+                .routes
+                .iter()
+                .map(|route| RouteSnapshot {
+                    path_prefix: route.path_prefix.clone(),
+                    limits: route
+                        .limits
+                        .iter()
+                        .map(|l| LimitSnapshot {
+                            name: l.name.clone(),
+                            key: l.key.as_str(),
+                            rate: l.rate.to_string(),
+                            burst: l.burst,
+                            tracked_keys: l.local.len(),
+                        })
+                        .collect(),
+                    allowed: route.allowed.load(Ordering::Relaxed),
+                    limited: route.limited.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where limits and bans are kept right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendState {
+    /// In memory, per instance (no Redis configured).
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis,
+    /// Redis is unreachable; limits and bans fall back to memory, per instance.
+    Fallback,
+    /// Redis is unreachable; limited requests are refused.
+    Unavailable,
+}
+
+impl BackendState {
+    /// The name shown in `/ready`, logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Fallback => "fallback",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Counts and state for the admin API.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Snapshot {
+    /// `memory`, `redis`, `fallback` (Redis unreachable, limiting in memory) or
+    /// `unavailable` (Redis unreachable, limited requests refused).
+    #[schema(value_type = String)]
+    pub backend: BackendState,
+    /// Redis calls that failed or timed out since start.
+    pub backend_errors: u64,
+    /// Decisions made in memory because Redis could not be reached.
+    pub fallback_decisions: u64,
+    /// Every route with limits.
+    pub routes: Vec<RouteSnapshot>,
+}
+
+/// One route's limits and counts.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RouteSnapshot {
+    /// The route.
+    pub path_prefix: String,
+    /// Its limits.
+    pub limits: Vec<LimitSnapshot>,
+    /// Requests the limits let through since start (on this instance).
+    pub allowed: u64,
+    /// Requests refused with 429 since start (on this instance).
+    pub limited: u64,
+}
+
+/// One limit.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LimitSnapshot {
+    /// Its name in the `RateLimit` headers.
+    pub name: String,
+    /// `principal`, `ip` or `route`.
+    pub key: &'static str,
+    /// The sustained rate, e.g. `60/min`.
+    pub rate: String,
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Keys tracked in memory on this instance.
+    pub tracked_keys: usize,
+}
+
+/// Where a request stands against its route's limits: the response's rate-limit headers,
+/// and a refusal when a limit is exhausted.
+#[derive(Debug)]
+pub struct Quota {
+    route: Arc<RouteLimits>,
+    /// One per limit checked, in the route's order (a refusal ends the list early).
+    statuses: Vec<LimitStatus>,
+}
+
+impl Quota {
+    /// The limit closest to refusing: fewest remaining, then longest to refill.
+    fn strictest(&self) -> Option<(&Limit, &LimitStatus)> {
+        self.route
+            .limits
+            .iter()
+            .zip(&self.statuses)
+            .min_by_key(|(_, s)| (s.allowed(), s.remaining, std::cmp::Reverse(s.reset)))
+    }
+
+    /// 429 with `Retry-After` when a limit refused the request.
+    pub fn admit(&self) -> Result<(), Problem> {
+        let Some(retry) = self.statuses.iter().find_map(|s| s.retry_after) else {
+            return Ok(());
+        };
+        Err(Problem::new(ProblemKind::RateLimited)
+            .with_detail("too many requests; retry after the time in Retry-After")
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from(whole_seconds(retry).max(1)),
+            ))
+    }
+
+    /// Adds the `X-RateLimit-*`, `RateLimit-Policy` and `RateLimit` headers.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let Some((limit, status)) = self.strictest() else {
+            return;
+        };
+        headers.insert(
+            X_RATELIMIT_LIMIT.clone(),
+            HeaderValue::from(limit.rate.count()),
+        );
+        headers.insert(
+            X_RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(status.remaining),
+        );
+        headers.insert(
+            X_RATELIMIT_RESET.clone(),
+            HeaderValue::from(whole_seconds(status.reset)),
+        );
+        headers.insert(RATELIMIT_POLICY.clone(), self.route.policy.clone());
+        let current = self
+            .route
+            .limits
+            .iter()
+            .zip(&self.statuses)
+            .map(|(l, s)| {
+                format!(
+                    "\"{}\";r={};t={}",
+                    l.name,
+                    s.remaining,
+                    whole_seconds(s.reset)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(value) = HeaderValue::from_str(&current) {
+            headers.insert(RATELIMIT.clone(), value);
+        }
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits this long is not refused again.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// One worker's access to the rate limits and bans.
+#[derive(Debug)]
+pub struct Limiter {
+    shared: Arc<RateLimits>,
+    redis: Option<RedisLink>,
+}
+
+impl Limiter {
+    /// A worker's limiter over `shared`.
+    pub fn new(shared: Arc<RateLimits>) -> Self {
+        let redis = shared.redis.clone().map(RedisLink::new);
+        Self { shared, redis }
+    }
+
+    /// Counts the request against every limit of `route`. A limit that refuses shows in
+    /// [`Quota::admit`]; the error is the 503 of `on_backend_error = "deny"` while Redis is
+    /// unreachable.
+    pub async fn check(
+        &self,
+        route: &Arc<RouteLimits>,
+        principal: &Principal,
+        ctx: &RequestContext,
+    ) -> Result<Quota, Problem> {
+        let shared = &self.shared;
+        let statuses = match &self.redis {
+            Some(redis) => match self.check_shared(redis, route, principal, ctx).await {
+                Some(statuses) => statuses,
+                None => {
+                    shared.fallback_decisions.fetch_add(1, Ordering::Relaxed);
+                    if shared.on_backend_error == OnBackendError::Deny {
+                        return Err(Problem::new(ProblemKind::RateLimitUnavailable)
+                            .with_detail("the rate-limit backend cannot be reached")
+                            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                    }
+                    self.check_local(route, principal, ctx)
+                }
+            },
+            None => self.check_local(route, principal, ctx),
+        };
+        let quota = Quota {
+            route: route.clone(),
+            statuses,
+        };
+        let counter = if quota.admit().is_ok() {
+            &route.allowed
+        } else {
+            &route.limited
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(quota)
+    }
+
+    fn check_local(
+        &self,
+        route: &RouteLimits,
+        principal: &Principal,
+        ctx: &RequestContext,
+    ) -> Vec<LimitStatus> {
+        let mut statuses = Vec::with_capacity(route.limits.len());
+        for limit in &route.limits {
+            let key = match limit.key {
+                LimitKey::Principal => self.shared.hasher.hash_one(principal.name()),
+                LimitKey::Ip => self.shared.hasher.hash_one(ctx.known_client_ip()),
+                LimitKey::Route => 0,
+            };
+            let status = limit.local.check(key);
+            statuses.push(status);
+            if !status.allowed() {
+                break;
+            }
+        }
+        statuses
+    }
+
+    async fn check_shared(
+        &self,
+        redis: &RedisLink,
+        route: &RouteLimits,
+        principal: &Principal,
+        ctx: &RequestContext,
+    ) -> Option<Vec<LimitStatus>> {
+        let buckets: Vec<(String, Duration, u32)> = route
+            .limits
+            .iter()
+            .map(|limit| {
+                let key: Cow<'_, str> = match limit.key {
+                    LimitKey::Principal => Cow::Borrowed(principal.name()),
+                    LimitKey::Ip => match ctx.known_client_ip() {
+                        Some(ip) => Cow::Owned(ip.to_string()),
+                        None => Cow::Borrowed("unknown"),
+                    },
+                    LimitKey::Route => Cow::Borrowed("*"),
+                };
+                (
+                    redis.backend().bucket_key(&limit.bucket, &key),
+                    limit.rate.emission_interval(),
+                    limit.burst,
+                )
+            })
+            .collect();
+        let decision = redis.decide(&buckets).await?;
+        let mut statuses = decision.statuses;
+        if !decision.allowed {
+            // Report up to the first refusal, as the in-memory backend does.
+            if let Some(first) = statuses.iter().position(|s| !s.allowed()) {
+                statuses.truncate(first + 1);
+            }
+        }
+        Some(statuses)
+    }
+
+    /// Refuses a banned `ip` with 429 and `Retry-After`.
+    pub async fn check_ban(&self, ip: IpAddr) -> Result<(), Problem> {
+        if self.shared.ban_policy.max_failures == 0 {
+            return Ok(());
+        }
+        if let Some(redis) = &self.redis
+            && let Some(remaining) = redis.ban_remaining(ip).await
+        {
+            return match remaining {
+                None => Ok(()),
+                Some(remaining) => Err(Bans::refusal(remaining)),
+            };
+        }
+        self.shared.bans.check(ip)
+    }
+
+    /// Counts a failed authentication from `ip` towards a ban.
+    pub async fn record_failure(&self, ip: IpAddr) {
+        let policy = self.shared.ban_policy;
+        if policy.max_failures == 0 {
+            return;
+        }
+        if let Some(redis) = &self.redis {
+            let recorded = redis
+                .record_failure(ip, policy.max_failures, policy.window, policy.duration)
+                .await;
+            match recorded {
+                Some(true) => {
+                    warn!(%ip, ban = ?policy.duration, "address banned on every replica after repeated authentication failures");
+                    return;
+                }
+                Some(false) => return,
+                None => {}
+            }
+        }
+        self.shared.bans.record_failure(ip);
+    }
+
+    /// Where limits are kept now, for `/ready`; asks Redis (or probes it, when it was down).
+    pub async fn backend_state(&self) -> BackendState {
+        let Some(redis) = &self.redis else {
+            return BackendState::Memory;
+        };
+        if redis.ping().await {
+            BackendState::Redis
+        } else {
+            match self.shared.on_backend_error {
+                OnBackendError::Local => BackendState::Fallback,
+                OnBackendError::Deny => BackendState::Unavailable,
+            }
+        }
+    }
+
+    /// Whether a Redis backend is configured.
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+}
