@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: wrk against the upstream directly, nginx as a plain reverse proxy, and
-# portcullis (bearer token checked, security headers on), all in one run on this machine.
+# portcullis (bearer token checked, security headers on; then the same with a rate limit
+# checked in memory, and with the limit shared through Redis), all in one run on this machine.
 # Every target is on 127.0.0.1; every wrk run is bounded by DURATION. The targets are
 # measured in ROUNDS interleaved rounds and each figure is the median over the rounds, since
 # on a small shared machine one run of one target can be off by 15%.
@@ -8,7 +9,8 @@
 #   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #   ROUNDS=5 DURATION=15s bash bench/run.sh --record
 #
-# Needs: nginx and wrk (apt-get install nginx wrk), a Rust toolchain.
+# Needs: nginx and wrk (apt-get install nginx wrk), a Rust toolchain, and Redis on
+# 127.0.0.1:6379 (REDIS_URL to use another).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +22,8 @@ ROUNDS=${ROUNDS:-3}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18001}
 NGINX_PORT=${NGINX_PORT:-18002}
 PORTCULLIS_PORT=${PORTCULLIS_PORT:-18003}
+REDIS_PORTCULLIS_PORT=${REDIS_PORTCULLIS_PORT:-18004}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 record=false
 [ "${1:-}" = "--record" ] && record=true
 
@@ -90,20 +94,46 @@ token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # beside the static token in the same process.
 managed=$("$binary" token --data-dir "$work/data" --json create --name bench --scopes read |
   sed -E 's/.*"token":"([^"]+)".*/\1/')
+# / is not limited; /limited has a per-principal limit far above what wrk can send, so
+# every request there pays for the check and none is refused.
+cat >"$work/portcullis.toml" <<EOF
+[upstreams.api]
+url = "http://127.0.0.1:$UPSTREAM_PORT"
+[[routes]]
+path_prefix = "/"
+upstream = "api"
+rate_limits = []
+[[routes]]
+path_prefix = "/limited"
+upstream = "api"
+rate_limits = [{ rate = "10000000/s" }]
+[rate_limit]
+redis_key_prefix = "portcullis-bench-$$"
+EOF
 PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
-  --listen "127.0.0.1:$PORTCULLIS_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+  --listen "127.0.0.1:$PORTCULLIS_PORT" --config "$work/portcullis.toml" \
   --data-dir "$work/data" --admin-listen off \
   2>"$work/portcullis.log" &
 pids+=($!)
+# The same configuration with its limits (and bans) kept in Redis.
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_REDIS_URL=$REDIS_URL "$binary" serve \
+  --listen "127.0.0.1:$REDIS_PORTCULLIS_PORT" --config "$work/portcullis.toml" \
+  --data-dir "$work/data-redis" --admin-listen off \
+  2>"$work/portcullis-redis.log" &
+pids+=($!)
 
-for port in $UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT; do
+for port in $UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT; do
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
     sleep 0.1
   done
 done
-status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$PORTCULLIS_PORT/v1/positions")
-[ "$status" = 200 ] || { echo "bench: portcullis answered $status" >&2; cat "$work/portcullis.log" >&2; exit 1; }
+for url in "http://127.0.0.1:$PORTCULLIS_PORT/v1/positions" "http://127.0.0.1:$REDIS_PORTCULLIS_PORT/limited/positions"; do
+  status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")
+  [ "$status" = 200 ] || { echo "bench: portcullis answered $status at $url" >&2; cat "$work"/portcullis*.log >&2; exit 1; }
+done
+ready=$(curl -s "http://127.0.0.1:$REDIS_PORTCULLIS_PORT/ready")
+case "$ready" in *'"rate_limit_backend":"redis"'*) ;; *) echo "bench: Redis is not in use: $ready" >&2; exit 1 ;; esac
 
 # measure <key> <url> [header]: one measured wrk run; appends "key rps p50 p99 errors" to $work/runs
 # with latencies in microseconds.
@@ -122,6 +152,8 @@ measure() {
 upstream_url="http://127.0.0.1:$UPSTREAM_PORT/v1/positions"
 nginx_url="http://127.0.0.1:$NGINX_PORT/v1/positions"
 portcullis_url="http://127.0.0.1:$PORTCULLIS_PORT/v1/positions"
+limited_url="http://127.0.0.1:$PORTCULLIS_PORT/limited/positions"
+redis_url="http://127.0.0.1:$REDIS_PORTCULLIS_PORT/limited/positions"
 auth="Authorization: Bearer $token"
 managed_auth="Authorization: Bearer $managed"
 
@@ -129,12 +161,16 @@ managed_auth="Authorization: Bearer $managed"
 for url in "$upstream_url" "$nginx_url"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null; done
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$portcullis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$managed_auth" "$portcullis_url" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$limited_url" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$redis_url" >/dev/null
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   measure upstream "$upstream_url"
   measure nginx "$nginx_url"
   measure portcullis "$portcullis_url" "$auth"
   measure managed "$portcullis_url" "$managed_auth"
+  measure limited "$limited_url" "$auth"
+  measure redis "$redis_url" "$auth"
 done
 
 # median <key> <column>: the median of one column over the rounds.
@@ -153,10 +189,14 @@ rows=$(
   row nginx "nginx reverse proxy"
   row portcullis "portcullis (static token + security headers)"
   row managed "portcullis (managed token, cache hit)"
+  row limited "portcullis (static token + rate limit in memory)"
+  row redis "portcullis (static token + rate limit in Redis)"
 )
 ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median nginx 2)" 'BEGIN { printf "%.2f", a / b }')
 p99_ratio=$(awk -v a="$(median portcullis 4)" -v b="$(median nginx 4)" 'BEGIN { printf "%.2f", a / b }')
 managed_ratio=$(awk -v a="$(median managed 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
+limited_ratio=$(awk -v a="$(median limited 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
+redis_ratio=$(awk -v a="$(median redis 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 per_round=$(awk '$1 == "portcullis" { p = $2 } $1 == "nginx" { n = $2 } $1 == "portcullis" && n { printf "%s%.2f", sep, p / n; sep = ", " }' "$work/runs")
 
 section=$(cat <<EOF
@@ -173,6 +213,7 @@ $rows
 
 portcullis / nginx: throughput **${ratio}x** (per round: $per_round), p99 **${p99_ratio}x**.
 Managed token (cache hit) / static token throughput: **${managed_ratio}x**.
+Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no limit: **${redis_ratio}x**.
 EOF
 )
 echo "$section"

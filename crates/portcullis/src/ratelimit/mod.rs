@@ -11,6 +11,7 @@ mod redis_backend;
 mod spec;
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -127,7 +128,9 @@ impl RouteLimits {
             .join(", ");
         Some(Self {
             path_prefix: path_prefix.to_owned(),
-            policy: HeaderValue::from_str(&policy).ok()?,
+            // Key names and numbers only, so always a valid value.
+            policy: HeaderValue::from_str(&policy)
+                .unwrap_or_else(|_| HeaderValue::from_static("\"limited\"")),
             limits,
             allowed: AtomicU64::new(0),
             limited: AtomicU64::new(0),
@@ -334,6 +337,11 @@ impl Quota {
             .min_by_key(|(_, s)| (s.allowed(), s.remaining, std::cmp::Reverse(s.reset)))
     }
 
+    /// Whether a limit refused the request.
+    pub fn refused(&self) -> bool {
+        self.statuses.iter().any(|s| !s.allowed())
+    }
+
     /// 429 with `Retry-After` when a limit refused the request.
     pub fn admit(&self) -> Result<(), Problem> {
         let Some(retry) = self.statuses.iter().find_map(|s| s.retry_after) else {
@@ -365,21 +373,17 @@ impl Quota {
             HeaderValue::from(whole_seconds(status.reset)),
         );
         headers.insert(RATELIMIT_POLICY.clone(), self.route.policy.clone());
-        let current = self
-            .route
-            .limits
-            .iter()
-            .zip(&self.statuses)
-            .map(|(l, s)| {
-                format!(
-                    "\"{}\";r={};t={}",
-                    l.name,
-                    s.remaining,
-                    whole_seconds(s.reset)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut current = String::with_capacity(32 * self.statuses.len());
+        for (limit, status) in self.route.limits.iter().zip(&self.statuses) {
+            let separator = if current.is_empty() { "" } else { ", " };
+            let reset = whole_seconds(status.reset);
+            // Writing to a String cannot fail.
+            let _ = write!(
+                current,
+                "{separator}\"{}\";r={};t={reset}",
+                limit.name, status.remaining
+            );
+        }
         if let Ok(value) = HeaderValue::from_str(&current) {
             headers.insert(RATELIMIT.clone(), value);
         }
@@ -434,10 +438,10 @@ impl Limiter {
             route: route.clone(),
             statuses,
         };
-        let counter = if quota.admit().is_ok() {
-            &route.allowed
-        } else {
+        let counter = if quota.refused() {
             &route.limited
+        } else {
+            &route.allowed
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(quota)

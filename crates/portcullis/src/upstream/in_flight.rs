@@ -50,11 +50,6 @@ impl InFlightLimit {
             _ => Err(busy),
         }
     }
-
-    /// Requests in flight now.
-    pub fn in_flight(&self) -> usize {
-        self.max - self.slots.available_permits()
-    }
 }
 
 /// A response body that keeps its request's slot until the body ends or is dropped.
