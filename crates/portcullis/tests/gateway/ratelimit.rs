@@ -600,6 +600,31 @@ async fn redis_stopped_mid_run_falls_back_to_memory_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_redis_that_is_down_at_start_is_used_once_it_comes_up() {
+    let mut redis = OwnRedis::start();
+    redis.stop();
+    let upstream = Upstream::start().await;
+    let (_dir, launch) = launch(&upstream, &route("/v1", r#"{ rate = "2/min" }"#));
+    let gateway = launch.env("PORTCULLIS_REDIS_URL", redis.url(None)).start();
+
+    assert_eq!(
+        call(&gateway, "/v1").await.status,
+        200,
+        "served from memory meanwhile"
+    );
+    wait_for_backend(&gateway, "fallback").await;
+    redis.restart();
+    wait_for_backend(&gateway, "redis").await;
+    for remaining in [1, 0] {
+        let reply = call(&gateway, "/v1").await;
+        assert_eq!(header_u64(&reply, "x-ratelimit-remaining"), remaining);
+    }
+    call(&gateway, "/v1")
+        .await
+        .assert_problem(429, "rate-limited");
+}
+
+#[tokio::test]
 async fn deny_mode_refuses_limited_requests_while_redis_is_unreachable() {
     let upstream = Upstream::start().await;
     // A port nothing listens on.
