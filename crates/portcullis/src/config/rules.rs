@@ -11,6 +11,7 @@ use super::{API_TOKENS_VAR, Config};
 use crate::pipeline::auth::is_token68;
 use crate::pipeline::cors::normalize_origin;
 use crate::pipeline::hygiene::check_path;
+use crate::ratelimit::{MAX_BURST, MAX_PERIOD};
 
 /// Longest time a verified managed token may be cached.
 pub const MAX_TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -379,6 +380,16 @@ fn rate_limits(config: &Config, production: bool, report: &mut Report) {
     }
     for route in &config.routes {
         for limit in config.limits_for(route) {
+            let burst = limit.burst.unwrap_or(limit.rate.count());
+            let refill = limit.rate.emission_interval().saturating_mul(burst);
+            if burst > MAX_BURST || refill > MAX_PERIOD {
+                report.add(
+                    "routes.rate_limits",
+                    Severity::Error,
+                    format!("route {:?} has a limit whose burst of {burst} is over {MAX_BURST} or takes over a year to refill", route.path_prefix),
+                    "lower the burst, or raise the rate",
+                );
+            }
             if limit.burst == Some(0) {
                 report.add(
                     "routes.rate_limits",
@@ -627,6 +638,23 @@ mod tests {
         );
         for finding in &report.findings {
             assert!(!finding.message.contains("hunter2") && !finding.fix.contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn bursts_too_large_or_too_slow_to_refill_fail() {
+        for (rate, burst) in [("10/s", 2_000_000), ("1/hour", 1_000_000)] {
+            let mut config = valid();
+            config.routes[0].rate_limits = Some(vec![crate::config::RouteLimitConfig {
+                rate: rate.parse().unwrap(),
+                burst: Some(burst),
+                key: Default::default(),
+            }]);
+            let found: Vec<_> = check(&config, &Facts::default(), false)
+                .errors()
+                .map(|f| f.rule)
+                .collect();
+            assert_eq!(found, ["routes.rate_limits"], "{rate} burst {burst}");
         }
     }
 

@@ -51,6 +51,15 @@ impl Principal {
         }
     }
 
+    /// The managed credential's name; `None` for the static principal, so that a managed
+    /// token that happens to be named `static` is still a caller of its own.
+    pub fn managed_name(&self) -> Option<&str> {
+        match &self.0 {
+            Caller::Static => None,
+            Caller::Managed(record) => Some(&record.name),
+        }
+    }
+
     /// Whether the caller may act with `scope` (`admin` implies every scope).
     pub fn has_scope(&self, scope: &str) -> bool {
         match &self.0 {

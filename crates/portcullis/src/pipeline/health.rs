@@ -85,7 +85,10 @@ impl Health {
                     return Err(Problem::new(ProblemKind::NotReady).with_detail(reason));
                 }
                 match readiness.rate_limit_backend {
-                    // `fallback` tells the operator that limits are per instance for now.
+                    // `fallback` tells the operator that limits are per instance for now,
+                    // `unavailable` that limited routes are refused. Neither fails the
+                    // probe: a Redis outage would otherwise take every replica out at once,
+                    // unlimited routes included.
                     Some(backend) => format!(
                         r#"{{"status":"ready","rate_limit_backend":"{}"}}"#,
                         backend.as_str()
@@ -128,10 +131,6 @@ impl Health {
             unready: None,
             rate_limit_backend,
         };
-        if rate_limit_backend == Some(BackendState::Unavailable) {
-            readiness.unready = Some("the rate-limit backend is unreachable");
-            return readiness;
-        }
         if let Some(store) = &self.store {
             let reachable = tokio::time::timeout(PROBE_TIMEOUT, store.is_reachable())
                 .await

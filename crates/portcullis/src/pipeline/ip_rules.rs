@@ -102,7 +102,8 @@ impl Bans {
 
     /// The 429 for an address banned for `remaining` more.
     pub fn refusal(remaining: Duration) -> Problem {
-        let seconds = remaining.as_secs().max(1);
+        // Rounded up: a client that waits this long finds the ban lifted.
+        let seconds = (remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0)).max(1);
         Problem::new(ProblemKind::Banned)
             .with_detail("too many failed authentication attempts from this address")
             .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))

@@ -324,7 +324,8 @@ impl Gateway {
                     .with_detail("the upstream did not respond in time")
             }
             ForwardError::Busy(_) => {
-                warn!(request_id = ?ctx.request_id, upstream, %error, "upstream at its in-flight cap");
+                // Not a warning each: they come in floods exactly when the upstream is slow.
+                tracing::debug!(request_id = ?ctx.request_id, upstream, %error, "upstream at its in-flight cap");
                 Problem::new(ProblemKind::UpstreamBusy)
                     .with_detail("the upstream is at capacity; retry shortly")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))

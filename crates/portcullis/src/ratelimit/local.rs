@@ -3,8 +3,9 @@
 //! Keys are 64-bit hashes of the principal, address or route, so an entry costs the same
 //! whatever the key. When the table is full, idle keys (whose bucket has refilled) are
 //! evicted, at most once per [`SWEEP_INTERVAL`]; a new key that still finds no room shares
-//! one overflow bucket, so a flood of distinct clients costs bounded memory and gets, all
-//! together, one client's allowance.
+//! one overflow bucket, so a flood of distinct clients costs bounded memory (the cap, plus
+//! the few keys workers add at the same instant) and gets, all together, one client's
+//! allowance.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
+use super::spec::{MAX_BURST, MAX_PERIOD};
 use super::{LimitStatus, RateSpec};
 
 /// The key every new client shares while the table is full of active ones.
@@ -25,7 +27,7 @@ const OVERFLOW_KEY: u64 = u64::MAX;
 /// Eviction of idle keys runs at most this often while the table is full.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A key table that never holds more than `max_keys` entries (plus the overflow bucket).
+/// A key table that stops taking new keys at `max_keys` entries (plus the overflow bucket).
 #[derive(Debug)]
 struct BoundedStore {
     states: DashMapStateStore<u64>,
@@ -86,9 +88,12 @@ impl LocalLimiter {
 }
 
 impl<C: Clock> LocalLimiter<C> {
-    /// As [`LocalLimiter::new`], reading time from `clock`.
+    /// As [`LocalLimiter::new`], reading time from `clock`. The burst is capped so that a
+    /// full bucket refills within [`MAX_PERIOD`] (`portcullis check` refuses more).
     pub fn with_clock(rate: RateSpec, burst: NonZeroU32, max_keys: usize, clock: C) -> Self {
         let emission = rate.emission_interval().max(Duration::from_nanos(1));
+        let refill_cap = (MAX_PERIOD.as_nanos() / emission.as_nanos()).clamp(1, MAX_BURST.into());
+        let burst = NonZeroU32::new(burst.get().min(refill_cap as u32)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(emission)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
@@ -156,7 +161,6 @@ impl<C: Clock> LocalLimiter<C> {
         }
         self.full.store(false, Ordering::Relaxed);
         self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
     }
 
     /// How many keys are tracked.
@@ -269,6 +273,13 @@ mod tests {
         assert!(limiter.len() <= 10_001, "{} keys tracked", limiter.len());
         // Every tracked key had its one request, and the overflow bucket one more.
         assert_eq!(allowed, 10_001);
+    }
+
+    #[test]
+    fn an_oversized_burst_is_capped_instead_of_overflowing() {
+        let (limiter, _clock) = limiter("1/day", 1_000_000, 10);
+        // 1 000 000 days would not fit governor's clock; the bucket is capped at a year.
+        assert_eq!(limiter.check(1).remaining, 365);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tracing::warn;
 
 pub use local::LocalLimiter;
 pub use redis_backend::{RedisBackend, RedisLink, RedisUrlError};
-pub use spec::{LimitKey, RateSpec, RateSpecError};
+pub use spec::{LimitKey, MAX_BURST, MAX_PERIOD, RateSpec, RateSpecError};
 
 use crate::config::{Config, OnBackendError, RouteLimitConfig};
 use crate::pipeline::auth::Principal;
@@ -344,7 +344,8 @@ impl Quota {
 
     /// 429 with `Retry-After` when a limit refused the request.
     pub fn admit(&self) -> Result<(), Problem> {
-        let Some(retry) = self.statuses.iter().find_map(|s| s.retry_after) else {
+        // The longest wait among the limits that refused: after it, none of them will.
+        let Some(retry) = self.statuses.iter().filter_map(|s| s.retry_after).max() else {
             return Ok(());
         };
         Err(Problem::new(ProblemKind::RateLimited)
@@ -395,6 +396,56 @@ fn whole_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
+/// Who a bucket belongs to, for one limit and one request.
+#[derive(Debug, Hash)]
+enum Subject<'a> {
+    /// Every static token: one principal.
+    StaticPrincipal,
+    /// A managed token or capability, by name (which a rotated token keeps).
+    Managed(&'a str),
+    /// A client address (IPv6 by its /64), or `None` when a trusted proxy left it unknown.
+    Address(Option<IpAddr>),
+    /// Everyone on the route.
+    Route,
+}
+
+impl<'a> Subject<'a> {
+    fn of(key: LimitKey, principal: &'a Principal, ctx: &RequestContext) -> Self {
+        match key {
+            LimitKey::Principal => match principal.managed_name() {
+                Some(name) => Self::Managed(name),
+                None => Self::StaticPrincipal,
+            },
+            LimitKey::Ip => Self::Address(ctx.known_client_ip().map(address_block)),
+            LimitKey::Route => Self::Route,
+        }
+    }
+
+    /// The last part of its Redis key; the prefixes keep the kinds apart.
+    fn redis_key(&self) -> Cow<'a, str> {
+        match self {
+            Self::StaticPrincipal => Cow::Borrowed("static"),
+            Self::Managed(name) => Cow::Owned(format!("token:{name}")),
+            Self::Address(Some(ip)) => Cow::Owned(format!("ip:{ip}")),
+            Self::Address(None) => Cow::Borrowed("ip:unknown"),
+            Self::Route => Cow::Borrowed("route"),
+        }
+    }
+}
+
+/// The address a per-address limit counts: an IPv4 address, or an IPv6 address's /64, since
+/// one IPv6 client usually holds a whole /64 and could otherwise take a fresh bucket per
+/// address.
+fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
 /// One worker's access to the rate limits and bans.
 #[derive(Debug)]
 pub struct Limiter {
@@ -419,20 +470,24 @@ impl Limiter {
         ctx: &RequestContext,
     ) -> Result<Quota, Problem> {
         let shared = &self.shared;
+        let subjects = route
+            .limits
+            .iter()
+            .map(|limit| Subject::of(limit.key, principal, ctx));
         let statuses = match &self.redis {
-            Some(redis) => match self.check_shared(redis, route, principal, ctx).await {
+            Some(redis) => match Self::check_shared(redis, route, subjects.clone()).await {
                 Some(statuses) => statuses,
+                None if shared.on_backend_error == OnBackendError::Deny => {
+                    return Err(Problem::new(ProblemKind::RateLimitUnavailable)
+                        .with_detail("the rate-limit backend cannot be reached")
+                        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                }
                 None => {
                     shared.fallback_decisions.fetch_add(1, Ordering::Relaxed);
-                    if shared.on_backend_error == OnBackendError::Deny {
-                        return Err(Problem::new(ProblemKind::RateLimitUnavailable)
-                            .with_detail("the rate-limit backend cannot be reached")
-                            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
-                    }
-                    self.check_local(route, principal, ctx)
+                    self.check_local(route, subjects)
                 }
             },
-            None => self.check_local(route, principal, ctx),
+            None => self.check_local(route, subjects),
         };
         let quota = Quota {
             route: route.clone(),
@@ -447,20 +502,16 @@ impl Limiter {
         Ok(quota)
     }
 
-    fn check_local(
+    /// In memory, limit by limit, stopping at the first refusal; per-client limits come
+    /// first, so a client refused by its own limit spends nothing of the route's.
+    fn check_local<'a>(
         &self,
         route: &RouteLimits,
-        principal: &Principal,
-        ctx: &RequestContext,
+        subjects: impl Iterator<Item = Subject<'a>>,
     ) -> Vec<LimitStatus> {
         let mut statuses = Vec::with_capacity(route.limits.len());
-        for limit in &route.limits {
-            let key = match limit.key {
-                LimitKey::Principal => self.shared.hasher.hash_one(principal.name()),
-                LimitKey::Ip => self.shared.hasher.hash_one(ctx.known_client_ip()),
-                LimitKey::Route => 0,
-            };
-            let status = limit.local.check(key);
+        for (limit, subject) in route.limits.iter().zip(subjects) {
+            let status = limit.local.check(self.shared.hasher.hash_one(subject));
             statuses.push(status);
             if !status.allowed() {
                 break;
@@ -469,57 +520,42 @@ impl Limiter {
         statuses
     }
 
-    async fn check_shared(
-        &self,
+    /// In Redis, every limit at once, charged together or not at all.
+    async fn check_shared<'a>(
         redis: &RedisLink,
         route: &RouteLimits,
-        principal: &Principal,
-        ctx: &RequestContext,
+        subjects: impl Iterator<Item = Subject<'a>>,
     ) -> Option<Vec<LimitStatus>> {
         let buckets: Vec<(String, Duration, u32)> = route
             .limits
             .iter()
-            .map(|limit| {
-                let key: Cow<'_, str> = match limit.key {
-                    LimitKey::Principal => Cow::Borrowed(principal.name()),
-                    LimitKey::Ip => match ctx.known_client_ip() {
-                        Some(ip) => Cow::Owned(ip.to_string()),
-                        None => Cow::Borrowed("unknown"),
-                    },
-                    LimitKey::Route => Cow::Borrowed("*"),
-                };
+            .zip(subjects)
+            .map(|(limit, subject)| {
                 (
-                    redis.backend().bucket_key(&limit.bucket, &key),
+                    redis
+                        .backend()
+                        .bucket_key(&limit.bucket, &subject.redis_key()),
                     limit.rate.emission_interval(),
                     limit.burst,
                 )
             })
             .collect();
-        let decision = redis.decide(&buckets).await?;
-        let mut statuses = decision.statuses;
-        if !decision.allowed {
-            // Report up to the first refusal, as the in-memory backend does.
-            if let Some(first) = statuses.iter().position(|s| !s.allowed()) {
-                statuses.truncate(first + 1);
-            }
-        }
-        Some(statuses)
+        redis.decide(&buckets).await
     }
 
-    /// Refuses a banned `ip` with 429 and `Retry-After`.
+    /// Refuses a banned `ip` with 429 and `Retry-After`. Bans made in memory while Redis
+    /// was unreachable keep holding after it returns.
     pub async fn check_ban(&self, ip: IpAddr) -> Result<(), Problem> {
         if self.shared.ban_policy.max_failures == 0 {
             return Ok(());
         }
+        self.shared.bans.check(ip)?;
         if let Some(redis) = &self.redis
-            && let Some(remaining) = redis.ban_remaining(ip).await
+            && let Some(Some(remaining)) = redis.ban_remaining(ip).await
         {
-            return match remaining {
-                None => Ok(()),
-                Some(remaining) => Err(Bans::refusal(remaining)),
-            };
+            return Err(Bans::refusal(remaining));
         }
-        self.shared.bans.check(ip)
+        Ok(())
     }
 
     /// Counts a failed authentication from `ip` towards a ban.
@@ -562,5 +598,44 @@ impl Limiter {
     /// Whether a Redis backend is configured.
     pub fn is_shared(&self) -> bool {
         self.redis.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_block(a), address_block(b));
+        assert_eq!(address_block(a).to_string(), "2001:db8:1:2::");
+        assert_ne!(address_block(a), address_block(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_block(v4), v4);
+    }
+
+    #[test]
+    fn the_longest_wait_among_refusing_limits_is_the_retry_after() {
+        let config = |rate: &str| RouteLimitConfig {
+            rate: rate.parse().unwrap(),
+            burst: None,
+            key: LimitKey::Route,
+        };
+        let route = Arc::new(RouteLimits::new("/", &[config("1/s"), config("1/min")], 10).unwrap());
+        let refused = |secs| LimitStatus {
+            remaining: 0,
+            reset: Duration::from_secs(secs),
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        let quota = Quota {
+            route,
+            statuses: vec![refused(1), refused(60)],
+        };
+        let problem = quota.admit().unwrap_err();
+        let response = problem.into_response(&HeaderValue::from_static("r"));
+        assert_eq!(response.headers()[header::RETRY_AFTER], "60");
     }
 }

@@ -1,13 +1,14 @@
 //! The shared backend: GCRA state in Redis, one atomic Lua script per decision, with the
 //! time taken from Redis so that replicas' clocks do not matter.
 //!
-//! Every call has a short timeout. A failed call marks the backend down for every worker;
-//! while it is down, callers are told at once (and fall back or refuse, as configured), and
-//! one call per [`PROBE_INTERVAL`] tries Redis again, so recovery needs no operator.
+//! Every call has a short timeout; a call that fails falls back or refuses, as configured.
+//! After [`FAILURES_BEFORE_DOWN`] failures in a row the backend is down for every worker:
+//! callers are told at once instead of waiting, and one call per [`PROBE_INTERVAL`] tries
+//! Redis again, so recovery needs no operator. One slow call alone does not take it down.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -17,6 +18,8 @@ use tracing::{info, warn};
 
 use super::LimitStatus;
 
+/// Failed calls in a row that mark the backend down.
+const FAILURES_BEFORE_DOWN: u32 = 3;
 /// How often a down backend is tried again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long opening a connection may take (it happens off the request path).
@@ -84,6 +87,7 @@ pub struct BackendHealth {
     down: AtomicBool,
     /// Milliseconds since `epoch` after which a down backend may be tried again.
     next_probe: AtomicU64,
+    consecutive_failures: AtomicU32,
     errors: AtomicU64,
 }
 
@@ -93,6 +97,7 @@ impl BackendHealth {
             epoch: Instant::now(),
             down: AtomicBool::new(false),
             next_probe: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
             errors: AtomicU64::new(0),
         }
     }
@@ -128,6 +133,7 @@ impl BackendHealth {
     }
 
     fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.down.swap(false, Ordering::Relaxed) {
             info!("rate-limit backend: Redis answers again; limits and bans are shared again");
         }
@@ -135,6 +141,10 @@ impl BackendHealth {
 
     fn failed(&self, cause: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row < FAILURES_BEFORE_DOWN {
+            return;
+        }
         self.next_probe.store(
             self.millis() + PROBE_INTERVAL.as_millis() as u64,
             Ordering::Relaxed,
@@ -199,20 +209,12 @@ impl RedisBackend {
 }
 
 /// One worker's connection to the backend. The connection is opened on first use, on the
-/// worker's own runtime, and reconnects by itself.
+/// worker's own runtime; after a failed call it is replaced, so that no error it kept from
+/// its setup (a refused password, say) outlives the cause.
 #[derive(Debug)]
 pub struct RedisLink {
     backend: Arc<RedisBackend>,
-    connection: OnceLock<ConnectionManager>,
-}
-
-/// The answer of the decision script.
-#[derive(Debug)]
-pub struct SharedDecision {
-    /// Whether every limit let the request through (and so was charged).
-    pub allowed: bool,
-    /// Each limit's state, in the order given.
-    pub statuses: Vec<LimitStatus>,
+    connection: Mutex<Option<ConnectionManager>>,
 }
 
 impl RedisLink {
@@ -220,7 +222,7 @@ impl RedisLink {
     pub fn new(backend: Arc<RedisBackend>) -> Self {
         Self {
             backend,
-            connection: OnceLock::new(),
+            connection: Mutex::new(None),
         }
     }
 
@@ -230,7 +232,12 @@ impl RedisLink {
     }
 
     fn connection(&self) -> RedisResult<ConnectionManager> {
-        if let Some(connection) = self.connection.get() {
+        // Only this worker's thread takes the lock, never across an await.
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
         let config = ConnectionManagerConfig::new()
@@ -238,12 +245,20 @@ impl RedisLink {
             .set_response_timeout(Some(self.backend.timeout))
             .set_number_of_retries(1);
         let manager = ConnectionManager::new_lazy_with_config(self.backend.client.clone(), config)?;
-        Ok(self.connection.get_or_init(|| manager).clone())
+        Ok(slot.insert(manager).clone())
+    }
+
+    fn failed(&self, cause: &str) {
+        self.backend.health.failed(cause);
+        if let Ok(mut slot) = self.connection.lock() {
+            slot.take();
+        }
     }
 
     /// Runs `call` against Redis within the timeout; `None` when the backend is down (and
     /// this is not a probe), fails or is too slow. A call that finds its connection broken
-    /// (Redis restarted, say) is tried once more on the connection that replaces it.
+    /// (Redis restarted, say) is tried once more on the connection that replaces it; in the
+    /// rare case the connection broke after Redis ran the call, a decision is charged twice.
     async fn call<T, F, Fut>(&self, call: F) -> Option<T>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -256,7 +271,7 @@ impl RedisLink {
         let connection = match self.connection() {
             Ok(connection) => connection,
             Err(error) => {
-                health.failed(&error.to_string());
+                self.failed(&error.to_string());
                 return None;
             }
         };
@@ -274,11 +289,11 @@ impl RedisLink {
                 Some(value)
             }
             Ok(Err(error)) => {
-                health.failed(&error.to_string());
+                self.failed(&error.to_string());
                 None
             }
             Err(_) => {
-                health.failed("timed out");
+                self.failed("timed out");
                 None
             }
         }
@@ -296,8 +311,8 @@ impl RedisLink {
     }
 
     /// Charges one request to every bucket in `buckets` (key, emission interval, burst), or
-    /// to none if any refuses.
-    pub async fn decide(&self, buckets: &[(String, Duration, u32)]) -> Option<SharedDecision> {
+    /// to none if any refuses; each bucket's state, in the order given.
+    pub async fn decide(&self, buckets: &[(String, Duration, u32)]) -> Option<Vec<LimitStatus>> {
         let script = &self.backend.decide;
         let mut invocation = script.prepare_invoke();
         for (key, interval, burst) in buckets {
@@ -324,10 +339,7 @@ impl RedisLink {
                 retry_after: (values[2] >= 0).then(|| micros(values[2])),
             })
             .collect::<Vec<_>>();
-        (statuses.len() == buckets.len()).then(|| SharedDecision {
-            allowed: reply.first() == Some(&1),
-            statuses,
-        })
+        (statuses.len() == buckets.len()).then_some(statuses)
     }
 
     /// How long `ip` stays banned, if it is; `None` when the backend cannot say.

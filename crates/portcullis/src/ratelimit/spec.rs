@@ -13,15 +13,21 @@ pub struct RateSpec {
     period: Duration,
 }
 
+/// The longest period a rate may have, and the longest a full bucket may take to refill.
+pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 86_400);
+/// The largest burst a limit may allow.
+pub const MAX_BURST: u32 = 1_000_000;
+
 /// Why a rate could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a rate like 60/min, 10/s, 1000/hour or 100/10s")]
+#[error("{0:?} is not a rate like 60/min, 10/s, 1000/hour or 100/10s (a period of at most a year)")]
 pub struct RateSpecError(String);
 
 impl RateSpec {
-    /// `count` requests per `period`; `None` when either is zero.
+    /// `count` requests per `period`; `None` when either is zero or the period is over
+    /// [`MAX_PERIOD`].
     pub fn new(count: u32, period: Duration) -> Option<Self> {
-        (count > 0 && !period.is_zero()).then_some(Self { count, period })
+        (count > 0 && !period.is_zero() && period <= MAX_PERIOD).then_some(Self { count, period })
     }
 
     /// Requests per period.
@@ -151,6 +157,7 @@ mod tests {
             "60/fortnight",
             "x/min",
             "60/",
+            "1/600years",
         ] {
             assert!(text.parse::<RateSpec>().is_err(), "{text:?}");
         }

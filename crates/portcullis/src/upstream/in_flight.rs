@@ -30,8 +30,10 @@ pub struct Busy {
 }
 
 impl InFlightLimit {
-    /// At most `max` requests in flight; others wait up to `queue_timeout`.
+    /// At most `max` requests in flight (capped at [`Semaphore::MAX_PERMITS`]); others wait
+    /// up to `queue_timeout`.
     pub fn new(max: usize, queue_timeout: Duration) -> Arc<Self> {
+        let max = max.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(max)),
             max,

@@ -164,8 +164,8 @@ async fn exactly_the_limit_passes_and_the_next_is_refused_before_the_upstream() 
 #[tokio::test]
 async fn a_refused_client_is_served_again_after_the_documented_time() {
     let upstream = Upstream::start().await;
-    // 2 per second: one request comes back every 500 ms.
-    let (_dir, launch) = launch(&upstream, &route("/v1", r#"{ rate = "2/s" }"#));
+    // 2 every 2 s: one request comes back every second.
+    let (_dir, launch) = launch(&upstream, &route("/v1", r#"{ rate = "2/2s" }"#));
     let gateway = launch.start();
     assert_eq!(call(&gateway, "/v1/a").await.status, 200);
     assert_eq!(call(&gateway, "/v1/a").await.status, 200);
@@ -173,7 +173,7 @@ async fn a_refused_client_is_served_again_after_the_documented_time() {
     refused.assert_problem(429, "rate-limited");
     assert_eq!(header_u64(&refused, "retry-after"), 1);
 
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    tokio::time::sleep(Duration::from_millis(1050)).await;
     assert_eq!(
         call(&gateway, "/v1/a").await.status,
         200,
@@ -232,10 +232,11 @@ async fn limits_are_kept_per_principal_per_address_or_per_route() {
         .assert_problem(429, "rate-limited");
 }
 
-#[tokio::test]
-async fn the_strictest_limit_decides_and_a_refused_client_spends_nothing_shared() {
+/// The strictest of several limits decides, in memory or in Redis (with `redis`).
+async fn the_strictest_limit_decides_and_a_refused_client_spends_nothing_shared(redis: bool) {
     let upstream = Upstream::start().await;
     let toml = [
+        format!("[rate_limit]\nredis_key_prefix = \"{}\"\n", unique_prefix()),
         route(
             "/both",
             r#"{ rate = "100/min" }, { rate = "2/min", key = "route" }"#,
@@ -246,7 +247,10 @@ async fn the_strictest_limit_decides_and_a_refused_client_spends_nothing_shared(
         ),
     ]
     .concat();
-    let (_dir, launch) = launch(&upstream, &toml);
+    let (_dir, mut launch) = launch(&upstream, &toml);
+    if redis {
+        launch = launch.env("PORTCULLIS_REDIS_URL", shared_redis_url());
+    }
     let gateway = launch.start();
 
     let first = call(&gateway, "/both").await;
@@ -295,6 +299,16 @@ async fn the_strictest_limit_decides_and_a_refused_client_spends_nothing_shared(
         20,
         "the route's limit refused it"
     );
+}
+
+#[tokio::test]
+async fn the_strictest_limit_decides_in_memory() {
+    the_strictest_limit_decides_and_a_refused_client_spends_nothing_shared(false).await;
+}
+
+#[tokio::test]
+async fn the_strictest_limit_decides_in_redis() {
+    the_strictest_limit_decides_and_a_refused_client_spends_nothing_shared(true).await;
 }
 
 #[tokio::test]
@@ -644,7 +658,10 @@ async fn deny_mode_refuses_limited_requests_while_redis_is_unreachable() {
         200,
         "unlimited routes are served"
     );
-    ready(&gateway).await.assert_problem(503, "not-ready");
+    // Readiness holds: a Redis outage must not take every replica out of the balancer.
+    let readiness = ready(&gateway).await;
+    assert_eq!(readiness.status, 200);
+    assert_eq!(readiness.json()["rate_limit_backend"], "unavailable");
     let snapshot = admin_get(&gateway, "/v1/rate-limits", Some(TOKEN)).await;
     assert_eq!(snapshot.json()["backend"], "unavailable");
     assert!(upstream.seen().iter().all(|s| s.uri.starts_with("/open")));
@@ -717,10 +734,16 @@ async fn an_upstream_at_its_in_flight_cap_queues_then_refuses() {
         "the refused request never reached the upstream"
     );
 
-    // A request that finds the slot free within the queue timeout is served.
-    let short = tokio::spawn(get_authorized_owned(gateway.url("/slow/100")));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A request that finds the slot free within the queue timeout waits for it, then is
+    // served.
+    let short = tokio::spawn(get_authorized_owned(gateway.url("/slow/200")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
     assert_eq!(get_authorized(&gateway.url("/queued")).await.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "it waited for the slot"
+    );
     assert_eq!(short.await.unwrap().status, 200);
 }
 
