@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 use secrecy::{ExposeSecret, SecretString};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::LimitStatus;
 
@@ -143,6 +143,7 @@ impl BackendHealth {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let in_a_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row < FAILURES_BEFORE_DOWN {
+            debug!(cause, in_a_row, "rate-limit backend: a Redis call failed");
             return;
         }
         self.next_probe.store(

@@ -463,17 +463,28 @@ async fn a_ban_holds_on_every_replica_sharing_redis() {
 /// A Redis server of the test's own, to stop and start again.
 struct OwnRedis {
     port: u16,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl OwnRedis {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with `args` besides its port and persistence settings.
+    fn start_with(args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut redis = Self { port, child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut redis = Self {
+            port,
+            args,
+            child: None,
+        };
         redis.restart();
         redis
     }
@@ -489,6 +500,7 @@ impl OwnRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -673,6 +685,41 @@ async fn deny_mode_refuses_limited_requests_while_redis_is_unreachable() {
             "the Redis password leaked: {text}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_refused_redis_password_is_an_outage_that_never_shows_the_password() {
+    let redis = OwnRedis::start_with(&["--requirepass", "the-right-password"]);
+    let wrong = "a-wrong-password-7d3a";
+    let upstream = Upstream::start().await;
+    let toml = format!(
+        "[rate_limit]\non_backend_error = \"deny\"\n{}",
+        route("/v1", r#"{ rate = "100/min" }"#)
+    );
+    let (_dir, launch) = launch(&upstream, &toml);
+    let gateway = launch
+        .env("PORTCULLIS_REDIS_URL", redis.url(Some(wrong)))
+        .env("PORTCULLIS_LOG", "trace,h2=info")
+        .start();
+    // Three refusals in a row mark the backend down, which the log says.
+    let mut refused = call(&gateway, "/v1").await;
+    for _ in 0..2 {
+        refused.assert_problem(503, "rate-limit-unavailable");
+        refused = call(&gateway, "/v1").await;
+    }
+    refused.assert_problem(503, "rate-limit-unavailable");
+    assert!(
+        gateway.log_shows("Redis is unreachable"),
+        "{}",
+        gateway.log()
+    );
+    let snapshot = admin_get(&gateway, "/v1/rate-limits", Some(TOKEN))
+        .await
+        .text();
+    for text in [gateway.log(), refused.text(), snapshot] {
+        assert!(!text.contains(wrong), "the Redis password leaked: {text}");
+    }
+    assert!(upstream.seen().is_empty());
 }
 
 #[test]
