@@ -212,15 +212,20 @@ impl RateLimits {
             .cloned()
     }
 
+    /// The state while Redis cannot be reached: what `on_backend_error` makes of it.
+    fn without_redis(&self) -> BackendState {
+        match self.on_backend_error {
+            OnBackendError::Local => BackendState::Fallback,
+            OnBackendError::Deny => BackendState::Unavailable,
+        }
+    }
+
     /// What the admin API shows: each route's limits and counts, and the backend's state.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             backend: match &self.redis {
                 None => BackendState::Memory,
-                Some(redis) if redis.health().is_down() => match self.on_backend_error {
-                    OnBackendError::Local => BackendState::Fallback,
-                    OnBackendError::Deny => BackendState::Unavailable,
-                },
+                Some(redis) if redis.health().is_down() => self.without_redis(),
                 Some(_) => BackendState::Redis,
             },
             backend_errors: self.redis.as_ref().map_or(0, |r| r.health().errors()),
@@ -588,10 +593,7 @@ impl Limiter {
         if redis.ping().await {
             BackendState::Redis
         } else {
-            match self.shared.on_backend_error {
-                OnBackendError::Local => BackendState::Fallback,
-                OnBackendError::Deny => BackendState::Unavailable,
-            }
+            self.shared.without_redis()
         }
     }
 
