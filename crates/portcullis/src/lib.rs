@@ -1,5 +1,6 @@
-//! portcullis: a security gateway that puts authentication, security headers, CORS and
-//! request hygiene in front of any HTTP API, and refuses whatever it cannot verify.
+//! portcullis: a security gateway that puts authentication, security headers, CORS,
+//! request hygiene and rate limits in front of any HTTP API, and refuses whatever it cannot
+//! verify.
 //!
 //! The request path is assembled in [`pipeline::Gateway::handle`]; each stage lives in its
 //! own module and can be read and tested on its own:
@@ -12,6 +13,7 @@
 //! | IP rules, bans | [`pipeline::ip_rules`] |
 //! | CORS         | [`pipeline::cors`]       |
 //! | authenticate, authorize | [`pipeline::auth`], [`credentials`] |
+//! | rate limit   | [`ratelimit`]            |
 //! | forward      | [`upstream`]             |
 //! | respond      | [`pipeline::headers`]    |
 //!

@@ -19,8 +19,8 @@ use portcullis::server::Server;
 use portcullis::store::{Store, StoreLocation};
 use tracing::warn;
 
-/// A security gateway: authentication, security headers, CORS and request hygiene in
-/// front of any HTTP API.
+/// A security gateway: authentication, security headers, CORS, request hygiene and rate
+/// limits in front of any HTTP API.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version)]
 struct Cli {
