@@ -152,6 +152,9 @@ async fn exactly_the_limit_passes_and_the_next_is_refused_before_the_upstream() 
     );
     assert_eq!(route["limits"][0]["rate"], "3/min");
     assert_eq!(route["limits"][0]["burst"], 3);
+    admin_get(&gateway, "/metrics", None)
+        .await
+        .assert_problem(401, "unauthorized");
     let metrics = admin_get(&gateway, "/metrics", Some(TOKEN)).await.text();
     assert!(
         metrics
