@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,8 +15,6 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
-
-use std::time::Duration;
 
 use crate::config::{Config, RateSpec};
 use crate::pipeline::Shared;

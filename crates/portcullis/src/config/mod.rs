@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use crate::ratelimit::RateSpec;
 pub use overrides::{Overrides, StoreArgs};
 pub use secret::{SecretError, read_secret};
 
@@ -120,8 +121,6 @@ pub struct RouteLimitConfig {
     #[serde(default)]
     pub key: crate::ratelimit::LimitKey,
 }
-
-pub use crate::ratelimit::RateSpec;
 
 /// Bans for addresses that keep failing authentication.
 #[derive(Debug, Clone, Copy, Deserialize)]

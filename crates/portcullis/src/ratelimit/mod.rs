@@ -93,7 +93,8 @@ impl RouteLimits {
         }
         let mut limits: Vec<Limit> = Vec::with_capacity(configs.len());
         for config in configs {
-            let burst = config.burst.unwrap_or(config.rate.count()).max(1);
+            let burst = NonZeroU32::new(config.burst.unwrap_or(config.rate.count()))
+                .unwrap_or(NonZeroU32::MIN);
             let repeats = limits.iter().filter(|l| l.key == config.key).count();
             let name = match repeats {
                 0 => config.key.as_str().to_owned(),
@@ -103,16 +104,12 @@ impl RouteLimits {
                 format!("{path_prefix}\0{name}\0{}\0{burst}", config.rate).as_bytes(),
             );
             limits.push(Limit {
-                local: LocalLimiter::new(
-                    config.rate,
-                    NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
-                    max_keys,
-                ),
+                local: LocalLimiter::new(config.rate, burst, max_keys),
                 bucket: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
                 name,
                 key: config.key,
                 rate: config.rate,
-                burst,
+                burst: burst.get(),
             });
         }
         // A per-client limit is checked before a shared one, so that a client refused by

@@ -27,13 +27,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// GCRA over every limit of one request, all or nothing: either every bucket is charged or
 /// none is. KEYS are the buckets; ARGV holds, per bucket, the emission interval and the
-/// burst. Times are microseconds from Redis's own clock. Returns the verdict (1 or 0), then
-/// per bucket: remaining, microseconds until full, microseconds until a retry may pass (-1
-/// when this bucket allowed the request).
+/// burst. Times are microseconds from Redis's own clock. Returns, per bucket: remaining,
+/// microseconds until full, microseconds until a retry may pass (-1 when this bucket
+/// allowed the request).
 const DECIDE: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local out = {1}
+local allowed = true
+local out = {}
 local tats = {}
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[2 * i - 1])
@@ -42,7 +43,7 @@ for i, key in ipairs(KEYS) do
   if tat < now then tat = now end
   local ahead = tat + interval - now
   if ahead > capacity then
-    out[1] = 0
+    allowed = false
     table.insert(out, 0)
     table.insert(out, tat - now)
     table.insert(out, ahead - capacity)
@@ -53,7 +54,7 @@ for i, key in ipairs(KEYS) do
   end
   tats[i] = tat + interval
 end
-if out[1] == 1 then
+if allowed then
   for i, key in ipairs(KEYS) do
     local ttl = math.ceil((tats[i] - now) / 1000) + 1
     redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl)
@@ -156,8 +157,8 @@ impl BackendHealth {
     }
 }
 
-/// What every worker shares about the Redis backend.
-#[derive(Debug)]
+/// What every worker shares about the Redis backend. Its `Debug` leaves the client out: the
+/// client holds the URL, which may hold a password.
 pub struct RedisBackend {
     client: redis::Client,
     timeout: Duration,
@@ -165,6 +166,16 @@ pub struct RedisBackend {
     health: BackendHealth,
     decide: Script,
     record_failure: Script,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisBackend {
@@ -212,10 +223,17 @@ impl RedisBackend {
 /// One worker's connection to the backend. The connection is opened on first use, on the
 /// worker's own runtime; after a failed call it is replaced, so that no error it kept from
 /// its setup (a refused password, say) outlives the cause.
-#[derive(Debug)]
 pub struct RedisLink {
     backend: Arc<RedisBackend>,
     connection: Mutex<Option<ConnectionManager>>,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisLink {
@@ -232,12 +250,16 @@ impl RedisLink {
         &self.backend
     }
 
-    fn connection(&self) -> RedisResult<ConnectionManager> {
-        // Only this worker's thread takes the lock, never across an await.
-        let mut slot = self
-            .connection
+    /// The worker's connection slot. Only this worker's thread takes the lock, never across
+    /// an await, and an `Option` cannot be left half-written, so a poisoned lock is safe.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ConnectionManager>> {
+        self.connection
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn connection(&self) -> RedisResult<ConnectionManager> {
+        let mut slot = self.slot();
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
@@ -251,9 +273,7 @@ impl RedisLink {
 
     fn failed(&self, cause: &str) {
         self.backend.health.failed(cause);
-        if let Ok(mut slot) = self.connection.lock() {
-            slot.take();
-        }
+        self.slot().take();
     }
 
     /// Runs `call` against Redis within the timeout; `None` when the backend is down (and
@@ -332,7 +352,6 @@ impl RedisLink {
             .await?;
         let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
         let statuses = reply
-            .get(1..)?
             .chunks_exact(3)
             .map(|values| LimitStatus {
                 remaining: u32::try_from(values[0]).unwrap_or(0),
@@ -379,5 +398,29 @@ impl RedisLink {
             .call(|mut connection| async move { invocation.invoke_async(&mut connection).await })
             .await?;
         Some(banned == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_url() {
+        let url = SecretString::from("redis://:hunter2-secret@cache.internal:6379/2".to_owned());
+        let backend = RedisBackend::new(
+            RedisBackend::validate_url(&url).unwrap(),
+            Duration::from_millis(50),
+            "portcullis",
+        );
+        let link = RedisLink::new(backend.clone());
+        let _ = link.connection();
+        for text in [format!("{backend:?}"), format!("{link:?}")] {
+            assert!(text.contains("RedisBackend"), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("cache.internal"),
+                "{text}"
+            );
+        }
     }
 }
