@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, header};
 use ipnet::IpNet;
 
 use super::problem::{Problem, ProblemKind};
@@ -102,11 +101,14 @@ impl Bans {
 
     /// The 429 for an address banned for `remaining` more.
     pub fn refusal(remaining: Duration) -> Problem {
-        // Rounded up: a client that waits this long finds the ban lifted.
-        let seconds = (remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0)).max(1);
         Problem::new(ProblemKind::Banned)
             .with_detail("too many failed authentication attempts from this address")
-            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+            .with_retry_after(remaining)
+    }
+
+    /// When failures lead to a ban.
+    pub fn policy(&self) -> BanPolicy {
+        self.policy
     }
 
     /// Counts an authentication failure from `ip`, banning it when the policy says so.

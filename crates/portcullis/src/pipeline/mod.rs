@@ -328,7 +328,7 @@ impl Gateway {
                 tracing::debug!(request_id = ?ctx.request_id, upstream, %error, "upstream at its in-flight cap");
                 Problem::new(ProblemKind::UpstreamBusy)
                     .with_detail("the upstream is at capacity; retry shortly")
-                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                    .with_retry_after(std::time::Duration::from_secs(1))
             }
             ForwardError::Unavailable(_) => {
                 let cause = error_chain(&error);

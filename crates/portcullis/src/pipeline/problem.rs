@@ -5,6 +5,7 @@
 //! strings are written here or at the refusal site, never copied from an error.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
@@ -174,6 +175,13 @@ impl Problem {
         self
     }
 
+    /// Adds `Retry-After` for `wait`, in whole seconds rounded up and at least 1, so that a
+    /// client that waits as told is not refused again for the same reason.
+    pub fn with_retry_after(self, wait: Duration) -> Self {
+        let seconds = whole_seconds(wait).max(1);
+        self.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ProblemKind {
         self.kind
@@ -215,6 +223,11 @@ impl Problem {
         }
         response
     }
+}
+
+/// `duration` in whole seconds, rounded up.
+pub fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 impl From<ProblemKind> for Problem {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
@@ -31,7 +31,7 @@ use crate::config::{Config, OnBackendError, RouteLimitConfig};
 use crate::pipeline::auth::Principal;
 use crate::pipeline::context::RequestContext;
 use crate::pipeline::ip_rules::{BanPolicy, Bans};
-use crate::pipeline::problem::{Problem, ProblemKind};
+use crate::pipeline::problem::{Problem, ProblemKind, whole_seconds};
 
 /// `X-RateLimit-Limit`.
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -147,7 +147,6 @@ pub struct RateLimits {
     redis: Option<Arc<RedisBackend>>,
     on_backend_error: OnBackendError,
     bans: Bans,
-    ban_policy: BanPolicy,
     hasher: RandomState,
     /// Decisions made in memory because Redis could not be reached.
     fallback_decisions: AtomicU64,
@@ -185,17 +184,15 @@ impl RateLimits {
             })
             .map(Arc::new)
             .collect();
-        let ban_policy = BanPolicy {
-            max_failures: config.bans.max_failures,
-            window: config.bans.window,
-            duration: config.bans.duration,
-        };
         Ok(Self {
             routes,
             redis,
             on_backend_error: settings.on_backend_error,
-            bans: Bans::new(ban_policy),
-            ban_policy,
+            bans: Bans::new(BanPolicy {
+                max_failures: config.bans.max_failures,
+                window: config.bans.window,
+                duration: config.bans.duration,
+            }),
             hasher: RandomState::new(),
             fallback_decisions: AtomicU64::new(0),
         })
@@ -352,10 +349,7 @@ impl Quota {
         };
         Err(Problem::new(ProblemKind::RateLimited)
             .with_detail("too many requests; retry after the time in Retry-After")
-            .with_header(
-                header::RETRY_AFTER,
-                HeaderValue::from(whole_seconds(retry).max(1)),
-            ))
+            .with_retry_after(retry))
     }
 
     /// Adds the `X-RateLimit-*`, `RateLimit-Policy` and `RateLimit` headers.
@@ -391,11 +385,6 @@ impl Quota {
             headers.insert(RATELIMIT.clone(), value);
         }
     }
-}
-
-/// Whole seconds, rounded up: a client that waits this long is not refused again.
-fn whole_seconds(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 /// Who a bucket belongs to, for one limit and one request.
@@ -482,7 +471,7 @@ impl Limiter {
                 None if shared.on_backend_error == OnBackendError::Deny => {
                     return Err(Problem::new(ProblemKind::RateLimitUnavailable)
                         .with_detail("the rate-limit backend cannot be reached")
-                        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                        .with_retry_after(Duration::from_secs(1)));
                 }
                 None => {
                     shared.fallback_decisions.fetch_add(1, Ordering::Relaxed);
@@ -548,7 +537,7 @@ impl Limiter {
     /// Refuses a banned `ip` with 429 and `Retry-After`. Bans made in memory while Redis
     /// was unreachable keep holding after it returns.
     pub async fn check_ban(&self, ip: IpAddr) -> Result<(), Problem> {
-        if self.shared.ban_policy.max_failures == 0 {
+        if self.shared.bans.policy().max_failures == 0 {
             return Ok(());
         }
         self.shared.bans.check(ip)?;
@@ -562,7 +551,7 @@ impl Limiter {
 
     /// Counts a failed authentication from `ip` towards a ban.
     pub async fn record_failure(&self, ip: IpAddr) {
-        let policy = self.shared.ban_policy;
+        let policy = self.shared.bans.policy();
         if policy.max_failures == 0 {
             return;
         }
@@ -603,6 +592,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64() {
