@@ -340,6 +340,53 @@ pub struct RouteConfig {
     /// means none.
     #[serde(default)]
     pub rate_limits: Option<Vec<RouteLimitConfig>>,
+    /// Forward request header names that contain `_` (dropped by default: CGI, WSGI and
+    /// Rack servers read `X_Forwarded_For` as `X-Forwarded-For`).
+    #[serde(default)]
+    pub allow_underscores_in_headers: bool,
+    /// `Cache-Control` on every response of the route; capability routes default to
+    /// `private, no-store` (a shared cache would key a response by the secret URL).
+    #[serde(default)]
+    pub cache_control: Option<String>,
+    /// `Referrer-Policy` on every response of the route; capability routes default to
+    /// `no-referrer` (a browser would send the secret URL to the next site).
+    #[serde(default)]
+    pub referrer_policy: Option<String>,
+}
+
+impl RouteConfig {
+    /// A route for paths below `path_prefix` to `upstream`, with every option at its
+    /// default.
+    pub fn new(path_prefix: &str, upstream: &str) -> Self {
+        Self {
+            path_prefix: path_prefix.to_owned(),
+            upstream: upstream.to_owned(),
+            strip_prefix: false,
+            auth: Default::default(),
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
+            scopes: BTreeMap::new(),
+            rate_limits: None,
+            allow_underscores_in_headers: false,
+            cache_control: None,
+            referrer_policy: None,
+        }
+    }
+
+    /// The `Cache-Control` and `Referrer-Policy` the route sets: its own, or on a
+    /// capability route `private, no-store` and `no-referrer`.
+    pub fn response_headers(&self) -> (Option<&str>, Option<&str>) {
+        let capability = self.auth == crate::upstream::RouteAuth::Capability;
+        let default = |value: &'static str| capability.then_some(value);
+        (
+            self.cache_control
+                .as_deref()
+                .or_else(|| default("private, no-store")),
+            self.referrer_policy
+                .as_deref()
+                .or_else(|| default("no-referrer")),
+        )
+    }
 }
 
 /// The name `--upstream` gives the upstream it defines.
@@ -444,16 +491,7 @@ impl Config {
             .iter()
             .any(|r| r.path_prefix.trim_end_matches('/').is_empty())
         {
-            self.routes.push(RouteConfig {
-                path_prefix: "/".to_owned(),
-                upstream: DEFAULT_UPSTREAM.to_owned(),
-                strip_prefix: false,
-                auth: Default::default(),
-                allow_ips: Vec::new(),
-                deny_ips: Vec::new(),
-                scopes: BTreeMap::new(),
-                rate_limits: None,
-            });
+            self.routes.push(RouteConfig::new("/", DEFAULT_UPSTREAM));
         }
     }
 

@@ -206,6 +206,25 @@ fn upstreams_and_routes(config: &Config, report: &mut Report) {
                 );
             }
         }
+        let (cache_control, referrer_policy) = route.response_headers();
+        for (key, value) in [
+            ("cache_control", cache_control),
+            ("referrer_policy", referrer_policy),
+        ] {
+            if let Some(value) = value
+                && HeaderValue::from_str(value).is_err()
+            {
+                report.add(
+                    "routes.response_headers",
+                    Severity::Error,
+                    format!(
+                        "route {:?} has a {key} that is not a valid header value",
+                        route.path_prefix
+                    ),
+                    "use printable ASCII, e.g. cache_control = \"private, no-store\"",
+                );
+            }
+        }
         if check_path(&route.path_prefix).is_err() {
             report.add(
                 "routes.path_prefix",
@@ -676,21 +695,25 @@ mod tests {
     #[test]
     fn routes_must_name_defined_upstreams_and_clean_prefixes() {
         let mut config = valid();
-        config.routes.push(crate::config::RouteConfig {
-            path_prefix: "/a/../b".into(),
-            upstream: "missing".into(),
-            strip_prefix: false,
-            auth: Default::default(),
-            allow_ips: Vec::new(),
-            deny_ips: Vec::new(),
-            scopes: Default::default(),
-            rate_limits: None,
-        });
+        config
+            .routes
+            .push(crate::config::RouteConfig::new("/a/../b", "missing"));
         let found: Vec<_> = check(&config, &Facts::default(), false)
             .errors()
             .map(|f| f.rule)
             .collect();
         assert_eq!(found, ["routes.upstream", "routes.path_prefix"]);
+    }
+
+    #[test]
+    fn route_response_headers_must_be_header_values() {
+        let mut config = valid();
+        config.routes[0].cache_control = Some("no-store\r\nx-evil: 1".into());
+        let found: Vec<_> = check(&config, &Facts::default(), false)
+            .errors()
+            .map(|f| f.rule)
+            .collect();
+        assert_eq!(found, ["routes.response_headers"]);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use ipnet::IpNet;
 use rand::RngCore;
 
+use super::hygiene::is_valid_host;
+
 /// `X-Request-ID`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Forwarded-For`.
@@ -72,12 +74,14 @@ impl ClientIdentity {
     pub fn resolve<B>(&self, request: &Request<B>, conn: &ConnInfo) -> RequestContext {
         let headers = request.headers();
         let peer = conn.peer.ip().to_canonical();
-        let own_host = headers.get(header::HOST).cloned().or_else(|| {
-            request
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // An absolute-form target's authority (or HTTP/2's `:authority`) wins over `Host`
+        // (RFC 9112 §3.2.2); only a valid `host[:port]` is ever passed on.
+        let own_host = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| headers.get(header::HOST).cloned())
+            .filter(|host| is_valid_host(host.as_bytes()));
         let peer_value = ip_header_value(peer);
 
         let mut context = RequestContext {
@@ -118,6 +122,7 @@ impl ClientIdentity {
             }
         }
         if let Some(host) = last_element(headers, &X_FORWARDED_HOST)
+            && is_valid_host(host.as_bytes())
             && let Ok(value) = HeaderValue::from_str(host)
         {
             context.forwarded_host = Some(value);
@@ -282,6 +287,29 @@ mod tests {
         let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
         assert!(ctx.https);
         assert_eq!(ctx.forwarded_host.unwrap(), "public.example");
+    }
+
+    #[test]
+    fn forwarded_host_carries_only_a_valid_host() {
+        let req = request(&[("x-forwarded-host", "public.example, evil.example/x?")]);
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
+        assert_eq!(
+            ctx.forwarded_host.unwrap(),
+            "api.example",
+            "an invalid claim is ignored"
+        );
+
+        let absolute = Request::builder()
+            .uri("http://target.example:8080/x")
+            .header("host", "other.example")
+            .body(())
+            .unwrap();
+        let ctx = identity(&[]).resolve(&absolute, &conn("192.0.2.1:1", false));
+        assert_eq!(
+            ctx.forwarded_host.unwrap(),
+            "target.example:8080",
+            "the absolute-form target wins (RFC 9112 §3.2.2)"
+        );
     }
 
     #[test]

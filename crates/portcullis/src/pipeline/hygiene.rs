@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, header};
+use http::{HeaderValue, Method, Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
 use super::problem::{Problem, ProblemKind};
@@ -58,10 +58,13 @@ impl Hygiene {
         self.limits
     }
 
-    /// Refuses a request whose method, target, headers or declared length are not
-    /// acceptable. The body is limited separately, as it streams ([`LimitedBody`]).
+    /// Refuses a request whose method, target, host, headers, transfer coding or declared
+    /// length are not acceptable. The body is limited separately, as it streams
+    /// ([`LimitedBody`]).
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), Problem> {
         check_method(request.method())?;
+        check_host(request)?;
+        check_transfer_coding(request)?;
 
         let target_len = request
             .uri()
@@ -88,9 +91,7 @@ impl Hygiene {
             );
         }
 
-        check_path(request.uri().path()).map_err(|error| {
-            Problem::new(ProblemKind::InvalidPath).with_detail(error.to_string())
-        })?;
+        check_path(request.uri().path())?;
 
         if let Some(length) = declared_length(request)?
             && length > self.limits.max_body_bytes
@@ -118,6 +119,110 @@ fn check_method(method: &Method) -> Result<(), Problem> {
     } else {
         Err(Problem::new(ProblemKind::MethodNotImplemented))
     }
+}
+
+/// Refuses a request that does not name exactly one valid host: an HTTP/1.1 request needs
+/// one `Host` (RFC 9112 §3.2), and any `Host` or target authority must be a plain
+/// `host[:port]`, without user information. Over HTTP/2 a `Host` must agree with
+/// `:authority` (RFC 9113 §8.3.1). An HTTP/1.1 absolute-form target's authority wins over
+/// `Host` (RFC 9112 §3.2.2), which the context stage follows.
+fn check_host<B>(request: &Request<B>) -> Result<(), Problem> {
+    let bad = |detail: &'static str| Problem::new(ProblemKind::BadRequest).with_detail(detail);
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad("the request has more than one Host header"));
+    }
+    if host.is_some_and(|host| !is_valid_host(host.as_bytes())) {
+        return Err(bad("the Host header is not a valid host[:port]"));
+    }
+    match request.uri().authority() {
+        Some(authority) => {
+            if !is_valid_host(authority.as_str().as_bytes()) {
+                return Err(bad(
+                    "the request target's authority is not a valid host[:port]",
+                ));
+            }
+            if request.version() == Version::HTTP_2
+                && host.is_some_and(|host| {
+                    !host
+                        .as_bytes()
+                        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                })
+            {
+                return Err(bad("the Host header and :authority disagree"));
+            }
+        }
+        None if host.is_none() && request.version() == Version::HTTP_11 => {
+            return Err(bad("an HTTP/1.1 request needs a Host header"));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Whether `value` is `host[:port]`: a name of letters, digits, `-`, `.` and `_`, an IPv4
+/// address, or an IPv6 address in brackets; a port of 1 to 5 digits up to 65535. No user
+/// information, path or anything else a parser might read differently.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(bracketed) => {
+            let Some(end) = bracketed.iter().position(|b| *b == b']') else {
+                return false;
+            };
+            let literal = std::str::from_utf8(&bracketed[..end]).ok();
+            if literal
+                .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+                .is_none()
+            {
+                return false;
+            }
+            match &bracketed[end + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&[][..], Some(port)),
+                _ => return false,
+            }
+        }
+        None => match value.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        },
+    };
+    let port_ok = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some()
+    });
+    let name_ok = value.starts_with(b"[")
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    port_ok && name_ok
+}
+
+/// Refuses a transfer coding the gateway does not implement with 501 (RFC 9112 §6.1):
+/// only `chunked`, once, is decoded; any other coding would otherwise be dropped with the
+/// hop-by-hop `Transfer-Encoding` and the body forwarded without it.
+fn check_transfer_coding<B>(request: &Request<B>) -> Result<(), Problem> {
+    let mut chunked = 0;
+    for value in request.headers().get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|b| *b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") || chunked > 0 {
+                return Err(Problem::new(ProblemKind::TransferCodingNotImplemented)
+                    .with_detail("only the chunked transfer coding is accepted"));
+            }
+            chunked += 1;
+        }
+    }
+    Ok(())
 }
 
 /// The declared `Content-Length`, refusing one that is not a single decimal number.
@@ -149,6 +254,10 @@ pub enum PathError {
     /// The target is not an absolute path (`*`, or an empty path).
     #[error("the request target must be an absolute path")]
     NotAbsolute,
+    /// A raw non-ASCII byte, space or control character: a URI holds them only
+    /// percent-encoded.
+    #[error("the path holds a character that must be percent-encoded")]
+    NotEncoded,
     /// A `.` or `..` segment, plain or percent-encoded once or twice.
     #[error("the path contains a dot segment")]
     DotSegment,
@@ -176,6 +285,16 @@ pub enum PathError {
     /// `%25` encoding another escape more than once.
     #[error("the path is percent-encoded more than twice")]
     TooManyEncodings,
+    /// Characters such as `ı`, `ſ`, `K` or fullwidth letters that case-insensitive
+    /// upstreams fold to ASCII, making the path another route's.
+    #[error("the path holds characters that fold to ASCII letters and would reach another route")]
+    FoldsIntoAnotherRoute,
+}
+
+impl From<PathError> for Problem {
+    fn from(error: PathError) -> Self {
+        Problem::new(ProblemKind::InvalidPath).with_detail(error.to_string())
+    }
 }
 
 /// Accepts `path` only when it means the same thing however many times it is decoded, and
@@ -190,6 +309,11 @@ pub enum PathError {
 pub fn check_path(path: &str) -> Result<(), PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    // Raw non-ASCII is not a valid URI (RFC 3986 §2), and an upstream may fold it
+    // (`ı` to `i`) into another route's prefix; percent-encoded, it is checked below.
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(PathError::NotEncoded);
     }
     check_segments(path.as_bytes())?;
     if !path.contains('%') {
@@ -430,6 +554,15 @@ mod tests {
     }
 
     #[test]
+    fn refuses_raw_characters_a_uri_holds_only_encoded_rfc_3986_2() {
+        assert_eq!(check_path("/adm\u{131}n"), Err(PathError::NotEncoded));
+        assert_eq!(check_path("/caf\u{e9}"), Err(PathError::NotEncoded));
+        assert_eq!(check_path("/a b"), Err(PathError::NotEncoded));
+        assert_eq!(check_path("/a\tb"), Err(PathError::NotEncoded));
+        assert_eq!(check_path("/caf%C3%A9"), Ok(()));
+    }
+
+    #[test]
     fn refuses_what_upstreams_would_normalise_after_routing() {
         assert_eq!(
             check_path("/%61dmin/users"),
@@ -488,7 +621,14 @@ mod tests {
 
     #[test]
     fn method_rules() {
-        let req = |m: &str| Request::builder().method(m).uri("/").body(()).unwrap();
+        let req = |m: &str| {
+            Request::builder()
+                .method(m)
+                .uri("/")
+                .header("host", "h")
+                .body(())
+                .unwrap()
+        };
         assert_eq!(kind_of(&req("GET")), None);
         assert_eq!(kind_of(&req("PATCH")), None);
         assert_eq!(kind_of(&req("TRACE")), Some(ProblemKind::MethodNotAllowed));
@@ -505,13 +645,14 @@ mod tests {
     #[test]
     fn size_rules() {
         let long = Request::builder()
+            .header("host", "h")
             .uri(format!("/{}", "a".repeat(64)))
             .body(())
             .unwrap();
         assert_eq!(kind_of(&long), Some(ProblemKind::UriTooLong));
 
-        let mut many = Request::builder().uri("/");
-        for i in 0..6 {
+        let mut many = Request::builder().uri("/").header("host", "h");
+        for i in 0..5 {
             many = many.header(format!("x-h{i}"), "v");
         }
         assert_eq!(
@@ -521,6 +662,7 @@ mod tests {
 
         let big = Request::builder()
             .uri("/")
+            .header("host", "h")
             .header("x-big", "v".repeat(201))
             .body(())
             .unwrap();
@@ -529,6 +671,7 @@ mod tests {
         let declared = |v: &str| {
             Request::builder()
                 .uri("/")
+                .header("host", "h")
                 .header("content-length", v)
                 .body(())
                 .unwrap()
@@ -537,6 +680,94 @@ mod tests {
         assert_eq!(kind_of(&declared("11")), Some(ProblemKind::BodyTooLarge));
         assert_eq!(kind_of(&declared("-1")), Some(ProblemKind::BadRequest));
         assert_eq!(kind_of(&declared("1e3")), Some(ProblemKind::BadRequest));
+    }
+
+    #[test]
+    fn host_rules_rfc_9112_3_2() {
+        let http11 = |hosts: &[&str]| {
+            let mut builder = Request::builder().uri("/");
+            for host in hosts {
+                builder = builder.header("host", *host);
+            }
+            builder.body(()).unwrap()
+        };
+        assert_eq!(kind_of(&http11(&["api.example"])), None);
+        assert_eq!(kind_of(&http11(&["api.example:8443"])), None);
+        assert_eq!(kind_of(&http11(&["[::1]:80"])), None);
+        for bad in [
+            &[][..],
+            &["a.example", "b.example"],
+            &["user@api.example"],
+            &["api.example:99999"],
+            &["api.example:"],
+            &["api.example/x"],
+            &["[::1"],
+            &["[nope]:80"],
+            &[""],
+            &["a b"],
+        ] {
+            assert_eq!(
+                kind_of(&http11(bad)),
+                Some(ProblemKind::BadRequest),
+                "{bad:?}"
+            );
+        }
+        let http10 = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("/")
+            .body(())
+            .unwrap();
+        assert_eq!(kind_of(&http10), None, "HTTP/1.0 may omit Host");
+    }
+
+    #[test]
+    fn authority_rules_rfc_9113_8_3_1() {
+        let h2 = |authority: &str, host: Option<&str>| {
+            let mut builder = Request::builder()
+                .version(Version::HTTP_2)
+                .uri(format!("https://{authority}/x"));
+            if let Some(host) = host {
+                builder = builder.header("host", host);
+            }
+            builder.body(()).unwrap()
+        };
+        assert_eq!(kind_of(&h2("api.example", None)), None);
+        assert_eq!(kind_of(&h2("api.example", Some("API.example"))), None);
+        assert_eq!(
+            kind_of(&h2("api.example", Some("evil.example"))),
+            Some(ProblemKind::BadRequest)
+        );
+        assert_eq!(
+            kind_of(&h2("user:pw@api.example", None)),
+            Some(ProblemKind::BadRequest)
+        );
+    }
+
+    #[test]
+    fn only_chunked_is_accepted_rfc_9112_6_1() {
+        let te = |value: &str| {
+            Request::builder()
+                .method("POST")
+                .uri("/")
+                .header("host", "h")
+                .header("transfer-encoding", value)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(kind_of(&te("chunked")), None);
+        assert_eq!(kind_of(&te("Chunked")), None);
+        for bad in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity",
+            "x-custom, chunked",
+        ] {
+            assert_eq!(
+                kind_of(&te(bad)),
+                Some(ProblemKind::TransferCodingNotImplemented),
+                "{bad}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -23,8 +23,8 @@ use crate::credentials::TokenVerifier;
 use crate::ratelimit::{Limiter, Quota, RateLimitError, RateLimits};
 use crate::store::Store;
 use crate::upstream::{
-    ForwardError, InFlightLimit, Route, RouteAuth, RouteScopes, Router, Upstream, UpstreamError,
-    prepare_request_headers,
+    ForwardError, HeaderRules, InFlightLimit, ResponseRules, Route, RouteAuth, RouteScopes, Router,
+    Upstream, UpstreamError, prepare_request_headers,
 };
 use auth::{Authenticator, StaticTokens};
 use context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
@@ -101,6 +101,15 @@ impl Shared {
     }
 }
 
+/// What the stages learned about a request that the respond stage needs.
+#[derive(Default)]
+struct Progress<'g> {
+    /// The route the path matched, once it is known.
+    route: Option<&'g Route>,
+    /// Where the request stands against its route's rate limits, once checked.
+    quota: Option<Quota>,
+}
+
 /// Every stage of the request path, ready to serve.
 #[derive(Debug)]
 pub struct Gateway {
@@ -152,6 +161,18 @@ impl Gateway {
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                let (cache_control, referrer_policy) = route.response_headers();
+                let header_value = |what: &'static str, value: Option<&str>| {
+                    value
+                        .map(|text| {
+                            HeaderValue::from_str(text).map_err(|_| GatewayError::InvalidHeader {
+                                what,
+                                value: text.to_owned(),
+                            })
+                        })
+                        .transpose()
+                };
+                let capability = route.auth == RouteAuth::Capability;
                 Ok(
                     Route::new(&route.path_prefix, upstream.1.clone(), route.strip_prefix)
                         .with_scopes(RouteScopes::new(scopes))
@@ -160,7 +181,18 @@ impl Gateway {
                             route.deny_ips.clone(),
                         ))
                         .with_auth(route.auth)
-                        .with_rate_limits(shared.rate_limits.for_route(&route.path_prefix)),
+                        .with_rate_limits(shared.rate_limits.for_route(&route.path_prefix))
+                        .with_header_rules(HeaderRules {
+                            allow_underscores: route.allow_underscores_in_headers,
+                            drop_referer: capability,
+                        })
+                        .with_response_rules(ResponseRules {
+                            cache_control: header_value("route cache_control", cache_control)?,
+                            referrer_policy: header_value(
+                                "route referrer_policy",
+                                referrer_policy,
+                            )?,
+                        }),
                 )
             })
             .collect::<Result<Vec<_>, GatewayError>>()?;
@@ -195,15 +227,18 @@ impl Gateway {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let csp = self.response_headers.csp_for(request.uri().path());
 
-        let mut quota = None;
-        let mut response = match self.process(request, &ctx, &mut quota).await {
+        let mut progress = Progress::default();
+        let mut response = match self.process(request, &ctx, &mut progress).await {
             Ok(response) => response,
             Err(problem) => problem.into_response(&ctx.request_id),
         };
 
         let headers = response.headers_mut();
         self.response_headers.apply(headers, csp, ctx.https);
-        if let Some(quota) = quota {
+        if let Some(route) = progress.route {
+            route.response_rules().apply(headers);
+        }
+        if let Some(quota) = progress.quota {
             quota.apply(headers);
         }
         if let Some(cors) = &self.cors {
@@ -213,13 +248,13 @@ impl Gateway {
         response
     }
 
-    /// The stages up to and including forwarding; `quota` receives where the request
-    /// stands against its route's rate limits, for the response headers.
-    async fn process(
-        &self,
+    /// The stages up to and including forwarding; `progress` receives what the respond
+    /// stage needs to know (the route, and where the request stands against its limits).
+    async fn process<'g>(
+        &'g self,
         request: Request<Incoming>,
         ctx: &RequestContext,
-        quota: &mut Option<Quota>,
+        progress: &mut Progress<'g>,
     ) -> Result<Response<ResponseBody>, Problem> {
         self.hygiene.check(&request)?;
         if let Some(probe) = Probe::for_path(request.uri().path()) {
@@ -228,7 +263,8 @@ impl Gateway {
                 .answer(probe, request.method(), &self.limiter)
                 .await;
         }
-        let route = self.router.find(request.uri().path());
+        let route = self.router.find(request.uri().path())?;
+        progress.route = route;
         if let Some(client) = ctx.known_client_ip() {
             self.limiter.check_ban(client).await?;
         }
@@ -250,7 +286,7 @@ impl Gateway {
         if let Some(limits) = route.rate_limits() {
             let checked = self.limiter.check(limits, &principal, ctx).await?;
             let admitted = checked.admit();
-            *quota = Some(checked);
+            progress.quota = Some(checked);
             admitted?;
         }
         self.forward(request, route, ctx).await
@@ -290,9 +326,15 @@ impl Gateway {
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, Problem> {
         let (mut parts, body) = request.into_parts();
-        parts.uri = route.upstream_uri(&parts.uri);
+        let upstream_uri = route.upstream_uri(&parts.uri);
+        let public_uri = std::mem::replace(&mut parts.uri, upstream_uri);
         parts.version = Version::HTTP_11;
-        prepare_request_headers(&mut parts.headers, route.upstream().host(), ctx);
+        prepare_request_headers(
+            &mut parts.headers,
+            route.upstream().host(),
+            ctx,
+            route.header_rules(),
+        );
         let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes);
 
         let request = Request::from_parts(parts, body);
@@ -305,6 +347,7 @@ impl Gateway {
         // clients: the gateway's own headers replace it in the respond stage.
         headers::strip_fingerprints(response.headers_mut());
         cors::strip_upstream_cors(response.headers_mut());
+        route.rewrite_locations(response.headers_mut(), public_uri.path());
         Ok(response)
     }
 
@@ -329,6 +372,11 @@ impl Gateway {
                 Problem::new(ProblemKind::UpstreamBusy)
                     .with_detail("the upstream is at capacity; retry shortly")
                     .with_retry_after(std::time::Duration::from_secs(1))
+            }
+            ForwardError::UnexpectedUpgrade => {
+                warn!(request_id = ?ctx.request_id, upstream, %error, "upstream broke the protocol");
+                Problem::new(ProblemKind::UpstreamUnavailable)
+                    .with_detail("the upstream sent a response the gateway cannot relay")
             }
             ForwardError::Unavailable(_) => {
                 let cause = error_chain(&error);

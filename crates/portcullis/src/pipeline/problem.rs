@@ -26,6 +26,8 @@ pub enum ProblemKind {
     MethodNotAllowed,
     /// A method outside the standard set.
     MethodNotImplemented,
+    /// A transfer coding other than `chunked`.
+    TransferCodingNotImplemented,
     /// The body is larger than the configured limit.
     BodyTooLarge,
     /// The request target is longer than the configured limit.
@@ -68,7 +70,9 @@ impl ProblemKind {
         match self {
             Self::InvalidPath | Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::MethodNotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::MethodNotImplemented | Self::TransferCodingNotImplemented => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -92,6 +96,7 @@ impl ProblemKind {
             Self::BadRequest => "bad-request",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::MethodNotImplemented => "method-not-implemented",
+            Self::TransferCodingNotImplemented => "transfer-coding-not-implemented",
             Self::BodyTooLarge => "body-too-large",
             Self::UriTooLong => "uri-too-long",
             Self::HeadersTooLarge => "headers-too-large",
@@ -119,6 +124,7 @@ impl ProblemKind {
             Self::BadRequest => "The request is malformed",
             Self::MethodNotAllowed => "Method not allowed",
             Self::MethodNotImplemented => "Method not implemented",
+            Self::TransferCodingNotImplemented => "Transfer coding not implemented",
             Self::BodyTooLarge => "Request body too large",
             Self::UriTooLong => "Request URI too long",
             Self::HeadersTooLarge => "Request header fields too large",

@@ -1,4 +1,16 @@
 //! The headers of a forwarded exchange: what is stripped, what is set.
+//!
+//! Which request headers never reach an upstream is decided here, in one pass over the
+//! header names:
+//!
+//! - hop-by-hop headers and those `Connection` names (RFC 9110 §7.6.1);
+//! - the client's `Authorization`, which is for the gateway;
+//! - names with `_`: CGI, WSGI and Rack servers turn `-` and `_` into the same variable
+//!   name, so `X_Forwarded_For` would be read as `X-Forwarded-For` (nginx drops them too);
+//! - `Proxy` and every `Proxy-*` header (httpoxy: CGI turns `Proxy` into `HTTP_PROXY`);
+//! - headers that make upstreams serve another path or method ([`OVERRIDES`]);
+//! - from a peer that is not a trusted proxy, every claim about the client's address or
+//!   scheme ([`is_client_claim`]): the gateway sets its own.
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
@@ -28,6 +40,36 @@ const OVERRIDES: [&str; 5] = [
     "x-method-override",
 ];
 
+/// Headers (besides every `X-Forwarded-*`) that upstream frameworks read as the client's
+/// address or the scheme it used. Only the gateway, or a trusted proxy in front of it, may
+/// make these claims.
+const CLIENT_CLAIMS: [&str; 10] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Whether a (lowercase) header name is a claim about the client's address or scheme.
+fn is_client_claim(name: &str) -> bool {
+    name.starts_with("x-forwarded-") || CLIENT_CLAIMS.contains(&name)
+}
+
+/// How a route's requests are rewritten for its upstream, beyond what every route does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// Forward header names that contain `_` (off by default).
+    pub allow_underscores: bool,
+    /// Drop `Referer`: on capability routes a browser puts the whole secret URL in it.
+    pub drop_referer: bool,
+}
+
 /// Removes hop-by-hop headers, including any that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -48,23 +90,38 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
-/// Rewrites a client's request headers for the upstream: strips the client's credential
-/// and hop-by-hop headers, drops forwarding claims an untrusted client made, and sets
-/// `Host`, `X-Forwarded-For/Proto/Host` and `X-Request-ID`.
+/// Whether a request header named `name` (lowercase, as `http` keeps names) must not
+/// reach the upstream; `trusted` says whether the peer is a trusted proxy.
+fn is_withheld(name: &str, trusted: bool, rules: HeaderRules) -> bool {
+    (!rules.allow_underscores && name.contains('_'))
+        || name == "proxy"
+        || name.starts_with("proxy-")
+        || OVERRIDES.contains(&name)
+        || (!trusted && is_client_claim(name))
+        || (rules.drop_referer && name == header::REFERER.as_str())
+}
+
+/// Rewrites a client's request headers for the upstream: withholds what the module
+/// documentation lists, joins HTTP/2 cookie crumbs into one `Cookie`, and sets `Host`,
+/// `X-Forwarded-For/Proto/Host` and `X-Request-ID`.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     upstream_host: &HeaderValue,
     ctx: &RequestContext,
+    rules: HeaderRules,
 ) {
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
-    for name in OVERRIDES {
+    // Nothing is allocated unless a header is withheld.
+    let withheld: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_withheld(name.as_str(), ctx.via_trusted_proxy, rules))
+        .cloned()
+        .collect();
+    for name in withheld {
         headers.remove(name);
     }
-    if !ctx.via_trusted_proxy {
-        headers.remove(header::FORWARDED);
-        headers.remove("x-real-ip");
-    }
+    join_cookie_crumbs(headers);
     headers.insert(header::HOST, upstream_host.clone());
     headers.insert(X_FORWARDED_FOR.clone(), ctx.forwarded_for.clone());
     let proto = if ctx.https { "https" } else { "http" };
@@ -74,6 +131,25 @@ pub fn prepare_request_headers(
         None => headers.remove(&X_FORWARDED_HOST),
     };
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+}
+
+/// HTTP/2 clients may split `Cookie` into one field per cookie; an HTTP/1.1 upstream
+/// expects one field, joined with `"; "` (RFC 9113 §8.2.3).
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    // Valid values joined by "; " are a valid value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 #[cfg(test)]
@@ -92,30 +168,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn strips_credentials_hop_by_hop_and_connection_listed_headers() {
+    fn prepared(
+        pairs: &[(&'static str, &'static str)],
+        trusted: bool,
+        rules: HeaderRules,
+    ) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("authorization", "Bearer secret"),
-            ("connection", "keep-alive, x-drop-me"),
-            ("x-drop-me", "1"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("upgrade", "websocket"),
-            ("proxy-authorization", "Basic x"),
-            ("forwarded", "for=1.2.3.4"),
-            ("x-real-ip", "1.2.3.4"),
-            ("x-http-method-override", "DELETE"),
-            ("x-original-url", "/admin"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("accept", "application/json"),
-        ] {
-            headers.insert(name, HeaderValue::from_static(value));
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
         }
         prepare_request_headers(
             &mut headers,
             &HeaderValue::from_static("up:80"),
-            &ctx(false),
+            &ctx(trusted),
+            rules,
+        );
+        headers
+    }
+
+    #[test]
+    fn strips_credentials_hop_by_hop_and_connection_listed_headers() {
+        let headers = prepared(
+            &[
+                ("authorization", "Bearer secret"),
+                ("connection", "keep-alive, x-drop-me"),
+                ("x-drop-me", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+                ("proxy-authorization", "Basic x"),
+                ("x-http-method-override", "DELETE"),
+                ("x-original-url", "/admin"),
+                ("accept", "application/json"),
+            ],
+            false,
+            HeaderRules::default(),
         );
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         for gone in [
@@ -126,8 +213,6 @@ mod tests {
             "te",
             "upgrade",
             "proxy-authorization",
-            "forwarded",
-            "x-real-ip",
             "x-http-method-override",
             "x-original-url",
         ] {
@@ -142,10 +227,82 @@ mod tests {
     }
 
     #[test]
-    fn trusted_proxy_forwarded_header_passes() {
-        let mut headers = HeaderMap::new();
-        headers.insert("forwarded", HeaderValue::from_static("for=203.0.113.1"));
-        prepare_request_headers(&mut headers, &HeaderValue::from_static("up"), &ctx(true));
-        assert_eq!(headers["forwarded"], "for=203.0.113.1");
+    fn client_claims_from_an_untrusted_peer_are_withheld() {
+        let claims: Vec<(&'static str, &'static str)> = CLIENT_CLAIMS
+            .iter()
+            .map(|name| (*name, "1.2.3.4"))
+            .chain([
+                ("x-forwarded-port", "443"),
+                ("x-forwarded-prefix", "/admin"),
+                ("x-forwarded-server", "evil"),
+                ("x-forwarded-ssl", "on"),
+                ("x-forwarded-scheme", "https"),
+            ])
+            .collect();
+        let headers = prepared(&claims, false, HeaderRules::default());
+        for (name, _) in &claims {
+            assert!(!headers.contains_key(*name), "{name} was forwarded");
+        }
+        let trusted = prepared(&claims, true, HeaderRules::default());
+        for (name, _) in &claims {
+            assert!(
+                trusted.contains_key(*name),
+                "a trusted proxy's {name} was dropped"
+            );
+        }
+    }
+
+    #[test]
+    fn underscores_and_httpoxy_are_withheld_unless_the_route_allows_underscores() {
+        let pairs = [
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_http_method_override", "DELETE"),
+            ("proxy", "http://evil.example"),
+            ("proxy-anything", "x"),
+            ("x-fine", "kept"),
+        ];
+        let headers = prepared(&pairs, true, HeaderRules::default());
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert!(names.contains(&"x-fine"));
+        for gone in [
+            "x_forwarded_for",
+            "x_http_method_override",
+            "proxy",
+            "proxy-anything",
+        ] {
+            assert!(!names.contains(&gone), "{gone} was forwarded");
+        }
+        let allowed = prepared(
+            &pairs,
+            false,
+            HeaderRules {
+                allow_underscores: true,
+                ..HeaderRules::default()
+            },
+        );
+        assert_eq!(allowed["x_forwarded_for"], "1.2.3.4");
+        assert!(!allowed.contains_key("proxy"), "httpoxy is never allowed");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_rfc_9113_8_2_3() {
+        let headers = prepared(
+            &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+            false,
+            HeaderRules::default(),
+        );
+        let cookies: Vec<_> = headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn referer_is_dropped_only_when_the_route_says_so() {
+        let pairs = [("referer", "https://gw.example/outline/secret/x")];
+        assert!(prepared(&pairs, false, HeaderRules::default()).contains_key("referer"));
+        let rules = HeaderRules {
+            drop_referer: true,
+            ..HeaderRules::default()
+        };
+        assert!(!prepared(&pairs, false, rules).contains_key("referer"));
     }
 }

@@ -3,8 +3,10 @@
 //! Each [`Upstream`] owns its connection pool, so per-upstream transport settings (pinned
 //! certificates, concurrency caps, circuit breaking) have one place to live.
 
+mod fold;
 mod forward;
 mod in_flight;
+mod location;
 mod pool;
 mod route;
 
@@ -17,10 +19,10 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-pub use forward::{prepare_request_headers, remove_hop_by_hop};
+pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
 pub use in_flight::{Busy, InFlightLimit};
 pub use pool::PoolError;
-pub use route::{Route, RouteAuth, RouteScopes, Router};
+pub use route::{ResponseRules, Route, RouteAuth, RouteScopes, Router};
 
 use crate::body::ResponseBody;
 use crate::pipeline::hygiene::{BodyTooLarge, LimitedBody};
@@ -73,6 +75,9 @@ pub enum ForwardError {
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
+    /// The upstream switched protocols (101) on a request the gateway did not upgrade.
+    #[error("upstream answered 101 Switching Protocols to a request that asked for no upgrade")]
+    UnexpectedUpgrade,
     /// The upstream's in-flight cap is reached and no slot freed in time.
     #[error(transparent)]
     Busy(#[from] Busy),
@@ -206,6 +211,41 @@ impl Upstream {
         &self.host
     }
 
+    /// The path every request to it starts with (no trailing `/`; empty for none).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// Whether a URL with `scheme` (absent for `//host` references) and `authority` names
+    /// this upstream: same host, in any case, and same port, defaults included. Any scheme
+    /// counts: an `https://` link to a plain-HTTP upstream's address still reveals it.
+    pub fn is_origin(&self, scheme: Option<&str>, authority: &str) -> bool {
+        let host_port = authority.rsplit('@').next().unwrap_or(authority);
+        let (host, port) = match host_port.rfind(':') {
+            Some(colon) if !host_port[colon..].contains(']') => (
+                &host_port[..colon],
+                host_port[colon + 1..].parse::<u16>().ok(),
+            ),
+            _ => (host_port, None),
+        };
+        let https = match scheme {
+            Some(scheme) => scheme.eq_ignore_ascii_case("https"),
+            None => self.scheme == Scheme::HTTPS,
+        };
+        let port = port.unwrap_or(if https { 443 } else { 80 });
+        host.eq_ignore_ascii_case(self.authority.host()) && port == self.port()
+    }
+
+    /// The port connections go to.
+    fn port(&self) -> u16 {
+        let default = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        self.authority.port_u16().unwrap_or(default)
+    }
+
     /// The origin-form target (`/base/path?query`) for `path`, below the upstream's own
     /// base path; `path` is already stripped of a route prefix when the route says so.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Uri {
@@ -226,7 +266,8 @@ impl Upstream {
     }
 
     /// Sends `request` (already addressed with [`Self::uri_for`]) and returns the response
-    /// with hop-by-hop headers removed and its body streaming.
+    /// with hop-by-hop headers removed, in the gateway's own HTTP version (whatever the
+    /// upstream spoke), and its body streaming.
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
@@ -242,7 +283,12 @@ impl Upstream {
             Ok(Err(error)) => return Err(classify(error)),
             Ok(Ok(response)) => response,
         };
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ForwardError::UnexpectedUpgrade);
+        }
         let (mut parts, body) = response.into_parts();
+        // An HTTP/1.0 upstream must not turn the client's status line into HTTP/1.0.
+        parts.version = http::Version::HTTP_11;
         remove_hop_by_hop(&mut parts.headers);
         let body = body.map_err(Into::into).boxed_unsync();
         // The request stays in flight until its response body has been sent.
@@ -255,12 +301,7 @@ impl Upstream {
 
     /// Whether a TCP connection to the upstream can be opened within `timeout`.
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
-        let default_port = if self.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        };
-        let port = self.authority.port_u16().unwrap_or(default_port);
+        let port = self.port();
         let host = self
             .authority
             .host()
@@ -325,5 +366,22 @@ mod tests {
         assert_eq!(based.uri_for("/v1", None), "/base/v1");
         assert_eq!(based.uri_for("", None), "/base/");
         assert_eq!(based.host(), "127.0.0.1:9000");
+    }
+
+    #[tokio::test]
+    async fn recognises_its_own_origin_with_default_ports_and_any_case() {
+        let plain = upstream("http://Backend.internal").unwrap();
+        assert!(plain.is_origin(Some("http"), "backend.INTERNAL:80"));
+        assert!(plain.is_origin(Some("http"), "backend.internal"));
+        assert!(plain.is_origin(None, "user@backend.internal"));
+        assert!(
+            !plain.is_origin(Some("https"), "backend.internal"),
+            "443 is another port"
+        );
+        assert!(!plain.is_origin(Some("http"), "backend.internal:8080"));
+        assert!(!plain.is_origin(Some("http"), "public.example"));
+        let v6 = upstream("https://[::1]:9443").unwrap();
+        assert!(v6.is_origin(Some("https"), "[::1]:9443"));
+        assert!(!v6.is_origin(Some("https"), "[::1]"));
     }
 }

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
-use http::{Method, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri, header};
 
-use super::Upstream;
+use super::forward::HeaderRules;
+use super::location::{self, PathMap};
+use super::{Upstream, fold};
 use crate::pipeline::headers::path_has_prefix;
+use crate::pipeline::hygiene::PathError;
 use crate::pipeline::ip_rules::IpRules;
 use crate::ratelimit::RouteLimits;
 
@@ -55,6 +58,28 @@ pub enum RouteAuth {
     Capability,
 }
 
+/// Headers a route sets on every response it gives, replacing the upstream's and the
+/// security set's values.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseRules {
+    /// `Cache-Control`, e.g. `private, no-store` where the URL itself is a secret.
+    pub cache_control: Option<HeaderValue>,
+    /// `Referrer-Policy`, e.g. `no-referrer` where the URL itself is a secret.
+    pub referrer_policy: Option<HeaderValue>,
+}
+
+impl ResponseRules {
+    /// Sets the route's headers on a response.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(value) = &self.cache_control {
+            headers.insert(header::CACHE_CONTROL, value.clone());
+        }
+        if let Some(value) = &self.referrer_policy {
+            headers.insert(header::REFERRER_POLICY, value.clone());
+        }
+    }
+}
+
 /// A path prefix served by one upstream.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -65,6 +90,8 @@ pub struct Route {
     scopes: RouteScopes,
     ip_rules: IpRules,
     rate_limits: Option<Arc<RouteLimits>>,
+    header_rules: HeaderRules,
+    response_rules: ResponseRules,
 }
 
 impl Route {
@@ -79,7 +106,31 @@ impl Route {
             scopes: RouteScopes::default(),
             ip_rules: IpRules::default(),
             rate_limits: None,
+            header_rules: HeaderRules::default(),
+            response_rules: ResponseRules::default(),
         }
+    }
+
+    /// The same route, rewriting request headers by `rules`.
+    pub fn with_header_rules(mut self, rules: HeaderRules) -> Self {
+        self.header_rules = rules;
+        self
+    }
+
+    /// How this route's request headers are rewritten for the upstream.
+    pub fn header_rules(&self) -> HeaderRules {
+        self.header_rules
+    }
+
+    /// The same route, setting `rules` on its responses.
+    pub fn with_response_rules(mut self, rules: ResponseRules) -> Self {
+        self.response_rules = rules;
+        self
+    }
+
+    /// The headers this route sets on its responses.
+    pub fn response_rules(&self) -> &ResponseRules {
+        &self.response_rules
     }
 
     /// The same route, limited by `limits` (shared by every worker's copy of the route).
@@ -156,6 +207,40 @@ impl Route {
                 .uri_for(&format!("{}{below}", self.prefix), uri.query())
         }
     }
+
+    /// Rewrites the upstream's `Location` and `Content-Location` that point at the upstream
+    /// (its address, or its base path) to the public path they stand for, below the prefix
+    /// the client used in `client_path`.
+    pub fn rewrite_locations(&self, headers: &mut HeaderMap, client_path: &str) {
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let map = PathMap {
+                base: self.upstream.base_path(),
+                kept_prefix: if self.strip_prefix { "" } else { &self.prefix },
+                public_base: self.public_base(client_path),
+            };
+            let rewritten = location::rewrite(value, map, |scheme, authority| {
+                self.upstream.is_origin(scheme, authority)
+            });
+            if let Some(value) = rewritten.and_then(|v| HeaderValue::try_from(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
+    }
+
+    /// The prefix as the client spelled it in `path`, with the capability segment on a
+    /// capability route.
+    fn public_base<'a>(&self, path: &'a str) -> &'a str {
+        let mut end = self.prefix.len();
+        if self.auth == RouteAuth::Capability
+            && let Some(secret) = self.capability_secret(path)
+        {
+            end += 1 + secret.len();
+        }
+        path.get(..end).unwrap_or(path)
+    }
 }
 
 /// Every route, searched longest prefix first.
@@ -171,8 +256,24 @@ impl Router {
         Self { routes }
     }
 
-    /// The route whose prefix is the longest that covers `path`.
-    pub fn find(&self, path: &str) -> Option<&Route> {
+    /// The route whose prefix is the longest that covers `path`, letters compared in
+    /// either ASCII case. A path that a Unicode-aware upstream would fold into another
+    /// route's prefix (`/adm%C4%B1n` for `/admin`, see [`fold`]) is refused: the gateway
+    /// would apply one route's rules while the upstream serves another's.
+    pub fn find(&self, path: &str) -> Result<Option<&Route>, PathError> {
+        let route = self.longest_match(path);
+        if fold::has_encoded_non_ascii(path) {
+            for folded in fold::ascii_folded_forms(path) {
+                let other = self.longest_match(&folded);
+                if other.map(|r| &r.prefix) != route.map(|r| &r.prefix) {
+                    return Err(PathError::FoldsIntoAnotherRoute);
+                }
+            }
+        }
+        Ok(route)
+    }
+
+    fn longest_match(&self, path: &str) -> Option<&Route> {
         self.routes
             .iter()
             .find(|route| path_has_prefix(path, &route.prefix))
@@ -206,7 +307,12 @@ mod tests {
             Route::new("/api", upstream("api"), false),
             Route::new("/api/admin/", upstream("admin"), false),
         ]);
-        let name = |path| router.find(path).map(|r| r.upstream().name().to_owned());
+        let name = |path| {
+            router
+                .find(path)
+                .unwrap()
+                .map(|r| r.upstream().name().to_owned())
+        };
         assert_eq!(name("/api/admin/users").as_deref(), Some("admin"));
         assert_eq!(name("/api/admin").as_deref(), Some("admin"));
         assert_eq!(name("/api/x").as_deref(), Some("api"));
@@ -247,7 +353,61 @@ mod tests {
     #[tokio::test]
     async fn no_route_without_a_covering_prefix() {
         let router = Router::new(vec![Route::new("/api", upstream("api"), false)]);
-        assert!(router.find("/other").is_none());
+        assert!(router.find("/other").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn paths_that_fold_into_another_route_are_refused() {
+        let router = Router::new(vec![
+            Route::new("/", upstream("open"), false),
+            Route::new("/admin", upstream("guarded"), false),
+        ]);
+        for path in [
+            "/adm%C4%B1n/users",
+            "/%EF%BD%81dmin",
+            "/ADM%25C4%25B1N/users",
+        ] {
+            assert_eq!(
+                router.find(path).unwrap_err(),
+                PathError::FoldsIntoAnotherRoute,
+                "{path}"
+            );
+        }
+        let within = router.find("/admin/caf%C3%A9").unwrap().unwrap();
+        assert_eq!(within.upstream().name(), "guarded");
+        let elsewhere = router.find("/caf%C3%A9/%C4%B1").unwrap().unwrap();
+        assert_eq!(
+            elsewhere.upstream().name(),
+            "open",
+            "folding that reaches no other route is fine"
+        );
+    }
+
+    #[tokio::test]
+    async fn locations_map_back_to_the_public_prefix() {
+        let based = Upstream::new(
+            "o",
+            "http://10.0.0.5:9000/SECRET",
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        let route = Route::new("/outline", based, true).with_auth(RouteAuth::Capability);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://10.0.0.5:9000/SECRET/access-keys/7"),
+        );
+        headers.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_static("/SECRET/access-keys"),
+        );
+        route.rewrite_locations(&mut headers, "/Outline/pcl_cap/access-keys");
+        assert_eq!(headers[header::LOCATION], "/Outline/pcl_cap/access-keys/7");
+        assert_eq!(
+            headers[header::CONTENT_LOCATION],
+            "/Outline/pcl_cap/access-keys"
+        );
     }
 
     #[tokio::test]

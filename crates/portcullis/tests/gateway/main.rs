@@ -6,6 +6,7 @@ mod common;
 mod auth;
 mod cli;
 mod cors;
+mod edges;
 mod headers;
 mod hygiene;
 mod identity;

@@ -628,7 +628,17 @@ fn a_public_admin_listener_needs_tls() {
 }
 
 async fn capability_urls(backend: Backend) {
-    let upstream = Upstream::start().await;
+    // Like Outline's server, the upstream redirects below its own secret base path.
+    let upstream = Upstream::start_with(|seen| {
+        (seen.uri == "/OUTLINE-OWN-SECRET/moved").then(|| {
+            http::Response::builder()
+                .status(301)
+                .header("location", "/OUTLINE-OWN-SECRET/access-keys/7")
+                .body(full(""))
+                .unwrap()
+        })
+    })
+    .await;
     let (_, capability) = backend.create("alice-outline", "read,write", &["--capability"]);
     let (_, reader_capability) = backend.create("bob-outline", "read", &["--capability"]);
     let (_, bearer) = backend.create("bearer", "read,write", &[]);
@@ -656,14 +666,20 @@ async fn capability_urls(backend: Backend) {
         .env("PORTCULLIS_LOG", "trace")
         .start();
 
+    // A browser puts the whole secret URL in Referer; it is not forwarded, and responses
+    // ask browsers and shared caches to keep the URL to themselves.
+    let referer = gateway.url(&format!("/outline/{capability}/previous"));
     let reply = get(
         &gateway.url(&format!("/outline/{capability}/server?x=1")),
-        &[],
+        &[("referer", &referer)],
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(reply.header("cache-control"), Some("private, no-store"));
     let seen = upstream.only();
     assert_eq!(seen.uri, "/OUTLINE-OWN-SECRET/server?x=1");
+    assert_eq!(seen.header("referer"), None);
     for (name, value) in &seen.headers {
         assert!(
             !value.to_str().unwrap_or_default().contains(&capability),
@@ -699,6 +715,18 @@ async fn capability_urls(backend: Backend) {
         .await
         .assert_problem(401, "unauthorized");
     assert_eq!(upstream.seen().len(), 2);
+
+    // A redirect below the upstream's secret base path comes back below the public prefix
+    // and capability the client used (as nginx's `proxy_redirect default`).
+    let moved = get(&gateway.url(&format!("/outline/{capability}/moved")), &[]).await;
+    assert_eq!(moved.status, 301);
+    assert_eq!(
+        moved.header("location"),
+        Some(format!("/outline/{capability}/access-keys/7").as_str())
+    );
+    let refused = get(&gateway.url(&format!("/outline/{unknown}/moved")), &[]).await;
+    assert_eq!(refused.header("cache-control"), Some("private, no-store"));
+    assert_eq!(refused.header("referrer-policy"), Some("no-referrer"));
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

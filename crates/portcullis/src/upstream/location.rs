@@ -1,0 +1,163 @@
+//! `Location` and `Content-Location` from an upstream, mapped back into the gateway's
+//! public path space, as nginx's `proxy_redirect default` does: an upstream that redirects
+//! to its own absolute URL, or to a path under its base path, would otherwise send clients
+//! around the gateway to an internal address, or reveal a secret base path.
+
+/// How one route maps public paths to upstream paths, for the reverse direction.
+#[derive(Debug, Clone, Copy)]
+pub struct PathMap<'a> {
+    /// The upstream's base path (no trailing `/`; empty for none): a secret for an
+    /// Outline-style management URL.
+    pub base: &'a str,
+    /// What the route's requests carry below `base`: the route prefix when it is kept,
+    /// empty when the route strips it.
+    pub kept_prefix: &'a str,
+    /// The public prefix the client used: the route prefix as the client spelled it, and
+    /// on a capability route the capability segment after it.
+    pub public_base: &'a str,
+}
+
+/// The public form of `location` when it points at the upstream (`origin_matches` says
+/// whether an absolute URL's scheme and authority are the upstream's), or `None` when it
+/// stays as it is. The result is an absolute path (RFC 9110 §10.2.2 allows a relative
+/// reference), so it never names an internal host.
+pub fn rewrite(
+    location: &str,
+    map: PathMap<'_>,
+    origin_matches: impl Fn(Option<&str>, &str) -> bool,
+) -> Option<String> {
+    let target = match split_origin(location) {
+        Some((scheme, authority, rest)) => {
+            if !origin_matches(scheme, authority) {
+                return None;
+            }
+            rest
+        }
+        None if location.starts_with('/') => location,
+        // Relative references resolve against the public URL already.
+        None => return None,
+    };
+    let split = target.find(['?', '#']).unwrap_or(target.len());
+    let (path, suffix) = target.split_at(split);
+    let public = public_path(path, map);
+    let mut rewritten = String::with_capacity(public.len() + suffix.len() + 1);
+    rewritten.push_str(&public);
+    if rewritten.is_empty() {
+        rewritten.push('/');
+    }
+    rewritten.push_str(suffix);
+    (rewritten != location).then_some(rewritten)
+}
+
+/// The public path an upstream path stands for.
+fn public_path(path: &str, map: PathMap<'_>) -> String {
+    let Some(below_base) = strip_segment_prefix(path, map.base) else {
+        return path.to_owned();
+    };
+    match strip_segment_prefix(below_base, map.kept_prefix) {
+        Some(below_prefix) => format!("{}{below_prefix}", map.public_base),
+        // Under the base path but outside the route: at least the base path stays hidden.
+        None => below_base.to_owned(),
+    }
+}
+
+/// `path` below `prefix`, when `prefix` covers it on a segment boundary.
+fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// `(scheme, authority, rest)` of an absolute (`http://host/x`) or scheme-relative
+/// (`//host/x`) URL.
+fn split_origin(location: &str) -> Option<(Option<&str>, &str, &str)> {
+    let (scheme, after) = match location.split_once("://") {
+        Some((scheme, after))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            (Some(scheme), after)
+        }
+        _ => (None, location.strip_prefix("//")?),
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    Some((scheme, &after[..end], &after[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPSTREAM: &str = "10.0.0.5:9000";
+
+    fn map<'a>(base: &'a str, kept_prefix: &'a str, public_base: &'a str) -> PathMap<'a> {
+        PathMap {
+            base,
+            kept_prefix,
+            public_base,
+        }
+    }
+
+    fn at_upstream(_scheme: Option<&str>, authority: &str) -> bool {
+        authority.eq_ignore_ascii_case(UPSTREAM)
+    }
+
+    #[test]
+    fn absolute_urls_of_the_upstream_become_public_paths() {
+        let kept = map("", "/api", "/api");
+        assert_eq!(
+            rewrite("http://10.0.0.5:9000/api/login?next=1", kept, at_upstream).as_deref(),
+            Some("/api/login?next=1")
+        );
+        assert_eq!(
+            rewrite("//10.0.0.5:9000/other", kept, at_upstream).as_deref(),
+            Some("/other")
+        );
+        assert_eq!(
+            rewrite("http://10.0.0.5:9000", kept, at_upstream).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            rewrite("https://auth.example/login", kept, at_upstream),
+            None
+        );
+        assert_eq!(rewrite("/api/x", kept, at_upstream), None, "already public");
+        assert_eq!(rewrite("next", kept, at_upstream), None);
+    }
+
+    #[test]
+    fn a_secret_base_path_is_replaced_by_the_public_prefix_the_client_used() {
+        // An Outline-style upstream at https://10.0.0.5:9000/SECRET behind a capability
+        // route /outline that strips its prefix.
+        let outline = map("/SECRET", "", "/outline/pcl_cap");
+        assert_eq!(
+            rewrite(
+                "https://10.0.0.5:9000/SECRET/access-keys/1",
+                outline,
+                at_upstream
+            )
+            .as_deref(),
+            Some("/outline/pcl_cap/access-keys/1")
+        );
+        assert_eq!(
+            rewrite("/SECRET/server", outline, at_upstream).as_deref(),
+            Some("/outline/pcl_cap/server")
+        );
+        assert_eq!(
+            rewrite("/SECRETS/x", outline, at_upstream),
+            None,
+            "prefixes match whole segments"
+        );
+    }
+
+    #[test]
+    fn a_kept_prefix_below_a_base_path_maps_back() {
+        let based = map("/base", "/api", "/API");
+        assert_eq!(
+            rewrite("/base/api/items", based, at_upstream).as_deref(),
+            Some("/API/items")
+        );
+        assert_eq!(
+            rewrite("/base/elsewhere", based, at_upstream).as_deref(),
+            Some("/elsewhere")
+        );
+    }
+}

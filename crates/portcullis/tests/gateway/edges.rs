@@ -1,0 +1,427 @@
+//! The edges of HTTP: what a client claims about itself never reaches the upstream, hosts
+//! and transfer codings are validated, route prefixes hold against Unicode folding, and no
+//! detail of the upstream (its HTTP version, its address, its base path) reaches the client.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::{Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::common::*;
+
+/// A gateway in front of `upstream` with the routes of `routes` (TOML) added.
+fn with_routes(upstream: &Upstream, routes: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!("[upstreams.api]\nurl = \"{}\"\n{routes}", upstream.url()),
+    );
+    let gateway = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+    (dir, gateway)
+}
+
+/// An upstream that answers every connection with `answer`, whatever it was sent, and
+/// keeps the raw bytes of each request head: for framing no HTTP library would produce.
+struct RawUpstream {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawUpstream {
+    async fn start(answer: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let record = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let head = read_head(&mut stream).await;
+                    record.lock().unwrap().push(head);
+                    let _ = stream.write_all(answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self { addr, heads }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Writes `request` and returns the raw status line of the answer.
+async fn status_line(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    text.split("\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn client_claims_underscored_names_and_httpoxy_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let claims = [
+        "X-Forwarded-For: 6.6.6.6",
+        "X-Forwarded-Port: 443",
+        "X-Forwarded-Prefix: /admin",
+        "X-Forwarded-Server: evil",
+        "X-Forwarded-Ssl: on",
+        "X-Forwarded-Scheme: https",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: evil.example",
+        "Forwarded: for=6.6.6.6;proto=https",
+        "X-Real-IP: 6.6.6.6",
+        "True-Client-IP: 6.6.6.6",
+        "X-Client-IP: 6.6.6.6",
+        "Client-IP: 6.6.6.6",
+        "CF-Connecting-IP: 6.6.6.6",
+        "Fastly-Client-IP: 6.6.6.6",
+        "X-Cluster-Client-IP: 6.6.6.6",
+        "Front-End-Https: on",
+        "X-Url-Scheme: https",
+        // CGI/WSGI/Rack read these as X-Forwarded-For and the method override.
+        "X_Forwarded_For: 6.6.6.6",
+        "X_HTTP_Method_Override: DELETE",
+        // httpoxy: CGI turns `Proxy` into HTTP_PROXY.
+        "Proxy: http://6.6.6.6:8080",
+        "Proxy-Connection: keep-alive",
+    ];
+    let request = format!(
+        "GET /x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\n{}\r\nX-Kept: yes\r\nConnection: close\r\n\r\n",
+        claims.join("\r\n")
+    );
+    let reply = raw(gateway.addr, request.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let seen = upstream.only();
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+    // The gateway's own claims replace the client's; every other claim is gone.
+    let own = [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "gw.test"),
+    ];
+    for claim in claims {
+        let name = claim.split_once(": ").unwrap().0.to_ascii_lowercase();
+        let expected = own.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!(
+            seen.header(&name),
+            expected,
+            "{claim:?} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_may_allow_underscores_in_header_names() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_routes(
+        &upstream,
+        r#"
+        [[routes]]
+        path_prefix = "/legacy"
+        upstream = "api"
+        allow_underscores_in_headers = true
+        "#,
+    );
+    for path in ["/legacy/x", "/other"] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nX_Legacy_Id: 7\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(raw(gateway.addr, request.as_bytes()).await.status, 200);
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen[0].header("x_legacy_id"), Some("7"));
+    assert_eq!(seen[1].header("x_legacy_id"), None, "other routes drop it");
+}
+
+#[tokio::test]
+async fn hosts_are_validated_rfc_9112_3_2() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\nConnection: close");
+    for (head, why) in [
+        (format!("GET /x HTTP/1.1\r\n{auth}\r\n\r\n"), "no Host"),
+        (
+            format!("GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n{auth}\r\n\r\n"),
+            "two Hosts",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nHost: evil.example/x?\r\n{auth}\r\n\r\n"),
+            "a path in Host",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nHost: user@gw.test\r\n{auth}\r\n\r\n"),
+            "userinfo in Host",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nHost: gw.test:99999\r\n{auth}\r\n\r\n"),
+            "a port out of range",
+        ),
+        (
+            format!("GET http://user@gw.test/x HTTP/1.1\r\nHost: gw.test\r\n{auth}\r\n\r\n"),
+            "userinfo in an absolute-form target",
+        ),
+    ] {
+        let reply = raw(gateway.addr, head.as_bytes()).await;
+        assert_eq!(reply.status, 400, "{why}: {}", reply.text());
+        reply.assert_problem(400, "bad-request");
+    }
+    assert!(upstream.seen().is_empty(), "{:#?}", upstream.seen());
+
+    // An absolute-form target's authority wins over Host (RFC 9112 §3.2.2); an IPv6
+    // literal with a port is a valid host.
+    let absolute = format!(
+        "GET http://public.example:8443/x HTTP/1.1\r\nHost: other.example\r\n{auth}\r\n\r\n"
+    );
+    assert_eq!(raw(gateway.addr, absolute.as_bytes()).await.status, 200);
+    let v6 = format!("GET /y HTTP/1.1\r\nHost: [::1]:8080\r\n{auth}\r\n\r\n");
+    assert_eq!(raw(gateway.addr, v6.as_bytes()).await.status, 200);
+    let seen = upstream.seen();
+    assert_eq!(
+        seen[0].header("x-forwarded-host"),
+        Some("public.example:8443")
+    );
+    assert_eq!(seen[1].header("x-forwarded-host"), Some("[::1]:8080"));
+}
+
+#[tokio::test]
+async fn unimplemented_transfer_codings_are_501_rfc_9112_6_1() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let request = format!(
+        "POST /x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let reply = raw(gateway.addr, request.as_bytes()).await;
+    let problem = reply.assert_problem(501, "transfer-coding-not-implemented");
+    assert!(problem["detail"].as_str().unwrap().contains("chunked"));
+    assert!(upstream.seen().is_empty(), "a body went without its coding");
+
+    let chunked = format!(
+        "POST /x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    assert_eq!(raw(gateway.addr, chunked.as_bytes()).await.status, 200);
+    assert_eq!(upstream.only().body, "hello");
+}
+
+/// What a Java-style router (`equalsIgnoreCase`, NFKC) makes of a request path.
+fn folded_like_a_lenient_router(path: &str) -> String {
+    let decoded = percent_decode(&percent_decode(path));
+    decoded
+        .nfkc()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .filter(|c| !('\u{0300}'..='\u{036F}').contains(c))
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn route_prefixes_hold_against_unicode_case_folding() {
+    // The upstream serves its admin area for any path that folds to /admin, as a
+    // case-insensitive Java or Python router would.
+    let upstream = Upstream::start_with(|seen| {
+        let folded = folded_like_a_lenient_router(&seen.uri);
+        folded.starts_with("/admin").then(|| {
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(full("the admin area"))
+                .unwrap()
+        })
+    })
+    .await;
+    // Only addresses outside loopback may reach /admin; everything else is open to the token.
+    let (_dir, gateway) = with_routes(
+        &upstream,
+        r#"
+        [[routes]]
+        path_prefix = "/admin"
+        upstream = "api"
+        deny_ips = ["127.0.0.0/8"]
+        "#,
+    );
+    let attacks = [
+        "/adm%C4%B1n/users",     // ı, dotless i
+        "/ADM%C4%B0N/users",     // İ, dotted capital I
+        "/%EF%BD%81dmin/users",  // ａ, fullwidth a
+        "/adm%25C4%25B1n/users", // ı, double-encoded
+    ];
+    for path in attacks {
+        assert!(
+            folded_like_a_lenient_router(path).starts_with("/admin"),
+            "{path} does not fold to the admin area: the test would prove nothing"
+        );
+        let reply = get_authorized(&gateway.url(path)).await;
+        let problem = reply.assert_problem(400, "invalid-path");
+        assert!(problem["detail"].is_string(), "{path}: {problem}");
+    }
+    // The long s and the Kelvin sign fold to ASCII in Go and Python.
+    let route_s = with_routes(
+        &upstream,
+        r#"
+        [[routes]]
+        path_prefix = "/secret"
+        upstream = "api"
+        deny_ips = ["127.0.0.0/8"]
+        [[routes]]
+        path_prefix = "/keys"
+        upstream = "api"
+        deny_ips = ["127.0.0.0/8"]
+        "#,
+    );
+    for path in ["/%C5%BFecret/x", "/%E2%84%AAeys"] {
+        get_authorized(&route_s.1.url(path))
+            .await
+            .assert_problem(400, "invalid-path");
+    }
+    // Raw non-ASCII is not a valid request target at all (RFC 9112 §3.2).
+    raw(gateway.addr, &raw_get("/adm\u{131}n/users"))
+        .await
+        .assert_problem(400, "invalid-path");
+    get_authorized(&gateway.url("/admin/users"))
+        .await
+        .assert_problem(403, "ip-denied");
+    assert!(upstream.seen().is_empty(), "{:#?}", upstream.seen());
+
+    // Non-ASCII that folds to no other route still passes.
+    let reply = get_authorized(&gateway.url("/caf%C3%A9/%C4%B1")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream.only().uri, "/caf%C3%A9/%C4%B1");
+}
+
+#[tokio::test]
+async fn responses_carry_the_gateway_http_version_whatever_the_upstream_spoke() {
+    let upstream =
+        RawUpstream::start(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nServer: old/1.0\r\n\r\nok")
+            .await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let line = status_line(gateway.addr, &raw_get("/x")).await;
+    assert_eq!(line, "HTTP/1.1 200 OK");
+    assert_eq!(upstream.heads.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unasked_101_from_the_upstream_is_a_502() {
+    let upstream = RawUpstream::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let reply = raw(gateway.addr, &raw_get("/x")).await;
+    let problem = reply.assert_problem(502, "upstream-unavailable");
+    assert!(!problem.to_string().contains("websocket"), "{problem}");
+    assert!(!problem.to_string().contains("127.0.0.1"), "{problem}");
+
+    let bare = RawUpstream::start(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").await;
+    let gateway = Launch::new(&bare.url()).start();
+    raw(gateway.addr, &raw_get("/x"))
+        .await
+        .assert_problem(502, "upstream-unavailable");
+}
+
+#[tokio::test]
+async fn redirects_to_the_upstream_are_rewritten_to_the_public_prefix() {
+    let upstream = Upstream::start_with(|seen| {
+        let location = match seen.uri.as_str() {
+            "/BASE-SECRET/api/absolute" => format!(
+                "http://{}/BASE-SECRET/api/next?x=1",
+                seen.headers["host"].to_str().unwrap()
+            ),
+            "/BASE-SECRET/api/based" => "/BASE-SECRET/api/login".to_owned(),
+            "/BASE-SECRET/api/away" => "https://auth.example/login".to_owned(),
+            _ => return None,
+        };
+        Some(
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", location)
+                .header("content-location", "/BASE-SECRET/api/here")
+                .body(full(""))
+                .unwrap(),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[upstreams.based]\nurl = \"{}/BASE-SECRET\"\n[[routes]]\npath_prefix = \"/api\"\nupstream = \"based\"\n",
+            upstream.url()
+        ),
+    );
+    let gateway = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+    for (path, expected) in [
+        ("/api/absolute", "/api/next?x=1"),
+        ("/API/based", "/API/login"),
+        ("/api/away", "https://auth.example/login"),
+    ] {
+        let reply = get_authorized(&gateway.url(path)).await;
+        assert_eq!(reply.status, 302, "{path}");
+        assert_eq!(reply.header("location"), Some(expected), "{path}");
+        let public_prefix = &path[..4];
+        assert_eq!(
+            reply.header("content-location"),
+            Some(format!("{public_prefix}/here").as_str()),
+            "{path}"
+        );
+        for (name, value) in &reply.headers {
+            let value = value.to_str().unwrap_or_default();
+            assert!(!value.contains("BASE-SECRET"), "{name}: {value}");
+            assert!(
+                !value.contains(&upstream.addr.to_string()),
+                "{name}: {value}"
+            );
+        }
+    }
+}
