@@ -1,8 +1,9 @@
-//! The header-read deadline of an HTTP/1.1 connection, with a 408 for slow clients.
+//! Deadlines for every phase of a connection, so that no client holds a connection slot
+//! without using it.
 //!
-//! hyper's own `header_read_timeout` closes the connection without a word. A client that
-//! started a request and stalled should learn why, so this wrapper around the connection's
-//! I/O keeps the clock itself:
+//! HTTP/1.1 ([`HeadDeadlineIo`]): hyper's own `header_read_timeout` closes the connection
+//! without a word. A client that started a request and stalled should learn why, so this
+//! wrapper around the connection's I/O keeps the clock itself:
 //!
 //! - a new connection must deliver a complete request head within `header_timeout`;
 //! - after a response, an idle keep-alive connection is closed after `idle_timeout`, and
@@ -12,6 +13,11 @@
 //!
 //! When the deadline passes with part of a head received, a problem+json 408 is written and
 //! the connection closed; with nothing received, the connection is closed silently.
+//!
+//! HTTP/2 ([`OpenStreams`]): a connection must open its first stream within
+//! `header_timeout` of the TLS handshake (preface, SETTINGS and a complete HEADERS block),
+//! and is told to go away (GOAWAY) once no stream has been open for `idle_timeout`
+//! (RFC 9113 §3.4, §6.8).
 
 use std::future::Future;
 use std::io;
@@ -24,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 /// Whether the connection is between requests, shared by its reader and its service.
@@ -195,27 +202,103 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
     }
 }
 
-/// A response body that tells the connection's [`RequestPhase`] when it is done with
-/// (fully sent, or dropped because the client went away).
-pub struct PhaseBody<B> {
-    inner: B,
-    phase: Arc<RequestPhase>,
-}
+/// Marks the response to the request a [`RequestPhase`] is serving as finished when dropped.
+pub struct PhaseGuard(Arc<RequestPhase>);
 
-impl<B> PhaseBody<B> {
-    /// Wraps the body of the response to the request that `phase` is serving.
-    pub fn new(inner: B, phase: Arc<RequestPhase>) -> Self {
-        Self { inner, phase }
+impl PhaseGuard {
+    /// A guard for the request `phase` is serving.
+    pub fn new(phase: Arc<RequestPhase>) -> Self {
+        Self(phase)
     }
 }
 
-impl<B> Drop for PhaseBody<B> {
+impl Drop for PhaseGuard {
     fn drop(&mut self) {
-        self.phase.response_finished();
+        self.0.response_finished();
     }
 }
 
-impl<B: Body + Unpin> Body for PhaseBody<B> {
+/// The open streams of an HTTP/2 connection, shared by its service (which opens one per
+/// request, held by the response body) and the watch that closes an idle connection.
+#[derive(Debug)]
+pub struct OpenStreams {
+    count: watch::Sender<usize>,
+}
+
+/// One open stream; dropping it (with the response body, or with the request's future when
+/// the client resets the stream) closes it.
+pub struct StreamGuard(Arc<OpenStreams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.count.send_modify(|count| *count -= 1);
+    }
+}
+
+/// Why [`OpenStreams::idle`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// No stream was ever opened: the client has not completed a request.
+    NeverUsed,
+    /// Streams were served, and none has been open for the idle timeout since.
+    Quiet,
+}
+
+impl OpenStreams {
+    /// No stream open yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            count: watch::Sender::new(0),
+        })
+    }
+
+    /// Opens a stream, until the guard is dropped.
+    pub fn open(self: &Arc<Self>) -> StreamGuard {
+        self.count.send_modify(|count| *count += 1);
+        StreamGuard(self.clone())
+    }
+
+    /// Returns once no stream has been opened for `first`, or, after some were, once none
+    /// has been open for `then`.
+    pub async fn idle(&self, first: Duration, then: Duration) -> Idle {
+        let mut count = self.count.subscribe();
+        let mut timeout = first;
+        let mut used = false;
+        loop {
+            if *count.borrow_and_update() == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => {
+                        return if used { Idle::Quiet } else { Idle::NeverUsed };
+                    }
+                    _ = count.changed() => {}
+                }
+            } else {
+                // The sender lives as long as `self`: this only returns on a change.
+                let _ = count.changed().await;
+            }
+            used = true;
+            timeout = then;
+        }
+    }
+}
+
+/// A response body that holds `G` until it has been sent or dropped (the client went away).
+pub struct GuardedBody<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> GuardedBody<B, G> {
+    /// Wraps `inner`, keeping `guard` alive as long as it.
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for GuardedBody<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -280,6 +363,47 @@ mod tests {
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
         assert!(answer.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_that_opens_no_stream_is_idle_after_the_first_deadline() {
+        let streams = OpenStreams::new();
+        let started = Instant::now();
+        let idle = streams
+            .idle(Duration::from_secs(5), Duration::from_secs(60))
+            .await;
+        assert_eq!(idle, Idle::NeverUsed);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_when_no_stream_has_been_open_for_the_timeout() {
+        let streams = OpenStreams::new();
+        let watch = {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let idle = streams
+                    .idle(Duration::from_secs(5), Duration::from_secs(60))
+                    .await;
+                (idle, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = streams.open();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let second = streams.open();
+        drop(first);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!watch.is_finished(), "a stream is still open");
+        drop(second);
+        let (idle, elapsed) = watch.await.unwrap();
+        assert_eq!(idle, Idle::Quiet);
+        assert_eq!(
+            elapsed,
+            Duration::from_secs(261),
+            "60 s after the last stream closed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,7 +31,9 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::pipeline::context::ConnInfo;
 use crate::pipeline::{Gateway, GatewayError, Shared};
-use deadline::{HeadDeadlineIo, PhaseBody, RequestPhase, TimeoutReply};
+use deadline::{
+    GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
+};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +197,7 @@ impl Worker {
             Ok(listener) => listener,
             Err(error) => return error!(%error, "cannot register the listener"),
         };
+        let connection_stop = stopped.clone();
         let shutdown = stopped.wait_for(|stop| *stop);
         tokio::pin!(shutdown);
         let graceful = GracefulShutdown::new();
@@ -223,8 +226,9 @@ impl Worker {
             let connections = self.connections.clone();
             let tls = self.tls.clone();
             let watcher = graceful.watcher();
+            let stopped = connection_stop.clone();
             tokio::spawn(async move {
-                connections.serve(stream, peer, tls, watcher).await;
+                connections.serve(stream, peer, tls, watcher, stopped).await;
                 drop(permit);
             });
         }
@@ -282,6 +286,7 @@ impl Connections {
         peer: SocketAddr,
         tls: Option<TlsAcceptor>,
         watcher: Watcher,
+        stopped: watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls else {
@@ -298,18 +303,58 @@ impl Connections {
         };
         let conn = ConnInfo { peer, tls: true };
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let gateway = self.gateway.clone();
-            let service = service_fn(move |request| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, &conn).await) }
-            });
-            let connection = self.http2.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                debug!(%peer, %error, "HTTP/2 connection ended with an error");
-            }
+            self.serve_http2(stream, conn, stopped).await;
+            // Held until the connection ends, so that a graceful shutdown waits for it.
+            drop(watcher);
         } else {
             let reply = self.tls_timeout_reply.clone();
             self.serve_http1(stream, conn, &reply, watcher).await;
+        }
+    }
+
+    /// Serves an HTTP/2 connection until it ends, the server stops, or it idles: a
+    /// connection that has not opened a stream within the header timeout is dropped, one
+    /// with no stream open for the idle timeout is sent GOAWAY, and dropped if it still
+    /// holds on without a stream for another header timeout.
+    async fn serve_http2<I>(&self, io: I, conn: ConnInfo, mut stopped: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let streams = OpenStreams::new();
+        let gateway = self.gateway.clone();
+        let opener = streams.clone();
+        let service = service_fn(move |request| {
+            let gateway = gateway.clone();
+            let stream = opener.open();
+            async move {
+                let response = gateway.handle(request, &conn).await;
+                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, stream)))
+            }
+        });
+        let connection = self.http2.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            let idle = streams.idle(self.header_timeout, self.idle_timeout);
+            tokio::select! {
+                ended = connection.as_mut() => {
+                    if let Err(error) = ended {
+                        debug!(peer = %conn.peer, %error, "HTTP/2 connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stopped.wait_for(|stop| *stop), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                idle = idle => {
+                    if closing || idle == Idle::NeverUsed {
+                        return debug!(peer = %conn.peer, ?idle, "HTTP/2 connection closed: no stream");
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
     }
 
@@ -328,11 +373,11 @@ impl Connections {
         let gateway = self.gateway.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let gateway = gateway.clone();
-            let phase = phase.clone();
             phase.request_started();
+            let served = PhaseGuard::new(phase.clone());
             async move {
                 let response = gateway.handle(request, &conn).await;
-                Ok::<_, Infallible>(response.map(|body| PhaseBody::new(body, phase)))
+                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, served)))
             }
         });
         let connection = self.http1.serve_connection(TokioIo::new(io), service);

@@ -211,3 +211,215 @@ async fn the_admin_api_can_listen_with_tls() {
     );
     assert!(gateway.log().contains("admin API listening") && gateway.log().contains("tls=true"));
 }
+
+/// A TLS connection to the gateway offering `alpn`, trusting `pem`.
+async fn tls_connect(
+    pem: &str,
+    addr: std::net::SocketAddr,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Whether the gateway closes `stream` (end of stream or reset) within 10 s, reading and
+/// discarding whatever it sends first (SETTINGS, GOAWAY).
+async fn closed_by_gateway(mut stream: impl tokio::io::AsyncRead + Unpin) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read_until_closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_until_closed)
+        .await
+        .is_ok()
+}
+
+/// A gateway over TLS with a 1 s header-read timeout, a 1 s idle timeout and room for
+/// only two connections.
+fn start_tls_with_short_deadlines(
+    upstream: &Upstream,
+    cert: &TestCert,
+) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nmax_connections = 2\n",
+    );
+    let gateway = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .start();
+    (dir, gateway)
+}
+
+#[tokio::test]
+async fn every_phase_of_a_tls_connection_has_a_deadline_rfc_9113_3_4() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let (_dir, gateway) = start_tls_with_short_deadlines(&upstream, &cert);
+
+    // A handshake that never starts, and one that stalls after a few bytes.
+    let silent = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    assert!(
+        closed_by_gateway(silent).await,
+        "a silent TCP client held its slot"
+    );
+    let mut stalled = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+    assert!(
+        closed_by_gateway(stalled).await,
+        "a stalled handshake held its slot"
+    );
+
+    // HTTP/2 chosen by ALPN, then nothing: no preface.
+    let no_preface = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    assert!(
+        closed_by_gateway(no_preface).await,
+        "an h2 client without a preface held its slot"
+    );
+
+    // The preface and SETTINGS, then no stream.
+    let mut no_stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    no_stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    no_stream.flush().await.unwrap();
+    assert!(
+        closed_by_gateway(no_stream).await,
+        "an h2 client that opened no stream held its slot"
+    );
+
+    // With both slots held by clients that send nothing, a real client still gets in once
+    // the deadline has closed them.
+    let _hogs = (
+        tls_connect(&cert.pem, gateway.addr, b"h2").await,
+        tls_connect(&cert.pem, gateway.addr, b"h2").await,
+    );
+    let url = format!("https://localhost:{}/x", gateway.addr.port());
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client(&cert.pem, rustls::ALL_VERSIONS, true).request(authorized(url)),
+    )
+    .await
+    .expect("the idle connections were never closed")
+    .unwrap();
+    assert_eq!(reply.status(), 200);
+}
+
+/// An HTTP/2 connection of its own to the gateway, driven on a task; the handle ends when
+/// the connection does.
+async fn h2_connection(
+    cert: &TestCert,
+    gateway: &Gateway,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driven = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driven)
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_sent_goaway_rfc_9113_6_8() {
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let (_dir, gateway) = start_tls_with_short_deadlines(&upstream, &cert);
+    let (mut sender, connection) = h2_connection(&cert, &gateway).await;
+    let url = format!("https://localhost:{}/x", gateway.addr.port());
+    let reply = read_reply(sender.send_request(authorized(url)).await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    // hyper's keep-alive pings would keep the connection up; the idle timeout does not.
+    tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+        .await
+        .expect("the idle HTTP/2 connection stayed open")
+        .unwrap();
+    assert!(sender.is_closed());
+}
+
+#[tokio::test]
+async fn http2_requests_are_translated_faithfully_rfc_9113_8_2_3_and_8_3_1() {
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let gateway = start_tls(&upstream, &cert);
+    let (mut sender, _connection) = h2_connection(&cert, &gateway).await;
+    let port = gateway.addr.port();
+    let request = |authority: &str, headers: &[(&str, &str)]| {
+        let mut builder = Request::get(format!("https://{authority}/x"))
+            .header("authorization", format!("Bearer {TOKEN}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Full::default()).unwrap()
+    };
+
+    // Cookie crumbs, one field per cookie over HTTP/2, reach HTTP/1.1 as one field.
+    let crumbs = request(
+        &format!("localhost:{port}"),
+        &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+    );
+    let reply = read_reply(sender.send_request(crumbs).await.unwrap()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = upstream.only();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(format!("localhost:{port}").as_str())
+    );
+
+    // A Host that disagrees with :authority, and userinfo in :authority, are refused.
+    for (authority, host) in [
+        (format!("localhost:{port}"), Some("evil.example")),
+        (format!("user@localhost:{port}"), None),
+    ] {
+        let headers: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+        let reply = read_reply(
+            sender
+                .send_request(request(&authority, &headers))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.version, Version::HTTP_2);
+        reply.assert_problem(400, "bad-request");
+    }
+    assert_eq!(upstream.seen().len(), 1);
+}
