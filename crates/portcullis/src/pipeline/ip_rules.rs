@@ -54,9 +54,14 @@ pub struct BanPolicy {
     pub duration: Duration,
 }
 
-/// Most addresses tracked at once; beyond it, stale entries are dropped first and new
-/// addresses are not tracked until there is room, so a flood cannot exhaust memory.
+/// Most addresses tracked at once, so a flood cannot exhaust memory. When the table is
+/// full, stale entries go first, then the least-failing addresses that are not banned
+/// ([`EVICTED_AT_ONCE`] at a time, so a flood pays for a scan rarely); a new failure is
+/// always recorded, so a full table never lets an attacker fail without counting.
 const MAX_TRACKED: usize = 100_000;
+
+/// How many live entries one eviction removes when the table is full.
+const EVICTED_AT_ONCE: usize = MAX_TRACKED / 100;
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -121,14 +126,7 @@ impl Bans {
         };
         let now = Instant::now();
         if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
-            let policy = self.policy;
-            records.retain(|_, r| {
-                now.duration_since(r.window_start) < policy.window
-                    || r.banned_until.is_some_and(|u| u > now)
-            });
-            if records.len() >= MAX_TRACKED {
-                return;
-            }
+            make_room(&mut records, self.policy, now);
         }
         let record = records.entry(ip).or_insert(Record {
             window_start: now,
@@ -146,6 +144,30 @@ impl Bans {
             record.window_start = now;
             tracing::warn!(%ip, ban = ?self.policy.duration, "address banned after repeated authentication failures");
         }
+    }
+}
+
+/// Frees room in a full table: drops what has expired, and when that is not enough, the
+/// [`EVICTED_AT_ONCE`] entries that matter least: addresses that are not banned, fewest
+/// failures first, then bans that end soonest.
+fn make_room(records: &mut HashMap<IpAddr, Record>, policy: BanPolicy, now: Instant) {
+    records.retain(|_, r| {
+        now.duration_since(r.window_start) < policy.window
+            || r.banned_until.is_some_and(|until| until > now)
+    });
+    if records.len() < MAX_TRACKED {
+        return;
+    }
+    // Banned entries rank after every unbanned one; among them, the one ending first goes.
+    let rank = |r: &Record| match r.banned_until {
+        None => (false, r.failures, r.window_start),
+        Some(until) => (true, 0, until),
+    };
+    let mut ranked: Vec<_> = records.iter().map(|(ip, r)| (rank(r), *ip)).collect();
+    let evicted = EVICTED_AT_ONCE.min(ranked.len());
+    ranked.select_nth_unstable_by_key(evicted - 1, |(rank, _)| *rank);
+    for (_, ip) in &ranked[..evicted] {
+        records.remove(ip);
     }
 }
 
@@ -201,6 +223,43 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(250));
         assert!(bans.check(attacker).is_ok(), "the ban lifted");
+    }
+
+    #[test]
+    fn a_full_table_keeps_counting_and_keeps_its_bans() {
+        let bans = Bans::new(BanPolicy {
+            max_failures: 3,
+            window: Duration::from_secs(600),
+            duration: Duration::from_secs(600),
+        });
+        let banned = ip("192.0.2.66");
+        for _ in 0..3 {
+            bans.record_failure(banned);
+        }
+        let repeat = ip("192.0.2.77");
+        bans.record_failure(repeat);
+        bans.record_failure(repeat);
+        // A flood of single failures from fresh addresses fills the table and more.
+        for n in 0..(MAX_TRACKED as u32 + 50) {
+            bans.record_failure(IpAddr::V4((0x0a00_0000 + n).into()));
+        }
+        assert!(bans.records.lock().unwrap().len() <= MAX_TRACKED);
+        assert_eq!(
+            bans.check(banned).unwrap_err().kind(),
+            ProblemKind::Banned,
+            "a ban outlives the flood"
+        );
+        bans.record_failure(repeat);
+        assert_eq!(
+            bans.check(repeat).unwrap_err().kind(),
+            ProblemKind::Banned,
+            "failures before the flood still count"
+        );
+        let late = ip("198.51.100.1");
+        for _ in 0..3 {
+            bans.record_failure(late);
+        }
+        assert!(bans.check(late).is_err(), "a full table still bans");
     }
 
     #[test]

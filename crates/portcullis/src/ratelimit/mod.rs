@@ -535,11 +535,13 @@ impl Limiter {
     }
 
     /// Refuses a banned `ip` with 429 and `Retry-After`. Bans made in memory while Redis
-    /// was unreachable keep holding after it returns.
+    /// was unreachable keep holding after it returns. Like limits, bans hold for an IPv6
+    /// address's whole /64.
     pub async fn check_ban(&self, ip: IpAddr) -> Result<(), Problem> {
         if self.shared.bans.policy().max_failures == 0 {
             return Ok(());
         }
+        let ip = address_block(ip);
         self.shared.bans.check(ip)?;
         if let Some(redis) = &self.redis
             && let Some(Some(remaining)) = redis.ban_remaining(ip).await
@@ -549,12 +551,13 @@ impl Limiter {
         Ok(())
     }
 
-    /// Counts a failed authentication from `ip` towards a ban.
+    /// Counts a failed authentication from `ip` (an IPv6 address by its /64) towards a ban.
     pub async fn record_failure(&self, ip: IpAddr) {
         let policy = self.shared.bans.policy();
         if policy.max_failures == 0 {
             return;
         }
+        let ip = address_block(ip);
         if let Some(redis) = &self.redis {
             let recorded = redis
                 .record_failure(ip, policy.max_failures, policy.window, policy.duration)

@@ -103,3 +103,32 @@ async fn repeated_failures_ban_an_address_until_the_ban_lifts() {
     );
     assert_eq!(upstream.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn bans_hold_against_ipv6_address_rotation() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_config(
+        &upstream,
+        "[bans]\nmax_failures = 3\nwindow = \"1m\"\nduration = \"1m\"\n",
+    );
+    // One client holds a whole /64 and takes a fresh address for every guess.
+    for host in [":1", ":2", "a:b:c:d"] {
+        from(
+            &gateway,
+            "/v1",
+            &format!("2001:db8:7:7:{host}"),
+            "guess-0123456789abcdef0123456789",
+        )
+        .await
+        .assert_problem(401, "unauthorized");
+    }
+    from(&gateway, "/v1", "2001:db8:7:7:ffff:ffff:ffff:ffff", TOKEN)
+        .await
+        .assert_problem(429, "banned");
+    assert_eq!(
+        from(&gateway, "/v1", "2001:db8:7:8::1", TOKEN).await.status,
+        200,
+        "the next /64 is someone else"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
