@@ -1,10 +1,11 @@
 //! `/health` (liveness) and `/ready` (readiness), the only routes that need no credential.
 //! Their answers say up or not, never why in terms of versions, hosts or configuration.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
+use tokio::sync::Mutex;
 
 use super::problem::{Problem, ProblemKind};
 use crate::body::{self, ResponseBody};
@@ -15,7 +16,8 @@ use crate::upstream::Upstream;
 /// How long one upstream connection attempt may take during a readiness check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a readiness result is reused, so a flood of `/ready` cannot become a flood
-/// of connections to the upstreams.
+/// of connections to the upstreams: with one check in flight per worker at a time, an
+/// anonymous client can cause at most one check per worker per second.
 const PROBE_CACHE: Duration = Duration::from_secs(1);
 
 /// Which probe a path asks for.
@@ -43,6 +45,8 @@ impl Probe {
 pub struct Health {
     upstreams: Vec<Arc<Upstream>>,
     store: Option<Store>,
+    /// The last result and when it was found; held across the check, so concurrent
+    /// probes wait for the one in flight instead of starting their own.
     last_readiness: Mutex<Option<(Instant, Readiness)>>,
 }
 
@@ -109,16 +113,14 @@ impl Health {
     }
 
     async fn readiness(&self, limiter: &Limiter) -> Readiness {
-        if let Ok(guard) = self.last_readiness.lock()
-            && let Some((at, readiness)) = *guard
+        let mut last = self.last_readiness.lock().await;
+        if let Some((at, readiness)) = *last
             && at.elapsed() < PROBE_CACHE
         {
             return readiness;
         }
         let readiness = self.check_readiness(limiter).await;
-        if let Ok(mut guard) = self.last_readiness.lock() {
-            *guard = Some((Instant::now(), readiness));
-        }
+        *last = Some((Instant::now(), readiness));
         readiness
     }
 

@@ -81,3 +81,40 @@ async fn sigint_on_an_idle_gateway_exits_zero() {
     assert!(status.success());
     assert!(gateway.log_shows("shutting down"));
 }
+
+#[tokio::test]
+async fn concurrent_readiness_probes_share_one_check() {
+    // An upstream that only counts the connections the readiness checks open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "c.toml", "workers = 1\n");
+    let gateway = Launch::new(&format!("http://{addr}"))
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+
+    let probes: Vec<_> = (0..200)
+        .map(|_| {
+            let url = gateway.url("/ready");
+            tokio::spawn(async move { get(&url, &[]).await.status })
+        })
+        .collect();
+    for probe in probes {
+        assert_eq!(probe.await.unwrap(), 200);
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // One check per second of the burst, which may straddle a second boundary.
+    assert!(
+        (1..=2).contains(&opened),
+        "200 anonymous probes opened {opened} upstream connections"
+    );
+}
