@@ -133,30 +133,31 @@ fn check_host<B>(request: &Request<B>) -> Result<(), Problem> {
     if hosts.next().is_some() {
         return Err(bad("the request has more than one Host header"));
     }
-    if host.is_some_and(|host| !is_valid_host(host.as_bytes())) {
-        return Err(bad("the Host header is not a valid host[:port]"));
-    }
-    match request.uri().authority() {
-        Some(authority) => {
-            if !is_valid_host(authority.as_str().as_bytes()) {
-                return Err(bad(
-                    "the request target's authority is not a valid host[:port]",
-                ));
-            }
-            if request.version() == Version::HTTP_2
-                && host.is_some_and(|host| {
-                    !host
-                        .as_bytes()
-                        .eq_ignore_ascii_case(authority.as_str().as_bytes())
-                })
-            {
-                return Err(bad("the Host header and :authority disagree"));
-            }
-        }
-        None if host.is_none() && request.version() == Version::HTTP_11 => {
+    match host {
+        // Even with an absolute-form target (RFC 9112 §3.2).
+        None if request.version() == Version::HTTP_11 => {
             return Err(bad("an HTTP/1.1 request needs a Host header"));
         }
-        None => {}
+        Some(host) if !is_valid_host(host.as_bytes()) => {
+            return Err(bad("the Host header is not a valid host[:port]"));
+        }
+        _ => {}
+    }
+    if let Some(authority) = request.uri().authority() {
+        if !is_valid_host(authority.as_str().as_bytes()) {
+            return Err(bad(
+                "the request target's authority is not a valid host[:port]",
+            ));
+        }
+        if request.version() == Version::HTTP_2
+            && host.is_some_and(|host| {
+                !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            })
+        {
+            return Err(bad("the Host header and :authority disagree"));
+        }
     }
     Ok(())
 }

@@ -187,6 +187,10 @@ async fn hosts_are_validated_rfc_9112_3_2() {
             format!("GET http://user@gw.test/x HTTP/1.1\r\nHost: gw.test\r\n{auth}\r\n\r\n"),
             "userinfo in an absolute-form target",
         ),
+        (
+            format!("GET http://gw.test/x HTTP/1.1\r\n{auth}\r\n\r\n"),
+            "an absolute-form target without Host",
+        ),
     ] {
         let reply = raw(gateway.addr, head.as_bytes()).await;
         assert_eq!(reply.status, 400, "{why}: {}", reply.text());
