@@ -8,6 +8,7 @@
 #
 #   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #   ROUNDS=5 DURATION=15s bash bench/run.sh --record
+#   BASELINE_BIN=/path/to/older/portcullis bash bench/run.sh   # also measures an older build, same run
 #
 # Needs: nginx and wrk (apt-get install nginx wrk), a Rust toolchain, and Redis on
 # 127.0.0.1:6379 (REDIS_URL to use another).
@@ -23,6 +24,8 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18001}
 NGINX_PORT=${NGINX_PORT:-18002}
 PORTCULLIS_PORT=${PORTCULLIS_PORT:-18003}
 REDIS_PORTCULLIS_PORT=${REDIS_PORTCULLIS_PORT:-18004}
+BASELINE_PORT=${BASELINE_PORT:-18005}
+BASELINE_BIN=${BASELINE_BIN:-}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 record=false
 [ "${1:-}" = "--record" ] && record=true
@@ -122,7 +125,18 @@ PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_REDIS_URL=$REDIS_URL
   2>"$work/portcullis-redis.log" &
 pids+=($!)
 
-for port in $UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT; do
+# An older build with the same configuration, to compare a change in the same run.
+ports=($UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT)
+if [ -n "$BASELINE_BIN" ]; then
+  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$BASELINE_BIN" serve \
+    --listen "127.0.0.1:$BASELINE_PORT" --config "$work/portcullis.toml" \
+    --data-dir "$work/data-baseline" --admin-listen off \
+    2>"$work/portcullis-baseline.log" &
+  pids+=($!)
+  ports+=($BASELINE_PORT)
+fi
+
+for port in "${ports[@]}"; do
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
     sleep 0.1
@@ -154,6 +168,7 @@ nginx_url="http://127.0.0.1:$NGINX_PORT/v1/positions"
 portcullis_url="http://127.0.0.1:$PORTCULLIS_PORT/v1/positions"
 limited_url="http://127.0.0.1:$PORTCULLIS_PORT/limited/positions"
 redis_url="http://127.0.0.1:$REDIS_PORTCULLIS_PORT/limited/positions"
+baseline_url="http://127.0.0.1:$BASELINE_PORT/v1/positions"
 auth="Authorization: Bearer $token"
 managed_auth="Authorization: Bearer $managed"
 
@@ -163,6 +178,7 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$portcullis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$managed_auth" "$portcullis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$limited_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$redis_url" >/dev/null
+if [ -n "$BASELINE_BIN" ]; then wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$baseline_url" >/dev/null; fi
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   measure upstream "$upstream_url"
@@ -171,6 +187,7 @@ for round in $(seq "$ROUNDS"); do
   measure managed "$portcullis_url" "$managed_auth"
   measure limited "$limited_url" "$auth"
   measure redis "$redis_url" "$auth"
+  if [ -n "$BASELINE_BIN" ]; then measure baseline "$baseline_url" "$auth"; fi
 done
 
 # median <key> <column>: the median of one column over the rounds.
@@ -191,6 +208,7 @@ rows=$(
   row managed "portcullis (managed token, cache hit)"
   row limited "portcullis (static token + rate limit in memory)"
   row redis "portcullis (static token + rate limit in Redis)"
+  if [ -n "$BASELINE_BIN" ]; then row baseline "baseline build (static token + security headers)"; fi
 )
 ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median nginx 2)" 'BEGIN { printf "%.2f", a / b }')
 p99_ratio=$(awk -v a="$(median portcullis 4)" -v b="$(median nginx 4)" 'BEGIN { printf "%.2f", a / b }')
@@ -216,6 +234,11 @@ Managed token (cache hit) / static token throughput: **${managed_ratio}x**.
 Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no limit: **${redis_ratio}x**.
 EOF
 )
+if [ -n "$BASELINE_BIN" ]; then
+  baseline_ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median baseline 2)" 'BEGIN { printf "%.3f", a / b }')
+  baseline_p99=$(awk -v a="$(median portcullis 4)" -v b="$(median baseline 4)" 'BEGIN { printf "%.2f", a / b }')
+  section+=$'\n'"This build / the baseline build: throughput **${baseline_ratio}x**, p99 **${baseline_p99}x**."
+fi
 echo "$section"
 if $record; then
   echo "$section" >>"$here/RESULTS.md"
