@@ -25,6 +25,25 @@ const PEPPER_FILE: &str = "token-pepper";
 /// The scopes every deployment knows; routes may name more. `admin` implies all.
 pub const BUILTIN_SCOPES: [&str; 3] = ["read", "write", "admin"];
 
+/// The most characters (Unicode scalar values) a token's name or tenant may have.
+pub const LABEL_MAX_CHARS: usize = 100;
+
+/// [`is_valid_label`] as a regular expression, apart from the length, for the admin API's
+/// OpenAPI document. JSON Schema's dialect (ECMA-262) and Rust's `regex` read it alike: no
+/// control character anywhere, and at least one character that is not whitespace (the class lists
+/// exactly the characters `char::is_whitespace` accepts that are not controls).
+pub const LABEL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$";
+
+/// Whether `text` may be a token's name or tenant: 1 to [`LABEL_MAX_CHARS`] characters, not
+/// only whitespace, and no control characters (they would forge lines in logs and
+/// terminals, and PostgreSQL refuses NUL in text).
+pub fn is_valid_label(text: &str) -> bool {
+    let chars = text.chars().count();
+    (1..=LABEL_MAX_CHARS).contains(&chars)
+        && !text.chars().any(char::is_control)
+        && !text.trim().is_empty()
+}
+
 /// Why a credential operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -43,9 +62,16 @@ pub enum CredentialError {
     /// No scope was given.
     #[error("a token needs at least one scope")]
     NoScopes,
-    /// A name that is empty or too long.
-    #[error("a token name must be 1 to 100 characters")]
+    /// A name that is blank, too long or has control characters.
+    #[error(
+        "a token name must be 1 to 100 characters, not only whitespace, without control characters"
+    )]
     InvalidName,
+    /// A tenant that is blank, too long or has control characters.
+    #[error(
+        "a tenant must be 1 to 100 characters, not only whitespace, without control characters"
+    )]
+    InvalidTenant,
     /// An expiry of zero.
     #[error("the expiry must be in the future")]
     ExpiryInPast,
@@ -182,6 +208,11 @@ impl Credentials {
         }
     }
 
+    /// The scopes a token may be given: the built-in ones, then those routes name.
+    pub fn known_scopes(&self) -> &[String] {
+        &self.known_scopes
+    }
+
     /// Creates a token; the secret is returned once and never stored.
     pub async fn create(
         &self,
@@ -213,8 +244,11 @@ impl Credentials {
     }
 
     fn validate(&self, new: &NewToken) -> Result<(), CredentialError> {
-        if new.name.trim().is_empty() || new.name.len() > 100 {
+        if !is_valid_label(&new.name) {
             return Err(CredentialError::InvalidName);
+        }
+        if new.tenant.as_deref().is_some_and(|t| !is_valid_label(t)) {
+            return Err(CredentialError::InvalidTenant);
         }
         if new.scopes.is_empty() {
             return Err(CredentialError::NoScopes);
@@ -472,6 +506,60 @@ fn pepper_from_data_dir(dir: &Path) -> Result<SecretString, CredentialError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use regex_automata::meta::Regex;
+
+    fn label_regex() -> Regex {
+        Regex::new(LABEL_PATTERN).unwrap()
+    }
+
+    /// What the OpenAPI document says: the pattern and the length.
+    fn documented(regex: &Regex, text: &str) -> bool {
+        regex.is_match(text) && (1..=LABEL_MAX_CHARS).contains(&text.chars().count())
+    }
+
+    #[test]
+    fn the_label_pattern_agrees_with_the_check_on_every_character() {
+        let regex = label_regex();
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            for text in [c.to_string(), format!("a{c}")] {
+                assert_eq!(is_valid_label(&text), documented(&regex, &text), "{text:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_label_pattern_agrees_with_the_check(text in "(\\PC|\\pC| |\u{3000}){0,110}") {
+            prop_assert_eq!(is_valid_label(&text), documented(&label_regex(), &text));
+        }
+    }
+
+    #[test]
+    fn labels() {
+        for good in [
+            "ci",
+            "Alice's laptop",
+            "é",
+            " x ",
+            &"x".repeat(100),
+            &"é".repeat(100),
+        ] {
+            assert!(is_valid_label(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            " ",
+            "\u{3000}",
+            "a\nb",
+            "a\0",
+            "tab\t",
+            "\u{85}",
+            &"x".repeat(101),
+        ] {
+            assert!(!is_valid_label(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_generated_pepper_is_private_and_stable() {
