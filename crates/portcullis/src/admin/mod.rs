@@ -1,18 +1,21 @@
 //! The admin API: create, list, show, revoke and rotate tokens over HTTP, on a listener
 //! of its own (127.0.0.1:9901 by default), for callers holding the `admin` scope. It serves
-//! its OpenAPI document at `/openapi.json` and a docs page at `/docs`.
+//! its OpenAPI document at `/openapi.json` and a docs page at `/docs`. Every error it sends,
+//! down to a body it cannot read or a method a path does not take, is problem+json.
 
 mod docs;
+mod extract;
+mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
+use self::extract::{JsonBody, OptionalJsonBody, RequestId, TokenId, problem};
 use crate::config::Config;
 use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
 use crate::pipeline::auth::{Authenticator, StaticTokens, insufficient_scope};
@@ -99,6 +103,7 @@ impl AdminServer {
             addr: admin.listen,
             source,
         })?;
+        let document = openapi::document(tokens.credentials().known_scopes());
         let auth = Authenticator::new(StaticTokens::new(&config.api_tokens), Some(tokens.clone()));
         let headers = ResponseHeaders::new(&SecurityHeadersPolicy {
             enabled: true,
@@ -121,6 +126,7 @@ impl AdminServer {
                     rate_limits,
                 },
                 Arc::new(headers),
+                Arc::new(Published::new(&document)),
             ),
         })
     }
@@ -175,7 +181,7 @@ impl AdminServer {
     }
 }
 
-fn router(state: AdminState, headers: Arc<ResponseHeaders>) -> Router {
+fn router(state: AdminState, headers: Arc<ResponseHeaders>, published: Arc<Published>) -> Router {
     let tokens = Router::new()
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", get(show_token))
@@ -186,28 +192,38 @@ fn router(state: AdminState, headers: Arc<ResponseHeaders>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state);
     Router::new()
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
-        .route("/docs", get(|| async { docs::page(&ApiDoc::openapi()) }))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs_page))
+        .with_state(published)
         .merge(tokens)
         .fallback(
             |RequestId(id): RequestId| async move { problem(ProblemKind::NotFound.into(), &id) },
         )
+        // After every route, so that it reaches them all; axum still adds `Allow`.
+        .method_not_allowed_fallback(|RequestId(id): RequestId| async move {
+            problem(
+                Problem::new(ProblemKind::MethodNotAllowed)
+                    .with_detail("the Allow header lists the methods this path takes"),
+                &id,
+            )
+        })
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(middleware::from_fn_with_state(headers, respond))
 }
 
-/// The request's id: the client's `X-Request-ID` when well-formed, else a new one.
-#[derive(Debug, Clone)]
-struct RequestId(HeaderValue);
+/// The OpenAPI document, serialised once, and the docs page made from it.
+struct Published {
+    json: Bytes,
+    page: Html<String>,
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestId {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId(request_id(&parts.headers))))
+impl Published {
+    fn new(document: &utoipa::openapi::OpenApi) -> Self {
+        Self {
+            // Serialising a JSON value cannot fail.
+            json: Bytes::from(serde_json::to_vec(&openapi::to_json(document)).unwrap_or_default()),
+            page: docs::page(document),
+        }
     }
 }
 
@@ -242,45 +258,65 @@ async fn require_admin(
     }
 }
 
-fn problem(problem: Problem, id: &HeaderValue) -> Response {
-    problem.into_response(id).map(axum::body::Body::new)
-}
-
+/// The problem for a failed credential operation. The details are written here: the
+/// errors' own messages quote the client's input.
 fn credential_problem(error: CredentialError, id: &HeaderValue) -> Response {
     let problem = match &error {
-        CredentialError::NotFound(_) => {
-            Problem::new(ProblemKind::NotFound).with_detail("no token has this id")
+        CredentialError::NotFound(_) => extract::not_found(),
+        CredentialError::DuplicateName(_) => Problem::new(ProblemKind::Conflict)
+            .with_detail("a live token already has this name; revoke it or choose another name"),
+        CredentialError::NotLive(_) => Problem::new(ProblemKind::Conflict)
+            .with_detail("the token is not live (revoked, expired or already rotated)"),
+        CredentialError::UnknownScope(_, known) => Problem::new(ProblemKind::BadRequest)
+            .with_detail(format!("every scope must be one of: {known}")),
+        CredentialError::NoScopes
+        | CredentialError::InvalidName
+        | CredentialError::InvalidTenant
+        | CredentialError::ExpiryInPast => {
+            Problem::new(ProblemKind::BadRequest).with_detail(error.to_string())
         }
         CredentialError::Store(_) => {
             tracing::warn!(%error, "admin API: store failed");
             Problem::new(ProblemKind::StoreUnavailable)
                 .with_detail("the credential store cannot be reached")
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
         }
         CredentialError::Pepper(_) | CredentialError::Secret(_) => {
+            tracing::warn!(%error, "admin API: the token pepper is unavailable");
             Problem::new(ProblemKind::StoreUnavailable)
         }
-        _ => Problem::new(ProblemKind::BadRequest).with_detail(error.to_string()),
     };
-    self::problem(problem, id)
+    extract::problem(problem, id)
 }
 
 /// A token as the admin API shows it; never the token itself.
 #[derive(Debug, Serialize, ToSchema)]
 struct TokenView {
+    /// Stable id, e.g. `tok_4fQ9zX1bK2mN0`.
     id: String,
     /// `token` or `capability`.
+    #[schema(pattern = "^(token|capability)$")]
     kind: String,
+    /// Unique among live tokens.
     name: String,
+    /// The token's first characters, to recognise it.
     public_prefix: String,
+    /// What the token may do.
     scopes: Vec<String>,
+    /// The tenant the token belongs to, if any.
     tenant: Option<String>,
     /// `live`, `rotating`, `expired` or `revoked`.
+    #[schema(pattern = "^(live|rotating|expired|revoked)$")]
     state: String,
     /// Unix seconds.
     created_at: i64,
+    /// Unix seconds; none for no expiry.
     expires_at: Option<i64>,
+    /// Unix seconds.
     revoked_at: Option<i64>,
+    /// Unix seconds, updated at most once a minute.
     last_used_at: Option<i64>,
+    /// The id of the token that replaced this one by rotation.
     superseded_by: Option<String>,
 }
 
@@ -306,7 +342,9 @@ impl From<TokenRecord> for TokenView {
 /// A newly minted token: shown in this response only.
 #[derive(Debug, Serialize, ToSchema)]
 struct MintedView {
+    /// The token itself, shown this once.
     token: String,
+    /// What is stored about it.
     record: TokenView,
 }
 
@@ -323,47 +361,86 @@ impl MintedView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
+    /// Unique among live tokens: 1 to 100 characters, not only spaces, no control
+    /// characters.
+    #[schema(value_type = openapi::Label)]
     name: String,
     /// Mint a capability (a secret path segment) instead of a bearer token.
     #[serde(default)]
     capability: bool,
+    /// At least one; `admin` implies every scope.
+    #[schema(value_type = Vec<openapi::Scope>, min_items = 1)]
     scopes: Vec<String>,
+    /// The tenant the token belongs to, if any: a label like the name.
+    #[schema(value_type = Option<openapi::Label>)]
     tenant: Option<String>,
-    /// A duration such as `90d` or `12h`; absent for no expiry.
+    /// How long the token lives, e.g. `90d` or `12h`; absent or null for no expiry.
+    #[schema(value_type = Option<openapi::ExpiresIn>)]
     expires_in: Option<String>,
 }
 
-/// The body of `POST /v1/tokens/{id}/rotate`.
+/// The body of `POST /v1/tokens/{id}/rotate`; it may be left out.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
-    /// How long the old token keeps working, e.g. `24h` (the default).
+    /// How long the old token keeps working, e.g. `24h` (the default) or `0s`.
+    #[schema(value_type = Option<openapi::Overlap>)]
     overlap: Option<String>,
 }
 
-fn duration(text: Option<&str>) -> Result<Option<Duration>, Problem> {
-    text.map(humantime::parse_duration)
-        .transpose()
-        .map_err(|_| {
-            Problem::new(ProblemKind::BadRequest).with_detail("durations look like 90d, 12h or 30m")
-        })
+/// Parses an admin API duration: a whole number of at most six digits, without a leading
+/// zero, and one unit, `s`, `m`, `h`, `d` or `w` ([`openapi::EXPIRES_IN_PATTERN`]), or, when
+/// `zero_allowed`, a zero ([`openapi::OVERLAP_PATTERN`]).
+fn parse_duration(text: &str, zero_allowed: bool) -> Option<Duration> {
+    let unit = match text.as_bytes().last()? {
+        b's' => 1,
+        b'm' => 60,
+        b'h' => 3600,
+        b'd' => 86_400,
+        b'w' => 604_800,
+        _ => return None,
+    };
+    // The unit is one ASCII byte, so this slices at a character boundary.
+    let digits = &text[..text.len() - 1];
+    let well_formed = (1..=6).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (!digits.starts_with('0') || (zero_allowed && digits == "0"));
+    if !well_formed {
+        return None;
+    }
+    let count: u64 = digits.parse().ok()?;
+    Some(Duration::from_secs(count * unit))
 }
 
-#[utoipa::path(post, path = "/v1/tokens", request_body = CreateRequest,
-    responses((status = 201, body = MintedView), (status = 400), (status = 401), (status = 403)))]
+/// `text` as a duration, or the 400 that says what durations look like.
+fn duration(text: Option<&str>, zero_allowed: bool) -> Result<Option<Duration>, Problem> {
+    text.map(|text| {
+        parse_duration(text, zero_allowed).ok_or_else(|| {
+            Problem::new(ProblemKind::BadRequest).with_detail(if zero_allowed {
+                "durations are a whole number and a unit (s, m, h, d or w), e.g. 0s, 30m or 24h"
+            } else {
+                "durations are a positive whole number and a unit (s, m, h, d or w), e.g. 30m, 12h or 90d"
+            })
+        })
+    })
+    .transpose()
+}
+
+/// Create a token (or a capability). The token is in this response only.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created; the token is shown this once", body = MintedView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 415, response = openapi::NotJson),
+    ))]
 async fn create_token(
     State(state): State<AdminState>,
     RequestId(id): RequestId,
-    body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<CreateRequest>,
 ) -> Response {
-    let Ok(Json(body)) = body else {
-        return problem(
-            Problem::new(ProblemKind::BadRequest)
-                .with_detail("the body must be a JSON token request"),
-            &id,
-        );
-    };
-    let expires_in = match duration(body.expires_in.as_deref()) {
+    let expires_in = match duration(body.expires_in.as_deref(), false) {
         Ok(expires_in) => expires_in,
         Err(refusal) => return problem(refusal, &id),
     };
@@ -386,7 +463,9 @@ async fn create_token(
     }
 }
 
-#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = [TokenView]), (status = 401), (status = 403)))]
+/// List every token, newest first (never the tokens themselves).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, description = "Every token", body = [TokenView])))]
 async fn list_tokens(State(state): State<AdminState>, RequestId(id): RequestId) -> Response {
     match state.tokens.credentials().list().await {
         Ok(records) => {
@@ -396,12 +475,17 @@ async fn list_tokens(State(state): State<AdminState>, RequestId(id): RequestId) 
     }
 }
 
-#[utoipa::path(get, path = "/v1/tokens/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 404)))]
+/// Show one token.
+#[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", params(openapi::TokenIdParam),
+    responses(
+        (status = 200, description = "The token", body = TokenView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+    ))]
 async fn show_token(
     State(state): State<AdminState>,
     RequestId(id): RequestId,
-    Path(token_id): Path<String>,
+    TokenId(token_id): TokenId,
 ) -> Response {
     match state.tokens.credentials().show(&token_id).await {
         Ok(record) => Json(TokenView::from(record)).into_response(),
@@ -409,12 +493,17 @@ async fn show_token(
     }
 }
 
-#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", params(("id" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 404)))]
+/// Revoke a token, at once on this instance (revoking twice keeps the first time).
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(openapi::TokenIdParam),
+    responses(
+        (status = 200, description = "The revoked token", body = TokenView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+    ))]
 async fn revoke_token(
     State(state): State<AdminState>,
     RequestId(id): RequestId,
-    Path(token_id): Path<String>,
+    TokenId(token_id): TokenId,
 ) -> Response {
     match state.tokens.credentials().revoke(&token_id).await {
         Ok(record) => {
@@ -427,16 +516,25 @@ async fn revoke_token(
     }
 }
 
-#[utoipa::path(post, path = "/v1/tokens/{id}/rotate", params(("id" = String, Path)), request_body = RotateRequest,
-    responses((status = 201, body = MintedView), (status = 400), (status = 404)))]
+/// Mint a successor to a live token; the old one keeps working for the overlap.
+#[utoipa::path(post, path = "/v1/tokens/{id}/rotate", tag = "tokens", params(openapi::TokenIdParam),
+    request_body(content = RotateRequest, description = "May be left out: the overlap is then 24h"),
+    responses(
+        (status = 201, description = "The successor; its token is shown this once", body = MintedView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 415, response = openapi::NotJson),
+    ))]
 async fn rotate_token(
     State(state): State<AdminState>,
     RequestId(id): RequestId,
-    Path(token_id): Path<String>,
-    body: Option<Json<RotateRequest>>,
+    TokenId(token_id): TokenId,
+    OptionalJsonBody(body): OptionalJsonBody<RotateRequest>,
 ) -> Response {
-    let body = body.map(|Json(body)| body).unwrap_or_default();
-    let overlap = match duration(body.overlap.as_deref()) {
+    let body = body.unwrap_or_default();
+    let overlap = match duration(body.overlap.as_deref(), true) {
         Ok(overlap) => overlap.unwrap_or(Duration::from_secs(24 * 3600)),
         Err(refusal) => return problem(refusal, &id),
     };
@@ -449,13 +547,17 @@ async fn rotate_token(
     }
 }
 
-#[utoipa::path(get, path = "/v1/rate-limits",
-    responses((status = 200, body = Snapshot), (status = 401), (status = 403)))]
+/// Where rate limits are kept, and each route's limits and counts on this instance.
+#[utoipa::path(get, path = "/v1/rate-limits", tag = "rate limits",
+    responses((status = 200, description = "The rate-limit state", body = Snapshot)))]
 async fn rate_limits(State(state): State<AdminState>) -> Json<Snapshot> {
     Json(state.rate_limits.snapshot())
 }
 
 /// The rate-limit counters in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "rate limits",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AdminState>) -> Response {
     let snapshot = state.rate_limits.snapshot();
     let mut text = String::from(
@@ -487,20 +589,58 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "portcullis admin API",
-        description = "Manage the gateway's bearer tokens. Every /v1 endpoint needs a bearer token with the admin scope."
-    ),
-    paths(
-        create_token,
-        list_tokens,
-        show_token,
-        revoke_token,
-        rotate_token,
-        rate_limits
-    ),
-    components(schemas(TokenView, MintedView, CreateRequest, RotateRequest, Snapshot))
-)]
-struct ApiDoc;
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "docs",
+    responses((status = 200, description = "The OpenAPI 3.1 document",
+        content_type = "application/json", body = Object)))]
+async fn openapi_json(State(published): State<Arc<Published>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        published.json.clone(),
+    )
+        .into_response()
+}
+
+/// A page listing the endpoints, without scripts.
+#[utoipa::path(get, path = "/docs", tag = "docs",
+    responses((status = 200, description = "The docs page", content_type = "text/html", body = String)))]
+async fn docs_page(State(published): State<Arc<Published>>) -> Html<String> {
+    published.page.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use regex_automata::meta::Regex;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("90d", false),
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(parse_duration("1s", false), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_duration("999999w", false),
+            Some(Duration::from_secs(999_999 * 604_800))
+        );
+        assert_eq!(parse_duration("0s", true), Some(Duration::ZERO));
+        for bad in [
+            "", "0s", "01h", "1", "h", "1.5h", "1 h", "1H", "1000000s", "-1s", "1hé", "é",
+        ] {
+            assert_eq!(parse_duration(bad, false), None, "{bad:?}");
+        }
+        assert_eq!(parse_duration("00s", true), None);
+    }
+
+    proptest! {
+        #[test]
+        fn the_duration_patterns_agree_with_the_parser(text in "[0-9]{0,8}[smhdwSx ]?|\\PC{0,4}") {
+            let expires_in = Regex::new(openapi::EXPIRES_IN_PATTERN).unwrap();
+            let overlap = Regex::new(openapi::OVERLAP_PATTERN).unwrap();
+            prop_assert_eq!(parse_duration(&text, false).is_some(), expires_in.is_match(&text));
+            prop_assert_eq!(parse_duration(&text, true).is_some(), overlap.is_match(&text));
+        }
+    }
+}

@@ -30,6 +30,10 @@ pub enum ProblemKind {
     TransferCodingNotImplemented,
     /// The body is larger than the configured limit.
     BodyTooLarge,
+    /// The body is not in a media type the endpoint reads (the admin API reads JSON).
+    UnsupportedMediaType,
+    /// The request conflicts with the current state (a name taken, a token no longer live).
+    Conflict,
     /// The request target is longer than the configured limit.
     UriTooLong,
     /// Too many header fields, or too many bytes of them.
@@ -74,6 +78,8 @@ impl ProblemKind {
                 StatusCode::NOT_IMPLEMENTED
             }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -98,6 +104,8 @@ impl ProblemKind {
             Self::MethodNotImplemented => "method-not-implemented",
             Self::TransferCodingNotImplemented => "transfer-coding-not-implemented",
             Self::BodyTooLarge => "body-too-large",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Conflict => "conflict",
             Self::UriTooLong => "uri-too-long",
             Self::HeadersTooLarge => "headers-too-large",
             Self::Unauthorized => "unauthorized",
@@ -126,6 +134,8 @@ impl ProblemKind {
             Self::MethodNotImplemented => "Method not implemented",
             Self::TransferCodingNotImplemented => "Transfer coding not implemented",
             Self::BodyTooLarge => "Request body too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::Conflict => "Conflict with the current state",
             Self::UriTooLong => "Request URI too long",
             Self::HeadersTooLarge => "Request header fields too large",
             Self::Unauthorized => "Authentication required",
@@ -149,6 +159,28 @@ impl ProblemKind {
     pub fn type_uri(self) -> String {
         format!("urn:portcullis:problem:{}", self.slug())
     }
+}
+
+/// The problem+json document as sent: the RFC 9457 members and the request's id. The admin
+/// API's OpenAPI document describes it as `ProblemDetails`, from this very type.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ProblemDetails)]
+pub struct ProblemDocument<'a> {
+    /// A URN naming the kind of problem, e.g. `urn:portcullis:problem:not-found`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:portcullis:problem:[a-z-]+$")]
+    pub type_uri: String,
+    /// A summary that does not change between occurrences of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong this time, when there is more to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
+    /// The request's id, also in `X-Request-ID`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
+    pub request_id: &'a str,
 }
 
 /// A refusal or failure, on its way to becoming a problem+json response.
@@ -195,17 +227,7 @@ impl Problem {
 
     /// The problem+json document for this problem.
     pub fn to_json(&self, request_id: &str) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            #[serde(rename = "type")]
-            type_uri: String,
-            title: &'static str,
-            status: u16,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            detail: Option<&'a str>,
-            request_id: &'a str,
-        }
-        let wire = Wire {
+        let document = ProblemDocument {
             type_uri: self.kind.type_uri(),
             title: self.kind.title(),
             status: self.kind.status().as_u16(),
@@ -213,7 +235,7 @@ impl Problem {
             request_id,
         };
         // Serialising a struct of strings and integers cannot fail.
-        serde_json::to_vec(&wire).unwrap_or_default()
+        serde_json::to_vec(&document).unwrap_or_default()
     }
 
     /// The response that carries this problem.

@@ -549,12 +549,12 @@ async fn the_admin_api_manages_tokens_and_revokes_at_once() {
         Some(serde_json::json!({"name": "reader", "scopes": ["read"]})),
     )
     .await;
-    let problem = duplicate.assert_problem(400, "bad-request");
+    let problem = duplicate.assert_problem(409, "conflict");
     assert!(
         problem["detail"]
             .as_str()
             .unwrap()
-            .contains("already exists")
+            .contains("already has this name")
     );
     admin(
         tokens.clone(),
@@ -592,9 +592,21 @@ async fn the_admin_api_documents_itself() {
         "/v1/tokens/{id}",
         "/v1/tokens/{id}/revoke",
         "/v1/tokens/{id}/rotate",
+        "/v1/rate-limits",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
     ] {
         assert!(document["paths"][path].is_object(), "{path} missing");
     }
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        document["paths"]["/metrics"]["get"]["security"][0]["bearer"],
+        serde_json::json!([])
+    );
     let docs = get(&gateway.admin_url("/docs"), &[]).await;
     assert_eq!(docs.status, 200);
     assert!(docs.text().contains("/v1/tokens/{id}/rotate"));
