@@ -4,6 +4,7 @@
 mod common;
 
 mod admin;
+mod admin_fuzz;
 mod auth;
 mod cli;
 mod cors;
