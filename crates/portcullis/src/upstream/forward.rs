@@ -6,7 +6,10 @@
 //! - hop-by-hop headers and those `Connection` names (RFC 9110 §7.6.1);
 //! - the client's `Authorization`, which is for the gateway;
 //! - names with `_`: CGI, WSGI and Rack servers turn `-` and `_` into the same variable
-//!   name, so `X_Forwarded_For` would be read as `X-Forwarded-For` (nginx drops them too);
+//!   name, so `X_Forwarded_For` would be read as `X-Forwarded-For`; and names with any
+//!   other character than letters, digits and `-` (`X.Forwarded.For`), which some servers
+//!   map to `_` too. nginx drops both by default (`underscores_in_headers`,
+//!   `ignore_invalid_headers`);
 //! - `Proxy` and every `Proxy-*` header (httpoxy: CGI turns `Proxy` into `HTTP_PROXY`);
 //! - headers that make upstreams serve another path or method ([`OVERRIDES`]);
 //! - from a peer that is not a trusted proxy, every claim about the client's address or
@@ -90,10 +93,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
+/// Whether `name` holds only letters, digits and `-` (and `_` when `underscores`).
+fn is_plain_name(name: &str, underscores: bool) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscores && b == b'_'))
+}
+
 /// Whether a request header named `name` (lowercase, as `http` keeps names) must not
 /// reach the upstream; `trusted` says whether the peer is a trusted proxy.
 fn is_withheld(name: &str, trusted: bool, rules: HeaderRules) -> bool {
-    (!rules.allow_underscores && name.contains('_'))
+    !is_plain_name(name, rules.allow_underscores)
         || name == "proxy"
         || name.starts_with("proxy-")
         || OVERRIDES.contains(&name)
@@ -257,6 +266,8 @@ mod tests {
         let pairs = [
             ("x_forwarded_for", "1.2.3.4"),
             ("x_http_method_override", "DELETE"),
+            ("x.forwarded.for", "1.2.3.4"),
+            ("x-real~ip", "1.2.3.4"),
             ("proxy", "http://evil.example"),
             ("proxy-anything", "x"),
             ("x-fine", "kept"),
@@ -267,6 +278,8 @@ mod tests {
         for gone in [
             "x_forwarded_for",
             "x_http_method_override",
+            "x.forwarded.for",
+            "x-real~ip",
             "proxy",
             "proxy-anything",
         ] {
@@ -281,6 +294,10 @@ mod tests {
             },
         );
         assert_eq!(allowed["x_forwarded_for"], "1.2.3.4");
+        assert!(
+            !allowed.contains_key("x.forwarded.for"),
+            "only underscores are allowed"
+        );
         assert!(!allowed.contains_key("proxy"), "httpoxy is never allowed");
     }
 

@@ -107,6 +107,7 @@ async fn client_claims_underscored_names_and_httpoxy_never_reach_the_upstream() 
         // CGI/WSGI/Rack read these as X-Forwarded-For and the method override.
         "X_Forwarded_For: 6.6.6.6",
         "X_HTTP_Method_Override: DELETE",
+        "X.Forwarded.For: 6.6.6.6",
         // httpoxy: CGI turns `Proxy` into HTTP_PROXY.
         "Proxy: http://6.6.6.6:8080",
         "Proxy-Connection: keep-alive",
