@@ -369,6 +369,15 @@ fn has_escape(path: &[u8]) -> bool {
         .any(|w| w[0] == b'%' && hex_value(w[1]).is_some() && hex_value(w[2]).is_some())
 }
 
+/// Refuses the form a Unicode-aware upstream folds a path into (see
+/// `upstream::fold`) when it breaks the rules the path itself had to meet: fullwidth
+/// `．．` folds to a dot segment, `；` to a path parameter, `＼` to a backslash, `％61` to an
+/// encoded unreserved character.
+pub fn check_folded_path(folded: &str) -> Result<(), PathError> {
+    check_segments(folded.as_bytes())?;
+    check_shape(folded.as_bytes())
+}
+
 fn check_segments(path: &[u8]) -> Result<(), PathError> {
     if path.contains(&0) {
         return Err(PathError::Nul);

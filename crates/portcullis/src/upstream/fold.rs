@@ -63,12 +63,15 @@ fn decode_non_ascii(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `text` with ASCII letters lowercased and each non-ASCII character replaced by the ASCII
-/// it folds or normalises to, when there is such ASCII.
+/// `text` with ASCII letters lowercased, each non-ASCII character replaced by the ASCII
+/// it folds or normalises to, when there is such ASCII, and combining marks dropped (a
+/// router that strips accents reads `i` + U+0307 as `i`).
 fn fold(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_ascii() {
+        if is_combining_mark(c) {
+            continue;
+        } else if c.is_ascii() {
             out.push(c.to_ascii_lowercase());
         } else if let Some(ascii) = ascii_skeleton(c) {
             out.push_str(&ascii);
@@ -94,9 +97,10 @@ fn ascii_skeleton(c: char) -> Option<String> {
         })
 }
 
-/// Combining diacritical marks (U+0300–U+036F), which case mappings can leave behind.
+/// Whether `c` is a combining mark, which case mappings can leave behind and
+/// accent-stripping routers drop.
 fn is_combining_mark(c: char) -> bool {
-    ('\u{0300}'..='\u{036F}').contains(&c)
+    unicode_normalization::char::is_combining_mark(c)
 }
 
 #[cfg(test)]
@@ -113,6 +117,7 @@ mod tests {
             ("/%EF%BD%81dmin", "/admin"),    // ａ, fullwidth a
             ("/sta%EF%AC%80", "/staff"),     // ﬀ ligature
             ("/ADM%25C4%25B1N", "/admin"),   // double-encoded ı
+            ("/admi%CC%87n", "/admin"),      // i, then a combining dot above
         ] {
             assert!(has_encoded_non_ascii(encoded), "{encoded}");
             assert!(

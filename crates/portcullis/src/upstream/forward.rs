@@ -44,22 +44,35 @@ const OVERRIDES: [&str; 5] = [
 ];
 
 /// Headers (besides every `X-Forwarded-*`) that upstream frameworks read as the client's
-/// address or the scheme it used. Only the gateway, or a trusted proxy in front of it, may
-/// make these claims.
-const CLIENT_CLAIMS: [&str; 10] = [
+/// address, its host or the scheme it used. Only the gateway, or a trusted proxy in front
+/// of it, may make these claims.
+const CLIENT_CLAIMS: [&str; 22] = [
     "forwarded",
+    "forwarded-for",
+    "x-forwarded",
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
     "client-ip",
     "cf-connecting-ip",
+    "cf-pseudo-ipv4",
     "fastly-client-ip",
     "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-proxyuser-ip",
+    "x-appengine-user-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-host",
+    "x-original-host",
+    "x-scheme",
     "front-end-https",
     "x-url-scheme",
 ];
 
-/// Whether a (lowercase) header name is a claim about the client's address or scheme.
+/// Whether a (lowercase, `-`-spelled) header name is a claim about the client's address,
+/// host or scheme.
 fn is_client_claim(name: &str) -> bool {
     name.starts_with("x-forwarded-") || CLIENT_CLAIMS.contains(&name)
 }
@@ -102,8 +115,17 @@ fn is_plain_name(name: &str, underscores: bool) -> bool {
 /// Whether a request header named `name` (lowercase, as `http` keeps names) must not
 /// reach the upstream; `trusted` says whether the peer is a trusted proxy.
 fn is_withheld(name: &str, trusted: bool, rules: HeaderRules) -> bool {
-    !is_plain_name(name, rules.allow_underscores)
-        || name == "proxy"
+    if !is_plain_name(name, rules.allow_underscores) {
+        return true;
+    }
+    // Where underscores are allowed, `X_Forwarded_For` is still `X-Forwarded-For` to the
+    // upstream: the protected names are matched in their `-` spelling.
+    let spelled = match name.contains('_') {
+        true => std::borrow::Cow::Owned(name.replace('_', "-")),
+        false => std::borrow::Cow::Borrowed(name),
+    };
+    let name = spelled.as_ref();
+    name == "proxy"
         || name.starts_with("proxy-")
         || OVERRIDES.contains(&name)
         || (!trusted && is_client_claim(name))
@@ -293,11 +315,24 @@ mod tests {
                 ..HeaderRules::default()
             },
         );
-        assert_eq!(allowed["x_forwarded_for"], "1.2.3.4");
+        assert!(
+            !allowed.contains_key("x_forwarded_for"),
+            "an allowed underscore does not make a client claim"
+        );
+        assert!(!allowed.contains_key("x_http_method_override"));
         assert!(
             !allowed.contains_key("x.forwarded.for"),
             "only underscores are allowed"
         );
+        let legacy = prepared(
+            &[("x_legacy_id", "7")],
+            false,
+            HeaderRules {
+                allow_underscores: true,
+                ..HeaderRules::default()
+            },
+        );
+        assert_eq!(legacy["x_legacy_id"], "7");
         assert!(!allowed.contains_key("proxy"), "httpoxy is never allowed");
     }
 

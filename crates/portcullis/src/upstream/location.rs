@@ -18,17 +18,17 @@ pub struct PathMap<'a> {
 }
 
 /// The public form of `location` when it points at the upstream (`origin_matches` says
-/// whether an absolute URL's scheme and authority are the upstream's), or `None` when it
-/// stays as it is. The result is an absolute path (RFC 9110 §10.2.2 allows a relative
+/// whether an absolute URL's authority is the upstream's), or `None` when it stays as it
+/// is. The result is an absolute path (RFC 9110 §10.2.2 allows a relative
 /// reference), so it never names an internal host.
 pub fn rewrite(
     location: &str,
     map: PathMap<'_>,
-    origin_matches: impl Fn(Option<&str>, &str) -> bool,
+    origin_matches: impl Fn(&str) -> bool,
 ) -> Option<String> {
     let target = match split_origin(location) {
-        Some((scheme, authority, rest)) => {
-            if !origin_matches(scheme, authority) {
+        Some((authority, rest)) => {
+            if !origin_matches(authority) {
                 return None;
             }
             rest
@@ -67,19 +67,19 @@ fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
-/// `(scheme, authority, rest)` of an absolute (`http://host/x`) or scheme-relative
-/// (`//host/x`) URL.
-fn split_origin(location: &str) -> Option<(Option<&str>, &str, &str)> {
-    let (scheme, after) = match location.split_once("://") {
+/// `(authority, rest)` of an absolute (`http://host/x`) or scheme-relative (`//host/x`)
+/// URL.
+fn split_origin(location: &str) -> Option<(&str, &str)> {
+    let after = match location.split_once("://") {
         Some((scheme, after))
             if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
         {
-            (Some(scheme), after)
+            after
         }
-        _ => (None, location.strip_prefix("//")?),
+        _ => location.strip_prefix("//")?,
     };
     let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    Some((scheme, &after[..end], &after[end..]))
+    Some((&after[..end], &after[end..]))
 }
 
 #[cfg(test)]
@@ -96,7 +96,7 @@ mod tests {
         }
     }
 
-    fn at_upstream(_scheme: Option<&str>, authority: &str) -> bool {
+    fn at_upstream(authority: &str) -> bool {
         authority.eq_ignore_ascii_case(UPSTREAM)
     }
 

@@ -216,24 +216,24 @@ impl Upstream {
         &self.base_path
     }
 
-    /// Whether a URL with `scheme` (absent for `//host` references) and `authority` names
-    /// this upstream: same host, in any case, and same port, defaults included. Any scheme
-    /// counts: an `https://` link to a plain-HTTP upstream's address still reveals it.
-    pub fn is_origin(&self, scheme: Option<&str>, authority: &str) -> bool {
+    /// Whether a URL's `authority` names this upstream: its host, in any case, with its
+    /// own port, no port, or either scheme's default port. The scheme does not matter: an
+    /// upstream told `X-Forwarded-Proto: https` redirects to `https://` and its own host,
+    /// which reveals the host as much as its real address would.
+    pub fn is_origin(&self, authority: &str) -> bool {
         let host_port = authority.rsplit('@').next().unwrap_or(authority);
         let (host, port) = match host_port.rfind(':') {
-            Some(colon) if !host_port[colon..].contains(']') => (
-                &host_port[..colon],
-                host_port[colon + 1..].parse::<u16>().ok(),
-            ),
+            Some(colon) if !host_port[colon..].contains(']') => {
+                (&host_port[..colon], Some(&host_port[colon + 1..]))
+            }
             _ => (host_port, None),
         };
-        let https = match scheme {
-            Some(scheme) => scheme.eq_ignore_ascii_case("https"),
-            None => self.scheme == Scheme::HTTPS,
+        let port_matches = match port.map(str::parse::<u16>) {
+            None => true,
+            Some(Ok(port)) => port == self.port() || port == 80 || port == 443,
+            Some(Err(_)) => false,
         };
-        let port = port.unwrap_or(if https { 443 } else { 80 });
-        host.eq_ignore_ascii_case(self.authority.host()) && port == self.port()
+        port_matches && host.eq_ignore_ascii_case(self.authority.host())
     }
 
     /// The port connections go to.
@@ -371,17 +371,18 @@ mod tests {
     #[tokio::test]
     async fn recognises_its_own_origin_with_default_ports_and_any_case() {
         let plain = upstream("http://Backend.internal").unwrap();
-        assert!(plain.is_origin(Some("http"), "backend.INTERNAL:80"));
-        assert!(plain.is_origin(Some("http"), "backend.internal"));
-        assert!(plain.is_origin(None, "user@backend.internal"));
+        assert!(plain.is_origin("backend.INTERNAL:80"));
+        assert!(plain.is_origin("backend.internal"));
+        assert!(plain.is_origin("user@backend.internal"));
         assert!(
-            !plain.is_origin(Some("https"), "backend.internal"),
-            "443 is another port"
+            plain.is_origin("backend.internal:443"),
+            "https:// to the same host"
         );
-        assert!(!plain.is_origin(Some("http"), "backend.internal:8080"));
-        assert!(!plain.is_origin(Some("http"), "public.example"));
+        assert!(!plain.is_origin("backend.internal:8080"), "another service");
+        assert!(!plain.is_origin("public.example"));
         let v6 = upstream("https://[::1]:9443").unwrap();
-        assert!(v6.is_origin(Some("https"), "[::1]:9443"));
-        assert!(!v6.is_origin(Some("https"), "[::1]"));
+        assert!(v6.is_origin("[::1]:9443"));
+        assert!(v6.is_origin("[::1]"));
+        assert!(!v6.is_origin("[::1]:9444"));
     }
 }

@@ -8,7 +8,7 @@ use super::forward::HeaderRules;
 use super::location::{self, PathMap};
 use super::{Upstream, fold};
 use crate::pipeline::headers::path_has_prefix;
-use crate::pipeline::hygiene::PathError;
+use crate::pipeline::hygiene::{PathError, check_folded_path};
 use crate::pipeline::ip_rules::IpRules;
 use crate::ratelimit::RouteLimits;
 
@@ -213,7 +213,12 @@ impl Route {
     /// the client used in `client_path`.
     pub fn rewrite_locations(&self, headers: &mut HeaderMap, client_path: &str) {
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            // Read as UTF-8 (lossily), not as visible ASCII only: a location with raw
+            // non-ASCII bytes must not slip past the rewrite.
+            let Some(value) = headers
+                .get(&name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            else {
                 continue;
             };
             let map = PathMap {
@@ -221,9 +226,8 @@ impl Route {
                 kept_prefix: if self.strip_prefix { "" } else { &self.prefix },
                 public_base: self.public_base(client_path),
             };
-            let rewritten = location::rewrite(value, map, |scheme, authority| {
-                self.upstream.is_origin(scheme, authority)
-            });
+            let rewritten =
+                location::rewrite(&value, map, |authority| self.upstream.is_origin(authority));
             if let Some(value) = rewritten.and_then(|v| HeaderValue::try_from(v).ok()) {
                 headers.insert(name, value);
             }
@@ -264,6 +268,7 @@ impl Router {
         let route = self.longest_match(path);
         if fold::has_encoded_non_ascii(path) {
             for folded in fold::ascii_folded_forms(path) {
+                check_folded_path(&folded)?;
                 let other = self.longest_match(&folded);
                 if other.map(|r| &r.prefix) != route.map(|r| &r.prefix) {
                     return Err(PathError::FoldsIntoAnotherRoute);
@@ -372,6 +377,15 @@ mod tests {
                 PathError::FoldsIntoAnotherRoute,
                 "{path}"
             );
+        }
+        // Fullwidth punctuation folds to what hygiene refuses in the path itself.
+        for (path, error) in [
+            ("/x/%EF%BC%8E%EF%BC%8E/admin", PathError::DotSegment),
+            ("/admin%EF%BC%9Bx", PathError::PathParameter),
+            ("/x%EF%BC%BCy", PathError::Backslash),
+            ("/%EF%BC%8561dmin", PathError::EncodedUnreserved),
+        ] {
+            assert_eq!(router.find(path).unwrap_err(), error, "{path}");
         }
         let within = router.find("/admin/caf%C3%A9").unwrap().unwrap();
         assert_eq!(within.upstream().name(), "guarded");
