@@ -30,18 +30,34 @@ pub const LABEL_MAX_CHARS: usize = 100;
 
 /// [`is_valid_label`] as a regular expression, apart from the length, for the admin API's
 /// OpenAPI document. JSON Schema's dialect (ECMA-262) and Rust's `regex` read it alike: no
-/// control character anywhere, and at least one character that is not whitespace (the class lists
-/// exactly the characters `char::is_whitespace` accepts that are not controls).
-pub const LABEL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$";
+/// control or invisible formatting character anywhere ([`is_hidden`]), and at least one
+/// character that is not whitespace (the second class adds exactly the characters
+/// `char::is_whitespace` accepts that the first does not refuse already).
+pub const LABEL_PATTERN: &str = concat!(
+    r"^[^\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]*",
+    r"[^\x00-\x20\x7f-\xa0\xad\u061c\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ufeff\ufff9-\ufffb]",
+    r"[^\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]*$",
+);
 
 /// Whether `text` may be a token's name or tenant: 1 to [`LABEL_MAX_CHARS`] characters, not
-/// only whitespace, and no control characters (they would forge lines in logs and
-/// terminals, and PostgreSQL refuses NUL in text).
+/// only whitespace, and nothing [`is_hidden`] (such characters would forge lines in logs
+/// and terminals, or make two names look alike; PostgreSQL refuses NUL in text).
 pub fn is_valid_label(text: &str) -> bool {
     let chars = text.chars().count();
     (1..=LABEL_MAX_CHARS).contains(&chars)
-        && !text.chars().any(char::is_control)
+        && !text.chars().any(is_hidden)
         && !text.trim().is_empty()
+}
+
+/// Control characters, and the characters that format text without being seen: the soft
+/// hyphen, zero-width spaces and joiners, the line and paragraph separators (U+2028,
+/// U+2029), bidirectional controls (U+202A–U+202E, U+2066–U+2069, U+061C) and the
+/// byte-order mark.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// Why a credential operation failed.
@@ -62,14 +78,14 @@ pub enum CredentialError {
     /// No scope was given.
     #[error("a token needs at least one scope")]
     NoScopes,
-    /// A name that is blank, too long or has control characters.
+    /// A name that is blank, too long or has control or invisible formatting characters.
     #[error(
-        "a token name must be 1 to 100 characters, not only whitespace, without control characters"
+        "a token name must be 1 to 100 characters, not only whitespace, without control or invisible formatting characters"
     )]
     InvalidName,
-    /// A tenant that is blank, too long or has control characters.
+    /// A tenant that is blank, too long or has control or invisible formatting characters.
     #[error(
-        "a tenant must be 1 to 100 characters, not only whitespace, without control characters"
+        "a tenant must be 1 to 100 characters, not only whitespace, without control or invisible formatting characters"
     )]
     InvalidTenant,
     /// An expiry of zero.
@@ -555,6 +571,10 @@ mod tests {
             "a\0",
             "tab\t",
             "\u{85}",
+            "\u{feff}",
+            "line\u{2028}break",
+            "evil\u{202e}txt.exe",
+            "zero\u{200b}width",
             &"x".repeat(101),
         ] {
             assert!(!is_valid_label(bad), "{bad:?}");

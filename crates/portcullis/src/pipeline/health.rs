@@ -1,11 +1,13 @@
 //! `/health` (liveness) and `/ready` (readiness), the only routes that need no credential.
 //! Their answers say up or not, never why in terms of versions, hosts or configuration.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::problem::{Problem, ProblemKind};
 use crate::body::{self, ResponseBody};
@@ -45,9 +47,7 @@ impl Probe {
 pub struct Health {
     upstreams: Vec<Arc<Upstream>>,
     store: Option<Store>,
-    /// The last result and when it was found; held across the check, so concurrent
-    /// probes wait for the one in flight instead of starting their own.
-    last_readiness: Mutex<Option<(Instant, Readiness)>>,
+    last_readiness: CheckCache<Readiness>,
 }
 
 /// The outcome of a readiness check.
@@ -65,7 +65,7 @@ impl Health {
         Self {
             upstreams,
             store,
-            last_readiness: Mutex::new(None),
+            last_readiness: CheckCache::default(),
         }
     }
 
@@ -113,15 +113,9 @@ impl Health {
     }
 
     async fn readiness(&self, limiter: &Limiter) -> Readiness {
-        let mut last = self.last_readiness.lock().await;
-        if let Some((at, readiness)) = *last
-            && at.elapsed() < PROBE_CACHE
-        {
-            return readiness;
-        }
-        let readiness = self.check_readiness(limiter).await;
-        *last = Some((Instant::now(), readiness));
-        readiness
+        self.last_readiness
+            .get_or_check(self.check_readiness(limiter))
+            .await
     }
 
     async fn check_readiness(&self, limiter: &Limiter) -> Readiness {
@@ -149,5 +143,91 @@ impl Health {
             }
         }
         readiness
+    }
+}
+
+/// One check at a time, its result reused for [`PROBE_CACHE`] from when the check started.
+/// The lock is held across the check, so concurrent callers wait for the one in flight
+/// instead of starting their own; and a check whose caller went away (a client that resets
+/// its probes) still counts as started, so cancelled probes cannot start one check after
+/// another: until the next check is due, the last result found is the answer.
+#[derive(Debug)]
+struct CheckCache<T> {
+    state: Mutex<CheckState<T>>,
+}
+
+#[derive(Debug)]
+struct CheckState<T> {
+    /// When the last check started, whether it finished or not.
+    started: Option<Instant>,
+    /// What the last finished check found.
+    found: Option<T>,
+}
+
+impl<T> Default for CheckCache<T> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(CheckState {
+                started: None,
+                found: None,
+            }),
+        }
+    }
+}
+
+impl<T: Copy> CheckCache<T> {
+    /// The last result while it is fresh, else what `check` finds.
+    async fn get_or_check(&self, check: impl Future<Output = T>) -> T {
+        let mut state = self.state.lock().await;
+        if let (Some(started), Some(found)) = (state.started, state.found)
+            && started.elapsed() < PROBE_CACHE
+        {
+            return found;
+        }
+        state.started = Some(Instant::now());
+        let found = check.await;
+        state.found = Some(found);
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_run_one_at_a_time_and_cancelled_ones_still_count() {
+        let cache = CheckCache::default();
+        let runs = AtomicU32::new(0);
+        let check = |value: u32, takes: Duration| {
+            let runs = &runs;
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(takes).await;
+                value
+            }
+        };
+        let short = Duration::from_millis(10);
+
+        // Concurrent callers share the check in flight.
+        let (a, b) = tokio::join!(
+            cache.get_or_check(check(1, short)),
+            cache.get_or_check(check(2, short))
+        );
+        assert_eq!((a, b), (1, 1));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+        // Due again, a check starts and its caller goes away; the next caller within the
+        // second gets the last result instead of a new check.
+        tokio::time::sleep(PROBE_CACHE).await;
+        let cancelled =
+            tokio::time::timeout(short, cache.get_or_check(check(3, Duration::from_secs(5))));
+        assert!(cancelled.await.is_err());
+        assert_eq!(cache.get_or_check(check(4, short)).await, 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+        tokio::time::sleep(PROBE_CACHE).await;
+        assert_eq!(cache.get_or_check(check(5, short)).await, 5);
     }
 }

@@ -56,8 +56,9 @@ pub struct BanPolicy {
 
 /// Most addresses tracked at once, so a flood cannot exhaust memory. When the table is
 /// full, stale entries go first, then the least-failing addresses that are not banned
-/// ([`EVICTED_AT_ONCE`] at a time, so a flood pays for a scan rarely); a new failure is
-/// always recorded, so a full table never lets an attacker fail without counting.
+/// ([`EVICTED_AT_ONCE`] at a time, so a flood pays for a scan rarely), and only when hardly
+/// anything but live bans is left, the bans that end soonest; a new failure is always
+/// recorded, so a full table never lets an attacker fail without counting.
 const MAX_TRACKED: usize = 100_000;
 
 /// How many live entries one eviction removes when the table is full.

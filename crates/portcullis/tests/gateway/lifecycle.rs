@@ -102,6 +102,7 @@ async fn concurrent_readiness_probes_share_one_check() {
         .arg(config.to_str().unwrap())
         .start();
 
+    let started = std::time::Instant::now();
     let probes: Vec<_> = (0..200)
         .map(|_| {
             let url = gateway.url("/ready");
@@ -112,9 +113,11 @@ async fn concurrent_readiness_probes_share_one_check() {
         assert_eq!(probe.await.unwrap(), 200);
     }
     let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
-    // One check per second of the burst, which may straddle a second boundary.
+    // At most one check per second the burst lasted, and one more for the second it
+    // straddles (without sharing, 200 concurrent probes opened 157 connections).
+    let seconds = started.elapsed().as_secs() as usize + 1;
     assert!(
-        (1..=2).contains(&opened),
-        "200 anonymous probes opened {opened} upstream connections"
+        (1..=seconds + 1).contains(&opened),
+        "200 anonymous probes in {seconds} s opened {opened} upstream connections"
     );
 }
