@@ -202,6 +202,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
     }
 }
 
+/// Told how the response body it is attached to (by [`GuardedBody`]) is being sent.
+pub trait BodyProgress {
+    /// The response head is ready for the client; from now on its body waits for the
+    /// client to take it, unless a poll says it waits for the upstream.
+    fn response_started(&mut self) {}
+    /// The body was polled: `ready` when it gave a frame or ended, else it waits for the
+    /// upstream.
+    fn polled(&mut self, _ready: bool) {}
+}
+
 /// Marks the response to the request a [`RequestPhase`] is serving as finished when dropped.
 pub struct PhaseGuard(Arc<RequestPhase>);
 
@@ -212,6 +222,8 @@ impl PhaseGuard {
     }
 }
 
+impl BodyProgress for PhaseGuard {}
+
 impl Drop for PhaseGuard {
     fn drop(&mut self) {
         self.0.response_finished();
@@ -220,18 +232,60 @@ impl Drop for PhaseGuard {
 
 /// The open streams of an HTTP/2 connection, shared by its service (which opens one per
 /// request, held by the response body) and the watch that closes an idle connection.
+///
+/// A stream is busy while the gateway or the upstream owes it something (its response
+/// head, or the next piece of its body). Once its response is ready, it waits on the
+/// client: a client that stops taking data (a zero flow-control window) leaves hyper
+/// nothing to send, and such a stream must not hold the connection for ever.
 #[derive(Debug)]
 pub struct OpenStreams {
     count: watch::Sender<usize>,
+    /// Streams waiting on the gateway or the upstream, not on the client.
+    busy: AtomicU64,
+    /// When a response last moved towards the client (or a stream opened or closed), in
+    /// milliseconds since `epoch`.
+    last_progress: AtomicU64,
+    epoch: Instant,
 }
 
 /// One open stream; dropping it (with the response body, or with the request's future when
 /// the client resets the stream) closes it.
-pub struct StreamGuard(Arc<OpenStreams>);
+pub struct StreamGuard {
+    streams: Arc<OpenStreams>,
+    busy: bool,
+}
+
+impl StreamGuard {
+    fn set_busy(&mut self, busy: bool) {
+        if busy != self.busy {
+            self.busy = busy;
+            match busy {
+                true => self.streams.busy.fetch_add(1, Ordering::Relaxed),
+                false => self.streams.busy.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
+impl BodyProgress for StreamGuard {
+    fn response_started(&mut self) {
+        self.set_busy(false);
+        self.streams.mark_progress();
+    }
+
+    fn polled(&mut self, ready: bool) {
+        self.set_busy(!ready);
+        if ready {
+            self.streams.mark_progress();
+        }
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.count.send_modify(|count| *count -= 1);
+        self.set_busy(false);
+        self.streams.mark_progress();
+        self.streams.count.send_modify(|count| *count -= 1);
     }
 }
 
@@ -242,6 +296,9 @@ pub enum Idle {
     NeverUsed,
     /// Streams were served, and none has been open for the idle timeout since.
     Quiet,
+    /// Streams are open, but every one waits on a client that has taken nothing for the
+    /// idle timeout.
+    Stalled,
 }
 
 impl OpenStreams {
@@ -249,56 +306,89 @@ impl OpenStreams {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             count: watch::Sender::new(0),
+            busy: AtomicU64::new(0),
+            last_progress: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
-    /// Opens a stream, until the guard is dropped.
+    /// Opens a stream, busy (its response is owed) until its response starts; open until
+    /// the guard is dropped.
     pub fn open(self: &Arc<Self>) -> StreamGuard {
         self.count.send_modify(|count| *count += 1);
-        StreamGuard(self.clone())
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.mark_progress();
+        StreamGuard {
+            streams: self.clone(),
+            busy: true,
+        }
     }
 
-    /// Returns once no stream has been opened for `first`, or, after some were, once none
-    /// has been open for `then`.
+    fn mark_progress(&self) {
+        let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_progress.store(since, Ordering::Relaxed);
+    }
+
+    fn last_progress(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_progress.load(Ordering::Relaxed))
+    }
+
+    /// Returns once no stream has been opened for `first`; or, after some were, once none
+    /// has been open for `then`; or once streams are open but none is busy and no response
+    /// has moved towards the client for `then`.
     pub async fn idle(&self, first: Duration, then: Duration) -> Idle {
         let mut count = self.count.subscribe();
-        let mut timeout = first;
         let mut used = false;
         loop {
-            if *count.borrow_and_update() == 0 {
+            let open = *count.borrow_and_update();
+            used |= open > 0;
+            if open == 0 {
+                let timeout = if used { then } else { first };
                 tokio::select! {
                     _ = tokio::time::sleep(timeout) => {
                         return if used { Idle::Quiet } else { Idle::NeverUsed };
                     }
                     _ = count.changed() => {}
                 }
-            } else {
-                // The sender lives as long as `self`: this only returns on a change.
-                let _ = count.changed().await;
+                continue;
             }
-            used = true;
-            timeout = then;
+            let deadline = match self.busy.load(Ordering::Relaxed) {
+                0 => self.last_progress() + then,
+                // Owed by the gateway or the upstream: look again later.
+                _ => Instant::now() + then,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.busy.load(Ordering::Relaxed) == 0
+                        && self.last_progress() + then <= Instant::now()
+                    {
+                        return Idle::Stalled;
+                    }
+                }
+                // The sender lives as long as `self`: this only returns on a change.
+                _ = count.changed() => {}
+            }
         }
     }
 }
 
-/// A response body that holds `G` until it has been sent or dropped (the client went away).
+/// A response body that holds `G` until it has been sent or dropped (the client went away),
+/// and tells it how the body is being sent.
 pub struct GuardedBody<B, G> {
     inner: B,
-    _guard: G,
+    guard: G,
 }
 
-impl<B, G> GuardedBody<B, G> {
-    /// Wraps `inner`, keeping `guard` alive as long as it.
-    pub fn new(inner: B, guard: G) -> Self {
-        Self {
-            inner,
-            _guard: guard,
-        }
+impl<B, G: BodyProgress> GuardedBody<B, G> {
+    /// Wraps the body of a response that is ready for the client, keeping `guard` alive as
+    /// long as it.
+    pub fn new(inner: B, mut guard: G) -> Self {
+        guard.response_started();
+        Self { inner, guard }
     }
 }
 
-impl<B: Body + Unpin, G: Unpin> Body for GuardedBody<B, G> {
+impl<B: Body + Unpin, G: BodyProgress + Unpin> Body for GuardedBody<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -306,7 +396,10 @@ impl<B: Body + Unpin, G: Unpin> Body for GuardedBody<B, G> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.guard.polled(polled.is_ready());
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -404,6 +497,49 @@ mod tests {
             Duration::from_secs(261),
             "60 s after the last stream closed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_the_client_stops_taking_is_stalled_after_the_idle_timeout() {
+        let streams = OpenStreams::new();
+        let watch_idle = |streams: Arc<OpenStreams>| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let idle = streams
+                    .idle(Duration::from_secs(5), Duration::from_secs(60))
+                    .await;
+                (idle, started.elapsed())
+            })
+        };
+
+        // Waiting on the upstream, for its head and then for its body: never stalled.
+        let mut owed = streams.open();
+        let watch = watch_idle(streams.clone());
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        owed.response_started();
+        owed.polled(false);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(
+            !watch.is_finished(),
+            "a stream the upstream owes is not idle"
+        );
+
+        // A frame went out, and the client takes nothing more: the body is not polled.
+        owed.polled(true);
+        let (idle, elapsed) = watch.await.unwrap();
+        assert_eq!(idle, Idle::Stalled);
+        assert_eq!(elapsed, Duration::from_secs(660));
+
+        // A client that keeps taking data is never stalled.
+        owed.polled(true);
+        let watch = watch_idle(streams.clone());
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            owed.polled(true);
+        }
+        assert!(!watch.is_finished());
+        drop(owed);
+        assert_eq!(watch.await.unwrap().0, Idle::Quiet);
     }
 
     #[tokio::test(start_paused = true)]

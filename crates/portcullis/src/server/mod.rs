@@ -313,9 +313,10 @@ impl Connections {
     }
 
     /// Serves an HTTP/2 connection until it ends, the server stops, or it idles: a
-    /// connection that has not opened a stream within the header timeout is dropped, one
-    /// with no stream open for the idle timeout is sent GOAWAY, and dropped if it still
-    /// holds on without a stream for another header timeout.
+    /// connection that has not opened a stream within the header timeout is dropped; one
+    /// with no stream open for the idle timeout, or whose open streams all wait on a client
+    /// that has taken nothing for the idle timeout (a zero flow-control window), is sent
+    /// GOAWAY, and dropped if it is still idle or stalled a header timeout later.
     async fn serve_http2<I>(&self, io: I, conn: ConnInfo, mut stopped: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -335,7 +336,14 @@ impl Connections {
         tokio::pin!(connection);
         let mut closing = false;
         loop {
-            let idle = streams.idle(self.header_timeout, self.idle_timeout);
+            // Once told to go away, a connection gets a header timeout to finish: a stream
+            // that is stalled then, or none at all, is not waited for.
+            let quiet = if closing {
+                self.header_timeout
+            } else {
+                self.idle_timeout
+            };
+            let idle = streams.idle(self.header_timeout, quiet);
             tokio::select! {
                 ended = connection.as_mut() => {
                     if let Err(error) = ended {

@@ -338,7 +338,7 @@ async fn h2_connection(
     gateway: &Gateway,
 ) -> (
     hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
 ) {
     let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
     let (sender, connection) = hyper::client::conn::http2::handshake(
@@ -347,10 +347,7 @@ async fn h2_connection(
     )
     .await
     .unwrap();
-    let driven = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (sender, driven)
+    (sender, tokio::spawn(connection))
 }
 
 #[tokio::test]
@@ -363,11 +360,38 @@ async fn an_idle_http2_connection_is_sent_goaway_rfc_9113_6_8() {
     let reply = read_reply(sender.send_request(authorized(url)).await.unwrap()).await;
     assert_eq!(reply.status, 200);
     // hyper's keep-alive pings would keep the connection up; the idle timeout does not.
-    tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), connection)
         .await
         .expect("the idle HTTP/2 connection stayed open")
         .unwrap();
+    // A GOAWAY first makes a clean end; a socket simply dropped is an error to the client.
+    assert!(ended.is_ok(), "{ended:?}");
     assert!(sender.is_closed());
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_taking_its_response_loses_the_connection() {
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let (_dir, gateway) = start_tls_with_short_deadlines(&upstream, &cert);
+    // A zero flow-control window: the gateway can send the response head, never its body,
+    // while the client library keeps answering the gateway's pings.
+    let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let url = format!("https://localhost:{}/health", gateway.addr.port());
+    let response = sender
+        .send_request(Request::get(url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), connection).await;
+    assert!(ended.is_ok(), "a stalled stream held the connection");
+    drop(response);
 }
 
 #[tokio::test]
