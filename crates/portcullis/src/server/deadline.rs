@@ -469,19 +469,22 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
+    /// Watches `streams` with a 5 s first deadline and a 60 s idle timeout; the task ends
+    /// with why they were idle and after how long.
+    fn watch_idle(streams: Arc<OpenStreams>) -> tokio::task::JoinHandle<(Idle, Duration)> {
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let idle = streams
+                .idle(Duration::from_secs(5), Duration::from_secs(60))
+                .await;
+            (idle, started.elapsed())
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_http2_connection_is_idle_only_when_no_stream_has_been_open_for_the_timeout() {
         let streams = OpenStreams::new();
-        let watch = {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let idle = streams
-                    .idle(Duration::from_secs(5), Duration::from_secs(60))
-                    .await;
-                (idle, started.elapsed())
-            })
-        };
+        let watch = watch_idle(streams.clone());
         tokio::time::sleep(Duration::from_secs(1)).await;
         let first = streams.open();
         tokio::time::sleep(Duration::from_secs(100)).await;
@@ -502,15 +505,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_http2_stream_the_client_stops_taking_is_stalled_after_the_idle_timeout() {
         let streams = OpenStreams::new();
-        let watch_idle = |streams: Arc<OpenStreams>| {
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let idle = streams
-                    .idle(Duration::from_secs(5), Duration::from_secs(60))
-                    .await;
-                (idle, started.elapsed())
-            })
-        };
 
         // Waiting on the upstream, for its head and then for its body: never stalled.
         let mut owed = streams.open();
