@@ -1,6 +1,9 @@
 //! Integration tests: each starts the real `portcullis` binary in front of a real upstream
 //! and checks what clients and the upstream see.
 
+// Test helpers outside `#[test]` functions may panic on a broken harness too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 mod admin;
