@@ -26,12 +26,15 @@ pub enum Verdict {
     Invalid,
 }
 
+/// Verified records by token digest, with when they were fetched.
+type Cache = HashMap<Digest, (Arc<TokenRecord>, Instant)>;
+
 /// Verifies managed tokens, caching what the store said for at most `ttl`.
 #[derive(Debug)]
 pub struct TokenVerifier {
     credentials: Credentials,
     ttl: Duration,
-    cache: Mutex<HashMap<Digest, (Arc<TokenRecord>, Instant)>>,
+    cache: Mutex<Cache>,
     usage: Mutex<Usage>,
 }
 
@@ -64,18 +67,18 @@ impl TokenVerifier {
             return Ok(Verdict::Invalid);
         }
         let key = self.credentials.hasher.digest(token);
-        let cached = self.cache.lock().ok().and_then(|cache| {
-            cache
-                .get(&key)
-                .filter(|(_, fetched)| fetched.elapsed() < self.ttl)
-                .map(|(record, _)| record.clone())
-        });
+        let cached = self
+            .cache()
+            .get(&key)
+            .filter(|(_, fetched)| fetched.elapsed() < self.ttl)
+            .map(|(record, _)| record.clone());
         let record = match cached {
             Some(record) => Some(record),
             None => {
                 let hash = super::token::to_hex(&key);
                 let found = self.credentials.lookup_hash(&hash).await?.map(Arc::new);
-                if let (Some(record), Ok(mut cache)) = (&found, self.cache.lock()) {
+                if let Some(record) = &found {
+                    let mut cache = self.cache();
                     if cache.len() >= CACHE_CAPACITY {
                         cache.clear();
                     }
@@ -96,9 +99,16 @@ impl TokenVerifier {
 
     /// Forgets every cached answer, so a revocation made here applies at once.
     pub fn forget_cached(&self) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
-        }
+        self.cache().clear();
+    }
+
+    /// The cache, even after a thread panicked holding it: a revocation must clear it
+    /// whatever happened, and every change to it is one map operation, so a panic cannot
+    /// leave it half-written.
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn note_use(&self, id: &str, at: i64) {

@@ -94,10 +94,9 @@ impl Bans {
         }
         let now = Instant::now();
         let banned_until = self
-            .records
-            .lock()
-            .ok()
-            .and_then(|records| records.get(&ip).and_then(|r| r.banned_until))
+            .records()
+            .get(&ip)
+            .and_then(|r| r.banned_until)
             .filter(|until| *until > now);
         match banned_until {
             None => Ok(()),
@@ -117,14 +116,21 @@ impl Bans {
         self.policy
     }
 
+    /// The table, even after a thread panicked holding it: a ban check must never pass,
+    /// nor a failure go uncounted, because of a poisoned lock. Every change to the table
+    /// is one map operation, so what a panic leaves behind is still a valid table.
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Record>> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Counts an authentication failure from `ip`, banning it when the policy says so.
     pub fn record_failure(&self, ip: IpAddr) {
         if self.policy.max_failures == 0 {
             return;
         }
-        let Ok(mut records) = self.records.lock() else {
-            return;
-        };
+        let mut records = self.records();
         let now = Instant::now();
         if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
             make_room(&mut records, self.policy, now);
@@ -244,7 +250,7 @@ mod tests {
         for n in 0..(MAX_TRACKED as u32 + 50) {
             bans.record_failure(IpAddr::V4((0x0a00_0000 + n).into()));
         }
-        assert!(bans.records.lock().unwrap().len() <= MAX_TRACKED);
+        assert!(bans.records().len() <= MAX_TRACKED);
         assert_eq!(
             bans.check(banned).unwrap_err().kind(),
             ProblemKind::Banned,
@@ -261,6 +267,33 @@ mod tests {
             bans.record_failure(late);
         }
         assert!(bans.check(late).is_err(), "a full table still bans");
+    }
+
+    #[test]
+    fn a_poisoned_table_still_bans_and_still_counts() {
+        let bans = Bans::new(BanPolicy {
+            max_failures: 2,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+        });
+        let banned = ip("192.0.2.1");
+        bans.record_failure(banned);
+        bans.record_failure(banned);
+        let poisoner = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _held = bans.records.lock().unwrap();
+                    panic!("a worker panics while holding the ban table");
+                })
+                .join()
+        });
+        assert!(poisoner.is_err());
+        assert!(bans.records.is_poisoned());
+        assert_eq!(bans.check(banned).unwrap_err().kind(), ProblemKind::Banned);
+        let next = ip("192.0.2.2");
+        bans.record_failure(next);
+        bans.record_failure(next);
+        assert_eq!(bans.check(next).unwrap_err().kind(), ProblemKind::Banned);
     }
 
     #[test]

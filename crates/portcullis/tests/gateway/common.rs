@@ -117,6 +117,18 @@ impl Upstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Waits (up to 10 s) until a request for `uri` has arrived: for tests that need a
+    /// request to be in flight before they go on.
+    pub async fn wait_for(&self, uri: &str) {
+        for _ in 0..1000 {
+            if self.seen().iter().any(|seen| seen.uri == uri) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the upstream never received {uri}");
+    }
+
     /// The only request received so far.
     pub fn only(&self) -> Seen {
         let seen = self.seen();
@@ -176,6 +188,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Copies stderr into `log` until the process exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How to start a gateway: arguments after `serve` and environment variables. The
@@ -260,7 +274,7 @@ impl Gateway {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
@@ -279,7 +293,12 @@ impl Gateway {
                 );
             }
         };
-        Self { addr, child, log }
+        Self {
+            addr,
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -315,6 +334,17 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    /// Stops the process (SIGTERM) and returns everything it wrote. Every line about what
+    /// happened before is in it, so a check that something is absent from the log cannot
+    /// pass before the line was written.
+    pub fn final_log(&mut self) -> String {
+        self.terminate();
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader panicked");
+        }
+        self.log()
     }
 
     pub fn pid(&self) -> u32 {

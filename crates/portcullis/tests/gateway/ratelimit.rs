@@ -657,7 +657,7 @@ async fn deny_mode_refuses_limited_requests_while_redis_is_unreachable() {
         route("/v1", r#"{ rate = "100/min" }"#)
     );
     let (_dir, launch) = launch(&upstream, &toml);
-    let gateway = launch
+    let mut gateway = launch
         .env(
             "PORTCULLIS_REDIS_URL",
             format!("redis://:{password}@127.0.0.1:{closed}"),
@@ -682,7 +682,7 @@ async fn deny_mode_refuses_limited_requests_while_redis_is_unreachable() {
     assert!(upstream.seen().iter().all(|s| s.uri.starts_with("/open")));
 
     assert!(gateway.log_shows("Redis is unreachable"));
-    for text in [gateway.log(), problem.to_string(), snapshot.text()] {
+    for text in [gateway.final_log(), problem.to_string(), snapshot.text()] {
         assert!(
             !text.contains(password),
             "the Redis password leaked: {text}"
@@ -700,7 +700,7 @@ async fn a_refused_redis_password_is_an_outage_that_never_shows_the_password() {
         route("/v1", r#"{ rate = "100/min" }"#)
     );
     let (_dir, launch) = launch(&upstream, &toml);
-    let gateway = launch
+    let mut gateway = launch
         .env("PORTCULLIS_REDIS_URL", redis.url(Some(wrong)))
         .env("PORTCULLIS_LOG", "trace,h2=info")
         .start();
@@ -719,7 +719,7 @@ async fn a_refused_redis_password_is_an_outage_that_never_shows_the_password() {
     let snapshot = admin_get(&gateway, "/v1/rate-limits", Some(TOKEN))
         .await
         .text();
-    for text in [gateway.log(), refused.text(), snapshot] {
+    for text in [gateway.final_log(), refused.text(), snapshot] {
         assert!(!text.contains(wrong), "the Redis password leaked: {text}");
     }
     assert!(upstream.seen().is_empty());
@@ -769,7 +769,7 @@ async fn an_upstream_at_its_in_flight_cap_queues_then_refuses() {
         .start();
 
     let slow = tokio::spawn(get_authorized_owned(gateway.url("/slow/1500")));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.wait_for("/slow/1500").await;
     let started = Instant::now();
     let busy = get_authorized(&gateway.url("/fast")).await;
     busy.assert_problem(503, "upstream-busy");
@@ -787,7 +787,7 @@ async fn an_upstream_at_its_in_flight_cap_queues_then_refuses() {
     // A request that finds the slot free within the queue timeout waits for it, then is
     // served.
     let short = tokio::spawn(get_authorized_owned(gateway.url("/slow/200")));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    upstream.wait_for("/slow/200").await;
     let started = Instant::now();
     assert_eq!(get_authorized(&gateway.url("/queued")).await.status, 200);
     assert!(
