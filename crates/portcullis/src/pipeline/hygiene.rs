@@ -451,8 +451,16 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The error a [`LimitedBody`] yields when the client's body itself fails: malformed
+/// chunked framing, a body cut short, a client that went away mid-upload. It is the
+/// client's fault, never the upstream's, whatever the upstream call then reports.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body could not be read")]
+pub struct ClientBodyError(#[source] pub crate::body::BoxError);
+
 /// A request body that fails with [`BodyTooLarge`] as soon as more than `limit` bytes
-/// have streamed through, so a chunked body cannot slip past the declared-length check.
+/// have streamed through, so a chunked body cannot slip past the declared-length check,
+/// and with [`ClientBodyError`] when the client's body fails.
 #[derive(Debug)]
 pub struct LimitedBody<B> {
     inner: B,
@@ -496,7 +504,9 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(ClientBodyError(error.into()).into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -361,6 +361,14 @@ impl Gateway {
     ) -> Problem {
         match error {
             ForwardError::BodyTooLarge(_) => self.hygiene.body_too_large(),
+            ForwardError::ClientBody(_) => {
+                // The client's doing, and common enough (clients that give up mid-upload):
+                // not a warning, and not the upstream's failure.
+                let cause = error_chain(&error);
+                tracing::debug!(request_id = ?ctx.request_id, upstream, error = %cause, "client body failed");
+                Problem::new(ProblemKind::BadRequest)
+                    .with_detail("the request body is malformed or was cut short")
+            }
             ForwardError::Timeout(_) => {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
                 Problem::new(ProblemKind::UpstreamTimeout)

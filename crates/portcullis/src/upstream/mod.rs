@@ -25,7 +25,7 @@ pub use pool::PoolError;
 pub use route::{ResponseRules, Route, RouteAuth, RouteScopes, Router};
 
 use crate::body::ResponseBody;
-use crate::pipeline::hygiene::{BodyTooLarge, LimitedBody};
+use crate::pipeline::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 
 /// The body the gateway sends upstream: the client's, limited as it streams.
 pub type UpstreamBody = LimitedBody<Incoming>;
@@ -72,6 +72,10 @@ pub enum ForwardError {
     /// The client's streamed body went over the limit.
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
+    /// The client's body could not be read (malformed framing, cut short): the call
+    /// failed with a [`ClientBodyError`] in its causes.
+    #[error("the client's request body could not be read")]
+    ClientBody(#[source] PoolError),
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
@@ -313,11 +317,16 @@ impl Upstream {
 }
 
 /// A body that went over the limit surfaces deep in the client's error chain.
+/// What a failed upstream call was: the client's body's fault when the failure comes from
+/// reading it (over the limit, or broken), else the upstream's.
 fn classify(error: PoolError) -> ForwardError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(current) = source {
         if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
             return ForwardError::BodyTooLarge(*too_large);
+        }
+        if current.is::<ClientBodyError>() {
+            return ForwardError::ClientBody(error);
         }
         source = current.source();
     }

@@ -245,3 +245,64 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
+
+/// A POST with `body` sent as is after a chunked head.
+fn chunked_post(extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/upload HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n{extra_headers}Connection: close\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_are_the_clients_fault_rfc_9112_7_1() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    for (why, request) in [
+        (
+            "a chunk size that is not hex",
+            chunked_post("", "zz\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk data running past its size",
+            chunked_post("", "3\r\nhello world\r\n0\r\n\r\n"),
+        ),
+        (
+            "a bad chunk terminator",
+            chunked_post("", "5\r\nhelloXX0\r\n\r\n"),
+        ),
+        (
+            "Content-Length beside chunked, with a chunk past its size",
+            chunked_post("Content-Length: 5\r\n", "2\r\nhello\r\n0\r\n\r\n"),
+        ),
+    ] {
+        let reply = raw(gateway.addr, &request).await;
+        let problem = reply.assert_problem(400, "bad-request");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("request body"),
+            "{why}: {problem}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_upload_is_not_an_upstream_failure() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Launch::new(&upstream.url()).start();
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&chunked_post("", "5\r\nhello\r\n"))
+        .await
+        .unwrap();
+    drop(stream);
+    // The upstream records the request once its body ends, here cut short.
+    upstream.wait_for("/v1/upload").await;
+    // A well-formed request afterwards is served as usual.
+    assert_eq!(get_authorized(&gateway.url("/v1/after")).await.status, 200);
+    let log = gateway.final_log();
+    assert!(
+        !log.contains("upstream failed"),
+        "the client's abort was blamed on the upstream: {log}"
+    );
+    assert_eq!(upstream.seen()[0].body, "<aborted>");
+}
