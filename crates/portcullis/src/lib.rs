@@ -21,13 +21,16 @@
 //! Managed credentials live in the [`store`] and are managed through the [`admin`] API or
 //! the `portcullis token` command.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod exchange;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod redact;
 pub mod server;
 pub mod store;
 pub mod upstream;

@@ -10,10 +10,12 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
 use portcullis::config::rules::{self, Facts, Report, Severity};
 use portcullis::config::{Config, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
+use portcullis::exchange::{Recorder, Sink};
 use portcullis::pipeline::Shared;
 use portcullis::server::Server;
 use portcullis::store::{Store, StoreLocation};
@@ -135,6 +137,21 @@ fn load(overrides: &Overrides) -> Result<Config, ExitCode> {
     })
 }
 
+/// `shared` with a recorder feeding the configured sinks, when there are any.
+fn start_recorder(config: &Config, shared: Shared) -> std::io::Result<Shared> {
+    let sinks: Vec<Box<dyn Sink>> = AccessLog::open(&config.log.access)?
+        .into_iter()
+        .map(|log| Box::new(log) as Box<dyn Sink>)
+        .collect();
+    if sinks.is_empty() {
+        return Ok(shared);
+    }
+    Ok(Shared {
+        recorder: Some(Recorder::start(sinks)?),
+        ..shared
+    })
+}
+
 async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     let config = match load(overrides) {
         Ok(config) => config,
@@ -167,6 +184,13 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     for finding in report.warnings() {
         warn!(rule = finding.rule, fix = %finding.fix, "{}", finding.message);
     }
+    let shared = match start_recorder(&config, shared) {
+        Ok(shared) => shared,
+        Err(error) => {
+            eprintln!("portcullis: cannot open the access log: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let server = match Server::bind(&config, &shared) {
         Ok(server) => server,
         Err(error) => {
@@ -177,7 +201,13 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     let tokens = shared.tokens.clone();
     let admin = match (&tokens, config.admin.enabled) {
         (Some(tokens), true) => {
-            match AdminServer::bind(&config, tokens.clone(), shared.rate_limits.clone()).await {
+            let bound = AdminServer::bind(
+                &config,
+                tokens.clone(),
+                shared.rate_limits.clone(),
+                shared.recorder.clone(),
+            );
+            match bound.await {
                 Ok(admin) => Some(tokio::spawn(admin.run())),
                 Err(error) => {
                     eprintln!("portcullis: {error}");

@@ -30,6 +30,7 @@ use utoipa::ToSchema;
 use self::extract::{JsonBody, OptionalJsonBody, RequestId, TokenId, problem};
 use crate::config::Config;
 use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
+use crate::exchange::Recorder;
 use crate::pipeline::auth::{Authenticator, StaticTokens, insufficient_scope};
 use crate::pipeline::context::{X_REQUEST_ID, request_id};
 use crate::pipeline::headers::{ResponseHeaders, SecurityHeadersPolicy};
@@ -64,6 +65,7 @@ struct AdminState {
     auth: Arc<Authenticator>,
     tokens: Arc<TokenVerifier>,
     rate_limits: Arc<RateLimits>,
+    recorder: Option<Recorder>,
 }
 
 /// A bound admin listener.
@@ -76,11 +78,12 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds the admin listener of `config`, managing the tokens `tokens` verifies and
-    /// reporting on `rate_limits`.
+    /// reporting on `rate_limits` and on the `recorder` of exchange records, if any.
     pub async fn bind(
         config: &Config,
         tokens: Arc<TokenVerifier>,
         rate_limits: Arc<RateLimits>,
+        recorder: Option<Recorder>,
     ) -> Result<Self, AdminError> {
         let admin = &config.admin;
         let tls = match &admin.tls {
@@ -124,6 +127,7 @@ impl AdminServer {
                     auth: Arc::new(auth),
                     tokens,
                     rate_limits,
+                    recorder,
                 },
                 Arc::new(headers),
                 Arc::new(Published::new(&document)),
@@ -586,6 +590,14 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         snapshot.backend_errors,
         snapshot.fallback_decisions,
     ));
+    if let Some(recorder) = &state.recorder {
+        text.push_str(&format!(
+            "# HELP portcullis_records_dropped_total Request records the access log could not keep up with.\n\
+             # TYPE portcullis_records_dropped_total counter\n\
+             portcullis_records_dropped_total {}\n",
+            recorder.dropped()
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -57,9 +57,21 @@ pub struct Config {
     pub bans: BansConfig,
     /// Rate limiting: the default limit, the backend and its failure mode.
     pub rate_limit: RateLimitConfig,
+    /// The access log.
+    pub log: LogConfig,
     /// Static bearer tokens; only ever from the environment.
     #[serde(skip)]
     pub api_tokens: Vec<SecretString>,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Where the access log goes: `off` (the default), `stdout`, `stderr` or a file path.
+    pub access: crate::access_log::Target,
+    /// Query parameter names whose values are hidden, besides the built-in list.
+    pub redact_query_params: Vec<String>,
 }
 
 /// Rate limiting settings that apply to every route.
@@ -408,6 +420,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             bans: BansConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            log: LogConfig::default(),
             api_tokens: Vec::new(),
         }
     }

@@ -59,6 +59,14 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
 
+    /// Where the access log goes: off, stdout, stderr or a file path [default: off].
+    #[arg(
+        long,
+        env = "PORTCULLIS_ACCESS_LOG",
+        value_name = "off|stdout|stderr|PATH"
+    )]
+    pub access_log: Option<crate::access_log::Target>,
+
     /// Time a client has to send its request head, e.g. 10s [default: 10s].
     #[arg(long, env = "PORTCULLIS_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Option<Duration>,
@@ -144,6 +152,9 @@ impl Overrides {
         }
         if let Some(bytes) = self.max_body_bytes {
             config.limits.max_body_bytes = bytes;
+        }
+        if let Some(target) = &self.access_log {
+            config.log.access = target.clone();
         }
         if let Some(timeout) = self.request_timeout {
             config.limits.request_timeout = timeout;

@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 use crate::config::{SecretError, read_secret};
 use crate::store::{Store, StoreError, StoreLocation, now};
 pub use token::TokenHasher;
-pub use verifier::{TokenVerifier, Verdict};
+pub use verifier::{Invalid, TokenVerifier, Verdict};
 
 /// The environment variable that holds the pepper keying token hashes.
 pub const PEPPER_VAR: &str = "PORTCULLIS_TOKEN_PEPPER";

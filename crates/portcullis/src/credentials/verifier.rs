@@ -22,8 +22,21 @@ type Digest = [u8; 32];
 pub enum Verdict {
     /// A live token.
     Valid(Arc<TokenRecord>),
-    /// Malformed, unknown, expired or revoked: the caller answers all of them alike.
-    Invalid,
+    /// Not a live token; the caller answers every reason alike, the record keeps it.
+    Invalid(Invalid),
+}
+
+/// Why a token is not live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not in the managed format (or its checksum is wrong).
+    Malformed,
+    /// No record has it.
+    Unknown,
+    /// Past its expiry (or its rotation overlap).
+    Expired,
+    /// Revoked.
+    Revoked,
 }
 
 /// Verified records by token digest, with when they were fetched.
@@ -64,7 +77,7 @@ impl TokenVerifier {
     /// store lookup; expiry is checked against the clock even for cached tokens.
     pub async fn verify(&self, token: &str) -> Result<Verdict, CredentialError> {
         if !super::token::is_well_formed(token) {
-            return Ok(Verdict::Invalid);
+            return Ok(Verdict::Invalid(Invalid::Malformed));
         }
         let key = self.credentials.hasher.digest(token);
         let cached = self
@@ -93,7 +106,9 @@ impl TokenVerifier {
                 self.note_use(&record.id, at);
                 Ok(Verdict::Valid(record))
             }
-            _ => Ok(Verdict::Invalid),
+            Some(record) if record.revoked_at.is_some() => Ok(Verdict::Invalid(Invalid::Revoked)),
+            Some(_) => Ok(Verdict::Invalid(Invalid::Expired)),
+            None => Ok(Verdict::Invalid(Invalid::Unknown)),
         }
     }
 

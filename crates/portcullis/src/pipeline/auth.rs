@@ -13,7 +13,8 @@ use subtle::{Choice, ConstantTimeEq};
 use tracing::warn;
 
 use super::problem::{Problem, ProblemKind};
-use crate::credentials::{CredentialKind, TokenRecord, TokenVerifier, Verdict, token};
+use crate::credentials::{CredentialKind, Invalid, TokenRecord, TokenVerifier, Verdict, token};
+use crate::exchange::Decision;
 
 /// The longest `Authorization` value considered; longer ones are refused unread.
 pub const MAX_AUTHORIZATION_LEN: usize = 4096;
@@ -57,6 +58,24 @@ impl Principal {
         match &self.0 {
             Caller::Static => None,
             Caller::Managed(record) => Some(&record.name),
+        }
+    }
+
+    /// The caller as records keep it: kind, id, name and tenant, never the token.
+    pub fn caller(&self) -> crate::exchange::Caller {
+        match &self.0 {
+            Caller::Static => crate::exchange::Caller {
+                kind: "static",
+                id: None,
+                name: "static".to_owned(),
+                tenant: None,
+            },
+            Caller::Managed(record) => crate::exchange::Caller {
+                kind: record.kind.as_str(),
+                id: Some(record.id.clone()),
+                name: record.name.clone(),
+                tenant: record.tenant.clone(),
+            },
         }
     }
 
@@ -189,10 +208,17 @@ impl Authenticator {
     /// beyond what the client already knows (whether it sent a credential at all), or 503
     /// when the credential store cannot be asked (never an allow).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
-        let token = bearer_token(headers).map_err(unauthorized)?;
+        let token = bearer_token(headers).map_err(|error| {
+            let decision = match error {
+                CredentialError::Missing => Decision::AuthMissing,
+                _ => Decision::AuthMalformed,
+            };
+            unauthorized(error).with_decision(decision)
+        })?;
         // A token with the managed prefix is verified first (the verifier checks its format
         // and checksum); only if that fails is it compared with the static tokens, so each
         // kind pays for one check in the common case.
+        let mut refused = Decision::AuthUnknown;
         if let Some(managed) = self
             .managed
             .as_ref()
@@ -202,6 +228,8 @@ impl Authenticator {
                 Ok(Verdict::Valid(record)) if record.kind == CredentialKind::Token => {
                     return Ok(Principal::managed(record));
                 }
+                Ok(Verdict::Invalid(Invalid::Expired)) => refused = Decision::AuthExpired,
+                Ok(Verdict::Invalid(Invalid::Revoked)) => refused = Decision::AuthRevoked,
                 Ok(_) => {}
                 Err(error) => return Err(store_unavailable(&error)),
             }
@@ -209,7 +237,7 @@ impl Authenticator {
         if self.static_tokens.verify(token) {
             Ok(Principal::static_token())
         } else {
-            Err(unauthorized(CredentialError::Invalid))
+            Err(unauthorized(CredentialError::Invalid).with_decision(refused))
         }
     }
 
@@ -220,7 +248,8 @@ impl Authenticator {
         &self,
         secret: Option<&str>,
     ) -> Result<Principal, Problem> {
-        let not_found = || Problem::new(ProblemKind::NotFound);
+        let not_found =
+            || Problem::new(ProblemKind::NotFound).with_decision(Decision::CapabilityUnknown);
         let (Some(secret), Some(managed)) = (secret, &self.managed) else {
             return Err(not_found());
         };

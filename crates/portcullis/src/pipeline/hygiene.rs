@@ -456,7 +456,37 @@ pub struct BodyTooLarge {
 /// client's fault, never the upstream's, whatever the upstream call then reports.
 #[derive(Debug, thiserror::Error)]
 #[error("the client's request body could not be read")]
-pub struct ClientBodyError(#[source] pub crate::body::BoxError);
+pub struct ClientBodyError {
+    /// The connection ended before the body did: the client went away.
+    pub aborted: bool,
+    /// What reading the body reported.
+    #[source]
+    pub source: crate::body::BoxError,
+}
+
+impl ClientBodyError {
+    /// The client went away when reading ended early (end of file, reset); any other
+    /// failure is malformed framing.
+    fn new(source: crate::body::BoxError) -> Self {
+        let mut aborted = false;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(current) = cause {
+            aborted |= current
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+                || current.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                    )
+                });
+            cause = current.source();
+        }
+        Self { aborted, source }
+    }
+}
 
 /// A request body that fails with [`BodyTooLarge`] as soon as more than `limit` bytes
 /// have streamed through, so a chunked body cannot slip past the declared-length check,
@@ -466,6 +496,8 @@ pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     limit: u64,
+    /// Where the bytes read so far are counted, when a record wants them.
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<B> LimitedBody<B> {
@@ -475,7 +507,17 @@ impl<B> LimitedBody<B> {
             inner,
             remaining: limit,
             limit,
+            counted: None,
         }
+    }
+
+    /// The same body, adding the bytes it reads to `counter`, if any.
+    pub fn counting(
+        mut self,
+        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
+        self.counted = counter;
+        self
     }
 }
 
@@ -501,11 +543,14 @@ where
                         return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
                     }
                     this.remaining -= len;
+                    if let Some(counted) = &this.counted {
+                        counted.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                Poll::Ready(Some(Err(ClientBodyError(error.into()).into())))
+                Poll::Ready(Some(Err(ClientBodyError::new(error.into()).into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

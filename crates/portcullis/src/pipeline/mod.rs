@@ -9,8 +9,10 @@ pub mod health;
 pub mod hygiene;
 pub mod ip_rules;
 pub mod problem;
+mod record;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
@@ -20,7 +22,9 @@ use tracing::warn;
 use crate::body::ResponseBody;
 use crate::config::Config;
 use crate::credentials::TokenVerifier;
+use crate::exchange::{Decision, Recorder};
 use crate::ratelimit::{Limiter, Quota, RateLimitError, RateLimits};
+use crate::redact::Redactor;
 use crate::store::Store;
 use crate::upstream::{
     ForwardError, HeaderRules, InFlightLimit, ResponseRules, Route, RouteAuth, RouteScopes, Router,
@@ -34,6 +38,7 @@ use health::{Health, Probe};
 use hygiene::{Hygiene, LimitedBody, Limits};
 use ip_rules::IpRules;
 use problem::{Problem, ProblemKind};
+use record::PendingRecord;
 
 /// Why a [`Gateway`] could not be built. `portcullis check` reports all of these as rule
 /// failures first, with fixes; these errors are the last line of defence.
@@ -77,6 +82,11 @@ pub struct Shared {
     pub rate_limits: Arc<RateLimits>,
     /// Each upstream's in-flight cap, by upstream name.
     pub in_flight: Vec<(String, Arc<InFlightLimit>)>,
+    /// Where finished exchange records go; none when no sink wants them (then no record
+    /// is made at all).
+    pub recorder: Option<Recorder>,
+    /// What records may show of queries.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Shared {
@@ -97,17 +107,24 @@ impl Shared {
                     ))
                 })
                 .collect(),
+            recorder: None,
+            redactor: Arc::new(Redactor::new(&config.log.redact_query_params)),
         })
     }
 }
 
-/// What the stages learned about a request that the respond stage needs.
+/// What the stages learned about a request that the respond stage and the record need.
 #[derive(Default)]
 struct Progress<'g> {
     /// The route the path matched, once it is known.
     route: Option<&'g Route>,
     /// Where the request stands against its route's rate limits, once checked.
     quota: Option<Quota>,
+    /// What became of a request answered without a refusal (`allowed`, unless the gateway
+    /// answered it itself, as a CORS preflight).
+    decision: Decision,
+    /// The request's record, when one is kept: the caller and upstream go into it.
+    record: Option<PendingRecord>,
 }
 
 /// Every stage of the request path, ready to serve.
@@ -121,6 +138,8 @@ pub struct Gateway {
     auth: Authenticator,
     router: Router,
     response_headers: ResponseHeaders,
+    recorder: Option<Recorder>,
+    redactor: Arc<Redactor>,
 }
 
 impl Gateway {
@@ -213,6 +232,8 @@ impl Gateway {
             auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),
             router,
             response_headers: ResponseHeaders::new(&security_headers_policy(config)?),
+            recorder: shared.recorder.clone(),
+            redactor: shared.redactor.clone(),
         })
     }
 
@@ -227,10 +248,18 @@ impl Gateway {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let csp = self.response_headers.csp_for(request.uri().path());
 
-        let mut progress = Progress::default();
-        let mut response = match self.process(request, &ctx, &mut progress).await {
-            Ok(response) => response,
-            Err(problem) => problem.into_response(&ctx.request_id),
+        let mut progress = Progress {
+            record: self.recorder.as_ref().map(|recorder| {
+                PendingRecord::begin(recorder, &request, &ctx, conn, &self.router, &self.redactor)
+            }),
+            ..Progress::default()
+        };
+        let (mut response, decision) = match self.process(request, &ctx, &mut progress).await {
+            Ok(response) => (response, progress.decision),
+            Err(problem) => {
+                let decision = problem.decision();
+                (problem.into_response(&ctx.request_id), decision)
+            }
         };
 
         let headers = response.headers_mut();
@@ -245,7 +274,10 @@ impl Gateway {
             cors.apply(origin.as_ref(), headers);
         }
         headers.insert(X_REQUEST_ID.clone(), ctx.request_id);
-        response
+        match progress.record.take() {
+            Some(record) => record.respond(response, decision, progress.route),
+            None => response,
+        }
     }
 
     /// The stages up to and including forwarding; `progress` receives what the respond
@@ -274,9 +306,13 @@ impl Gateway {
         if let Some(cors) = &self.cors
             && let Some(answer) = cors.preflight(&request)
         {
+            progress.decision = Decision::CorsPreflight;
             return answer;
         }
         let principal = self.authenticate(&request, route, ctx).await?;
+        if let Some(record) = &mut progress.record {
+            record.caller(&principal);
+        }
         // Only an authenticated caller learns whether a path is routed.
         let route = route.ok_or(ProblemKind::NotFound)?;
         let scope = route.required_scope(request.method());
@@ -289,7 +325,11 @@ impl Gateway {
             progress.quota = Some(checked);
             admitted?;
         }
-        self.forward(request, route, ctx).await
+        if let Some(record) = &mut progress.record {
+            record.upstream(route);
+        }
+        let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);
+        self.forward(request, route, ctx, bytes_in).await
     }
 
     /// Who is calling: a capability on capability routes, a bearer token elsewhere. Each
@@ -324,6 +364,7 @@ impl Gateway {
         request: Request<Incoming>,
         route: &Route,
         ctx: &RequestContext,
+        bytes_in: Option<Arc<AtomicU64>>,
     ) -> Result<Response<ResponseBody>, Problem> {
         let (mut parts, body) = request.into_parts();
         let upstream_uri = route.upstream_uri(&parts.uri);
@@ -335,7 +376,7 @@ impl Gateway {
             ctx,
             route.header_rules(),
         );
-        let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes);
+        let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes).counting(bytes_in);
 
         let request = Request::from_parts(parts, body);
         let mut response = route
@@ -368,6 +409,11 @@ impl Gateway {
                 tracing::debug!(request_id = ?ctx.request_id, upstream, error = %cause, "client body failed");
                 Problem::new(ProblemKind::BadRequest)
                     .with_detail("the request body is malformed or was cut short")
+                    .with_decision(if error.client_left() {
+                        Decision::ClientAborted
+                    } else {
+                        Decision::ClientBodyError
+                    })
             }
             ForwardError::Timeout(_) => {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
@@ -385,6 +431,7 @@ impl Gateway {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream broke the protocol");
                 Problem::new(ProblemKind::UpstreamUnavailable)
                     .with_detail("the upstream sent a response the gateway cannot relay")
+                    .with_decision(Decision::UpstreamProtocol)
             }
             ForwardError::Unavailable(_) => {
                 let cause = error_chain(&error);

@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::body::{self, ResponseBody};
+use crate::exchange::Decision;
 
 /// The media type of every error body.
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -155,6 +156,36 @@ impl ProblemKind {
         }
     }
 
+    /// The decision the record keeps for a problem of this kind, unless the stage that
+    /// refused knew more ([`Problem::with_decision`]).
+    pub fn decision(self) -> Decision {
+        match self {
+            Self::InvalidPath => Decision::PathRefused,
+            Self::BadRequest
+            | Self::TransferCodingNotImplemented
+            | Self::UnsupportedMediaType
+            | Self::Conflict => Decision::BadRequest,
+            Self::MethodNotAllowed | Self::MethodNotImplemented => Decision::MethodRefused,
+            Self::BodyTooLarge => Decision::BodyTooLarge,
+            Self::UriTooLong => Decision::UriTooLong,
+            Self::HeadersTooLarge => Decision::HeadersTooLarge,
+            Self::Unauthorized => Decision::AuthUnknown,
+            Self::InsufficientScope => Decision::Scope,
+            Self::StoreUnavailable => Decision::StoreUnavailable,
+            Self::IpDenied => Decision::IpDenied,
+            Self::Banned => Decision::Banned,
+            Self::RateLimited => Decision::RateLimited,
+            Self::RateLimitUnavailable => Decision::RateLimitUnavailable,
+            Self::UpstreamBusy => Decision::UpstreamBusy,
+            Self::CorsDenied => Decision::CorsRefused,
+            Self::NotFound => Decision::NoRoute,
+            Self::RequestTimeout => Decision::HeadTimeout,
+            Self::UpstreamUnavailable => Decision::UpstreamConnect,
+            Self::UpstreamTimeout => Decision::UpstreamTimeout,
+            Self::NotReady => Decision::NotReady,
+        }
+    }
+
     /// The `type` member: a URN that names the problem without pointing anywhere.
     pub fn type_uri(self) -> String {
         format!("urn:portcullis:problem:{}", self.slug())
@@ -187,6 +218,8 @@ pub struct ProblemDocument<'a> {
 #[derive(Debug, Clone)]
 pub struct Problem {
     kind: ProblemKind,
+    /// The precise decision, when the stage knew more than the kind says.
+    decision: Option<Decision>,
     detail: Option<Cow<'static, str>>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -196,6 +229,7 @@ impl Problem {
     pub fn new(kind: ProblemKind) -> Self {
         Self {
             kind,
+            decision: None,
             detail: None,
             headers: Vec::new(),
         }
@@ -220,9 +254,21 @@ impl Problem {
         self.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
     }
 
+    /// Records `decision` rather than the kind's own (`auth_expired` rather than
+    /// `auth_unknown`); the client sees the same problem either way.
+    pub fn with_decision(mut self, decision: Decision) -> Self {
+        self.decision = Some(decision);
+        self
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ProblemKind {
         self.kind
+    }
+
+    /// What the record keeps about it.
+    pub fn decision(&self) -> Decision {
+        self.decision.unwrap_or(self.kind.decision())
     }
 
     /// The problem+json document for this problem.

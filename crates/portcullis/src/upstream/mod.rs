@@ -317,6 +317,20 @@ impl Upstream {
 }
 
 /// A body that went over the limit surfaces deep in the client's error chain.
+impl ForwardError {
+    /// Whether the client went away mid-upload (rather than sending a malformed body).
+    pub fn client_left(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(current) = source {
+            if let Some(body) = current.downcast_ref::<ClientBodyError>() {
+                return body.aborted;
+            }
+            source = current.source();
+        }
+        false
+    }
+}
+
 /// What a failed upstream call was: the client's body's fault when the failure comes from
 /// reading it (over the limit, or broken), else the upstream's.
 fn classify(error: PoolError) -> ForwardError {

@@ -157,9 +157,34 @@ impl Route {
 
     /// On a capability route, the secret segment right below the prefix in `path`.
     pub fn capability_secret<'a>(&self, path: &'a str) -> Option<&'a str> {
+        self.capability_secret_at(path).map(|(_, secret)| secret)
+    }
+
+    /// The configured prefix (`/` for the root route), as records name the route.
+    pub fn prefix(&self) -> &str {
+        if self.prefix.is_empty() {
+            "/"
+        } else {
+            &self.prefix
+        }
+    }
+
+    /// `path` as records may show it: on a capability route, the secret segment masked.
+    pub fn masked_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.capability_secret_at(path) {
+            Some((start, secret)) if self.auth == RouteAuth::Capability => {
+                let end = start + secret.len();
+                std::borrow::Cow::Owned(format!("{}***{}", &path[..start], &path[end..]))
+            }
+            _ => std::borrow::Cow::Borrowed(path),
+        }
+    }
+
+    /// Where the segment below the prefix starts in `path`, and that segment.
+    fn capability_secret_at<'a>(&self, path: &'a str) -> Option<(usize, &'a str)> {
         let below = path.get(self.prefix.len()..)?.strip_prefix('/')?;
         let secret = below.split('/').next()?;
-        (!secret.is_empty()).then_some(secret)
+        (!secret.is_empty()).then_some((self.prefix.len() + 1, secret))
     }
 
     /// The same route, with `rules` deciding which addresses may use it.
@@ -276,6 +301,15 @@ impl Router {
             }
         }
         Ok(route)
+    }
+
+    /// `path` as records may show it: with the capability segment masked when the route
+    /// that covers it takes capabilities.
+    pub fn masked_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.longest_match(path) {
+            Some(route) => route.masked_path(path),
+            None => std::borrow::Cow::Borrowed(path),
+        }
     }
 
     fn longest_match(&self, path: &str) -> Option<&Route> {

@@ -198,11 +198,15 @@ async fn scopes_expiry_revocation_and_storage(backend: Backend) {
     let (writer_id, writer) = backend.create("writer", "read,write", &[]);
     let (_, short_lived) = backend.create("short-lived", "read", &["--expires", "1s"]);
     let (_, unknown) = Backend::sqlite().create("elsewhere", "read", &[]);
+    let logs = tempfile::tempdir().unwrap();
+    let access_log = logs.path().join("access.log");
 
     let gateway = backend
         .launch(&upstream)
         .arg("--token-cache-ttl")
         .arg("1s")
+        .arg("--access-log")
+        .arg(access_log.to_str().unwrap())
         .start();
 
     assert_eq!(call(&gateway, "GET", &reader).await.status, 200);
@@ -279,6 +283,39 @@ async fn scopes_expiry_revocation_and_storage(backend: Backend) {
         !list.to_string().contains(&reader),
         "list never shows a token"
     );
+
+    // Clients saw one 401; the access log tells the reasons apart, and names callers
+    // without ever showing a token.
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let decisions: Vec<&str> = lines
+        .iter()
+        .map(|line| line["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "allowed",
+            "scope",
+            "allowed",
+            "auth_unknown",
+            "auth_unknown",
+            "auth_expired",
+            "auth_unknown",
+            "auth_revoked"
+        ],
+        "{log}"
+    );
+    assert_eq!(lines[0]["principal"], "reader");
+    assert_eq!(lines[0]["principal_kind"], "token");
+    assert_eq!(lines[0]["upstream"], "default");
+    assert_eq!(lines[1]["status"], 403);
+    for token in [&reader, &writer, &short_lived, &unknown] {
+        assert!(!log.contains(&token[4..]), "a token reached the access log");
+    }
 }
 
 #[tokio::test]
@@ -676,6 +713,8 @@ async fn capability_urls(backend: Backend) {
         .arg("--config")
         .arg(config.to_str().unwrap())
         .env("PORTCULLIS_LOG", "trace")
+        .arg("--access-log")
+        .arg(dir.path().join("access.log").to_str().unwrap())
         .start();
 
     // A browser puts the whole secret URL in Referer; it is not forwarded, and responses
@@ -743,6 +782,20 @@ async fn capability_urls(backend: Backend) {
     assert!(
         !gateway.final_log().contains(&capability),
         "the capability reached the log"
+    );
+    let access_log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    assert!(
+        !access_log.contains(&capability),
+        "the capability reached the access log"
+    );
+    let first: Value = serde_json::from_str(access_log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["path"], "/outline/***/server");
+    assert_eq!(first["route"], "/outline");
+    assert_eq!(first["principal"], "alice-outline");
+    assert_eq!(first["principal_kind"], "capability");
+    assert!(
+        access_log.contains(r#""decision":"capability_unknown""#),
+        "{access_log}"
     );
 }
 
