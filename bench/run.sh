@@ -25,6 +25,7 @@ NGINX_PORT=${NGINX_PORT:-18002}
 PORTCULLIS_PORT=${PORTCULLIS_PORT:-18003}
 REDIS_PORTCULLIS_PORT=${REDIS_PORTCULLIS_PORT:-18004}
 BASELINE_PORT=${BASELINE_PORT:-18005}
+ACCESS_LOG_PORT=${ACCESS_LOG_PORT:-18006}
 BASELINE_BIN=${BASELINE_BIN:-}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 record=false
@@ -125,8 +126,15 @@ PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_REDIS_URL=$REDIS_URL
   2>"$work/portcullis-redis.log" &
 pids+=($!)
 
+# The same configuration writing its access log (JSON lines) to a file.
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
+  --listen "127.0.0.1:$ACCESS_LOG_PORT" --config "$work/portcullis.toml" \
+  --data-dir "$work/data-access-log" --admin-listen off --access-log "$work/access.log" \
+  2>"$work/portcullis-access-log.log" &
+pids+=($!)
+
 # An older build with the same configuration, to compare a change in the same run.
-ports=($UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT)
+ports=($UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT $ACCESS_LOG_PORT)
 if [ -n "$BASELINE_BIN" ]; then
   PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$BASELINE_BIN" serve \
     --listen "127.0.0.1:$BASELINE_PORT" --config "$work/portcullis.toml" \
@@ -169,6 +177,7 @@ portcullis_url="http://127.0.0.1:$PORTCULLIS_PORT/v1/positions"
 limited_url="http://127.0.0.1:$PORTCULLIS_PORT/limited/positions"
 redis_url="http://127.0.0.1:$REDIS_PORTCULLIS_PORT/limited/positions"
 baseline_url="http://127.0.0.1:$BASELINE_PORT/v1/positions"
+access_log_url="http://127.0.0.1:$ACCESS_LOG_PORT/v1/positions"
 auth="Authorization: Bearer $token"
 managed_auth="Authorization: Bearer $managed"
 
@@ -178,6 +187,7 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$portcullis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$managed_auth" "$portcullis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$limited_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$redis_url" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$access_log_url" >/dev/null
 if [ -n "$BASELINE_BIN" ]; then wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$baseline_url" >/dev/null; fi
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
@@ -187,6 +197,7 @@ for round in $(seq "$ROUNDS"); do
   measure managed "$portcullis_url" "$managed_auth"
   measure limited "$limited_url" "$auth"
   measure redis "$redis_url" "$auth"
+  measure access_log "$access_log_url" "$auth"
   if [ -n "$BASELINE_BIN" ]; then measure baseline "$baseline_url" "$auth"; fi
 done
 
@@ -208,6 +219,7 @@ rows=$(
   row managed "portcullis (managed token, cache hit)"
   row limited "portcullis (static token + rate limit in memory)"
   row redis "portcullis (static token + rate limit in Redis)"
+  row access_log "portcullis (static token + access log to a file)"
   if [ -n "$BASELINE_BIN" ]; then row baseline "baseline build (static token + security headers)"; fi
 )
 ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median nginx 2)" 'BEGIN { printf "%.2f", a / b }')
@@ -215,6 +227,7 @@ p99_ratio=$(awk -v a="$(median portcullis 4)" -v b="$(median nginx 4)" 'BEGIN { 
 managed_ratio=$(awk -v a="$(median managed 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 limited_ratio=$(awk -v a="$(median limited 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 redis_ratio=$(awk -v a="$(median redis 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
+access_log_ratio=$(awk -v a="$(median access_log 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 per_round=$(awk '$1 == "portcullis" { p = $2 } $1 == "nginx" { n = $2 } $1 == "portcullis" && n { printf "%s%.2f", sep, p / n; sep = ", " }' "$work/runs")
 
 section=$(cat <<EOF
@@ -232,6 +245,7 @@ $rows
 portcullis / nginx: throughput **${ratio}x** (per round: $per_round), p99 **${p99_ratio}x**.
 Managed token (cache hit) / static token throughput: **${managed_ratio}x**.
 Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no limit: **${redis_ratio}x**.
+Access log to a file / no access log throughput: **${access_log_ratio}x** ($(wc -l <"$work/access.log") lines written).
 EOF
 )
 if [ -n "$BASELINE_BIN" ]; then

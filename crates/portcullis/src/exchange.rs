@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -194,39 +194,75 @@ pub trait Sink: Send {
 }
 
 /// Hands finished records to the sinks, off the request path: a bounded channel to one
-/// thread. A worker never waits for a sink: when the channel is full the record is
-/// counted as dropped ([`Recorder::dropped`]).
+/// thread, which wakes every [`BATCH_INTERVAL`] to write what has come (so a request never
+/// pays for waking it). A worker never waits for a sink: when the channel is full the
+/// record is counted as dropped ([`Recorder::dropped`]).
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    sender: SyncSender<Exchange>,
+    sender: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
+    thread: std::thread::Thread,
+}
+
+/// What the recorder's thread is sent.
+enum Message {
+    /// A finished record.
+    Record(Box<Exchange>),
+    /// Write out everything sent before, then answer.
+    Flush(SyncSender<()>),
 }
 
 /// How many finished records may wait for the sinks.
 const QUEUE: usize = 65_536;
+
+/// How often the recorder's thread writes what has come.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Recorder {
     /// Starts the thread that feeds `sinks`; it ends when every recorder is dropped.
     pub fn start(sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let mut sinks = sinks;
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("portcullis-recorder".to_owned())
             .spawn(move || drain(&receiver, &mut sinks))?;
         Ok(Self {
             sender,
             dropped: Arc::new(AtomicU64::new(0)),
+            thread: handle.thread().clone(),
         })
     }
 
     /// Hands `exchange` to the sinks, or counts it as dropped when they are behind.
     pub fn finish(&self, exchange: Exchange) {
-        match self.sender.try_send(exchange) {
+        match self.sender.try_send(Message::Record(Box::new(exchange))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Waits (at most `timeout`) until every record finished so far is written out: at
+    /// shutdown, so the last records are not lost with the process.
+    pub fn flush(&self, timeout: Duration) {
+        let (done, flushed) = mpsc::sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let mut message = Message::Flush(done);
+        // A full queue drains at the next batch; keep offering until there is room.
+        loop {
+            match self.sender.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    message = back;
+                    self.thread.unpark();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        self.thread.unpark();
+        let _ = flushed.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// Records dropped because the sinks could not keep up.
@@ -324,22 +360,36 @@ where
     }
 }
 
-/// Feeds every record to every sink, flushing whenever the queue runs empty.
-fn drain(receiver: &Receiver<Exchange>, sinks: &mut [Box<dyn Sink>]) {
-    while let Ok(first) = receiver.recv() {
-        let mut next = Some(first);
-        while let Some(exchange) = next {
-            for sink in sinks.iter_mut() {
-                sink.record(&exchange);
+/// Every [`BATCH_INTERVAL`] (or when woken for a flush), feeds what has come to every
+/// sink and flushes them; ends, flushed, when every recorder is gone.
+fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
+    loop {
+        std::thread::park_timeout(BATCH_INTERVAL);
+        loop {
+            match receiver.try_recv() {
+                Ok(Message::Record(exchange)) => {
+                    for sink in sinks.iter_mut() {
+                        sink.record(&exchange);
+                    }
+                }
+                Ok(Message::Flush(done)) => {
+                    for sink in sinks.iter_mut() {
+                        sink.flush();
+                    }
+                    let _ = done.send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    for sink in sinks.iter_mut() {
+                        sink.flush();
+                    }
+                    return;
+                }
             }
-            next = receiver.try_recv().ok();
         }
         for sink in sinks.iter_mut() {
             sink.flush();
         }
-    }
-    for sink in sinks.iter_mut() {
-        sink.flush();
     }
 }
 
@@ -389,12 +439,7 @@ mod tests {
         let recorder = Recorder::start(vec![Box::new(Collect(seen.clone()))]).unwrap();
         recorder.finish(exchange(Decision::Allowed));
         recorder.finish(exchange(Decision::AuthExpired));
-        for _ in 0..500 {
-            if seen.lock().unwrap().len() == 2 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        recorder.flush(Duration::from_secs(5));
         assert_eq!(*seen.lock().unwrap(), ["allowed", "auth_expired"]);
         assert_eq!(recorder.dropped(), 0);
     }

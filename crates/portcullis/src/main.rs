@@ -224,6 +224,9 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     if let Some(admin) = admin {
         admin.abort();
     }
+    if let Some(recorder) = &shared.recorder {
+        recorder.flush(RECORDS_FLUSH_TIMEOUT);
+    }
     if let (Some(usage), Some(tokens)) = (usage, tokens) {
         usage.abort();
         if let Err(error) = tokens.flush_usage().await {
@@ -235,6 +238,9 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
 
 /// How often last-used times are written to the store.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long shutdown waits for the access log to write its last records.
+const RECORDS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens the store, with the token verifier every worker shares, and counts its live
 /// tokens.
