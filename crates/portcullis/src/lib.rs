@@ -18,6 +18,8 @@
 //! | respond      | [`pipeline::headers`]    |
 //!
 //! Every error portcullis itself produces is an RFC 9457 problem ([`pipeline::problem`]).
+//! Every request leaves one [`exchange`] record, with the gateway's precise decision, which
+//! sinks such as the [`access_log`] receive with secrets already [`redact`]ed.
 //! Managed credentials live in the [`store`] and are managed through the [`admin`] API or
 //! the `portcullis token` command.
 
