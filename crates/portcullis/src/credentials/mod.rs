@@ -30,7 +30,7 @@ pub const LABEL_MAX_CHARS: usize = 100;
 
 /// [`is_valid_label`] as a regular expression, apart from the length, for the admin API's
 /// OpenAPI document. JSON Schema's dialect (ECMA-262) and Rust's `regex` read it alike: no
-/// control or invisible formatting character anywhere ([`is_hidden`]), and at least one
+/// control or invisible formatting character anywhere (see `is_hidden`), and at least one
 /// character that is not whitespace (the second class adds exactly the characters
 /// `char::is_whitespace` accepts that the first does not refuse already).
 pub const LABEL_PATTERN: &str = concat!(
@@ -40,7 +40,7 @@ pub const LABEL_PATTERN: &str = concat!(
 );
 
 /// Whether `text` may be a token's name or tenant: 1 to [`LABEL_MAX_CHARS`] characters, not
-/// only whitespace, and nothing [`is_hidden`] (such characters would forge lines in logs
+/// only whitespace, and no control or invisible formatting character (such characters would forge lines in logs
 /// and terminals, or make two names look alike; PostgreSQL refuses NUL in text).
 pub fn is_valid_label(text: &str) -> bool {
     let chars = text.chars().count();

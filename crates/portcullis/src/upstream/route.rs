@@ -287,7 +287,7 @@ impl Router {
 
     /// The route whose prefix is the longest that covers `path`, letters compared in
     /// either ASCII case. A path that a Unicode-aware upstream would fold into another
-    /// route's prefix (`/adm%C4%B1n` for `/admin`, see [`fold`]) is refused: the gateway
+    /// route's prefix (`/adm%C4%B1n` for `/admin`, see the `fold` module) is refused: the gateway
     /// would apply one route's rules while the upstream serves another's.
     pub fn find(&self, path: &str) -> Result<Option<&Route>, PathError> {
         let route = self.longest_match(path);
