@@ -134,7 +134,7 @@ pub struct Caller {
     /// The managed credential's id; none for a static token.
     pub id: Option<String>,
     /// The name rate limits and logs know the caller by.
-    pub name: String,
+    pub name: std::borrow::Cow<'static, str>,
     /// The tenant, if any.
     pub tenant: Option<String>,
 }
@@ -153,7 +153,7 @@ pub struct Exchange {
     /// The TCP peer the request came through.
     pub peer: IpAddr,
     /// The method.
-    pub method: String,
+    pub method: http::Method,
     /// The route's configured prefix (never the raw path), once matched.
     pub route: Option<String>,
     /// The path, with a capability segment masked.
@@ -178,8 +178,9 @@ pub struct Exchange {
     pub duration: Duration,
     /// `HTTP/1.1` or `HTTP/2`, with `+tls` when the connection is TLS.
     pub protocol: &'static str,
-    /// The `User-Agent`, cut to [`USER_AGENT_MAX`] characters.
-    pub user_agent: Option<String>,
+    /// The `User-Agent` as sent (a shared copy of the header's bytes); sinks show at most
+    /// [`USER_AGENT_MAX`] characters of it.
+    pub user_agent: Option<http::HeaderValue>,
 }
 
 /// The most characters of a `User-Agent` a record keeps.
@@ -286,7 +287,7 @@ pub struct RecordedBody<B> {
 impl<B: Body> RecordedBody<B> {
     /// Wraps the body of the response `exchange` describes.
     pub fn new(inner: B, exchange: Exchange, recorder: Recorder) -> Self {
-        let bodiless = exchange.method == "HEAD"
+        let bodiless = exchange.method == http::Method::HEAD
             || matches!(exchange.status, 204 | 304)
             || inner.is_end_stream();
         Self {
@@ -416,7 +417,7 @@ mod tests {
             started_at: Instant::now(),
             client_ip: None,
             peer: IpAddr::from([127, 0, 0, 1]),
-            method: "GET".into(),
+            method: http::Method::GET,
             route: None,
             path: "/".into(),
             query: None,

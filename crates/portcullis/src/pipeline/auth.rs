@@ -67,13 +67,13 @@ impl Principal {
             Caller::Static => crate::exchange::Caller {
                 kind: "static",
                 id: None,
-                name: "static".to_owned(),
+                name: std::borrow::Cow::Borrowed("static"),
                 tenant: None,
             },
             Caller::Managed(record) => crate::exchange::Caller {
                 kind: record.kind.as_str(),
                 id: Some(record.id.clone()),
-                name: record.name.clone(),
+                name: std::borrow::Cow::Owned(record.name.clone()),
                 tenant: record.tenant.clone(),
             },
         }

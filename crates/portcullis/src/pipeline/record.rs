@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use super::auth::Principal;
 use super::context::{ConnInfo, RequestContext};
 use crate::body::ResponseBody;
-use crate::exchange::{Decision, Exchange, RecordedBody, Recorder, USER_AGENT_MAX};
+use crate::exchange::{Decision, Exchange, RecordedBody, Recorder};
 use crate::redact::Redactor;
 use crate::upstream::{Route, Router};
 
@@ -43,19 +43,13 @@ impl PendingRecord {
             (_, false) => "HTTP/1.1",
             (_, true) => "HTTP/1.1+tls",
         };
-        let user_agent = request.headers().get(header::USER_AGENT).map(|value| {
-            String::from_utf8_lossy(value.as_bytes())
-                .chars()
-                .take(USER_AGENT_MAX)
-                .collect()
-        });
         let exchange = Exchange {
             request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
             started: SystemTime::now(),
             started_at: Instant::now(),
             client_ip: ctx.known_client_ip(),
             peer: conn.peer.ip().to_canonical(),
-            method: request.method().as_str().to_owned(),
+            method: request.method().clone(),
             route: None,
             path: router.masked_path(uri.path()).into_owned(),
             query: uri.query().map(|query| redactor.query(query)),
@@ -72,7 +66,7 @@ impl PendingRecord {
             } else {
                 protocol
             },
-            user_agent,
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
         };
         Self {
             exchange: Some(exchange),
