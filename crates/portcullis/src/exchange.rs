@@ -152,8 +152,8 @@ pub struct Exchange {
     pub client_ip: Option<IpAddr>,
     /// The TCP peer the request came through.
     pub peer: IpAddr,
-    /// The method.
-    pub method: http::Method,
+    /// The method; none when the head never arrived whole.
+    pub method: Option<http::Method>,
     /// The route's configured prefix (never the raw path), once matched.
     pub route: Option<String>,
     /// The path, with a capability segment masked.
@@ -287,7 +287,7 @@ pub struct RecordedBody<B> {
 impl<B: Body> RecordedBody<B> {
     /// Wraps the body of the response `exchange` describes.
     pub fn new(inner: B, exchange: Exchange, recorder: Recorder) -> Self {
-        let bodiless = exchange.method == http::Method::HEAD
+        let bodiless = exchange.method == Some(http::Method::HEAD)
             || matches!(exchange.status, 204 | 304)
             || inner.is_end_stream();
         Self {
@@ -417,7 +417,7 @@ mod tests {
             started_at: Instant::now(),
             client_ip: None,
             peer: IpAddr::from([127, 0, 0, 1]),
-            method: http::Method::GET,
+            method: Some(http::Method::GET),
             route: None,
             path: "/".into(),
             query: None,

@@ -66,6 +66,13 @@ impl ClientIdentity {
         Self { trusted_proxies }
     }
 
+    /// The client's address for a connection whose request head never arrived: the peer,
+    /// unless the peer is a trusted proxy (then the client is unknown).
+    pub fn client_of_connection(&self, conn: &ConnInfo) -> Option<IpAddr> {
+        let peer = conn.peer.ip().to_canonical();
+        (!self.is_trusted(peer)).then_some(peer)
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }

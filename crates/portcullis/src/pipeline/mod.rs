@@ -444,8 +444,13 @@ impl Gateway {
 
     /// The raw HTTP/1.1 408 sent to a client that did not finish its request head in
     /// time, with the same headers as any other refusal.
-    pub fn head_timeout_reply(&self, https: bool) -> Bytes {
+    pub fn head_timeout_reply(&self, conn: &ConnInfo) -> Bytes {
+        let https = conn.tls;
         let request_id = context::new_request_id();
+        if let Some(recorder) = &self.recorder {
+            let client = self.identity.client_of_connection(conn);
+            record::head_timeout(recorder, conn, client, &request_id);
+        }
         let problem = Problem::new(ProblemKind::RequestTimeout)
             .with_detail("the request head was not received in time");
         let body = problem.to_json(request_id.to_str().unwrap_or_default());

@@ -36,20 +36,14 @@ impl PendingRecord {
         redactor: &Redactor,
     ) -> Self {
         let uri = request.uri();
-        let protocol = match (request.version(), conn.tls) {
-            (Version::HTTP_2, _) => "HTTP/2",
-            (Version::HTTP_10, false) => "HTTP/1.0",
-            (Version::HTTP_10, true) => "HTTP/1.0+tls",
-            (_, false) => "HTTP/1.1",
-            (_, true) => "HTTP/1.1+tls",
-        };
+        let protocol = protocol(request.version(), conn.tls);
         let exchange = Exchange {
             request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
             started: SystemTime::now(),
             started_at: Instant::now(),
             client_ip: ctx.known_client_ip(),
             peer: conn.peer.ip().to_canonical(),
-            method: request.method().clone(),
+            method: Some(request.method().clone()),
             route: None,
             path: router.masked_path(uri.path()).into_owned(),
             query: uri.query().map(|query| redactor.query(query)),
@@ -61,11 +55,7 @@ impl PendingRecord {
             bytes_out: 0,
             to_head: std::time::Duration::ZERO,
             duration: std::time::Duration::ZERO,
-            protocol: if protocol == "HTTP/2" && conn.tls {
-                "HTTP/2+tls"
-            } else {
-                protocol
-            },
+            protocol,
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
         };
         Self {
@@ -113,6 +103,50 @@ impl PendingRecord {
         exchange.to_head = exchange.started_at.elapsed();
         let recorder = self.recorder.clone();
         response.map(|body| RecordedBody::new(body, exchange, recorder).boxed_unsync())
+    }
+}
+
+/// The record of a connection whose request head did not arrive in time (answered 408 by
+/// the connection itself): no method, path or caller, only who it was and the decision.
+pub fn head_timeout(
+    recorder: &Recorder,
+    conn: &ConnInfo,
+    client_ip: Option<std::net::IpAddr>,
+    request_id: &http::HeaderValue,
+) {
+    let started_at = Instant::now();
+    recorder.finish(Exchange {
+        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        started: SystemTime::now(),
+        started_at,
+        client_ip,
+        peer: conn.peer.ip().to_canonical(),
+        method: None,
+        route: None,
+        path: String::new(),
+        query: None,
+        caller: None,
+        upstream: None,
+        status: 408,
+        decision: Decision::HeadTimeout,
+        bytes_in: Arc::default(),
+        bytes_out: 0,
+        to_head: std::time::Duration::ZERO,
+        duration: std::time::Duration::ZERO,
+        protocol: protocol(Version::HTTP_11, conn.tls),
+        user_agent: None,
+    });
+}
+
+/// How the record names a request's protocol.
+fn protocol(version: Version, tls: bool) -> &'static str {
+    match (version, tls) {
+        (Version::HTTP_2, false) => "HTTP/2",
+        (Version::HTTP_2, true) => "HTTP/2+tls",
+        (Version::HTTP_10, false) => "HTTP/1.0",
+        (Version::HTTP_10, true) => "HTTP/1.0+tls",
+        (_, false) => "HTTP/1.1",
+        (_, true) => "HTTP/1.1+tls",
     }
 }
 

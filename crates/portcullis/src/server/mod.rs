@@ -77,8 +77,6 @@ struct Connections {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     header_timeout: Duration,
     idle_timeout: Duration,
-    plain_timeout_reply: TimeoutReply,
-    tls_timeout_reply: TimeoutReply,
 }
 
 impl Server {
@@ -265,17 +263,11 @@ impl Connections {
             .max_header_list_size(u32::try_from(2 * head_budget).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let reply_for = |https: bool| -> TimeoutReply {
-            let gateway = gateway.clone();
-            Arc::new(move || gateway.head_timeout_reply(https))
-        };
         Ok(Self {
             http1,
             http2,
             header_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
-            plain_timeout_reply: reply_for(false),
-            tls_timeout_reply: reply_for(true),
             gateway,
         })
     }
@@ -291,9 +283,7 @@ impl Connections {
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls else {
             let conn = ConnInfo { peer, tls: false };
-            return self
-                .serve_http1(stream, conn, &self.plain_timeout_reply, watcher)
-                .await;
+            return self.serve_http1(stream, conn, watcher).await;
         };
         let stream = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await
         {
@@ -307,8 +297,7 @@ impl Connections {
             // Held until the connection ends, so that a graceful shutdown waits for it.
             drop(watcher);
         } else {
-            let reply = self.tls_timeout_reply.clone();
-            self.serve_http1(stream, conn, &reply, watcher).await;
+            self.serve_http1(stream, conn, watcher).await;
         }
     }
 
@@ -366,17 +355,19 @@ impl Connections {
         }
     }
 
-    async fn serve_http1<I>(&self, io: I, conn: ConnInfo, reply: &TimeoutReply, watcher: Watcher)
+    async fn serve_http1<I>(&self, io: I, conn: ConnInfo, watcher: Watcher)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let phase = Arc::new(RequestPhase::default());
+        let gateway = self.gateway.clone();
+        let reply: TimeoutReply = Arc::new(move || gateway.head_timeout_reply(&conn));
         let io = HeadDeadlineIo::new(
             io,
             phase.clone(),
             self.header_timeout,
             self.idle_timeout,
-            reply.clone(),
+            reply,
         );
         let gateway = self.gateway.clone();
         let service = service_fn(move |request: Request<Incoming>| {

@@ -147,3 +147,25 @@ async fn upstream_failures_and_clients_that_leave_are_told_apart() {
     assert_eq!(lines[0]["decision"], "client_aborted");
     assert_eq!(lines[0]["bytes_in"], 10);
 }
+
+#[tokio::test]
+async fn a_head_that_never_arrives_is_recorded_as_a_head_timeout() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--header-read-timeout")
+        .arg("1s")
+        .arg("--access-log")
+        .arg(log.to_str().unwrap())
+        .start();
+    let reply = raw(gateway.addr, b"GET /api/x HTTP/1.1\r\nHost: gw").await;
+    let problem = reply.assert_problem(408, "request-timeout");
+    let lines = logged_lines(&mut gateway, &log);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "head_timeout");
+    assert_eq!(lines[0]["status"], 408);
+    assert_eq!(lines[0]["method"], Value::Null);
+    assert_eq!(lines[0]["client_ip"], "127.0.0.1");
+    assert_eq!(lines[0]["request_id"], problem["request_id"]);
+}
