@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
-use portcullis::config::rules::{self, Facts, Report, Severity};
 use portcullis::config::{Config, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::exchange::{Recorder, Sink};
 use portcullis::pipeline::Shared;
+use portcullis::rules::{self, Facts, Report, Severity};
 use portcullis::server::Server;
 use portcullis::store::{Store, StoreLocation};
 use tracing::warn;

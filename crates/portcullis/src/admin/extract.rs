@@ -9,8 +9,8 @@ use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde::de::DeserializeOwned;
 
-use crate::pipeline::context::request_id;
-use crate::pipeline::problem::{Problem, ProblemKind};
+use crate::context::request_id;
+use crate::problem::{Problem, ProblemKind};
 
 /// The most bytes an admin request body may have: the largest real one is well under 1 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -28,13 +28,13 @@ use tracing::{debug, info};
 use utoipa::ToSchema;
 
 use self::extract::{JsonBody, OptionalJsonBody, RequestId, TokenId, problem};
+use crate::auth::{Authenticator, StaticTokens, insufficient_scope};
 use crate::config::Config;
+use crate::context::{X_REQUEST_ID, request_id};
 use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
 use crate::exchange::Recorder;
-use crate::pipeline::auth::{Authenticator, StaticTokens, insufficient_scope};
-use crate::pipeline::context::{X_REQUEST_ID, request_id};
-use crate::pipeline::headers::{ResponseHeaders, SecurityHeadersPolicy};
-use crate::pipeline::problem::{Problem, ProblemKind};
+use crate::headers::{ResponseHeaders, SecurityHeadersPolicy};
+use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::{RateLimits, Snapshot};
 use crate::server::tls;
 
@@ -110,9 +110,7 @@ impl AdminServer {
         let auth = Authenticator::new(StaticTokens::new(&config.api_tokens), Some(tokens.clone()));
         let headers = ResponseHeaders::new(&SecurityHeadersPolicy {
             enabled: true,
-            content_security_policy: HeaderValue::from_static(
-                crate::pipeline::headers::DEFAULT_CSP,
-            ),
+            content_security_policy: HeaderValue::from_static(crate::headers::DEFAULT_CSP),
             csp_overrides: vec![("/docs".to_owned(), HeaderValue::from_static(DOCS_CSP))],
             strict_transport_security: HeaderValue::from_static(
                 "max-age=31536000; includeSubDomains",

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use super::extract::{BODY_LIMIT, TOKEN_ID_PATTERN};
 use crate::credentials::{BUILTIN_SCOPES, LABEL_MAX_CHARS, LABEL_PATTERN};
-use crate::pipeline::problem::{CONTENT_TYPE as PROBLEM_JSON, ProblemDocument};
+use crate::problem::{CONTENT_TYPE as PROBLEM_JSON, ProblemDocument};
 use crate::ratelimit::Snapshot;
 
 /// `expires_in`: a whole number of at most six digits, without a leading zero, and a unit.

@@ -2,7 +2,7 @@
 //! flags. Secrets come only from the environment, as `NAME` or `NAME_FILE`.
 
 mod overrides;
-pub mod rules;
+pub mod rate;
 mod secret;
 
 use std::collections::BTreeMap;
@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-pub use crate::ratelimit::RateSpec;
 pub use overrides::{Overrides, StoreArgs};
+pub use rate::{LimitKey, RateSpec};
 pub use secret::{SecretError, read_secret};
 
 /// The environment variable that holds the static bearer tokens.
@@ -131,7 +131,7 @@ pub struct RouteLimitConfig {
     pub burst: Option<u32>,
     /// Who shares a bucket: `principal` (the default), `ip` or `route`.
     #[serde(default)]
-    pub key: crate::ratelimit::LimitKey,
+    pub key: LimitKey,
 }
 
 /// Bans for addresses that keep failing authentication.
@@ -285,7 +285,7 @@ impl Default for SecurityHeadersConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            content_security_policy: crate::pipeline::headers::DEFAULT_CSP.to_owned(),
+            content_security_policy: DEFAULT_CSP.to_owned(),
             csp_overrides: Vec::new(),
             strict_transport_security: "max-age=31536000; includeSubDomains".to_owned(),
         }
@@ -337,7 +337,7 @@ pub struct RouteConfig {
     /// How callers authenticate: `bearer` (the default) or `capability` (a secret path
     /// segment right below the prefix, removed before forwarding).
     #[serde(default)]
-    pub auth: crate::upstream::RouteAuth,
+    pub auth: RouteAuth,
     /// Only these addresses may use the route (empty: any).
     #[serde(default)]
     pub allow_ips: Vec<IpNet>,
@@ -388,7 +388,7 @@ impl RouteConfig {
     /// The `Cache-Control` and `Referrer-Policy` the route sets: its own, or on a
     /// capability route `private, no-store` and `no-referrer`.
     pub fn response_headers(&self) -> (Option<&str>, Option<&str>) {
-        let capability = self.auth == crate::upstream::RouteAuth::Capability;
+        let capability = self.auth == RouteAuth::Capability;
         let default = |value: &'static str| capability.then_some(value);
         (
             self.cache_control
@@ -400,6 +400,22 @@ impl RouteConfig {
         )
     }
 }
+
+/// How callers of a route prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Bearer,
+    /// A capability secret as the first path segment below the prefix, removed before
+    /// forwarding (`/<prefix>/<secret>/rest` is sent as `/<prefix>/rest`).
+    Capability,
+}
+
+/// The Content-Security-Policy every response carries unless configured otherwise: an
+/// API's responses load nothing and may be framed by nobody.
+pub const DEFAULT_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// The name `--upstream` gives the upstream it defines.
 pub const DEFAULT_UPSTREAM: &str = "default";
@@ -539,7 +555,7 @@ impl Config {
                 .map(|rate| RouteLimitConfig {
                     rate: *rate,
                     burst: None,
-                    key: crate::ratelimit::LimitKey::Principal,
+                    key: LimitKey::Principal,
                 })
                 .collect(),
         }

@@ -91,7 +91,7 @@ pub struct Overrides {
     /// A rate limit for every route without limits of its own, per principal, e.g.
     /// 60/min.
     #[arg(long, env = "PORTCULLIS_RATE_LIMIT", value_name = "RATE")]
-    pub rate_limit: Option<crate::ratelimit::RateSpec>,
+    pub rate_limit: Option<crate::config::RateSpec>,
 
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]

@@ -1,14 +1,6 @@
 //! The request path. [`Gateway::handle`] runs the stages in order; each stage is a plain
 //! value from its own module, built once from the configuration.
 
-pub mod auth;
-pub mod context;
-pub mod cors;
-pub mod headers;
-pub mod health;
-pub mod hygiene;
-pub mod ip_rules;
-pub mod problem;
 mod record;
 
 use std::sync::Arc;
@@ -19,10 +11,18 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Versio
 use hyper::body::Incoming;
 use tracing::warn;
 
+use crate::auth::{Authenticator, StaticTokens};
 use crate::body::ResponseBody;
 use crate::config::Config;
+use crate::context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
+use crate::cors::{Cors, CorsError, CorsPolicy};
 use crate::credentials::TokenVerifier;
 use crate::exchange::{Decision, Recorder};
+use crate::headers::{ResponseHeaders, SecurityHeadersPolicy};
+use crate::health::{Health, Probe};
+use crate::hygiene::{Hygiene, LimitedBody, Limits};
+use crate::ip_rules::IpRules;
+use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::{Limiter, Quota, RateLimitError, RateLimits};
 use crate::redact::Redactor;
 use crate::store::Store;
@@ -30,14 +30,7 @@ use crate::upstream::{
     ForwardError, HeaderRules, InFlightLimit, ResponseRules, Route, RouteAuth, RouteScopes, Router,
     Upstream, UpstreamError, prepare_request_headers,
 };
-use auth::{Authenticator, StaticTokens};
-use context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
-use cors::{Cors, CorsError, CorsPolicy};
-use headers::{ResponseHeaders, SecurityHeadersPolicy};
-use health::{Health, Probe};
-use hygiene::{Hygiene, LimitedBody, Limits};
-use ip_rules::IpRules;
-use problem::{Problem, ProblemKind};
+use crate::{auth, cors, headers};
 use record::PendingRecord;
 
 /// Why a [`Gateway`] could not be built. `portcullis check` reports all of these as rule
@@ -442,11 +435,11 @@ impl Gateway {
         }
     }
 
-    /// The raw HTTP/1.1 408 sent to a client that did not finish its request head in
-    /// time, with the same headers as any other refusal.
-    pub fn head_timeout_reply(&self, conn: &ConnInfo) -> Bytes {
+    /// The 408 for a client that did not finish its request head in time, with the same
+    /// headers as any other refusal; the connection writes it out itself.
+    pub fn head_timeout_reply(&self, conn: &ConnInfo) -> Response<Bytes> {
         let https = conn.tls;
-        let request_id = context::new_request_id();
+        let request_id = crate::context::new_request_id();
         if let Some(recorder) = &self.recorder {
             let client = self.identity.client_of_connection(conn);
             record::head_timeout(recorder, conn, client, &request_id);
@@ -457,13 +450,16 @@ impl Gateway {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(problem::CONTENT_TYPE),
+            HeaderValue::from_static(crate::problem::CONTENT_TYPE),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         self.response_headers
             .apply(&mut headers, self.response_headers.csp_for("/"), https);
         headers.insert(X_REQUEST_ID.clone(), request_id);
-        crate::server::render_http1(ProblemKind::RequestTimeout.status(), &headers, &body)
+        let mut response = Response::new(Bytes::from(body));
+        *response.status_mut() = ProblemKind::RequestTimeout.status();
+        *response.headers_mut() = headers;
+        response
     }
 }
 

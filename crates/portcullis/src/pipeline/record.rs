@@ -11,9 +11,9 @@ use std::time::{Instant, SystemTime};
 use http::{Request, Response, Version, header};
 use http_body_util::BodyExt;
 
-use super::auth::Principal;
-use super::context::{ConnInfo, RequestContext};
+use crate::auth::Principal;
 use crate::body::ResponseBody;
+use crate::context::{ConnInfo, RequestContext};
 use crate::exchange::{Decision, Exchange, RecordedBody, Recorder};
 use crate::redact::Redactor;
 use crate::upstream::{Route, Router};

@@ -19,8 +19,8 @@ use governor::state::keyed::DashMapStateStore;
 use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
-use super::spec::{MAX_BURST, MAX_PERIOD};
 use super::{LimitStatus, RateSpec};
+use crate::config::rate::{MAX_BURST, MAX_PERIOD};
 
 /// The key every new client shares while the table is full of active ones.
 const OVERFLOW_KEY: u64 = u64::MAX;

@@ -8,7 +8,6 @@
 
 mod local;
 mod redis_backend;
-mod spec;
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -23,15 +22,15 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+pub use crate::config::rate::{LimitKey, MAX_BURST, MAX_PERIOD, RateSpec, RateSpecError};
 pub use local::LocalLimiter;
 pub use redis_backend::{RedisBackend, RedisLink, RedisUrlError};
-pub use spec::{LimitKey, MAX_BURST, MAX_PERIOD, RateSpec, RateSpecError};
 
+use crate::auth::Principal;
 use crate::config::{Config, OnBackendError, RouteLimitConfig};
-use crate::pipeline::auth::Principal;
-use crate::pipeline::context::RequestContext;
-use crate::pipeline::ip_rules::{BanPolicy, Bans};
-use crate::pipeline::problem::{Problem, ProblemKind, whole_seconds};
+use crate::context::RequestContext;
+use crate::ip_rules::{BanPolicy, Bans};
+use crate::problem::{Problem, ProblemKind, whole_seconds};
 
 /// `X-RateLimit-Limit`.
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");

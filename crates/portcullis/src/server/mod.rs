@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::pipeline::context::ConnInfo;
+use crate::context::ConnInfo;
 use crate::pipeline::{Gateway, GatewayError, Shared};
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
@@ -361,7 +361,10 @@ impl Connections {
     {
         let phase = Arc::new(RequestPhase::default());
         let gateway = self.gateway.clone();
-        let reply: TimeoutReply = Arc::new(move || gateway.head_timeout_reply(&conn));
+        let reply: TimeoutReply = Arc::new(move || {
+            let reply = gateway.head_timeout_reply(&conn);
+            render_http1(reply.status(), reply.headers(), reply.body())
+        });
         let io = HeadDeadlineIo::new(
             io,
             phase.clone(),
@@ -387,11 +390,7 @@ impl Connections {
 }
 
 /// Renders a complete HTTP/1.1 response, for the rare answer written outside hyper.
-pub(crate) fn render_http1(
-    status: http::StatusCode,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Bytes {
+fn render_http1(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());

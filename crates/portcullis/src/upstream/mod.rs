@@ -25,7 +25,7 @@ pub use pool::PoolError;
 pub use route::{ResponseRules, Route, RouteAuth, RouteScopes, Router};
 
 use crate::body::ResponseBody;
-use crate::pipeline::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
+use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 
 /// The body the gateway sends upstream: the client's, limited as it streams.
 pub type UpstreamBody = LimitedBody<Incoming>;

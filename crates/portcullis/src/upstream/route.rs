@@ -7,9 +7,9 @@ use http::{HeaderMap, HeaderValue, Method, Uri, header};
 use super::forward::HeaderRules;
 use super::location::{self, PathMap};
 use super::{Upstream, fold};
-use crate::pipeline::headers::path_has_prefix;
-use crate::pipeline::hygiene::{PathError, check_folded_path};
-use crate::pipeline::ip_rules::IpRules;
+use crate::headers::path_has_prefix;
+use crate::hygiene::{PathError, check_folded_path};
+use crate::ip_rules::IpRules;
 use crate::ratelimit::RouteLimits;
 
 /// The scope each method needs on a route: `read` for GET, HEAD and OPTIONS and `write`
@@ -46,17 +46,7 @@ impl RouteScopes {
     }
 }
 
-/// How callers of a route prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteAuth {
-    /// `Authorization: Bearer <token>`.
-    #[default]
-    Bearer,
-    /// A capability secret as the first path segment below the prefix, removed before
-    /// forwarding (`/<prefix>/<secret>/rest` is sent as `/<prefix>/rest`).
-    Capability,
-}
+pub use crate::config::RouteAuth;
 
 /// Headers a route sets on every response it gives, replacing the upstream's and the
 /// security set's values.

@@ -17,6 +17,7 @@ mod headers;
 mod hygiene;
 mod identity;
 mod ip_rules;
+mod layers;
 mod lifecycle;
 mod managed;
 mod proxy;

@@ -1,7 +1,7 @@
 //! CORS: an allowlist of origins, with preflights answered by the gateway.
 //!
 //! Written here rather than taken from tower-http's `CorsLayer` because the gateway's
-//! stages are plain values called in order by [`super::Gateway`]: preflights must be
+//! stages are plain values called in order by the pipeline's `Gateway`: preflights must be
 //! answered before authentication, refused preflights must be problem+json like every
 //! other refusal, and the headers must also land on responses the gateway makes itself.
 //! The gateway owns CORS: any `Access-Control-*` header an upstream sends is dropped.
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 
-use super::problem::{Problem, ProblemKind};
 use crate::body::{self, ResponseBody};
+use crate::problem::{Problem, ProblemKind};
 
 /// CORS settings, as configured.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use ipnet::IpNet;
 use rand::RngCore;
 
-use super::hygiene::is_valid_host;
+use crate::hygiene::is_valid_host;
 
 /// `X-Request-ID`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

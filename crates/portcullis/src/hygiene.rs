@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
-use super::problem::{Problem, ProblemKind};
+use crate::problem::{Problem, ProblemKind};
 
 /// The request size limits enforced before anything is forwarded.
 #[derive(Debug, Clone, Copy)]

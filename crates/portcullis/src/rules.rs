@@ -7,10 +7,10 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use secrecy::ExposeSecret;
 
-use super::{API_TOKENS_VAR, Config};
-use crate::pipeline::auth::is_token68;
-use crate::pipeline::cors::normalize_origin;
-use crate::pipeline::hygiene::check_path;
+use crate::auth::is_token68;
+use crate::config::{API_TOKENS_VAR, Config};
+use crate::cors::normalize_origin;
+use crate::hygiene::check_path;
 use crate::ratelimit::{MAX_BURST, MAX_PERIOD};
 
 /// Longest time a verified managed token may be cached.

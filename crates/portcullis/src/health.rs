@@ -9,8 +9,8 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::problem::{Problem, ProblemKind};
 use crate::body::{self, ResponseBody};
+use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::{BackendState, Limiter};
 use crate::store::Store;
 use crate::upstream::Upstream;

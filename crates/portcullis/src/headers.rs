@@ -3,9 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-/// The default `Content-Security-Policy`: an API response loads nothing and is framed
-/// by nobody.
-pub const DEFAULT_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+pub use crate::config::DEFAULT_CSP;
 
 /// Headers that tell an attacker what software the upstream runs.
 const FINGERPRINTS: [&str; 4] = [

@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tracing::warn;
 
-use super::problem::{Problem, ProblemKind};
 use crate::credentials::{CredentialKind, Invalid, TokenRecord, TokenVerifier, Verdict, token};
 use crate::exchange::Decision;
+use crate::problem::{Problem, ProblemKind};
 
 /// The longest `Authorization` value considered; longer ones are refused unread.
 pub const MAX_AUTHORIZATION_LEN: usize = 4096;
