@@ -4,47 +4,13 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::exchange::{Exchange, Sink, USER_AGENT_MAX};
-
-/// Where the access log goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Target {
-    /// Nowhere: no record is made at all.
-    #[default]
-    Off,
-    /// Standard output.
-    Stdout,
-    /// Standard error, beside the operational log.
-    Stderr,
-    /// A file, appended to (created when missing).
-    File(PathBuf),
-}
-
-impl std::str::FromStr for Target {
-    type Err = std::convert::Infallible;
-
-    /// `off`, `stdout`, `stderr`, or a path.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(match text {
-            "off" | "" => Self::Off,
-            "stdout" | "-" => Self::Stdout,
-            "stderr" => Self::Stderr,
-            path => Self::File(PathBuf::from(path)),
-        })
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Target {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::base::exchange::{Exchange, USER_AGENT_MAX};
+use crate::config::AccessLogTarget;
+use crate::recorder::Sink;
 
 /// The access log sink.
 pub struct AccessLog {
@@ -53,13 +19,13 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// A sink writing to `target`; `None` when the target is [`Target::Off`].
-    pub fn open(target: &Target) -> io::Result<Option<Self>> {
+    /// A sink writing to `target`; `None` when the target is [`AccessLogTarget::Off`].
+    pub fn open(target: &AccessLogTarget) -> io::Result<Option<Self>> {
         let out: Box<dyn Write + Send> = match target {
-            Target::Off => return Ok(None),
-            Target::Stdout => Box::new(io::stdout()),
-            Target::Stderr => Box::new(io::stderr()),
-            Target::File(path) => {
+            AccessLogTarget::Off => return Ok(None),
+            AccessLogTarget::Stdout => Box::new(io::stdout()),
+            AccessLogTarget::Stderr => Box::new(io::stderr()),
+            AccessLogTarget::File(path) => {
                 Box::new(OpenOptions::new().create(true).append(true).open(path)?)
             }
         };
@@ -119,9 +85,15 @@ struct Line<'a> {
     upstream: Option<&'a str>,
     bytes_in: u64,
     bytes_out: u64,
+    /// To the response head: the gateway's and the upstream's time.
+    head_ms: f64,
+    /// To the last byte: what the client waited, streaming included.
     duration_ms: f64,
     protocol: &'static str,
     user_agent: Option<&'a str>,
+    /// Present, and true, only for the admin API's requests.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    admin: bool,
 }
 
 impl Sink for AccessLog {
@@ -147,9 +119,11 @@ impl Sink for AccessLog {
             upstream: exchange.upstream.as_deref(),
             bytes_in: exchange.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             bytes_out: exchange.bytes_out,
-            duration_ms: (exchange.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            head_ms: millis(exchange.to_head),
+            duration_ms: millis(exchange.duration),
             protocol: exchange.protocol,
             user_agent: user_agent.as_deref().map(|text| cut(text, USER_AGENT_MAX)),
+            admin: exchange.admin,
         };
         // A line that cannot be written (a full disk) must not stop the others.
         if serde_json::to_writer(&mut self.out, &line).is_ok() {
@@ -160,6 +134,11 @@ impl Sink for AccessLog {
     fn flush(&mut self) {
         let _ = self.out.flush();
     }
+}
+
+/// `duration` in milliseconds, to the microsecond.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
 /// At most `max` characters of `text`.

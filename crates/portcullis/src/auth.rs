@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tracing::warn;
 
+use crate::base::exchange::Decision;
+use crate::base::problem::{Problem, ProblemKind};
 use crate::credentials::{CredentialKind, Invalid, TokenRecord, TokenVerifier, Verdict, token};
-use crate::exchange::Decision;
-use crate::problem::{Problem, ProblemKind};
 
 /// The longest `Authorization` value considered; longer ones are refused unread.
 pub const MAX_AUTHORIZATION_LEN: usize = 4096;
@@ -62,15 +62,15 @@ impl Principal {
     }
 
     /// The caller as records keep it: kind, id, name and tenant, never the token.
-    pub fn caller(&self) -> crate::exchange::Caller {
+    pub fn caller(&self) -> crate::base::exchange::Caller {
         match &self.0 {
-            Caller::Static => crate::exchange::Caller {
+            Caller::Static => crate::base::exchange::Caller {
                 kind: "static",
                 id: None,
                 name: std::borrow::Cow::Borrowed("static"),
                 tenant: None,
             },
-            Caller::Managed(record) => crate::exchange::Caller {
+            Caller::Managed(record) => crate::base::exchange::Caller {
                 kind: record.kind.as_str(),
                 id: Some(record.id.clone()),
                 name: std::borrow::Cow::Owned(record.name.clone()),

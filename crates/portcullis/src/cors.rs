@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::body::{self, ResponseBody};
-use crate::problem::{Problem, ProblemKind};
+use crate::base::body::{self, ResponseBody};
+use crate::base::problem::{Problem, ProblemKind};
 
 /// CORS settings, as configured.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::body::{self, ResponseBody};
-use crate::problem::{Problem, ProblemKind};
+use crate::base::body::{self, ResponseBody};
+use crate::base::problem::{Problem, ProblemKind};
 use crate::ratelimit::{BackendState, Limiter};
 use crate::store::Store;
 use crate::upstream::Upstream;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::problem::{Problem, ProblemKind};
+use crate::base::problem::{Problem, ProblemKind};
 
 /// The request size limits enforced before anything is forwarded.
 #[derive(Debug, Clone, Copy)]
@@ -461,13 +461,13 @@ pub struct ClientBodyError {
     pub aborted: bool,
     /// What reading the body reported.
     #[source]
-    pub source: crate::body::BoxError,
+    pub source: crate::base::body::BoxError,
 }
 
 impl ClientBodyError {
     /// The client went away when reading ended early (end of file, reset); any other
     /// failure is malformed framing.
-    fn new(source: crate::body::BoxError) -> Self {
+    fn new(source: crate::base::body::BoxError) -> Self {
         let mut aborted = false;
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(current) = cause {
@@ -524,10 +524,10 @@ impl<B> LimitedBody<B> {
 impl<B> Body for LimitedBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<crate::body::BoxError>,
+    B::Error: Into<crate::base::body::BoxError>,
 {
     type Data = Bytes;
-    type Error = crate::body::BoxError;
+    type Error = crate::base::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::problem::{Problem, ProblemKind};
+use crate::base::problem::{Problem, ProblemKind};
 
 /// A route's address lists. An address in `deny` is refused; when `allow` is not empty,
 /// only addresses in it are let through.

@@ -8,9 +8,10 @@
 //! | stage        | module                   |
 //! |--------------|--------------------------|
 //! | accept       | [`server`]               |
-//! | context      | [`context`]              |
+//! | identity     | [`identity`]             |
 //! | hygiene      | [`hygiene`]              |
 //! | liveness, readiness | [`health`]        |
+//! | route        | [`routes`]               |
 //! | IP rules, bans | [`ip_rules`]           |
 //! | CORS         | [`cors`]                 |
 //! | authenticate, authorize | [`auth`], [`credentials`] |
@@ -18,37 +19,39 @@
 //! | forward      | [`upstream`]             |
 //! | respond      | [`headers`]              |
 //!
-//! Every error portcullis itself produces is an RFC 9457 problem ([`problem`]). Every
-//! request leaves one [`exchange`] record, with the gateway's precise decision, which sinks
-//! such as the [`access_log`] receive with secrets already [`redact`]ed.
+//! Every error portcullis itself produces is an RFC 9457 problem
+//! ([`base::problem`]). Every request leaves one exchange record ([`base::exchange`]),
+//! with the gateway's precise decision, which the [`recorder`] hands to sinks such as the
+//! [`access_log`] with secrets already [`redact`]ed.
 //!
-//! Modules import downwards only (a test holds the crate to it): [`body`], [`exchange`],
-//! [`redact`], [`access_log`], [`problem`] and [`config`] at the bottom; then the stores
-//! and the stages (`store`, `credentials`, `hygiene`, `context`, `headers`, `cors`,
-//! `ip_rules`, `auth`, `ratelimit`, `upstream`, `health`); then the [`pipeline`] that runs
-//! them in order; then [`server`] and [`admin`]; then [`rules`] (the checks `check` and
-//! `serve` apply to a configuration); the binary on top.
-//! Managed credentials live in the [`store`] and are managed through the [`admin`] API or
-//! the `portcullis token` command.
+//! Modules import downwards only (a test holds the crate to it): [`base`] (the shared
+//! types: bodies, problems, the request context, the exchange record) imports nothing;
+//! [`config`] (plain settings) only `base`; then [`redact`], the [`recorder`] and the
+//! [`access_log`]; then the stores and the stages (`store`, `credentials`, `hygiene`,
+//! `identity`, `headers`, `cors`, `ip_rules`, `auth`, `ratelimit`, `upstream`, `routes`,
+//! `health`); then the [`pipeline`] that runs them in order; then [`server`] and
+//! [`admin`]; then [`rules`] (the checks `check` and `serve` apply to a configuration); the
+//! binary on top. Managed credentials live in the [`store`] and are managed through the
+//! [`admin`] API or the `portcullis token` command.
 
 pub mod access_log;
 pub mod admin;
 pub mod auth;
-pub mod body;
+pub mod base;
 pub mod config;
-pub mod context;
 pub mod cors;
 pub mod credentials;
 pub mod demo;
-pub mod exchange;
 pub mod headers;
 pub mod health;
 pub mod hygiene;
+pub mod identity;
 pub mod ip_rules;
 pub mod pipeline;
-pub mod problem;
 pub mod ratelimit;
+pub mod recorder;
 pub mod redact;
+pub mod routes;
 pub mod rules;
 pub mod server;
 pub mod store;

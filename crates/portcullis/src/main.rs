@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
-use portcullis::config::{Config, Overrides, StoreArgs};
+use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
-use portcullis::exchange::{Recorder, Sink};
 use portcullis::pipeline::Shared;
+use portcullis::recorder::{Recorder, Sink};
 use portcullis::rules::{self, Facts, Report, Severity};
 use portcullis::server::Server;
 use portcullis::store::{Store, StoreLocation};
@@ -73,7 +73,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     // This runtime only waits for signals (and runs the demo's sample API); requests are
     // served by the server's own worker runtimes.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -98,8 +97,12 @@ fn main() -> ExitCode {
                 store,
                 json,
                 action,
-            } => token_cli::run(&store, json, action).await,
+            } => {
+                init_logging(LogFormat::Text);
+                token_cli::run(&store, json, action).await
+            }
             Command::Demo { listen } => {
+                init_logging(LogFormat::Text);
                 match portcullis::demo::run(listen, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => {
@@ -112,9 +115,9 @@ fn main() -> ExitCode {
     })
 }
 
-/// Logs go to stderr; `PORTCULLIS_LOG` takes a tracing filter such as `debug` or
-/// `portcullis=debug`.
-fn init_logging() {
+/// Logs go to stderr, as text or JSON lines; `PORTCULLIS_LOG` takes a tracing filter such
+/// as `debug` or `portcullis=debug`.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The HTTP/2 library's debug and trace events describe frames, request paths included,
@@ -123,18 +126,24 @@ fn init_logging() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Each event's fields at the top level, beside `timestamp`, `level` and `target`.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
+/// Loads the configuration and starts the operational log in the format it asks for.
 fn load(overrides: &Overrides) -> Result<Config, ExitCode> {
-    Config::load(overrides, |name| std::env::var(name).ok()).map_err(|error| {
+    let config = Config::load(overrides, |name| std::env::var(name).ok()).map_err(|error| {
         eprintln!("portcullis: {error}");
         ExitCode::from(2)
-    })
+    })?;
+    init_logging(config.log.format);
+    Ok(config)
 }
 
 /// `shared` with a recorder feeding the configured sinks, when there are any.
@@ -201,12 +210,7 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     let tokens = shared.tokens.clone();
     let admin = match (&tokens, config.admin.enabled) {
         (Some(tokens), true) => {
-            let bound = AdminServer::bind(
-                &config,
-                tokens.clone(),
-                shared.rate_limits.clone(),
-                shared.recorder.clone(),
-            );
+            let bound = AdminServer::bind(&config, tokens.clone(), &shared);
             match bound.await {
                 Ok(admin) => Some(tokio::spawn(admin.run())),
                 Err(error) => {

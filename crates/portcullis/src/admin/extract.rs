@@ -9,8 +9,8 @@ use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde::de::DeserializeOwned;
 
-use crate::context::request_id;
-use crate::problem::{Problem, ProblemKind};
+use crate::base::context::request_id;
+use crate::base::problem::{Problem, ProblemKind};
 
 /// The most bytes an admin request body may have: the largest real one is well under 1 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -37,9 +37,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// `problem` as the admin API's response for the request `id`.
+/// `problem` as the admin API's response for the request `id`, carrying its decision for
+/// the request's record.
 pub fn problem(problem: Problem, id: &HeaderValue) -> Response {
-    problem.into_response(id).map(Body::new)
+    let decision = problem.decision();
+    let mut response = problem.into_response(id).map(Body::new);
+    response.extensions_mut().insert(decision);
+    response
 }
 
 /// A token id from the path. Non-UTF-8 percent-encoding is a 400 problem; an id that cannot

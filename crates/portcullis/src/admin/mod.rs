@@ -7,19 +7,22 @@ mod docs;
 mod extract;
 mod openapi;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -29,13 +32,17 @@ use utoipa::ToSchema;
 
 use self::extract::{JsonBody, OptionalJsonBody, RequestId, TokenId, problem};
 use crate::auth::{Authenticator, StaticTokens, insufficient_scope};
+use crate::base::body::BoxError;
+use crate::base::context::{ConnInfo, X_REQUEST_ID, request_id};
+use crate::base::exchange::{Caller, Decision, Exchange, protocol};
+use crate::base::problem::{Problem, ProblemKind};
 use crate::config::Config;
-use crate::context::{X_REQUEST_ID, request_id};
 use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
-use crate::exchange::Recorder;
 use crate::headers::{ResponseHeaders, SecurityHeadersPolicy};
-use crate::problem::{Problem, ProblemKind};
+use crate::pipeline::Shared;
 use crate::ratelimit::{RateLimits, Snapshot};
+use crate::recorder::{RecordedBody, Recorder};
+use crate::redact::Redactor;
 use crate::server::tls;
 
 /// The CSP of the docs page: its own inline styles, nothing else.
@@ -78,12 +85,12 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds the admin listener of `config`, managing the tokens `tokens` verifies and
-    /// reporting on `rate_limits` and on the `recorder` of exchange records, if any.
+    /// reporting on the rate limits and the recorder of `shared`; its requests are recorded
+    /// through that recorder too, marked as admin.
     pub async fn bind(
         config: &Config,
         tokens: Arc<TokenVerifier>,
-        rate_limits: Arc<RateLimits>,
-        recorder: Option<Recorder>,
+        shared: &Shared,
     ) -> Result<Self, AdminError> {
         let admin = &config.admin;
         let tls = match &admin.tls {
@@ -124,10 +131,14 @@ impl AdminServer {
                 AdminState {
                     auth: Arc::new(auth),
                     tokens,
-                    rate_limits,
-                    recorder,
+                    rate_limits: shared.rate_limits.clone(),
+                    recorder: shared.recorder.clone(),
                 },
-                Arc::new(headers),
+                Arc::new(Front {
+                    headers,
+                    recorder: shared.recorder.clone(),
+                    redactor: shared.redactor.clone(),
+                }),
                 Arc::new(Published::new(&document)),
             ),
         })
@@ -146,8 +157,18 @@ impl AdminServer {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let service = TowerToHyperService::new(self.router.clone());
             let tls = self.tls.clone();
+            let conn = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            let router = self.router.clone();
+            // Each request carries its connection, for its record.
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(conn);
+                // A Router is always ready.
+                tower_service::Service::call(&mut router.clone(), request)
+            });
             tokio::spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -183,7 +204,7 @@ impl AdminServer {
     }
 }
 
-fn router(state: AdminState, headers: Arc<ResponseHeaders>, published: Arc<Published>) -> Router {
+fn router(state: AdminState, front: Arc<Front>, published: Arc<Published>) -> Router {
     let tokens = Router::new()
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", get(show_token))
@@ -210,7 +231,7 @@ fn router(state: AdminState, headers: Arc<ResponseHeaders>, published: Arc<Publi
             )
         })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(headers, respond))
+        .layer(middleware::from_fn_with_state(front, respond))
 }
 
 /// The OpenAPI document, serialised once, and the docs page made from it.
@@ -229,21 +250,69 @@ impl Published {
     }
 }
 
-/// Gives every request an id and every response the security headers and that id.
-async fn respond(
-    State(headers): State<Arc<ResponseHeaders>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// What the outermost layer needs: the response headers, and where records go.
+struct Front {
+    headers: ResponseHeaders,
+    recorder: Option<Recorder>,
+    redactor: Arc<Redactor>,
+}
+
+/// Gives every request an id and every response the security headers and that id, and
+/// hands each request's exchange record, marked as admin, to the response body, which
+/// finishes it when it ends.
+async fn respond(State(front): State<Arc<Front>>, mut request: Request, next: Next) -> Response {
     let id = request_id(request.headers());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let csp = headers.csp_for(request.uri().path()).clone();
+    let record = front.recorder.as_ref().map(|recorder| {
+        (
+            begin_record(&request, &id, &front.redactor),
+            recorder.clone(),
+        )
+    });
+    let csp = front.headers.csp_for(request.uri().path()).clone();
     let mut response = next.run(request).await;
     let out = response.headers_mut();
-    headers.apply(out, &csp, false);
+    front.headers.apply(out, &csp, false);
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     out.insert(X_REQUEST_ID.clone(), id);
-    response
+    let Some((mut exchange, recorder)) = record else {
+        return response;
+    };
+    exchange.status = response.status().as_u16();
+    let extensions = response.extensions_mut();
+    exchange.decision = extensions.remove::<Decision>().unwrap_or_default();
+    exchange.caller = extensions.remove::<Caller>();
+    exchange.to_head = exchange.started_at.elapsed();
+    response.map(|body| {
+        let body = body.map_err(|error| Box::new(error) as BoxError);
+        Body::new(RecordedBody::new(body, exchange, recorder))
+    })
+}
+
+/// The record of an admin request: the route is the matched pattern (`/v1/tokens/{id}`).
+fn begin_record(request: &Request, id: &HeaderValue, redactor: &Redactor) -> Exchange {
+    let conn = request.extensions().get::<ConnInfo>();
+    let peer = conn.map_or(IpAddr::from([0, 0, 0, 0]), |conn| {
+        conn.peer.ip().to_canonical()
+    });
+    let uri = request.uri();
+    Exchange {
+        client_ip: conn.map(|_| peer),
+        method: Some(request.method().clone()),
+        route: request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|matched| matched.as_str().to_owned()),
+        path: uri.path().to_owned(),
+        query: uri.query().map(|query| redactor.query(query)),
+        user_agent: request.headers().get(header::USER_AGENT).cloned(),
+        admin: true,
+        ..Exchange::begin(
+            id.to_str().unwrap_or_default().to_owned(),
+            peer,
+            protocol(request.version(), conn.is_some_and(|conn| conn.tls)),
+        )
+    }
 }
 
 /// Token endpoints need a credential with the `admin` scope.
@@ -253,11 +322,17 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.auth.authenticate(request.headers()).await {
-        Ok(principal) if principal.has_scope("admin") => next.run(request).await,
-        Ok(_) => problem(insufficient_scope("admin"), &id),
-        Err(refusal) => problem(refusal, &id),
-    }
+    let principal = match state.auth.authenticate(request.headers()).await {
+        Ok(principal) => principal,
+        Err(refusal) => return problem(refusal, &id),
+    };
+    let mut response = if principal.has_scope("admin") {
+        next.run(request).await
+    } else {
+        problem(insufficient_scope("admin"), &id)
+    };
+    response.extensions_mut().insert(principal.caller());
+    response
 }
 
 /// The problem for a failed credential operation. The details are written here: the

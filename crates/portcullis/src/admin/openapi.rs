@@ -12,8 +12,8 @@ use utoipa::openapi::{
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use super::extract::{BODY_LIMIT, TOKEN_ID_PATTERN};
+use crate::base::problem::{CONTENT_TYPE as PROBLEM_JSON, ProblemDocument};
 use crate::credentials::{BUILTIN_SCOPES, LABEL_MAX_CHARS, LABEL_PATTERN};
-use crate::problem::{CONTENT_TYPE as PROBLEM_JSON, ProblemDocument};
 use crate::ratelimit::Snapshot;
 
 /// `expires_in`: a whole number of at most six digits, without a leading zero, and a unit.

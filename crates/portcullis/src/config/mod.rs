@@ -69,9 +69,67 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Where the access log goes: `off` (the default), `stdout`, `stderr` or a file path.
-    pub access: crate::access_log::Target,
+    pub access: AccessLogTarget,
+    /// How the operational log is written.
+    pub format: LogFormat,
     /// Query parameter names whose values are hidden, besides the built-in list.
     pub redact_query_params: Vec<String>,
+}
+
+/// Where the access log goes: `off` (the default), `stdout`, `stderr` or a file path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogTarget {
+    /// Nowhere: no record is made at all.
+    #[default]
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Standard error, beside the operational log.
+    Stderr,
+    /// A file, appended to (created when missing).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for AccessLogTarget {
+    type Err = std::convert::Infallible;
+
+    /// `off`, `stdout`, `stderr`, or a path.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "off" | "" => Self::Off,
+            "stdout" | "-" => Self::Stdout,
+            "stderr" => Self::Stderr,
+            path => Self::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AccessLogTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How the operational log is written: `text` (the default) for people, `json` (one object
+/// per line) for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// A SQLite file inside this directory (created with mode 0700).
+    DataDir(PathBuf),
+    /// A PostgreSQL database; the URL may hold a password, so it is a secret.
+    Postgres(SecretString),
 }
 
 /// Rate limiting settings that apply to every route.

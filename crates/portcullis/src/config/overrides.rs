@@ -65,7 +65,11 @@ pub struct Overrides {
         env = "PORTCULLIS_ACCESS_LOG",
         value_name = "off|stdout|stderr|PATH"
     )]
-    pub access_log: Option<crate::access_log::Target>,
+    pub access_log: Option<super::AccessLogTarget>,
+
+    /// How the operational log is written: text or json [default: text].
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<super::LogFormat>,
 
     /// Time a client has to send its request head, e.g. 10s [default: 10s].
     #[arg(long, env = "PORTCULLIS_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -91,7 +95,7 @@ pub struct Overrides {
     /// A rate limit for every route without limits of its own, per principal, e.g.
     /// 60/min.
     #[arg(long, env = "PORTCULLIS_RATE_LIMIT", value_name = "RATE")]
-    pub rate_limit: Option<crate::config::RateSpec>,
+    pub rate_limit: Option<super::RateSpec>,
 
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
@@ -155,6 +159,9 @@ impl Overrides {
         }
         if let Some(target) = &self.access_log {
             config.log.access = target.clone();
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
         }
         if let Some(timeout) = self.request_timeout {
             config.limits.request_timeout = timeout;
@@ -222,20 +229,20 @@ impl StoreArgs {
     pub fn location(
         &self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<crate::store::StoreLocation, super::ConfigError> {
+    ) -> Result<super::StoreLocation, super::ConfigError> {
         use secrecy::ExposeSecret;
         let url = match &self.database_url {
             Some(url) => Some(url.clone()),
             None => super::read_secret(super::DATABASE_URL_VAR, env)?,
         };
         match url {
-            None => Ok(crate::store::StoreLocation::DataDir(self.data_dir.clone())),
+            None => Ok(super::StoreLocation::DataDir(self.data_dir.clone())),
             Some(url)
                 if ["postgres://", "postgresql://"]
                     .iter()
                     .any(|s| url.expose_secret().starts_with(s)) =>
             {
-                Ok(crate::store::StoreLocation::Postgres(url))
+                Ok(super::StoreLocation::Postgres(url))
             }
             Some(_) => Err(super::ConfigError::DatabaseUrl),
         }

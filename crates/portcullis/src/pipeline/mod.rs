@@ -12,23 +12,25 @@ use hyper::body::Incoming;
 use tracing::warn;
 
 use crate::auth::{Authenticator, StaticTokens};
-use crate::body::ResponseBody;
+use crate::base::body::ResponseBody;
+use crate::base::context::{ConnInfo, RequestContext, X_REQUEST_ID};
+use crate::base::exchange::Decision;
+use crate::base::problem::{Problem, ProblemKind};
 use crate::config::Config;
-use crate::context::{ClientIdentity, ConnInfo, RequestContext, X_REQUEST_ID};
 use crate::cors::{Cors, CorsError, CorsPolicy};
 use crate::credentials::TokenVerifier;
-use crate::exchange::{Decision, Recorder};
 use crate::headers::{ResponseHeaders, SecurityHeadersPolicy};
 use crate::health::{Health, Probe};
 use crate::hygiene::{Hygiene, LimitedBody, Limits};
+use crate::identity::ClientIdentity;
 use crate::ip_rules::IpRules;
-use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::{Limiter, Quota, RateLimitError, RateLimits};
+use crate::recorder::Recorder;
 use crate::redact::Redactor;
+use crate::routes::{ResponseRules, Route, RouteAuth, RouteScopes, Router};
 use crate::store::Store;
 use crate::upstream::{
-    ForwardError, HeaderRules, InFlightLimit, ResponseRules, Route, RouteAuth, RouteScopes, Router,
-    Upstream, UpstreamError, prepare_request_headers,
+    ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamError, prepare_request_headers,
 };
 use crate::{auth, cors, headers};
 use record::PendingRecord;
@@ -439,18 +441,20 @@ impl Gateway {
     /// headers as any other refusal; the connection writes it out itself.
     pub fn head_timeout_reply(&self, conn: &ConnInfo) -> Response<Bytes> {
         let https = conn.tls;
-        let request_id = crate::context::new_request_id();
-        if let Some(recorder) = &self.recorder {
-            let client = self.identity.client_of_connection(conn);
-            record::head_timeout(recorder, conn, client, &request_id);
-        }
+        let request_id = crate::base::context::new_request_id();
+        self.record_refused_head(
+            conn,
+            &request_id,
+            ProblemKind::RequestTimeout.status(),
+            Decision::HeadTimeout,
+        );
         let problem = Problem::new(ProblemKind::RequestTimeout)
             .with_detail("the request head was not received in time");
         let body = problem.to_json(request_id.to_str().unwrap_or_default());
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::problem::CONTENT_TYPE),
+            HeaderValue::from_static(crate::base::problem::CONTENT_TYPE),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         self.response_headers
@@ -460,6 +464,21 @@ impl Gateway {
         *response.status_mut() = ProblemKind::RequestTimeout.status();
         *response.headers_mut() = headers;
         response
+    }
+
+    /// Records a request head the connection refused before the pipeline saw it (the HTTP
+    /// parser's 400, 414 or 431, or the connection's own 408).
+    pub fn record_refused_head(
+        &self,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+        status: http::StatusCode,
+        decision: Decision,
+    ) {
+        if let Some(recorder) = &self.recorder {
+            let client = self.identity.client_of_connection(conn);
+            record::refused_head(recorder, conn, client, request_id, status, decision);
+        }
     }
 }
 

@@ -6,17 +6,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Instant, SystemTime};
 
 use http::{Request, Response, Version, header};
 use http_body_util::BodyExt;
 
 use crate::auth::Principal;
-use crate::body::ResponseBody;
-use crate::context::{ConnInfo, RequestContext};
-use crate::exchange::{Decision, Exchange, RecordedBody, Recorder};
+use crate::base::body::ResponseBody;
+use crate::base::context::{ConnInfo, RequestContext};
+use crate::base::exchange::{Decision, Exchange, protocol};
+use crate::recorder::{RecordedBody, Recorder};
 use crate::redact::Redactor;
-use crate::upstream::{Route, Router};
+use crate::routes::{Route, Router};
 
 /// A record being filled; finished as `client_aborted` if dropped before [`Self::respond`].
 pub struct PendingRecord {
@@ -36,27 +36,17 @@ impl PendingRecord {
         redactor: &Redactor,
     ) -> Self {
         let uri = request.uri();
-        let protocol = protocol(request.version(), conn.tls);
         let exchange = Exchange {
-            request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
-            started: SystemTime::now(),
-            started_at: Instant::now(),
             client_ip: ctx.known_client_ip(),
-            peer: conn.peer.ip().to_canonical(),
             method: Some(request.method().clone()),
-            route: None,
             path: router.masked_path(uri.path()).into_owned(),
             query: uri.query().map(|query| redactor.query(query)),
-            caller: None,
-            upstream: None,
-            status: 0,
-            decision: Decision::ClientAborted,
-            bytes_in: Arc::default(),
-            bytes_out: 0,
-            to_head: std::time::Duration::ZERO,
-            duration: std::time::Duration::ZERO,
-            protocol,
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            ..Exchange::begin(
+                ctx.request_id.to_str().unwrap_or_default().to_owned(),
+                conn.peer.ip().to_canonical(),
+                protocol(request.version(), conn.tls),
+            )
         };
         Self {
             exchange: Some(exchange),
@@ -106,48 +96,27 @@ impl PendingRecord {
     }
 }
 
-/// The record of a connection whose request head did not arrive in time (answered 408 by
-/// the connection itself): no method, path or caller, only who it was and the decision.
-pub fn head_timeout(
+/// The record of a request refused by its connection before the pipeline saw it: a head
+/// that did not arrive in time (408), or one the HTTP parser rejected (400, 414, 431). It
+/// has no method, path or caller, only who sent it and what it was told.
+pub fn refused_head(
     recorder: &Recorder,
     conn: &ConnInfo,
     client_ip: Option<std::net::IpAddr>,
     request_id: &http::HeaderValue,
+    status: http::StatusCode,
+    decision: Decision,
 ) {
-    let started_at = Instant::now();
     recorder.finish(Exchange {
-        request_id: request_id.to_str().unwrap_or_default().to_owned(),
-        started: SystemTime::now(),
-        started_at,
         client_ip,
-        peer: conn.peer.ip().to_canonical(),
-        method: None,
-        route: None,
-        path: String::new(),
-        query: None,
-        caller: None,
-        upstream: None,
-        status: 408,
-        decision: Decision::HeadTimeout,
-        bytes_in: Arc::default(),
-        bytes_out: 0,
-        to_head: std::time::Duration::ZERO,
-        duration: std::time::Duration::ZERO,
-        protocol: protocol(Version::HTTP_11, conn.tls),
-        user_agent: None,
+        status: status.as_u16(),
+        decision,
+        ..Exchange::begin(
+            request_id.to_str().unwrap_or_default().to_owned(),
+            conn.peer.ip().to_canonical(),
+            protocol(Version::HTTP_11, conn.tls),
+        )
     });
-}
-
-/// How the record names a request's protocol.
-fn protocol(version: Version, tls: bool) -> &'static str {
-    match (version, tls) {
-        (Version::HTTP_2, false) => "HTTP/2",
-        (Version::HTTP_2, true) => "HTTP/2+tls",
-        (Version::HTTP_10, false) => "HTTP/1.0",
-        (Version::HTTP_10, true) => "HTTP/1.0+tls",
-        (_, false) => "HTTP/1.1",
-        (_, true) => "HTTP/1.1+tls",
-    }
 }
 
 impl Drop for PendingRecord {

@@ -27,10 +27,10 @@ pub use local::LocalLimiter;
 pub use redis_backend::{RedisBackend, RedisLink, RedisUrlError};
 
 use crate::auth::Principal;
+use crate::base::context::RequestContext;
+use crate::base::problem::{Problem, ProblemKind, whole_seconds};
 use crate::config::{Config, OnBackendError, RouteLimitConfig};
-use crate::context::RequestContext;
 use crate::ip_rules::{BanPolicy, Bans};
-use crate::problem::{Problem, ProblemKind, whole_seconds};
 
 /// `X-RateLimit-Limit`.
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,8 +28,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
+use crate::base::context::ConnInfo;
+use crate::base::exchange::Decision;
 use crate::config::Config;
-use crate::context::ConnInfo;
 use crate::pipeline::{Gateway, GatewayError, Shared};
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
@@ -385,8 +386,33 @@ impl Connections {
         let connection = self.http1.serve_connection(TokioIo::new(io), service);
         if let Err(error) = watcher.watch(connection).await {
             debug!(peer = %conn.peer, %error, "HTTP/1.1 connection ended with an error");
+            if let Some((status, decision)) = refused_head(&error) {
+                let request_id = crate::base::context::new_request_id();
+                self.gateway
+                    .record_refused_head(&conn, &request_id, status, decision);
+            }
         }
     }
+}
+
+/// The status hyper answered a request head it could not parse with, and the decision the
+/// record keeps; `None` when the error is not about a head it answered (hyper answers
+/// every head it rejects, except an HTTP/2 preface sent over HTTP/1.1).
+fn refused_head(error: &hyper::Error) -> Option<(StatusCode, Decision)> {
+    if !error.is_parse() || error.is_parse_version_h2() {
+        return None;
+    }
+    // hyper tells a long target from a large head only in its message.
+    Some(if !error.is_parse_too_large() {
+        (StatusCode::BAD_REQUEST, Decision::BadRequest)
+    } else if error.to_string().contains("URI too long") {
+        (StatusCode::URI_TOO_LONG, Decision::UriTooLong)
+    } else {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Decision::HeadersTooLarge,
+        )
+    })
 }
 
 /// Renders a complete HTTP/1.1 response, for the rare answer written outside hyper.

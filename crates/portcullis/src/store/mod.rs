@@ -5,18 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
-/// Where the store lives.
-#[derive(Debug, Clone)]
-pub enum StoreLocation {
-    /// A SQLite file inside this directory (created with mode 0700).
-    DataDir(PathBuf),
-    /// A PostgreSQL database; the URL may hold a password, so it is a secret.
-    Postgres(SecretString),
-}
+pub use crate::config::StoreLocation;
 
 /// Why the store could not be opened or used. Never carries the database URL.
 #[derive(Debug, thiserror::Error)]

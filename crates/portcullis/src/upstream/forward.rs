@@ -17,7 +17,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::context::{
+use crate::base::context::{
     RequestContext, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 

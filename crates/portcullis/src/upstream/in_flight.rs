@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{BoxError, ResponseBody};
+use crate::base::body::{BoxError, ResponseBody};
 
 /// Most requests in flight at once, and how long one may wait for a slot.
 #[derive(Debug)]

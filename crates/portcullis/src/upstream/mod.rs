@@ -3,12 +3,9 @@
 //! Each [`Upstream`] owns its connection pool, so per-upstream transport settings (pinned
 //! certificates, concurrency caps, circuit breaking) have one place to live.
 
-mod fold;
 mod forward;
 mod in_flight;
-mod location;
 mod pool;
-mod route;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
 pub use in_flight::{Busy, InFlightLimit};
 pub use pool::PoolError;
-pub use route::{ResponseRules, Route, RouteAuth, RouteScopes, Router};
 
-use crate::body::ResponseBody;
+use crate::base::body::ResponseBody;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 
 /// The body the gateway sends upstream: the client's, limited as it streams.

@@ -21,7 +21,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use super::UpstreamBody;
-use crate::body::BoxError;
+use crate::base::body::BoxError;
 
 /// How long an unused connection is kept; shorter than common upstream keep-alive
 /// timeouts (nginx: 75 s), so we close first and rarely write to a connection the upstream

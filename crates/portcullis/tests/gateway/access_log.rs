@@ -78,6 +78,8 @@ async fn every_request_is_one_line_with_its_decision() {
         raw(gateway.addr, request).await;
     }
     let metrics = get_authorized(&gateway.admin_url("/metrics")).await;
+    let refused = get(&gateway.admin_url("/v1/tokens?token=hidden-value"), &[]).await;
+    refused.assert_problem(401, "unauthorized");
     assert!(
         metrics
             .text()
@@ -85,7 +87,26 @@ async fn every_request_is_one_line_with_its_decision() {
         "{}",
         metrics.text()
     );
-    let lines = logged_lines(&mut gateway, &log);
+    let mut lines = logged_lines(&mut gateway, &log);
+    // The admin API's requests are recorded too, marked as such, in the order they ended.
+    let admin: Vec<Value> = lines
+        .iter()
+        .filter(|line| line["admin"] == true)
+        .cloned()
+        .collect();
+    lines.retain(|line| line.get("admin").is_none());
+    assert_eq!(admin.len(), 2, "{admin:?}");
+    assert_eq!(admin[0]["route"], "/metrics");
+    assert_eq!(admin[0]["decision"], "allowed");
+    assert_eq!(admin[0]["status"], 200);
+    assert_eq!(admin[0]["principal"], "static");
+    assert!(admin[0]["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(admin[1]["route"], "/v1/tokens");
+    assert_eq!(admin[1]["decision"], "auth_missing");
+    assert_eq!(admin[1]["status"], 401);
+    assert_eq!(admin[1]["query"], "token=***");
+    assert_eq!(admin[1]["principal"], Value::Null);
+
     let decisions: Vec<&str> = lines
         .iter()
         .map(|l| l["decision"].as_str().unwrap())
@@ -103,7 +124,8 @@ async fn every_request_is_one_line_with_its_decision() {
     assert_eq!(allowed["client_ip"], "127.0.0.1");
     assert_eq!(allowed["protocol"], "HTTP/1.1");
     assert!(allowed["bytes_out"].as_u64().unwrap() > 0);
-    assert!(allowed["duration_ms"].as_f64().unwrap() > 0.0);
+    let head = allowed["head_ms"].as_f64().unwrap();
+    assert!(head > 0.0 && head <= allowed["duration_ms"].as_f64().unwrap());
     assert!(
         allowed["request_id"]
             .as_str()
@@ -114,7 +136,13 @@ async fn every_request_is_one_line_with_its_decision() {
     assert_eq!(lines[9]["bytes_in"], 0);
 
     let text = std::fs::read_to_string(&log).unwrap();
-    for secret in [TOKEN, "k-123", "Bearer%20abc", "wrong-0123456789"] {
+    for secret in [
+        TOKEN,
+        "k-123",
+        "Bearer%20abc",
+        "wrong-0123456789",
+        "hidden-value",
+    ] {
         assert!(!text.contains(secret), "{secret} reached the access log");
     }
 }
@@ -168,4 +196,67 @@ async fn a_head_that_never_arrives_is_recorded_as_a_head_timeout() {
     assert_eq!(lines[0]["method"], Value::Null);
     assert_eq!(lines[0]["client_ip"], "127.0.0.1");
     assert_eq!(lines[0]["request_id"], problem["request_id"]);
+}
+
+/// hyper answers heads it cannot parse itself, before the pipeline runs (RFC 9112 §2.2:
+/// a malformed request line or field is a 400; RFC 6585 §5: too many fields is a 431); each
+/// is still one record, made by the connection.
+#[tokio::test]
+async fn heads_the_parser_refuses_are_recorded_with_their_status() {
+    let upstream = Upstream::start().await;
+    let (_dir, log, mut gateway) = logged(&upstream.url());
+    let reply = raw(
+        gateway.addr,
+        b"GET /api/x HTTP/1.1\r\nHost: gw.test\r\nBad Name: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    let mut many = String::from("GET /api/x HTTP/1.1\r\nHost: gw.test\r\n");
+    for i in 0..300 {
+        many.push_str(&format!("X-F{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let reply = raw(gateway.addr, many.as_bytes()).await;
+    assert_eq!(reply.status, 431);
+    let lines = logged_lines(&mut gateway, &log);
+    let seen: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["decision"].as_str().unwrap(),
+                l["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("bad_request", 400), ("headers_too_large", 431)]);
+    assert_eq!(lines[0]["client_ip"], "127.0.0.1");
+    assert_eq!(lines[0]["method"], Value::Null);
+    assert_eq!(upstream.seen().len(), 0);
+}
+
+/// `--log-format json`: the operational log is JSON lines too, each event's fields at the
+/// top level.
+#[tokio::test]
+async fn the_operational_log_can_be_json_lines() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Launch::new(&upstream.url())
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .start();
+    let log = gateway.final_log();
+    let events: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let listening = events
+        .iter()
+        .find(|event| event["message"] == "portcullis listening")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(listening["level"], "INFO");
+    assert!(
+        listening["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(listening["timestamp"].is_string());
 }

@@ -384,6 +384,10 @@ fn logged_addr(line: &str, event: &str) -> Option<String> {
     if !line.contains(event) {
         return None;
     }
+    // `--log-format json`: the event's fields are at the top level.
+    if let Ok(json) = serde_json::from_str::<Value>(line) {
+        return json["addr"].as_str().map(str::to_owned);
+    }
     let rest = line.split("addr=").nth(1)?;
     Some(rest.split_whitespace().next()?.to_owned())
 }

@@ -83,6 +83,13 @@ fn top_level_modules_import_downwards_only() {
         );
     }
     assert!(edges.contains_key("pipeline") && edges["pipeline"].contains("auth"));
+    // The shared types sit below everything; configuration is plain data just above them.
+    assert_eq!(edges["base"], BTreeSet::new(), "base imports nothing");
+    assert!(
+        edges["config"].iter().all(|target| target == "base"),
+        "config imports only base: {:?}",
+        edges["config"]
+    );
 
     // A module that reaches itself through others is in a cycle.
     for start in edges.keys() {

@@ -1,16 +1,21 @@
-//! Routes: which upstream serves a path (longest path prefix wins).
+//! Routes and routing policy: which route serves a path (the longest path prefix wins, on
+//! the path as the upstream will understand it, [`fold`]ed as its framework would), what the
+//! route asks of a caller (authentication, scopes, address rules, rate limits), and how its
+//! upstream's `Location` answers map back to the public path.
+
+mod fold;
+mod location;
 
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
 
-use super::forward::HeaderRules;
-use super::location::{self, PathMap};
-use super::{Upstream, fold};
 use crate::headers::path_has_prefix;
 use crate::hygiene::{PathError, check_folded_path};
 use crate::ip_rules::IpRules;
 use crate::ratelimit::RouteLimits;
+use crate::upstream::{HeaderRules, Upstream};
+use location::PathMap;
 
 /// The scope each method needs on a route: `read` for GET, HEAD and OPTIONS and `write`
 /// for the rest, unless the route names another for a method.

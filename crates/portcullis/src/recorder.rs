@@ -1,190 +1,20 @@
-//! The exchange record: one per request, created when its head is read, filled by the
-//! stages as the request goes, and finished in one place, when the response body ends or
-//! is dropped. Finished records go, through a bounded channel, to sinks (the access log
-//! now; the audit log, metrics and alerts later) on a thread of their own, off the request
-//! path.
-//!
-//! Clients see problem+json; the record keeps the precise internal [`Decision`].
+//! Finishes exchange records and hands them to sinks (the access log now; the audit log,
+//! metrics and alerts later) through a bounded channel, on a thread of their own, off the
+//! request path. A record is finished in one place: [`RecordedBody`], when the response
+//! body ends or is dropped.
 
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::BoxError;
-
-/// What the gateway decided about a request, or what became of it: one stable
-/// `snake_case` code each, kept inside the gateway (clients see the same 401 for an
-/// unknown, an expired and a revoked token; the record tells them apart).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Decision {
-    /// Forwarded (or answered by the gateway itself, as `/health` is), whatever the
-    /// upstream then answered.
-    #[default]
-    Allowed,
-    /// No credential was sent.
-    AuthMissing,
-    /// The `Authorization` header is not one well-formed bearer token.
-    AuthMalformed,
-    /// A well-formed token that no store or static list knows.
-    AuthUnknown,
-    /// A managed token past its expiry (or its rotation overlap).
-    AuthExpired,
-    /// A revoked managed token.
-    AuthRevoked,
-    /// A capability path with no live capability in it.
-    CapabilityUnknown,
-    /// The caller lacks the route's scope for the method.
-    Scope,
-    /// The route's address rules refuse the client.
-    IpDenied,
-    /// The client's address is banned after failed authentications.
-    Banned,
-    /// Over a rate limit.
-    RateLimited,
-    /// A CORS preflight refused, or answered.
-    CorsRefused,
-    /// A preflight the gateway answered itself.
-    CorsPreflight,
-    /// The path breaks a hygiene rule.
-    PathRefused,
-    /// The method is refused (`TRACE`, `CONNECT`, or not a standard one).
-    MethodRefused,
-    /// The request target is too long.
-    UriTooLong,
-    /// Too many header fields, or too many bytes of them.
-    HeadersTooLarge,
-    /// The body is larger than the limit, declared or streamed.
-    BodyTooLarge,
-    /// The request is malformed: its host, its transfer coding, its `Content-Length`.
-    BadRequest,
-    /// The request head did not arrive in time.
-    HeadTimeout,
-    /// The client's body could not be read: malformed chunked framing, cut short.
-    ClientBodyError,
-    /// The client went away before its response was sent whole.
-    ClientAborted,
-    /// No route covers the path.
-    NoRoute,
-    /// The credential store could not be asked.
-    StoreUnavailable,
-    /// The shared rate-limit backend could not be asked, and limited routes are refused.
-    RateLimitUnavailable,
-    /// The upstream's in-flight cap was reached.
-    UpstreamBusy,
-    /// The upstream could not be reached, or failed mid-request.
-    UpstreamConnect,
-    /// The upstream did not answer in time.
-    UpstreamTimeout,
-    /// The upstream answered with something the gateway cannot relay.
-    UpstreamProtocol,
-    /// `/ready` found something unreachable.
-    NotReady,
-}
-
-impl Decision {
-    /// The code, as the access log writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::AuthMissing => "auth_missing",
-            Self::AuthMalformed => "auth_malformed",
-            Self::AuthUnknown => "auth_unknown",
-            Self::AuthExpired => "auth_expired",
-            Self::AuthRevoked => "auth_revoked",
-            Self::CapabilityUnknown => "capability_unknown",
-            Self::Scope => "scope",
-            Self::IpDenied => "ip_denied",
-            Self::Banned => "banned",
-            Self::RateLimited => "rate_limited",
-            Self::CorsRefused => "cors_refused",
-            Self::CorsPreflight => "cors_preflight",
-            Self::PathRefused => "path_refused",
-            Self::MethodRefused => "method_refused",
-            Self::UriTooLong => "uri_too_long",
-            Self::HeadersTooLarge => "headers_too_large",
-            Self::BodyTooLarge => "body_too_large",
-            Self::BadRequest => "bad_request",
-            Self::HeadTimeout => "head_timeout",
-            Self::ClientBodyError => "client_body_error",
-            Self::ClientAborted => "client_aborted",
-            Self::NoRoute => "no_route",
-            Self::StoreUnavailable => "store_unavailable",
-            Self::RateLimitUnavailable => "rate_limit_unavailable",
-            Self::UpstreamBusy => "upstream_busy",
-            Self::UpstreamConnect => "upstream_connect",
-            Self::UpstreamTimeout => "upstream_timeout",
-            Self::UpstreamProtocol => "upstream_protocol",
-            Self::NotReady => "not_ready",
-        }
-    }
-}
-
-/// Who made a request, as the record keeps it: never a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// `static`, `token` or `capability`.
-    pub kind: &'static str,
-    /// The managed credential's id; none for a static token.
-    pub id: Option<String>,
-    /// The name rate limits and logs know the caller by.
-    pub name: std::borrow::Cow<'static, str>,
-    /// The tenant, if any.
-    pub tenant: Option<String>,
-}
-
-/// One request, as it went.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    /// The request's id.
-    pub request_id: String,
-    /// When the head was read.
-    pub started: SystemTime,
-    /// The same moment, for durations.
-    pub started_at: Instant,
-    /// The client's address, when known (behind trusted proxies it may not be).
-    pub client_ip: Option<IpAddr>,
-    /// The TCP peer the request came through.
-    pub peer: IpAddr,
-    /// The method; none when the head never arrived whole.
-    pub method: Option<http::Method>,
-    /// The route's configured prefix (never the raw path), once matched.
-    pub route: Option<String>,
-    /// The path, with a capability segment masked.
-    pub path: String,
-    /// The query, with sensitive values masked.
-    pub query: Option<String>,
-    /// Who called, once authenticated.
-    pub caller: Option<Caller>,
-    /// The upstream's name, once forwarded.
-    pub upstream: Option<String>,
-    /// The status sent.
-    pub status: u16,
-    /// What the gateway decided.
-    pub decision: Decision,
-    /// Request body bytes read from the client.
-    pub bytes_in: Arc<AtomicU64>,
-    /// Response body bytes sent to the client.
-    pub bytes_out: u64,
-    /// From the head read to the response head.
-    pub to_head: Duration,
-    /// From the head read to the last byte (or the client going away).
-    pub duration: Duration,
-    /// `HTTP/1.1` or `HTTP/2`, with `+tls` when the connection is TLS.
-    pub protocol: &'static str,
-    /// The `User-Agent` as sent (a shared copy of the header's bytes); sinks show at most
-    /// [`USER_AGENT_MAX`] characters of it.
-    pub user_agent: Option<http::HeaderValue>,
-}
-
-/// The most characters of a `User-Agent` a record keeps.
-pub const USER_AGENT_MAX: usize = 200;
+use crate::base::body::BoxError;
+use crate::base::exchange::{Decision, Exchange};
 
 /// Where finished records go. Sinks run on the recorder's thread, one record at a time.
 pub trait Sink: Send {
@@ -397,6 +227,7 @@ fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
     use std::sync::Mutex;
 
     struct Collect(Arc<Mutex<Vec<String>>>);
@@ -412,25 +243,8 @@ mod tests {
 
     fn exchange(decision: Decision) -> Exchange {
         Exchange {
-            request_id: "r".into(),
-            started: SystemTime::now(),
-            started_at: Instant::now(),
-            client_ip: None,
-            peer: IpAddr::from([127, 0, 0, 1]),
-            method: Some(http::Method::GET),
-            route: None,
-            path: "/".into(),
-            query: None,
-            caller: None,
-            upstream: None,
-            status: 200,
             decision,
-            bytes_in: Arc::default(),
-            bytes_out: 0,
-            to_head: Duration::ZERO,
-            duration: Duration::ZERO,
-            protocol: "HTTP/1.1",
-            user_agent: None,
+            ..Exchange::begin("r".into(), IpAddr::from([127, 0, 0, 1]), "HTTP/1.1")
         }
     }
 
@@ -443,28 +257,5 @@ mod tests {
         recorder.flush(Duration::from_secs(5));
         assert_eq!(*seen.lock().unwrap(), ["allowed", "auth_expired"]);
         assert_eq!(recorder.dropped(), 0);
-    }
-
-    #[test]
-    fn codes_are_snake_case_and_distinct() {
-        let all = [
-            Decision::Allowed,
-            Decision::AuthMissing,
-            Decision::AuthMalformed,
-            Decision::AuthUnknown,
-            Decision::AuthExpired,
-            Decision::AuthRevoked,
-            Decision::CapabilityUnknown,
-            Decision::Scope,
-            Decision::ClientBodyError,
-            Decision::UpstreamConnect,
-        ];
-        let codes: std::collections::HashSet<_> = all.iter().map(|d| d.as_str()).collect();
-        assert_eq!(codes.len(), all.len());
-        assert!(
-            codes
-                .iter()
-                .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-        );
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
-use crate::body::{self, ResponseBody};
-use crate::exchange::Decision;
+use super::body::{self, ResponseBody};
+use super::exchange::Decision;
 
 /// The media type of every error body.
 pub const CONTENT_TYPE: &str = "application/problem+json";

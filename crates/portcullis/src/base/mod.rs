@@ -1,0 +1,9 @@
+//! The types every layer shares, and nothing else: the body types, problems (what a client
+//! is told), the request context (what every stage knows about a request), and the exchange
+//! record with its decision codes (what the gateway keeps). Nothing here imports anything
+//! from the rest of the crate, so every module may import it.
+
+pub mod body;
+pub mod context;
+pub mod exchange;
+pub mod problem;
