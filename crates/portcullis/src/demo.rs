@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, RateSpec};
 use crate::pipeline::Shared;
 use crate::server::{Server, ServerError};
+use crate::settings::Settings;
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +30,9 @@ pub enum DemoError {
     /// The gateway could not start (e.g. its port is taken: try `--listen 127.0.0.1:0`).
     #[error(transparent)]
     Gateway(#[from] ServerError),
-    /// The gateway's shared state could not be built.
-    #[error(transparent)]
-    Pipeline(#[from] crate::pipeline::GatewayError),
+    /// The demo's own configuration did not validate (a bug, if it happens).
+    #[error("the demo configuration is invalid: {0}")]
+    Config(String),
 }
 
 /// Runs the sample API and the gateway until `shutdown` resolves.
@@ -50,7 +51,16 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
     };
     config.rate_limit.default = RateSpec::new(DEMO_RATE_PER_MINUTE, Duration::from_secs(60));
     config.set_default_upstream(&format!("http://{api_addr}"));
-    let server = Server::bind(&config, &Shared::new(&config)?)?;
+    let settings = Settings::validate(&config).map_err(|invalid| {
+        DemoError::Config(
+            invalid
+                .iter()
+                .map(|i| i.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let server = Server::bind(&config, &settings, &Shared::new(&config, &settings))?;
     print_instructions(server.local_addr(), &token);
     server.run(shutdown).await;
     Ok(())

@@ -29,7 +29,9 @@
 //! [`config`] (plain settings) only `base`; then [`redact`], the [`recorder`] and the
 //! [`access_log`]; then the stores and the stages (`store`, `credentials`, `hygiene`,
 //! `identity`, `headers`, `cors`, `ip_rules`, `auth`, `ratelimit`, `upstream`, `routes`,
-//! `health`); then the [`pipeline`] that runs them in order; then [`server`] and
+//! `health`); then [`settings`], the one validation step that turns the configuration
+//! into the typed values the stages are built from; then the [`pipeline`] that runs them
+//! in order; then [`server`] and
 //! [`admin`]; then [`rules`] (the checks `check` and `serve` apply to a configuration); the
 //! binary on top. Managed credentials live in the [`store`] and are managed through the
 //! [`admin`] API or the `portcullis token` command.
@@ -54,5 +56,6 @@ pub mod redact;
 pub mod routes;
 pub mod rules;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod upstream;

@@ -175,24 +175,32 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
         }
     };
     // Fail closed: a store that cannot be opened stops the start.
-    let (shared, facts) = match open_store(&config, &location).await {
+    let opened = match open_store(&config, &location).await {
         Ok(opened) => opened,
         Err(message) => {
             eprintln!("portcullis: {message}");
             return ExitCode::from(2);
         }
     };
-    let report = rules::check(&config, &facts, false);
-    if !report.passed() {
-        // One line per problem, naming what to set.
-        for finding in report.errors() {
-            eprintln!("portcullis: {}; {}", finding.message, finding.fix);
+    let mut report = rules::check(&config, &opened.facts, false);
+    let settings = match report.settings.take() {
+        Some(settings) if report.passed() => settings,
+        _ => {
+            // One line per problem, naming what to set.
+            for finding in report.errors() {
+                eprintln!("portcullis: {}; {}", finding.message, finding.fix);
+            }
+            return ExitCode::from(2);
         }
-        return ExitCode::from(2);
-    }
+    };
     for finding in report.warnings() {
         warn!(rule = finding.rule, fix = %finding.fix, "{}", finding.message);
     }
+    let shared = Shared {
+        tokens: Some(opened.tokens),
+        store: Some(opened.store),
+        ..Shared::new(&config, &settings)
+    };
     let shared = match start_recorder(&config, shared) {
         Ok(shared) => shared,
         Err(error) => {
@@ -200,7 +208,7 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match Server::bind(&config, &shared) {
+    let server = match Server::bind(&config, &settings, &shared) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("portcullis: {error}");
@@ -246,9 +254,16 @@ const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 /// How long shutdown waits for the access log to write its last records.
 const RECORDS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The store, opened, with the token verifier every worker shares.
+struct Opened {
+    tokens: Arc<TokenVerifier>,
+    store: Store,
+    facts: Facts,
+}
+
 /// Opens the store, with the token verifier every worker shares, and counts its live
 /// tokens.
-async fn open_store(config: &Config, location: &StoreLocation) -> Result<(Shared, Facts), String> {
+async fn open_store(config: &Config, location: &StoreLocation) -> Result<Opened, String> {
     let env = |name: &str| std::env::var(name).ok();
     let pepper = credentials::load_pepper(location, env).map_err(|e| e.to_string())?;
     let store = Store::open(location).await.map_err(|e| e.to_string())?;
@@ -258,18 +273,13 @@ async fn open_store(config: &Config, location: &StoreLocation) -> Result<(Shared
         &config.route_scopes(),
     );
     let live_managed_tokens = credentials.count_live().await.map_err(|e| e.to_string())?;
-    let tokens = Arc::new(TokenVerifier::new(credentials, config.token_cache_ttl));
-    let shared = Shared {
-        tokens: Some(tokens),
-        store: Some(store),
-        ..Shared::new(config).map_err(|e| e.to_string())?
-    };
-    Ok((
-        shared,
-        Facts {
+    Ok(Opened {
+        tokens: Arc::new(TokenVerifier::new(credentials, config.token_cache_ttl)),
+        store,
+        facts: Facts {
             live_managed_tokens,
         },
-    ))
+    })
 }
 
 async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) -> ExitCode {
@@ -281,7 +291,7 @@ async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) 
     let facts = match store_args.location(|name| std::env::var(name).ok()) {
         Ok(StoreLocation::DataDir(dir)) if !dir.join("portcullis.db").exists() => Facts::default(),
         Ok(location) => match open_store(&config, &location).await {
-            Ok((_, facts)) => facts,
+            Ok(opened) => opened.facts,
             Err(message) => {
                 println!("error[store.open]: {message}");
                 return ExitCode::FAILURE;

@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
 use secrecy::ExposeSecret;
 
 use crate::auth::is_token68;
 use crate::config::{API_TOKENS_VAR, Config};
-use crate::cors::normalize_origin;
-use crate::hygiene::check_path;
 use crate::ratelimit::{MAX_BURST, MAX_PERIOD};
+use crate::settings::{Invalid, Settings};
 
 /// Longest time a verified managed token may be cached.
 pub const MAX_TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -52,6 +50,9 @@ pub struct Finding {
 pub struct Report {
     /// Every failed rule, in rule order.
     pub findings: Vec<Finding>,
+    /// The settings the gateway is built from, when every value is valid (a policy rule
+    /// may still have failed).
+    pub settings: Option<Settings>,
 }
 
 impl Report {
@@ -97,15 +98,30 @@ pub struct Facts {
     pub live_managed_tokens: usize,
 }
 
-/// Runs every rule on `config`; `production` adds the production rules and turns some
-/// warnings into errors.
+/// Runs every rule on `config`: the one validation step ([`Settings::validate`]), whose
+/// failures are errors here, then the rules of policy; `production` adds the production
+/// rules and turns some warnings into errors.
 pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     let mut report = Report::default();
     credentials(config, facts, production, &mut report);
-    upstreams_and_routes(config, &mut report);
+    if config.routes.is_empty() {
+        report.add(
+            "routes.present",
+            Severity::Error,
+            "no upstream is configured, so there is nothing to forward to",
+            "pass --upstream URL (PORTCULLIS_UPSTREAM), or add [upstreams.NAME] and [[routes]] to the config file",
+        );
+    }
+    match Settings::validate(config) {
+        Ok(settings) => report.settings = Some(settings),
+        Err(invalid) => {
+            for Invalid { rule, message, fix } in invalid {
+                report.add(rule, Severity::Error, message, fix);
+            }
+        }
+    }
     tls(config, production, &mut report);
     admin(config, &mut report);
-    cors(config, &mut report);
     security_headers(config, production, &mut report);
     limits(config, production, &mut report);
     rate_limits(config, production, &mut report);
@@ -161,89 +177,6 @@ fn credentials(config: &Config, facts: &Facts, production: bool, report: &mut Re
     }
 }
 
-fn upstreams_and_routes(config: &Config, report: &mut Report) {
-    if config.routes.is_empty() {
-        report.add(
-            "routes.present",
-            Severity::Error,
-            "no upstream is configured, so there is nothing to forward to",
-            "pass --upstream URL (PORTCULLIS_UPSTREAM), or add [upstreams.NAME] and [[routes]] to the config file",
-        );
-    }
-    for (name, upstream) in &config.upstreams {
-        if let Err(error) = crate::upstream::validate_url(name, &upstream.url) {
-            report.add(
-                "upstreams.url",
-                Severity::Error,
-                error.to_string(),
-                "use a URL like http://127.0.0.1:9000 or https://api.internal/base",
-            );
-        }
-    }
-    for route in &config.routes {
-        if !config.upstreams.contains_key(&route.upstream) {
-            report.add(
-                "routes.upstream",
-                Severity::Error,
-                format!(
-                    "route {:?} names upstream {:?}, which is not defined",
-                    route.path_prefix, route.upstream
-                ),
-                format!(
-                    "add [upstreams.{}] with a url, or fix the route's upstream",
-                    route.upstream
-                ),
-            );
-        }
-        for (method, scope) in &route.scopes {
-            let standard = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
-            if !standard.contains(&method.to_ascii_uppercase().as_str()) || !is_scope_name(scope) {
-                report.add(
-                    "routes.scopes",
-                    Severity::Error,
-                    format!("route {:?} has an invalid scope entry {method:?} = {scope:?}", route.path_prefix),
-                    "use a method name and a scope of letters, digits and : . _ - (e.g. POST = \"reports:run\")",
-                );
-            }
-        }
-        let (cache_control, referrer_policy) = route.response_headers();
-        for (key, value) in [
-            ("cache_control", cache_control),
-            ("referrer_policy", referrer_policy),
-        ] {
-            if let Some(value) = value
-                && HeaderValue::from_str(value).is_err()
-            {
-                report.add(
-                    "routes.response_headers",
-                    Severity::Error,
-                    format!(
-                        "route {:?} has a {key} that is not a valid header value",
-                        route.path_prefix
-                    ),
-                    "use printable ASCII, e.g. cache_control = \"private, no-store\"",
-                );
-            }
-        }
-        if check_path(&route.path_prefix).is_err() {
-            report.add(
-                "routes.path_prefix",
-                Severity::Error,
-                format!("route path_prefix {:?} is not a clean absolute path", route.path_prefix),
-                "start it with / and use no dot segments, backslashes or percent-escapes that decode to them",
-            );
-        }
-    }
-}
-
-/// Whether `scope` is 1 to 64 characters of letters, digits and `: . _ -`.
-pub fn is_scope_name(scope: &str) -> bool {
-    (1..=64).contains(&scope.len())
-        && scope
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
-}
-
 fn tls(config: &Config, production: bool, report: &mut Report) {
     match &config.tls {
         Some(files) if files.cert.as_os_str().is_empty() || files.key.as_os_str().is_empty() => report.add(
@@ -289,40 +222,6 @@ fn admin(config: &Config, report: &mut Report) {
     }
 }
 
-fn cors(config: &Config, report: &mut Report) {
-    let cors = &config.cors;
-    for origin in &cors.allowed_origins {
-        if normalize_origin(origin).is_none() {
-            report.add(
-                "cors.origins",
-                Severity::Error,
-                format!("CORS origin {origin:?} is not an exact origin (wildcards and null are refused)"),
-                "list each origin exactly, e.g. PORTCULLIS_CORS_ALLOWED_ORIGINS=https://a.example,https://b.example",
-            );
-        }
-    }
-    for method in &cors.allowed_methods {
-        if Method::from_bytes(method.as_bytes()).is_err() {
-            report.add(
-                "cors.methods",
-                Severity::Error,
-                format!("CORS method {method:?} is not a method"),
-                "use names like GET or POST",
-            );
-        }
-    }
-    for name in cors.allowed_headers.iter().chain(&cors.expose_headers) {
-        if HeaderName::from_bytes(name.as_bytes()).is_err() {
-            report.add(
-                "cors.headers",
-                Severity::Error,
-                format!("CORS header {name:?} is not a header name"),
-                "use names like content-type",
-            );
-        }
-    }
-}
-
 fn security_headers(config: &Config, production: bool, report: &mut Report) {
     let headers = &config.security_headers;
     if !headers.enabled {
@@ -333,51 +232,10 @@ fn security_headers(config: &Config, production: bool, report: &mut Report) {
             "unset PORTCULLIS_DISABLE_SECURITY_HEADERS and set security_headers.enabled = true",
         );
     }
-    let values = std::iter::once(&headers.content_security_policy)
-        .chain(
-            headers
-                .csp_overrides
-                .iter()
-                .map(|o| &o.content_security_policy),
-        )
-        .chain(std::iter::once(&headers.strict_transport_security));
-    for value in values {
-        if HeaderValue::from_str(value).is_err() {
-            report.add(
-                "security_headers.values",
-                Severity::Error,
-                format!("{value:?} is not a valid header value"),
-                "remove control characters and line breaks",
-            );
-        }
-    }
-    for o in &headers.csp_overrides {
-        if !o.path_prefix.starts_with('/') {
-            report.add(
-                "security_headers.csp_overrides",
-                Severity::Error,
-                format!(
-                    "CSP override path_prefix {:?} does not start with /",
-                    o.path_prefix
-                ),
-                "use an absolute path prefix such as /docs",
-            );
-        }
-    }
 }
 
 fn rate_limits(config: &Config, production: bool, report: &mut Report) {
     let settings = &config.rate_limit;
-    if let Some(url) = &settings.redis_url
-        && let Err(error) = crate::ratelimit::RedisBackend::validate_url(url)
-    {
-        report.add(
-            "rate_limit.redis_url",
-            Severity::Error,
-            error.to_string(),
-            "set PORTCULLIS_REDIS_URL to redis://[:password@]host:port[/db]",
-        );
-    }
     if settings.max_keys == 0 {
         report.add(
             "rate_limit.max_keys",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use tracing::warn;
 
@@ -17,54 +17,24 @@ use crate::base::context::{ConnInfo, RequestContext, X_REQUEST_ID};
 use crate::base::exchange::Decision;
 use crate::base::problem::{Problem, ProblemKind};
 use crate::config::Config;
-use crate::cors::{Cors, CorsError, CorsPolicy};
+use crate::cors::Cors;
 use crate::credentials::TokenVerifier;
-use crate::headers::{ResponseHeaders, SecurityHeadersPolicy};
+use crate::headers::ResponseHeaders;
 use crate::health::{Health, Probe};
 use crate::hygiene::{Hygiene, LimitedBody, Limits};
 use crate::identity::ClientIdentity;
 use crate::ip_rules::IpRules;
-use crate::ratelimit::{Limiter, Quota, RateLimitError, RateLimits};
+use crate::ratelimit::{Limiter, Quota, RateLimits};
 use crate::recorder::Recorder;
 use crate::redact::Redactor;
-use crate::routes::{ResponseRules, Route, RouteAuth, RouteScopes, Router};
+use crate::routes::{Route, RouteAuth, RouteScopes, Router};
+use crate::settings::Settings;
 use crate::store::Store;
 use crate::upstream::{
     ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamError, prepare_request_headers,
 };
 use crate::{auth, cors, headers};
 use record::PendingRecord;
-
-/// Why a [`Gateway`] could not be built. `portcullis check` reports all of these as rule
-/// failures first, with fixes; these errors are the last line of defence.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// An upstream is unusable.
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    /// A route names an upstream that is not defined.
-    #[error("route {route:?} names an undefined upstream {upstream:?}")]
-    UnknownUpstream {
-        /// The route's prefix.
-        route: String,
-        /// The missing upstream.
-        upstream: String,
-    },
-    /// The CORS policy is unusable.
-    #[error(transparent)]
-    Cors(#[from] CorsError),
-    /// The rate limits cannot be set up.
-    #[error(transparent)]
-    RateLimit(#[from] RateLimitError),
-    /// A configured header name or value is malformed.
-    #[error("invalid {what}: {value:?}")]
-    InvalidHeader {
-        /// Which setting.
-        what: &'static str,
-        /// The offending value.
-        value: String,
-    },
-}
 
 /// State built once and shared by every worker's pipeline.
 #[derive(Debug, Clone)]
@@ -85,26 +55,26 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state for `config`, without a store.
-    pub fn new(config: &Config) -> Result<Self, GatewayError> {
-        Ok(Self {
+    /// Shared state for `config`, validated as `settings`, without a store.
+    pub fn new(config: &Config, settings: &Settings) -> Self {
+        Self {
             tokens: None,
             store: None,
-            rate_limits: Arc::new(RateLimits::new(config)?),
-            in_flight: config
+            rate_limits: Arc::new(RateLimits::new(config, settings.redis.clone())),
+            in_flight: settings
                 .upstreams
                 .iter()
-                .filter_map(|(name, upstream)| {
+                .filter_map(|upstream| {
                     let max = upstream.max_in_flight?;
                     Some((
-                        name.clone(),
+                        upstream.name.clone(),
                         InFlightLimit::new(max, upstream.queue_timeout),
                     ))
                 })
                 .collect(),
             recorder: None,
             redactor: Arc::new(Redactor::new(&config.log.redact_query_params)),
-        })
+        }
     }
 }
 
@@ -138,78 +108,57 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds every stage from `config`, around the state every worker shares.
-    pub fn from_config(config: &Config, shared: &Shared) -> Result<Self, GatewayError> {
+    /// Builds every stage from `config`, validated as `settings`, around the state every
+    /// worker shares. Fails only when an upstream's TLS client cannot be set up.
+    pub fn new(
+        config: &Config,
+        settings: &Settings,
+        shared: &Shared,
+    ) -> Result<Self, UpstreamError> {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
-        for (name, upstream) in &config.upstreams {
+        for upstream in &settings.upstreams {
             let in_flight = shared
                 .in_flight
                 .iter()
-                .find(|(n, _)| n == name)
+                .find(|(name, _)| *name == upstream.name)
                 .map(|(_, limit)| limit.clone());
             upstreams.push((
-                name,
-                Upstream::new(name, &upstream.url, config.timeout_for(upstream), in_flight)?,
+                &upstream.name,
+                Upstream::new(
+                    &upstream.name,
+                    &upstream.target,
+                    upstream.timeout,
+                    in_flight,
+                )?,
             ));
         }
-        let routes = config
+        let routes = settings
             .routes
             .iter()
-            .map(|route| {
-                let upstream = upstreams
+            .filter_map(|route| {
+                let config = &route.config;
+                // Validation saw to it that every route's upstream exists.
+                let (_, upstream) = upstreams
                     .iter()
-                    .find(|(name, _)| *name == route.upstream)
-                    .ok_or_else(|| GatewayError::UnknownUpstream {
-                        route: route.path_prefix.clone(),
-                        upstream: route.upstream.clone(),
-                    })?;
-                let scopes = route
-                    .scopes
-                    .iter()
-                    .map(|(method, scope)| {
-                        Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-                            .map(|m| (m, scope.clone()))
-                            .map_err(|_| GatewayError::InvalidHeader {
-                                what: "route scope method",
-                                value: method.clone(),
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let (cache_control, referrer_policy) = route.response_headers();
-                let header_value = |what: &'static str, value: Option<&str>| {
-                    value
-                        .map(|text| {
-                            HeaderValue::from_str(text).map_err(|_| GatewayError::InvalidHeader {
-                                what,
-                                value: text.to_owned(),
-                            })
-                        })
-                        .transpose()
-                };
-                let capability = route.auth == RouteAuth::Capability;
-                Ok(
-                    Route::new(&route.path_prefix, upstream.1.clone(), route.strip_prefix)
-                        .with_scopes(RouteScopes::new(scopes))
+                    .find(|(name, _)| *name == config.upstream)?;
+                let capability = config.auth == RouteAuth::Capability;
+                Some(
+                    Route::new(&config.path_prefix, upstream.clone(), config.strip_prefix)
+                        .with_scopes(RouteScopes::new(route.scopes.clone()))
                         .with_ip_rules(IpRules::new(
-                            route.allow_ips.clone(),
-                            route.deny_ips.clone(),
+                            config.allow_ips.clone(),
+                            config.deny_ips.clone(),
                         ))
-                        .with_auth(route.auth)
-                        .with_rate_limits(shared.rate_limits.for_route(&route.path_prefix))
+                        .with_auth(config.auth)
+                        .with_rate_limits(shared.rate_limits.for_route(&config.path_prefix))
                         .with_header_rules(HeaderRules {
-                            allow_underscores: route.allow_underscores_in_headers,
+                            allow_underscores: config.allow_underscores_in_headers,
                             drop_referer: capability,
                         })
-                        .with_response_rules(ResponseRules {
-                            cache_control: header_value("route cache_control", cache_control)?,
-                            referrer_policy: header_value(
-                                "route referrer_policy",
-                                referrer_policy,
-                            )?,
-                        }),
+                        .with_response_rules(route.response_rules.clone()),
                 )
             })
-            .collect::<Result<Vec<_>, GatewayError>>()?;
+            .collect();
         let router = Router::new(routes);
 
         let limits = &config.limits;
@@ -223,10 +172,10 @@ impl Gateway {
             }),
             health: Health::new(router.upstreams(), shared.store.clone()),
             limiter: Limiter::new(shared.rate_limits.clone()),
-            cors: Cors::new(&cors_policy(config)?)?,
+            cors: Cors::new(&settings.cors),
             auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),
             router,
-            response_headers: ResponseHeaders::new(&security_headers_policy(config)?),
+            response_headers: ResponseHeaders::new(&settings.security_headers),
             recorder: shared.recorder.clone(),
             redactor: shared.redactor.clone(),
         })
@@ -492,60 +441,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn cors_policy(config: &Config) -> Result<CorsPolicy, GatewayError> {
-    let cors = &config.cors;
-    let invalid = |what: &'static str, value: &str| GatewayError::InvalidHeader {
-        what,
-        value: value.to_owned(),
-    };
-    let names = |list: &[String], what| {
-        list.iter()
-            .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(what, name)))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    Ok(CorsPolicy {
-        allowed_origins: cors.allowed_origins.clone(),
-        allowed_methods: cors
-            .allowed_methods
-            .iter()
-            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| invalid("CORS method", m)))
-            .collect::<Result<_, _>>()?,
-        allowed_headers: names(&cors.allowed_headers, "CORS allowed header")?,
-        expose_headers: names(&cors.expose_headers, "CORS exposed header")?,
-        max_age: cors.max_age,
-        allow_credentials: cors.allow_credentials,
-    })
-}
-
-fn security_headers_policy(config: &Config) -> Result<SecurityHeadersPolicy, GatewayError> {
-    let headers = &config.security_headers;
-    let value = |what: &'static str, text: &str| {
-        HeaderValue::from_str(text).map_err(|_| GatewayError::InvalidHeader {
-            what,
-            value: text.to_owned(),
-        })
-    };
-    Ok(SecurityHeadersPolicy {
-        enabled: headers.enabled,
-        content_security_policy: value(
-            "Content-Security-Policy",
-            &headers.content_security_policy,
-        )?,
-        csp_overrides: headers
-            .csp_overrides
-            .iter()
-            .map(|o| {
-                Ok((
-                    o.path_prefix.clone(),
-                    value("Content-Security-Policy", &o.content_security_policy)?,
-                ))
-            })
-            .collect::<Result<_, GatewayError>>()?,
-        strict_transport_security: value(
-            "Strict-Transport-Security",
-            &headers.strict_transport_security,
-        )?,
-    })
 }

@@ -151,26 +151,14 @@ pub struct RateLimits {
     fallback_decisions: AtomicU64,
 }
 
-/// Why the rate limits could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum RateLimitError {
-    /// The Redis URL is unusable.
-    #[error(transparent)]
-    RedisUrl(#[from] RedisUrlError),
-}
-
 impl RateLimits {
-    /// The limits and bans `config` describes.
-    pub fn new(config: &Config) -> Result<Self, RateLimitError> {
+    /// The limits and bans `config` describes, kept in `redis` (validated from
+    /// `rate_limit.redis_url`) when there is one, in memory otherwise.
+    pub fn new(config: &Config, redis: Option<redis::Client>) -> Self {
         let settings = &config.rate_limit;
-        let redis = match &settings.redis_url {
-            Some(url) => Some(RedisBackend::new(
-                RedisBackend::validate_url(url)?,
-                settings.redis_timeout,
-                &settings.redis_key_prefix,
-            )),
-            None => None,
-        };
+        let redis = redis.map(|client| {
+            RedisBackend::new(client, settings.redis_timeout, &settings.redis_key_prefix)
+        });
         let routes = config
             .routes
             .iter()
@@ -183,7 +171,7 @@ impl RateLimits {
             })
             .map(Arc::new)
             .collect();
-        Ok(Self {
+        Self {
             routes,
             redis,
             on_backend_error: settings.on_backend_error,
@@ -194,7 +182,7 @@ impl RateLimits {
             }),
             hasher: RandomState::new(),
             fallback_decisions: AtomicU64::new(0),
-        })
+        }
     }
 
     /// The limits of the route with `path_prefix`, if it has any.

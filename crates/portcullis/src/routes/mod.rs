@@ -328,10 +328,12 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::UpstreamTarget;
     use std::time::Duration;
 
     fn upstream(name: &str) -> Arc<Upstream> {
-        Upstream::new(name, "http://127.0.0.1:1", Duration::from_secs(1), None).unwrap()
+        let target = UpstreamTarget::parse(name, "http://127.0.0.1:1").unwrap();
+        Upstream::new(name, &target, Duration::from_secs(1), None).unwrap()
     }
 
     #[tokio::test]
@@ -428,13 +430,8 @@ mod tests {
 
     #[tokio::test]
     async fn locations_map_back_to_the_public_prefix() {
-        let based = Upstream::new(
-            "o",
-            "http://10.0.0.5:9000/SECRET",
-            Duration::from_secs(1),
-            None,
-        )
-        .unwrap();
+        let target = UpstreamTarget::parse("o", "http://10.0.0.5:9000/SECRET").unwrap();
+        let based = Upstream::new("o", &target, Duration::from_secs(1), None).unwrap();
         let route = Route::new("/outline", based, true).with_auth(RouteAuth::Capability);
         let mut headers = HeaderMap::new();
         headers.insert(

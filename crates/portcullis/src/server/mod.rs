@@ -31,7 +31,9 @@ use tracing::{debug, error, info, warn};
 use crate::base::context::ConnInfo;
 use crate::base::exchange::Decision;
 use crate::config::Config;
-use crate::pipeline::{Gateway, GatewayError, Shared};
+use crate::pipeline::{Gateway, Shared};
+use crate::settings::Settings;
+use crate::upstream::UpstreamError;
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
 };
@@ -39,9 +41,9 @@ use deadline::{
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The pipeline could not be built from the configuration.
+    /// An upstream's TLS client could not be set up.
     #[error(transparent)]
-    Gateway(#[from] GatewayError),
+    Upstream(#[from] UpstreamError),
     /// The TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -81,9 +83,13 @@ struct Connections {
 }
 
 impl Server {
-    /// Builds a pipeline per worker for `config`, around `shared`, and binds their
-    /// listeners.
-    pub fn bind(config: &Config, shared: &Shared) -> Result<Self, ServerError> {
+    /// Builds a pipeline per worker for `config`, validated as `settings`, around
+    /// `shared`, and binds their listeners.
+    pub fn bind(
+        config: &Config,
+        settings: &Settings,
+        shared: &Shared,
+    ) -> Result<Self, ServerError> {
         let tls = match &config.tls {
             Some(files) => Some(TlsAcceptor::from(tls::load(&files.cert, &files.key)?)),
             None => None,
@@ -107,7 +113,7 @@ impl Server {
                 Ok(Worker {
                     listener,
                     tls: tls.clone(),
-                    connections: Arc::new(Connections::new(config, shared)?),
+                    connections: Arc::new(Connections::new(config, settings, shared)?),
                     permits: permits.clone(),
                     shutdown_grace: config.limits.shutdown_grace,
                 })
@@ -243,8 +249,8 @@ impl Worker {
 }
 
 impl Connections {
-    fn new(config: &Config, shared: &Shared) -> Result<Self, ServerError> {
-        let gateway = Arc::new(Gateway::from_config(config, shared)?);
+    fn new(config: &Config, settings: &Settings, shared: &Shared) -> Result<Self, ServerError> {
+        let gateway = Arc::new(Gateway::new(config, settings, shared)?);
         let limits = &config.limits;
         // hyper's own limits sit well above ours so that our checks, which answer with
         // problem+json, are the ones clients meet.

@@ -83,16 +83,21 @@ pub enum ForwardError {
     Busy(#[from] Busy),
 }
 
-/// Where an upstream URL points.
-struct Target {
+/// Where an upstream URL points: an absolute `http://` or `https://` URL with a host, no
+/// credentials and no query.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
     host: HeaderValue,
+    /// `scheme://authority/`, what the connection pool connects to.
+    origin: Uri,
 }
 
-impl Target {
-    fn parse(name: &str, url: &str) -> Result<Self, UpstreamError> {
+impl UpstreamTarget {
+    /// Parses the URL `url` of the upstream `name`.
+    pub fn parse(name: &str, url: &str) -> Result<Self, UpstreamError> {
         let invalid = || UpstreamError::InvalidUrl {
             name: name.to_owned(),
             url: url.to_owned(),
@@ -111,18 +116,22 @@ impl Target {
         if authority.host().is_empty() || uri.query().is_some() {
             return Err(invalid());
         }
+        let origin = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            parts
+        })
+        .map_err(|_| invalid())?;
         Ok(Self {
             host: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             scheme,
             authority,
+            origin,
         })
     }
-}
-
-/// Checks that `url` is usable as the upstream `name`, without building a client.
-pub fn validate_url(name: &str, url: &str) -> Result<(), UpstreamError> {
-    Target::parse(name, url).map(|_| ())
 }
 
 /// A named upstream service.
@@ -148,21 +157,22 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// An upstream called `name` at `url`, whose requests must produce response headers
+    /// An upstream called `name` at `target`, whose requests must produce response headers
     /// within `timeout`, with at most as many in flight as `in_flight` allows (shared by
     /// every worker's copy of the upstream).
     pub fn new(
         name: &str,
-        url: &str,
+        target: &UpstreamTarget,
         timeout: Duration,
         in_flight: Option<Arc<InFlightLimit>>,
     ) -> Result<Arc<Self>, UpstreamError> {
-        let Target {
+        let UpstreamTarget {
             scheme,
             authority,
             base_path,
             host,
-        } = Target::parse(name, url)?;
+            origin,
+        } = target.clone();
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -177,18 +187,6 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let target = Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(scheme.clone());
-            parts.authority = Some(authority.clone());
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            parts
-        })
-        .map_err(|_| UpstreamError::InvalidUrl {
-            name: name.to_owned(),
-            url: url.to_owned(),
-        })?;
-
         Ok(Arc::new(Self {
             name: name.to_owned(),
             scheme,
@@ -196,7 +194,7 @@ impl Upstream {
             base_path,
             host,
             timeout,
-            pool: pool::Pool::new(https, target),
+            pool: pool::Pool::new(https, origin),
             in_flight,
         }))
     }
@@ -348,7 +346,12 @@ mod tests {
     use super::*;
 
     fn upstream(url: &str) -> Result<Arc<Upstream>, UpstreamError> {
-        Upstream::new("u", url, Duration::from_secs(1), None)
+        Upstream::new(
+            "u",
+            &UpstreamTarget::parse("u", url)?,
+            Duration::from_secs(1),
+            None,
+        )
     }
 
     #[tokio::test]

@@ -1,0 +1,387 @@
+//! The one validation step. [`Settings::validate`] turns the configuration (plain data, as
+//! written) into typed settings, every value parsed and checked once, or into every value
+//! that is wrong, each with its fix. `check` reports those beside its policy rules
+//! ([`rules`](../rules/index.html)); `serve` builds the gateway from the settings, so no
+//! constructor parses a value again and nothing a constructor could refuse can disagree
+//! with `check`.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::config::{Config, RouteConfig, RouteLimitConfig};
+use crate::cors::{CorsPolicy, normalize_origin};
+use crate::headers::SecurityHeadersPolicy;
+use crate::hygiene::check_path;
+use crate::ratelimit::RedisBackend;
+use crate::routes::ResponseRules;
+use crate::upstream::UpstreamTarget;
+
+/// A configuration, validated: what the gateway is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Every upstream, in name order.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// Every route, in configuration order.
+    pub routes: Vec<RouteSettings>,
+    /// The CORS allowlist (empty: CORS off).
+    pub cors: CorsPolicy,
+    /// The security headers.
+    pub security_headers: SecurityHeadersPolicy,
+    /// The Redis that keeps rate limits and bans for every replica, if any.
+    pub redis: Option<redis::Client>,
+}
+
+/// One upstream, its URL parsed.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Where it is.
+    pub target: UpstreamTarget,
+    /// Time it has to answer with a response head.
+    pub timeout: Duration,
+    /// At most this many requests in flight to it, across workers.
+    pub max_in_flight: Option<usize>,
+    /// How long a request waits for an in-flight slot.
+    pub queue_timeout: Duration,
+}
+
+/// One route, its values parsed.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// The route as configured (its plain values: prefix, auth, address rules).
+    pub config: RouteConfig,
+    /// The scope each listed method needs.
+    pub scopes: Vec<(Method, String)>,
+    /// The headers set on its responses.
+    pub response_rules: ResponseRules,
+    /// Its rate limits (its own, or the default).
+    pub limits: Vec<RouteLimitConfig>,
+}
+
+/// One value the gateway cannot be built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Stable rule id, e.g. `upstreams.url`.
+    pub rule: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+/// The methods a route's `scopes` table may name.
+const SCOPE_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+impl Settings {
+    /// Parses and checks every value of `config` that the gateway is built from; on
+    /// failure, every value that is wrong, in the order the checks run.
+    pub fn validate(config: &Config) -> Result<Self, Vec<Invalid>> {
+        let mut invalid = Invalid::list();
+        let upstreams = upstreams(config, &mut invalid);
+        let routes = routes(config, &mut invalid);
+        let cors = cors(config, &mut invalid);
+        let security_headers = security_headers(config, &mut invalid);
+        let redis = config.rate_limit.redis_url.as_ref().and_then(|url| {
+            match RedisBackend::validate_url(url) {
+                Ok(client) => Some(client),
+                Err(error) => {
+                    invalid.add(
+                        "rate_limit.redis_url",
+                        error.to_string(),
+                        "set PORTCULLIS_REDIS_URL to redis://[:password@]host:port[/db]",
+                    );
+                    None
+                }
+            }
+        });
+        if !invalid.0.is_empty() {
+            return Err(invalid.0);
+        }
+        Ok(Self {
+            upstreams,
+            routes,
+            cors,
+            security_headers,
+            redis,
+        })
+    }
+
+    /// The upstream called `name`.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamSettings> {
+        self.upstreams.iter().find(|upstream| upstream.name == name)
+    }
+}
+
+/// The values found wrong so far.
+struct InvalidList(Vec<Invalid>);
+
+impl Invalid {
+    fn list() -> InvalidList {
+        InvalidList(Vec::new())
+    }
+}
+
+impl InvalidList {
+    fn add(&mut self, rule: &'static str, message: impl Into<String>, fix: impl Into<String>) {
+        self.0.push(Invalid {
+            rule,
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+}
+
+fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings> {
+    let mut upstreams = Vec::new();
+    for (name, upstream) in &config.upstreams {
+        match UpstreamTarget::parse(name, &upstream.url) {
+            Ok(target) => upstreams.push(UpstreamSettings {
+                name: name.clone(),
+                target,
+                timeout: config.timeout_for(upstream),
+                max_in_flight: upstream.max_in_flight,
+                queue_timeout: upstream.queue_timeout,
+            }),
+            Err(error) => invalid.add(
+                "upstreams.url",
+                error.to_string(),
+                "use a URL like http://127.0.0.1:9000 or https://api.internal/base",
+            ),
+        }
+    }
+    upstreams
+}
+
+fn routes(config: &Config, invalid: &mut InvalidList) -> Vec<RouteSettings> {
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let prefix = &route.path_prefix;
+        if !config.upstreams.contains_key(&route.upstream) {
+            invalid.add(
+                "routes.upstream",
+                format!(
+                    "route {prefix:?} names upstream {:?}, which is not defined",
+                    route.upstream
+                ),
+                format!(
+                    "add [upstreams.{}] with a url, or fix the route's upstream",
+                    route.upstream
+                ),
+            );
+        }
+        let mut scopes = Vec::new();
+        for (method, scope) in &route.scopes {
+            let upper = method.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(parsed) if SCOPE_METHODS.contains(&upper.as_str()) && is_scope_name(scope) => {
+                    scopes.push((parsed, scope.clone()));
+                }
+                _ => invalid.add(
+                    "routes.scopes",
+                    format!("route {prefix:?} has an invalid scope entry {method:?} = {scope:?}"),
+                    "use a method name and a scope of letters, digits and : . _ - (e.g. POST = \"reports:run\")",
+                ),
+            }
+        }
+        let (cache_control, referrer_policy) = route.response_headers();
+        let mut header = |key: &str, value: Option<&str>| {
+            let value = value?;
+            let parsed = HeaderValue::from_str(value).ok();
+            if parsed.is_none() {
+                invalid.add(
+                    "routes.response_headers",
+                    format!("route {prefix:?} has a {key} that is not a valid header value"),
+                    "use printable ASCII, e.g. cache_control = \"private, no-store\"",
+                );
+            }
+            parsed
+        };
+        let response_rules = ResponseRules {
+            cache_control: header("cache_control", cache_control),
+            referrer_policy: header("referrer_policy", referrer_policy),
+        };
+        if check_path(prefix).is_err() {
+            invalid.add(
+                "routes.path_prefix",
+                format!("route path_prefix {prefix:?} is not a clean absolute path"),
+                "start it with / and use no dot segments, backslashes or percent-escapes that decode to them",
+            );
+        }
+        routes.push(RouteSettings {
+            config: route.clone(),
+            scopes,
+            response_rules,
+            limits: config.limits_for(route),
+        });
+    }
+    routes
+}
+
+/// Whether `scope` is 1 to 64 characters of letters, digits and `: . _ -`.
+pub fn is_scope_name(scope: &str) -> bool {
+    (1..=64).contains(&scope.len())
+        && scope
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
+}
+
+fn cors(config: &Config, invalid: &mut InvalidList) -> CorsPolicy {
+    let cors = &config.cors;
+    let mut allowed_origins = Vec::new();
+    for origin in &cors.allowed_origins {
+        match normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok()) {
+            Some(exact) => allowed_origins.push(exact),
+            None => invalid.add(
+                "cors.origins",
+                format!("CORS origin {origin:?} is not an exact origin (wildcards and null are refused)"),
+                "list each origin exactly, e.g. PORTCULLIS_CORS_ALLOWED_ORIGINS=https://a.example,https://b.example",
+            ),
+        }
+    }
+    let mut allowed_methods = Vec::new();
+    for method in &cors.allowed_methods {
+        match Method::from_bytes(method.as_bytes()) {
+            Ok(method) => allowed_methods.push(method),
+            Err(_) => invalid.add(
+                "cors.methods",
+                format!("CORS method {method:?} is not a method"),
+                "use names like GET or POST",
+            ),
+        }
+    }
+    let mut names = |list: &[String]| {
+        let mut parsed = Vec::new();
+        for name in list {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => parsed.push(name),
+                Err(_) => invalid.add(
+                    "cors.headers",
+                    format!("CORS header {name:?} is not a header name"),
+                    "use names like content-type",
+                ),
+            }
+        }
+        parsed
+    };
+    CorsPolicy {
+        allowed_origins,
+        allowed_methods,
+        allowed_headers: names(&cors.allowed_headers),
+        expose_headers: names(&cors.expose_headers),
+        max_age: cors.max_age,
+        allow_credentials: cors.allow_credentials,
+    }
+}
+
+fn security_headers(config: &Config, invalid: &mut InvalidList) -> SecurityHeadersPolicy {
+    let headers = &config.security_headers;
+    let mut value = |text: &str| {
+        HeaderValue::from_str(text).unwrap_or_else(|_| {
+            invalid.add(
+                "security_headers.values",
+                format!("{text:?} is not a valid header value"),
+                "remove control characters and line breaks",
+            );
+            HeaderValue::from_static("")
+        })
+    };
+    let content_security_policy = value(&headers.content_security_policy);
+    let strict_transport_security = value(&headers.strict_transport_security);
+    let mut csp_overrides = Vec::new();
+    for o in &headers.csp_overrides {
+        csp_overrides.push((o.path_prefix.clone(), value(&o.content_security_policy)));
+    }
+    for o in &headers.csp_overrides {
+        if !o.path_prefix.starts_with('/') {
+            invalid.add(
+                "security_headers.csp_overrides",
+                format!(
+                    "CSP override path_prefix {:?} does not start with /",
+                    o.path_prefix
+                ),
+                "use an absolute path prefix such as /docs",
+            );
+        }
+    }
+    SecurityHeadersPolicy {
+        enabled: headers.enabled,
+        content_security_policy,
+        csp_overrides,
+        strict_transport_security,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml(toml, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn every_wrong_value_is_reported_with_its_rule() {
+        let config = config(
+            r#"
+[upstreams.api]
+url = "ftp://x"
+[[routes]]
+path_prefix = "/api/../x"
+upstream = "missing"
+scopes = { FETCH = "read" }
+cache_control = "a\nb"
+[cors]
+allowed_origins = ["*"]
+allowed_methods = ["GE T"]
+allowed_headers = ["bad header"]
+[security_headers]
+content_security_policy = "default-src\u0001"
+"#,
+        );
+        let rules: Vec<&str> = Settings::validate(&config)
+            .unwrap_err()
+            .iter()
+            .map(|invalid| invalid.rule)
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "upstreams.url",
+                "routes.upstream",
+                "routes.scopes",
+                "routes.response_headers",
+                "routes.path_prefix",
+                "cors.origins",
+                "cors.methods",
+                "cors.headers",
+                "security_headers.values",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_valid_configuration_becomes_typed_settings() {
+        let config = config(
+            r#"
+[upstreams.api]
+url = "http://127.0.0.1:9000/base/"
+[[routes]]
+path_prefix = "/api"
+upstream = "api"
+scopes = { post = "reports:run" }
+[cors]
+allowed_origins = ["HTTPS://App.Example"]
+"#,
+        );
+        let settings = Settings::validate(&config).unwrap();
+        assert_eq!(
+            settings.routes[0].scopes,
+            [(Method::POST, "reports:run".into())]
+        );
+        assert_eq!(settings.cors.allowed_origins, ["https://app.example"]);
+        assert!(settings.upstream("api").is_some());
+        assert!(settings.redis.is_none());
+    }
+}
