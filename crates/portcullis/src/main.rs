@@ -331,24 +331,35 @@ fn print_report(report: &Report, production: bool) {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Installed now, not when first polled: a signal sent as soon as the listening line
+    // appears must stop the server gracefully, not kill it.
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
-                    let _ = interrupt.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+                (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
+                    warn!(%error, "cannot listen for one of SIGINT and SIGTERM");
+                    only.recv().await;
+                }
+                (Err(error), Err(_)) => {
+                    warn!(%error, "cannot listen for signals; stop the server with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

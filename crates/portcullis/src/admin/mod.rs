@@ -302,7 +302,7 @@ fn begin_record(request: &Request, id: &HeaderValue, redactor: &Redactor) -> Exc
         route: request
             .extensions()
             .get::<MatchedPath>()
-            .map(|matched| matched.as_str().to_owned()),
+            .map(|matched| Arc::from(matched.as_str())),
         path: uri.path().to_owned(),
         query: uri.query().map(|query| redactor.query(query)),
         user_agent: request.headers().get(header::USER_AGENT).cloned(),

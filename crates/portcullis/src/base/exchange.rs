@@ -143,7 +143,7 @@ pub struct Exchange {
     /// The method; none when the head never arrived whole.
     pub method: Option<http::Method>,
     /// The route's configured prefix (never the raw path), once matched.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The path, with a capability segment masked.
     pub path: String,
     /// The query, with sensitive values masked.
@@ -151,7 +151,7 @@ pub struct Exchange {
     /// Who called, once authenticated.
     pub caller: Option<Caller>,
     /// The upstream's name, once forwarded.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// The status sent.
     pub status: u16,
     /// What the gateway decided.

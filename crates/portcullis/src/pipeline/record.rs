@@ -72,7 +72,7 @@ impl PendingRecord {
     /// Notes the upstream the request goes to.
     pub fn upstream(&mut self, route: &Route) {
         if let Some(exchange) = &mut self.exchange {
-            exchange.upstream = Some(route.upstream().name().to_owned());
+            exchange.upstream = Some(route.upstream().name().clone());
         }
     }
 
@@ -89,7 +89,7 @@ impl PendingRecord {
         };
         exchange.status = response.status().as_u16();
         exchange.decision = decision;
-        exchange.route = route.map(|route| route.prefix().to_owned());
+        exchange.route = route.map(|route| route.prefix().clone());
         exchange.to_head = exchange.started_at.elapsed();
         let recorder = self.recorder.clone();
         response.map(|body| RecordedBody::new(body, exchange, recorder).boxed_unsync())

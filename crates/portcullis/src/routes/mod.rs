@@ -79,6 +79,9 @@ impl ResponseRules {
 #[derive(Debug, Clone)]
 pub struct Route {
     prefix: String,
+    /// The prefix as records name the route (`/` for the root route), shared with every
+    /// record rather than copied into each.
+    name: Arc<str>,
     upstream: Arc<Upstream>,
     strip_prefix: bool,
     auth: RouteAuth,
@@ -93,8 +96,10 @@ impl Route {
     /// Paths at or below `prefix` (on a segment boundary) go to `upstream`; with
     /// `strip_prefix` the prefix is removed from the path sent upstream.
     pub fn new(prefix: &str, upstream: Arc<Upstream>, strip_prefix: bool) -> Self {
+        let prefix = prefix.trim_end_matches('/');
         Self {
-            prefix: prefix.trim_end_matches('/').to_owned(),
+            prefix: prefix.to_owned(),
+            name: Arc::from(if prefix.is_empty() { "/" } else { prefix }),
             upstream,
             strip_prefix,
             auth: RouteAuth::default(),
@@ -156,12 +161,8 @@ impl Route {
     }
 
     /// The configured prefix (`/` for the root route), as records name the route.
-    pub fn prefix(&self) -> &str {
-        if self.prefix.is_empty() {
-            "/"
-        } else {
-            &self.prefix
-        }
+    pub fn prefix(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// `path` as records may show it: on a capability route, the secret segment masked.
@@ -419,10 +420,10 @@ mod tests {
             assert_eq!(router.find(path).unwrap_err(), error, "{path}");
         }
         let within = router.find("/admin/caf%C3%A9").unwrap().unwrap();
-        assert_eq!(within.upstream().name(), "guarded");
+        assert_eq!(&**within.upstream().name(), "guarded");
         let elsewhere = router.find("/caf%C3%A9/%C4%B1").unwrap().unwrap();
         assert_eq!(
-            elsewhere.upstream().name(),
+            &**elsewhere.upstream().name(),
             "open",
             "folding that reaches no other route is fine"
         );

@@ -136,7 +136,8 @@ impl UpstreamTarget {
 
 /// A named upstream service.
 pub struct Upstream {
-    name: String,
+    /// Shared with every record rather than copied into each.
+    name: Arc<str>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -188,7 +189,7 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         Ok(Arc::new(Self {
-            name: name.to_owned(),
+            name: Arc::from(name),
             scheme,
             authority,
             base_path,
@@ -200,7 +201,7 @@ impl Upstream {
     }
 
     /// The name it was configured under.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 

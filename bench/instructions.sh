@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: repeatable for the same build
+# and inputs whatever else the machine is doing, where wrk's requests/s on two shared cores
+# can move by 10% between rounds. Runs one gateway (one worker, static token, security
+# headers) under callgrind in front of an nginx upstream, sends it wrk traffic for DURATION,
+# and divides the instructions of every thread (the recorder's included) by the requests
+# served; a run with no request gives what start and shutdown cost, which is subtracted.
+# Measured without and with the access log (JSON lines to a file).
+#
+#   bash bench/instructions.sh
+#
+# Needs: valgrind, nginx and wrk (apt-get install valgrind nginx wrk), a Rust toolchain.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+DURATION=${DURATION:-10s}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18101}
+PORT=${PORT:-18102}
+
+for tool in valgrind nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+cleanup() {
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "bench: building the release binary" >&2
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
+
+cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/body;
+  proxy_temp_path $work/proxy;
+  fastcgi_temp_path $work/fastcgi;
+  uwsgi_temp_path $work/uwsgi;
+  scgi_temp_path $work/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location / {
+      default_type application/json;
+      return 200 '{"sku":"SKU-1001","site":"LYON-DC","on_hand":1200,"unit":"EA"}';
+    }
+  }
+}
+EOF
+nginx -p "$work" -c "$work/nginx.conf"
+
+token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+# measure <name> <requests: yes|no> [gateway args...]: prints "<instructions> <requests>".
+measure() {
+  local name=$1 load=$2
+  shift 2
+  rm -rf "$work/data"
+  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn valgrind --tool=callgrind \
+    --callgrind-out-file="$work/$name.out" "$binary" serve \
+    --listen "127.0.0.1:$PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+    --data-dir "$work/data" --admin-listen off --workers 1 "$@" \
+    2>"$work/$name.log" &
+  local pid=$!
+  for _ in $(seq 600); do
+    curl -s -o /dev/null "http://127.0.0.1:$PORT/health" && break
+    sleep 0.1
+  done
+  local requests=0
+  if [ "$load" = yes ]; then
+    requests=$(wrk -t1 -c8 -d"$DURATION" -H "Authorization: Bearer $token" \
+      "http://127.0.0.1:$PORT/" | awk '/requests in/ {print $1}')
+  fi
+  kill -TERM "$pid"
+  wait "$pid" || true
+  # The few /health probes above are left in: a rounding error beside wrk's requests.
+  local total
+  total=$(callgrind_annotate "$work/$name.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "$total $requests"
+}
+
+printf '| build | access log | requests | instructions/request |\n|---|---|---|---|\n'
+for variant in off file; do
+  args=()
+  [ "$variant" = file ] && args=(--access-log "$work/$variant.access")
+  read -r idle _ < <(measure "$variant-idle" no "${args[@]}")
+  read -r busy requests < <(measure "$variant" yes "${args[@]}")
+  per=$(( (busy - idle) / requests ))
+  printf '| %s | %s | %s | %s |\n' "$(git -C "$root" rev-parse --short HEAD)" "$variant" "$requests" "$per"
+done
