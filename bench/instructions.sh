@@ -5,9 +5,11 @@
 # headers) under callgrind in front of an nginx upstream, sends it wrk traffic for DURATION,
 # and divides the instructions of every thread (the recorder's included) by the requests
 # served; a run with no request gives what start and shutdown cost, which is subtracted.
-# Measured without and with the access log (JSON lines to a file).
+# Measured with no record kept, with the access log (JSON lines to a file), and with the
+# audit log (SQLite in the data directory).
 #
 #   bash bench/instructions.sh
+#   BINARY=/path/to/older/portcullis bash bench/instructions.sh   # measure another build
 #
 # Needs: valgrind, nginx and wrk (apt-get install valgrind nginx wrk), a Rust toolchain.
 set -euo pipefail
@@ -29,9 +31,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench: building the release binary" >&2
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
+binary=${BINARY:-}
+if [ -z "$binary" ]; then
+  echo "bench: building the release binary" >&2
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+  binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
+fi
 
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
@@ -87,12 +92,14 @@ measure() {
   echo "$total $requests"
 }
 
-printf '| build | access log | requests | instructions/request |\n|---|---|---|---|\n'
-for variant in off file; do
-  args=()
-  [ "$variant" = file ] && args=(--access-log "$work/$variant.access")
+printf '| build | sink | requests | instructions/request |\n|---|---|---|---|\n'
+for variant in off file audit; do
+  # Each variant adds one sink: none, the access log to a file, the audit log on SQLite.
+  args=(--audit off)
+  [ "$variant" = file ] && args=(--audit off --access-log "$work/$variant.access")
+  [ "$variant" = audit ] && args=(--audit on)
   read -r idle _ < <(measure "$variant-idle" no "${args[@]}")
   read -r busy requests < <(measure "$variant" yes "${args[@]}")
   per=$(( (busy - idle) / requests ))
-  printf '| %s | %s | %s | %s |\n' "$(git -C "$root" rev-parse --short HEAD)" "$variant" "$requests" "$per"
+  printf '| %s | %s | %s | %s |\n' "${BINARY:-$(git -C "$root" rev-parse --short HEAD)}" "$variant" "$requests" "$per"
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: wrk against the upstream directly, nginx as a plain reverse proxy, and
-# portcullis (bearer token checked, security headers on; then the same with a rate limit
-# checked in memory, and with the limit shared through Redis), all in one run on this machine.
+# portcullis (bearer token checked, security headers on, no access or audit log; then the
+# same with a rate limit checked in memory, with the limit shared through Redis, with the
+# access log, and with the audit log on SQLite), all in one run on this machine.
 # Every target is on 127.0.0.1; every wrk run is bounded by DURATION. The targets are
 # measured in ROUNDS interleaved rounds and each figure is the median over the rounds, since
 # on a small shared machine one run of one target can be off by 15%.
@@ -26,6 +27,7 @@ PORTCULLIS_PORT=${PORTCULLIS_PORT:-18003}
 REDIS_PORTCULLIS_PORT=${REDIS_PORTCULLIS_PORT:-18004}
 BASELINE_PORT=${BASELINE_PORT:-18005}
 ACCESS_LOG_PORT=${ACCESS_LOG_PORT:-18006}
+AUDIT_PORT=${AUDIT_PORT:-18007}
 BASELINE_BIN=${BASELINE_BIN:-}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 record=false
@@ -114,27 +116,34 @@ rate_limits = [{ rate = "1000000/s" }]
 [rate_limit]
 redis_key_prefix = "portcullis-bench-$$"
 EOF
-PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$binary" serve \
   --listen "127.0.0.1:$PORTCULLIS_PORT" --config "$work/portcullis.toml" \
   --data-dir "$work/data" --admin-listen off \
   2>"$work/portcullis.log" &
 pids+=($!)
 # The same configuration with its limits (and bans) kept in Redis.
-PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_REDIS_URL=$REDIS_URL "$binary" serve \
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off PORTCULLIS_REDIS_URL=$REDIS_URL "$binary" serve \
   --listen "127.0.0.1:$REDIS_PORTCULLIS_PORT" --config "$work/portcullis.toml" \
   --data-dir "$work/data-redis" --admin-listen off \
   2>"$work/portcullis-redis.log" &
 pids+=($!)
 
 # The same configuration writing its access log (JSON lines) to a file.
-PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$binary" serve \
   --listen "127.0.0.1:$ACCESS_LOG_PORT" --config "$work/portcullis.toml" \
   --data-dir "$work/data-access-log" --admin-listen off --access-log "$work/access.log" \
   2>"$work/portcullis-access-log.log" &
 pids+=($!)
 
+# The same configuration keeping its audit log (batched, in SQLite in its data directory).
+PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
+  --listen "127.0.0.1:$AUDIT_PORT" --config "$work/portcullis.toml" \
+  --data-dir "$work/data-audit" --admin-listen off \
+  2>"$work/portcullis-audit.log" &
+pids+=($!)
+
 # An older build with the same configuration, to compare a change in the same run.
-ports=($UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT $ACCESS_LOG_PORT)
+ports=($UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT $ACCESS_LOG_PORT $AUDIT_PORT)
 if [ -n "$BASELINE_BIN" ]; then
   PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$BASELINE_BIN" serve \
     --listen "127.0.0.1:$BASELINE_PORT" --config "$work/portcullis.toml" \
@@ -178,6 +187,7 @@ limited_url="http://127.0.0.1:$PORTCULLIS_PORT/limited/positions"
 redis_url="http://127.0.0.1:$REDIS_PORTCULLIS_PORT/limited/positions"
 baseline_url="http://127.0.0.1:$BASELINE_PORT/v1/positions"
 access_log_url="http://127.0.0.1:$ACCESS_LOG_PORT/v1/positions"
+audit_url="http://127.0.0.1:$AUDIT_PORT/v1/positions"
 auth="Authorization: Bearer $token"
 managed_auth="Authorization: Bearer $managed"
 
@@ -188,6 +198,7 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$managed_auth" "$portcullis_url" >/de
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$limited_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$redis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$access_log_url" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$audit_url" >/dev/null
 if [ -n "$BASELINE_BIN" ]; then wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$baseline_url" >/dev/null; fi
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
@@ -198,6 +209,7 @@ for round in $(seq "$ROUNDS"); do
   measure limited "$limited_url" "$auth"
   measure redis "$redis_url" "$auth"
   measure access_log "$access_log_url" "$auth"
+  measure audit "$audit_url" "$auth"
   if [ -n "$BASELINE_BIN" ]; then measure baseline "$baseline_url" "$auth"; fi
 done
 
@@ -220,6 +232,7 @@ rows=$(
   row limited "portcullis (static token + rate limit in memory)"
   row redis "portcullis (static token + rate limit in Redis)"
   row access_log "portcullis (static token + access log to a file)"
+  row audit "portcullis (static token + audit log, SQLite, batched)"
   if [ -n "$BASELINE_BIN" ]; then row baseline "baseline build (static token + security headers)"; fi
 )
 ratio=$(awk -v a="$(median portcullis 2)" -v b="$(median nginx 2)" 'BEGIN { printf "%.2f", a / b }')
@@ -228,6 +241,7 @@ managed_ratio=$(awk -v a="$(median managed 2)" -v b="$(median portcullis 2)" 'BE
 limited_ratio=$(awk -v a="$(median limited 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 redis_ratio=$(awk -v a="$(median redis 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 access_log_ratio=$(awk -v a="$(median access_log 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
+audit_ratio=$(awk -v a="$(median audit 2)" -v b="$(median portcullis 2)" 'BEGIN { printf "%.3f", a / b }')
 per_round=$(awk '$1 == "portcullis" { p = $2 } $1 == "nginx" { n = $2 } $1 == "portcullis" && n { printf "%s%.2f", sep, p / n; sep = ", " }' "$work/runs")
 
 section=$(cat <<EOF
@@ -246,6 +260,7 @@ portcullis / nginx: throughput **${ratio}x** (per round: $per_round), p99 **${p9
 Managed token (cache hit) / static token throughput: **${managed_ratio}x**.
 Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no limit: **${redis_ratio}x**.
 Access log to a file / no access log throughput: **${access_log_ratio}x** ($(wc -l <"$work/access.log") lines written).
+Audit log on SQLite / no audit log throughput: **${audit_ratio}x**.
 EOF
 )
 if [ -n "$BASELINE_BIN" ]; then

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::base::exchange::{Exchange, USER_AGENT_MAX};
 use crate::config::AccessLogTarget;
 use crate::recorder::Sink;
+use crate::redact::{MASK, contains_secret};
 
 /// The access log sink.
 pub struct AccessLog {
@@ -98,9 +99,11 @@ impl Sink for AccessLog {
         line.millis("head_ms", exchange.to_head);
         line.millis("duration_ms", exchange.duration);
         line.text("protocol", Some(exchange.protocol));
+        // A client that puts its token in its user agent does not see it logged.
+        let user_agent = user_agent.as_deref().map(|text| cut(text, USER_AGENT_MAX));
         line.text(
             "user_agent",
-            user_agent.as_deref().map(|text| cut(text, USER_AGENT_MAX)),
+            user_agent.map(|text| if contains_secret(text) { MASK } else { text }),
         );
         // Present, and true, only for the admin API's requests.
         if exchange.admin {

@@ -38,6 +38,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod base;
 pub mod config;

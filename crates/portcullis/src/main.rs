@@ -1,5 +1,6 @@
 //! The `portcullis` command line.
 
+mod audit_cli;
 mod token_cli;
 
 use std::io::IsTerminal;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
+use portcullis::audit::{self, AuditLog};
 use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::pipeline::Shared;
@@ -51,6 +53,13 @@ enum Command {
         /// Also apply the rules for an internet-facing deployment.
         #[arg(long)]
         production: bool,
+    },
+    /// Read the audit log (audit.db in --data-dir, or PostgreSQL) and verify its chains.
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: audit_cli::AuditAction,
     },
     /// Manage bearer tokens in the store (SQLite in --data-dir, or PostgreSQL).
     Token {
@@ -101,6 +110,10 @@ fn main() -> ExitCode {
                 init_logging(LogFormat::Text);
                 token_cli::run(&store, json, action).await
             }
+            Command::Audit { store, action } => {
+                init_logging(LogFormat::Text);
+                audit_cli::run(&store, action).await
+            }
             Command::Demo { listen } => {
                 init_logging(LogFormat::Text);
                 match portcullis::demo::run(listen, shutdown_signal()).await {
@@ -146,17 +159,37 @@ fn load(overrides: &Overrides) -> Result<Config, ExitCode> {
     Ok(config)
 }
 
-/// `shared` with a recorder feeding the configured sinks, when there are any.
-fn start_recorder(config: &Config, shared: Shared) -> std::io::Result<Shared> {
-    let sinks: Vec<Box<dyn Sink>> = AccessLog::open(&config.log.access)?
-        .into_iter()
-        .map(|log| Box::new(log) as Box<dyn Sink>)
-        .collect();
+/// `shared` with a recorder feeding the configured sinks (the access log, the audit log),
+/// when there are any; lossless when the audit log is one of them.
+async fn start_recorder(
+    config: &Config,
+    location: &StoreLocation,
+    shared: Shared,
+) -> Result<Shared, String> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(log) = AccessLog::open(&config.log.access)
+        .map_err(|error| format!("cannot open the access log: {error}"))?
+    {
+        sinks.push(Box::new(log));
+    }
+    let audit = config.audit.enabled;
+    if audit {
+        let key = audit::load_key(location, |name| std::env::var(name).ok())
+            .map_err(|error| error.to_string())?;
+        let location = location.clone();
+        // Opening blocks on a runtime of the audit log's own: not on this one.
+        let opened = tokio::task::spawn_blocking(move || AuditLog::open(&location, key))
+            .await
+            .map_err(|error| error.to_string())?;
+        sinks.push(Box::new(opened.map_err(|error| error.to_string())?));
+    }
     if sinks.is_empty() {
         return Ok(shared);
     }
+    let recorder = Recorder::start(sinks, audit)
+        .map_err(|error| format!("cannot start the recorder: {error}"))?;
     Ok(Shared {
-        recorder: Some(Recorder::start(sinks)?),
+        recorder: Some(recorder),
         ..shared
     })
 }
@@ -201,10 +234,10 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
         store: Some(opened.store),
         ..Shared::new(&config, &settings)
     };
-    let shared = match start_recorder(&config, shared) {
+    let shared = match start_recorder(&config, &location, shared).await {
         Ok(shared) => shared,
         Err(error) => {
-            eprintln!("portcullis: cannot open the access log: {error}");
+            eprintln!("portcullis: {error}");
             return ExitCode::from(2);
         }
     };
@@ -237,7 +270,10 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
         admin.abort();
     }
     if let Some(recorder) = &shared.recorder {
-        recorder.flush(RECORDS_FLUSH_TIMEOUT);
+        // Blocks while the last batch is stored: off this runtime's thread.
+        let recorder = recorder.clone();
+        let closed = tokio::task::spawn_blocking(move || recorder.close(RECORDS_FLUSH_TIMEOUT));
+        let _ = closed.await;
     }
     if let (Some(usage), Some(tokens)) = (usage, tokens) {
         usage.abort();
@@ -251,8 +287,8 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
 /// How often last-used times are written to the store.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 
-/// How long shutdown waits for the access log to write its last records.
-const RECORDS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the access and audit logs to write their last records.
+const RECORDS_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The store, opened, with the token verifier every worker shares.
 struct Opened {

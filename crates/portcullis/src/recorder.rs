@@ -22,25 +22,31 @@ pub trait Sink: Send {
     fn record(&mut self, exchange: &Exchange);
     /// Called when no record is waiting: write out what is buffered.
     fn flush(&mut self) {}
+    /// Called once, at shutdown, after the last record: write out everything and finish.
+    fn close(&mut self) {
+        self.flush();
+    }
 }
 
 /// Hands finished records to the sinks, off the request path: a bounded channel to one
 /// thread, which wakes every [`BATCH_INTERVAL`] to write what has come (so a request never
-/// pays for waking it). A worker never waits for a sink: when the channel is full the
-/// record is counted as dropped ([`Recorder::dropped`]).
+/// pays for waking it). When the channel is full, a lossy recorder (the access log alone)
+/// counts the record as dropped ([`Recorder::dropped`]) and never makes a worker wait; a
+/// lossless one (the audit log is on) makes the worker wait for room.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     sender: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
     thread: std::thread::Thread,
+    lossless: bool,
 }
 
 /// What the recorder's thread is sent.
 enum Message {
     /// A finished record.
     Record(Box<Exchange>),
-    /// Write out everything sent before, then answer.
-    Flush(SyncSender<()>),
+    /// Write out everything sent before (and, when closing, finish the sinks), then answer.
+    Flush { done: SyncSender<()>, close: bool },
 }
 
 /// How many finished records may wait for the sinks.
@@ -50,8 +56,9 @@ const QUEUE: usize = 65_536;
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Recorder {
-    /// Starts the thread that feeds `sinks`; it ends when every recorder is dropped.
-    pub fn start(sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Self> {
+    /// Starts the thread that feeds `sinks`; it ends when every recorder is dropped. With
+    /// `lossless`, no record is ever dropped: a worker waits for room instead.
+    pub fn start(sinks: Vec<Box<dyn Sink>>, lossless: bool) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let mut sinks = sinks;
         let handle = std::thread::Builder::new()
@@ -61,25 +68,39 @@ impl Recorder {
             sender,
             dropped: Arc::new(AtomicU64::new(0)),
             thread: handle.thread().clone(),
+            lossless,
         })
     }
 
     /// Hands `exchange` to the sinks, or counts it as dropped when they are behind.
     pub fn finish(&self, exchange: Exchange) {
-        match self.sender.try_send(Message::Record(Box::new(exchange))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let record = Message::Record(Box::new(exchange));
+        let sent = if self.lossless {
+            self.sender.send(record).is_ok()
+        } else {
+            self.sender.try_send(record).is_ok()
+        };
+        if !sent {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Waits (at most `timeout`) until every record finished so far is written out: at
-    /// shutdown, so the last records are not lost with the process.
+    /// Waits (at most `timeout`) until every record finished so far is written out.
     pub fn flush(&self, timeout: Duration) {
+        self.flush_or_close(timeout, false);
+    }
+
+    /// At shutdown: waits (at most `timeout`) until every record finished so far is
+    /// written out and the sinks are finished (the audit log's last checkpoint written), so
+    /// the last records are not lost with the process.
+    pub fn close(&self, timeout: Duration) {
+        self.flush_or_close(timeout, true);
+    }
+
+    fn flush_or_close(&self, timeout: Duration, close: bool) {
         let (done, flushed) = mpsc::sync_channel(1);
         let deadline = Instant::now() + timeout;
-        let mut message = Message::Flush(done);
+        let mut message = Message::Flush { done, close };
         // A full queue drains at the next batch; keep offering until there is room.
         loop {
             match self.sender.try_send(message) {
@@ -203,9 +224,13 @@ fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
                         sink.record(&exchange);
                     }
                 }
-                Ok(Message::Flush(done)) => {
+                Ok(Message::Flush { done, close }) => {
                     for sink in sinks.iter_mut() {
-                        sink.flush();
+                        if close {
+                            sink.close();
+                        } else {
+                            sink.flush();
+                        }
                     }
                     let _ = done.send(());
                 }
@@ -251,7 +276,7 @@ mod tests {
     #[test]
     fn records_reach_every_sink_in_order() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorder = Recorder::start(vec![Box::new(Collect(seen.clone()))]).unwrap();
+        let recorder = Recorder::start(vec![Box::new(Collect(seen.clone()))], false).unwrap();
         recorder.finish(exchange(Decision::Allowed));
         recorder.finish(exchange(Decision::AuthExpired));
         recorder.flush(Duration::from_secs(5));

@@ -118,6 +118,19 @@ pub fn looks_secret(value: &str) -> bool {
         || has_key_prefix(trimmed)
 }
 
+/// Whether free text (a user agent, say) holds a credential anywhere: a word that looks
+/// like one, or a `Bearer` or `Basic` scheme with something after it.
+pub fn contains_secret(text: &str) -> bool {
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        let scheme = word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("basic");
+        if (scheme && words.clone().next().is_some()) || looks_secret(word) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Three base64url parts, the first a JSON object (`eyJ`).
 fn is_jwt(value: &str) -> bool {
     let parts: Vec<&str> = value.split('.').collect();
@@ -164,6 +177,17 @@ fn percent_decoded(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_found_anywhere_in_free_text() {
+        assert!(contains_secret("tool/1 Bearer abc"));
+        assert!(contains_secret("curl/8 (pcl_0123456789abcdef)"));
+        assert!(contains_secret("x ghp_0123456789abcdefghij y"));
+        assert!(!contains_secret(
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
+        ));
+        assert!(!contains_secret("bearer-agent/1.0"));
+    }
 
     #[test]
     fn sensitive_parameters_are_masked_in_any_spelling() {

@@ -123,6 +123,14 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     tls(config, production, &mut report);
     admin(config, &mut report);
     security_headers(config, production, &mut report);
+    if !config.audit.enabled {
+        report.add(
+            "audit.enabled",
+            strict(production),
+            "the audit log is off: requests and admin actions leave no tamper-evident record",
+            "unset PORTCULLIS_AUDIT (or set it to on) and audit.enabled = true",
+        );
+    }
     limits(config, production, &mut report);
     rate_limits(config, production, &mut report);
     report

@@ -34,7 +34,7 @@ use self::extract::{JsonBody, OptionalJsonBody, RequestId, TokenId, problem};
 use crate::auth::{Authenticator, StaticTokens, insufficient_scope};
 use crate::base::body::BoxError;
 use crate::base::context::{ConnInfo, X_REQUEST_ID, request_id};
-use crate::base::exchange::{Caller, Decision, Exchange, protocol};
+use crate::base::exchange::{AdminAction, Caller, Decision, Exchange, protocol};
 use crate::base::problem::{Problem, ProblemKind};
 use crate::config::Config;
 use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
@@ -282,6 +282,7 @@ async fn respond(State(front): State<Arc<Front>>, mut request: Request, next: Ne
     let extensions = response.extensions_mut();
     exchange.decision = extensions.remove::<Decision>().unwrap_or_default();
     exchange.caller = extensions.remove::<Caller>();
+    exchange.action = extensions.remove::<AdminAction>();
     exchange.to_head = exchange.started_at.elapsed();
     response.map(|body| {
         let body = body.map_err(|error| Box::new(error) as BoxError);
@@ -534,10 +535,20 @@ async fn create_token(
     };
     match state.tokens.credentials().create(new).await {
         Ok((record, secret)) => {
-            (StatusCode::CREATED, Json(MintedView::new(record, &secret))).into_response()
+            let target = record.id.clone();
+            let minted = (StatusCode::CREATED, Json(MintedView::new(record, &secret)));
+            acted("token_created", target, minted.into_response())
         }
         Err(error) => credential_problem(error, &id),
     }
+}
+
+/// `response`, carrying the admin action it reports for the request's record.
+fn acted(action: &'static str, target: String, mut response: Response) -> Response {
+    response
+        .extensions_mut()
+        .insert(AdminAction { action, target });
+    response
 }
 
 /// List every token, newest first (never the tokens themselves).
@@ -587,7 +598,11 @@ async fn revoke_token(
             // Revocation applies at once on this instance; others see it within the
             // cache window.
             state.tokens.forget_cached();
-            Json(TokenView::from(record)).into_response()
+            acted(
+                "token_revoked",
+                token_id,
+                Json(TokenView::from(record)).into_response(),
+            )
         }
         Err(error) => credential_problem(error, &id),
     }
@@ -618,7 +633,8 @@ async fn rotate_token(
     match state.tokens.credentials().rotate(&token_id, overlap).await {
         Ok((record, secret)) => {
             state.tokens.forget_cached();
-            (StatusCode::CREATED, Json(MintedView::new(record, &secret))).into_response()
+            let minted = (StatusCode::CREATED, Json(MintedView::new(record, &secret)));
+            acted("token_rotated", token_id, minted.into_response())
         }
         Err(error) => credential_problem(error, &id),
     }

@@ -171,6 +171,17 @@ pub struct Exchange {
     pub user_agent: Option<http::HeaderValue>,
     /// Served by the admin API rather than the main listener.
     pub admin: bool,
+    /// The admin action the request carried out, if any.
+    pub action: Option<AdminAction>,
+}
+
+/// An admin action, as the audit log records it: what was done, to what (never a token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAction {
+    /// `token_created`, `token_revoked` or `token_rotated`.
+    pub action: &'static str,
+    /// The id of the token acted on.
+    pub target: String,
 }
 
 /// The most characters of a `User-Agent` a record keeps.
@@ -202,6 +213,7 @@ impl Exchange {
             protocol,
             user_agent: None,
             admin: false,
+            action: None,
         }
     }
 }

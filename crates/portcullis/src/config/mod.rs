@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use overrides::{Overrides, StoreArgs};
 pub use rate::{LimitKey, RateSpec};
-pub use secret::{SecretError, read_secret};
+pub use secret::{SecretError, key_from_data_dir, read_secret};
 
 /// The environment variable that holds the static bearer tokens.
 pub const API_TOKENS_VAR: &str = "PORTCULLIS_API_TOKENS";
@@ -59,6 +59,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// The access log.
     pub log: LogConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// Static bearer tokens; only ever from the environment.
     #[serde(skip)]
     pub api_tokens: Vec<SecretString>,
@@ -131,6 +133,25 @@ pub enum StoreLocation {
     /// A PostgreSQL database; the URL may hold a password, so it is a secret.
     Postgres(SecretString),
 }
+
+/// The audit log: every finished request and admin action, chained so that an edit, a
+/// deletion or a cut shows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// On by default; `PORTCULLIS_AUDIT=off` turns it off (with a warning, and a failure of
+    /// `check --production`).
+    pub enabled: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// The variable holding the key of the audit log's hash chain.
+pub const AUDIT_KEY_VAR: &str = "PORTCULLIS_AUDIT_KEY";
 
 /// Rate limiting settings that apply to every route.
 #[derive(Debug, Clone, Deserialize)]
@@ -495,6 +516,7 @@ impl Default for Config {
             bans: BansConfig::default(),
             rate_limit: RateLimitConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
             api_tokens: Vec::new(),
         }
     }

@@ -97,6 +97,10 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_RATE_LIMIT", value_name = "RATE")]
     pub rate_limit: Option<super::RateSpec>,
 
+    /// The audit log: on or off [default: on].
+    #[arg(long, env = "PORTCULLIS_AUDIT", value_name = "on|off", value_parser = BoolishValueParser::new())]
+    pub audit: Option<bool>,
+
     /// Turn the security headers off (not for production).
     #[arg(long, env = "PORTCULLIS_DISABLE_SECURITY_HEADERS", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub disable_security_headers: bool,
@@ -191,6 +195,9 @@ impl Overrides {
         }
         if self.disable_security_headers {
             config.security_headers.enabled = false;
+        }
+        if let Some(enabled) = self.audit {
+            config.audit.enabled = enabled;
         }
     }
 }

@@ -54,6 +54,57 @@ pub fn read_secret(
     }
 }
 
+/// The key kept in `dir/file`, at least `min_len` characters, created there (mode 0600,
+/// from `generate`) when missing; `replacing` says what replacing a short one costs. Written whole to a private temporary file, then linked
+/// into place: a concurrent start or a crash never leaves a partial key behind, and when
+/// two processes race the second uses the first one's key.
+pub fn key_from_data_dir(
+    dir: &std::path::Path,
+    file: &str,
+    min_len: usize,
+    replacing: &str,
+    generate: impl FnOnce() -> SecretString,
+) -> Result<SecretString, String> {
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+    let path = dir.join(file);
+    let failed = |error: std::io::Error| format!("{}: {error}", path.display());
+    let read = |path: &std::path::Path| -> Result<SecretString, String> {
+        let text = std::fs::read_to_string(path).map_err(failed)?;
+        let key = text.trim();
+        if key.len() < min_len {
+            return Err(format!(
+                "{} holds fewer than {min_len} characters; remove it to generate a new one ({replacing})",
+                path.display()
+            ));
+        }
+        Ok(SecretString::from(key.to_owned()))
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let temporary = dir.join(format!("{file}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let key = generate();
+    let mut out = options.open(&temporary).map_err(failed)?;
+    out.write_all(key.expose_secret().as_bytes())
+        .map_err(failed)?;
+    out.sync_all().map_err(failed)?;
+    drop(out);
+    // `hard_link` fails if another process put a key in place first: use theirs.
+    let linked = std::fs::hard_link(&temporary, &path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(error) => Err(failed(error)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

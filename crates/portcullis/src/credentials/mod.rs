@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::config::{SecretError, read_secret};
+use crate::config::{SecretError, key_from_data_dir, read_secret};
 use crate::store::{Store, StoreError, StoreLocation, now};
 pub use token::TokenHasher;
 pub use verifier::{Invalid, TokenVerifier, Verdict};
@@ -477,46 +477,14 @@ pub fn load_pepper(
 }
 
 fn pepper_from_data_dir(dir: &Path) -> Result<SecretString, CredentialError> {
-    use std::io::Write;
-    let path = dir.join(PEPPER_FILE);
-    let failed =
-        |error: std::io::Error| CredentialError::Pepper(format!("{}: {error}", path.display()));
-    let read = |path: &Path| -> Result<SecretString, CredentialError> {
-        let text = std::fs::read_to_string(path).map_err(failed)?;
-        let pepper = text.trim();
-        if pepper.len() < 16 {
-            return Err(CredentialError::Pepper(format!(
-                "{} holds fewer than 16 characters; remove it to generate a new one (every token then needs re-issuing)",
-                path.display()
-            )));
-        }
-        Ok(SecretString::from(pepper.to_owned()))
-    };
-    if path.exists() {
-        return read(&path);
-    }
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    // Written whole to a private temporary file, then linked into place: a concurrent
-    // start or a crash never leaves a partial pepper behind.
-    let temporary = dir.join(format!("{PEPPER_FILE}.{}.tmp", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let pepper = token::mint().secret;
-    let mut file = options.open(&temporary).map_err(failed)?;
-    file.write_all(pepper.expose_secret().as_bytes())
-        .map_err(failed)?;
-    file.sync_all().map_err(failed)?;
-    drop(file);
-    // `hard_link` fails if another process put a pepper in place first: use theirs.
-    let linked = std::fs::hard_link(&temporary, &path);
-    let _ = std::fs::remove_file(&temporary);
-    match linked {
-        Ok(()) => Ok(pepper),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
-        Err(error) => Err(failed(error)),
-    }
+    key_from_data_dir(
+        dir,
+        PEPPER_FILE,
+        16,
+        "every token then needs re-issuing",
+        || token::mint().secret,
+    )
+    .map_err(CredentialError::Pepper)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A token long enough to pass every rule.
 pub const TOKEN: &str = "test-token-0123456789abcdef0123456789abcdef";
+/// The audit chain key the tests give when the store is PostgreSQL.
+pub const AUDIT_KEY: &str = "test-audit-key-0123456789abcdef0123456789";
 /// A second valid token, for rotation.
 pub const OTHER_TOKEN: &str = "other-token-0123456789abcdef0123456789abcdef";
 

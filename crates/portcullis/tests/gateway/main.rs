@@ -9,6 +9,7 @@ mod common;
 mod access_log;
 mod admin;
 mod admin_fuzz;
+mod audit;
 mod auth;
 mod cli;
 mod cors;

@@ -17,9 +17,10 @@ struct Backend {
 }
 
 /// A database created for one test and dropped after it.
-struct PostgresDatabase {
+pub struct PostgresDatabase {
     name: String,
-    url: String,
+    /// Where it is.
+    pub url: String,
 }
 
 /// The server that holds the test databases; `PORTCULLIS_TEST_POSTGRES` may point
@@ -30,7 +31,7 @@ fn postgres_admin_url() -> String {
 }
 
 impl PostgresDatabase {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("portcullis_test_{}_{n}", std::process::id());
@@ -53,7 +54,7 @@ impl PostgresDatabase {
         }
     }
 
-    async fn drop_now(&self) {
+    pub async fn drop_now(&self) {
         let mut connection = sqlx::PgConnection::connect(&postgres_admin_url())
             .await
             .unwrap();
@@ -100,6 +101,7 @@ impl Backend {
                     "PORTCULLIS_TOKEN_PEPPER".into(),
                     "test-pepper-0123456789abcdef".into(),
                 ),
+                ("PORTCULLIS_AUDIT_KEY".into(), AUDIT_KEY.into()),
             ],
             data_dir: scratch_dir(),
             postgres: Some(database),

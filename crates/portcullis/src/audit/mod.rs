@@ -1,0 +1,369 @@
+//! The audit log, the second sink of the exchange record: one event per finished request,
+//! allowed or refused, and one per admin action, stored durably (SQLite or PostgreSQL) in a
+//! hash chain that shows any edit, insertion, deletion or reordering ([`chain`]), with
+//! signed checkpoints that show a cut tail. Records arrive already redacted (capability
+//! segments masked, sensitive query values hidden); a user agent that looks like a secret
+//! is masked here.
+//!
+//! The sink runs on the recorder's thread: it collects the records of each batch (every
+//! 50 ms) and writes them in one transaction. It never drops an event: with the audit log
+//! on, the recorder's queue makes a worker wait for room rather than lose a record, and a
+//! batch the store refuses is retried until it is taken.
+
+pub mod chain;
+pub mod store;
+pub mod verify;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use secrecy::SecretString;
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::base::exchange::Exchange;
+use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
+use crate::recorder::Sink;
+use crate::redact::{MASK, contains_secret};
+use chain::{ChainKey, Checkpoint, GENESIS};
+use store::{AuditStore, AuditStoreError, StoredEvent};
+
+/// The key file generated in the data directory when no key is given (SQLite only).
+pub const AUDIT_KEY_FILE: &str = "audit.key";
+
+/// A checkpoint after this many events...
+pub const CHECKPOINT_EVENTS: u64 = 1000;
+/// ...or this long, whichever comes first, and at shutdown.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a failed batch waits before it is tried again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// How long shutdown keeps trying to store the last batch.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Why the audit log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The chain key is missing or unreadable.
+    #[error("audit key: {0}")]
+    Key(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] AuditStoreError),
+    /// Its runtime could not be started.
+    #[error("audit log: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The chain key: `PORTCULLIS_AUDIT_KEY` (or `_FILE`), else, with SQLite, `audit.key` in
+/// the data directory (generated, mode 0600). PostgreSQL needs it given, so that every
+/// replica and `audit verify` share it while the database does not hold it.
+pub fn load_key(
+    location: &StoreLocation,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<ChainKey, AuditError> {
+    if let Some(key) =
+        read_secret(AUDIT_KEY_VAR, env).map_err(|e| AuditError::Key(e.to_string()))?
+    {
+        use secrecy::ExposeSecret;
+        if key.expose_secret().len() < 32 {
+            return Err(AuditError::Key(format!(
+                "{AUDIT_KEY_VAR} must be at least 32 characters"
+            )));
+        }
+        return Ok(ChainKey::new(key));
+    }
+    match location {
+        StoreLocation::DataDir(dir) => key_from_data_dir(
+            dir,
+            AUDIT_KEY_FILE,
+            32,
+            "earlier events then no longer verify",
+            || SecretString::from(chain::hex(&rand::random::<[u8; 32]>())),
+        )
+        .map(ChainKey::new)
+        .map_err(AuditError::Key),
+        StoreLocation::Postgres(_) => Err(AuditError::Key(format!(
+            "set {AUDIT_KEY_VAR} (or {AUDIT_KEY_VAR}_FILE) when the store is PostgreSQL, the same on every replica"
+        ))),
+    }
+}
+
+/// The audit sink.
+pub struct AuditLog {
+    runtime: tokio::runtime::Runtime,
+    store: AuditStore,
+    key: ChainKey,
+    chain: String,
+    seq: i64,
+    head: String,
+    pending: Vec<StoredEvent>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+impl AuditLog {
+    /// Opens the store at `location` and starts a new chain. Blocks: call it outside any
+    /// async runtime (the sink keeps a runtime of its own, for the thread it runs on).
+    pub fn open(location: &StoreLocation, key: ChainKey) -> Result<Self, AuditError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AuditError::Runtime)?;
+        let store = runtime.block_on(AuditStore::open(location))?;
+        let chain = chain::hex(&rand::random::<[u8; 16]>());
+        info!(chain = %chain, "audit log open: a new chain starts");
+        Ok(Self {
+            runtime,
+            store,
+            key,
+            chain,
+            seq: 0,
+            head: GENESIS.to_owned(),
+            pending: Vec::new(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// Links `payload` into the chain and queues it.
+    fn push(&mut self, columns: Columns, payload: String) {
+        self.seq += 1;
+        let hash = self.key.link(&self.chain, self.seq, &self.head, &payload);
+        let prev_hash = std::mem::replace(&mut self.head, hash.clone());
+        self.pending.push(StoredEvent {
+            chain_id: self.chain.clone(),
+            seq: self.seq,
+            time_ms: columns.time_ms,
+            kind: columns.kind.to_owned(),
+            request_id: Some(columns.request_id),
+            principal: columns.principal,
+            tenant: columns.tenant,
+            status: Some(columns.status),
+            decision: Some(columns.decision.to_owned()),
+            route: columns.route,
+            path: Some(columns.path),
+            client_ip: columns.client_ip,
+            payload,
+            prev_hash,
+            hash,
+        });
+        self.since_checkpoint += 1;
+    }
+
+    /// Stores what is pending, with a checkpoint when one is due (or `force`d), retrying
+    /// until the store takes it, for at most `patience` when one is given.
+    fn write(&mut self, force: bool, patience: Option<Duration>) {
+        let due = force
+            || self.since_checkpoint >= CHECKPOINT_EVENTS
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        if self.pending.is_empty() && !due {
+            return;
+        }
+        let checkpoint = due.then(|| {
+            let mut checkpoint = Checkpoint {
+                chain: self.chain.clone(),
+                seq: self.seq,
+                head: self.head.clone(),
+                time_ms: now_ms(SystemTime::now()),
+                mac: String::new(),
+            };
+            checkpoint.mac = self.key.seal(&checkpoint);
+            checkpoint
+        });
+        let started = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            let stored = self
+                .runtime
+                .block_on(self.store.append(&self.pending, checkpoint.as_ref()));
+            match stored {
+                Ok(()) => break,
+                Err(cause) => {
+                    failures += 1;
+                    if patience.is_some_and(|limit| started.elapsed() >= limit) {
+                        error!(error = %cause, events = self.pending.len(), "audit log: the store refused the last events; they are lost");
+                        self.pending.clear();
+                        return;
+                    }
+                    // Once per failure streak at warn, then quietly: the store is down.
+                    if failures == 1 {
+                        warn!(error = %cause, events = self.pending.len(), "audit log: the store refused a batch; retrying until it takes it");
+                    }
+                    std::thread::sleep(RETRY_BACKOFF);
+                }
+            }
+        }
+        if failures > 0 {
+            info!(
+                attempts = failures + 1,
+                "audit log: the store took the batch"
+            );
+        }
+        self.pending.clear();
+        if let Some(checkpoint) = checkpoint {
+            let [chain, seq, head, time_ms, mac] = checkpoint.fields().map(|(_, value)| value);
+            // One line carrying the whole checkpoint, for log shipping to take off the host.
+            info!(chain, seq, head, time_ms, mac, "audit checkpoint");
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+        }
+    }
+}
+
+impl Sink for AuditLog {
+    fn record(&mut self, exchange: &Exchange) {
+        let (columns, payload) = request_event(exchange);
+        self.push(columns, payload);
+        if let Some((columns, payload)) = action_event(exchange) {
+            self.push(columns, payload);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.write(false, None);
+    }
+
+    fn close(&mut self) {
+        self.write(true, Some(CLOSE_PATIENCE));
+    }
+}
+
+/// The searchable columns of an event; the payload holds them too.
+struct Columns {
+    time_ms: i64,
+    kind: &'static str,
+    request_id: String,
+    principal: Option<String>,
+    tenant: Option<String>,
+    status: i64,
+    decision: &'static str,
+    route: Option<String>,
+    path: String,
+    client_ip: Option<String>,
+}
+
+/// What an event's payload holds, in a fixed order: the canonical encoding its hash covers.
+#[derive(Serialize)]
+struct Payload<'a> {
+    kind: &'static str,
+    time_ms: i64,
+    request_id: &'a str,
+    client_ip: Option<String>,
+    peer: String,
+    method: Option<&'a str>,
+    route: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
+    status: u16,
+    decision: &'static str,
+    principal: Option<&'a str>,
+    principal_kind: Option<&'static str>,
+    principal_id: Option<&'a str>,
+    tenant: Option<&'a str>,
+    upstream: Option<&'a str>,
+    bytes_in: u64,
+    bytes_out: u64,
+    head_us: u64,
+    duration_us: u64,
+    protocol: &'static str,
+    user_agent: Option<&'a str>,
+    admin: bool,
+    action: Option<&'static str>,
+    target: Option<&'a str>,
+}
+
+impl<'a> Payload<'a> {
+    fn of(exchange: &'a Exchange, user_agent: Option<&'a str>) -> Self {
+        let caller = exchange.caller.as_ref();
+        Self {
+            kind: "request",
+            time_ms: now_ms(exchange.started),
+            request_id: &exchange.request_id,
+            client_ip: exchange.client_ip.map(|ip| ip.to_string()),
+            peer: exchange.peer.to_string(),
+            method: exchange.method.as_ref().map(http::Method::as_str),
+            route: exchange.route.as_deref(),
+            path: &exchange.path,
+            query: exchange.query.as_deref(),
+            status: exchange.status,
+            decision: exchange.decision.as_str(),
+            principal: caller.map(|c| c.name.as_ref()),
+            principal_kind: caller.map(|c| c.kind),
+            principal_id: caller.and_then(|c| c.id.as_deref()),
+            tenant: caller.and_then(|c| c.tenant.as_deref()),
+            upstream: exchange.upstream.as_deref(),
+            bytes_in: exchange.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out: exchange.bytes_out,
+            head_us: micros(exchange.to_head),
+            duration_us: micros(exchange.duration),
+            protocol: exchange.protocol,
+            user_agent,
+            admin: exchange.admin,
+            action: None,
+            target: None,
+        }
+    }
+
+    fn columns(&self) -> Columns {
+        Columns {
+            time_ms: self.time_ms,
+            kind: self.kind,
+            request_id: self.request_id.to_owned(),
+            principal: self.principal.map(str::to_owned),
+            tenant: self.tenant.map(str::to_owned),
+            status: i64::from(self.status),
+            decision: self.decision,
+            route: self.route.map(str::to_owned),
+            path: self.path.to_owned(),
+            client_ip: self.client_ip.clone(),
+        }
+    }
+
+    fn encode(&self) -> String {
+        // Serialising plain fields to JSON cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The user agent as an event keeps it: the first characters, masked whole when it looks
+/// like a secret (a client that puts its token there).
+fn user_agent(exchange: &Exchange) -> Option<String> {
+    let value = exchange.user_agent.as_ref()?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let cut: String = text
+        .chars()
+        .take(crate::base::exchange::USER_AGENT_MAX)
+        .collect();
+    Some(if contains_secret(&cut) {
+        MASK.to_owned()
+    } else {
+        cut
+    })
+}
+
+fn request_event(exchange: &Exchange) -> (Columns, String) {
+    let agent = user_agent(exchange);
+    let payload = Payload::of(exchange, agent.as_deref());
+    (payload.columns(), payload.encode())
+}
+
+/// The admin action an admin request carried out, as an event of its own.
+fn action_event(exchange: &Exchange) -> Option<(Columns, String)> {
+    let action = exchange.action.as_ref()?;
+    let agent = user_agent(exchange);
+    let mut payload = Payload::of(exchange, agent.as_deref());
+    payload.kind = "admin_action";
+    payload.action = Some(action.action);
+    payload.target = Some(&action.target);
+    Some((payload.columns(), payload.encode()))
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `at` in Unix milliseconds.
+pub fn now_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

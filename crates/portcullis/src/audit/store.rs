@@ -1,0 +1,286 @@
+//! Where audit events are kept: `audit.db` in the data directory (SQLite, a file of its
+//! own so that audit writes never wait on the token store's), or the PostgreSQL database
+//! the token store uses. Events are inserted in batches, many rows to a statement and one
+//! transaction to a batch, every value a bound parameter.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::chain::Checkpoint;
+use crate::config::StoreLocation;
+
+/// The audit log's file in the data directory.
+pub const AUDIT_DB_FILE: &str = "audit.db";
+
+/// The columns of an event, in the order [`StoredEvent`] and the inserts use.
+const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
+     decision, route, path, client_ip, payload, prev_hash, hash";
+
+/// Rows per insert statement: 15 columns each stays well under every backend's limit on
+/// bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// How long a write may wait for a connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the audit store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditStoreError {
+    /// The database could not be opened, created or queried. Never carries its URL.
+    #[error("audit store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The data directory could not be prepared.
+    #[error("audit store: {0}")]
+    DataDir(std::io::Error),
+}
+
+/// One event as stored: its chain position, the columns searches use, the payload the
+/// hash covers, and the links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The chain (one per process start).
+    pub chain_id: String,
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// When the request started (or the action happened), Unix milliseconds.
+    pub time_ms: i64,
+    /// `request` or `admin_action`.
+    pub kind: String,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// Who called (a token's name, never a token).
+    pub principal: Option<String>,
+    /// The caller's tenant.
+    pub tenant: Option<String>,
+    /// The status sent.
+    pub status: Option<i64>,
+    /// The decision code.
+    pub decision: Option<String>,
+    /// The route's prefix.
+    pub route: Option<String>,
+    /// The path, a capability segment masked.
+    pub path: Option<String>,
+    /// The client's address.
+    pub client_ip: Option<String>,
+    /// The canonical JSON the hash covers; the columns above repeat parts of it.
+    pub payload: String,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+/// An open audit store.
+#[derive(Debug, Clone)]
+pub struct AuditStore {
+    pool: AnyPool,
+}
+
+impl AuditStore {
+    /// Opens (creating when needed) the audit store for `location`.
+    pub async fn open(location: &StoreLocation) -> Result<Self, AuditStoreError> {
+        install_default_drivers();
+        let (url, sqlite) = match location {
+            StoreLocation::DataDir(dir) => {
+                std::fs::create_dir_all(dir).map_err(AuditStoreError::DataDir)?;
+                let file = dir.join(AUDIT_DB_FILE);
+                (format!("sqlite://{}?mode=rwc", file.display()), true)
+            }
+            StoreLocation::Postgres(url) => (url.expose_secret().to_owned(), false),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL with full sync: a committed batch survives a power cut.
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA synchronous = FULL").await?;
+                        connection.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        for statement in SCHEMA {
+            pool.execute(*statement).await?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// Stores `events` and `checkpoint` (if any) in one transaction.
+    pub async fn append(
+        &self,
+        events: &[StoredEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditStoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
+            for row in 0..chunk.len() {
+                if row > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for column in 0..15 {
+                    if column > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('$');
+                    sql.push_str(&(row * 15 + column + 1).to_string());
+                }
+                sql.push(')');
+            }
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(event.chain_id.clone())
+                    .bind(event.seq)
+                    .bind(event.time_ms)
+                    .bind(event.kind.clone())
+                    .bind(event.request_id.clone())
+                    .bind(event.principal.clone())
+                    .bind(event.tenant.clone())
+                    .bind(event.status)
+                    .bind(event.decision.clone())
+                    .bind(event.route.clone())
+                    .bind(event.path.clone())
+                    .bind(event.client_ip.clone())
+                    .bind(event.payload.clone())
+                    .bind(event.prev_hash.clone())
+                    .bind(event.hash.clone());
+            }
+            query.execute(&mut *transaction).await?;
+        }
+        if let Some(checkpoint) = checkpoint {
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, time_ms, mac) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(checkpoint.chain.clone())
+            .bind(checkpoint.seq)
+            .bind(checkpoint.head.clone())
+            .bind(checkpoint.time_ms)
+            .bind(checkpoint.mac.clone())
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Every chain's id.
+    pub async fn chains(&self) -> Result<Vec<String>, AuditStoreError> {
+        let rows = sqlx::query(
+            "SELECT chain_id FROM audit_events UNION SELECT chain_id FROM audit_checkpoints \
+             ORDER BY chain_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>(0).ok())
+            .collect())
+    }
+
+    /// The events of `chain` with `seq` above `after`, in sequence order, at most `limit`.
+    pub async fn events(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, AuditStoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(chain.to_owned())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    chain_id: row.try_get(0)?,
+                    seq: row.try_get(1)?,
+                    time_ms: row.try_get(2)?,
+                    kind: row.try_get(3)?,
+                    request_id: row.try_get(4)?,
+                    principal: row.try_get(5)?,
+                    tenant: row.try_get(6)?,
+                    status: row.try_get(7)?,
+                    decision: row.try_get(8)?,
+                    route: row.try_get(9)?,
+                    path: row.try_get(10)?,
+                    client_ip: row.try_get(11)?,
+                    payload: row.try_get(12)?,
+                    prev_hash: row.try_get(13)?,
+                    hash: row.try_get(14)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(AuditStoreError::from)
+    }
+
+    /// The checkpoints of `chain`, in sequence order.
+    pub async fn checkpoints(&self, chain: &str) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        let rows = sqlx::query(
+            "SELECT chain_id, seq, head_hash, time_ms, mac FROM audit_checkpoints \
+             WHERE chain_id = $1 ORDER BY seq, time_ms",
+        )
+        .bind(chain.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Checkpoint {
+                    chain: row.try_get(0)?,
+                    seq: row.try_get(1)?,
+                    head: row.try_get(2)?,
+                    time_ms: row.try_get(3)?,
+                    mac: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(AuditStoreError::from)
+    }
+}
+
+/// The tables, created when missing. Portable SQL: the same statements run on SQLite and
+/// PostgreSQL.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS audit_events (
+        chain_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        request_id TEXT,
+        principal TEXT,
+        tenant TEXT,
+        status BIGINT,
+        decision TEXT,
+        route TEXT,
+        path TEXT,
+        client_ip TEXT,
+        payload TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (chain_id, seq)
+    )",
+    "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms)",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        chain_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        head_hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        mac TEXT NOT NULL,
+        PRIMARY KEY (chain_id, seq, time_ms)
+    )",
+];

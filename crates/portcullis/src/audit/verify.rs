@@ -1,0 +1,188 @@
+//! `portcullis audit verify`: walks every chain from its first event and reports the first
+//! broken link of each: a missing sequence number (a deleted event), a link that does not
+//! follow from the previous event (an insertion, a deletion or a reordering), a hash that
+//! does not match the event (an edit), columns that disagree with the payload the hash
+//! covers, a checkpoint whose MAC is wrong or whose head the chain does not reach (a cut
+//! tail). A checkpoint taken from the operational log proves the same for events the
+//! database no longer holds a checkpoint for.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::chain::{ChainKey, Checkpoint, GENESIS};
+use super::store::{AuditStore, AuditStoreError, StoredEvent};
+
+/// Events read at a time.
+const PAGE: i64 = 10_000;
+
+/// What a verification found.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// Chains walked.
+    pub chains: usize,
+    /// Events whose links held.
+    pub events: u64,
+    /// Checkpoints that matched.
+    pub checkpoints: usize,
+    /// The first broken link of each broken chain, and any checkpoint that does not hold.
+    pub broken: Vec<String>,
+}
+
+impl Verification {
+    /// Whether every chain and checkpoint held.
+    pub fn passed(&self) -> bool {
+        self.broken.is_empty()
+    }
+}
+
+/// Verifies every chain in `store` under `key`, and `external`, a checkpoint from the log.
+pub async fn verify(
+    store: &AuditStore,
+    key: &ChainKey,
+    external: Option<&Checkpoint>,
+) -> Result<Verification, AuditStoreError> {
+    let mut report = Verification::default();
+    let chains = store.chains().await?;
+    if let Some(checkpoint) = external
+        && !chains.contains(&checkpoint.chain)
+    {
+        report.broken.push(format!(
+            "chain {}: the checkpoint names a chain the store does not hold (deleted whole)",
+            checkpoint.chain
+        ));
+    }
+    for chain in chains {
+        report.chains += 1;
+        let mut checkpoints: BTreeMap<i64, Vec<Checkpoint>> = BTreeMap::new();
+        for checkpoint in store.checkpoints(&chain).await? {
+            checkpoints
+                .entry(checkpoint.seq)
+                .or_default()
+                .push(checkpoint);
+        }
+        if let Some(checkpoint) = external.filter(|c| c.chain == chain) {
+            checkpoints
+                .entry(checkpoint.seq)
+                .or_default()
+                .push(checkpoint.clone());
+        }
+        if let Err(broken) = walk(store, key, &chain, &checkpoints, &mut report).await? {
+            report.broken.push(format!("chain {chain}: {broken}"));
+        }
+    }
+    Ok(report)
+}
+
+/// Walks `chain`; `Ok(Err(..))` names its first broken link.
+async fn walk(
+    store: &AuditStore,
+    key: &ChainKey,
+    chain: &str,
+    checkpoints: &BTreeMap<i64, Vec<Checkpoint>>,
+    report: &mut Verification,
+) -> Result<Result<(), String>, AuditStoreError> {
+    let mut last = 0;
+    let mut head = GENESIS.to_owned();
+    // Checkpoints of an empty chain (seq 0) sign the genesis.
+    if let Err(broken) = check_checkpoints(key, checkpoints.get(&0), &head, report) {
+        return Ok(Err(broken));
+    }
+    loop {
+        let page = store.events(chain, last, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            if event.seq != last + 1 {
+                return Ok(Err(format!(
+                    "events {} to {} are missing (deleted)",
+                    last + 1,
+                    event.seq - 1
+                )));
+            }
+            if event.prev_hash != head {
+                return Ok(Err(format!(
+                    "event {} does not follow event {last} (an event was inserted, deleted or moved)",
+                    event.seq
+                )));
+            }
+            if event.hash != key.link(chain, event.seq, &event.prev_hash, &event.payload) {
+                return Ok(Err(format!(
+                    "event {} does not match its hash (edited)",
+                    event.seq
+                )));
+            }
+            if let Err(column) = columns_agree(event) {
+                return Ok(Err(format!(
+                    "event {}: its {column} column disagrees with its content (edited)",
+                    event.seq
+                )));
+            }
+            last = event.seq;
+            head.clone_from(&event.hash);
+            report.events += 1;
+            if let Err(broken) = check_checkpoints(key, checkpoints.get(&last), &head, report) {
+                return Ok(Err(broken));
+            }
+        }
+    }
+    if let Some((seq, _)) = checkpoints.range(last + 1..).next() {
+        return Ok(Err(format!(
+            "a checkpoint signs event {seq} but the chain ends at event {last} (cut short)"
+        )));
+    }
+    Ok(Ok(()))
+}
+
+fn check_checkpoints(
+    key: &ChainKey,
+    checkpoints: Option<&Vec<Checkpoint>>,
+    head: &str,
+    report: &mut Verification,
+) -> Result<(), String> {
+    for checkpoint in checkpoints.into_iter().flatten() {
+        if checkpoint.mac != key.seal(checkpoint) {
+            return Err(format!(
+                "the checkpoint at event {} is not signed by this key (forged or edited)",
+                checkpoint.seq
+            ));
+        }
+        if checkpoint.head != head {
+            return Err(format!(
+                "the checkpoint at event {} signs another head (the events up to it were rewritten)",
+                checkpoint.seq
+            ));
+        }
+        report.checkpoints += 1;
+    }
+    Ok(())
+}
+
+/// Whether the searchable columns say what the payload (which the hash covers) says; the
+/// name of the first that does not.
+fn columns_agree(event: &StoredEvent) -> Result<(), &'static str> {
+    let Ok(payload) = serde_json::from_str::<Value>(&event.payload) else {
+        return Err("payload");
+    };
+    let text = |name: &str| payload[name].as_str().map(str::to_owned);
+    let checks: [(&'static str, bool); 10] = [
+        (
+            "time_ms",
+            payload["time_ms"].as_i64() == Some(event.time_ms),
+        ),
+        ("kind", text("kind").as_deref() == Some(event.kind.as_str())),
+        ("request_id", text("request_id") == event.request_id),
+        ("principal", text("principal") == event.principal),
+        ("tenant", text("tenant") == event.tenant),
+        ("status", payload["status"].as_i64() == event.status),
+        ("decision", text("decision") == event.decision),
+        ("route", text("route") == event.route),
+        ("path", text("path") == event.path),
+        ("client_ip", text("client_ip") == event.client_ip),
+    ];
+    match checks.iter().find(|(_, agrees)| !agrees) {
+        Some((column, _)) => Err(column),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,404 @@
+//! The audit log, through the real binary on real SQLite and PostgreSQL: every request and
+//! admin action is an event, no secret is stored, and `audit verify` finds every kind of
+//! tampering.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::common::*;
+use crate::managed::PostgresDatabase;
+
+/// A wrong token, well-formed.
+const WRONG: &str = "wrong-0123456789abcdef0123456789";
+/// A value that must never reach the store, sent in a sensitive query parameter.
+const QUERY_SECRET: &str = "query-secret-4242";
+/// A user agent that carries a token.
+const AGENT_SECRET: &str = "agent-secret-abcdef0123456789";
+
+async fn request(method: &str, url: &str, token: &str, body: &str) -> Reply {
+    send(
+        http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("user-agent", format!("tool/1 Bearer {AGENT_SECRET}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sends allowed and refused requests, and creates and revokes a token through the admin
+/// API; returns the new token's id and the token itself.
+async fn traffic(gateway: &Gateway) -> (String, String) {
+    let allowed = request(
+        "GET",
+        &gateway.url(&format!("/api/items?api_key={QUERY_SECRET}&page=2")),
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+    request("GET", &gateway.url("/api/items"), WRONG, "")
+        .await
+        .assert_problem(401, "unauthorized");
+    let created = request(
+        "POST",
+        &gateway.admin_url("/v1/tokens"),
+        TOKEN,
+        r#"{"name":"audited","scopes":["read"]}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let minted = created.json();
+    let id = minted["record"]["id"].as_str().unwrap().to_owned();
+    let token = minted["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        request("GET", &gateway.url("/api/x"), &token, "")
+            .await
+            .status,
+        200
+    );
+    let revoked = request(
+        "POST",
+        &gateway.admin_url(&format!("/v1/tokens/{id}/revoke")),
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    (id, token)
+}
+
+/// `portcullis audit STORE verify ARGS` with `env`: whether it passed, and what it printed.
+fn verify(store: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = portcullis()
+        .arg("audit")
+        .args(store)
+        .arg("verify")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The checkpoint lines of a gateway's log.
+fn checkpoints(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains("audit checkpoint"))
+        .collect()
+}
+
+/// Everything the SQLite audit files hold, as text.
+fn sqlite_text(dir: &Path) -> String {
+    ["audit.db", "audit.db-wal"]
+        .iter()
+        .filter_map(|file| std::fs::read(dir.join(file)).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .collect()
+}
+
+/// The events' kind, decision, principal and payload, in chain order.
+async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT kind, decision, principal, payload FROM audit_events ORDER BY chain_id, seq",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(kind, decision, principal, payload)| {
+            (
+                kind,
+                decision,
+                principal,
+                serde_json::from_str(&payload).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    sqlx::any::install_default_drivers();
+    format!("sqlite://{}", dir.join("audit.db").display())
+}
+
+fn assert_events_describe_the_traffic(
+    events: &[(String, String, Option<String>, Value)],
+    id: &str,
+) {
+    let requests: Vec<&str> = events
+        .iter()
+        .filter(|(kind, ..)| kind == "request")
+        .map(|(_, decision, ..)| decision.as_str())
+        .collect();
+    assert_eq!(
+        requests,
+        ["allowed", "auth_unknown", "allowed", "allowed", "allowed"],
+        "{events:?}"
+    );
+    let first = &events[0].3;
+    assert_eq!(first["path"], "/api/items");
+    assert_eq!(first["query"], "api_key=***&page=2");
+    assert_eq!(first["user_agent"], "***");
+    assert_eq!(first["principal"], "static");
+    let actions: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .filter(|(kind, ..)| kind == "admin_action")
+        .map(|(_, _, principal, payload)| {
+            (
+                payload["action"].as_str().unwrap(),
+                payload["target"].as_str().unwrap(),
+                principal.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("token_created", id, Some("static")),
+            ("token_revoked", id, Some("static"))
+        ]
+    );
+    let managed = events
+        .iter()
+        .find(|(_, _, principal, _)| principal.as_deref() == Some("audited"))
+        .expect("the managed token's request");
+    assert_eq!(managed.3["principal_id"], id);
+}
+
+#[tokio::test]
+async fn requests_and_admin_actions_are_chained_events_without_secrets_on_sqlite() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .start();
+    let (id, token) = traffic(&gateway).await;
+    let log = gateway.final_log();
+    assert!(!checkpoints(&log).is_empty(), "{log}");
+
+    assert_events_describe_the_traffic(&events(&sqlite_url(&dir)).await, &id);
+    let stored = sqlite_text(&dir) + &log;
+    for secret in [TOKEN, &token, QUERY_SECRET, WRONG, AGENT_SECRET] {
+        assert!(!stored.contains(secret), "{secret} was stored or logged");
+    }
+    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: 1 chain(s), 7 event(s) linked"), "{out}");
+}
+
+#[tokio::test]
+async fn requests_and_admin_actions_are_chained_events_on_postgres() {
+    let database = PostgresDatabase::create().await;
+    let upstream = Upstream::start().await;
+    let env = [
+        ("PORTCULLIS_DATABASE_URL", database.url.as_str()),
+        ("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef"),
+        ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
+    ];
+    let mut launch = Launch::new(&upstream.url());
+    for (name, value) in env {
+        launch = launch.env(name, value);
+    }
+    let mut gateway = launch.start();
+    let (id, _) = traffic(&gateway).await;
+    gateway.final_log();
+    assert_events_describe_the_traffic(&events(&database.url).await, &id);
+    let (ok, out) = verify(&[], &[], &env);
+    assert!(ok, "{out}");
+
+    // Someone with write access to the database alone cannot hide a refusal.
+    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query(
+        "UPDATE audit_events SET payload = replace(payload, 'auth_unknown', 'allowed'), \
+         decision = 'allowed' WHERE decision = 'auth_unknown'",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let (ok, out) = verify(&[], &[], &env);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("event 2 does not match its hash (edited)"),
+        "{out}"
+    );
+    database.drop_now().await;
+}
+
+#[tokio::test]
+async fn postgres_needs_an_audit_key() {
+    let database = PostgresDatabase::create().await;
+    let output = portcullis()
+        .arg("serve")
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
+        .env("PORTCULLIS_DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("set PORTCULLIS_AUDIT_KEY"), "{err}");
+    database.drop_now().await;
+}
+
+/// A copy of the audit files of `dir`, with `statements` applied to it.
+async fn tampered(dir: &Path, statements: &[&str]) -> PathBuf {
+    let copy = scratch_dir();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.starts_with("audit.") {
+            std::fs::copy(&path, copy.join(&name)).unwrap();
+        }
+    }
+    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(&copy))
+        .await
+        .unwrap();
+    for statement in statements {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    connection.close().await.unwrap();
+    copy
+}
+
+#[tokio::test]
+async fn every_kind_of_tampering_is_found() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .start();
+    traffic(&gateway).await;
+    let log = gateway.final_log();
+    let saved = dir.join("checkpoint.log");
+    std::fs::write(&saved, checkpoints(&log).last().unwrap()).unwrap();
+    let verify_copy = |copy: &Path, checkpoint: bool| {
+        let store = ["--data-dir", copy.to_str().unwrap()];
+        let args = ["--checkpoint", saved.to_str().unwrap()];
+        verify(&store, if checkpoint { &args[..] } else { &[] }, &[])
+    };
+
+    let untouched = tampered(&dir, &[]).await;
+    let (ok, out) = verify_copy(&untouched, true);
+    assert!(ok, "an untouched log verifies: {out}");
+
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "an edited payload",
+            vec![
+                "UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 2",
+            ],
+            "event 2 does not match its hash (edited)",
+        ),
+        (
+            "an edited column",
+            vec!["UPDATE audit_events SET decision = 'allowed' WHERE seq = 2"],
+            "event 2: its decision column disagrees with its content (edited)",
+        ),
+        (
+            "a deleted row",
+            vec!["DELETE FROM audit_events WHERE seq = 3"],
+            "events 3 to 3 are missing (deleted)",
+        ),
+        (
+            "an inserted row",
+            vec![
+                "UPDATE audit_events SET seq = seq + 1000 WHERE seq >= 3",
+                "UPDATE audit_events SET seq = seq - 999 WHERE seq >= 1003",
+                "INSERT INTO audit_events SELECT chain_id, 3, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
+            ],
+            "event 3 does not follow event 2",
+        ),
+        (
+            "two rows swapped",
+            vec![
+                "UPDATE audit_events SET seq = 1002 WHERE seq = 2",
+                "UPDATE audit_events SET seq = 2 WHERE seq = 3",
+                "UPDATE audit_events SET seq = 3 WHERE seq = 1002",
+            ],
+            "event 2 does not follow event 1",
+        ),
+        (
+            "a cut tail",
+            vec!["DELETE FROM audit_events WHERE seq >= 6"],
+            "the chain ends at event 5 (cut short)",
+        ),
+    ];
+    for (what, statements, expected) in cases {
+        let copy = tampered(&dir, &statements).await;
+        let (ok, out) = verify_copy(&copy, false);
+        assert!(!ok, "{what} went unnoticed: {out}");
+        assert!(out.contains(expected), "{what}: {out}");
+    }
+
+    // Cutting the tail and the stored checkpoints with it: only the logged checkpoint,
+    // kept off the host, shows it.
+    let copy = tampered(
+        &dir,
+        &[
+            "DELETE FROM audit_events WHERE seq >= 6",
+            "DELETE FROM audit_checkpoints",
+        ],
+    )
+    .await;
+    let (ok, out) = verify_copy(&copy, false);
+    assert!(ok, "without the logged checkpoint nothing shows: {out}");
+    let (ok, out) = verify_copy(&copy, true);
+    assert!(!ok, "{out}");
+    assert!(out.contains("(cut short)"), "{out}");
+
+    // A checkpoint line that was edited does not verify.
+    let forged = checkpoints(&log).last().unwrap().replace("seq=", "seq=1");
+    std::fs::write(&saved, forged).unwrap();
+    let (ok, out) = verify_copy(&untouched, true);
+    assert!(!ok, "{out}");
+}
+
+#[test]
+fn the_audit_log_can_be_turned_off_with_a_warning_and_production_refuses_it() {
+    let output = portcullis()
+        .arg("check")
+        .args(["--production", "--upstream", "http://127.0.0.1:9000"])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_AUDIT", "off")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(out.contains("error[audit.enabled]"), "{out}");
+
+    let output = portcullis()
+        .arg("check")
+        .args(["--upstream", "http://127.0.0.1:9000"])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_AUDIT", "off")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("warning[audit.enabled]"), "{out}");
+}
