@@ -6,6 +6,7 @@
 //! Checkpoints sign a chain's head; logged, they let `audit verify` prove that nothing up to
 //! them was cut off.
 
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -13,9 +14,10 @@ use sha2::Sha256;
 /// The previous hash of a chain's first event.
 pub const GENESIS: &str = "";
 
-/// The key of every chain's links.
+/// The key of every chain's links, kept as the HMAC state it sets up (cloned for each MAC
+/// rather than set up again).
 #[derive(Clone)]
-pub struct ChainKey(SecretString);
+pub struct ChainKey(Hmac<Sha256>);
 
 impl std::fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,14 +28,14 @@ impl std::fmt::Debug for ChainKey {
 impl ChainKey {
     /// A key from its text.
     pub fn new(key: SecretString) -> Self {
-        Self(key)
+        // HMAC takes a key of any length, so the fallback is never used.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        Self(mac)
     }
 
     fn mac(&self, parts: &[&[u8]]) -> String {
-        // HMAC takes a key of any length.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose_secret().as_bytes()) else {
-            return String::new();
-        };
+        let mut mac = self.0.clone();
         for part in parts {
             // Lengths first, so no two sequences of parts hash alike.
             mac.update(&(part.len() as u64).to_be_bytes());

@@ -19,7 +19,7 @@ pub const AUDIT_DB_FILE: &str = "audit.db";
 const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
      decision, route, path, client_ip, payload, prev_hash, hash";
 
-/// Rows per insert statement: 15 columns each stays well under every backend's limit on
+/// Rows per insert statement on PostgreSQL: 15 columns each stays well under its limit on
 /// bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -77,6 +77,11 @@ pub struct StoredEvent {
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pool: AnyPool,
+    /// SQLite rather than PostgreSQL: rows are inserted one prepared statement at a time
+    /// (SQLite prepares a statement of many rows slowly, and looks up each of its `$N`
+    /// parameters by name), where PostgreSQL takes many rows to a statement, saving round
+    /// trips.
+    sqlite: bool,
 }
 
 impl AuditStore {
@@ -110,7 +115,7 @@ impl AuditStore {
         for statement in SCHEMA {
             pool.execute(*statement).await?;
         }
-        Ok(Self { pool })
+        Ok(Self { pool, sqlite })
     }
 
     /// Stores `events` and `checkpoint` (if any) in one transaction.
@@ -120,7 +125,8 @@ impl AuditStore {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditStoreError> {
         let mut transaction = self.pool.begin().await?;
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let rows_per_statement = if self.sqlite { 1 } else { ROWS_PER_STATEMENT };
+        for chunk in events.chunks(rows_per_statement) {
             let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
             for row in 0..chunk.len() {
                 if row > 0 {
