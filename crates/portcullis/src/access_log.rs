@@ -99,12 +99,16 @@ impl Sink for AccessLog {
         line.millis("head_ms", exchange.to_head);
         line.millis("duration_ms", exchange.duration);
         line.text("protocol", Some(exchange.protocol));
-        // A client that puts its token in its user agent does not see it logged.
-        let user_agent = user_agent.as_deref().map(|text| cut(text, USER_AGENT_MAX));
-        line.text(
-            "user_agent",
-            user_agent.map(|text| if contains_secret(text) { MASK } else { text }),
-        );
+        // A client that puts its token in its user agent does not see it logged (checked
+        // whole, before the cut, so that no key's start is left behind).
+        let user_agent = user_agent.as_deref().map(|text| {
+            if contains_secret(text) {
+                MASK
+            } else {
+                cut(text, USER_AGENT_MAX)
+            }
+        });
+        line.text("user_agent", user_agent);
         // Present, and true, only for the admin API's requests.
         if exchange.admin {
             line.flag("admin", true);

@@ -14,8 +14,9 @@ pub enum AuditAction {
     /// Walk every chain and report the first broken link of each; exit 0 only when every
     /// chain and checkpoint holds.
     Verify {
-        /// A file holding one checkpoint line exactly as the gateway logged it (text or
-        /// JSON), to prove that nothing up to it was cut off.
+        /// A file of the gateway's log lines (text or JSON, as printed, e.g. the shipped
+        /// log itself): every checkpoint line in it is checked, to prove that nothing up to
+        /// it was cut off and that no chain it names was deleted.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
     },
@@ -30,19 +31,20 @@ pub async fn run(store: &StoreArgs, action: AuditAction) -> ExitCode {
     };
     match action {
         AuditAction::Verify { checkpoint } => {
-            let external = match checkpoint.map(|path| read_checkpoint(&path)).transpose() {
-                Ok(external) => external,
+            let external = match checkpoint.map(|path| read_checkpoints(&path)).transpose() {
+                Ok(external) => external.unwrap_or_default(),
                 Err(message) => return fail(&message),
             };
-            let key = match load_key(&location, env) {
-                Ok(key) => key,
-                Err(error) => return fail(&error.to_string()),
-            };
-            let store = match AuditStore::open(&location).await {
+            // Never a new, empty store or a new key: either would make a deleted log pass.
+            let store = match AuditStore::open_existing(&location).await {
                 Ok(store) => store,
                 Err(error) => return fail(&error.to_string()),
             };
-            match verify::verify(&store, &key, external.as_ref()).await {
+            let key = match load_key(&location, env, false) {
+                Ok(key) => key,
+                Err(error) => return fail(&error.to_string()),
+            };
+            match verify::verify(&store, &key, &external).await {
                 Ok(report) => {
                     for broken in &report.broken {
                         println!("broken: {broken}");
@@ -64,13 +66,19 @@ pub async fn run(store: &StoreArgs, action: AuditAction) -> ExitCode {
     }
 }
 
-/// The checkpoint in the first line of `path` that holds one.
-fn read_checkpoint(path: &std::path::Path) -> Result<Checkpoint, String> {
+/// Every checkpoint line in `path`.
+fn read_checkpoints(path: &std::path::Path) -> Result<Vec<Checkpoint>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    text.lines()
-        .find_map(Checkpoint::from_log_line)
-        .ok_or_else(|| format!("{} holds no audit checkpoint line", path.display()))
+    let checkpoints: Vec<Checkpoint> = text
+        .lines()
+        .filter(|line| line.contains("audit checkpoint"))
+        .filter_map(Checkpoint::from_log_line)
+        .collect();
+    if checkpoints.is_empty() {
+        return Err(format!("{} holds no audit checkpoint line", path.display()));
+    }
+    Ok(checkpoints)
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -9,12 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
 use portcullis::audit::{self, AuditLog};
-use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
+use portcullis::config::{AUDIT_KEY_VAR, Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::pipeline::Shared;
 use portcullis::recorder::{Recorder, Sink};
@@ -139,6 +140,12 @@ fn init_logging(format: LogFormat) {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
+    // The audit log's checkpoints are logged at info for log shipping to carry off the
+    // host: a filter set to warn must not silence them.
+    let filter = match "portcullis::audit=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -165,6 +172,7 @@ async fn start_recorder(
     config: &Config,
     location: &StoreLocation,
     shared: Shared,
+    closing: &Arc<AtomicBool>,
 ) -> Result<Shared, String> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(log) = AccessLog::open(&config.log.access)
@@ -174,11 +182,12 @@ async fn start_recorder(
     }
     let audit = config.audit.enabled;
     if audit {
-        let key = audit::load_key(location, |name| std::env::var(name).ok())
+        let key = audit::load_key(location, |name| std::env::var(name).ok(), true)
             .map_err(|error| error.to_string())?;
         let location = location.clone();
+        let closing = closing.clone();
         // Opening blocks on a runtime of the audit log's own: not on this one.
-        let opened = tokio::task::spawn_blocking(move || AuditLog::open(&location, key))
+        let opened = tokio::task::spawn_blocking(move || AuditLog::open(&location, key, closing))
             .await
             .map_err(|error| error.to_string())?;
         sinks.push(Box::new(opened.map_err(|error| error.to_string())?));
@@ -215,7 +224,8 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut report = rules::check(&config, &opened.facts, false);
+    let facts = audit_facts(&location, opened.facts.clone());
+    let mut report = rules::check(&config, &facts, false);
     let settings = match report.settings.take() {
         Some(settings) if report.passed() => settings,
         _ => {
@@ -234,7 +244,9 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
         store: Some(opened.store),
         ..Shared::new(&config, &settings)
     };
-    let shared = match start_recorder(&config, &location, shared).await {
+    // Set when shutdown begins: the audit log then stops waiting on a store that is down.
+    let closing = Arc::new(AtomicBool::new(false));
+    let shared = match start_recorder(&config, &location, shared, &closing).await {
         Ok(shared) => shared,
         Err(error) => {
             eprintln!("portcullis: {error}");
@@ -265,7 +277,16 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     let usage = tokens.clone().map(|tokens| {
         tokio::spawn(async move { tokens.flush_usage_every(USAGE_FLUSH_INTERVAL).await })
     });
-    server.run(shutdown_signal()).await;
+    let signal = shutdown_signal();
+    let stopping = closing.clone();
+    server
+        .run(async move {
+            signal.await;
+            // Before the workers are waited for: one waiting for room in the recorder's
+            // queue is freed once the audit log stops waiting on a store that is down.
+            stopping.store(true, Ordering::Relaxed);
+        })
+        .await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -314,8 +335,20 @@ async fn open_store(config: &Config, location: &StoreLocation) -> Result<Opened,
         store,
         facts: Facts {
             live_managed_tokens,
+            ..Facts::default()
         },
     })
+}
+
+/// `facts` with what the audit log's chain key would be at `location`.
+fn audit_facts(location: &StoreLocation, facts: Facts) -> Facts {
+    let env = |name: &str| std::env::var(name).ok();
+    Facts {
+        audit_key_problem: audit::key_problem(location, env),
+        audit_key_given: env(AUDIT_KEY_VAR).is_some()
+            || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some(),
+        ..facts
+    }
 }
 
 async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) -> ExitCode {
@@ -337,6 +370,10 @@ async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) 
             println!("error[store.location]: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    let facts = match store_args.location(|name| std::env::var(name).ok()) {
+        Ok(location) => audit_facts(&location, facts),
+        Err(_) => facts,
     };
     let report = rules::check(&config, &facts, production);
     print_report(&report, production);

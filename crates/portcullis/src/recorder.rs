@@ -55,6 +55,9 @@ const QUEUE: usize = 65_536;
 /// How often the recorder's thread writes what has come.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The most records written in one batch.
+const BATCH_MAX: usize = 4096;
+
 impl Recorder {
     /// Starts the thread that feeds `sinks`; it ends when every recorder is dropped. With
     /// `lossless`, no record is ever dropped: a worker waits for room instead.
@@ -217,11 +220,21 @@ where
 fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
     loop {
         std::thread::park_timeout(BATCH_INTERVAL);
+        // A batch ends when the queue is empty, or at BATCH_MAX records: a queue that never
+        // empties (the thread behind) must still see its records written.
+        let mut batch = 0;
         loop {
             match receiver.try_recv() {
                 Ok(Message::Record(exchange)) => {
                     for sink in sinks.iter_mut() {
                         sink.record(&exchange);
+                    }
+                    batch += 1;
+                    if batch == BATCH_MAX {
+                        for sink in sinks.iter_mut() {
+                            sink.flush();
+                        }
+                        batch = 0;
                     }
                 }
                 Ok(Message::Flush { done, close }) => {

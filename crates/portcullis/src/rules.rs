@@ -92,10 +92,15 @@ impl Report {
 }
 
 /// What the rules need to know beyond the configuration itself.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Facts {
     /// Live managed tokens in the store.
     pub live_managed_tokens: usize,
+    /// What `serve` would refuse about the audit log's chain key, if anything.
+    pub audit_key_problem: Option<String>,
+    /// Whether the chain key is given (`PORTCULLIS_AUDIT_KEY` or `_FILE`) rather than
+    /// generated beside the audit log.
+    pub audit_key_given: bool,
 }
 
 /// Runs every rule on `config`: the one validation step ([`Settings::validate`]), whose
@@ -123,14 +128,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     tls(config, production, &mut report);
     admin(config, &mut report);
     security_headers(config, production, &mut report);
-    if !config.audit.enabled {
-        report.add(
-            "audit.enabled",
-            strict(production),
-            "the audit log is off: requests and admin actions leave no tamper-evident record",
-            "unset PORTCULLIS_AUDIT (or set it to on) and audit.enabled = true",
-        );
-    }
+    audit(config, facts, production, &mut report);
     limits(config, production, &mut report);
     rate_limits(config, production, &mut report);
     report
@@ -238,6 +236,34 @@ fn security_headers(config: &Config, production: bool, report: &mut Report) {
             strict(production),
             "security headers are off: responses carry no CSP, framing, sniffing or HSTS protection",
             "unset PORTCULLIS_DISABLE_SECURITY_HEADERS and set security_headers.enabled = true",
+        );
+    }
+}
+
+fn audit(config: &Config, facts: &Facts, production: bool, report: &mut Report) {
+    if !config.audit.enabled {
+        report.add(
+            "audit.enabled",
+            strict(production),
+            "the audit log is off: requests and admin actions leave no tamper-evident record",
+            "unset PORTCULLIS_AUDIT (or set it to on) and audit.enabled = true",
+        );
+        return;
+    }
+    if let Some(problem) = &facts.audit_key_problem {
+        report.add(
+            "audit.key",
+            Severity::Error,
+            problem.clone(),
+            "set PORTCULLIS_AUDIT_KEY_FILE to a file holding at least 32 random characters",
+        );
+    }
+    if production && !facts.audit_key_given {
+        report.add(
+            "production.audit_key",
+            Severity::Error,
+            "the audit log's chain key would be generated beside the log, where whoever can edit the log can likely read it",
+            "set PORTCULLIS_AUDIT_KEY_FILE to a key kept outside the data directory",
         );
     }
 }
@@ -421,8 +447,17 @@ mod tests {
         config.api_tokens.clear();
         let facts = Facts {
             live_managed_tokens: 1,
+            ..Facts::default()
         };
         assert!(check(&config, &facts, false).passed());
+    }
+
+    /// Facts with the audit chain's key given, as production requires.
+    fn keyed() -> Facts {
+        Facts {
+            audit_key_given: true,
+            ..Facts::default()
+        }
     }
 
     #[test]
@@ -437,7 +472,7 @@ mod tests {
             [("credentials.length", Severity::Warning)]
         );
         assert_eq!(
-            rules(&check(&config, &Facts::default(), true)),
+            rules(&check(&config, &keyed(), true)),
             [("credentials.length", Severity::Error)]
         );
     }
@@ -449,7 +484,7 @@ mod tests {
             SecretString::from("tiny".to_owned()),
             SecretString::from("bad token".to_owned()),
         ];
-        for finding in check(&config, &Facts::default(), true).findings {
+        for finding in check(&config, &keyed(), true).findings {
             assert!(!finding.message.contains("tiny") && !finding.message.contains("bad token"));
         }
     }
@@ -460,7 +495,7 @@ mod tests {
         config.security_headers.enabled = false;
         config.limits.max_body_bytes = PRODUCTION_MAX_BODY_BYTES + 1;
         config.limits.request_timeout = Duration::from_secs(121);
-        let found: Vec<_> = check(&config, &Facts::default(), true)
+        let found: Vec<_> = check(&config, &keyed(), true)
             .errors()
             .map(|f| f.rule)
             .collect();
@@ -485,7 +520,7 @@ mod tests {
         let mut config = valid();
         config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
         let errors = |config: &Config| -> Vec<&'static str> {
-            check(config, &Facts::default(), true)
+            check(config, &keyed(), true)
                 .errors()
                 .map(|f| f.rule)
                 .collect()

@@ -231,7 +231,7 @@ fn router(state: AdminState, front: Arc<Front>, published: Arc<Published>) -> Ro
             )
         })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(front, respond))
+        .layer(middleware::from_fn_with_state(front, uncancellable))
 }
 
 /// The OpenAPI document, serialised once, and the docs page made from it.
@@ -257,10 +257,24 @@ struct Front {
     redactor: Arc<Redactor>,
 }
 
+/// Serves a request to the end even when its client goes away: an action that reached the
+/// store (a token revoked, then the client gone before the answer) must still leave its
+/// record, which [`respond`] makes.
+async fn uncancellable(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
+    let served = tokio::spawn(respond(front, request, next));
+    match served.await {
+        Ok(response) => response,
+        Err(_) => problem(
+            Problem::new(ProblemKind::Internal),
+            &crate::base::context::new_request_id(),
+        ),
+    }
+}
+
 /// Gives every request an id and every response the security headers and that id, and
 /// hands each request's exchange record, marked as admin, to the response body, which
-/// finishes it when it ends.
-async fn respond(State(front): State<Arc<Front>>, mut request: Request, next: Next) -> Response {
+/// finishes it when it ends (or is dropped unsent).
+async fn respond(front: Arc<Front>, mut request: Request, next: Next) -> Response {
     let id = request_id(request.headers());
     request.extensions_mut().insert(RequestId(id.clone()));
     let record = front.recorder.as_ref().map(|recorder| {
@@ -681,7 +695,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     ));
     if let Some(recorder) = &state.recorder {
         text.push_str(&format!(
-            "# HELP portcullis_records_dropped_total Request records the access log could not keep up with.\n\
+            "# HELP portcullis_records_dropped_total Request records dropped because the access log could not keep up (never with the audit log on).\n\
              # TYPE portcullis_records_dropped_total counter\n\
              portcullis_records_dropped_total {}\n",
             recorder.dropped()

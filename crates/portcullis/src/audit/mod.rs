@@ -14,6 +14,8 @@ pub mod chain;
 pub mod store;
 pub mod verify;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
@@ -39,6 +41,8 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long shutdown keeps trying to store the last batch.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+/// How long one write may take before it counts as failed (a store that hangs).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the audit log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +59,13 @@ pub enum AuditError {
 }
 
 /// The chain key: `PORTCULLIS_AUDIT_KEY` (or `_FILE`), else, with SQLite, `audit.key` in
-/// the data directory (generated, mode 0600). PostgreSQL needs it given, so that every
-/// replica and `audit verify` share it while the database does not hold it.
+/// the data directory (generated, mode 0600, when `create` and missing). PostgreSQL needs
+/// it given, so that every replica and `audit verify` share it while the database does not
+/// hold it.
 pub fn load_key(
     location: &StoreLocation,
     env: impl Fn(&str) -> Option<String>,
+    create: bool,
 ) -> Result<ChainKey, AuditError> {
     if let Some(key) =
         read_secret(AUDIT_KEY_VAR, env).map_err(|e| AuditError::Key(e.to_string()))?
@@ -73,6 +79,12 @@ pub fn load_key(
         return Ok(ChainKey::new(key));
     }
     match location {
+        StoreLocation::DataDir(dir) if !create && !dir.join(AUDIT_KEY_FILE).exists() => {
+            Err(AuditError::Key(format!(
+                "no {AUDIT_KEY_FILE} in {}; set {AUDIT_KEY_VAR} to the key the log was written with",
+                dir.display()
+            )))
+        }
         StoreLocation::DataDir(dir) => key_from_data_dir(
             dir,
             AUDIT_KEY_FILE,
@@ -88,6 +100,25 @@ pub fn load_key(
     }
 }
 
+/// What `serve` would refuse about the chain key, checked without creating anything: a
+/// missing key with PostgreSQL, a short or unreadable one. `None` when `serve` can start
+/// (with SQLite and no key, it generates one).
+pub fn key_problem(
+    location: &StoreLocation,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let given = env(AUDIT_KEY_VAR).is_some() || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some();
+    if let StoreLocation::DataDir(dir) = location
+        && !given
+        && !dir.join(AUDIT_KEY_FILE).exists()
+    {
+        return None;
+    }
+    load_key(location, env, false)
+        .err()
+        .map(|error| error.to_string())
+}
+
 /// The audit sink.
 pub struct AuditLog {
     runtime: tokio::runtime::Runtime,
@@ -99,12 +130,19 @@ pub struct AuditLog {
     pending: Vec<StoredEvent>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// Set when shutdown begins, so that a store that is down cannot hold it up forever.
+    closing: Arc<AtomicBool>,
 }
 
 impl AuditLog {
-    /// Opens the store at `location` and starts a new chain. Blocks: call it outside any
-    /// async runtime (the sink keeps a runtime of its own, for the thread it runs on).
-    pub fn open(location: &StoreLocation, key: ChainKey) -> Result<Self, AuditError> {
+    /// Opens the store at `location` and starts a new chain; `closing` is set when shutdown
+    /// begins. Blocks: call it outside any async runtime (the sink keeps a runtime of its
+    /// own, for the thread it runs on).
+    pub fn open(
+        location: &StoreLocation,
+        key: ChainKey,
+        closing: Arc<AtomicBool>,
+    ) -> Result<Self, AuditError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -122,6 +160,7 @@ impl AuditLog {
             pending: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            closing,
         })
     }
 
@@ -150,6 +189,24 @@ impl AuditLog {
         self.since_checkpoint += 1;
     }
 
+    /// Whether the batch pending (or, with none, the checkpoint) is in the store already.
+    fn committed(&self, checkpoint: Option<&Checkpoint>) -> bool {
+        let probe = async {
+            match (self.pending.first(), checkpoint) {
+                (Some(first), _) => {
+                    self.store
+                        .holds(&first.chain_id, first.seq, &first.hash)
+                        .await
+                }
+                (None, Some(checkpoint)) => self.store.holds_checkpoint(checkpoint).await,
+                (None, None) => Ok(true),
+            }
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, probe).await })
+            .is_ok_and(|held| held.unwrap_or(false))
+    }
+
     /// Stores what is pending, with a checkpoint when one is due (or `force`d), retrying
     /// until the store takes it, for at most `patience` when one is given.
     fn write(&mut self, force: bool, patience: Option<Duration>) {
@@ -173,13 +230,27 @@ impl AuditLog {
         let started = Instant::now();
         let mut failures = 0u32;
         loop {
-            let stored = self
+            let attempt = self.store.append(&self.pending, checkpoint.as_ref());
+            let stored = match self
                 .runtime
-                .block_on(self.store.append(&self.pending, checkpoint.as_ref()));
+                .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, attempt).await })
+            {
+                Ok(stored) => stored.map_err(|error| error.to_string()),
+                Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+            };
             match stored {
                 Ok(()) => break,
+                // A commit whose answer was lost may have happened: retrying it would fail
+                // on its own rows forever.
+                Err(_) if failures > 0 && self.committed(checkpoint.as_ref()) => break,
                 Err(cause) => {
                     failures += 1;
+                    // Once shutdown began, the store gets a last chance, not an unbounded one.
+                    let patience = patience.or_else(|| {
+                        self.closing
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            .then_some(CLOSE_PATIENCE)
+                    });
                     if patience.is_some_and(|limit| started.elapsed() >= limit) {
                         error!(error = %cause, events = self.pending.len(), "audit log: the store refused the last events; they are lost");
                         self.pending.clear();
@@ -201,9 +272,16 @@ impl AuditLog {
         }
         self.pending.clear();
         if let Some(checkpoint) = checkpoint {
-            let [chain, seq, head, time_ms, mac] = checkpoint.fields().map(|(_, value)| value);
-            // One line carrying the whole checkpoint, for log shipping to take off the host.
-            info!(chain, seq, head, time_ms, mac, "audit checkpoint");
+            // One line carrying the whole checkpoint, for log shipping to take off the host;
+            // `audit verify --checkpoint` reads it back in either log format.
+            info!(
+                chain = %checkpoint.chain,
+                seq = checkpoint.seq,
+                head = %checkpoint.head,
+                time_ms = checkpoint.time_ms,
+                mac = %checkpoint.mac,
+                "audit checkpoint"
+            );
             self.since_checkpoint = 0;
             self.last_checkpoint = Instant::now();
         }
@@ -330,15 +408,15 @@ impl<'a> Payload<'a> {
 fn user_agent(exchange: &Exchange) -> Option<String> {
     let value = exchange.user_agent.as_ref()?;
     let text = String::from_utf8_lossy(value.as_bytes());
-    let cut: String = text
-        .chars()
-        .take(crate::base::exchange::USER_AGENT_MAX)
-        .collect();
-    Some(if contains_secret(&cut) {
-        MASK.to_owned()
-    } else {
-        cut
-    })
+    // Checked whole, before the cut: a key across the cut would leave its start behind.
+    if contains_secret(&text) {
+        return Some(MASK.to_owned());
+    }
+    Some(
+        text.chars()
+            .take(crate::base::exchange::USER_AGENT_MAX)
+            .collect(),
+    )
 }
 
 fn request_event(exchange: &Exchange) -> (Columns, String) {

@@ -35,6 +35,9 @@ pub enum AuditStoreError {
     /// The data directory could not be prepared.
     #[error("audit store: {0}")]
     DataDir(std::io::Error),
+    /// There is no audit log to read.
+    #[error("no audit log at {}", .0.display())]
+    Missing(std::path::PathBuf),
 }
 
 /// One event as stored: its chain position, the columns searches use, the payload the
@@ -85,14 +88,33 @@ pub struct AuditStore {
 }
 
 impl AuditStore {
-    /// Opens (creating when needed) the audit store for `location`.
+    /// Opens (creating when needed) the audit store for `location`, to write to it.
     pub async fn open(location: &StoreLocation) -> Result<Self, AuditStoreError> {
+        Self::connect(location, true).await
+    }
+
+    /// Opens the existing audit store for `location` to read it, creating nothing (on
+    /// SQLite, read-only): `audit verify` must not conjure an empty log where one was.
+    pub async fn open_existing(location: &StoreLocation) -> Result<Self, AuditStoreError> {
+        if let StoreLocation::DataDir(dir) = location {
+            let file = dir.join(AUDIT_DB_FILE);
+            if !file.exists() {
+                return Err(AuditStoreError::Missing(file));
+            }
+        }
+        Self::connect(location, false).await
+    }
+
+    async fn connect(location: &StoreLocation, write: bool) -> Result<Self, AuditStoreError> {
         install_default_drivers();
         let (url, sqlite) = match location {
             StoreLocation::DataDir(dir) => {
-                std::fs::create_dir_all(dir).map_err(AuditStoreError::DataDir)?;
                 let file = dir.join(AUDIT_DB_FILE);
-                (format!("sqlite://{}?mode=rwc", file.display()), true)
+                if write {
+                    std::fs::create_dir_all(dir).map_err(AuditStoreError::DataDir)?;
+                }
+                let mode = if write { "rwc" } else { "ro" };
+                (format!("sqlite://{}?mode={mode}", file.display()), true)
             }
             StoreLocation::Postgres(url) => (url.expose_secret().to_owned(), false),
         };
@@ -101,7 +123,7 @@ impl AuditStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |connection, _| {
                 Box::pin(async move {
-                    if sqlite {
+                    if sqlite && write {
                         // WAL with full sync: a committed batch survives a power cut.
                         connection.execute("PRAGMA journal_mode = WAL").await?;
                         connection.execute("PRAGMA synchronous = FULL").await?;
@@ -112,8 +134,10 @@ impl AuditStore {
             })
             .connect(&url)
             .await?;
-        for statement in SCHEMA {
-            pool.execute(*statement).await?;
+        if write {
+            for statement in SCHEMA {
+                pool.execute(*statement).await?;
+            }
         }
         Ok(Self { pool, sqlite })
     }
@@ -178,6 +202,32 @@ impl AuditStore {
         }
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Whether event `seq` of `chain` is stored with `hash`: after a commit whose outcome
+    /// was not seen (the connection dropped), whether it happened.
+    pub async fn holds(&self, chain: &str, seq: i64, hash: &str) -> Result<bool, AuditStoreError> {
+        let row = sqlx::query("SELECT hash FROM audit_events WHERE chain_id = $1 AND seq = $2")
+            .bind(chain.to_owned())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .and_then(|row| row.try_get::<String, _>(0).ok())
+            .is_some_and(|stored| stored == hash))
+    }
+
+    /// Whether `checkpoint` is stored.
+    pub async fn holds_checkpoint(&self, checkpoint: &Checkpoint) -> Result<bool, AuditStoreError> {
+        let row = sqlx::query(
+            "SELECT mac FROM audit_checkpoints WHERE chain_id = $1 AND seq = $2 AND time_ms = $3",
+        )
+        .bind(checkpoint.chain.clone())
+        .bind(checkpoint.seq)
+        .bind(checkpoint.time_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Every chain's id.

@@ -36,36 +36,44 @@ impl Verification {
     }
 }
 
-/// Verifies every chain in `store` under `key`, and `external`, a checkpoint from the log.
+/// Verifies every chain in `store` under `key`, and `external`: checkpoints taken from
+/// the operational log (each must be signed by `key`, name a chain the store holds, and
+/// be reached by it). A store with no chain at all fails: an audit log that was emptied,
+/// or a wrong data directory, must not pass.
 pub async fn verify(
     store: &AuditStore,
     key: &ChainKey,
-    external: Option<&Checkpoint>,
+    external: &[Checkpoint],
 ) -> Result<Verification, AuditStoreError> {
     let mut report = Verification::default();
     let chains = store.chains().await?;
-    if let Some(checkpoint) = external
-        && !chains.contains(&checkpoint.chain)
-    {
-        report.broken.push(format!(
-            "chain {}: the checkpoint names a chain the store does not hold (deleted whole)",
-            checkpoint.chain
-        ));
+    if chains.is_empty() {
+        report
+            .broken
+            .push("the store holds no audit event or checkpoint at all".to_owned());
+    }
+    for checkpoint in external {
+        if checkpoint.mac != key.seal(checkpoint) {
+            report.broken.push(format!(
+                "chain {}: the logged checkpoint at event {} is not signed by this key",
+                checkpoint.chain, checkpoint.seq
+            ));
+        } else if !chains.contains(&checkpoint.chain) {
+            report.broken.push(format!(
+                "chain {}: a logged checkpoint names a chain the store does not hold (deleted whole)",
+                checkpoint.chain
+            ));
+        }
     }
     for chain in chains {
         report.chains += 1;
         let mut checkpoints: BTreeMap<i64, Vec<Checkpoint>> = BTreeMap::new();
-        for checkpoint in store.checkpoints(&chain).await? {
+        let logged = external.iter().filter(|c| c.chain == chain).cloned();
+        for checkpoint in store.checkpoints(&chain).await?.into_iter().chain(logged) {
             checkpoints
                 .entry(checkpoint.seq)
                 .or_default()
                 .push(checkpoint);
-        }
-        if let Some(checkpoint) = external.filter(|c| c.chain == chain) {
-            checkpoints
-                .entry(checkpoint.seq)
-                .or_default()
-                .push(checkpoint.clone());
         }
         if let Err(broken) = walk(store, key, &chain, &checkpoints, &mut report).await? {
             report.broken.push(format!("chain {chain}: {broken}"));
@@ -83,17 +91,26 @@ async fn walk(
     report: &mut Verification,
 ) -> Result<Result<(), String>, AuditStoreError> {
     let mut last = 0;
+    // Read from the lowest number there is: a row numbered 0 or below is an insertion.
+    let mut cursor = i64::MIN;
     let mut head = GENESIS.to_owned();
     // Checkpoints of an empty chain (seq 0) sign the genesis.
     if let Err(broken) = check_checkpoints(key, checkpoints.get(&0), &head, report) {
         return Ok(Err(broken));
     }
     loop {
-        let page = store.events(chain, last, PAGE).await?;
+        let page = store.events(chain, cursor, PAGE).await?;
         if page.is_empty() {
             break;
         }
         for event in &page {
+            cursor = event.seq;
+            if event.seq < 1 {
+                return Ok(Err(format!(
+                    "event {} is numbered before the chain's first (inserted)",
+                    event.seq
+                )));
+            }
             if event.seq != last + 1 {
                 return Ok(Err(format!(
                     "events {} to {} are missing (deleted)",

@@ -74,6 +74,8 @@ pub enum Decision {
     UpstreamProtocol,
     /// `/ready` found something unreachable.
     NotReady,
+    /// The gateway failed on its own.
+    Internal,
 }
 
 impl Decision {
@@ -110,6 +112,7 @@ impl Decision {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::NotReady => "not_ready",
+            Self::Internal => "internal",
         }
     }
 }

@@ -67,6 +67,8 @@ pub enum ProblemKind {
     UpstreamTimeout,
     /// The gateway or an upstream it depends on is not ready.
     NotReady,
+    /// The gateway failed on its own (a bug): nothing the client can fix.
+    Internal,
 }
 
 impl ProblemKind {
@@ -93,6 +95,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -123,6 +126,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::NotReady => "not-ready",
+            Self::Internal => "internal-error",
         }
     }
 
@@ -153,6 +157,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "Upstream unavailable",
             Self::UpstreamTimeout => "Upstream timeout",
             Self::NotReady => "Not ready",
+            Self::Internal => "Internal error",
         }
     }
 
@@ -183,6 +188,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => Decision::UpstreamConnect,
             Self::UpstreamTimeout => Decision::UpstreamTimeout,
             Self::NotReady => Decision::NotReady,
+            Self::Internal => Decision::Internal,
         }
     }
 

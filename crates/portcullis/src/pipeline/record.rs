@@ -15,7 +15,7 @@ use crate::base::body::ResponseBody;
 use crate::base::context::{ConnInfo, RequestContext};
 use crate::base::exchange::{Decision, Exchange, protocol};
 use crate::recorder::{RecordedBody, Recorder};
-use crate::redact::Redactor;
+use crate::redact::{MASK, Redactor};
 use crate::routes::{Route, Router};
 
 /// A record being filled; finished as `client_aborted` if dropped before [`Self::respond`].
@@ -89,6 +89,11 @@ impl PendingRecord {
         };
         exchange.status = response.status().as_u16();
         exchange.decision = decision;
+        // A path refused for its shape may dodge the capability mask (`/outline//SECRET`,
+        // `/x/../outline/SECRET`): it is not kept at all.
+        if decision == Decision::PathRefused {
+            exchange.path = MASK.to_owned();
+        }
         exchange.route = route.map(|route| route.prefix().clone());
         exchange.to_head = exchange.started_at.elapsed();
         let recorder = self.recorder.clone();

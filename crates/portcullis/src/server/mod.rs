@@ -405,13 +405,16 @@ impl Connections {
 /// record keeps; `None` when the error is not about a head it answered (hyper answers
 /// every head it rejects, except an HTTP/2 preface sent over HTTP/1.1).
 fn refused_head(error: &hyper::Error) -> Option<(StatusCode, Decision)> {
-    if !error.is_parse() || error.is_parse_version_h2() {
+    // hyper answers a malformed method, target, version or field (400), a head too large
+    // (431) or a target too long (414); not an HTTP/2 preface, nor its own internal error.
+    // It tells these apart only in its message.
+    let message = error.to_string();
+    if !error.is_parse() || error.is_parse_version_h2() || message.starts_with("internal error") {
         return None;
     }
-    // hyper tells a long target from a large head only in its message.
     Some(if !error.is_parse_too_large() {
         (StatusCode::BAD_REQUEST, Decision::BadRequest)
-    } else if error.to_string().contains("URI too long") {
+    } else if message.contains("URI too long") {
         (StatusCode::URI_TOO_LONG, Decision::UriTooLong)
     } else {
         (

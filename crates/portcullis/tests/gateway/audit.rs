@@ -258,6 +258,18 @@ async fn postgres_needs_an_audit_key() {
     assert_eq!(output.status.code(), Some(2));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("set PORTCULLIS_AUDIT_KEY"), "{err}");
+    // `check` says so before `serve` would.
+    let output = portcullis()
+        .arg("check")
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
+        .env("PORTCULLIS_DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("error[audit.key]"), "{out}");
     database.drop_now().await;
 }
 
@@ -305,8 +317,17 @@ async fn every_kind_of_tampering_is_found() {
     let untouched = tampered(&dir, &[]).await;
     let (ok, out) = verify_copy(&untouched, true);
     assert!(ok, "an untouched log verifies: {out}");
+    // The whole shipped log works as the file too: every checkpoint line in it is checked.
+    let whole = untouched.join("gateway.log");
+    std::fs::write(&whole, &log).unwrap();
+    let (ok, out) = verify(
+        &["--data-dir", untouched.to_str().unwrap()],
+        &["--checkpoint", whole.to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{out}");
 
-    let cases: [(&str, Vec<&str>, &str); 6] = [
+    let cases: [(&str, Vec<&str>, &str); 8] = [
         (
             "an edited payload",
             vec![
@@ -347,6 +368,18 @@ async fn every_kind_of_tampering_is_found() {
             vec!["DELETE FROM audit_events WHERE seq >= 6"],
             "the chain ends at event 5 (cut short)",
         ),
+        (
+            "a row numbered before the first",
+            vec![
+                "INSERT INTO audit_events SELECT chain_id, 0, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 1",
+            ],
+            "event 0 is numbered before the chain's first (inserted)",
+        ),
+        (
+            "every row and checkpoint deleted",
+            vec!["DELETE FROM audit_events", "DELETE FROM audit_checkpoints"],
+            "the store holds no audit event or checkpoint at all",
+        ),
     ];
     for (what, statements, expected) in cases {
         let copy = tampered(&dir, &statements).await;
@@ -371,11 +404,23 @@ async fn every_kind_of_tampering_is_found() {
     assert!(!ok, "{out}");
     assert!(out.contains("(cut short)"), "{out}");
 
+    // Without the key, or without the log, verify creates neither: it fails.
+    std::fs::remove_file(untouched.join("audit.key")).unwrap();
+    let (ok, out) = verify_copy(&untouched, false);
+    assert!(!ok && out.contains("no audit.key"), "{out}");
+    assert!(!untouched.join("audit.key").exists());
+    let empty = scratch_dir();
+    let (ok, out) = verify_copy(&empty, false);
+    assert!(!ok && out.contains("no audit log at"), "{out}");
+    assert!(!empty.join("audit.db").exists());
+
     // A checkpoint line that was edited does not verify.
-    let forged = checkpoints(&log).last().unwrap().replace("seq=", "seq=1");
+    let forged = checkpoints(&log).last().unwrap().replace("head=", "head=0");
     std::fs::write(&saved, forged).unwrap();
-    let (ok, out) = verify_copy(&untouched, true);
+    let intact = tampered(&dir, &[]).await;
+    let (ok, out) = verify_copy(&intact, true);
     assert!(!ok, "{out}");
+    assert!(out.contains("is not signed by this key"), "{out}");
 }
 
 #[test]
@@ -401,4 +446,23 @@ fn the_audit_log_can_be_turned_off_with_a_warning_and_production_refuses_it() {
     let out = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert!(out.contains("warning[audit.enabled]"), "{out}");
+
+    // In production the chain key must come from outside the data directory.
+    let output = portcullis()
+        .arg("check")
+        .args(["--production", "--upstream", "http://127.0.0.1:9000"])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("error[production.audit_key]"), "{out}");
+    let output = portcullis()
+        .arg("check")
+        .args(["--production", "--upstream", "http://127.0.0.1:9000"])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(!out.contains("audit_key"), "{out}");
 }

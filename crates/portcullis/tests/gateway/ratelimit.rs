@@ -813,6 +813,7 @@ fn production_check_fails_when_no_route_has_a_limit() {
             ])
             .args(["--trusted-proxies", "10.0.0.0/8"])
             .env("PORTCULLIS_API_TOKENS", TOKEN)
+            .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
             .envs(extra_env.iter().copied())
             .output()
             .unwrap();
