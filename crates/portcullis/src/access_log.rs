@@ -4,12 +4,12 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::base::exchange::{Exchange, USER_AGENT_MAX};
 use crate::config::AccessLogTarget;
+use crate::json_line::Line;
 use crate::recorder::Sink;
 use crate::redact::{MASK, contains_secret};
 
@@ -123,112 +123,6 @@ impl Sink for AccessLog {
     }
 }
 
-/// One JSON object being written, field by field, into a reused buffer. Written by hand
-/// rather than through serde_json's serializer, which spent about 4 000 instructions a line
-/// escaping strings byte by byte (measured with `bench/instructions.sh`); a string with
-/// nothing to escape, as nearly every field is, is copied whole, and only the others go
-/// through serde_json's escaping.
-struct Line<'a> {
-    out: &'a mut Vec<u8>,
-}
-
-impl<'a> Line<'a> {
-    fn start(out: &'a mut Vec<u8>) -> Self {
-        out.clear();
-        out.push(b'{');
-        Self { out }
-    }
-
-    fn key(&mut self, key: &str) {
-        if self.out.len() > 1 {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    /// A string field, or `null`.
-    fn text(&mut self, key: &str, value: Option<&str>) {
-        self.key(key);
-        match value {
-            None => self.out.extend_from_slice(b"null"),
-            // No early exit, so the check runs over whole vectors of bytes.
-            Some(text)
-                if !text
-                    .bytes()
-                    .fold(false, |escape, b| escape | needs_escape(b)) =>
-            {
-                self.out.push(b'"');
-                self.out.extend_from_slice(text.as_bytes());
-                self.out.push(b'"');
-            }
-            Some(text) => {
-                // Writing JSON for a string into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *self.out, text);
-            }
-        }
-    }
-
-    /// An address as a string (its text form never needs escaping), or `null`.
-    fn address(&mut self, key: &str, ip: Option<IpAddr>) {
-        self.key(key);
-        match ip {
-            None => self.out.extend_from_slice(b"null"),
-            // The usual case, without the formatting machinery.
-            Some(IpAddr::V4(ip)) => {
-                let mut digits = itoa::Buffer::new();
-                self.out.push(b'"');
-                for (i, octet) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(b'.');
-                    }
-                    self.out.extend_from_slice(digits.format(octet).as_bytes());
-                }
-                self.out.push(b'"');
-            }
-            Some(ip) => {
-                let _ = write!(self.out, "\"{ip}\"");
-            }
-        }
-    }
-
-    fn flag(&mut self, key: &str, value: bool) {
-        self.key(key);
-        self.out
-            .extend_from_slice(if value { b"true" } else { b"false" });
-    }
-
-    fn number(&mut self, key: &str, value: u64) {
-        self.key(key);
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    /// A duration in milliseconds, to the microsecond: `1.776`.
-    fn millis(&mut self, key: &str, duration: Duration) {
-        self.key(key);
-        let micros = duration.as_micros();
-        let mut digits = itoa::Buffer::new();
-        self.out
-            .extend_from_slice(digits.format(micros / 1000).as_bytes());
-        self.out.push(b'.');
-        let fraction = micros % 1000;
-        for digit in [fraction / 100, fraction / 10 % 10, fraction % 10] {
-            self.out.push(b'0' + digit as u8);
-        }
-    }
-
-    fn end(self) {
-        self.out.extend_from_slice(b"}\n");
-    }
-}
-
-/// Whether `byte` must be escaped in a JSON string (RFC 8259 §7).
-fn needs_escape(byte: u8) -> bool {
-    byte < 0x20 || byte == b'"' || byte == b'\\'
-}
-
 /// At most `max` characters of `text`.
 fn cut(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
@@ -240,6 +134,7 @@ fn cut(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn times_are_rfc_3339_with_milliseconds() {

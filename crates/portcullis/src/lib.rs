@@ -50,6 +50,7 @@ pub mod health;
 pub mod hygiene;
 pub mod identity;
 pub mod ip_rules;
+pub mod json_line;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod recorder;

@@ -14,16 +14,17 @@ pub mod chain;
 pub mod store;
 pub mod verify;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
-use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::base::exchange::Exchange;
 use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
+use crate::json_line::Line;
 use crate::recorder::Sink;
 use crate::redact::{MASK, contains_secret};
 use chain::{ChainKey, Checkpoint, GENESIS};
@@ -320,14 +321,14 @@ struct Columns {
     client_ip: Option<String>,
 }
 
-/// What an event's payload holds, in a fixed order: the canonical encoding its hash covers.
-#[derive(Serialize)]
+/// What an event's payload holds, written in a fixed order ([`Payload::encode`]): the
+/// canonical encoding its hash covers.
 struct Payload<'a> {
     kind: &'static str,
     time_ms: i64,
     request_id: &'a str,
-    client_ip: Option<String>,
-    peer: String,
+    client_ip: Option<IpAddr>,
+    peer: IpAddr,
     method: Option<&'a str>,
     route: Option<&'a str>,
     path: &'a str,
@@ -357,8 +358,8 @@ impl<'a> Payload<'a> {
             kind: "request",
             time_ms: now_ms(exchange.started),
             request_id: &exchange.request_id,
-            client_ip: exchange.client_ip.map(|ip| ip.to_string()),
-            peer: exchange.peer.to_string(),
+            client_ip: exchange.client_ip,
+            peer: exchange.peer,
             method: exchange.method.as_ref().map(http::Method::as_str),
             route: exchange.route.as_deref(),
             path: &exchange.path,
@@ -393,13 +394,41 @@ impl<'a> Payload<'a> {
             decision: self.decision,
             route: self.route.map(str::to_owned),
             path: self.path.to_owned(),
-            client_ip: self.client_ip.clone(),
+            client_ip: self.client_ip.map(|ip| ip.to_string()),
         }
     }
 
     fn encode(&self) -> String {
-        // Serialising plain fields to JSON cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(768);
+        let mut line = Line::start(&mut out);
+        line.text("kind", Some(self.kind));
+        line.number("time_ms", u64::try_from(self.time_ms).unwrap_or(0));
+        line.text("request_id", Some(self.request_id));
+        line.address("client_ip", self.client_ip);
+        line.address("peer", Some(self.peer));
+        line.text("method", self.method);
+        line.text("route", self.route);
+        line.text("path", Some(self.path));
+        line.text("query", self.query);
+        line.number("status", u64::from(self.status));
+        line.text("decision", Some(self.decision));
+        line.text("principal", self.principal);
+        line.text("principal_kind", self.principal_kind);
+        line.text("principal_id", self.principal_id);
+        line.text("tenant", self.tenant);
+        line.text("upstream", self.upstream);
+        line.number("bytes_in", self.bytes_in);
+        line.number("bytes_out", self.bytes_out);
+        line.number("head_us", self.head_us);
+        line.number("duration_us", self.duration_us);
+        line.text("protocol", Some(self.protocol));
+        line.text("user_agent", self.user_agent);
+        line.flag("admin", self.admin);
+        line.text("action", self.action);
+        line.text("target", self.target);
+        line.close();
+        // Only whole UTF-8 strings went in.
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 

@@ -19,9 +19,35 @@ pub const AUDIT_DB_FILE: &str = "audit.db";
 const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
      decision, route, path, client_ip, payload, prev_hash, hash";
 
-/// Rows per insert statement on PostgreSQL: 15 columns each stays well under its limit on
-/// bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
+/// The row counts of the insert statements, largest first (the last must be 1): a batch is
+/// written with as many of the largest as fit, then the smaller ones.
+const INSERT_ROWS: [usize; 3] = [64, 8, 1];
+
+/// `INSERT INTO audit_events ... VALUES` with `rows` rows of parameters: anonymous (`?`) on
+/// SQLite, which looks each numbered one up by name as it is bound (a statement of many
+/// rows then binds in quadratic time), numbered (`$1`) on PostgreSQL, which knows no other.
+fn insert_sql(rows: usize, sqlite: bool) -> String {
+    let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for column in 0..15 {
+            if column > 0 {
+                sql.push(',');
+            }
+            if sqlite {
+                sql.push('?');
+            } else {
+                sql.push('$');
+                sql.push_str(&(row * 15 + column + 1).to_string());
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
 
 /// How long a write may wait for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,11 +106,8 @@ pub struct StoredEvent {
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pool: AnyPool,
-    /// SQLite rather than PostgreSQL: rows are inserted one prepared statement at a time
-    /// (SQLite prepares a statement of many rows slowly, and looks up each of its `$N`
-    /// parameters by name), where PostgreSQL takes many rows to a statement, saving round
-    /// trips.
-    sqlite: bool,
+    /// The insert statements, by row count, largest first ([`INSERT_ROWS`]).
+    inserts: Vec<(usize, String)>,
 }
 
 impl AuditStore {
@@ -135,11 +158,21 @@ impl AuditStore {
             .connect(&url)
             .await?;
         if write {
+            // On SQLite the events are kept in their key's own B-tree (no separate rowid
+            // table and key index to update for every row).
+            let layout = if sqlite { " WITHOUT ROWID" } else { "" };
             for statement in SCHEMA {
-                pool.execute(*statement).await?;
+                pool.execute(statement.replace("{layout}", layout).as_str())
+                    .await?;
             }
         }
-        Ok(Self { pool, sqlite })
+        Ok(Self {
+            pool,
+            inserts: INSERT_ROWS
+                .iter()
+                .map(|&rows| (rows, insert_sql(rows, sqlite)))
+                .collect(),
+        })
     }
 
     /// Stores `events` and `checkpoint` (if any) in one transaction.
@@ -149,41 +182,36 @@ impl AuditStore {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditStoreError> {
         let mut transaction = self.pool.begin().await?;
-        let rows_per_statement = if self.sqlite { 1 } else { ROWS_PER_STATEMENT };
-        for chunk in events.chunks(rows_per_statement) {
-            let mut sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ");
-            for row in 0..chunk.len() {
-                if row > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for column in 0..15 {
-                    if column > 0 {
-                        sql.push(',');
-                    }
-                    sql.push('$');
-                    sql.push_str(&(row * 15 + column + 1).to_string());
-                }
-                sql.push(')');
-            }
-            let mut query = sqlx::query(&sql);
+        let mut rest = events;
+        while !rest.is_empty() {
+            // The largest statement that fits: each is prepared once per connection and
+            // cached, so a batch pays for no parsing, and few round trips.
+            let (rows, sql) = self
+                .inserts
+                .iter()
+                .find(|(rows, _)| *rows <= rest.len())
+                .map_or((1, ""), |(rows, sql)| (*rows, sql.as_str()));
+            let (chunk, after) = rest.split_at(rows.min(rest.len()));
+            rest = after;
+            let mut query = sqlx::query(sql);
             for event in chunk {
+                // Borrowed, not copied: a batch is kept until the store takes it.
                 query = query
-                    .bind(event.chain_id.clone())
+                    .bind(event.chain_id.as_str())
                     .bind(event.seq)
                     .bind(event.time_ms)
-                    .bind(event.kind.clone())
-                    .bind(event.request_id.clone())
-                    .bind(event.principal.clone())
-                    .bind(event.tenant.clone())
+                    .bind(event.kind.as_str())
+                    .bind(event.request_id.as_deref())
+                    .bind(event.principal.as_deref())
+                    .bind(event.tenant.as_deref())
                     .bind(event.status)
-                    .bind(event.decision.clone())
-                    .bind(event.route.clone())
-                    .bind(event.path.clone())
-                    .bind(event.client_ip.clone())
-                    .bind(event.payload.clone())
-                    .bind(event.prev_hash.clone())
-                    .bind(event.hash.clone());
+                    .bind(event.decision.as_deref())
+                    .bind(event.route.as_deref())
+                    .bind(event.path.as_deref())
+                    .bind(event.client_ip.as_deref())
+                    .bind(event.payload.as_str())
+                    .bind(event.prev_hash.as_str())
+                    .bind(event.hash.as_str());
             }
             query.execute(&mut *transaction).await?;
         }
@@ -310,7 +338,7 @@ impl AuditStore {
 }
 
 /// The tables, created when missing. Portable SQL: the same statements run on SQLite and
-/// PostgreSQL.
+/// PostgreSQL, but for `{layout}`.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit_events (
         chain_id TEXT NOT NULL,
@@ -329,8 +357,7 @@ const SCHEMA: &[&str] = &[
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL,
         PRIMARY KEY (chain_id, seq)
-    )",
-    "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms)",
+    ){layout}",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         chain_id TEXT NOT NULL,
         seq BIGINT NOT NULL,
@@ -338,5 +365,5 @@ const SCHEMA: &[&str] = &[
         time_ms BIGINT NOT NULL,
         mac TEXT NOT NULL,
         PRIMARY KEY (chain_id, seq, time_ms)
-    )",
+    ){layout}",
 ];
