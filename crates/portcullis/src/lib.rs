@@ -19,22 +19,22 @@
 //! | forward      | [`upstream`]             |
 //! | respond      | [`headers`]              |
 //!
-//! Every error portcullis itself produces is an RFC 9457 problem
-//! ([`base::problem`]). Every request leaves one exchange record ([`base::exchange`]),
-//! with the gateway's precise decision, which the [`recorder`] hands to sinks such as the
-//! [`access_log`] with secrets already [`redact`]ed.
+//! Every error portcullis itself produces is an RFC 9457 problem ([`base::problem`]).
+//! Every request leaves one exchange record ([`base::exchange`]), with the gateway's
+//! precise decision, which the [`recorder`] hands to sinks, the [`access_log`] and the
+//! [`audit`] log, with secrets already [`redact`]ed.
 //!
 //! Modules import downwards only (a test holds the crate to it): [`base`] (the shared
 //! types: bodies, problems, the request context, the exchange record) imports nothing;
-//! [`config`] (plain settings) only `base`; then [`redact`], the [`recorder`] and the
-//! [`access_log`]; then the stores and the stages (`store`, `credentials`, `hygiene`,
-//! `identity`, `headers`, `cors`, `ip_rules`, `auth`, `ratelimit`, `upstream`, `routes`,
-//! `health`); then [`settings`], the one validation step that turns the configuration
-//! into the typed values the stages are built from; then the [`pipeline`] that runs them
-//! in order; then [`server`] and
-//! [`admin`]; then [`rules`] (the checks `check` and `serve` apply to a configuration); the
-//! binary on top. Managed credentials live in the [`store`] and are managed through the
-//! [`admin`] API or the `portcullis token` command.
+//! [`config`] (plain settings) only `base`; then [`redact`], [`json_line`], the
+//! [`recorder`], the [`access_log`] and the [`audit`] log; then the stores and the stages
+//! (`store`, `credentials`, `hygiene`, `identity`, `headers`, `cors`, `ip_rules`, `auth`,
+//! `ratelimit`, `upstream`, `routes`, `health`); then [`settings`], the one validation
+//! step that turns the configuration into the typed values the stages are built from;
+//! then the [`pipeline`] that runs them in order; then [`server`] and [`admin`]; then
+//! [`rules`] (the checks `check` and `serve` apply to a configuration); the binary on top.
+//! Managed credentials live in the [`store`] and are managed through the [`admin`] API or
+//! the `portcullis token` command.
 
 pub mod access_log;
 pub mod admin;
