@@ -3,13 +3,16 @@
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
+use portcullis::audit::{self, AuditLog};
 use portcullis::config::StoreArgs;
 use portcullis::credentials::{
     self, CredentialKind, Credentials, NewToken, TokenHasher, TokenRecord,
 };
-use portcullis::store::{Store, now};
+use portcullis::store::{Store, StoreLocation, now};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// What to do with tokens.
 #[derive(Debug, clap::Subcommand)]
@@ -66,14 +69,58 @@ pub async fn run(store_args: &StoreArgs, json: bool, action: TokenAction) -> Exi
     }
 }
 
+/// The audit log at `location`, opened off this runtime (it keeps one of its own).
+async fn open_audit(location: &StoreLocation) -> Result<AuditLog, String> {
+    let env = |name: &str| std::env::var(name).ok();
+    let key = audit::load_key(location, env, true).map_err(|e| e.to_string())?;
+    let location = location.clone();
+    let closing = Arc::new(AtomicBool::new(false));
+    tokio::task::spawn_blocking(move || AuditLog::open(&location, key, closing))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok();
     let location = store_args.location(env).map_err(|e| e.to_string())?;
     let pepper = credentials::load_pepper(&location, env).map_err(|e| e.to_string())?;
     let store = Store::open(&location).await.map_err(|e| e.to_string())?;
     let credentials = Credentials::new(store, TokenHasher::new(&pepper), &[]);
-    let error = |e: credentials::CredentialError| e.to_string();
+    // A change to the store is audited as the gateway's admin API audits it; the audit log
+    // is opened first, so that no change is made that could not be recorded.
+    let changes = matches!(
+        action,
+        TokenAction::Create { .. } | TokenAction::Revoke { .. } | TokenAction::Rotate { .. }
+    );
+    let audit = if changes && audit::enabled_in(env) {
+        Some(open_audit(&location).await?)
+    } else {
+        None
+    };
+    let done = act(&credentials, json, action).await;
+    if let Some(mut audit) = audit {
+        // Recorded, and the audit log's runtime dropped, off this runtime's thread.
+        let action = done.as_ref().ok().cloned().flatten();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some((action, target)) = action {
+                audit.record_cli_action(action, &target);
+            }
+        })
+        .await;
+    }
+    done.map(|_| ())
+}
 
+/// Carries out `action`; the change it made to the store, if any, as an admin action and
+/// the token it was made to.
+async fn act(
+    credentials: &Credentials,
+    json: bool,
+    action: TokenAction,
+) -> Result<Option<(&'static str, String)>, String> {
+    let error = |e: credentials::CredentialError| e.to_string();
+    let mut done = None;
     match action {
         TokenAction::Create {
             name,
@@ -94,6 +141,7 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
                 expires_in: expires,
             };
             let (record, secret) = credentials.create(new).await.map_err(error)?;
+            done = Some(("token_created", record.id.clone()));
             print_minted("created", &record, &secret, json);
         }
         TokenAction::List => {
@@ -111,10 +159,13 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
             print_record(&credentials.show(&id).await.map_err(error)?, json)
         }
         TokenAction::Revoke { id } => {
-            print_record(&credentials.revoke(&id).await.map_err(error)?, json)
+            let record = credentials.revoke(&id).await.map_err(error)?;
+            print_record(&record, json);
+            done = Some(("token_revoked", id));
         }
         TokenAction::Rotate { id, overlap } => {
             let (record, secret) = credentials.rotate(&id, overlap).await.map_err(error)?;
+            done = Some(("token_rotated", id.clone()));
             print_minted(&format!("rotated {id} into"), &record, &secret, json);
             if !json {
                 println!(
@@ -124,7 +175,7 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
             }
         }
     }
-    Ok(())
+    Ok(done)
 }
 
 fn print_minted(verb: &str, record: &TokenRecord, secret: &SecretString, json: bool) {

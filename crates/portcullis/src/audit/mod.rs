@@ -22,13 +22,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
-use crate::base::exchange::Exchange;
+use crate::base::exchange::{AdminAction, Caller, Decision, Exchange};
 use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
 use crate::json_line::Line;
 use crate::recorder::Sink;
 use crate::redact::{MASK, contains_secret};
 use chain::{ChainKey, Checkpoint, GENESIS};
 use store::{AuditStore, AuditStoreError, StoredEvent};
+
+/// Whether `PORTCULLIS_AUDIT` (as `env` reads it) leaves the audit log on.
+pub fn enabled_in(env: impl Fn(&str) -> Option<String>) -> bool {
+    !matches!(
+        env("PORTCULLIS_AUDIT")
+            .map(|value| value.trim().to_ascii_lowercase())
+            .as_deref(),
+        Some("off" | "false" | "0" | "no" | "n" | "f")
+    )
+}
 
 /// The key file generated in the data directory when no key is given (SQLite only).
 pub const AUDIT_KEY_FILE: &str = "audit.key";
@@ -286,6 +296,40 @@ impl AuditLog {
             self.since_checkpoint = 0;
             self.last_checkpoint = Instant::now();
         }
+    }
+}
+
+impl AuditLog {
+    /// Records an admin action taken outside the gateway (`portcullis token`), with `cli`
+    /// as the acting principal, and stores it at once with a checkpoint: the command's
+    /// chain is this one event.
+    pub fn record_cli_action(&mut self, action: &'static str, target: &str) {
+        let exchange = Exchange {
+            caller: Some(Caller {
+                kind: "cli",
+                id: None,
+                name: std::borrow::Cow::Borrowed("cli"),
+                tenant: None,
+            }),
+            decision: Decision::Allowed,
+            admin: true,
+            action: Some(AdminAction {
+                action,
+                target: target.to_owned(),
+            }),
+            ..Exchange::begin(
+                crate::base::context::new_request_id()
+                    .to_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                IpAddr::from([127, 0, 0, 1]),
+                "cli",
+            )
+        };
+        if let Some((columns, payload)) = action_event(&exchange) {
+            self.push(columns, payload);
+        }
+        self.close();
     }
 }
 

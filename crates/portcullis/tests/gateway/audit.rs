@@ -466,3 +466,55 @@ fn the_audit_log_can_be_turned_off_with_a_warning_and_production_refuses_it() {
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(!out.contains("audit_key"), "{out}");
 }
+
+/// `portcullis token` changes the store directly: each change is audited too, as an admin
+/// action by `cli`, in a chain of its own that verifies.
+#[tokio::test]
+async fn token_command_changes_are_audited() {
+    let dir = scratch_dir();
+    let token = |args: &[&str]| {
+        let output = portcullis()
+            .arg("token")
+            .args(["--data-dir", dir.to_str().unwrap(), "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let created = token(&["create", "--name", "cli-made", "--scopes", "read"]);
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    token(&["list"]);
+    token(&["revoke", &id]);
+
+    let events = events(&sqlite_url(&dir)).await;
+    // One chain per command, in no particular order among themselves.
+    let mut actions: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .map(|(kind, _, principal, payload)| {
+            assert_eq!(kind, "admin_action");
+            (
+                payload["action"].as_str().unwrap(),
+                payload["target"].as_str().unwrap(),
+                principal.as_deref(),
+            )
+        })
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            ("token_created", id.as_str(), Some("cli")),
+            ("token_revoked", id.as_str(), Some("cli"))
+        ]
+    );
+    let stored = sqlite_text(&dir);
+    assert!(!stored.contains(created["token"].as_str().unwrap()));
+    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: 2 chain(s), 2 event(s) linked"), "{out}");
+}
