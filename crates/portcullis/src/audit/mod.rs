@@ -159,9 +159,10 @@ impl AuditLog {
             .build()
             .map_err(AuditError::Runtime)?;
         let store = runtime.block_on(AuditStore::open(location))?;
+        let previous = runtime.block_on(store.latest_checkpoint())?;
         let chain = chain::hex(&rand::random::<[u8; 16]>());
         info!(chain = %chain, "audit log open: a new chain starts");
-        Ok(Self {
+        let mut log = Self {
             runtime,
             store,
             key,
@@ -172,7 +173,31 @@ impl AuditLog {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             closing,
-        })
+        };
+        // The chain's first event names where the last checkpointed chain stood, so that
+        // deleting that chain, or cutting it short of that point, shows.
+        let time_ms = now_ms(SystemTime::now());
+        let mut out = Vec::with_capacity(256);
+        let mut line = Line::start(&mut out);
+        line.text("kind", Some("chain_start"));
+        line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
+        line.text(
+            "previous_chain",
+            previous.as_ref().map(|c| c.chain.as_str()),
+        );
+        line.number(
+            "previous_seq",
+            previous.as_ref().map_or(0, |c| c.seq.unsigned_abs()),
+        );
+        line.text("previous_head", previous.as_ref().map(|c| c.head.as_str()));
+        line.close();
+        let columns = Columns {
+            time_ms,
+            kind: "chain_start",
+            ..Columns::default()
+        };
+        log.push(columns, String::from_utf8(out).unwrap_or_default());
+        Ok(log)
     }
 
     /// Links `payload` into the chain and queues it.
@@ -185,13 +210,13 @@ impl AuditLog {
             seq: self.seq,
             time_ms: columns.time_ms,
             kind: columns.kind.to_owned(),
-            request_id: Some(columns.request_id),
+            request_id: columns.request_id,
             principal: columns.principal,
             tenant: columns.tenant,
-            status: Some(columns.status),
-            decision: Some(columns.decision.to_owned()),
+            status: columns.status,
+            decision: columns.decision.map(str::to_owned),
             route: columns.route,
-            path: Some(columns.path),
+            path: columns.path,
             client_ip: columns.client_ip,
             payload,
             prev_hash,
@@ -352,16 +377,17 @@ impl Sink for AuditLog {
 }
 
 /// The searchable columns of an event; the payload holds them too.
+#[derive(Default)]
 struct Columns {
     time_ms: i64,
     kind: &'static str,
-    request_id: String,
+    request_id: Option<String>,
     principal: Option<String>,
     tenant: Option<String>,
-    status: i64,
-    decision: &'static str,
+    status: Option<i64>,
+    decision: Option<&'static str>,
     route: Option<String>,
-    path: String,
+    path: Option<String>,
     client_ip: Option<String>,
 }
 
@@ -431,13 +457,13 @@ impl<'a> Payload<'a> {
         Columns {
             time_ms: self.time_ms,
             kind: self.kind,
-            request_id: self.request_id.to_owned(),
+            request_id: Some(self.request_id.to_owned()),
             principal: self.principal.map(str::to_owned),
             tenant: self.tenant.map(str::to_owned),
-            status: i64::from(self.status),
-            decision: self.decision,
+            status: Some(i64::from(self.status)),
+            decision: Some(self.decision),
             route: self.route.map(str::to_owned),
-            path: self.path.to_owned(),
+            path: Some(self.path.to_owned()),
             client_ip: self.client_ip.map(|ip| ip.to_string()),
         }
     }

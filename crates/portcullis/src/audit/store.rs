@@ -258,6 +258,27 @@ impl AuditStore {
         Ok(row.is_some())
     }
 
+    /// The checkpoint written last, by any chain.
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditStoreError> {
+        let row = sqlx::query(
+            "SELECT chain_id, seq, head_hash, time_ms, mac FROM audit_checkpoints \
+             ORDER BY time_ms DESC, seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Checkpoint {
+                chain: row.try_get(0)?,
+                seq: row.try_get(1)?,
+                head: row.try_get(2)?,
+                time_ms: row.try_get(3)?,
+                mac: row.try_get(4)?,
+            })
+        })
+        .transpose()
+        .map_err(|error: sqlx::Error| AuditStoreError::from(error))
+    }
+
     /// Every chain's id.
     pub async fn chains(&self) -> Result<Vec<String>, AuditStoreError> {
         let rows = sqlx::query(

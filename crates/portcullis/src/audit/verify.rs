@@ -130,6 +130,11 @@ async fn walk(
                     event.seq
                 )));
             }
+            if event.seq == 1
+                && let Err(broken) = follows_its_predecessor(store, event).await?
+            {
+                return Ok(Err(broken));
+            }
             if let Err(column) = columns_agree(event) {
                 return Ok(Err(format!(
                     "event {}: its {column} column disagrees with its content (edited)",
@@ -150,6 +155,36 @@ async fn walk(
         )));
     }
     Ok(Ok(()))
+}
+
+/// Whether the chain `first` starts holds the point of the chain before it that it names:
+/// that chain was not deleted, nor cut short of it.
+async fn follows_its_predecessor(
+    store: &AuditStore,
+    first: &StoredEvent,
+) -> Result<Result<(), String>, AuditStoreError> {
+    let Ok(payload) = serde_json::from_str::<Value>(&first.payload) else {
+        return Ok(Ok(()));
+    };
+    let (Some(previous), Some(seq), Some(head)) = (
+        payload["previous_chain"].as_str(),
+        payload["previous_seq"].as_i64(),
+        payload["previous_head"].as_str(),
+    ) else {
+        return Ok(Ok(()));
+    };
+    let held = if seq == 0 {
+        !store.checkpoints(previous).await?.is_empty()
+    } else {
+        store.holds(previous, seq, head).await?
+    };
+    Ok(if held {
+        Ok(())
+    } else {
+        Err(format!(
+            "it follows chain {previous} at event {seq}, which the store does not hold (deleted or cut short)"
+        ))
+    })
 }
 
 fn check_checkpoints(

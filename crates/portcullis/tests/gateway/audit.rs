@@ -109,11 +109,14 @@ fn sqlite_text(dir: &Path) -> String {
         .collect()
 }
 
-/// The events' kind, decision, principal and payload, in chain order.
+/// The events' kind, decision, principal and payload, in chain order, but for the events
+/// that start chains.
 async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
+    sqlx::any::install_default_drivers();
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
     let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT kind, decision, principal, payload FROM audit_events ORDER BY chain_id, seq",
+        "SELECT kind, decision, principal, payload FROM audit_events \
+         WHERE kind <> 'chain_start' ORDER BY chain_id, seq",
     )
     .fetch_all(&mut connection)
     .await
@@ -198,7 +201,8 @@ async fn requests_and_admin_actions_are_chained_events_without_secrets_on_sqlite
     }
     let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
     assert!(ok, "{out}");
-    assert!(out.contains("ok: 1 chain(s), 7 event(s) linked"), "{out}");
+    // The traffic's seven, after the event that starts the chain.
+    assert!(out.contains("ok: 1 chain(s), 8 event(s) linked"), "{out}");
 }
 
 #[tokio::test]
@@ -233,7 +237,7 @@ async fn requests_and_admin_actions_are_chained_events_on_postgres() {
     let (ok, out) = verify(&[], &[], &env);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("event 2 does not match its hash (edited)"),
+        out.contains("event 3 does not match its hash (edited)"),
         "{out}"
     );
     database.drop_now().await;
@@ -327,51 +331,52 @@ async fn every_kind_of_tampering_is_found() {
     );
     assert!(ok, "{out}");
 
+    // Event 1 starts the chain; 2 is the allowed request, 3 the refused one (401).
     let cases: [(&str, Vec<&str>, &str); 8] = [
         (
             "an edited payload",
             vec![
-                "UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 2",
+                "UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 3",
             ],
-            "event 2 does not match its hash (edited)",
+            "event 3 does not match its hash (edited)",
         ),
         (
             "an edited column",
-            vec!["UPDATE audit_events SET decision = 'allowed' WHERE seq = 2"],
-            "event 2: its decision column disagrees with its content (edited)",
+            vec!["UPDATE audit_events SET decision = 'allowed' WHERE seq = 3"],
+            "event 3: its decision column disagrees with its content (edited)",
         ),
         (
             "a deleted row",
-            vec!["DELETE FROM audit_events WHERE seq = 3"],
-            "events 3 to 3 are missing (deleted)",
+            vec!["DELETE FROM audit_events WHERE seq = 4"],
+            "events 4 to 4 are missing (deleted)",
         ),
         (
             "an inserted row",
             vec![
-                "UPDATE audit_events SET seq = seq + 1000 WHERE seq >= 3",
-                "UPDATE audit_events SET seq = seq - 999 WHERE seq >= 1003",
-                "INSERT INTO audit_events SELECT chain_id, 3, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
+                "UPDATE audit_events SET seq = seq + 1000 WHERE seq >= 4",
+                "UPDATE audit_events SET seq = seq - 999 WHERE seq >= 1004",
+                "INSERT INTO audit_events SELECT chain_id, 4, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 3",
             ],
-            "event 3 does not follow event 2",
+            "event 4 does not follow event 3",
         ),
         (
             "two rows swapped",
             vec![
-                "UPDATE audit_events SET seq = 1002 WHERE seq = 2",
-                "UPDATE audit_events SET seq = 2 WHERE seq = 3",
-                "UPDATE audit_events SET seq = 3 WHERE seq = 1002",
+                "UPDATE audit_events SET seq = 1003 WHERE seq = 3",
+                "UPDATE audit_events SET seq = 3 WHERE seq = 4",
+                "UPDATE audit_events SET seq = 4 WHERE seq = 1003",
             ],
-            "event 2 does not follow event 1",
+            "event 3 does not follow event 2",
         ),
         (
             "a cut tail",
-            vec!["DELETE FROM audit_events WHERE seq >= 6"],
-            "the chain ends at event 5 (cut short)",
+            vec!["DELETE FROM audit_events WHERE seq >= 7"],
+            "the chain ends at event 6 (cut short)",
         ),
         (
             "a row numbered before the first",
             vec![
-                "INSERT INTO audit_events SELECT chain_id, 0, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 1",
+                "INSERT INTO audit_events SELECT chain_id, 0, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
             ],
             "event 0 is numbered before the chain's first (inserted)",
         ),
@@ -393,7 +398,7 @@ async fn every_kind_of_tampering_is_found() {
     let copy = tampered(
         &dir,
         &[
-            "DELETE FROM audit_events WHERE seq >= 6",
+            "DELETE FROM audit_events WHERE seq >= 7",
             "DELETE FROM audit_checkpoints",
         ],
     )
@@ -516,5 +521,41 @@ async fn token_command_changes_are_audited() {
     assert!(!stored.contains(created["token"].as_str().unwrap()));
     let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
     assert!(ok, "{out}");
-    assert!(out.contains("ok: 2 chain(s), 2 event(s) linked"), "{out}");
+    assert!(out.contains("ok: 2 chain(s), 4 event(s) linked"), "{out}");
+}
+
+/// Each chain starts by naming the point the last checkpointed chain reached: deleting an
+/// earlier chain whole shows, even with no log at hand.
+#[tokio::test]
+async fn a_deleted_earlier_chain_shows() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    for _ in 0..2 {
+        let mut gateway = Launch::new(&upstream.url())
+            .arg("--data-dir")
+            .arg(dir.to_str().unwrap())
+            .start();
+        assert_eq!(
+            request("GET", &gateway.url("/x"), TOKEN, "").await.status,
+            200
+        );
+        gateway.final_log();
+    }
+    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
+    assert!(ok && out.contains("ok: 2 chain(s)"), "{out}");
+    let first = "(SELECT chain_id FROM audit_events WHERE seq = 1 AND payload LIKE '%\"previous_chain\":null%')";
+    let copy = tampered(
+        &dir,
+        &[
+            &format!("DELETE FROM audit_checkpoints WHERE chain_id = {first}"),
+            &format!("DELETE FROM audit_events WHERE chain_id = {first}"),
+        ],
+    )
+    .await;
+    let (ok, out) = verify(&["--data-dir", copy.to_str().unwrap()], &[], &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("which the store does not hold (deleted or cut short)"),
+        "{out}"
+    );
 }
