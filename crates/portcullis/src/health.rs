@@ -9,6 +9,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::audit::AuditHealth;
 use crate::base::body::{self, ResponseBody};
 use crate::base::problem::{Problem, ProblemKind};
 use crate::ratelimit::{BackendState, Limiter};
@@ -47,6 +48,7 @@ impl Probe {
 pub struct Health {
     upstreams: Vec<Arc<Upstream>>,
     store: Option<Store>,
+    audit: Option<AuditHealth>,
     last_readiness: CheckCache<Readiness>,
 }
 
@@ -60,11 +62,17 @@ struct Readiness {
 }
 
 impl Health {
-    /// Readiness depends on reaching every one of `upstreams` and the store, if any.
-    pub fn new(upstreams: Vec<Arc<Upstream>>, store: Option<Store>) -> Self {
+    /// Readiness depends on reaching every one of `upstreams` and the store, if any, and on
+    /// the audit log's store taking its writes, if the audit log is on.
+    pub fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        store: Option<Store>,
+        audit: Option<AuditHealth>,
+    ) -> Self {
         Self {
             upstreams,
             store,
+            audit,
             last_readiness: CheckCache::default(),
         }
     }
@@ -127,6 +135,12 @@ impl Health {
             unready: None,
             rate_limit_backend,
         };
+        // Records pile up in memory while the audit store refuses them, until the gateway
+        // has to stop serving: load balancers should move traffic away before that.
+        if self.audit.as_ref().is_some_and(AuditHealth::is_failing) {
+            readiness.unready = Some("the audit log's store refuses writes");
+            return readiness;
+        }
         if let Some(store) = &self.store {
             let reachable = tokio::time::timeout(PROBE_TIMEOUT, store.is_reachable())
                 .await

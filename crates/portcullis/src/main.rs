@@ -181,6 +181,7 @@ async fn start_recorder(
         sinks.push(Box::new(log));
     }
     let audit = config.audit.enabled;
+    let mut audit_health = None;
     if audit {
         let key = audit::load_key(location, |name| std::env::var(name).ok(), true)
             .map_err(|error| error.to_string())?;
@@ -190,7 +191,9 @@ async fn start_recorder(
         let opened = tokio::task::spawn_blocking(move || AuditLog::open(&location, key, closing))
             .await
             .map_err(|error| error.to_string())?;
-        sinks.push(Box::new(opened.map_err(|error| error.to_string())?));
+        let log = opened.map_err(|error| error.to_string())?;
+        audit_health = Some(log.health());
+        sinks.push(Box::new(log));
     }
     if sinks.is_empty() {
         return Ok(shared);
@@ -199,6 +202,7 @@ async fn start_recorder(
         .map_err(|error| format!("cannot start the recorder: {error}"))?;
     Ok(Shared {
         recorder: Some(recorder),
+        audit: audit_health,
         ..shared
     })
 }

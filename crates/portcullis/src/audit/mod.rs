@@ -130,6 +130,22 @@ pub fn key_problem(
         .map(|error| error.to_string())
 }
 
+/// Whether the audit log's store is refusing writes, for `/ready`: while it is, records
+/// pile up in memory (there is no spool yet) until the gateway has to stop serving.
+#[derive(Debug, Clone, Default)]
+pub struct AuditHealth(Arc<AtomicBool>);
+
+impl AuditHealth {
+    /// Whether the last write failed.
+    pub fn is_failing(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.0.store(failing, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The audit sink.
 pub struct AuditLog {
     runtime: tokio::runtime::Runtime,
@@ -143,6 +159,7 @@ pub struct AuditLog {
     last_checkpoint: Instant,
     /// Set when shutdown begins, so that a store that is down cannot hold it up forever.
     closing: Arc<AtomicBool>,
+    health: AuditHealth,
 }
 
 impl AuditLog {
@@ -173,6 +190,7 @@ impl AuditLog {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             closing,
+            health: AuditHealth::default(),
         };
         // The chain's first event names where the last checkpointed chain stood, so that
         // deleting that chain, or cutting it short of that point, shows.
@@ -198,6 +216,11 @@ impl AuditLog {
         };
         log.push(columns, String::from_utf8(out).unwrap_or_default());
         Ok(log)
+    }
+
+    /// Whether the store takes the writes, as `/ready` reports it.
+    pub fn health(&self) -> AuditHealth {
+        self.health.clone()
     }
 
     /// Links `payload` into the chain and queues it.
@@ -281,6 +304,7 @@ impl AuditLog {
                 Err(_) if failures > 0 && self.committed(checkpoint.as_ref()) => break,
                 Err(cause) => {
                     failures += 1;
+                    self.health.set_failing(true);
                     // Once shutdown began, the store gets a last chance, not an unbounded one.
                     let patience = patience.or_else(|| {
                         self.closing
@@ -300,6 +324,7 @@ impl AuditLog {
                 }
             }
         }
+        self.health.set_failing(false);
         if failures > 0 {
             info!(
                 attempts = failures + 1,

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use tracing::warn;
 
+use crate::audit::AuditHealth;
 use crate::auth::{Authenticator, StaticTokens};
 use crate::base::body::ResponseBody;
 use crate::base::context::{ConnInfo, RequestContext, X_REQUEST_ID};
@@ -52,6 +53,8 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// What records may show of queries.
     pub redactor: Arc<Redactor>,
+    /// Whether the audit log's store takes its writes, when the audit log is on.
+    pub audit: Option<AuditHealth>,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
                 .collect(),
             recorder: None,
             redactor: Arc::new(Redactor::new(&config.log.redact_query_params)),
+            audit: None,
         }
     }
 }
@@ -170,7 +174,11 @@ impl Gateway {
                 max_header_bytes: limits.max_header_bytes,
                 max_headers: limits.max_headers,
             }),
-            health: Health::new(router.upstreams(), shared.store.clone()),
+            health: Health::new(
+                router.upstreams(),
+                shared.store.clone(),
+                shared.audit.clone(),
+            ),
             limiter: Limiter::new(shared.rate_limits.clone()),
             cors: Cors::new(&settings.cors),
             auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),

@@ -559,3 +559,41 @@ async fn a_deleted_earlier_chain_shows() {
         "{out}"
     );
 }
+
+/// While the audit store refuses writes, records pile up in memory (there is no spool yet):
+/// `/ready` says so, so that load balancers move traffic away before the gateway stalls.
+#[tokio::test]
+async fn ready_fails_while_the_audit_store_refuses_writes() {
+    let database = PostgresDatabase::create().await;
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .env("PORTCULLIS_DATABASE_URL", database.url.clone())
+        .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .start();
+    assert_eq!(get(&gateway.url("/ready"), &[]).await.status, 200);
+
+    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("DROP TABLE audit_events")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    // A request, so that there is an event to write.
+    assert_eq!(
+        request("GET", &gateway.url("/x"), TOKEN, "").await.status,
+        200
+    );
+    let mut reply = get(&gateway.url("/ready"), &[]).await;
+    for _ in 0..100 {
+        if reply.status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        reply = get(&gateway.url("/ready"), &[]).await;
+    }
+    let problem = reply.assert_problem(503, "not-ready");
+    assert_eq!(problem["detail"], "the audit log's store refuses writes");
+    assert!(gateway.log_shows("the store refused a batch"));
+    drop(gateway);
+    database.drop_now().await;
+}
