@@ -117,7 +117,7 @@ fn main() -> ExitCode {
             }
             Command::Demo { listen } => {
                 init_logging(LogFormat::Text);
-                match portcullis::demo::run(listen, shutdown_signal()).await {
+                match portcullis::demo::run(listen, shutdown_signal(|| {})).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => {
                         eprintln!("portcullis demo: {error}");
@@ -281,16 +281,11 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     let usage = tokens.clone().map(|tokens| {
         tokio::spawn(async move { tokens.flush_usage_every(USAGE_FLUSH_INTERVAL).await })
     });
-    let signal = shutdown_signal();
+    // Set as soon as the signal arrives, on the signal thread: a worker waiting for room in
+    // the recorder's queue is freed once the audit log stops waiting on a store that is down.
     let stopping = closing.clone();
-    server
-        .run(async move {
-            signal.await;
-            // Before the workers are waited for: one waiting for room in the recorder's
-            // queue is freed once the audit log stops waiting on a store that is down.
-            stopping.store(true, Ordering::Relaxed);
-        })
-        .await;
+    let signal = shutdown_signal(move || stopping.store(true, Ordering::Relaxed));
+    server.run(signal).await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -407,36 +402,77 @@ fn print_report(report: &Report, production: bool) {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    // Installed now, not when first polled: a signal sent as soon as the listening line
-    // appears must stop the server gracefully, not kill it.
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; `on_signal` runs as soon as one arrives.
+///
+/// The signals are watched on a thread and runtime of their own, installed before this
+/// returns (so a signal sent as soon as the listening line appears stops the server
+/// gracefully instead of killing it), and `on_signal` runs there: even when every other
+/// thread waits for room in the recorder's queue behind an audit store that is down, the
+/// signal is seen and can tell the audit log to give up.
+fn shutdown_signal(
+    on_signal: impl FnOnce() + Send + 'static,
+) -> impl std::future::Future<Output = ()> {
+    let (installed, ready) = std::sync::mpsc::channel::<()>();
+    let (fired, signalled) = tokio::sync::oneshot::channel::<()>();
+    let watcher = std::thread::Builder::new()
+        .name("portcullis-signals".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => return warn!(%error, "cannot watch for signals"),
+            };
+            runtime.block_on(async move {
+                wait_for_signal(installed).await;
+                on_signal();
+                let _ = fired.send(());
+            });
+        });
+    match watcher {
+        // Brief, at start: the thread only installs the handlers.
+        Ok(_) => {
+            let _ = ready.recv();
+        }
+        Err(error) => warn!(%error, "cannot start the signal thread"),
+    }
+    async move {
+        if signalled.await.is_err() {
+            // No watcher: never stop on a signal, rather than stop at once.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Installs the SIGINT and SIGTERM handlers, says so on `installed`, then waits for one.
+async fn wait_for_signal(installed: std::sync::mpsc::Sender<()>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let interrupt = signal(SignalKind::interrupt());
         let terminate = signal(SignalKind::terminate());
-        async move {
-            match (interrupt, terminate) {
-                (Ok(mut interrupt), Ok(mut terminate)) => {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
+        let _ = installed.send(());
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
-                (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
-                    warn!(%error, "cannot listen for one of SIGINT and SIGTERM");
-                    only.recv().await;
-                }
-                (Err(error), Err(_)) => {
-                    warn!(%error, "cannot listen for signals; stop the server with SIGKILL");
-                    std::future::pending::<()>().await;
-                }
+            }
+            (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
+                warn!(%error, "cannot listen for one of SIGINT and SIGTERM");
+                only.recv().await;
+            }
+            (Err(error), Err(_)) => {
+                warn!(%error, "cannot listen for signals; stop the server with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
     }
     #[cfg(not(unix))]
-    async {
+    {
+        let _ = installed.send(());
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -566,7 +566,7 @@ async fn a_deleted_earlier_chain_shows() {
 async fn ready_fails_while_the_audit_store_refuses_writes() {
     let database = PostgresDatabase::create().await;
     let upstream = Upstream::start().await;
-    let gateway = Launch::new(&upstream.url())
+    let mut gateway = Launch::new(&upstream.url())
         .env("PORTCULLIS_DATABASE_URL", database.url.clone())
         .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
         .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
@@ -594,6 +594,12 @@ async fn ready_fails_while_the_audit_store_refuses_writes() {
     let problem = reply.assert_problem(503, "not-ready");
     assert_eq!(problem["detail"], "the audit log's store refuses writes");
     assert!(gateway.log_shows("the store refused a batch"));
-    drop(gateway);
+
+    // SIGTERM still ends the process: the store gets a last 10 s, then the events it
+    // would not take are given up, loudly.
+    let status = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = gateway.whole_log();
+    assert!(log.contains("they are lost"), "{log}");
     database.drop_now().await;
 }

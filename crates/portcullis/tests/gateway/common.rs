@@ -343,6 +343,11 @@ impl Gateway {
     /// pass before the line was written.
     pub fn final_log(&mut self) -> String {
         self.terminate();
+        self.whole_log()
+    }
+
+    /// The whole log of a gateway that has exited.
+    pub fn whole_log(&mut self) -> String {
         if let Some(reader) = self.reader.take() {
             reader.join().expect("the log reader panicked");
         }
