@@ -15,7 +15,7 @@ use std::time::Duration;
 use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
 use portcullis::audit::{self, AuditLog};
-use portcullis::config::{AUDIT_KEY_VAR, Config, LogFormat, Overrides, StoreArgs};
+use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::pipeline::Shared;
 use portcullis::recorder::{Recorder, Sink};
@@ -228,7 +228,7 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let facts = audit_facts(&location, opened.facts.clone());
+    let facts = audit_facts(&location, opened.facts);
     let mut report = rules::check(&config, &facts, false);
     let settings = match report.settings.take() {
         Some(settings) if report.passed() => settings,
@@ -344,8 +344,7 @@ fn audit_facts(location: &StoreLocation, facts: Facts) -> Facts {
     let env = |name: &str| std::env::var(name).ok();
     Facts {
         audit_key_problem: audit::key_problem(location, env),
-        audit_key_given: env(AUDIT_KEY_VAR).is_some()
-            || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some(),
+        audit_key_given: audit::key_given(env),
         ..facts
     }
 }

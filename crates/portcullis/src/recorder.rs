@@ -45,8 +45,8 @@ pub struct Recorder {
 enum Message {
     /// A finished record.
     Record(Box<Exchange>),
-    /// Write out everything sent before (and, when closing, finish the sinks), then answer.
-    Flush { done: SyncSender<()>, close: bool },
+    /// Write out everything sent before and finish the sinks, then answer.
+    Close(SyncSender<()>),
 }
 
 /// How many finished records may wait for the sinks.
@@ -88,22 +88,13 @@ impl Recorder {
         }
     }
 
-    /// Waits (at most `timeout`) until every record finished so far is written out.
-    pub fn flush(&self, timeout: Duration) {
-        self.flush_or_close(timeout, false);
-    }
-
     /// At shutdown: waits (at most `timeout`) until every record finished so far is
     /// written out and the sinks are finished (the audit log's last checkpoint written), so
     /// the last records are not lost with the process.
     pub fn close(&self, timeout: Duration) {
-        self.flush_or_close(timeout, true);
-    }
-
-    fn flush_or_close(&self, timeout: Duration, close: bool) {
         let (done, flushed) = mpsc::sync_channel(1);
         let deadline = Instant::now() + timeout;
-        let mut message = Message::Flush { done, close };
+        let mut message = Message::Close(done);
         // A full queue drains at the next batch; keep offering until there is room.
         loop {
             match self.sender.try_send(message) {
@@ -215,7 +206,7 @@ where
     }
 }
 
-/// Every [`BATCH_INTERVAL`] (or when woken for a flush), feeds what has come to every
+/// Every [`BATCH_INTERVAL`] (or when woken to close), feeds what has come to every
 /// sink and flushes them; ends, flushed, when every recorder is gone.
 fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
     loop {
@@ -237,13 +228,9 @@ fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
                         batch = 0;
                     }
                 }
-                Ok(Message::Flush { done, close }) => {
+                Ok(Message::Close(done)) => {
                     for sink in sinks.iter_mut() {
-                        if close {
-                            sink.close();
-                        } else {
-                            sink.flush();
-                        }
+                        sink.close();
                     }
                     let _ = done.send(());
                 }
@@ -292,7 +279,7 @@ mod tests {
         let recorder = Recorder::start(vec![Box::new(Collect(seen.clone()))], false).unwrap();
         recorder.finish(exchange(Decision::Allowed));
         recorder.finish(exchange(Decision::AuthExpired));
-        recorder.flush(Duration::from_secs(5));
+        recorder.close(Duration::from_secs(5));
         assert_eq!(*seen.lock().unwrap(), ["allowed", "auth_expired"]);
         assert_eq!(recorder.dropped(), 0);
     }

@@ -11,6 +11,8 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
+use crate::base::hex;
+
 /// The previous hash of a chain's first event.
 pub const GENESIS: &str = "";
 
@@ -41,7 +43,7 @@ impl ChainKey {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
-        hex(&mac.finalize().into_bytes())
+        hex::encode(&mac.finalize().into_bytes())
     }
 
     /// The hash of the event `seq` of `chain`, after `prev`, whose payload is `payload`.
@@ -86,8 +88,9 @@ impl Checkpoint {
     /// The checkpoint in a line of the operational log, as the gateway printed it: text
     /// (`key=value` pairs) or JSON (the fields at the top level).
     pub fn from_log_line(line: &str) -> Option<Self> {
+        let json = serde_json::from_str::<serde_json::Value>(line.trim()).ok();
         let field = |name: &str| -> Option<String> {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(line.trim()) {
+            if let Some(json) = &json {
                 return match &json[name] {
                     serde_json::Value::String(text) => Some(text.clone()),
                     serde_json::Value::Number(number) => Some(number.to_string()),
@@ -107,17 +110,6 @@ impl Checkpoint {
             mac: field("mac")?,
         })
     }
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
 }
 
 #[cfg(test)]

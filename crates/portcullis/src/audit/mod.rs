@@ -23,6 +23,7 @@ use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 use crate::base::exchange::{AdminAction, Caller, Decision, Exchange};
+use crate::base::hex;
 use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
 use crate::json_line::Line;
 use crate::recorder::Sink;
@@ -101,7 +102,7 @@ pub fn load_key(
             AUDIT_KEY_FILE,
             32,
             "earlier events then no longer verify",
-            || SecretString::from(chain::hex(&rand::random::<[u8; 32]>())),
+            || SecretString::from(hex::encode(&rand::random::<[u8; 32]>())),
         )
         .map(ChainKey::new)
         .map_err(AuditError::Key),
@@ -118,9 +119,8 @@ pub fn key_problem(
     location: &StoreLocation,
     env: impl Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    let given = env(AUDIT_KEY_VAR).is_some() || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some();
     if let StoreLocation::DataDir(dir) = location
-        && !given
+        && !key_given(&env)
         && !dir.join(AUDIT_KEY_FILE).exists()
     {
         return None;
@@ -128,6 +128,12 @@ pub fn key_problem(
     load_key(location, env, false)
         .err()
         .map(|error| error.to_string())
+}
+
+/// Whether the chain key is given (`PORTCULLIS_AUDIT_KEY` or `_FILE`) rather than left to
+/// be generated beside the log.
+pub fn key_given(env: impl Fn(&str) -> Option<String>) -> bool {
+    env(AUDIT_KEY_VAR).is_some() || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some()
 }
 
 /// Whether the audit log's store is refusing writes, for `/ready`: while it is, records
@@ -177,7 +183,7 @@ impl AuditLog {
             .map_err(AuditError::Runtime)?;
         let store = runtime.block_on(AuditStore::open(location))?;
         let previous = runtime.block_on(store.latest_checkpoint())?;
-        let chain = chain::hex(&rand::random::<[u8; 16]>());
+        let chain = hex::encode(&rand::random::<[u8; 16]>());
         info!(chain = %chain, "audit log open: a new chain starts");
         let mut log = Self {
             runtime,
@@ -209,12 +215,12 @@ impl AuditLog {
         );
         line.text("previous_head", previous.as_ref().map(|c| c.head.as_str()));
         line.close();
-        let columns = Columns {
+        log.push(StoredEvent {
             time_ms,
-            kind: "chain_start",
-            ..Columns::default()
-        };
-        log.push(columns, String::from_utf8(out).unwrap_or_default());
+            kind: "chain_start".to_owned(),
+            payload: String::from_utf8(out).unwrap_or_default(),
+            ..StoredEvent::default()
+        });
         Ok(log)
     }
 
@@ -223,28 +229,16 @@ impl AuditLog {
         self.health.clone()
     }
 
-    /// Links `payload` into the chain and queues it.
-    fn push(&mut self, columns: Columns, payload: String) {
+    /// Links `event` (its columns and payload) into the chain and queues it.
+    fn push(&mut self, mut event: StoredEvent) {
         self.seq += 1;
-        let hash = self.key.link(&self.chain, self.seq, &self.head, &payload);
-        let prev_hash = std::mem::replace(&mut self.head, hash.clone());
-        self.pending.push(StoredEvent {
-            chain_id: self.chain.clone(),
-            seq: self.seq,
-            time_ms: columns.time_ms,
-            kind: columns.kind.to_owned(),
-            request_id: columns.request_id,
-            principal: columns.principal,
-            tenant: columns.tenant,
-            status: columns.status,
-            decision: columns.decision.map(str::to_owned),
-            route: columns.route,
-            path: columns.path,
-            client_ip: columns.client_ip,
-            payload,
-            prev_hash,
-            hash,
-        });
+        event.hash = self
+            .key
+            .link(&self.chain, self.seq, &self.head, &event.payload);
+        event.prev_hash = std::mem::replace(&mut self.head, event.hash.clone());
+        event.chain_id.clone_from(&self.chain);
+        event.seq = self.seq;
+        self.pending.push(event);
         self.since_checkpoint += 1;
     }
 
@@ -376,8 +370,8 @@ impl AuditLog {
                 "cli",
             )
         };
-        if let Some((columns, payload)) = action_event(&exchange) {
-            self.push(columns, payload);
+        if let Some(event) = action_event(&exchange) {
+            self.push(event);
         }
         self.close();
     }
@@ -385,10 +379,9 @@ impl AuditLog {
 
 impl Sink for AuditLog {
     fn record(&mut self, exchange: &Exchange) {
-        let (columns, payload) = request_event(exchange);
-        self.push(columns, payload);
-        if let Some((columns, payload)) = action_event(exchange) {
-            self.push(columns, payload);
+        self.push(request_event(exchange));
+        if let Some(event) = action_event(exchange) {
+            self.push(event);
         }
     }
 
@@ -399,21 +392,6 @@ impl Sink for AuditLog {
     fn close(&mut self) {
         self.write(true, Some(CLOSE_PATIENCE));
     }
-}
-
-/// The searchable columns of an event; the payload holds them too.
-#[derive(Default)]
-struct Columns {
-    time_ms: i64,
-    kind: &'static str,
-    request_id: Option<String>,
-    principal: Option<String>,
-    tenant: Option<String>,
-    status: Option<i64>,
-    decision: Option<&'static str>,
-    route: Option<String>,
-    path: Option<String>,
-    client_ip: Option<String>,
 }
 
 /// What an event's payload holds, written in a fixed order ([`Payload::encode`]): the
@@ -478,18 +456,22 @@ impl<'a> Payload<'a> {
         }
     }
 
-    fn columns(&self) -> Columns {
-        Columns {
+    /// The event, not yet linked: its searchable columns, repeated from the payload, and
+    /// the payload.
+    fn event(&self) -> StoredEvent {
+        StoredEvent {
             time_ms: self.time_ms,
-            kind: self.kind,
+            kind: self.kind.to_owned(),
             request_id: Some(self.request_id.to_owned()),
             principal: self.principal.map(str::to_owned),
             tenant: self.tenant.map(str::to_owned),
             status: Some(i64::from(self.status)),
-            decision: Some(self.decision),
+            decision: Some(self.decision.to_owned()),
             route: self.route.map(str::to_owned),
             path: Some(self.path.to_owned()),
             client_ip: self.client_ip.map(|ip| ip.to_string()),
+            payload: self.encode(),
+            ..StoredEvent::default()
         }
     }
 
@@ -543,21 +525,20 @@ fn user_agent(exchange: &Exchange) -> Option<String> {
     )
 }
 
-fn request_event(exchange: &Exchange) -> (Columns, String) {
+fn request_event(exchange: &Exchange) -> StoredEvent {
     let agent = user_agent(exchange);
-    let payload = Payload::of(exchange, agent.as_deref());
-    (payload.columns(), payload.encode())
+    Payload::of(exchange, agent.as_deref()).event()
 }
 
 /// The admin action an admin request carried out, as an event of its own.
-fn action_event(exchange: &Exchange) -> Option<(Columns, String)> {
+fn action_event(exchange: &Exchange) -> Option<StoredEvent> {
     let action = exchange.action.as_ref()?;
     let agent = user_agent(exchange);
     let mut payload = Payload::of(exchange, agent.as_deref());
     payload.kind = "admin_action";
     payload.action = Some(action.action);
     payload.target = Some(&action.target);
-    Some((payload.columns(), payload.encode()))
+    Some(payload.event())
 }
 
 fn micros(duration: Duration) -> u64 {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::chain::Checkpoint;
@@ -18,6 +18,9 @@ pub const AUDIT_DB_FILE: &str = "audit.db";
 /// The columns of an event, in the order [`StoredEvent`] and the inserts use.
 const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
      decision, route, path, client_ip, payload, prev_hash, hash";
+
+/// The columns of a checkpoint, in the order [`checkpoint_of`] reads them.
+const CHECKPOINT_COLUMNS: &str = "chain_id, seq, head_hash, time_ms, mac";
 
 /// The row counts of the insert statements, largest first (the last must be 1): a batch is
 /// written with as many of the largest as fit, then the smaller ones.
@@ -68,7 +71,7 @@ pub enum AuditStoreError {
 
 /// One event as stored: its chain position, the columns searches use, the payload the
 /// hash covers, and the links.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredEvent {
     /// The chain (one per process start).
     pub chain_id: String,
@@ -216,17 +219,17 @@ impl AuditStore {
             query.execute(&mut *transaction).await?;
         }
         if let Some(checkpoint) = checkpoint {
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, time_ms, mac) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(checkpoint.chain.clone())
-            .bind(checkpoint.seq)
-            .bind(checkpoint.head.clone())
-            .bind(checkpoint.time_ms)
-            .bind(checkpoint.mac.clone())
-            .execute(&mut *transaction)
-            .await?;
+            let sql = format!(
+                "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+            );
+            sqlx::query(&sql)
+                .bind(checkpoint.chain.clone())
+                .bind(checkpoint.seq)
+                .bind(checkpoint.head.clone())
+                .bind(checkpoint.time_ms)
+                .bind(checkpoint.mac.clone())
+                .execute(&mut *transaction)
+                .await?;
         }
         transaction.commit().await?;
         Ok(())
@@ -260,23 +263,12 @@ impl AuditStore {
 
     /// The checkpoint written last, by any chain.
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditStoreError> {
-        let row = sqlx::query(
-            "SELECT chain_id, seq, head_hash, time_ms, mac FROM audit_checkpoints \
-             ORDER BY time_ms DESC, seq DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(Checkpoint {
-                chain: row.try_get(0)?,
-                seq: row.try_get(1)?,
-                head: row.try_get(2)?,
-                time_ms: row.try_get(3)?,
-                mac: row.try_get(4)?,
-            })
-        })
-        .transpose()
-        .map_err(|error: sqlx::Error| AuditStoreError::from(error))
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints \
+             ORDER BY time_ms DESC, seq DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(checkpoint_of).transpose()?)
     }
 
     /// Every chain's id.
@@ -336,26 +328,27 @@ impl AuditStore {
 
     /// The checkpoints of `chain`, in sequence order.
     pub async fn checkpoints(&self, chain: &str) -> Result<Vec<Checkpoint>, AuditStoreError> {
-        let rows = sqlx::query(
-            "SELECT chain_id, seq, head_hash, time_ms, mac FROM audit_checkpoints \
-             WHERE chain_id = $1 ORDER BY seq, time_ms",
-        )
-        .bind(chain.to_owned())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Checkpoint {
-                    chain: row.try_get(0)?,
-                    seq: row.try_get(1)?,
-                    head: row.try_get(2)?,
-                    time_ms: row.try_get(3)?,
-                    mac: row.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(AuditStoreError::from)
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints \
+             WHERE chain_id = $1 ORDER BY seq, time_ms"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(chain.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
+}
+
+/// A checkpoint as a row of [`CHECKPOINT_COLUMNS`] holds it.
+fn checkpoint_of(row: &AnyRow) -> Result<Checkpoint, sqlx::Error> {
+    Ok(Checkpoint {
+        chain: row.try_get(0)?,
+        seq: row.try_get(1)?,
+        head: row.try_get(2)?,
+        time_ms: row.try_get(3)?,
+        mac: row.try_get(4)?,
+    })
 }
 
 /// The tables, created when missing. Portable SQL: the same statements run on SQLite and

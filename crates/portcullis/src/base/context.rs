@@ -76,14 +76,8 @@ pub fn is_valid_request_id(id: &[u8]) -> bool {
 pub fn new_request_id() -> HeaderValue {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    let mut text = [0u8; 32];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in bytes.iter().enumerate() {
-        text[2 * i] = HEX[usize::from(byte >> 4)];
-        text[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
-    }
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::try_from(super::hex::encode(&bytes)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The types every layer shares, and nothing else: the body types, problems (what a client
-//! is told), the request context (what every stage knows about a request), and the exchange
-//! record with its decision codes (what the gateway keeps). Nothing here imports anything
+//! is told), the request context (what every stage knows about a request), the exchange
+//! record with its decision codes (what the gateway keeps), and the hex they are written in. Nothing here imports anything
 //! from the rest of the crate, so every module may import it.
 
 pub mod body;
 pub mod context;
 pub mod exchange;
+pub mod hex;
 pub mod problem;

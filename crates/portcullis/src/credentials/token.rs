@@ -10,6 +10,8 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
+use crate::base::hex;
+
 /// What every managed token starts with.
 pub const PREFIX: &str = "pcl_";
 const RANDOM_BYTES: usize = 32;
@@ -122,19 +124,8 @@ impl TokenHasher {
 
     /// The stored form of `token`: its digest in lowercase hex.
     pub fn hash(&self, token: &str) -> String {
-        to_hex(&self.digest(token))
+        hex::encode(&self.digest(token))
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl TokenVerifier {
         let record = match cached {
             Some(record) => Some(record),
             None => {
-                let hash = super::token::to_hex(&key);
+                let hash = crate::base::hex::encode(&key);
                 let found = self.credentials.lookup_hash(&hash).await?.map(Arc::new);
                 if let Some(record) = &found {
                     let mut cache = self.cache();

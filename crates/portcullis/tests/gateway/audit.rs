@@ -93,6 +93,11 @@ fn verify(store: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String)
     (output.status.success(), text)
 }
 
+/// `portcullis audit --data-dir DIR verify`.
+fn verify_dir(dir: &Path) -> (bool, String) {
+    verify(&["--data-dir", dir.to_str().unwrap()], &[], &[])
+}
+
 /// The checkpoint lines of a gateway's log.
 fn checkpoints(log: &str) -> Vec<&str> {
     log.lines()
@@ -199,7 +204,7 @@ async fn requests_and_admin_actions_are_chained_events_without_secrets_on_sqlite
     for secret in [TOKEN, &token, QUERY_SECRET, WRONG, AGENT_SECRET] {
         assert!(!stored.contains(secret), "{secret} was stored or logged");
     }
-    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
+    let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
     // The traffic's seven, after the event that starts the chain.
     assert!(out.contains("ok: 1 chain(s), 8 event(s) linked"), "{out}");
@@ -409,6 +414,20 @@ async fn every_kind_of_tampering_is_found() {
     assert!(!ok, "{out}");
     assert!(out.contains("(cut short)"), "{out}");
 
+    // A file with no checkpoint in it proves nothing: refused, not taken as a pass.
+    let (ok, out) = verify(
+        &["--data-dir", untouched.to_str().unwrap()],
+        &[
+            "--checkpoint",
+            untouched.join("audit.key").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !ok && out.contains("holds no audit checkpoint line"),
+        "{out}"
+    );
+
     // Without the key, or without the log, verify creates neither: it fails.
     std::fs::remove_file(untouched.join("audit.key")).unwrap();
     let (ok, out) = verify_copy(&untouched, false);
@@ -519,7 +538,7 @@ async fn token_command_changes_are_audited() {
     );
     let stored = sqlite_text(&dir);
     assert!(!stored.contains(created["token"].as_str().unwrap()));
-    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
+    let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
     assert!(out.contains("ok: 2 chain(s), 4 event(s) linked"), "{out}");
 }
@@ -541,7 +560,7 @@ async fn a_deleted_earlier_chain_shows() {
         );
         gateway.final_log();
     }
-    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &[]);
+    let (ok, out) = verify_dir(&dir);
     assert!(ok && out.contains("ok: 2 chain(s)"), "{out}");
     let first = "(SELECT chain_id FROM audit_events WHERE seq = 1 AND payload LIKE '%\"previous_chain\":null%')";
     let copy = tampered(
@@ -552,7 +571,7 @@ async fn a_deleted_earlier_chain_shows() {
         ],
     )
     .await;
-    let (ok, out) = verify(&["--data-dir", copy.to_str().unwrap()], &[], &[]);
+    let (ok, out) = verify_dir(&copy);
     assert!(!ok, "{out}");
     assert!(
         out.contains("which the store does not hold (deleted or cut short)"),
