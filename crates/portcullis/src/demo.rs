@@ -50,6 +50,8 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         ..Config::default()
     };
     config.rate_limit.default = RateSpec::new(DEMO_RATE_PER_MINUTE, Duration::from_secs(60));
+    // The demo keeps nothing on disk: no audit log, so no request waits on one.
+    config.audit.enabled = false;
     config.set_default_upstream(&format!("http://{api_addr}"));
     let settings = Settings::validate(&config).map_err(|invalid| {
         DemoError::Config(

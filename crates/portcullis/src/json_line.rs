@@ -90,6 +90,17 @@ impl<'a> Line<'a> {
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
+    /// A number field, or `null`.
+    pub fn optional_number(&mut self, key: &str, value: Option<u64>) {
+        match value {
+            Some(value) => self.number(key, value),
+            None => {
+                self.key(key);
+                self.out.extend_from_slice(b"null");
+            }
+        }
+    }
+
     /// A duration in milliseconds, to the microsecond: `1.776`.
     pub fn millis(&mut self, key: &str, duration: Duration) {
         self.key(key);

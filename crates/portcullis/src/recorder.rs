@@ -20,6 +20,16 @@ use crate::base::exchange::{Decision, Exchange};
 pub trait Sink: Send {
     /// Takes one finished record.
     fn record(&mut self, exchange: &Exchange);
+    /// Takes the admission of a request held until it is recorded durably (audit strict
+    /// mode): a sink that keeps records durably records `exchange` (the request so far) and
+    /// keeps `admission`, to let the request go once that record is durable ([`flush`] is
+    /// where that happens). Other sinks hand it back.
+    ///
+    /// [`flush`]: Sink::flush
+    fn admit(&mut self, exchange: &Exchange, admission: Admission) -> Option<Admission> {
+        let _ = exchange;
+        Some(admission)
+    }
     /// Called when no record is waiting: write out what is buffered.
     fn flush(&mut self) {}
     /// Called once, at shutdown, after the last record: write out everything and finish.
@@ -45,9 +55,32 @@ pub struct Recorder {
 enum Message {
     /// A finished record.
     Record(Box<Exchange>),
+    /// A request to record durably before it goes on.
+    Admit(Box<Exchange>, Admission),
     /// Write out everything sent before and finish the sinks, then answer.
     Close(SyncSender<()>),
 }
+
+/// A request held until its admission event is durable. Dropped without [`Self::durable`]
+/// (the store refused it, or no sink keeps records durably), the request is refused.
+#[derive(Debug)]
+pub struct Admission(tokio::sync::oneshot::Sender<()>);
+
+impl Admission {
+    /// The admission event is durable: the request may go on.
+    pub fn durable(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Why a request could not be admitted.
+#[derive(Debug, thiserror::Error)]
+#[error("the admission event could not be made durable")]
+pub struct NotAdmitted;
+
+/// How long a request waits for its admission event to become durable before it is
+/// refused (a store that hangs rather than refuses).
+pub const ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many finished records may wait for the sinks.
 const QUEUE: usize = 65_536;
@@ -85,6 +118,23 @@ impl Recorder {
         };
         if !sent {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records `exchange` (a request not yet forwarded) durably: resolves once a sink has
+    /// it committed, or fails when none could within [`ADMISSION_TIMEOUT`]. Wakes the
+    /// recorder's thread at once; every admission waiting when it writes shares one
+    /// commit.
+    pub async fn admit(&self, exchange: Exchange) -> Result<(), NotAdmitted> {
+        let (admission, durable) = tokio::sync::oneshot::channel();
+        let message = Message::Admit(Box::new(exchange), Admission(admission));
+        // Admissions exist only with the audit log on, when the recorder is lossless: wait
+        // for room as `finish` does.
+        self.sender.send(message).map_err(|_| NotAdmitted)?;
+        self.thread.unpark();
+        match tokio::time::timeout(ADMISSION_TIMEOUT, durable).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(NotAdmitted),
         }
     }
 
@@ -228,6 +278,23 @@ fn drain(receiver: &Receiver<Message>, sinks: &mut [Box<dyn Sink>]) {
                         batch = 0;
                     }
                 }
+                Ok(Message::Admit(exchange, admission)) => {
+                    // The first sink that keeps records durably takes it; an admission no
+                    // sink takes is dropped here, and the request refused.
+                    let mut unclaimed = Some(admission);
+                    for sink in sinks.iter_mut() {
+                        if let Some(admission) = unclaimed.take() {
+                            unclaimed = sink.admit(&exchange, admission);
+                        }
+                    }
+                    batch += 1;
+                    if batch == BATCH_MAX {
+                        for sink in sinks.iter_mut() {
+                            sink.flush();
+                        }
+                        batch = 0;
+                    }
+                }
                 Ok(Message::Close(done)) => {
                     for sink in sinks.iter_mut() {
                         sink.close();
@@ -282,5 +349,29 @@ mod tests {
         recorder.close(Duration::from_secs(5));
         assert_eq!(*seen.lock().unwrap(), ["allowed", "auth_expired"]);
         assert_eq!(recorder.dropped(), 0);
+    }
+
+    /// A sink that keeps records durably, as the audit log does: it lets an admission go
+    /// once it has flushed.
+    struct Durable(Vec<Admission>);
+
+    impl Sink for Durable {
+        fn record(&mut self, _: &Exchange) {}
+        fn admit(&mut self, _: &Exchange, admission: Admission) -> Option<Admission> {
+            self.0.push(admission);
+            None
+        }
+        fn flush(&mut self) {
+            self.0.drain(..).for_each(Admission::durable);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admission_waits_for_a_durable_sink_and_fails_without_one() {
+        let durable = Recorder::start(vec![Box::new(Durable(Vec::new()))], true).unwrap();
+        assert!(durable.admit(exchange(Decision::Allowed)).await.is_ok());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let lossy = Recorder::start(vec![Box::new(Collect(seen))], true).unwrap();
+        assert!(lossy.admit(exchange(Decision::Allowed)).await.is_err());
     }
 }

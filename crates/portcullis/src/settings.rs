@@ -58,6 +58,9 @@ pub struct RouteSettings {
     pub response_rules: ResponseRules,
     /// Its rate limits (its own, or the default).
     pub limits: Vec<RouteLimitConfig>,
+    /// The methods held until their admission event is durable (audit strict mode): the
+    /// route's own list or `[audit] strict_methods`; none with the audit log off.
+    pub strict_methods: Vec<Method>,
 }
 
 /// One value the gateway cannot be built with.
@@ -209,11 +212,28 @@ fn routes(config: &Config, invalid: &mut InvalidList) -> Vec<RouteSettings> {
                 "start it with / and use no dot segments, backslashes or percent-escapes that decode to them",
             );
         }
+        let strict = route
+            .audit_strict_methods
+            .as_ref()
+            .unwrap_or(&config.audit.strict_methods);
+        let mut strict_methods = Vec::new();
+        for method in strict {
+            match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+                Ok(parsed) if config.audit.enabled => strict_methods.push(parsed),
+                Ok(_) => {}
+                Err(_) => invalid.add(
+                    "audit.strict_methods",
+                    format!("route {prefix:?}: {method:?} is not an HTTP method"),
+                    "list method names, e.g. strict_methods = [\"POST\", \"DELETE\"], or [] for none",
+                ),
+            }
+        }
         routes.push(RouteSettings {
             config: route.clone(),
             scopes,
             response_rules,
             limits: config.limits_for(route),
+            strict_methods,
         });
     }
     routes
@@ -332,6 +352,7 @@ path_prefix = "/api/../x"
 upstream = "missing"
 scopes = { FETCH = "read" }
 cache_control = "a\nb"
+audit_strict_methods = ["PO ST"]
 [cors]
 allowed_origins = ["*"]
 allowed_methods = ["GE T"]
@@ -353,6 +374,7 @@ content_security_policy = "default-src\u0001"
                 "routes.scopes",
                 "routes.response_headers",
                 "routes.path_prefix",
+                "audit.strict_methods",
                 "cors.origins",
                 "cors.methods",
                 "cors.headers",
@@ -383,5 +405,39 @@ allowed_origins = ["HTTPS://App.Example"]
         assert_eq!(settings.cors.allowed_origins, ["https://app.example"]);
         assert!(settings.upstream("api").is_some());
         assert!(settings.redis.is_none());
+    }
+
+    #[test]
+    fn strict_methods_come_from_the_route_or_the_audit_table_and_need_the_audit_log() {
+        let routes = r#"
+[upstreams.api]
+url = "http://127.0.0.1:9000"
+[[routes]]
+path_prefix = "/api"
+upstream = "api"
+[[routes]]
+path_prefix = "/bulk"
+upstream = "api"
+audit_strict_methods = ["post"]
+"#;
+        let strict = |toml: &str| -> Vec<Vec<Method>> {
+            Settings::validate(&config(toml))
+                .unwrap()
+                .routes
+                .into_iter()
+                .map(|route| route.strict_methods)
+                .collect()
+        };
+        assert_eq!(
+            strict(routes),
+            [
+                vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+                vec![Method::POST]
+            ]
+        );
+        let none = format!("{routes}[audit]\nstrict_methods = []\n");
+        assert_eq!(strict(&none), [Vec::<Method>::new(), vec![Method::POST]]);
+        let off = format!("{routes}[audit]\nenabled = false\n");
+        assert!(strict(&off).iter().all(Vec::is_empty));
     }
 }

@@ -26,7 +26,7 @@ use crate::base::exchange::{AdminAction, Caller, Decision, Exchange};
 use crate::base::hex;
 use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
 use crate::json_line::Line;
-use crate::recorder::Sink;
+use crate::recorder::{Admission, Sink};
 use crate::redact::{MASK, contains_secret};
 use chain::{ChainKey, Checkpoint, GENESIS};
 use store::{AuditStore, AuditStoreError, StoredEvent};
@@ -161,6 +161,9 @@ pub struct AuditLog {
     seq: i64,
     head: String,
     pending: Vec<StoredEvent>,
+    /// Requests held until the batch pending (which holds their admission events) is
+    /// committed.
+    admitted: Vec<Admission>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     /// Set when shutdown begins, so that a store that is down cannot hold it up forever.
@@ -193,6 +196,7 @@ impl AuditLog {
             seq: 0,
             head: GENESIS.to_owned(),
             pending: Vec::new(),
+            admitted: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             closing,
@@ -299,6 +303,10 @@ impl AuditLog {
                 Err(cause) => {
                     failures += 1;
                     self.health.set_failing(true);
+                    // Held requests are refused now rather than kept waiting on a store
+                    // that is down; their admission events are stored with the batch
+                    // when it is taken, followed by their 503s.
+                    self.admitted.clear();
                     // Once shutdown began, the store gets a last chance, not an unbounded one.
                     let patience = patience.or_else(|| {
                         self.closing
@@ -319,6 +327,9 @@ impl AuditLog {
             }
         }
         self.health.set_failing(false);
+        for admission in self.admitted.drain(..) {
+            admission.durable();
+        }
         if failures > 0 {
             info!(
                 attempts = failures + 1,
@@ -385,6 +396,17 @@ impl Sink for AuditLog {
         }
     }
 
+    fn admit(&mut self, exchange: &Exchange, admission: Admission) -> Option<Admission> {
+        let agent = user_agent(exchange);
+        let mut payload = Payload::of(exchange, agent.as_deref());
+        payload.kind = "admission";
+        // Not answered yet: the request event that completes it carries the status.
+        payload.status = None;
+        self.push(payload.event());
+        self.admitted.push(admission);
+        None
+    }
+
     fn flush(&mut self) {
         self.write(false, None);
     }
@@ -406,7 +428,7 @@ struct Payload<'a> {
     route: Option<&'a str>,
     path: &'a str,
     query: Option<&'a str>,
-    status: u16,
+    status: Option<u16>,
     decision: &'static str,
     principal: Option<&'a str>,
     principal_kind: Option<&'static str>,
@@ -437,7 +459,7 @@ impl<'a> Payload<'a> {
             route: exchange.route.as_deref(),
             path: &exchange.path,
             query: exchange.query.as_deref(),
-            status: exchange.status,
+            status: Some(exchange.status),
             decision: exchange.decision.as_str(),
             principal: caller.map(|c| c.name.as_ref()),
             principal_kind: caller.map(|c| c.kind),
@@ -465,7 +487,7 @@ impl<'a> Payload<'a> {
             request_id: Some(self.request_id.to_owned()),
             principal: self.principal.map(str::to_owned),
             tenant: self.tenant.map(str::to_owned),
-            status: Some(i64::from(self.status)),
+            status: self.status.map(i64::from),
             decision: Some(self.decision.to_owned()),
             route: self.route.map(str::to_owned),
             path: Some(self.path.to_owned()),
@@ -487,7 +509,7 @@ impl<'a> Payload<'a> {
         line.text("route", self.route);
         line.text("path", Some(self.path));
         line.text("query", self.query);
-        line.number("status", u64::from(self.status));
+        line.optional_number("status", self.status.map(u64::from));
         line.text("decision", Some(self.decision));
         line.text("principal", self.principal);
         line.text("principal_kind", self.principal_kind);

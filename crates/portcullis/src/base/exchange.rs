@@ -74,6 +74,9 @@ pub enum Decision {
     UpstreamProtocol,
     /// `/ready` found something unreachable.
     NotReady,
+    /// Audit strict mode: the admission event could not be made durable, so the request
+    /// was refused rather than forwarded unrecorded.
+    AuditUnavailable,
     /// The gateway failed on its own.
     Internal,
 }
@@ -112,6 +115,7 @@ impl Decision {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::NotReady => "not_ready",
+            Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal",
         }
     }

@@ -67,6 +67,9 @@ pub enum ProblemKind {
     UpstreamTimeout,
     /// The gateway or an upstream it depends on is not ready.
     NotReady,
+    /// Audit strict mode could not make the request's admission event durable, so the
+    /// request was not forwarded.
+    AuditUnavailable,
     /// The gateway failed on its own (a bug): nothing the client can fix.
     Internal,
 }
@@ -94,7 +97,7 @@ impl ProblemKind {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +129,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::NotReady => "not-ready",
+            Self::AuditUnavailable => "audit-unavailable",
             Self::Internal => "internal-error",
         }
     }
@@ -157,6 +161,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "Upstream unavailable",
             Self::UpstreamTimeout => "Upstream timeout",
             Self::NotReady => "Not ready",
+            Self::AuditUnavailable => "Audit log unavailable",
             Self::Internal => "Internal error",
         }
     }
@@ -188,6 +193,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => Decision::UpstreamConnect,
             Self::UpstreamTimeout => Decision::UpstreamTimeout,
             Self::NotReady => Decision::NotReady,
+            Self::AuditUnavailable => Decision::AuditUnavailable,
             Self::Internal => Decision::Internal,
         }
     }

@@ -142,11 +142,21 @@ pub struct AuditConfig {
     /// On by default; `PORTCULLIS_AUDIT=off` turns it off (with a warning, and a failure of
     /// `check --production`).
     pub enabled: bool,
+    /// Strict mode: an allowed request with one of these methods is held until its
+    /// admission event is durable, and refused (503) when it cannot be; `[]` for none. A
+    /// route's `audit_strict_methods` overrides it.
+    pub strict_methods: Vec<String>,
 }
+
+/// The methods strict mode covers by default: those that change things.
+pub const STRICT_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            strict_methods: STRICT_METHODS.map(str::to_owned).to_vec(),
+        }
     }
 }
 
@@ -443,6 +453,9 @@ pub struct RouteConfig {
     /// `no-referrer` (a browser would send the secret URL to the next site).
     #[serde(default)]
     pub referrer_policy: Option<String>,
+    /// The route's own `[audit] strict_methods` (`[]`: none on this route).
+    #[serde(default)]
+    pub audit_strict_methods: Option<Vec<String>>,
 }
 
 impl RouteConfig {
@@ -461,6 +474,7 @@ impl RouteConfig {
             allow_underscores_in_headers: false,
             cache_control: None,
             referrer_policy: None,
+            audit_strict_methods: None,
         }
     }
 

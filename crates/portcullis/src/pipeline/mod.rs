@@ -159,7 +159,8 @@ impl Gateway {
                             allow_underscores: config.allow_underscores_in_headers,
                             drop_referer: capability,
                         })
-                        .with_response_rules(route.response_rules.clone()),
+                        .with_response_rules(route.response_rules.clone())
+                        .with_strict_methods(route.strict_methods.clone()),
                 )
             })
             .collect();
@@ -279,6 +280,14 @@ impl Gateway {
         }
         if let Some(record) = &mut progress.record {
             record.upstream(route);
+        }
+        if route.audits_before_forwarding(request.method()) {
+            // With no record kept there is no audit log to wait for: refused, not
+            // forwarded unrecorded.
+            match &progress.record {
+                Some(record) => record.admit(route).await?,
+                None => return Err(record::not_admitted()),
+            }
         }
         let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);
         self.forward(request, route, ctx, bytes_in).await

@@ -14,6 +14,7 @@ use crate::auth::Principal;
 use crate::base::body::ResponseBody;
 use crate::base::context::{ConnInfo, RequestContext};
 use crate::base::exchange::{Decision, Exchange, protocol};
+use crate::base::problem::{Problem, ProblemKind};
 use crate::recorder::{RecordedBody, Recorder};
 use crate::redact::{MASK, Redactor};
 use crate::routes::{Route, Router};
@@ -76,6 +77,22 @@ impl PendingRecord {
         }
     }
 
+    /// Holds the request until its admission event (the record so far: who, what, from
+    /// where, allowed, on `route`) is durable: audit strict mode, so that no request it
+    /// covers reaches the upstream unrecorded.
+    pub async fn admit(&self, route: &Route) -> Result<(), Problem> {
+        let Some(exchange) = &self.exchange else {
+            return Err(not_admitted());
+        };
+        let mut admission = exchange.clone();
+        admission.route = Some(route.prefix().clone());
+        admission.decision = Decision::Allowed;
+        self.recorder
+            .admit(admission)
+            .await
+            .map_err(|_| not_admitted())
+    }
+
     /// Completes the record with the response's head, and hands it to the response's body,
     /// which finishes it when it ends.
     pub fn respond(
@@ -99,6 +116,13 @@ impl PendingRecord {
         let recorder = self.recorder.clone();
         response.map(|body| RecordedBody::new(body, exchange, recorder).boxed_unsync())
     }
+}
+
+/// The refusal of a request whose admission event could not be made durable.
+pub fn not_admitted() -> Problem {
+    Problem::new(ProblemKind::AuditUnavailable)
+        .with_detail("the audit log cannot record the request, so it was not forwarded")
+        .with_retry_after(std::time::Duration::from_secs(1))
 }
 
 /// The record of a request refused by its connection before the pipeline saw it: a head

@@ -90,6 +90,8 @@ pub struct Route {
     rate_limits: Option<Arc<RouteLimits>>,
     header_rules: HeaderRules,
     response_rules: ResponseRules,
+    /// Methods whose admission event must be durable before the request is forwarded.
+    strict_methods: Vec<http::Method>,
 }
 
 impl Route {
@@ -108,7 +110,20 @@ impl Route {
             rate_limits: None,
             header_rules: HeaderRules::default(),
             response_rules: ResponseRules::default(),
+            strict_methods: Vec::new(),
         }
+    }
+
+    /// The same route, holding requests with one of `methods` until their admission event
+    /// is durable (audit strict mode).
+    pub fn with_strict_methods(mut self, methods: Vec<http::Method>) -> Self {
+        self.strict_methods = methods;
+        self
+    }
+
+    /// Whether a `method` request must be durably audited before it is forwarded.
+    pub fn audits_before_forwarding(&self, method: &http::Method) -> bool {
+        self.strict_methods.contains(method)
     }
 
     /// The same route, rewriting request headers by `rules`.

@@ -19,7 +19,7 @@ const QUERY_SECRET: &str = "query-secret-4242";
 /// A user agent that carries a token.
 const AGENT_SECRET: &str = "agent-secret-abcdef0123456789";
 
-async fn request(method: &str, url: &str, token: &str, body: &str) -> Reply {
+pub(crate) async fn request(method: &str, url: &str, token: &str, body: &str) -> Reply {
     send(
         http::Request::builder()
             .method(method)
@@ -76,7 +76,7 @@ async fn traffic(gateway: &Gateway) -> (String, String) {
 }
 
 /// `portcullis audit STORE verify ARGS` with `env`: whether it passed, and what it printed.
-fn verify(store: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+pub(crate) fn verify(store: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let output = portcullis()
         .arg("audit")
         .args(store)
@@ -94,7 +94,7 @@ fn verify(store: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String)
 }
 
 /// `portcullis audit --data-dir DIR verify`.
-fn verify_dir(dir: &Path) -> (bool, String) {
+pub(crate) fn verify_dir(dir: &Path) -> (bool, String) {
     verify(&["--data-dir", dir.to_str().unwrap()], &[], &[])
 }
 
@@ -116,7 +116,7 @@ fn sqlite_text(dir: &Path) -> String {
 
 /// The events' kind, decision, principal and payload, in chain order, but for the events
 /// that start chains.
-async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
+pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
     sqlx::any::install_default_drivers();
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
     let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
@@ -138,7 +138,7 @@ async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
         .collect()
 }
 
-fn sqlite_url(dir: &Path) -> String {
+pub(crate) fn sqlite_url(dir: &Path) -> String {
     sqlx::any::install_default_drivers();
     format!("sqlite://{}", dir.join("audit.db").display())
 }
