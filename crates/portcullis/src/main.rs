@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
+use portcullis::audit::store::AuditStore;
 use portcullis::audit::{self, AuditLog};
 use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
@@ -182,18 +183,26 @@ async fn start_recorder(
     }
     let audit = config.audit.enabled;
     let mut audit_health = None;
+    let mut audit_store = None;
     if audit {
         let key = audit::load_key(location, |name| std::env::var(name).ok(), true)
             .map_err(|error| error.to_string())?;
-        let location = location.clone();
+        let log_location = location.clone();
         let closing = closing.clone();
         // Opening blocks on a runtime of the audit log's own: not on this one.
-        let opened = tokio::task::spawn_blocking(move || AuditLog::open(&location, key, closing))
-            .await
-            .map_err(|error| error.to_string())?;
+        let opened =
+            tokio::task::spawn_blocking(move || AuditLog::open(&log_location, key, closing))
+                .await
+                .map_err(|error| error.to_string())?;
         let log = opened.map_err(|error| error.to_string())?;
         audit_health = Some(log.health());
         sinks.push(Box::new(log));
+        // A pool of its own on this runtime, for the admin API's searches.
+        audit_store = Some(
+            AuditStore::open(location)
+                .await
+                .map_err(|error| error.to_string())?,
+        );
     }
     if sinks.is_empty() {
         return Ok(shared);
@@ -203,6 +212,7 @@ async fn start_recorder(
     Ok(Shared {
         recorder: Some(recorder),
         audit: audit_health,
+        audit_store,
         ..shared
     })
 }

@@ -3,6 +3,7 @@
 //! its OpenAPI document at `/openapi.json` and a docs page at `/docs`. Every error it sends,
 //! down to a body it cannot read or a method a path does not take, is problem+json.
 
+mod audit;
 mod docs;
 mod extract;
 mod openapi;
@@ -31,6 +32,7 @@ use tracing::{debug, info};
 use utoipa::ToSchema;
 
 use self::extract::{JsonBody, OptionalJsonBody, RequestId, TokenId, problem};
+use crate::audit::store::AuditStore;
 use crate::auth::{Authenticator, StaticTokens, insufficient_scope};
 use crate::base::body::BoxError;
 use crate::base::context::{ConnInfo, X_REQUEST_ID, request_id};
@@ -73,6 +75,8 @@ struct AdminState {
     tokens: Arc<TokenVerifier>,
     rate_limits: Arc<RateLimits>,
     recorder: Option<Recorder>,
+    /// The audit log's store, for searches; none with the audit log off.
+    audit: Option<AuditStore>,
 }
 
 /// A bound admin listener.
@@ -133,6 +137,7 @@ impl AdminServer {
                     tokens,
                     rate_limits: shared.rate_limits.clone(),
                     recorder: shared.recorder.clone(),
+                    audit: shared.audit_store.clone(),
                 },
                 Arc::new(Front {
                     headers,
@@ -211,6 +216,7 @@ fn router(state: AdminState, front: Arc<Front>, published: Arc<Published>) -> Ro
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/tokens/{id}/rotate", post(rotate_token))
         .route("/v1/rate-limits", get(rate_limits))
+        .route("/v1/audit", get(audit::audit_events))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state);
@@ -480,28 +486,10 @@ struct RotateRequest {
     overlap: Option<String>,
 }
 
-/// Parses an admin API duration: a whole number of at most six digits, without a leading
-/// zero, and one unit, `s`, `m`, `h`, `d` or `w` ([`openapi::EXPIRES_IN_PATTERN`]), or, when
-/// `zero_allowed`, a zero ([`openapi::OVERLAP_PATTERN`]).
+/// Parses an admin API duration ([`openapi::EXPIRES_IN_PATTERN`], or with `zero_allowed`
+/// [`openapi::OVERLAP_PATTERN`]).
 fn parse_duration(text: &str, zero_allowed: bool) -> Option<Duration> {
-    let unit = match text.as_bytes().last()? {
-        b's' => 1,
-        b'm' => 60,
-        b'h' => 3600,
-        b'd' => 86_400,
-        b'w' => 604_800,
-        _ => return None,
-    };
-    // The unit is one ASCII byte, so this slices at a character boundary.
-    let digits = &text[..text.len() - 1];
-    let well_formed = (1..=6).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (!digits.starts_with('0') || (zero_allowed && digits == "0"));
-    if !well_formed {
-        return None;
-    }
-    let count: u64 = digits.parse().ok()?;
-    Some(Duration::from_secs(count * unit))
+    crate::base::duration::parse_whole(text, zero_allowed)
 }
 
 /// `text` as a duration, or the 400 that says what durations look like.
@@ -728,26 +716,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use regex_automata::meta::Regex;
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("90d", false),
-            Some(Duration::from_secs(90 * 86_400))
-        );
-        assert_eq!(parse_duration("1s", false), Some(Duration::from_secs(1)));
-        assert_eq!(
-            parse_duration("999999w", false),
-            Some(Duration::from_secs(999_999 * 604_800))
-        );
-        assert_eq!(parse_duration("0s", true), Some(Duration::ZERO));
-        for bad in [
-            "", "0s", "01h", "1", "h", "1.5h", "1 h", "1H", "1000000s", "-1s", "1hé", "é",
-        ] {
-            assert_eq!(parse_duration(bad, false), None, "{bad:?}");
-        }
-        assert_eq!(parse_duration("00s", true), None);
-    }
 
     proptest! {
         #[test]

@@ -17,9 +17,9 @@ use crate::credentials::{BUILTIN_SCOPES, LABEL_MAX_CHARS, LABEL_PATTERN};
 use crate::ratelimit::Snapshot;
 
 /// `expires_in`: a whole number of at most six digits, without a leading zero, and a unit.
-pub const EXPIRES_IN_PATTERN: &str = "^[1-9][0-9]{0,5}[smhdw]$";
+pub const EXPIRES_IN_PATTERN: &str = crate::base::duration::WHOLE_PATTERN;
 /// `overlap`: like `expires_in`, or zero.
-pub const OVERLAP_PATTERN: &str = "^(0|[1-9][0-9]{0,5})[smhdw]$";
+pub const OVERLAP_PATTERN: &str = crate::base::duration::WHOLE_OR_ZERO_PATTERN;
 
 /// The paths a bearer token with the `admin` scope guards.
 fn is_protected(path: &str) -> bool {
@@ -30,7 +30,7 @@ fn is_protected(path: &str) -> bool {
 #[openapi(
     info(
         title = "portcullis admin API",
-        description = "Manage the gateway's bearer tokens and read its rate-limit state. Every /v1 endpoint, and /metrics, needs a bearer token with the admin scope. Every error is application/problem+json (RFC 9457)."
+        description = "Manage the gateway's bearer tokens, read its rate-limit state and search its audit log. Every /v1 endpoint, and /metrics, needs a bearer token with the admin scope. Every error is application/problem+json (RFC 9457)."
     ),
     paths(
         super::create_token,
@@ -39,13 +39,14 @@ fn is_protected(path: &str) -> bool {
         super::revoke_token,
         super::rotate_token,
         super::rate_limits,
+        super::audit::audit_events,
         super::metrics,
         super::openapi_json,
         super::docs_page,
     ),
     components(
-        schemas(super::TokenView, super::MintedView, super::CreateRequest, super::RotateRequest, Snapshot, ProblemDocument),
-        responses(BadRequest, NotFound, Conflict, TooLarge, NotJson),
+        schemas(super::TokenView, super::MintedView, super::CreateRequest, super::RotateRequest, Snapshot, super::audit::AuditPage, ProblemDocument),
+        responses(BadRequest, NotFound, Conflict, TooLarge, NotJson, BadQuery, AuditOff),
     ),
     modifiers(&Protected, &OptionalRotateBody)
 )]
@@ -195,6 +196,10 @@ problem_responses! {
     TooLarge => format!("The body is larger than {BODY_LIMIT} bytes");
     /// 415: a body that is not JSON.
     NotJson => "A body was sent, but not as application/json";
+    /// 400: a query parameter unknown, repeated or out of range.
+    BadQuery => "A query parameter is unknown, repeated, malformed or out of range";
+    /// 404: the audit log is off.
+    AuditOff => "The audit log is off";
 }
 
 /// Requires the bearer scheme on every protected operation, with the 401, 403 and 503
@@ -238,9 +243,11 @@ impl Modify for Protected {
             ),
             (
                 "503",
-                problem_response("The credential store cannot be reached")
-                    .header("Retry-After", retry_after)
-                    .build(),
+                problem_response(
+                    "The credential store (or, for /v1/audit, the audit store) cannot be reached",
+                )
+                .header("Retry-After", retry_after)
+                .build(),
             ),
         ];
         for (path, item) in openapi.paths.paths.iter_mut() {
@@ -364,7 +371,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(protected, 7);
+        assert_eq!(protected, 8);
         for path in ["/metrics", "/docs", "/openapi.json"] {
             assert!(doc["paths"][path]["get"].is_object(), "{path}");
         }

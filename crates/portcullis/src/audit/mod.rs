@@ -11,6 +11,7 @@
 //! batch the store refuses is retried until it is taken.
 
 pub mod chain;
+pub mod query;
 pub mod store;
 pub mod verify;
 

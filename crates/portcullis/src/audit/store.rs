@@ -10,6 +10,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::chain::Checkpoint;
+use super::query::{Order, Param, Where};
 use crate::config::StoreLocation;
 
 /// The audit log's file in the data directory.
@@ -303,27 +304,66 @@ impl AuditStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    chain_id: row.try_get(0)?,
-                    seq: row.try_get(1)?,
-                    time_ms: row.try_get(2)?,
-                    kind: row.try_get(3)?,
-                    request_id: row.try_get(4)?,
-                    principal: row.try_get(5)?,
-                    tenant: row.try_get(6)?,
-                    status: row.try_get(7)?,
-                    decision: row.try_get(8)?,
-                    route: row.try_get(9)?,
-                    path: row.try_get(10)?,
-                    client_ip: row.try_get(11)?,
-                    payload: row.try_get(12)?,
-                    prev_hash: row.try_get(13)?,
-                    hash: row.try_get(14)?,
-                })
-            })
+            .map(event_of)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(AuditStoreError::from)
+    }
+
+    /// At most `limit` events that `conditions` select, in `order`.
+    pub async fn search(
+        &self,
+        conditions: &Where,
+        order: Order,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, AuditStoreError> {
+        let direction = match order {
+            Order::NewestFirst => "DESC",
+            Order::OldestFirst => "ASC",
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events{} \
+             ORDER BY time_ms {direction}, chain_id {direction}, seq {direction} LIMIT ${}",
+            conditions.sql,
+            conditions.values.len() + 1
+        );
+        let mut query = sqlx::query(&sql);
+        for value in &conditions.values {
+            query = match value {
+                Param::Int(number) => query.bind(*number),
+                Param::Text(text) => query.bind(text.as_str()),
+            };
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(event_of)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(AuditStoreError::from)
+    }
+
+    /// The last sequence number of `chain` (0 when it has no event).
+    pub async fn last_seq(&self, chain: &str) -> Result<i64, AuditStoreError> {
+        let row = sqlx::query("SELECT MAX(seq) FROM audit_events WHERE chain_id = $1")
+            .bind(chain.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    }
+
+    /// The chains that wrote a checkpoint or started since `since_ms`: every chain still
+    /// being written (a live chain checkpoints at least every minute).
+    pub async fn live_chains(&self, since_ms: i64) -> Result<Vec<String>, AuditStoreError> {
+        let rows = sqlx::query(
+            "SELECT chain_id FROM audit_checkpoints WHERE time_ms >= $1 \
+             UNION SELECT chain_id FROM audit_events WHERE time_ms >= $2 AND kind = 'chain_start'",
+        )
+        .bind(since_ms)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>(0).ok())
+            .collect())
     }
 
     /// The checkpoints of `chain`, in sequence order.
@@ -338,6 +378,27 @@ impl AuditStore {
             .await?;
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
+}
+
+/// An event as a row of [`EVENT_COLUMNS`] holds it.
+fn event_of(row: &AnyRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        chain_id: row.try_get(0)?,
+        seq: row.try_get(1)?,
+        time_ms: row.try_get(2)?,
+        kind: row.try_get(3)?,
+        request_id: row.try_get(4)?,
+        principal: row.try_get(5)?,
+        tenant: row.try_get(6)?,
+        status: row.try_get(7)?,
+        decision: row.try_get(8)?,
+        route: row.try_get(9)?,
+        path: row.try_get(10)?,
+        client_ip: row.try_get(11)?,
+        payload: row.try_get(12)?,
+        prev_hash: row.try_get(13)?,
+        hash: row.try_get(14)?,
+    })
 }
 
 /// A checkpoint as a row of [`CHECKPOINT_COLUMNS`] holds it.
@@ -380,4 +441,8 @@ const SCHEMA: &[&str] = &[
         mac TEXT NOT NULL,
         PRIMARY KEY (chain_id, seq, time_ms)
     ){layout}",
+    // Searches walk events by time, newest first; `tail --follow` finds live chains by
+    // their recent checkpoints.
+    "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms)",
+    "CREATE INDEX IF NOT EXISTS audit_checkpoints_time ON audit_checkpoints (time_ms)",
 ];

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tracing::warn;
 
 use crate::audit::AuditHealth;
+use crate::audit::store::AuditStore;
 use crate::auth::{Authenticator, StaticTokens};
 use crate::base::body::ResponseBody;
 use crate::base::context::{ConnInfo, RequestContext, X_REQUEST_ID};
@@ -55,6 +56,8 @@ pub struct Shared {
     pub redactor: Arc<Redactor>,
     /// Whether the audit log's store takes its writes, when the audit log is on.
     pub audit: Option<AuditHealth>,
+    /// The audit log's store, for the admin API's searches, when the audit log is on.
+    pub audit_store: Option<AuditStore>,
 }
 
 impl Shared {
@@ -78,6 +81,7 @@ impl Shared {
             recorder: None,
             redactor: Arc::new(Redactor::new(&config.log.redact_query_params)),
             audit: None,
+            audit_store: None,
         }
     }
 }
