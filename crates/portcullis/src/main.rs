@@ -189,20 +189,31 @@ async fn start_recorder(
             .map_err(|error| error.to_string())?;
         let log_location = location.clone();
         let closing = closing.clone();
+        let retention_key = key.clone();
         // Opening blocks on a runtime of the audit log's own: not on this one.
         let opened =
             tokio::task::spawn_blocking(move || AuditLog::open(&log_location, key, closing))
                 .await
                 .map_err(|error| error.to_string())?;
-        let log = opened.map_err(|error| error.to_string())?;
+        let mut log = opened.map_err(|error| error.to_string())?;
         audit_health = Some(log.health());
+        // A pool of its own on this runtime, for the admin API's searches and retention.
+        let store = AuditStore::open(location)
+            .await
+            .map_err(|error| error.to_string())?;
+        let keep = config.audit.retention;
+        if !keep.is_zero() {
+            let (trimmed, to_record) = std::sync::mpsc::channel();
+            log.record_retention(to_record);
+            tokio::spawn(audit::retention::run(
+                store.clone(),
+                retention_key,
+                keep,
+                trimmed,
+            ));
+        }
         sinks.push(Box::new(log));
-        // A pool of its own on this runtime, for the admin API's searches.
-        audit_store = Some(
-            AuditStore::open(location)
-                .await
-                .map_err(|error| error.to_string())?,
-        );
+        audit_store = Some(store);
     }
     if sinks.is_empty() {
         return Ok(shared);

@@ -69,6 +69,22 @@ impl ChainKey {
     }
 }
 
+impl ChainKey {
+    /// The MAC of a retention anchor: a [`Checkpoint`]-shaped record saying that the events
+    /// of its chain up to its `seq` (whose hash was its `head`) were deleted by retention.
+    /// Sealed apart from checkpoints, so that no checkpoint passes for an anchor (which
+    /// would excuse deleting a chain's start up to any checkpoint).
+    pub fn seal_anchor(&self, anchor: &Checkpoint) -> String {
+        self.mac(&[
+            b"retention",
+            anchor.chain.as_bytes(),
+            &anchor.seq.to_be_bytes(),
+            anchor.head.as_bytes(),
+            &anchor.time_ms.to_be_bytes(),
+        ])
+    }
+}
+
 /// A chain's head, signed: its last sequence number and hash at a moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -158,6 +174,18 @@ mod tests {
         );
         assert_eq!(Checkpoint::from_log_line(&json), Some(checkpoint));
         assert_eq!(Checkpoint::from_log_line("nothing here"), None);
+    }
+
+    #[test]
+    fn an_anchor_is_not_a_checkpoint() {
+        let checkpoint = Checkpoint {
+            chain: "c1".into(),
+            seq: 7,
+            head: "ab".repeat(32),
+            time_ms: 1,
+            mac: String::new(),
+        };
+        assert_ne!(key().seal(&checkpoint), key().seal_anchor(&checkpoint));
     }
 
     #[test]

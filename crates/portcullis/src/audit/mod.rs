@@ -12,6 +12,7 @@
 
 pub mod chain;
 pub mod query;
+pub mod retention;
 pub mod store;
 pub mod verify;
 
@@ -30,6 +31,7 @@ use crate::json_line::Line;
 use crate::recorder::{Admission, Sink};
 use crate::redact::{MASK, contains_secret};
 use chain::{ChainKey, Checkpoint, GENESIS};
+use retention::Trimmed;
 use store::{AuditStore, AuditStoreError, StoredEvent};
 
 /// Whether `PORTCULLIS_AUDIT` (as `env` reads it) leaves the audit log on.
@@ -170,6 +172,8 @@ pub struct AuditLog {
     /// Set when shutdown begins, so that a store that is down cannot hold it up forever.
     closing: Arc<AtomicBool>,
     health: AuditHealth,
+    /// Chains trimmed by retention, to record as events.
+    trimmed: Option<std::sync::mpsc::Receiver<Trimmed>>,
 }
 
 impl AuditLog {
@@ -202,6 +206,7 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             closing,
             health: AuditHealth::default(),
+            trimmed: None,
         };
         // The chain's first event names where the last checkpointed chain stood, so that
         // deleting that chain, or cutting it short of that point, shows.
@@ -227,6 +232,24 @@ impl AuditLog {
             ..StoredEvent::default()
         });
         Ok(log)
+    }
+
+    /// Records each chain retention trims, as `trimmed` reports it, as a `retention`
+    /// event.
+    pub fn record_retention(&mut self, trimmed: std::sync::mpsc::Receiver<Trimmed>) {
+        self.trimmed = Some(trimmed);
+    }
+
+    /// Chains retention trimmed since the last batch, as events.
+    fn take_trimmed(&mut self) {
+        let trimmed: Vec<Trimmed> = self
+            .trimmed
+            .as_ref()
+            .map(|receiver| receiver.try_iter().collect())
+            .unwrap_or_default();
+        for chain in trimmed {
+            self.push(retention_event(&chain));
+        }
     }
 
     /// Whether the store takes the writes, as `/ready` reports it.
@@ -409,10 +432,12 @@ impl Sink for AuditLog {
     }
 
     fn flush(&mut self) {
+        self.take_trimmed();
         self.write(false, None);
     }
 
     fn close(&mut self) {
+        self.take_trimmed();
         self.write(true, Some(CLOSE_PATIENCE));
     }
 }
@@ -562,6 +587,27 @@ fn action_event(exchange: &Exchange) -> Option<StoredEvent> {
     payload.action = Some(action.action);
     payload.target = Some(&action.target);
     Some(payload.event())
+}
+
+/// The event that records a chain trimmed by retention (the anchor, in its own table, is
+/// what `audit verify` relies on; this is for whoever reads the log).
+fn retention_event(trimmed: &Trimmed) -> StoredEvent {
+    let time_ms = now_ms(SystemTime::now());
+    let mut out = Vec::with_capacity(256);
+    let mut line = Line::start(&mut out);
+    line.text("kind", Some("retention"));
+    line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
+    line.text("target_chain", Some(&trimmed.chain));
+    line.number("through_seq", trimmed.through_seq.unsigned_abs());
+    line.number("events", trimmed.events);
+    line.number("cutoff_ms", trimmed.cutoff_ms.unsigned_abs());
+    line.close();
+    StoredEvent {
+        time_ms,
+        kind: "retention".to_owned(),
+        payload: String::from_utf8(out).unwrap_or_default(),
+        ..StoredEvent::default()
+    }
 }
 
 fn micros(duration: Duration) -> u64 {

@@ -276,7 +276,7 @@ impl AuditStore {
     pub async fn chains(&self) -> Result<Vec<String>, AuditStoreError> {
         let rows = sqlx::query(
             "SELECT chain_id FROM audit_events UNION SELECT chain_id FROM audit_checkpoints \
-             ORDER BY chain_id",
+             UNION SELECT chain_id FROM audit_anchors ORDER BY chain_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -338,6 +338,92 @@ impl AuditStore {
             .map(event_of)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(AuditStoreError::from)
+    }
+
+    /// The retention anchors of `chain`, highest first.
+    pub async fn anchors(&self, chain: &str) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_anchors WHERE chain_id = $1 ORDER BY seq DESC"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(chain.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The first sequence number of `chain` at or after which an event started at or after
+    /// `cutoff_ms`, and the hash of the event before it (retention keeps a chain from
+    /// there on). `None` when no event of the chain is that new: then its last event's
+    /// number plus one, and that event's hash, or `None` for a chain with no event.
+    pub async fn retention_point(
+        &self,
+        chain: &str,
+        cutoff_ms: i64,
+    ) -> Result<Option<(i64, String)>, AuditStoreError> {
+        let first_kept = sqlx::query(
+            "SELECT seq, prev_hash FROM audit_events WHERE chain_id = $1 AND time_ms >= $2 \
+             ORDER BY seq LIMIT 1",
+        )
+        .bind(chain.to_owned())
+        .bind(cutoff_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = first_kept {
+            return Ok(Some((row.try_get(0)?, row.try_get(1)?)));
+        }
+        let last = sqlx::query(
+            "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match last {
+            Some(row) => Some((row.try_get::<i64, _>(0)? + 1, row.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// The hash of event `seq` of `chain`, if stored.
+    pub async fn hash_of(&self, chain: &str, seq: i64) -> Result<Option<String>, AuditStoreError> {
+        let row = sqlx::query("SELECT hash FROM audit_events WHERE chain_id = $1 AND seq = $2")
+            .bind(chain.to_owned())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    /// Deletes the events of `anchor.chain` up to `anchor.seq` and its checkpoints below
+    /// it, and stores `anchor`, in one transaction: the store is never left with a chain
+    /// cut short and no anchor saying why.
+    pub async fn trim(&self, anchor: &Checkpoint) -> Result<u64, AuditStoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND seq <= $2")
+            .bind(anchor.chain.clone())
+            .bind(anchor.seq)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_checkpoints WHERE chain_id = $1 AND seq < $2")
+            .bind(anchor.chain.clone())
+            .bind(anchor.seq)
+            .execute(&mut *transaction)
+            .await?;
+        let sql = format!(
+            "INSERT INTO audit_anchors ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING"
+        );
+        sqlx::query(&sql)
+            .bind(anchor.chain.clone())
+            .bind(anchor.seq)
+            .bind(anchor.head.clone())
+            .bind(anchor.time_ms)
+            .bind(anchor.mac.clone())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(deleted)
     }
 
     /// The last sequence number of `chain` (0 when it has no event).
@@ -440,6 +526,16 @@ const SCHEMA: &[&str] = &[
         time_ms BIGINT NOT NULL,
         mac TEXT NOT NULL,
         PRIMARY KEY (chain_id, seq, time_ms)
+    ){layout}",
+    // Retention anchors: the events of a chain up to `seq` were deleted by retention
+    // (never deleted themselves; one row per chain and retention batch).
+    "CREATE TABLE IF NOT EXISTS audit_anchors (
+        chain_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        head_hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        mac TEXT NOT NULL,
+        PRIMARY KEY (chain_id, seq)
     ){layout}",
     // Searches walk events by time, newest first; `tail --follow` finds live chains by
     // their recent checkpoints.

@@ -4,7 +4,8 @@
 //! does not match the event (an edit), columns that disagree with the payload the hash
 //! covers, a checkpoint whose MAC is wrong or whose head the chain does not reach (a cut
 //! tail). A checkpoint taken from the operational log proves the same for events the
-//! database no longer holds a checkpoint for.
+//! database no longer holds a checkpoint for. A chain trimmed by retention is walked from
+//! its retention anchor ([`super::retention`]).
 
 use std::collections::BTreeMap;
 
@@ -90,12 +91,18 @@ async fn walk(
     checkpoints: &BTreeMap<i64, Vec<Checkpoint>>,
     report: &mut Verification,
 ) -> Result<Result<(), String>, AuditStoreError> {
-    let mut last = 0;
-    // Read from the lowest number there is: a row numbered 0 or below is an insertion.
+    // A chain trimmed by retention starts after its highest anchor; any other starts at 1.
+    let (start, mut head) = match retention_anchor(store, key, chain).await? {
+        Ok(Some(anchor)) => (anchor.seq, anchor.head),
+        Ok(None) => (0, GENESIS.to_owned()),
+        Err(broken) => return Ok(Err(broken)),
+    };
+    let mut last = start;
+    // Read from the lowest number there is: a row numbered at or below the start is an
+    // insertion.
     let mut cursor = i64::MIN;
-    let mut head = GENESIS.to_owned();
-    // Checkpoints of an empty chain (seq 0) sign the genesis.
-    if let Err(broken) = check_checkpoints(key, checkpoints.get(&0), &head, report) {
+    // Checkpoints of an empty chain (seq 0) sign the genesis; one at the anchor, its head.
+    if let Err(broken) = check_checkpoints(key, checkpoints.get(&start), &head, report) {
         return Ok(Err(broken));
     }
     loop {
@@ -105,7 +112,7 @@ async fn walk(
         }
         for event in &page {
             cursor = event.seq;
-            if event.seq < 1 {
+            if event.seq <= start {
                 return Ok(Err(format!(
                     "event {} is numbered before the chain's first (inserted)",
                     event.seq
@@ -131,7 +138,7 @@ async fn walk(
                 )));
             }
             if event.seq == 1
-                && let Err(broken) = follows_its_predecessor(store, event).await?
+                && let Err(broken) = follows_its_predecessor(store, key, event).await?
             {
                 return Ok(Err(broken));
             }
@@ -157,10 +164,28 @@ async fn walk(
     Ok(Ok(()))
 }
 
+/// The highest retention anchor of `chain`, or `Err` naming one not sealed by `key`.
+async fn retention_anchor(
+    store: &AuditStore,
+    key: &ChainKey,
+    chain: &str,
+) -> Result<Result<Option<Checkpoint>, String>, AuditStoreError> {
+    let anchors = store.anchors(chain).await?;
+    if let Some(forged) = anchors.iter().find(|a| a.mac != key.seal_anchor(a)) {
+        return Ok(Err(format!(
+            "the retention anchor at event {} is not signed by this key (forged or edited)",
+            forged.seq
+        )));
+    }
+    Ok(Ok(anchors.into_iter().next()))
+}
+
 /// Whether the chain `first` starts holds the point of the chain before it that it names:
-/// that chain was not deleted, nor cut short of it.
+/// that chain was not deleted, nor cut short of it (but by retention, which its anchor
+/// shows).
 async fn follows_its_predecessor(
     store: &AuditStore,
+    key: &ChainKey,
     first: &StoredEvent,
 ) -> Result<Result<(), String>, AuditStoreError> {
     let Ok(payload) = serde_json::from_str::<Value>(&first.payload) else {
@@ -173,11 +198,16 @@ async fn follows_its_predecessor(
     ) else {
         return Ok(Ok(()));
     };
-    let held = if seq == 0 {
-        !store.checkpoints(previous).await?.is_empty()
-    } else {
-        store.holds(previous, seq, head).await?
+    let trimmed_past = match retention_anchor(store, key, previous).await? {
+        Ok(anchor) => anchor.is_some_and(|anchor| anchor.seq >= seq),
+        Err(broken) => return Ok(Err(broken)),
     };
+    let held = trimmed_past
+        || if seq == 0 {
+            !store.checkpoints(previous).await?.is_empty()
+        } else {
+            store.holds(previous, seq, head).await?
+        };
     Ok(if held {
         Ok(())
     } else {

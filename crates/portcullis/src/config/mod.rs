@@ -146,7 +146,13 @@ pub struct AuditConfig {
     /// admission event is durable, and refused (503) when it cannot be; `[]` for none. A
     /// route's `audit_strict_methods` overrides it.
     pub strict_methods: Vec<String>,
+    /// How long events are kept (`90d` by default); `0` keeps everything.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
+
+/// How long audit events are kept by default.
+pub const AUDIT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 
 /// The methods strict mode covers by default: those that change things.
 pub const STRICT_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
@@ -156,6 +162,7 @@ impl Default for AuditConfig {
         Self {
             enabled: true,
             strict_methods: STRICT_METHODS.map(str::to_owned).to_vec(),
+            retention: AUDIT_RETENTION,
         }
     }
 }

@@ -120,7 +120,7 @@ pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Va
     sqlx::any::install_default_drivers();
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
     let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT kind, decision, principal, payload FROM audit_events \
+        "SELECT kind, COALESCE(decision, ''), principal, payload FROM audit_events \
          WHERE kind <> 'chain_start' ORDER BY chain_id, seq",
     )
     .fetch_all(&mut connection)

@@ -12,6 +12,7 @@ mod admin_fuzz;
 mod audit;
 mod audit_outage;
 mod audit_query;
+mod audit_retention;
 mod audit_strict;
 mod auth;
 mod cli;

@@ -1,0 +1,102 @@
+//! Retention: events older than `[audit] retention` are deleted in the background, a chain's
+//! oldest first and in batches, each batch in one transaction with an **anchor** (a record
+//! sealed under the chain key, apart from checkpoints) saying up to which event the chain
+//! was deleted and what that event's hash was. `audit verify` starts each chain at its
+//! anchor, so a log trimmed by retention still verifies, while a deletion retention did
+//! not make (a chain's start cut further, or a gap) is still caught. Each chain trimmed is
+//! also recorded as a `retention` event in the running chain.
+
+use std::sync::mpsc::Sender;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+
+use super::chain::{ChainKey, Checkpoint};
+use super::now_ms;
+use super::query::millis;
+use super::store::{AuditStore, AuditStoreError};
+
+/// How often retention runs (and once at start).
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The most events deleted in one transaction.
+const BATCH: i64 = 10_000;
+
+/// One chain trimmed by a retention run, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    /// The chain trimmed.
+    pub chain: String,
+    /// Its events up to this one are gone.
+    pub through_seq: i64,
+    /// How many events were deleted.
+    pub events: u64,
+    /// Events of requests that started before this were due (Unix milliseconds).
+    pub cutoff_ms: i64,
+}
+
+/// Runs retention now and every [`RETENTION_INTERVAL`], keeping `keep` of events; each
+/// chain trimmed is sent to `trimmed` for the audit log to record.
+pub async fn run(store: AuditStore, key: ChainKey, keep: Duration, trimmed: Sender<Trimmed>) {
+    loop {
+        match trim(&store, &key, keep, SystemTime::now()).await {
+            Ok(done) => {
+                for chain in done {
+                    info!(chain = %chain.chain, through_seq = chain.through_seq, events = chain.events, "audit retention: old events deleted");
+                    if trimmed.send(chain).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => warn!(%error, "audit retention failed; it runs again in an hour"),
+        }
+        tokio::time::sleep(RETENTION_INTERVAL).await;
+    }
+}
+
+/// Deletes, from every chain, the events before the first of a request that started
+/// within `keep` of `now` (a whole chain when none did), in batches with their anchors.
+pub async fn trim(
+    store: &AuditStore,
+    key: &ChainKey,
+    keep: Duration,
+    now: SystemTime,
+) -> Result<Vec<Trimmed>, AuditStoreError> {
+    let cutoff_ms = now_ms(now) - millis(keep);
+    let mut done = Vec::new();
+    for chain in store.chains().await? {
+        let Some((first_kept, _)) = store.retention_point(&chain, cutoff_ms).await? else {
+            continue;
+        };
+        let through = first_kept - 1;
+        let mut at = store.anchors(&chain).await?.first().map_or(0, |a| a.seq);
+        let mut events = 0;
+        while at < through {
+            let next = (at + BATCH).min(through);
+            // A gap is left for `audit verify` to report, not papered over with an anchor.
+            let Some(head) = store.hash_of(&chain, next).await? else {
+                warn!(chain = %chain, seq = next, "audit retention: an event is missing; the chain is left for audit verify");
+                break;
+            };
+            let mut anchor = Checkpoint {
+                chain: chain.clone(),
+                seq: next,
+                head,
+                time_ms: now_ms(now),
+                mac: String::new(),
+            };
+            anchor.mac = key.seal_anchor(&anchor);
+            events += store.trim(&anchor).await?;
+            at = next;
+        }
+        if events > 0 {
+            done.push(Trimmed {
+                chain,
+                through_seq: at,
+                events,
+                cutoff_ms,
+            });
+        }
+    }
+    Ok(done)
+}
