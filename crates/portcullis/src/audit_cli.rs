@@ -10,6 +10,7 @@ use portcullis::audit::chain::Checkpoint;
 use portcullis::audit::query::{
     self, Cursor, Filter, MAX_LIMIT, Order, Where, csv_header, csv_record, parse_time, shown,
 };
+use portcullis::audit::spool::scan;
 use portcullis::audit::store::{AuditStore, StoredEvent};
 use portcullis::audit::{load_key, now_ms, verify};
 use portcullis::config::StoreArgs;
@@ -142,9 +143,9 @@ impl FilterArgs {
 }
 
 /// Runs `action` against the audit store `store` names.
-pub async fn run(store: &StoreArgs, action: AuditAction) -> ExitCode {
+pub async fn run(store_args: &StoreArgs, action: AuditAction) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
-    let location = match store.location(env) {
+    let location = match store_args.location(env) {
         Ok(location) => location,
         Err(error) => return fail(&error.to_string()),
     };
@@ -163,8 +164,25 @@ pub async fn run(store: &StoreArgs, action: AuditAction) -> ExitCode {
                 Ok(key) => key,
                 Err(error) => return fail(&error.to_string()),
             };
+            // Batches still in the spool are not in the store yet; a corrupted one is lost.
+            let spooled = match scan(&store_args.data_dir) {
+                Ok(spooled) => spooled,
+                Err(error) => return fail(&format!("cannot read the spool: {error}")),
+            };
             match verify::verify(&store, &key, &external).await {
-                Ok(report) => {
+                Ok(mut report) => {
+                    if spooled.corrupt > 0 {
+                        report.broken.push(format!(
+                            "the spool holds {} corrupted record(s): their events are lost",
+                            spooled.corrupt
+                        ));
+                    }
+                    if spooled.batches > 0 {
+                        println!(
+                            "spool: {} batch(es), {} event(s) not yet replayed into the store",
+                            spooled.batches, spooled.events
+                        );
+                    }
                     for broken in &report.broken {
                         println!("broken: {broken}");
                     }

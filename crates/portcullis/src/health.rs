@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::audit::AuditHealth;
+use crate::audit::{AuditHealth, AuditState};
 use crate::base::body::{self, ResponseBody};
 use crate::base::problem::{Problem, ProblemKind};
 use crate::ratelimit::{BackendState, Limiter};
@@ -59,6 +59,8 @@ struct Readiness {
     unready: Option<&'static str>,
     /// Where rate limits are kept, when a shared backend is configured.
     rate_limit_backend: Option<BackendState>,
+    /// Where audit events go, when the audit log is on.
+    audit: Option<AuditState>,
 }
 
 impl Health {
@@ -96,7 +98,7 @@ impl Health {
                 if let Some(reason) = readiness.unready {
                     return Err(Problem::new(ProblemKind::NotReady).with_detail(reason));
                 }
-                match readiness.rate_limit_backend {
+                let mut body = match readiness.rate_limit_backend {
                     // `fallback` tells the operator that limits are per instance for now,
                     // `unavailable` that limited routes are refused. Neither fails the
                     // probe: a Redis outage would otherwise take every replica out at once,
@@ -106,7 +108,20 @@ impl Health {
                         backend.as_str()
                     ),
                     None => r#"{"status":"ready"}"#.to_owned(),
+                };
+                // The audit store down but the spool taking its events: ready, degraded.
+                match readiness.audit {
+                    Some(AuditState::Degraded) => {
+                        body.pop();
+                        body.push_str(r#","audit":"degraded"}"#);
+                    }
+                    Some(_) => {
+                        body.pop();
+                        body.push_str(r#","audit":"ok"}"#);
+                    }
+                    None => {}
                 }
+                body
             }
         };
         let mut response = Response::new(body::full(body));
@@ -134,11 +149,13 @@ impl Health {
         let mut readiness = Readiness {
             unready: None,
             rate_limit_backend,
+            audit: self.audit.as_ref().map(AuditHealth::state),
         };
-        // Records pile up in memory while the audit store refuses them, until the gateway
-        // has to stop serving: load balancers should move traffic away before that.
-        if self.audit.as_ref().is_some_and(AuditHealth::is_failing) {
-            readiness.unready = Some("the audit log's store refuses writes");
+        // Records pile up in memory while neither the audit store nor the spool takes
+        // them, until the gateway has to stop serving: load balancers should move traffic
+        // away before that.
+        if readiness.audit == Some(AuditState::Failing) {
+            readiness.unready = Some("the audit log's store and spool refuse writes");
             return readiness;
         }
         if let Some(store) = &self.store {

@@ -172,6 +172,7 @@ fn load(overrides: &Overrides) -> Result<Config, ExitCode> {
 async fn start_recorder(
     config: &Config,
     location: &StoreLocation,
+    data_dir: &std::path::Path,
     shared: Shared,
     closing: &Arc<AtomicBool>,
 ) -> Result<Shared, String> {
@@ -190,11 +191,13 @@ async fn start_recorder(
         let log_location = location.clone();
         let closing = closing.clone();
         let retention_key = key.clone();
+        let spool_dir = data_dir.to_owned();
         // Opening blocks on a runtime of the audit log's own: not on this one.
-        let opened =
-            tokio::task::spawn_blocking(move || AuditLog::open(&log_location, key, closing))
-                .await
-                .map_err(|error| error.to_string())?;
+        let opened = tokio::task::spawn_blocking(move || {
+            AuditLog::open(&log_location, Some(&spool_dir), key, closing)
+        })
+        .await
+        .map_err(|error| error.to_string())?;
         let mut log = opened.map_err(|error| error.to_string())?;
         audit_health = Some(log.health());
         // A pool of its own on this runtime, for the admin API's searches and retention.
@@ -249,7 +252,14 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let facts = audit_facts(&location, opened.facts);
+    let audit_location = match config.audit.location(&location, env) {
+        Ok(audit_location) => audit_location,
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let facts = audit_facts(&audit_location, opened.facts);
     let mut report = rules::check(&config, &facts, false);
     let settings = match report.settings.take() {
         Some(settings) if report.passed() => settings,
@@ -271,7 +281,15 @@ async fn serve(overrides: &Overrides, store_args: &StoreArgs) -> ExitCode {
     };
     // Set when shutdown begins: the audit log then stops waiting on a store that is down.
     let closing = Arc::new(AtomicBool::new(false));
-    let shared = match start_recorder(&config, &location, shared, &closing).await {
+    let shared = match start_recorder(
+        &config,
+        &audit_location,
+        &store_args.data_dir,
+        shared,
+        &closing,
+    )
+    .await
+    {
         Ok(shared) => shared,
         Err(error) => {
             eprintln!("portcullis: {error}");
@@ -390,9 +408,22 @@ async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) 
             return ExitCode::FAILURE;
         }
     };
-    let facts = match store_args.location(|name| std::env::var(name).ok()) {
+    let env = |name: &str| std::env::var(name).ok();
+    let audit_location = store_args
+        .location(env)
+        .map_err(|error| error.to_string())
+        .and_then(|store| {
+            config
+                .audit
+                .location(&store, env)
+                .map_err(|error| error.to_string())
+        });
+    let facts = match audit_location {
         Ok(location) => audit_facts(&location, facts),
-        Err(_) => facts,
+        Err(error) => {
+            println!("error[audit.location]: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     let report = rules::check(&config, &facts, production);
     print_report(&report, production);

@@ -75,7 +75,7 @@ async fn open_audit(location: &StoreLocation) -> Result<AuditLog, String> {
     let key = audit::load_key(location, env, true).map_err(|e| e.to_string())?;
     let location = location.clone();
     let closing = Arc::new(AtomicBool::new(false));
-    tokio::task::spawn_blocking(move || AuditLog::open(&location, key, closing))
+    tokio::task::spawn_blocking(move || AuditLog::open(&location, None, key, closing))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())

@@ -86,7 +86,7 @@ impl ChainKey {
 }
 
 /// A chain's head, signed: its last sequence number and hash at a moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// The chain.
     pub chain: String,

@@ -13,6 +13,7 @@
 pub mod chain;
 pub mod query;
 pub mod retention;
+pub mod spool;
 pub mod store;
 pub mod verify;
 
@@ -22,7 +23,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::base::exchange::{AdminAction, Caller, Decision, Exchange};
 use crate::base::hex;
@@ -32,6 +33,7 @@ use crate::recorder::{Admission, Sink};
 use crate::redact::{MASK, contains_secret};
 use chain::{ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
+use spool::{Record, Spool, SpooledBatch};
 use store::{AuditStore, AuditStoreError, StoredEvent};
 
 /// Whether `PORTCULLIS_AUDIT` (as `env` reads it) leaves the audit log on.
@@ -139,19 +141,39 @@ pub fn key_given(env: impl Fn(&str) -> Option<String>) -> bool {
     env(AUDIT_KEY_VAR).is_some() || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some()
 }
 
-/// Whether the audit log's store is refusing writes, for `/ready`: while it is, records
-/// pile up in memory (there is no spool yet) until the gateway has to stop serving.
+/// Where the audit log's batches are going, for `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditState {
+    /// Into the store.
+    Ok,
+    /// Into the spool, while the store does not take them.
+    Degraded,
+    /// Nowhere: neither the store nor the spool takes them, and records pile up in memory
+    /// until the gateway has to stop serving.
+    Failing,
+}
+
+/// The audit log's [`AuditState`], shared with `/ready`.
 #[derive(Debug, Clone, Default)]
-pub struct AuditHealth(Arc<AtomicBool>);
+pub struct AuditHealth(Arc<std::sync::atomic::AtomicU8>);
 
 impl AuditHealth {
-    /// Whether the last write failed.
-    pub fn is_failing(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    /// Where batches went last.
+    pub fn state(&self) -> AuditState {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => AuditState::Ok,
+            1 => AuditState::Degraded,
+            _ => AuditState::Failing,
+        }
     }
 
-    fn set_failing(&self, failing: bool) {
-        self.0.store(failing, std::sync::atomic::Ordering::Relaxed);
+    fn set(&self, state: AuditState) {
+        let value = match state {
+            AuditState::Ok => 0,
+            AuditState::Degraded => 1,
+            AuditState::Failing => 2,
+        };
+        self.0.store(value, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -174,14 +196,21 @@ pub struct AuditLog {
     health: AuditHealth,
     /// Chains trimmed by retention, to record as events.
     trimmed: Option<std::sync::mpsc::Receiver<Trimmed>>,
+    /// Where batches go while the store does not take them; none for `portcullis token`,
+    /// whose one event must reach the store.
+    spool: Option<Spool>,
+    /// When the spool was last replayed (or tried).
+    last_replay: Option<Instant>,
 }
 
 impl AuditLog {
-    /// Opens the store at `location` and starts a new chain; `closing` is set when shutdown
-    /// begins. Blocks: call it outside any async runtime (the sink keeps a runtime of its
-    /// own, for the thread it runs on).
+    /// Opens the store at `location`, replays the spool in `spool_dir` (if given, where
+    /// batches go while the store does not take them) and starts a new chain; `closing`
+    /// is set when shutdown begins. Blocks: call it outside any async runtime (the sink
+    /// keeps a runtime of its own, for the thread it runs on).
     pub fn open(
         location: &StoreLocation,
+        spool_dir: Option<&std::path::Path>,
         key: ChainKey,
         closing: Arc<AtomicBool>,
     ) -> Result<Self, AuditError> {
@@ -190,9 +219,7 @@ impl AuditLog {
             .build()
             .map_err(AuditError::Runtime)?;
         let store = runtime.block_on(AuditStore::open(location))?;
-        let previous = runtime.block_on(store.latest_checkpoint())?;
         let chain = hex::encode(&rand::random::<[u8; 16]>());
-        info!(chain = %chain, "audit log open: a new chain starts");
         let mut log = Self {
             runtime,
             store,
@@ -207,7 +234,15 @@ impl AuditLog {
             closing,
             health: AuditHealth::default(),
             trimmed: None,
+            spool: spool_dir.map(Spool::open),
+            last_replay: None,
         };
+        // What a process before left in the spool goes first.
+        if log.spool.as_ref().is_some_and(|spool| !spool.is_drained()) {
+            log.replay();
+        }
+        let previous = log.runtime.block_on(log.store.latest_checkpoint())?;
+        info!(chain = %log.chain, "audit log open: a new chain starts");
         // The chain's first event names where the last checkpointed chain stood, so that
         // deleting that chain, or cutting it short of that point, shows.
         let time_ms = now_ms(SystemTime::now());
@@ -270,10 +305,11 @@ impl AuditLog {
         self.since_checkpoint += 1;
     }
 
-    /// Whether the batch pending (or, with none, the checkpoint) is in the store already.
-    fn committed(&self, checkpoint: Option<&Checkpoint>) -> bool {
+    /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
+    /// already: a commit whose answer was lost, or a spooled batch replayed before.
+    fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> bool {
         let probe = async {
-            match (self.pending.first(), checkpoint) {
+            match (events.first(), checkpoint) {
                 (Some(first), _) => {
                     self.store
                         .holds(&first.chain_id, first.seq, &first.hash)
@@ -288,8 +324,103 @@ impl AuditLog {
             .is_ok_and(|held| held.unwrap_or(false))
     }
 
-    /// Stores what is pending, with a checkpoint when one is due (or `force`d), retrying
-    /// until the store takes it, for at most `patience` when one is given.
+    /// Stores `events` and `checkpoint` in one transaction, within [`WRITE_TIMEOUT`].
+    fn store_batch(
+        &self,
+        events: &[StoredEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), String> {
+        let attempt = self.store.append(events, checkpoint);
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, attempt).await })
+        {
+            Ok(stored) => stored.map_err(|error| error.to_string()),
+            Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+        }
+    }
+
+    /// Replays the spool into the store, batch by batch, in order, and empties it once
+    /// all of it is stored. A corrupted record is reported and skipped. Stops at the first
+    /// batch the store refuses (the rest waits for the next attempt).
+    fn replay(&mut self) {
+        let Some(spool) = &self.spool else { return };
+        self.last_replay = Some(Instant::now());
+        let mut reader = match spool.unreplayed() {
+            Ok(reader) => reader,
+            Err(error) => {
+                error!(%error, "audit log: cannot read the spool");
+                return;
+            }
+        };
+        let mut replayed = 0;
+        loop {
+            let record = match reader.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(error) => {
+                    error!(%error, "audit log: cannot read the spool");
+                    return;
+                }
+            };
+            let offset = match record {
+                Record::Batch(batch, offset) => {
+                    let checkpoint = batch.checkpoint.as_ref();
+                    if !self.holds(&batch.events, checkpoint)
+                        && let Err(cause) = self.store_batch(&batch.events, checkpoint)
+                    {
+                        debug!(error = %cause, "audit log: the store still refuses the spooled batches");
+                        return;
+                    }
+                    replayed += batch.events.len();
+                    offset
+                }
+                Record::Corrupt(offset) => {
+                    error!(
+                        offset,
+                        "audit log: a corrupted spool record was skipped; its events are lost (audit verify shows the gap)"
+                    );
+                    offset
+                }
+            };
+            if let Some(spool) = &mut self.spool {
+                spool.replayed_to(offset);
+            }
+        }
+        if let Some(spool) = &mut self.spool {
+            match spool.clear() {
+                Ok(()) => info!(
+                    events = replayed,
+                    "audit log: the spool is replayed into the store"
+                ),
+                Err(error) => error!(%error, "audit log: cannot empty the replayed spool"),
+            }
+        }
+    }
+
+    /// Whether batches must go to the spool: it holds batches not yet replayed (they go
+    /// first) and the store did not take them just now.
+    fn spooling(&mut self) -> bool {
+        let Some(spool) = &self.spool else {
+            return false;
+        };
+        if spool.is_drained() {
+            return false;
+        }
+        // A store that is down is asked again at most every RETRY_BACKOFF, not every batch.
+        if self
+            .last_replay
+            .is_none_or(|at| at.elapsed() >= RETRY_BACKOFF)
+        {
+            self.replay();
+        }
+        self.spool.as_ref().is_some_and(|spool| !spool.is_drained())
+    }
+
+    /// Writes what is pending (with a checkpoint when one is due, or `force`d) to the
+    /// store, or, when it does not take it, to the spool; when neither does, retries until
+    /// one does, for at most `patience` when one is given. Admissions waiting on the batch
+    /// are let go once it is written either way, and refused as soon as neither took it.
     fn write(&mut self, force: bool, patience: Option<Duration>) {
         let due = force
             || self.since_checkpoint >= CHECKPOINT_EVENTS
@@ -311,54 +442,73 @@ impl AuditLog {
         let started = Instant::now();
         let mut failures = 0u32;
         loop {
-            let attempt = self.store.append(&self.pending, checkpoint.as_ref());
-            let stored = match self
-                .runtime
-                .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, attempt).await })
-            {
-                Ok(stored) => stored.map_err(|error| error.to_string()),
-                Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+            let stored = if self.spooling() {
+                Err("the spool holds earlier batches".to_owned())
+            } else {
+                self.store_batch(&self.pending, checkpoint.as_ref())
             };
-            match stored {
-                Ok(()) => break,
+            let cause = match stored {
+                Ok(()) => {
+                    self.health.set(AuditState::Ok);
+                    break;
+                }
                 // A commit whose answer was lost may have happened: retrying it would fail
                 // on its own rows forever.
-                Err(_) if failures > 0 && self.committed(checkpoint.as_ref()) => break,
-                Err(cause) => {
-                    failures += 1;
-                    self.health.set_failing(true);
-                    // Held requests are refused now rather than kept waiting on a store
-                    // that is down; their admission events are stored with the batch
-                    // when it is taken, followed by their 503s.
-                    self.admitted.clear();
-                    // Once shutdown began, the store gets a last chance, not an unbounded one.
-                    let patience = patience.or_else(|| {
-                        self.closing
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            .then_some(CLOSE_PATIENCE)
-                    });
-                    if patience.is_some_and(|limit| started.elapsed() >= limit) {
-                        error!(error = %cause, events = self.pending.len(), "audit log: the store refused the last events; they are lost");
-                        self.pending.clear();
-                        return;
+                Err(_) if failures > 0 && self.holds(&self.pending, checkpoint.as_ref()) => {
+                    self.health.set(AuditState::Ok);
+                    break;
+                }
+                Err(cause) => cause,
+            };
+            if let Some(spool) = &mut self.spool {
+                let batch = SpooledBatch {
+                    events: std::mem::take(&mut self.pending),
+                    checkpoint: checkpoint.clone(),
+                };
+                let spooled = spool.append(&batch);
+                self.pending = batch.events;
+                match spooled {
+                    Ok(()) => {
+                        if self.health.state() != AuditState::Degraded {
+                            warn!(error = %cause, "audit log: the store does not take writes; batches go to the spool until it does");
+                        }
+                        self.health.set(AuditState::Degraded);
+                        break;
                     }
-                    // Once per failure streak at warn, then quietly: the store is down.
-                    if failures == 1 {
-                        warn!(error = %cause, events = self.pending.len(), "audit log: the store refused a batch; retrying until it takes it");
+                    Err(error) => {
+                        if failures == 0 {
+                            error!(%error, "audit log: the spool cannot be written either");
+                        }
                     }
-                    std::thread::sleep(RETRY_BACKOFF);
                 }
             }
-        }
-        self.health.set_failing(false);
-        for admission in self.admitted.drain(..) {
-            admission.durable();
+            failures += 1;
+            self.health.set(AuditState::Failing);
+            // Held requests are refused now rather than kept waiting; their admission
+            // events are written with the batch when it is, followed by their 503s.
+            self.admitted.clear();
+            // Once shutdown began, the store gets a last chance, not an unbounded one.
+            let patience = patience.or_else(|| {
+                self.closing
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then_some(CLOSE_PATIENCE)
+            });
+            if patience.is_some_and(|limit| started.elapsed() >= limit) {
+                error!(error = %cause, events = self.pending.len(), "audit log: the store refused the last events; they are lost");
+                self.pending.clear();
+                return;
+            }
+            // Once per failure streak at warn, then quietly: the store is down.
+            if failures == 1 {
+                warn!(error = %cause, events = self.pending.len(), "audit log: the store refused a batch; retrying until it takes it");
+            }
+            std::thread::sleep(RETRY_BACKOFF);
         }
         if failures > 0 {
-            info!(
-                attempts = failures + 1,
-                "audit log: the store took the batch"
-            );
+            info!(attempts = failures + 1, "audit log: the batch is written");
+        }
+        for admission in self.admitted.drain(..) {
+            admission.durable();
         }
         self.pending.clear();
         if let Some(checkpoint) = checkpoint {

@@ -72,7 +72,7 @@ pub enum AuditStoreError {
 
 /// One event as stored: its chain position, the columns searches use, the payload the
 /// hash covers, and the links.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredEvent {
     /// The chain (one per process start).
     pub chain_id: String,

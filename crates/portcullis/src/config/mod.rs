@@ -149,6 +149,35 @@ pub struct AuditConfig {
     /// How long events are kept (`90d` by default); `0` keeps everything.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The variable (or `NAME_FILE`) holding the URL of a PostgreSQL database of the audit
+    /// log's own; unset: the audit log is kept beside the token store.
+    pub database_url_env: Option<String>,
+}
+
+impl AuditConfig {
+    /// Where the audit log is kept: the PostgreSQL database `database_url_env` names, or
+    /// else beside the token store, at `store`.
+    pub fn location(
+        &self,
+        store: &StoreLocation,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<StoreLocation, ConfigError> {
+        use secrecy::ExposeSecret;
+        let Some(var) = &self.database_url_env else {
+            return Ok(store.clone());
+        };
+        match read_secret(var, env)? {
+            Some(url)
+                if ["postgres://", "postgresql://"]
+                    .iter()
+                    .any(|scheme| url.expose_secret().starts_with(scheme)) =>
+            {
+                Ok(StoreLocation::Postgres(url))
+            }
+            Some(_) => Err(ConfigError::AuditDatabaseUrl(var.clone())),
+            None => Err(ConfigError::AuditDatabaseUrlMissing(var.clone())),
+        }
+    }
 }
 
 /// How long audit events are kept by default.
@@ -163,6 +192,7 @@ impl Default for AuditConfig {
             enabled: true,
             strict_methods: STRICT_METHODS.map(str::to_owned).to_vec(),
             retention: AUDIT_RETENTION,
+            database_url_env: None,
         }
     }
 }
@@ -568,6 +598,12 @@ pub enum ConfigError {
     /// The database URL is not a PostgreSQL URL (it is not echoed: it may hold a password).
     #[error("PORTCULLIS_DATABASE_URL must start with postgres:// or postgresql://")]
     DatabaseUrl,
+    /// The audit database's variable holds something else than a PostgreSQL URL.
+    #[error("{0} (named by audit.database_url_env) must start with postgres:// or postgresql://")]
+    AuditDatabaseUrl(String),
+    /// The audit database's variable is not set.
+    #[error("{0} is not set, but audit.database_url_env names it for the audit log's database")]
+    AuditDatabaseUrlMissing(String),
 }
 
 impl Config {

@@ -579,13 +579,21 @@ async fn a_deleted_earlier_chain_shows() {
     );
 }
 
-/// While the audit store refuses writes, records pile up in memory (there is no spool yet):
+/// A data directory whose spool cannot be written (its path is a directory).
+pub(crate) fn unspoolable_dir() -> PathBuf {
+    let dir = scratch_dir();
+    std::fs::create_dir(dir.join("audit.spool")).unwrap();
+    dir
+}
+
+/// While neither the audit store nor the spool takes writes, records pile up in memory:
 /// `/ready` says so, so that load balancers move traffic away before the gateway stalls.
 #[tokio::test]
-async fn ready_fails_while_the_audit_store_refuses_writes() {
+async fn ready_fails_while_the_audit_store_and_spool_refuse_writes() {
     let database = PostgresDatabase::create().await;
     let upstream = Upstream::start().await;
     let mut gateway = Launch::new(&upstream.url())
+        .env("PORTCULLIS_DATA_DIR", unspoolable_dir().to_str().unwrap())
         .env("PORTCULLIS_DATABASE_URL", database.url.clone())
         .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
         .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
@@ -611,8 +619,12 @@ async fn ready_fails_while_the_audit_store_refuses_writes() {
         reply = get(&gateway.url("/ready"), &[]).await;
     }
     let problem = reply.assert_problem(503, "not-ready");
-    assert_eq!(problem["detail"], "the audit log's store refuses writes");
+    assert_eq!(
+        problem["detail"],
+        "the audit log's store and spool refuse writes"
+    );
     assert!(gateway.log_shows("the store refused a batch"));
+    assert!(gateway.log_shows("the spool cannot be written either"));
 
     // SIGTERM still ends the process: the store gets a last 10 s, then the events it
     // would not take are given up, loudly.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -61,78 +62,83 @@ impl Cuttable {
     }
 }
 
-// Several threads: the proxy must run while the launcher blocks on the gateway's start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_cut_off_under_load_loses_no_event() {
+/// A database, a cuttable proxy in front of it, and the URL through the proxy.
+async fn proxied_database() -> (PostgresDatabase, Cuttable, String) {
     let database = PostgresDatabase::create().await;
-    let target: SocketAddr = {
-        let rest = database.url.split_once('@').unwrap().1;
-        let host_port = rest.split_once('/').unwrap().0;
-        tokio::net::lookup_host(host_port)
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Cuttable::start(target).await;
     let (scheme_user, rest) = database.url.split_once('@').unwrap();
-    let path = rest.split_once('/').unwrap().1;
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let target = tokio::net::lookup_host(host_port)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Cuttable::start(target).await;
     let proxied = format!("{scheme_user}@{}/{path}", proxy.addr);
+    (database, proxy, proxied)
+}
 
-    let upstream = Upstream::start().await;
-    let env = [
-        ("PORTCULLIS_DATABASE_URL", proxied.as_str()),
-        ("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef"),
-        ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
-    ];
-    let mut launch = Launch::new(&upstream.url());
-    for (name, value) in env {
-        launch = launch.env(name, value);
-    }
-    let mut gateway = launch.start();
+/// A gateway keeping its audit log in the PostgreSQL database at `url` (a database of its
+/// own, `[audit] database_url_env`), its tokens and spool in `dir`.
+fn gateway_on(upstream: &Upstream, url: &str, dir: &Path) -> Gateway {
+    let config = write_file(
+        dir,
+        "audit-db.toml",
+        "[audit]\ndatabase_url_env = \"AUDIT_DATABASE_URL\"\n",
+    );
+    Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_DATA_DIR", dir.to_str().unwrap())
+        .env("AUDIT_DATABASE_URL", url)
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .start()
+}
 
-    // Four clients, each sending requests one after another: before, during and after a
-    // two-second outage. Reads go on (their events wait in memory); a write is held
-    // until its admission event is stored, or refused 503.
-    let started = Instant::now();
+/// How a request was answered: its method, status and path (`/c{client}/{n}`).
+type Answer = (&'static str, u16, String);
+
+/// Requests from four clients, one after another each, until `until`; every answer's
+/// request id, method and status.
+async fn load(gateway: &Gateway, until: Instant) -> HashMap<String, Answer> {
     let answered = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let mut clients = Vec::new();
     for client in 0..4 {
         let (base, answered) = (gateway.url(""), answered.clone());
         clients.push(tokio::spawn(async move {
             let mut n = 0;
-            while started.elapsed() < Duration::from_millis(3500) {
+            while Instant::now() < until {
                 let method = if n % 5 == 0 { "POST" } else { "GET" };
-                let url = format!("{base}/c{client}/{n}");
-                let reply = request(method, &url, TOKEN, "{}").await;
+                let path = format!("/c{client}/{n:06}");
+                let url = format!("{base}{path}");
+                let Ok(reply) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    request(method, &url, TOKEN, "{}"),
+                )
+                .await
+                else {
+                    continue;
+                };
                 let id = reply.header("x-request-id").unwrap().to_owned();
                 answered
                     .lock()
                     .unwrap()
-                    .insert(id, (method, reply.status.as_u16()));
+                    .insert(id, (method, reply.status.as_u16(), path));
                 n += 1;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.go_down();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    proxy.come_back();
     for client in clients {
         client.await.unwrap();
     }
-    let status = gateway.terminate();
-    assert!(status.success(), "{status:?}");
-    let log = gateway.whole_log();
-    assert!(
-        log.contains("the store refused a batch"),
-        "no outage seen:\n{log}"
-    );
-    assert!(!log.contains("they are lost"), "{log}");
+    answered.lock().unwrap().clone()
+}
 
-    // Every answered request has its request event, with the status the client saw; every
-    // POST forwarded has its admission event before it.
-    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+/// Every answered request has its request event with the status its client saw, and
+/// every POST its admission event before it. With `killed`, the request events of each
+/// client's last requests may be missing (the batch being gathered when the process died),
+/// but no earlier one, and no admission.
+async fn every_answer_is_recorded(url: &str, answered: &HashMap<String, Answer>, killed: bool) {
+    let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
     let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
         "SELECT kind, request_id, status FROM audit_events \
          WHERE kind IN ('request', 'admission') ORDER BY chain_id, seq",
@@ -140,31 +146,174 @@ async fn postgres_cut_off_under_load_loses_no_event() {
     .fetch_all(&mut connection)
     .await
     .unwrap();
-    let answered = answered.lock().unwrap().clone();
-    assert!(answered.len() > 40, "only {} requests", answered.len());
-    let mut during = 0;
-    for (id, (method, status)) in answered.iter() {
+    let mut by_path: Vec<(&String, bool)> = Vec::new();
+    for (id, (method, status, path)) in answered {
         let kinds: Vec<(&str, Option<i64>)> = rows
             .iter()
             .filter(|(_, request_id, _)| request_id == id)
             .map(|(kind, _, status)| (kind.as_str(), *status))
             .collect();
-        let expected: Vec<(&str, Option<i64>)> = if *method == "POST" {
-            vec![("admission", None), ("request", Some(i64::from(*status)))]
-        } else {
-            vec![("request", Some(i64::from(*status)))]
-        };
-        assert_eq!(kinds, expected, "{method} {id}");
-        if *status == 503 {
-            during += 1;
+        let mut expected: Vec<(&str, Option<i64>)> = Vec::new();
+        if *method == "POST" {
+            expected.push(("admission", None));
         }
+        let completed = ("request", Some(i64::from(*status)));
+        let recorded = kinds.last() == Some(&completed);
+        if recorded || !killed {
+            expected.push(completed);
+        }
+        assert_eq!(kinds, expected, "{method} {path} {id}");
+        by_path.push((path, recorded));
     }
-    assert!(during > 0, "no write was refused during the outage");
-    let direct = [
+    // Per client, in order: once one completion is missing, every later one is.
+    by_path.sort();
+    for pair in by_path.windows(2) {
+        let ((first, first_recorded), (second, second_recorded)) = (pair[0], pair[1]);
+        let same_client = first.split('/').nth(1) == second.split('/').nth(1);
+        assert!(
+            !(same_client && !first_recorded && second_recorded),
+            "{first} lost its event but the later {second} did not"
+        );
+    }
+}
+
+fn verify_direct(database: &PostgresDatabase, dir: &Path) -> (bool, String) {
+    let env = [
         ("PORTCULLIS_DATABASE_URL", database.url.as_str()),
         ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
+        ("PORTCULLIS_DATA_DIR", dir.to_str().unwrap()),
     ];
-    let (ok, out) = verify(&[], &[], &direct);
+    verify(&[], &[], &env)
+}
+
+/// Cut off for two seconds under load: events go to the spool, `/ready` stays 200 and
+/// says `degraded`, writes go on (their admission events spooled), and once the store is
+/// back the spool is replayed in order: every event arrives, chains intact.
+// Several threads: the proxy must run while the launcher blocks on the gateway's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_off_under_load_loses_no_event() {
+    let (database, proxy, proxied) = proxied_database().await;
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut gateway = gateway_on(&upstream, &proxied, &dir);
+
+    let traffic = load(&gateway, Instant::now() + Duration::from_millis(3500));
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.go_down();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ready = get(&gateway.url("/ready"), &[]).await;
+        proxy_state(&dir);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.come_back();
+        ready
+    };
+    let (answered, ready) = tokio::join!(traffic, outage);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["audit"], "degraded");
+    assert!(answered.len() > 40, "only {} requests", answered.len());
+    let refused: Vec<_> = answered
+        .values()
+        .filter(|(_, status, _)| *status != 200)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+
+    let status = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = gateway.whole_log();
+    assert!(
+        log.contains("batches go to the spool"),
+        "no outage seen:\n{log}"
+    );
+    assert!(
+        log.contains("the spool is replayed into the store"),
+        "{log}"
+    );
+    assert!(!log.contains("they are lost"), "{log}");
+    assert_eq!(std::fs::metadata(dir.join("audit.spool")).unwrap().len(), 0);
+
+    every_answer_is_recorded(&database.url, &answered, false).await;
+    let (ok, out) = verify_direct(&database, &dir);
     assert!(ok, "{out}");
+    database.drop_now().await;
+}
+
+/// The spool is being written while the store is down.
+fn proxy_state(dir: &Path) {
+    let spooled = std::fs::metadata(dir.join("audit.spool")).map_or(0, |meta| meta.len());
+    assert!(spooled > 0, "nothing spooled during the outage");
+}
+
+/// A gateway whose audit database was cut off under load and that was then killed
+/// (SIGKILL): its database, data directory (with the spool) and answers.
+async fn killed_while_spooling(
+    upstream: &Upstream,
+) -> (
+    PostgresDatabase,
+    std::path::PathBuf,
+    HashMap<String, Answer>,
+) {
+    let (database, proxy, proxied) = proxied_database().await;
+    let dir = scratch_dir();
+    let mut gateway = gateway_on(upstream, &proxied, &dir);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.go_down();
+    let answered = load(&gateway, Instant::now() + Duration::from_millis(1500)).await;
+    signal(gateway.pid(), "KILL");
+    gateway.wait(Duration::from_secs(10));
+    assert!(answered.len() > 20, "only {} requests", answered.len());
+    (database, dir, answered)
+}
+
+/// Killed while the store is down: what was spooled survives, and the next start replays
+/// it; `audit verify` meanwhile says what waits in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_while_spooling_loses_nothing_spooled() {
+    let upstream = Upstream::start().await;
+    let (database, dir, answered) = killed_while_spooling(&upstream).await;
+    let (ok, out) = verify_direct(&database, &dir);
+    assert!(ok, "{out}");
+    assert!(out.contains("not yet replayed into the store"), "{out}");
+
+    let mut restarted = gateway_on(&upstream, &database.url, &dir);
+    let log = restarted.final_log();
+    assert!(
+        log.contains("the spool is replayed into the store"),
+        "{log}"
+    );
+    every_answer_is_recorded(&database.url, &answered, true).await;
+    let (ok, out) = verify_direct(&database, &dir);
+    assert!(ok, "{out}");
+    assert!(!out.contains("not yet replayed"), "{out}");
+    database.drop_now().await;
+}
+
+/// A spool record corrupted while the gateway was down is reported by `audit verify`,
+/// reported and skipped at replay, and the gap it leaves in the chain shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_spool_record_is_reported_and_skipped_never_silently() {
+    let upstream = Upstream::start().await;
+    let (database, dir, _) = killed_while_spooling(&upstream).await;
+    let spool = dir.join("audit.spool");
+    let mut bytes = std::fs::read(&spool).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&spool, &bytes).unwrap();
+
+    let (ok, out) = verify_direct(&database, &dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the spool holds 1 corrupted record(s): their events are lost"),
+        "{out}"
+    );
+    let mut restarted = gateway_on(&upstream, &database.url, &dir);
+    let log = restarted.final_log();
+    assert!(
+        log.contains("a corrupted spool record was skipped"),
+        "{log}"
+    );
+    let (ok, out) = verify_direct(&database, &dir);
+    assert!(!ok, "{out}");
+    assert!(out.contains("are missing (deleted)"), "{out}");
     database.drop_now().await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::audit::{events, request, sqlite_url, verify, verify_dir};
+use crate::audit::{events, request, sqlite_url, unspoolable_dir, verify, verify_dir};
 use crate::common::*;
 use crate::managed::PostgresDatabase;
 
@@ -140,13 +140,15 @@ async fn mutating_requests_reach_the_upstream_only_once_their_admission_is_commi
     assert!(ok, "{out}");
 }
 
-/// A store that refuses the admission event: the request is refused 503 before it reaches
-/// the upstream, while requests strict mode does not cover go on.
+/// A store that refuses the admission event, and a spool that cannot take it either: the
+/// request is refused 503 before it reaches the upstream, while requests strict mode does
+/// not cover go on.
 #[tokio::test]
-async fn a_request_whose_admission_cannot_be_stored_is_refused_503_unforwarded() {
+async fn a_request_whose_admission_can_be_neither_stored_nor_spooled_is_refused_503() {
     let database = PostgresDatabase::create().await;
     let upstream = Upstream::start().await;
     let gateway = Launch::new(&upstream.url())
+        .env("PORTCULLIS_DATA_DIR", unspoolable_dir().to_str().unwrap())
         .env("PORTCULLIS_DATABASE_URL", database.url.clone())
         .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
         .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)

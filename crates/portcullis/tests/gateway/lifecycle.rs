@@ -13,7 +13,10 @@ async fn health_and_ready_need_no_token_and_reveal_nothing() {
     assert_eq!(health.json(), serde_json::json!({"status": "ok"}));
     let ready = get(&gateway.url("/ready"), &[]).await;
     assert_eq!(ready.status, 200);
-    assert_eq!(ready.json(), serde_json::json!({"status": "ready"}));
+    assert_eq!(
+        ready.json(),
+        serde_json::json!({"status": "ready", "audit": "ok"})
+    );
     assert!(
         upstream.seen().is_empty(),
         "the probes are answered by the gateway"

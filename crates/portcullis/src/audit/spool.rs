@@ -1,0 +1,309 @@
+//! The spool: where the audit log's batches go while its store is unreachable or refuses
+//! them, `audit.spool` in the data directory, to be replayed into the store, in order, when
+//! it takes writes again. Append-only; each batch is one record (a magic number, its
+//! length, a checksum and the batch as JSON), fsync'd before the batch counts as written.
+//! A record whose checksum does not match, or that is cut short, is reported and skipped:
+//! the reader finds the next record by its magic number.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::chain::Checkpoint;
+use super::store::StoredEvent;
+
+/// The spool's file in the data directory.
+pub const SPOOL_FILE: &str = "audit.spool";
+
+/// What every record starts with.
+const MAGIC: [u8; 4] = *b"PCSP";
+/// The checksum's length: the first bytes of the body's SHA-256.
+const CHECKSUM: usize = 8;
+/// A record longer than this is taken for a corrupted length.
+const MAX_RECORD: u32 = 256 * 1024 * 1024;
+
+/// One batch, as spooled: the events and the checkpoint one transaction would have stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpooledBatch {
+    /// The events, in chain order.
+    pub events: Vec<StoredEvent>,
+    /// The checkpoint stored with them, if any.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// What reading the next record found.
+#[derive(Debug)]
+pub enum Record {
+    /// A whole batch, and the offset just past it.
+    Batch(SpooledBatch, u64),
+    /// A record that is corrupted or cut short, skipped up to the offset given.
+    Corrupt(u64),
+}
+
+/// The spool file, appended to while the store is down, and how much of it is replayed.
+#[derive(Debug)]
+pub struct Spool {
+    path: PathBuf,
+    /// The file's length.
+    len: u64,
+    /// How much of it has been replayed into the store.
+    replayed: u64,
+}
+
+impl Spool {
+    /// The spool in `dir`, as the last process left it (nothing of it replayed yet).
+    pub fn open(dir: &Path) -> Self {
+        let path = dir.join(SPOOL_FILE);
+        // Only a file holds batches (a directory in its place only refuses them).
+        let len = std::fs::metadata(&path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map_or(0, |meta| meta.len());
+        Self {
+            path,
+            len,
+            replayed: 0,
+        }
+    }
+
+    /// Whether every batch spooled has been replayed.
+    pub fn is_drained(&self) -> bool {
+        self.replayed >= self.len
+    }
+
+    /// Appends `batch` and syncs it to disk.
+    pub fn append(&mut self, batch: &SpooledBatch) -> io::Result<()> {
+        let body = serde_json::to_vec(batch).map_err(io::Error::other)?;
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|len| *len <= MAX_RECORD)
+            .ok_or_else(|| io::Error::other("batch too large to spool"))?;
+        let mut record = Vec::with_capacity(body.len() + 16);
+        record.extend_from_slice(&MAGIC);
+        record.extend_from_slice(&len.to_be_bytes());
+        record.extend_from_slice(&checksum(&body));
+        record.extend_from_slice(&body);
+        if let Some(dir) = self.path.parent() {
+            // With PostgreSQL the data directory may not exist yet; private, as with SQLite.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        // A failed write may have left part of a record: the reader skips it.
+        file.write_all(&record)?;
+        file.sync_data()?;
+        self.len = file.metadata()?.len();
+        Ok(())
+    }
+
+    /// The records not yet replayed, in order.
+    pub fn unreplayed(&self) -> io::Result<Reader> {
+        Reader::open(&self.path, self.replayed)
+    }
+
+    /// Marks everything before `offset` replayed.
+    pub fn replayed_to(&mut self, offset: u64) {
+        self.replayed = offset;
+    }
+
+    /// Empties the spool once every batch in it is stored.
+    pub fn clear(&mut self) -> io::Result<()> {
+        if self.len > 0 {
+            let file = OpenOptions::new().write(true).open(&self.path)?;
+            file.set_len(0)?;
+            file.sync_all()?;
+        }
+        self.len = 0;
+        self.replayed = 0;
+        Ok(())
+    }
+}
+
+/// Reads a spool's records from an offset.
+#[derive(Debug)]
+pub struct Reader {
+    input: BufReader<File>,
+    offset: u64,
+}
+
+impl Reader {
+    /// The records of the spool at `path` from `offset`; none when there is no spool.
+    pub fn open(path: &Path, offset: u64) -> io::Result<Self> {
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => File::open("/dev/null")?,
+            Err(error) => return Err(error),
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Self {
+            input: BufReader::new(file),
+            offset,
+        })
+    }
+
+    /// The next record, or `None` at the end.
+    pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+        let mut header = [0u8; 4 + 4 + CHECKSUM];
+        let got = read_up_to(&mut self.input, &mut header)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        let start = self.offset;
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        let whole_header = got == header.len() && header[..4] == MAGIC && len <= MAX_RECORD;
+        if whole_header {
+            let mut body = vec![0u8; len as usize];
+            let body_got = read_up_to(&mut self.input, &mut body)?;
+            if body_got == body.len()
+                && checksum(&body)[..] == header[8..]
+                && let Ok(batch) = serde_json::from_slice::<SpooledBatch>(&body)
+            {
+                self.offset = start + (header.len() + body.len()) as u64;
+                return Ok(Some(Record::Batch(batch, self.offset)));
+            }
+        }
+        // Corrupted: look for the next record's magic number after this one's start.
+        self.resync(start + 1)?;
+        Ok(Some(Record::Corrupt(self.offset)))
+    }
+
+    /// Moves to the first magic number at or after `from`, or to the end.
+    fn resync(&mut self, from: u64) -> io::Result<()> {
+        // A fresh handle: the buffered reader's position is past what it read ahead.
+        let mut file = self.input.get_ref().try_clone()?;
+        file.seek(SeekFrom::Start(from))?;
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest)?;
+        let skip = rest
+            .windows(MAGIC.len())
+            .position(|window| window == MAGIC)
+            .unwrap_or(rest.len());
+        self.offset = from + skip as u64;
+        file.seek(SeekFrom::Start(self.offset))?;
+        self.input = BufReader::new(file);
+        Ok(())
+    }
+}
+
+/// Reads until `buffer` is full or the input ends; how many bytes were read.
+fn read_up_to(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buffer.len() {
+        match input.read(&mut buffer[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+fn checksum(body: &[u8]) -> [u8; CHECKSUM] {
+    let digest = Sha256::digest(body);
+    let mut sum = [0u8; CHECKSUM];
+    sum.copy_from_slice(&digest[..CHECKSUM]);
+    sum
+}
+
+/// What a spool holds, as `audit verify` reports it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SpoolReport {
+    /// Batches waiting to be replayed.
+    pub batches: usize,
+    /// Their events.
+    pub events: usize,
+    /// Records corrupted or cut short.
+    pub corrupt: usize,
+}
+
+/// Reads the whole spool in `dir`.
+pub fn scan(dir: &Path) -> io::Result<SpoolReport> {
+    let mut report = SpoolReport::default();
+    let mut reader = Reader::open(&dir.join(SPOOL_FILE), 0)?;
+    while let Some(record) = reader.next_record()? {
+        match record {
+            Record::Batch(batch, _) => {
+                report.batches += 1;
+                report.events += batch.events.len();
+            }
+            Record::Corrupt(_) => report.corrupt += 1,
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: i64) -> SpooledBatch {
+        SpooledBatch {
+            events: vec![StoredEvent {
+                chain_id: "c".into(),
+                seq,
+                payload: format!("{{\"n\":{seq}}}"),
+                ..StoredEvent::default()
+            }],
+            checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn batches_come_back_in_order_and_a_corrupted_one_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path());
+        assert!(spool.is_drained());
+        for seq in 1..=3 {
+            spool.append(&batch(seq)).unwrap();
+        }
+        assert!(!spool.is_drained());
+        assert_eq!(
+            scan(dir.path()).unwrap(),
+            SpoolReport {
+                batches: 3,
+                events: 3,
+                corrupt: 0
+            }
+        );
+
+        // Flip a byte in the second record's body.
+        let path = dir.path().join(SPOOL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == MAGIC)
+            .nth(1)
+            .unwrap()
+            .0;
+        bytes[second + 20] ^= 0x01;
+        // And cut the last record short.
+        bytes.truncate(bytes.len() - 3);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut reader = spool.unreplayed().unwrap();
+        let mut seen = Vec::new();
+        while let Some(record) = reader.next_record().unwrap() {
+            seen.push(match record {
+                Record::Batch(batch, _) => format!("batch {}", batch.events[0].seq),
+                Record::Corrupt(_) => "corrupt".to_owned(),
+            });
+        }
+        assert_eq!(seen, ["batch 1", "corrupt", "corrupt"]);
+        assert_eq!(scan(dir.path()).unwrap().corrupt, 2);
+
+        spool.clear().unwrap();
+        assert!(spool.is_drained());
+        assert_eq!(scan(dir.path()).unwrap(), SpoolReport::default());
+    }
+}
