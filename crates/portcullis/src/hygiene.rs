@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::base::exchange::BodySample;
 use crate::base::problem::{Problem, ProblemKind};
 
 /// The request size limits enforced before anything is forwarded.
@@ -498,6 +499,8 @@ pub struct LimitedBody<B> {
     limit: u64,
     /// Where the bytes read so far are counted, when a record wants them.
     counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Where the first bytes are kept, when the audit log wants them.
+    sampled: Option<std::sync::Arc<std::sync::Mutex<BodySample>>>,
 }
 
 impl<B> LimitedBody<B> {
@@ -508,6 +511,7 @@ impl<B> LimitedBody<B> {
             remaining: limit,
             limit,
             counted: None,
+            sampled: None,
         }
     }
 
@@ -517,6 +521,15 @@ impl<B> LimitedBody<B> {
         counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
         self.counted = counter;
+        self
+    }
+
+    /// The same body, keeping its first bytes in `sample`, if any.
+    pub fn sampling(
+        mut self,
+        sample: Option<std::sync::Arc<std::sync::Mutex<BodySample>>>,
+    ) -> Self {
+        self.sampled = sample;
         self
     }
 }
@@ -545,6 +558,11 @@ where
                     this.remaining -= len;
                     if let Some(counted) = &this.counted {
                         counted.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(sample) = &this.sampled
+                        && let Ok(mut sample) = sample.lock()
+                    {
+                        sample.take(data);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

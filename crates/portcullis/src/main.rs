@@ -20,6 +20,7 @@ use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::pipeline::Shared;
 use portcullis::recorder::{Recorder, Sink};
+use portcullis::redact::Redactor;
 use portcullis::rules::{self, Facts, Report, Severity};
 use portcullis::server::Server;
 use portcullis::store::{Store, StoreLocation};
@@ -199,6 +200,7 @@ async fn start_recorder(
         .await
         .map_err(|error| error.to_string())?;
         let mut log = opened.map_err(|error| error.to_string())?;
+        log.redacting(Redactor::new(&config.log.redact_query_params));
         audit_health = Some(log.health());
         // A pool of its own on this runtime, for the admin API's searches and retention.
         let store = AuditStore::open(location)

@@ -235,6 +235,11 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes_out += data.len() as u64;
+                    if let Some((exchange, _)) = &mut this.pending
+                        && let Some(samples) = &mut exchange.samples
+                    {
+                        samples.response.take(data);
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);

@@ -1,6 +1,8 @@
 //! Redaction: what a record may show of a request's query and of values that look like
-//! secrets. One module, used by every sink (the access log now, the audit log next), so
-//! that no sink can be less careful than another.
+//! secrets. One module, used by every sink (the access log and the audit log, which keeps
+//! bodies too), so that no sink can be less careful than another.
+
+use crate::base::exchange::BodySample;
 
 /// Query parameter names whose values are never shown, compared without regard to case
 /// and to `-` versus `_`.
@@ -89,6 +91,75 @@ impl Redactor {
             }
         }
         out
+    }
+
+    /// What the audit log may keep of a body's first bytes: JSON with the value of every
+    /// sensitive key (at any depth) and every secret-looking string masked; a form with
+    /// its sensitive fields masked, as a query is; other text only when nothing in it looks
+    /// like a secret. Anything else (JSON cut short, which cannot be read whole, binary
+    /// data, text holding a secret) is [`MASK`]. `None` for an empty body.
+    pub fn body(&self, sample: &BodySample) -> Option<String> {
+        if sample.total == 0 {
+            return None;
+        }
+        let content_type = sample
+            .content_type
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        // A sample cut inside a character keeps the characters before it.
+        let text = match std::str::from_utf8(&sample.bytes) {
+            Ok(text) => text,
+            Err(error) if error.error_len().is_none() && !sample.is_whole() => {
+                std::str::from_utf8(&sample.bytes[..error.valid_up_to()]).unwrap_or_default()
+            }
+            Err(_) => return Some(MASK.to_owned()),
+        };
+        let trimmed = text.trim_start();
+        if content_type.contains("json") || trimmed.starts_with('{') || trimmed.starts_with('[') {
+            let parsed = sample
+                .is_whole()
+                .then(|| serde_json::from_str::<serde_json::Value>(text).ok())
+                .flatten();
+            return Some(match parsed {
+                Some(mut value) => {
+                    self.json(&mut value);
+                    value.to_string()
+                }
+                None => MASK.to_owned(),
+            });
+        }
+        if content_type.starts_with("application/x-www-form-urlencoded") {
+            return Some(self.query(text));
+        }
+        Some(if contains_secret(text) {
+            MASK.to_owned()
+        } else {
+            text.to_owned()
+        })
+    }
+
+    /// Masks, in place, the value of every sensitive key and every string that looks like
+    /// or holds a secret, at every depth.
+    pub fn json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Object(object) => {
+                for (key, value) in object.iter_mut() {
+                    if self.is_sensitive(key) {
+                        *value = Value::from(MASK);
+                    } else {
+                        self.json(value);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| self.json(item)),
+            Value::String(text) if contains_secret(text) || looks_secret(text) => {
+                *value = Value::from(MASK);
+            }
+            _ => {}
+        }
     }
 
     /// Whether a parameter named `name` (as sent, percent-encoded or not) is sensitive.
@@ -198,6 +269,64 @@ mod tests {
         );
         assert_eq!(redactor.query("%74oken=abc"), "%74oken=***");
         assert_eq!(redactor.query("flag&x="), "flag&x=");
+    }
+
+    fn sample(content_type: Option<&str>, body: &[u8], limit: usize) -> BodySample {
+        let mut sample = BodySample::new(
+            limit,
+            content_type.map(|value| http::HeaderValue::from_str(value).unwrap()),
+        );
+        sample.take(body);
+        sample
+    }
+
+    /// JSON is redacted by key at every depth and by value anywhere; cut short, it cannot
+    /// be read whole and is withheld.
+    #[test]
+    fn json_bodies_are_redacted_by_key_at_every_depth() {
+        let redactor = Redactor::new(&["card-number".to_owned()]);
+        let body = br#"{"user":"ann","Password":"hunter2","profile":{"api_key":7,"tags":["a","Bearer xyz"]},"items":[{"card_number":"4111"}],"url":"ss://Y2hh@203.0.113.5:443"}"#;
+        let kept = redactor
+            .body(&sample(Some("application/json"), body, 4096))
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&kept).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"user":"ann","Password":"***","profile":{"api_key":"***","tags":["a","***"]},"items":[{"card_number":"***"}],"url":"***"})
+        );
+        assert_eq!(
+            redactor.body(&sample(None, body, 20)).as_deref(),
+            Some(MASK),
+            "cut short"
+        );
+    }
+
+    #[test]
+    fn other_bodies_are_kept_only_without_a_secret() {
+        let redactor = Redactor::default();
+        let form = sample(
+            Some("application/x-www-form-urlencoded"),
+            b"user=ann&password=hunter2",
+            4096,
+        );
+        assert_eq!(
+            redactor.body(&form).as_deref(),
+            Some("user=ann&password=***")
+        );
+        let text = sample(Some("text/plain"), b"hello there", 4096);
+        assert_eq!(redactor.body(&text).as_deref(), Some("hello there"));
+        let secret = sample(
+            Some("text/plain"),
+            b"key: ghp_0123456789abcdefghijklmnop",
+            4096,
+        );
+        assert_eq!(redactor.body(&secret).as_deref(), Some(MASK));
+        let binary = sample(Some("application/octet-stream"), &[0xff, 0xfe, 0], 4096);
+        assert_eq!(redactor.body(&binary).as_deref(), Some(MASK));
+        // Cut inside a character: the characters before it.
+        let cut = sample(Some("text/plain"), "héllo".as_bytes(), 2);
+        assert_eq!(redactor.body(&cut).as_deref(), Some("h"));
+        assert_eq!(redactor.body(&sample(None, b"", 10)), None);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct RouteSettings {
     /// The methods held until their admission event is durable (audit strict mode): the
     /// route's own list or `[audit] strict_methods`; none with the audit log off.
     pub strict_methods: Vec<Method>,
+    /// How many bytes of each body the audit log keeps, when it keeps them (the route's
+    /// `audit_bodies`, with the audit log on).
+    pub body_sample: Option<usize>,
 }
 
 /// One value the gateway cannot be built with.
@@ -234,6 +237,8 @@ fn routes(config: &Config, invalid: &mut InvalidList) -> Vec<RouteSettings> {
             response_rules,
             limits: config.limits_for(route),
             strict_methods,
+            body_sample: (route.audit_bodies && config.audit.enabled)
+                .then_some(config.audit.max_body_bytes),
         });
     }
     routes

@@ -30,7 +30,7 @@ use crate::base::hex;
 use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
 use crate::json_line::Line;
 use crate::recorder::{Admission, Sink};
-use crate::redact::{MASK, contains_secret};
+use crate::redact::{MASK, Redactor, contains_secret};
 use chain::{ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
 use spool::{Record, Spool, SpooledBatch};
@@ -201,6 +201,8 @@ pub struct AuditLog {
     spool: Option<Spool>,
     /// When the spool was last replayed (or tried).
     last_replay: Option<Instant>,
+    /// What bodies may show.
+    redactor: Redactor,
 }
 
 impl AuditLog {
@@ -236,6 +238,7 @@ impl AuditLog {
             trimmed: None,
             spool: spool_dir.map(Spool::open),
             last_replay: None,
+            redactor: Redactor::default(),
         };
         // What a process before left in the spool goes first.
         if log.spool.as_ref().is_some_and(|spool| !spool.is_drained()) {
@@ -267,6 +270,12 @@ impl AuditLog {
             ..StoredEvent::default()
         });
         Ok(log)
+    }
+
+    /// Redacts kept bodies with `redactor` (the operator's sensitive names besides the
+    /// built-in ones).
+    pub fn redacting(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
     }
 
     /// Records each chain retention trims, as `trimmed` reports it, as a `retention`
@@ -564,7 +573,8 @@ impl AuditLog {
 
 impl Sink for AuditLog {
     fn record(&mut self, exchange: &Exchange) {
-        self.push(request_event(exchange));
+        let event = request_event(exchange, &self.redactor);
+        self.push(event);
         if let Some(event) = action_event(exchange) {
             self.push(event);
         }
@@ -620,6 +630,30 @@ struct Payload<'a> {
     admin: bool,
     action: Option<&'static str>,
     target: Option<&'a str>,
+    /// What may be kept of the bodies, on routes that keep them.
+    bodies: Option<KeptBodies>,
+}
+
+/// What an event keeps of a request's and its response's bodies: redacted first bytes
+/// ([`Redactor::body`]) and whole lengths.
+struct KeptBodies {
+    request: Option<String>,
+    request_bytes: u64,
+    response: Option<String>,
+    response_bytes: u64,
+}
+
+impl KeptBodies {
+    fn of(exchange: &Exchange, redactor: &Redactor) -> Option<Self> {
+        let samples = exchange.samples.as_ref()?;
+        let request = samples.request.lock().ok()?;
+        Some(Self {
+            request: redactor.body(&request),
+            request_bytes: request.total,
+            response: redactor.body(&samples.response),
+            response_bytes: samples.response.total,
+        })
+    }
 }
 
 impl<'a> Payload<'a> {
@@ -651,6 +685,7 @@ impl<'a> Payload<'a> {
             admin: exchange.admin,
             action: None,
             target: None,
+            bodies: None,
         }
     }
 
@@ -701,6 +736,12 @@ impl<'a> Payload<'a> {
         line.flag("admin", self.admin);
         line.text("action", self.action);
         line.text("target", self.target);
+        if let Some(bodies) = &self.bodies {
+            line.text("request_body", bodies.request.as_deref());
+            line.number("request_body_bytes", bodies.request_bytes);
+            line.text("response_body", bodies.response.as_deref());
+            line.number("response_body_bytes", bodies.response_bytes);
+        }
         line.close();
         // Only whole UTF-8 strings went in.
         String::from_utf8(out).unwrap_or_default()
@@ -723,9 +764,11 @@ fn user_agent(exchange: &Exchange) -> Option<String> {
     )
 }
 
-fn request_event(exchange: &Exchange) -> StoredEvent {
+fn request_event(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
     let agent = user_agent(exchange);
-    Payload::of(exchange, agent.as_deref()).event()
+    let mut payload = Payload::of(exchange, agent.as_deref());
+    payload.bodies = KeptBodies::of(exchange, redactor);
+    payload.event()
 }
 
 /// The admin action an admin request carried out, as an event of its own.

@@ -3,8 +3,8 @@
 //! Clients see problem+json; the record keeps the precise internal [`Decision`].
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// What the gateway decided about a request, or what became of it: one stable
@@ -180,6 +180,64 @@ pub struct Exchange {
     pub admin: bool,
     /// The admin action the request carried out, if any.
     pub action: Option<AdminAction>,
+    /// The bodies' first bytes, on routes whose bodies the audit log keeps.
+    pub samples: Option<Box<Samples>>,
+}
+
+/// The first bytes of a request's and its response's bodies, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    /// The request body's, filled as it streams to the upstream.
+    pub request: Arc<Mutex<BodySample>>,
+    /// The response body's, filled as it streams to the client.
+    pub response: BodySample,
+}
+
+impl Samples {
+    /// Samples of at most `limit` bytes each; `content_type` is the request's.
+    pub fn new(limit: usize, content_type: Option<http::HeaderValue>) -> Self {
+        Self {
+            request: Arc::new(Mutex::new(BodySample::new(limit, content_type))),
+            response: BodySample::new(limit, None),
+        }
+    }
+}
+
+/// A body's first bytes, its total length and its content type.
+#[derive(Debug, Clone, Default)]
+pub struct BodySample {
+    /// At most `limit` bytes from the start.
+    pub bytes: Vec<u8>,
+    /// The most bytes kept.
+    pub limit: usize,
+    /// Bytes seen in all.
+    pub total: u64,
+    /// The body's `Content-Type`.
+    pub content_type: Option<http::HeaderValue>,
+}
+
+impl BodySample {
+    /// An empty sample keeping at most `limit` bytes.
+    pub fn new(limit: usize, content_type: Option<http::HeaderValue>) -> Self {
+        Self {
+            bytes: Vec::new(),
+            limit,
+            total: 0,
+            content_type,
+        }
+    }
+
+    /// Takes the next `data` of the body.
+    pub fn take(&mut self, data: &[u8]) {
+        let room = self.limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..room.min(data.len())]);
+        self.total += data.len() as u64;
+    }
+
+    /// Whether the sample holds the whole body.
+    pub fn is_whole(&self) -> bool {
+        self.total == self.bytes.len() as u64
+    }
 }
 
 /// An admin action, as the audit log records it: what was done, to what (never a token).
@@ -221,6 +279,7 @@ impl Exchange {
             user_agent: None,
             admin: false,
             action: None,
+            samples: None,
         }
     }
 }

@@ -152,6 +152,8 @@ pub struct AuditConfig {
     /// The variable (or `NAME_FILE`) holding the URL of a PostgreSQL database of the audit
     /// log's own; unset: the audit log is kept beside the token store.
     pub database_url_env: Option<String>,
+    /// The most bytes of each body kept on routes with `audit_bodies` (4096 by default).
+    pub max_body_bytes: usize,
 }
 
 impl AuditConfig {
@@ -193,6 +195,7 @@ impl Default for AuditConfig {
             strict_methods: STRICT_METHODS.map(str::to_owned).to_vec(),
             retention: AUDIT_RETENTION,
             database_url_env: None,
+            max_body_bytes: 4096,
         }
     }
 }
@@ -493,6 +496,10 @@ pub struct RouteConfig {
     /// The route's own `[audit] strict_methods` (`[]`: none on this route).
     #[serde(default)]
     pub audit_strict_methods: Option<Vec<String>>,
+    /// Keep the first `[audit] max_body_bytes` of request and response bodies in the audit
+    /// log, redacted.
+    #[serde(default)]
+    pub audit_bodies: bool,
 }
 
 impl RouteConfig {
@@ -512,6 +519,7 @@ impl RouteConfig {
             cache_control: None,
             referrer_policy: None,
             audit_strict_methods: None,
+            audit_bodies: false,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::audit::store::AuditStore;
 use crate::auth::{Authenticator, StaticTokens};
 use crate::base::body::ResponseBody;
 use crate::base::context::{ConnInfo, RequestContext, X_REQUEST_ID};
-use crate::base::exchange::Decision;
+use crate::base::exchange::{BodySample, Decision};
 use crate::base::problem::{Problem, ProblemKind};
 use crate::config::Config;
 use crate::cors::Cors;
@@ -164,7 +164,8 @@ impl Gateway {
                             drop_referer: capability,
                         })
                         .with_response_rules(route.response_rules.clone())
-                        .with_strict_methods(route.strict_methods.clone()),
+                        .with_strict_methods(route.strict_methods.clone())
+                        .with_body_sample(route.body_sample),
                 )
             })
             .collect();
@@ -285,6 +286,10 @@ impl Gateway {
         if let Some(record) = &mut progress.record {
             record.upstream(route);
         }
+        let sample = match (route.body_sample(), &mut progress.record) {
+            (Some(limit), Some(record)) => Some(record.sample_bodies(limit, &request)),
+            _ => None,
+        };
         if route.audits_before_forwarding(request.method()) {
             // With no record kept there is no audit log to wait for: refused, not
             // forwarded unrecorded.
@@ -294,7 +299,7 @@ impl Gateway {
             }
         }
         let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);
-        self.forward(request, route, ctx, bytes_in).await
+        self.forward(request, route, ctx, bytes_in, sample).await
     }
 
     /// Who is calling: a capability on capability routes, a bearer token elsewhere. Each
@@ -330,6 +335,7 @@ impl Gateway {
         route: &Route,
         ctx: &RequestContext,
         bytes_in: Option<Arc<AtomicU64>>,
+        sample: Option<Arc<std::sync::Mutex<BodySample>>>,
     ) -> Result<Response<ResponseBody>, Problem> {
         let (mut parts, body) = request.into_parts();
         let upstream_uri = route.upstream_uri(&parts.uri);
@@ -341,7 +347,9 @@ impl Gateway {
             ctx,
             route.header_rules(),
         );
-        let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes).counting(bytes_in);
+        let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes)
+            .counting(bytes_in)
+            .sampling(sample);
 
         let request = Request::from_parts(parts, body);
         let mut response = route

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use crate::auth::Principal;
 use crate::base::body::ResponseBody;
 use crate::base::context::{ConnInfo, RequestContext};
-use crate::base::exchange::{Decision, Exchange, protocol};
+use crate::base::exchange::{BodySample, Decision, Exchange, Samples, protocol};
 use crate::base::problem::{Problem, ProblemKind};
 use crate::recorder::{RecordedBody, Recorder};
 use crate::redact::{MASK, Redactor};
@@ -61,6 +61,22 @@ impl PendingRecord {
             .as_ref()
             .map(|exchange| exchange.bytes_in.clone())
             .unwrap_or_default()
+    }
+
+    /// Keeps the first `limit` bytes of the request's and the response's bodies for the
+    /// audit log; where the request body's go.
+    pub fn sample_bodies<B>(
+        &mut self,
+        limit: usize,
+        request: &Request<B>,
+    ) -> Arc<std::sync::Mutex<BodySample>> {
+        let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+        let samples = Samples::new(limit, content_type);
+        let request_sample = samples.request.clone();
+        if let Some(exchange) = &mut self.exchange {
+            exchange.samples = Some(Box::new(samples));
+        }
+        request_sample
     }
 
     /// Notes who called.
@@ -113,6 +129,9 @@ impl PendingRecord {
         }
         exchange.route = route.map(|route| route.prefix().clone());
         exchange.to_head = exchange.started_at.elapsed();
+        if let Some(samples) = &mut exchange.samples {
+            samples.response.content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        }
         let recorder = self.recorder.clone();
         response.map(|body| RecordedBody::new(body, exchange, recorder).boxed_unsync())
     }

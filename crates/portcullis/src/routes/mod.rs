@@ -92,6 +92,8 @@ pub struct Route {
     response_rules: ResponseRules,
     /// Methods whose admission event must be durable before the request is forwarded.
     strict_methods: Vec<http::Method>,
+    /// How many bytes of each body the audit log keeps, if it keeps them.
+    body_sample: Option<usize>,
 }
 
 impl Route {
@@ -111,7 +113,19 @@ impl Route {
             header_rules: HeaderRules::default(),
             response_rules: ResponseRules::default(),
             strict_methods: Vec::new(),
+            body_sample: None,
         }
+    }
+
+    /// The same route, its bodies' first `limit` bytes kept by the audit log, if any.
+    pub fn with_body_sample(mut self, limit: Option<usize>) -> Self {
+        self.body_sample = limit;
+        self
+    }
+
+    /// How many bytes of each body the audit log keeps, if it keeps them.
+    pub fn body_sample(&self) -> Option<usize> {
+        self.body_sample
     }
 
     /// The same route, holding requests with one of `methods` until their admission event

@@ -10,6 +10,7 @@ mod access_log;
 mod admin;
 mod admin_fuzz;
 mod audit;
+mod audit_bodies;
 mod audit_outage;
 mod audit_query;
 mod audit_retention;
