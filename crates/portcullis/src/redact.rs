@@ -136,8 +136,32 @@ impl Redactor {
         Some(if contains_secret(text) {
             MASK.to_owned()
         } else {
-            text.to_owned()
+            self.queries_in(text)
         })
+    }
+
+    /// `text` with the query of every URL in it (and every `name=value` word) redacted as
+    /// [`Self::query`] does: bodies quote URLs (an upstream echoing the request's, a link
+    /// with a token in it).
+    pub fn queries_in(&self, text: &str) -> String {
+        if !text.contains('=') {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len());
+        for piece in text.split_inclusive(char::is_whitespace) {
+            let word = piece.trim_end_matches(char::is_whitespace);
+            match word.split_once('?') {
+                Some((before, after)) => {
+                    out.push_str(before);
+                    out.push('?');
+                    out.push_str(&self.query(after));
+                }
+                None if word.contains('=') => out.push_str(&self.query(word)),
+                None => out.push_str(word),
+            }
+            out.push_str(&piece[word.len()..]);
+        }
+        out
     }
 
     /// Masks, in place, the value of every sensitive key and every string that looks like
@@ -158,6 +182,7 @@ impl Redactor {
             Value::String(text) if contains_secret(text) || looks_secret(text) => {
                 *value = Value::from(MASK);
             }
+            Value::String(text) if text.contains('=') => *text = self.queries_in(text),
             _ => {}
         }
     }
@@ -285,14 +310,14 @@ mod tests {
     #[test]
     fn json_bodies_are_redacted_by_key_at_every_depth() {
         let redactor = Redactor::new(&["card-number".to_owned()]);
-        let body = br#"{"user":"ann","Password":"hunter2","profile":{"api_key":7,"tags":["a","Bearer xyz"]},"items":[{"card_number":"4111"}],"url":"ss://Y2hh@203.0.113.5:443"}"#;
+        let body = br#"{"user":"ann","Password":"hunter2","profile":{"api_key":7,"tags":["a","Bearer xyz"]},"items":[{"card_number":"4111"}],"url":"ss://Y2hh@203.0.113.5:443","uri":"/a?token=t&x=1"}"#;
         let kept = redactor
             .body(&sample(Some("application/json"), body, 4096))
             .unwrap();
         let value: serde_json::Value = serde_json::from_str(&kept).unwrap();
         assert_eq!(
             value,
-            serde_json::json!({"user":"ann","Password":"***","profile":{"api_key":"***","tags":["a","***"]},"items":[{"card_number":"***"}],"url":"***"})
+            serde_json::json!({"user":"ann","Password":"***","profile":{"api_key":"***","tags":["a","***"]},"items":[{"card_number":"***"}],"url":"***","uri":"/a?token=***&x=1"})
         );
         assert_eq!(
             redactor.body(&sample(None, body, 20)).as_deref(),
@@ -315,6 +340,16 @@ mod tests {
         );
         let text = sample(Some("text/plain"), b"hello there", 4096);
         assert_eq!(redactor.body(&text).as_deref(), Some("hello there"));
+        // URLs quoted in a body keep their shape, not their sensitive values.
+        let quoted = sample(
+            Some("text/plain"),
+            b"see https://x.example/a?password=p1&page=2 and token=t2, a = b\n",
+            4096,
+        );
+        assert_eq!(
+            redactor.body(&quoted).as_deref(),
+            Some("see https://x.example/a?password=***&page=2 and token=*** a = b\n")
+        );
         let secret = sample(
             Some("text/plain"),
             b"key: ghp_0123456789abcdefghijklmnop",

@@ -435,6 +435,9 @@ impl AuditLog {
             || self.since_checkpoint >= CHECKPOINT_EVENTS
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
         if self.pending.is_empty() && !due {
+            // Nothing new, but what waits in the spool goes in as soon as the store
+            // takes it (tried every RETRY_BACKOFF).
+            self.spooling();
             return;
         }
         let checkpoint = due.then(|| {

@@ -317,3 +317,145 @@ async fn a_corrupted_spool_record_is_reported_and_skipped_never_silently() {
     assert!(out.contains("are missing (deleted)"), "{out}");
     database.drop_now().await;
 }
+
+/// `portcullis token create` on the SQLite store in `dir`: the new token.
+fn mint(dir: &Path, name: &str, extra: &[&str]) -> String {
+    let output = portcullis()
+        .args([
+            "token",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--json",
+            "create",
+        ])
+        .args(["--name", name, "--scopes", "read,write"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    value["token"].as_str().unwrap().to_owned()
+}
+
+/// No secret a request carries (static and managed tokens, a cookie, a password in JSON
+/// and in the query, a capability path segment, an Outline `ss://` URL) reaches the audit
+/// store, the spool or the logs, with bodies kept and the store down for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_store_the_spool_or_the_logs() {
+    let (database, proxy, proxied) = proxied_database().await;
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let managed = mint(&dir, "secret-test", &[]);
+    let capability = mint(&dir, "secret-outline", &["--capability"]);
+    let config = write_file(
+        &dir,
+        "secrets.toml",
+        &format!(
+            "[audit]\ndatabase_url_env = \"AUDIT_DATABASE_URL\"\n\
+             [upstreams.api]\nurl = \"{0}\"\n\
+             [[routes]]\npath_prefix = \"/api\"\nupstream = \"api\"\naudit_bodies = true\n\
+             [[routes]]\npath_prefix = \"/outline\"\nupstream = \"api\"\nauth = \"capability\"\naudit_bodies = true\n",
+            upstream.url()
+        ),
+    );
+    let mut gateway = Launch::bare()
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--access-log")
+        .arg(dir.join("access.log").to_str().unwrap())
+        .env("PORTCULLIS_DATA_DIR", dir.to_str().unwrap())
+        .env("AUDIT_DATABASE_URL", proxied.as_str())
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .start();
+    proxy.go_down();
+
+    const COOKIE: &str = "cookie-secret-5150";
+    const JSON_PASSWORD: &str = "json-password-secret-77";
+    const QUERY_PASSWORD: &str = "query-password-secret-88";
+    const OUTLINE: &str = "ss://Y2hhY2hhMjAtc2VjcmV0@198.51.100.7:8388/?outline=1";
+    let body = serde_json::json!({"user": "ann", "password": JSON_PASSWORD, "server": {"access_url": OUTLINE}})
+        .to_string();
+    let mut sent = 0;
+    for (token, path) in [
+        (
+            TOKEN.to_owned(),
+            format!("/api/a?password={QUERY_PASSWORD}&page=1"),
+        ),
+        (managed.clone(), "/api/b".to_owned()),
+    ] {
+        let reply = send(
+            http::Request::post(gateway.url(&path))
+                .header("authorization", format!("Bearer {token}"))
+                .header("cookie", format!("session={COOKIE}"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        sent += 1;
+    }
+    let outline = get(
+        &gateway.url(&format!("/outline/{capability}/access-keys?x=1")),
+        &[],
+    )
+    .await;
+    assert_eq!(outline.status, 200, "{}", outline.text());
+    sent += 1;
+
+    let secrets = [
+        TOKEN,
+        managed.as_str(),
+        capability.as_str(),
+        COOKIE,
+        JSON_PASSWORD,
+        QUERY_PASSWORD,
+        "Y2hhY2hhMjAtc2VjcmV0",
+    ];
+    // The events wait in the spool meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spooled =
+        String::from_utf8_lossy(&std::fs::read(dir.join("audit.spool")).unwrap()).into_owned();
+    assert!(spooled.contains("/api/a"), "the events are spooled");
+    for secret in secrets {
+        assert!(!spooled.contains(secret), "{secret} reached the spool");
+    }
+
+    proxy.come_back();
+    for _ in 0..100 {
+        if gateway.log_shows("the spool is replayed into the store") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gateway.final_log();
+    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', payload, request_id, principal, tenant, route, path, client_ip) \
+         FROM audit_events",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    let stored = stored.join("\n");
+    assert_eq!(
+        stored.matches("\"kind\":\"request\"").count(),
+        sent,
+        "{stored}"
+    );
+    assert!(
+        stored.contains(r#"\"password\":\"***\""#),
+        "bodies are kept, redacted: {stored}"
+    );
+    let access_log = std::fs::read_to_string(dir.join("access.log")).unwrap();
+    for secret in secrets {
+        assert!(!stored.contains(secret), "{secret} reached the store");
+        assert!(!log.contains(secret), "{secret} reached the log");
+        assert!(
+            !access_log.contains(secret),
+            "{secret} reached the access log"
+        );
+    }
+    database.drop_now().await;
+}
