@@ -220,15 +220,8 @@ impl AuditStore {
             query.execute(&mut *transaction).await?;
         }
         if let Some(checkpoint) = checkpoint {
-            let sql = format!(
-                "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
-            );
-            sqlx::query(&sql)
-                .bind(checkpoint.chain.clone())
-                .bind(checkpoint.seq)
-                .bind(checkpoint.head.clone())
-                .bind(checkpoint.time_ms)
-                .bind(checkpoint.mac.clone())
+            let sql = insert_signed_sql("audit_checkpoints", "");
+            insert_signed(&sql, checkpoint)
                 .execute(&mut *transaction)
                 .await?;
         }
@@ -410,16 +403,9 @@ impl AuditStore {
             .bind(anchor.seq)
             .execute(&mut *transaction)
             .await?;
-        let sql = format!(
-            "INSERT INTO audit_anchors ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT DO NOTHING"
-        );
-        sqlx::query(&sql)
-            .bind(anchor.chain.clone())
-            .bind(anchor.seq)
-            .bind(anchor.head.clone())
-            .bind(anchor.time_ms)
-            .bind(anchor.mac.clone())
+        // Replicas trimming at once may write the same anchor.
+        let sql = insert_signed_sql("audit_anchors", " ON CONFLICT DO NOTHING");
+        insert_signed(&sql, anchor)
             .execute(&mut *transaction)
             .await?;
         transaction.commit().await?;
@@ -464,6 +450,25 @@ impl AuditStore {
             .await?;
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
+}
+
+/// `INSERT` of a checkpoint-shaped row into `table` (which has [`CHECKPOINT_COLUMNS`]),
+/// followed by `then`.
+fn insert_signed_sql(table: &str, then: &str) -> String {
+    format!("INSERT INTO {table} ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5){then}")
+}
+
+/// `sql` ([`insert_signed_sql`]) bound to `signed`, a checkpoint or a retention anchor.
+fn insert_signed<'q>(
+    sql: &'q str,
+    signed: &'q Checkpoint,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(signed.chain.as_str())
+        .bind(signed.seq)
+        .bind(signed.head.as_str())
+        .bind(signed.time_ms)
+        .bind(signed.mac.as_str())
 }
 
 /// An event as a row of [`EVENT_COLUMNS`] holds it.
