@@ -322,6 +322,20 @@ const LIVE_WINDOW: Duration = Duration::from_secs(180);
 /// stored however long its request took.
 async fn tail(store: &AuditStore, lines: i64, follow: bool) -> Result<(), Stop> {
     let failed = |error: portcullis::audit::store::AuditStoreError| Stop::Store(error.to_string());
+    let live_since = |now: SystemTime| now_ms(now) - query::millis(LIVE_WINDOW);
+    // Where each live chain stands, taken before the newest events are read: what is
+    // stored after this shows up in the loop below, none of it twice.
+    let mut chains: BTreeMap<String, i64> = BTreeMap::new();
+    if follow {
+        for chain in store
+            .live_chains(live_since(SystemTime::now()))
+            .await
+            .map_err(failed)?
+        {
+            let last = store.last_seq(&chain).await.map_err(failed)?;
+            chains.insert(chain, last);
+        }
+    }
     let mut newest = store
         .search(
             &Where::default(),
@@ -337,20 +351,10 @@ async fn tail(store: &AuditStore, lines: i64, follow: bool) -> Result<(), Stop> 
     if !follow {
         return Ok(());
     }
-    // Where each chain stands: the last event shown, or its last event when tail began.
-    let mut chains: BTreeMap<String, i64> = BTreeMap::new();
-    let live_since = |now: SystemTime| now_ms(now) - query::millis(LIVE_WINDOW);
-    for chain in store
-        .live_chains(live_since(SystemTime::now()))
-        .await
-        .map_err(failed)?
-    {
-        let last = store.last_seq(&chain).await.map_err(failed)?;
-        chains.insert(chain, last);
-    }
     for event in &newest {
-        let seq = chains.entry(event.chain_id.clone()).or_insert(event.seq);
-        *seq = (*seq).max(event.seq);
+        if let Some(seq) = chains.get_mut(&event.chain_id) {
+            *seq = (*seq).max(event.seq);
+        }
     }
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -359,7 +363,7 @@ async fn tail(store: &AuditStore, lines: i64, follow: bool) -> Result<(), Stop> 
             .await
             .map_err(failed)?
         {
-            // A chain that started since: all of it is new.
+            // A chain that started since tail began: all of it is new.
             chains.entry(chain).or_insert(0);
         }
         let mut fresh = Vec::new();

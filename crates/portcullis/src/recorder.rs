@@ -128,9 +128,9 @@ impl Recorder {
     pub async fn admit(&self, exchange: Exchange) -> Result<(), NotAdmitted> {
         let (admission, durable) = tokio::sync::oneshot::channel();
         let message = Message::Admit(Box::new(exchange), Admission(admission));
-        // Admissions exist only with the audit log on, when the recorder is lossless: wait
-        // for room as `finish` does.
-        self.sender.send(message).map_err(|_| NotAdmitted)?;
+        // Never a blocking wait on a worker: a queue that is full (the writer far behind a
+        // store that is down) refuses the request at once.
+        self.sender.try_send(message).map_err(|_| NotAdmitted)?;
         self.thread.unpark();
         match tokio::time::timeout(ADMISSION_TIMEOUT, durable).await {
             Ok(Ok(())) => Ok(()),

@@ -49,6 +49,23 @@ pub const SENSITIVE_PARAMS: [&str; 40] = [
     "x_amz_signature",
 ];
 
+/// Parts of a name that make it sensitive wherever they appear in it, once lowercased with
+/// `-` and `_` removed: `newPassword`, `current_password`, `accessToken`, `X-Session-Id`.
+pub const SENSITIVE_PARTS: [&str; 12] = [
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "credential",
+    "session",
+    "cookie",
+    "signature",
+];
+
 /// What stands in for a hidden value.
 pub const MASK: &str = "***";
 
@@ -95,9 +112,10 @@ impl Redactor {
 
     /// What the audit log may keep of a body's first bytes: JSON with the value of every
     /// sensitive key (at any depth) and every secret-looking string masked; a form with
-    /// its sensitive fields masked, as a query is; other text only when nothing in it looks
-    /// like a secret. Anything else (JSON cut short, which cannot be read whole, binary
-    /// data, text holding a secret) is [`MASK`]. `None` for an empty body.
+    /// its sensitive fields masked, as a query is; plain text (or a body of no declared
+    /// type) only when nothing in it looks like a secret, the queries of URLs in it
+    /// redacted. Anything else (JSON cut short, which cannot be read whole, XML, multipart,
+    /// binary data, text holding a secret) is [`MASK`]. `None` for an empty body.
     pub fn body(&self, sample: &BodySample) -> Option<String> {
         if sample.total == 0 {
             return None;
@@ -133,7 +151,10 @@ impl Redactor {
         if content_type.starts_with("application/x-www-form-urlencoded") {
             return Some(self.query(text));
         }
-        Some(if contains_secret(text) {
+        // Other structured bodies (XML, multipart, ...) name their secrets in ways this
+        // module does not read: withheld.
+        let plain = content_type.is_empty() || content_type.starts_with("text/plain");
+        Some(if !plain || contains_secret(text) {
             MASK.to_owned()
         } else {
             self.queries_in(text)
@@ -150,11 +171,11 @@ impl Redactor {
         let mut out = String::with_capacity(text.len());
         for piece in text.split_inclusive(char::is_whitespace) {
             let word = piece.trim_end_matches(char::is_whitespace);
-            match word.split_once('?') {
-                Some((before, after)) => {
-                    out.push_str(before);
-                    out.push('?');
-                    out.push_str(&self.query(after));
+            // A query, or a fragment carrying parameters (`#access_token=...`).
+            match word.find(['?', '#']) {
+                Some(at) => {
+                    out.push_str(&word[..=at]);
+                    out.push_str(&self.query(&word[at + 1..]));
                 }
                 None if word.contains('=') => out.push_str(&self.query(word)),
                 None => out.push_str(word),
@@ -190,7 +211,11 @@ impl Redactor {
     /// Whether a parameter named `name` (as sent, percent-encoded or not) is sensitive.
     fn is_sensitive(&self, name: &str) -> bool {
         let name = normalise(&percent_decoded(name));
-        SENSITIVE_PARAMS.contains(&name.as_str()) || self.extra.contains(&name)
+        if SENSITIVE_PARAMS.contains(&name.as_str()) || self.extra.contains(&name) {
+            return true;
+        }
+        let squashed = name.replace('_', "");
+        SENSITIVE_PARTS.iter().any(|part| squashed.contains(part))
     }
 }
 
@@ -310,14 +335,14 @@ mod tests {
     #[test]
     fn json_bodies_are_redacted_by_key_at_every_depth() {
         let redactor = Redactor::new(&["card-number".to_owned()]);
-        let body = br#"{"user":"ann","Password":"hunter2","profile":{"api_key":7,"tags":["a","Bearer xyz"]},"items":[{"card_number":"4111"}],"url":"ss://Y2hh@203.0.113.5:443","uri":"/a?token=t&x=1"}"#;
+        let body = br#"{"user":"ann","newPassword":"n1","accessToken":"opaque","Password":"hunter2","profile":{"api_key":7,"tags":["a","Bearer xyz"]},"items":[{"card_number":"4111"}],"url":"ss://Y2hh@203.0.113.5:443","uri":"/a?token=t&x=1"}"#;
         let kept = redactor
             .body(&sample(Some("application/json"), body, 4096))
             .unwrap();
         let value: serde_json::Value = serde_json::from_str(&kept).unwrap();
         assert_eq!(
             value,
-            serde_json::json!({"user":"ann","Password":"***","profile":{"api_key":"***","tags":["a","***"]},"items":[{"card_number":"***"}],"url":"***","uri":"/a?token=***&x=1"})
+            serde_json::json!({"user":"ann","newPassword":"***","accessToken":"***","Password":"***","profile":{"api_key":"***","tags":["a","***"]},"items":[{"card_number":"***"}],"url":"***","uri":"/a?token=***&x=1"})
         );
         assert_eq!(
             redactor.body(&sample(None, body, 20)).as_deref(),
@@ -356,6 +381,17 @@ mod tests {
             4096,
         );
         assert_eq!(redactor.body(&secret).as_deref(), Some(MASK));
+        let xml = sample(
+            Some("application/xml"),
+            b"<password>hunter2</password>",
+            4096,
+        );
+        assert_eq!(redactor.body(&xml).as_deref(), Some(MASK));
+        let fragment = sample(None, b"go to /cb#access_token=abc&x=1", 4096);
+        assert_eq!(
+            redactor.body(&fragment).as_deref(),
+            Some("go to /cb#access_token=***&x=1")
+        );
         let binary = sample(Some("application/octet-stream"), &[0xff, 0xfe, 0], 4096);
         assert_eq!(redactor.body(&binary).as_deref(), Some(MASK));
         // Cut inside a character: the characters before it.

@@ -54,6 +54,9 @@ pub const CHECKPOINT_EVENTS: u64 = 1000;
 /// ...or this long, whichever comes first, and at shutdown.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The most spooled batches replayed between two looks at the recorder's queue.
+const REPLAY_SLICE: usize = 64;
+
 /// How long a failed batch waits before it is tried again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long shutdown keeps trying to store the last batch.
@@ -199,8 +202,8 @@ pub struct AuditLog {
     /// Where batches go while the store does not take them; none for `portcullis token`,
     /// whose one event must reach the store.
     spool: Option<Spool>,
-    /// When the spool was last replayed (or tried).
-    last_replay: Option<Instant>,
+    /// When a replay of the spool last found the store refusing.
+    last_refusal: Option<Instant>,
     /// What bodies may show.
     redactor: Redactor,
 }
@@ -237,13 +240,11 @@ impl AuditLog {
             health: AuditHealth::default(),
             trimmed: None,
             spool: spool_dir.map(Spool::open),
-            last_replay: None,
+            last_refusal: None,
             redactor: Redactor::default(),
         };
         // What a process before left in the spool goes first.
-        if log.spool.as_ref().is_some_and(|spool| !spool.is_drained()) {
-            log.replay();
-        }
+        log.replay_all();
         let previous = log.runtime.block_on(log.store.latest_checkpoint())?;
         info!(chain = %log.chain, "audit log open: a new chain starts");
         // The chain's first event names where the last checkpointed chain stood, so that
@@ -349,12 +350,13 @@ impl AuditLog {
         }
     }
 
-    /// Replays the spool into the store, batch by batch, in order, and empties it once
-    /// all of it is stored. A corrupted record is reported and skipped. Stops at the first
-    /// batch the store refuses (the rest waits for the next attempt).
+    /// Replays the spool into the store, batch by batch, in order, at most
+    /// [`REPLAY_SLICE`] batches a call (so that the recorder's queue, and the admissions
+    /// in it, are not left waiting behind a long spool), and empties it once all of it is
+    /// stored. A corrupted record is reported and skipped. Stops at the first batch the
+    /// store refuses (the rest waits for the next attempt).
     fn replay(&mut self) {
         let Some(spool) = &self.spool else { return };
-        self.last_replay = Some(Instant::now());
         let mut reader = match spool.unreplayed() {
             Ok(reader) => reader,
             Err(error) => {
@@ -363,7 +365,7 @@ impl AuditLog {
             }
         };
         let mut replayed = 0;
-        loop {
+        for _ in 0..REPLAY_SLICE {
             let record = match reader.next_record() {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
@@ -379,6 +381,7 @@ impl AuditLog {
                         && let Err(cause) = self.store_batch(&batch.events, checkpoint)
                     {
                         debug!(error = %cause, "audit log: the store still refuses the spooled batches");
+                        self.last_refusal = Some(Instant::now());
                         return;
                     }
                     replayed += batch.events.len();
@@ -397,12 +400,40 @@ impl AuditLog {
             }
         }
         if let Some(spool) = &mut self.spool {
+            if replayed > 0 {
+                debug!(events = replayed, "audit log: spooled batches replayed");
+            }
+            if !reader.at_end() {
+                return; // more next time
+            }
             match spool.clear() {
                 Ok(()) => info!(
                     events = replayed,
                     "audit log: the spool is replayed into the store"
                 ),
                 Err(error) => error!(%error, "audit log: cannot empty the replayed spool"),
+            }
+        }
+    }
+
+    /// Replays the whole spool, slice after slice, until it is drained or the store refuses:
+    /// at start, before anything is queued, and at shutdown, after the last record.
+    fn replay_all(&mut self) {
+        self.last_refusal = None;
+        while let Some(before) = self
+            .spool
+            .as_ref()
+            .filter(|spool| !spool.is_drained())
+            .map(Spool::replayed)
+        {
+            self.replay();
+            // Stop on a refusal, or when a slice got nowhere (the spool cannot be read).
+            let moved = self
+                .spool
+                .as_ref()
+                .is_some_and(|spool| spool.replayed() != before);
+            if self.last_refusal.is_some() || !moved {
+                break;
             }
         }
     }
@@ -416,9 +447,9 @@ impl AuditLog {
         if spool.is_drained() {
             return false;
         }
-        // A store that is down is asked again at most every RETRY_BACKOFF, not every batch.
+        // A store that refused is asked again at most every RETRY_BACKOFF, not every batch.
         if self
-            .last_replay
+            .last_refusal
             .is_none_or(|at| at.elapsed() >= RETRY_BACKOFF)
         {
             self.replay();
@@ -601,6 +632,7 @@ impl Sink for AuditLog {
 
     fn close(&mut self) {
         self.take_trimmed();
+        self.replay_all();
         self.write(true, Some(CLOSE_PATIENCE));
     }
 }

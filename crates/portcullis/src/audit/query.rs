@@ -182,18 +182,11 @@ impl Where {
             }
         }
         if let Some(prefix) = &filter.path_prefix {
-            // LIKE with its wildcards escaped: the prefix is matched as written.
-            let mut pattern = String::with_capacity(prefix.len() + 1);
-            for c in prefix.chars() {
-                if matches!(c, '%' | '_' | '\\') {
-                    pattern.push('\\');
-                }
-                pattern.push(c);
-            }
-            pattern.push('%');
-            conditions.values.push(Param::Text(pattern));
+            // Compared as written, case and all, alike on SQLite and PostgreSQL (LIKE
+            // ignores case on one and not the other).
+            conditions.values.push(Param::Text(prefix.clone()));
             let n = conditions.values.len();
-            conditions.and(&format!("path LIKE ${n} ESCAPE '\\'"));
+            conditions.and(&format!("substr(path, 1, length(${n})) = ${n}"));
         }
         if let Some(cursor) = after {
             let op = match order {
@@ -340,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn filters_become_bound_conditions_with_like_wildcards_escaped() {
+    fn filters_become_bound_conditions() {
         let filter = Filter {
             since: Some(5),
             decision: Some("auth_unknown".into()),
@@ -355,10 +348,10 @@ mod tests {
         let conditions = Where::of(&filter, Order::NewestFirst, Some(&cursor));
         assert_eq!(
             conditions.sql,
-            " WHERE time_ms >= $1 AND decision = $2 AND path LIKE $3 ESCAPE '\\' \
+            " WHERE time_ms >= $1 AND decision = $2 AND substr(path, 1, length($3)) = $3 \
              AND (time_ms, chain_id, seq) < ($4, $5, $6)"
         );
-        assert_eq!(conditions.values[2], Param::Text("/a\\_b\\%%".into()));
+        assert_eq!(conditions.values[2], Param::Text("/a_b%".into()));
         assert_eq!(conditions.values.len(), 6);
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use super::chain::{ChainKey, Checkpoint};
+use super::chain::{ChainKey, Checkpoint, GENESIS};
 use super::now_ms;
 use super::query::millis;
 use super::store::{AuditStore, AuditStoreError};
@@ -56,6 +56,9 @@ pub async fn run(store: AuditStore, key: ChainKey, keep: Duration, trimmed: Send
 
 /// Deletes, from every chain, the events before the first of a request that started
 /// within `keep` of `now` (a whole chain when none did), in batches with their anchors.
+/// Only events whose links verify are deleted, and their age is read from their content
+/// (which the hash covers; the time column is not): so neither an edited time nor a gap can
+/// make retention delete, and seal over, what `audit verify` would have caught.
 pub async fn trim(
     store: &AuditStore,
     key: &ChainKey,
@@ -65,29 +68,54 @@ pub async fn trim(
     let cutoff_ms = now_ms(now) - millis(keep);
     let mut done = Vec::new();
     for chain in store.chains().await? {
-        let Some((first_kept, _)) = store.retention_point(&chain, cutoff_ms).await? else {
-            continue;
+        // The chain starts at its highest anchor, or at its genesis.
+        let anchors = store.anchors(&chain).await?;
+        let (mut at, mut head) = match anchors.first() {
+            Some(anchor) if anchor.mac == key.seal_anchor(anchor) => {
+                (anchor.seq, anchor.head.clone())
+            }
+            Some(_) => {
+                warn!(chain = %chain, "audit retention: a retention anchor is not sealed by this key; the chain is left for audit verify");
+                continue;
+            }
+            None => (0, GENESIS.to_owned()),
         };
-        let through = first_kept - 1;
-        let mut at = store.anchors(&chain).await?.first().map_or(0, |a| a.seq);
         let mut events = 0;
-        while at < through {
-            let next = (at + BATCH).min(through);
-            // A gap is left for `audit verify` to report, not papered over with an anchor.
-            let Some(head) = store.hash_of(&chain, next).await? else {
-                warn!(chain = %chain, seq = next, "audit retention: an event is missing; the chain is left for audit verify");
+        loop {
+            let page = store.events(&chain, at, BATCH).await?;
+            let (mut through, mut through_head) = (at, head.clone());
+            let mut stop = page.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
+            for event in &page {
+                let linked = event.seq == through + 1
+                    && event.prev_hash == through_head
+                    && event.hash == key.link(&chain, event.seq, &event.prev_hash, &event.payload);
+                if !linked {
+                    warn!(chain = %chain, seq = event.seq, "audit retention: an event does not link; the chain is left for audit verify from there");
+                    stop = true;
+                    break;
+                }
+                if content_time(&event.payload).is_none_or(|time| time >= cutoff_ms) {
+                    stop = true;
+                    break;
+                }
+                through = event.seq;
+                through_head.clone_from(&event.hash);
+            }
+            if through > at {
+                let mut anchor = Checkpoint {
+                    chain: chain.clone(),
+                    seq: through,
+                    head: through_head.clone(),
+                    time_ms: now_ms(now),
+                    mac: String::new(),
+                };
+                anchor.mac = key.seal_anchor(&anchor);
+                events += store.trim(&anchor).await?;
+                (at, head) = (through, through_head);
+            }
+            if stop {
                 break;
-            };
-            let mut anchor = Checkpoint {
-                chain: chain.clone(),
-                seq: next,
-                head,
-                time_ms: now_ms(now),
-                mac: String::new(),
-            };
-            anchor.mac = key.seal_anchor(&anchor);
-            events += store.trim(&anchor).await?;
-            at = next;
+            }
         }
         if events > 0 {
             done.push(Trimmed {
@@ -99,4 +127,9 @@ pub async fn trim(
         }
     }
     Ok(done)
+}
+
+/// The `time_ms` an event's content gives.
+fn content_time(payload: &str) -> Option<i64> {
+    serde_json::from_str::<serde_json::Value>(payload).ok()?["time_ms"].as_i64()
 }

@@ -87,29 +87,44 @@ impl Spool {
         record.extend_from_slice(&len.to_be_bytes());
         record.extend_from_slice(&checksum(&body));
         record.extend_from_slice(&body);
-        if let Some(dir) = self.path.parent() {
-            // With PostgreSQL the data directory may not exist yet; private, as with SQLite.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        // With PostgreSQL the data directory may not exist yet; private, as with SQLite.
+        {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
         }
+        let created = !self.path.exists();
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&self.path)?;
-        // A failed write may have left part of a record: the reader skips it.
-        file.write_all(&record)?;
-        file.sync_data()?;
-        self.len = file.metadata()?.len();
+        let before = file.metadata()?.len();
+        let written = file.write_all(&record).and_then(|()| file.sync_data());
+        if let Err(error) = written {
+            // No fragment left behind to read as a corrupted record later.
+            let _ = file.set_len(before);
+            return Err(error);
+        }
+        if created {
+            // The file's name must survive a power cut as well as its bytes.
+            File::open(dir)?.sync_all()?;
+        }
+        self.len = before + record.len() as u64;
         Ok(())
     }
 
     /// The records not yet replayed, in order.
     pub fn unreplayed(&self) -> io::Result<Reader> {
         Reader::open(&self.path, self.replayed)
+    }
+
+    /// How much of the spool has been replayed.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
     }
 
     /// Marks everything before `offset` replayed.
@@ -135,6 +150,10 @@ impl Spool {
 pub struct Reader {
     input: BufReader<File>,
     offset: u64,
+    /// The file's length when opened.
+    len: u64,
+    /// Whether the last read found the end.
+    ended: bool,
 }
 
 impl Reader {
@@ -145,11 +164,19 @@ impl Reader {
             Err(error) if error.kind() == io::ErrorKind::NotFound => File::open("/dev/null")?,
             Err(error) => return Err(error),
         };
+        let len = file.metadata()?.len();
         file.seek(SeekFrom::Start(offset))?;
         Ok(Self {
             input: BufReader::new(file),
             offset,
+            len,
+            ended: false,
         })
+    }
+
+    /// Whether every record has been read.
+    pub fn at_end(&self) -> bool {
+        self.ended || self.offset >= self.len
     }
 
     /// The next record, or `None` at the end.
@@ -157,11 +184,17 @@ impl Reader {
         let mut header = [0u8; 4 + 4 + CHECKSUM];
         let got = read_up_to(&mut self.input, &mut header)?;
         if got == 0 {
+            self.ended = true;
             return Ok(None);
         }
         let start = self.offset;
         let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        let whole_header = got == header.len() && header[..4] == MAGIC && len <= MAX_RECORD;
+        // A corrupted length is not allowed to claim more than the file holds.
+        let room = self.len.saturating_sub(start + header.len() as u64);
+        let whole_header = got == header.len()
+            && header[..4] == MAGIC
+            && len <= MAX_RECORD
+            && u64::from(len) <= room;
         if whole_header {
             let mut body = vec![0u8; len as usize];
             let body_got = read_up_to(&mut self.input, &mut body)?;
@@ -178,18 +211,32 @@ impl Reader {
         Ok(Some(Record::Corrupt(self.offset)))
     }
 
-    /// Moves to the first magic number at or after `from`, or to the end.
+    /// Moves to the first magic number at or after `from`, or to the end, reading a chunk
+    /// at a time.
     fn resync(&mut self, from: u64) -> io::Result<()> {
         // A fresh handle: the buffered reader's position is past what it read ahead.
         let mut file = self.input.get_ref().try_clone()?;
         file.seek(SeekFrom::Start(from))?;
-        let mut rest = Vec::new();
-        file.read_to_end(&mut rest)?;
-        let skip = rest
-            .windows(MAGIC.len())
-            .position(|window| window == MAGIC)
-            .unwrap_or(rest.len());
-        self.offset = from + skip as u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        // The bytes of the last chunk a magic number may continue from.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut position = from;
+        self.offset = self.len.max(from);
+        loop {
+            let got = read_up_to(&mut file, &mut chunk)?;
+            if got == 0 {
+                break;
+            }
+            let mut window = std::mem::take(&mut carry);
+            let window_start = position - window.len() as u64;
+            window.extend_from_slice(&chunk[..got]);
+            if let Some(at) = window.windows(MAGIC.len()).position(|w| w == MAGIC) {
+                self.offset = window_start + at as u64;
+                break;
+            }
+            position += got as u64;
+            carry = window[window.len().saturating_sub(MAGIC.len() - 1)..].to_vec();
+        }
         file.seek(SeekFrom::Start(self.offset))?;
         self.input = BufReader::new(file);
         Ok(())

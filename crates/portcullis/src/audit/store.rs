@@ -345,48 +345,6 @@ impl AuditStore {
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
 
-    /// The first sequence number of `chain` at or after which an event started at or after
-    /// `cutoff_ms`, and the hash of the event before it (retention keeps a chain from
-    /// there on). `None` when no event of the chain is that new: then its last event's
-    /// number plus one, and that event's hash, or `None` for a chain with no event.
-    pub async fn retention_point(
-        &self,
-        chain: &str,
-        cutoff_ms: i64,
-    ) -> Result<Option<(i64, String)>, AuditStoreError> {
-        let first_kept = sqlx::query(
-            "SELECT seq, prev_hash FROM audit_events WHERE chain_id = $1 AND time_ms >= $2 \
-             ORDER BY seq LIMIT 1",
-        )
-        .bind(chain.to_owned())
-        .bind(cutoff_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = first_kept {
-            return Ok(Some((row.try_get(0)?, row.try_get(1)?)));
-        }
-        let last = sqlx::query(
-            "SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(chain.to_owned())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match last {
-            Some(row) => Some((row.try_get::<i64, _>(0)? + 1, row.try_get(1)?)),
-            None => None,
-        })
-    }
-
-    /// The hash of event `seq` of `chain`, if stored.
-    pub async fn hash_of(&self, chain: &str, seq: i64) -> Result<Option<String>, AuditStoreError> {
-        let row = sqlx::query("SELECT hash FROM audit_events WHERE chain_id = $1 AND seq = $2")
-            .bind(chain.to_owned())
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|row| row.try_get(0)).transpose()?)
-    }
-
     /// Deletes the events of `anchor.chain` up to `anchor.seq` and its checkpoints below
     /// it, and stores `anchor`, in one transaction: the store is never left with a chain
     /// cut short and no anchor saying why.

@@ -122,3 +122,43 @@ async fn a_forged_retention_anchor_is_caught() {
         "{out}"
     );
 }
+
+/// An event's time column made old (it is not what the hash covers) does not get a recent
+/// event deleted and sealed over: retention reads the time from the content, and the edit
+/// is still there for `audit verify` to find.
+#[tokio::test]
+async fn an_edited_time_does_not_make_retention_delete_recent_events() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut first = keeping(&upstream.url(), &dir, "90d");
+    assert_eq!(
+        request("GET", &first.url("/recent"), TOKEN, "")
+            .await
+            .status,
+        200
+    );
+    first.final_log();
+    execute(
+        &dir,
+        "UPDATE audit_events SET time_ms = 0 WHERE kind = 'request'",
+    )
+    .await;
+
+    let mut second = keeping(&upstream.url(), &dir, "1h");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = second.final_log();
+    assert!(!log.contains("old events deleted"), "{log}");
+    let paths: Vec<String> = events(&sqlite_url(&dir))
+        .await
+        .iter()
+        .filter(|(kind, ..)| kind == "request")
+        .map(|(.., payload)| payload["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["/recent"]);
+    let (ok, out) = verify_dir(&dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("its time_ms column disagrees with its content (edited)"),
+        "{out}"
+    );
+}
