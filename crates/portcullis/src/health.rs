@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::audit::{AuditHealth, AuditState};
 use crate::base::body::{self, ResponseBody};
 use crate::base::problem::{Problem, ProblemKind};
+use crate::json_line::Line;
 use crate::ratelimit::{BackendState, Limiter};
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -92,35 +93,33 @@ impl Health {
                 .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
         }
         let body = match probe {
-            Probe::Liveness => r#"{"status":"ok"}"#.to_owned(),
+            Probe::Liveness => br#"{"status":"ok"}"#.to_vec(),
             Probe::Readiness => {
                 let readiness = self.readiness(limiter).await;
                 if let Some(reason) = readiness.unready {
                     return Err(Problem::new(ProblemKind::NotReady).with_detail(reason));
                 }
-                let mut body = match readiness.rate_limit_backend {
-                    // `fallback` tells the operator that limits are per instance for now,
-                    // `unavailable` that limited routes are refused. Neither fails the
-                    // probe: a Redis outage would otherwise take every replica out at once,
-                    // unlimited routes included.
-                    Some(backend) => format!(
-                        r#"{{"status":"ready","rate_limit_backend":"{}"}}"#,
-                        backend.as_str()
-                    ),
-                    None => r#"{"status":"ready"}"#.to_owned(),
-                };
-                // The audit store down but the spool taking its events: ready, degraded.
-                match readiness.audit {
-                    Some(AuditState::Degraded) => {
-                        body.pop();
-                        body.push_str(r#","audit":"degraded"}"#);
-                    }
-                    Some(_) => {
-                        body.pop();
-                        body.push_str(r#","audit":"ok"}"#);
-                    }
-                    None => {}
+                let mut body = Vec::with_capacity(64);
+                let mut line = Line::start(&mut body);
+                line.text("status", Some("ready"));
+                // `fallback` tells the operator that limits are per instance for now,
+                // `unavailable` that limited routes are refused. Neither fails the probe:
+                // a Redis outage would otherwise take every replica out at once, unlimited
+                // routes included.
+                if let Some(backend) = readiness.rate_limit_backend {
+                    line.text("rate_limit_backend", Some(backend.as_str()));
                 }
+                // The audit store down but the spool taking its events: ready, degraded.
+                if let Some(audit) = readiness.audit {
+                    let state = match audit {
+                        AuditState::Degraded => "degraded",
+                        AuditState::Ok => "ok",
+                        // Not ready, answered above.
+                        AuditState::Failing => "failing",
+                    };
+                    line.text("audit", Some(state));
+                }
+                line.close();
                 body
             }
         };

@@ -148,7 +148,8 @@ impl Spool {
 /// Reads a spool's records from an offset.
 #[derive(Debug)]
 pub struct Reader {
-    input: BufReader<File>,
+    /// The spool; none when there is none.
+    input: Option<BufReader<File>>,
     offset: u64,
     /// The file's length when opened.
     len: u64,
@@ -161,13 +162,20 @@ impl Reader {
     pub fn open(path: &Path, offset: u64) -> io::Result<Self> {
         let mut file = match File::open(path) {
             Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => File::open("/dev/null")?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    input: None,
+                    offset,
+                    len: 0,
+                    ended: true,
+                });
+            }
             Err(error) => return Err(error),
         };
         let len = file.metadata()?.len();
         file.seek(SeekFrom::Start(offset))?;
         Ok(Self {
-            input: BufReader::new(file),
+            input: Some(BufReader::new(file)),
             offset,
             len,
             ended: false,
@@ -181,8 +189,11 @@ impl Reader {
 
     /// The next record, or `None` at the end.
     pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+        let Some(input) = &mut self.input else {
+            return Ok(None);
+        };
         let mut header = [0u8; 4 + 4 + CHECKSUM];
-        let got = read_up_to(&mut self.input, &mut header)?;
+        let got = read_up_to(input, &mut header)?;
         if got == 0 {
             self.ended = true;
             return Ok(None);
@@ -197,7 +208,7 @@ impl Reader {
             && u64::from(len) <= room;
         if whole_header {
             let mut body = vec![0u8; len as usize];
-            let body_got = read_up_to(&mut self.input, &mut body)?;
+            let body_got = read_up_to(input, &mut body)?;
             if body_got == body.len()
                 && checksum(&body)[..] == header[8..]
                 && let Ok(batch) = serde_json::from_slice::<SpooledBatch>(&body)
@@ -214,8 +225,11 @@ impl Reader {
     /// Moves to the first magic number at or after `from`, or to the end, reading a chunk
     /// at a time.
     fn resync(&mut self, from: u64) -> io::Result<()> {
+        let Some(input) = &self.input else {
+            return Ok(());
+        };
         // A fresh handle: the buffered reader's position is past what it read ahead.
-        let mut file = self.input.get_ref().try_clone()?;
+        let mut file = input.get_ref().try_clone()?;
         file.seek(SeekFrom::Start(from))?;
         let mut chunk = vec![0u8; 64 * 1024];
         // The bytes of the last chunk a magic number may continue from.
@@ -238,7 +252,7 @@ impl Reader {
             carry = window[window.len().saturating_sub(MAGIC.len() - 1)..].to_vec();
         }
         file.seek(SeekFrom::Start(self.offset))?;
-        self.input = BufReader::new(file);
+        self.input = Some(BufReader::new(file));
         Ok(())
     }
 }

@@ -634,3 +634,55 @@ async fn ready_fails_while_the_audit_store_and_spool_refuse_writes() {
     assert!(log.contains("they are lost"), "{log}");
     database.drop_now().await;
 }
+
+/// `[audit] database_url_env` naming a variable that is unset, or that holds something
+/// other than a PostgreSQL URL, stops `serve` (exit 2) and fails `check`, without echoing
+/// the value (a URL may hold a password).
+#[test]
+fn an_audit_database_variable_unset_or_not_postgres_stops_the_start() {
+    let dir = scratch_dir();
+    let config = write_file(
+        &dir,
+        "audit-db.toml",
+        "[audit]\ndatabase_url_env = \"AUDIT_DATABASE_URL\"\n",
+    );
+    let run = |command: &str, url: Option<&str>| {
+        let mut process = portcullis();
+        process
+            .arg(command)
+            .args(["--upstream", "http://127.0.0.1:9", "--config"])
+            .arg(&config)
+            .env("PORTCULLIS_API_TOKENS", TOKEN);
+        if command == "serve" {
+            process.args(["--listen", "127.0.0.1:0", "--admin-listen", "off"]);
+        }
+        if let Some(url) = url {
+            process.env("AUDIT_DATABASE_URL", url);
+        }
+        let output = process.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let (code, err) = run("serve", None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("AUDIT_DATABASE_URL is not set, but audit.database_url_env names it"),
+        "{err}"
+    );
+    let (code, err) = run("serve", Some("mysql://user:hunter2@db/audit"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "AUDIT_DATABASE_URL (named by audit.database_url_env) must start with postgres://"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    let (code, out) = run("check", None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("error[audit.location]"), "{out}");
+}

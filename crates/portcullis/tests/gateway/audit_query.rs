@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::Connection;
 
 use crate::audit::request;
 use crate::common::*;
@@ -286,4 +287,29 @@ async fn the_audit_commands_search_tail_follow_and_export() {
     assert_eq!(rows.count(), exported.len());
     let (ok, none) = audit_command(&dir, &["export", "--since", "2999-01-01T00:00:00Z"]);
     assert!(ok && none.is_empty(), "{none}");
+}
+
+/// A search the audit store cannot answer is a 503 problem with `Retry-After`, naming no
+/// database detail.
+#[tokio::test]
+async fn a_search_the_store_cannot_answer_is_a_503_problem() {
+    let database = PostgresDatabase::create().await;
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .env("PORTCULLIS_DATABASE_URL", database.url.clone())
+        .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .start();
+    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("DROP TABLE audit_events")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let reply = search(&gateway, "limit=5").await;
+    let problem = reply.assert_problem(503, "store-unavailable");
+    assert_eq!(problem["detail"], "the audit store cannot be reached");
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert!(!reply.text().contains("audit_events"), "{}", reply.text());
+    drop(gateway);
+    database.drop_now().await;
 }
