@@ -423,7 +423,8 @@ impl Gateway {
         self.record_refused_head(
             conn,
             &request_id,
-            ProblemKind::RequestTimeout.status(),
+            http::Version::HTTP_11,
+            Some(ProblemKind::RequestTimeout.status()),
             Decision::HeadTimeout,
         );
         let problem = Problem::new(ProblemKind::RequestTimeout)
@@ -445,17 +446,24 @@ impl Gateway {
     }
 
     /// Records a request head the connection refused before the pipeline saw it (the HTTP
-    /// parser's 400, 414 or 431, or the connection's own 408).
+    /// parser's 400, 414 or 431, the connection's own 408, or an HTTP/2 stream h2 reset:
+    /// `status` is what the client was answered, none for a reset).
     pub fn record_refused_head(
         &self,
         conn: &ConnInfo,
         request_id: &HeaderValue,
-        status: http::StatusCode,
+        version: http::Version,
+        status: Option<http::StatusCode>,
         decision: Decision,
     ) {
         if let Some(recorder) = &self.recorder {
             let client = self.identity.client_of_connection(conn);
-            record::refused_head(recorder, conn, client, request_id, status, decision);
+            let head = record::RefusedHead {
+                version,
+                status,
+                decision,
+            };
+            record::refused_head(recorder, conn, client, request_id, head);
         }
     }
 }

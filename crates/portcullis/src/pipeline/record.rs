@@ -144,25 +144,35 @@ pub fn not_admitted() -> Problem {
         .with_retry_after(std::time::Duration::from_secs(1))
 }
 
+/// A request head its connection refused before the pipeline saw it.
+pub struct RefusedHead {
+    /// The protocol it came in.
+    pub version: Version,
+    /// What the client was answered; none when its HTTP/2 stream was only reset.
+    pub status: Option<http::StatusCode>,
+    /// Why.
+    pub decision: Decision,
+}
+
 /// The record of a request refused by its connection before the pipeline saw it: a head
-/// that did not arrive in time (408), or one the HTTP parser rejected (400, 414, 431). It
-/// has no method, path or caller, only who sent it and what it was told.
+/// that did not arrive in time (408), one the HTTP parser rejected (400, 414, 431), or an
+/// HTTP/2 stream h2 refused. It has no method, path or caller, only who sent it and what
+/// it was told.
 pub fn refused_head(
     recorder: &Recorder,
     conn: &ConnInfo,
     client_ip: Option<std::net::IpAddr>,
     request_id: &http::HeaderValue,
-    status: http::StatusCode,
-    decision: Decision,
+    head: RefusedHead,
 ) {
     recorder.finish(Exchange {
         client_ip,
-        status: status.as_u16(),
-        decision,
+        status: head.status.map_or(0, |status| status.as_u16()),
+        decision: head.decision,
         ..Exchange::begin(
             request_id.to_str().unwrap_or_default().to_owned(),
             conn.peer.ip().to_canonical(),
-            protocol(Version::HTTP_11, conn.tls),
+            protocol(head.version, conn.tls),
         )
     });
 }

@@ -8,6 +8,7 @@
 //! connection cap) is shared.
 
 mod deadline;
+mod h2_refusals;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -37,6 +38,7 @@ use crate::upstream::UpstreamError;
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
 };
+use h2_refusals::RefusalWatchIo;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +319,20 @@ impl Connections {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let gateway = self.gateway.clone();
+        let io = RefusalWatchIo::new(
+            io,
+            Box::new(move |status, decision| {
+                let request_id = crate::base::context::new_request_id();
+                gateway.record_refused_head(
+                    &conn,
+                    &request_id,
+                    http::Version::HTTP_2,
+                    status,
+                    decision,
+                );
+            }),
+        );
         let streams = OpenStreams::new();
         let gateway = self.gateway.clone();
         let opener = streams.clone();
@@ -394,8 +410,13 @@ impl Connections {
             debug!(peer = %conn.peer, %error, "HTTP/1.1 connection ended with an error");
             if let Some((status, decision)) = refused_head(&error) {
                 let request_id = crate::base::context::new_request_id();
-                self.gateway
-                    .record_refused_head(&conn, &request_id, status, decision);
+                self.gateway.record_refused_head(
+                    &conn,
+                    &request_id,
+                    http::Version::HTTP_11,
+                    Some(status),
+                    decision,
+                );
             }
         }
     }

@@ -443,3 +443,185 @@ async fn http2_requests_are_translated_faithfully_rfc_9113_8_2_3_and_8_3_1() {
     }
     assert_eq!(upstream.seen().len(), 1);
 }
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1), the prefix's other bits `flags`.
+fn hpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A header field, literal without indexing and with a literal name (RFC 7541 §6.2.2).
+fn hpack_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0x00);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// A request head for `GET https://localhost/PATH` with `fields`, HPACK-encoded without
+/// Huffman coding or indexing, as a client that h2's checks do not stop can send it.
+fn hpack_get(path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https (static table)
+    hpack_field(&mut block, ":path", path);
+    hpack_field(&mut block, ":authority", "localhost");
+    for (name, value) in fields {
+        hpack_field(&mut block, name, value);
+    }
+    block
+}
+
+/// An HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A head as HEADERS and CONTINUATION frames of at most 16 KiB (the default frame size),
+/// ending the stream.
+fn h2_head(stream: u32, block: &[u8]) -> Vec<u8> {
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let chunks: Vec<&[u8]> = block.chunks(16_384).collect();
+    let mut out = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
+        if i == 0 {
+            out.extend(h2_frame(0x1, END_STREAM | last, stream, chunk));
+        } else {
+            out.extend(h2_frame(0x9, last, stream, chunk));
+        }
+    }
+    out
+}
+
+/// Reads frames until every stream in `streams` has ended (a RST_STREAM, or a frame with
+/// END_STREAM); returns each stream's RST_STREAM error code, if it was reset, and whether
+/// it was answered with a head.
+async fn h2_outcomes(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    streams: &[u32],
+) -> std::collections::HashMap<u32, (Option<u32>, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut outcomes = std::collections::HashMap::new();
+    let mut ended = std::collections::HashSet::new();
+    let read = async {
+        while !streams.iter().all(|s| ended.contains(s)) {
+            let mut header = [0u8; 9];
+            stream.read_exact(&mut header).await.unwrap();
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; length];
+            stream.read_exact(&mut payload).await.unwrap();
+            let id = u32::from_be_bytes(header[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            let entry = outcomes.entry(id).or_insert((None, false));
+            match header[3] {
+                0x3 => {
+                    entry.0 = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                    ended.insert(id);
+                }
+                0x1 => {
+                    entry.1 = true;
+                    if header[4] & 0x1 != 0 {
+                        ended.insert(id);
+                    }
+                }
+                0x0 if header[4] & 0x1 != 0 => {
+                    ended.insert(id);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the gateway ended every stream");
+    outcomes
+}
+
+/// h2 refuses some heads itself, before the gateway's service runs: a malformed one
+/// (RFC 9113 §8.2.2: a connection-specific field; §8.1.1: END_STREAM with a declared
+/// body) is reset with PROTOCOL_ERROR, one over the header list limit is answered 431
+/// (RFC 9113 §6.5.2). Each is still one record, made by the connection, and nothing is counted twice.
+#[tokio::test]
+async fn http2_heads_h2_refuses_are_recorded_rfc_9113_8_1_1() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .arg("--access-log")
+        .arg(log.to_str().unwrap())
+        .start();
+    let mut stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    let bearer = format!("Bearer {TOKEN}");
+    let big = "v".repeat(90_000);
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    bytes.extend(h2_head(1, &hpack_get("/a", &[("connection", "close")])));
+    bytes.extend(h2_head(3, &hpack_get("/b", &[("content-length", "5")])));
+    bytes.extend(h2_head(5, &hpack_get("/c", &[("x-big", &big)])));
+    bytes.extend(h2_head(7, &hpack_get("/ok", &[("authorization", &bearer)])));
+    stream.write_all(&bytes).await.unwrap();
+    let outcomes = h2_outcomes(&mut stream, &[1, 3, 5, 7]).await;
+    const PROTOCOL_ERROR: u32 = 0x1;
+    assert_eq!(outcomes[&1], (Some(PROTOCOL_ERROR), false));
+    assert_eq!(outcomes[&3], (Some(PROTOCOL_ERROR), false));
+    assert_eq!(
+        outcomes[&5],
+        (None, true),
+        "the oversized head is answered (431)"
+    );
+    assert_eq!(outcomes[&7], (None, true));
+    drop(stream);
+
+    gateway.final_log();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut seen: Vec<(String, u64, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["decision"].as_str().unwrap().to_owned(),
+                l["status"].as_u64().unwrap(),
+                l["protocol"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let h2 = "HTTP/2+tls".to_owned();
+    assert_eq!(
+        seen,
+        [
+            ("allowed".to_owned(), 200, h2.clone()),
+            ("bad_request".to_owned(), 0, h2.clone()),
+            ("bad_request".to_owned(), 0, h2.clone()),
+            ("headers_too_large".to_owned(), 431, h2.clone()),
+        ]
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
