@@ -15,7 +15,7 @@ use crate::headers::SecurityHeadersPolicy;
 use crate::hygiene::check_path;
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
-use crate::upstream::UpstreamTarget;
+use crate::upstream::{Transport, UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin};
 
 /// A configuration, validated: what the gateway is built from.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct UpstreamSettings {
     pub name: String,
     /// Where it is.
     pub target: UpstreamTarget,
+    /// How connections to it are opened: the connect timeout and the TLS client.
+    pub transport: Transport,
     /// Time it has to answer with a response head.
     pub timeout: Duration,
     /// At most this many requests in flight to it, across workers.
@@ -142,22 +144,98 @@ impl InvalidList {
 fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings> {
     let mut upstreams = Vec::new();
     for (name, upstream) in &config.upstreams {
-        match UpstreamTarget::parse(name, &upstream.url) {
-            Ok(target) => upstreams.push(UpstreamSettings {
-                name: name.clone(),
-                target,
-                timeout: config.timeout_for(upstream),
-                max_in_flight: upstream.max_in_flight,
-                queue_timeout: upstream.queue_timeout,
-            }),
-            Err(error) => invalid.add(
-                "upstreams.url",
-                error.to_string(),
-                "use a URL like http://127.0.0.1:9000 or https://api.internal/base",
+        let target = match UpstreamTarget::parse(name, &upstream.url) {
+            Ok(target) => target,
+            Err(error) => {
+                invalid.add(
+                    "upstreams.url",
+                    error.to_string(),
+                    "use a URL like http://127.0.0.1:9000 or https://api.internal/base",
+                );
+                continue;
+            }
+        };
+        let Some(transport) = transport(name, upstream, &target, invalid) else {
+            continue;
+        };
+        upstreams.push(UpstreamSettings {
+            name: name.clone(),
+            target,
+            transport,
+            timeout: config.timeout_for(upstream),
+            max_in_flight: upstream.max_in_flight,
+            queue_timeout: upstream.queue_timeout,
+        });
+    }
+    upstreams
+}
+
+/// The upstream's transport: its pins parsed, its CA and client certificate read, its TLS
+/// client built.
+fn transport(
+    name: &str,
+    upstream: &crate::config::UpstreamConfig,
+    target: &UpstreamTarget,
+    invalid: &mut InvalidList,
+) -> Option<Transport> {
+    let before = invalid.0.len();
+    let mut tls = UpstreamTls {
+        ca_file: upstream.ca_file.clone(),
+        ..UpstreamTls::default()
+    };
+    for (i, pin) in upstream.pin_sha256.iter().enumerate() {
+        match parse_cert_pin(pin) {
+            Some(pin) => tls.cert_pins.push(pin),
+            None => invalid.add(
+                "upstreams.pin_sha256",
+                format!("upstream {name:?}: pin_sha256[{i}] is not 64 hex digits (32 bytes)"),
+                "give the SHA-256 of the certificate's DER in hex: openssl x509 -noout -fingerprint -sha256 -in cert.pem",
             ),
         }
     }
-    upstreams
+    for (i, pin) in upstream.pin_spki_sha256.iter().enumerate() {
+        match parse_spki_pin(pin) {
+            Some(pin) => tls.spki_pins.push(pin),
+            None => invalid.add(
+                "upstreams.pin_spki_sha256",
+                format!("upstream {name:?}: pin_spki_sha256[{i}] is not the base64 of 32 bytes"),
+                "openssl x509 -in cert.pem -noout -pubkey | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            ),
+        }
+    }
+    match (&upstream.client_cert, &upstream.client_key) {
+        (Some(cert), Some(key)) => tls.client_identity = Some((cert.clone(), key.clone())),
+        (None, None) => {}
+        _ => invalid.add(
+            "upstreams.client_cert",
+            format!("upstream {name:?}: client_cert and client_key go together"),
+            "set both, or neither",
+        ),
+    }
+    let tls_options = tls.is_pinned() || tls.ca_file.is_some() || tls.client_identity.is_some();
+    if tls_options && !target.is_https() {
+        invalid.add(
+            "upstreams.tls",
+            format!(
+                "upstream {name:?}: pins, ca_file and client certificates need an https:// URL"
+            ),
+            "use https://, or remove the TLS settings",
+        );
+    }
+    if invalid.0.len() > before {
+        return None;
+    }
+    match Transport::new(upstream.connect_timeout, &tls) {
+        Ok(transport) => Some(transport),
+        Err(error) => {
+            invalid.add(
+                "upstreams.tls",
+                format!("upstream {name:?}: {error}"),
+                "give readable PEM files: a CA certificate for ca_file, a certificate chain and its private key for client_cert and client_key",
+            );
+            None
+        }
+    }
 }
 
 fn routes(config: &Config, invalid: &mut InvalidList) -> Vec<RouteSettings> {

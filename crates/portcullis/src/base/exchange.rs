@@ -72,6 +72,8 @@ pub enum Decision {
     UpstreamTimeout,
     /// The upstream answered with something the gateway cannot relay.
     UpstreamProtocol,
+    /// The upstream's certificate matched none of its pins; nothing was sent to it.
+    UpstreamPinMismatch,
     /// `/ready` found something unreachable.
     NotReady,
     /// Audit strict mode: the admission event could not be made durable, so the request
@@ -114,6 +116,7 @@ impl Decision {
             Self::UpstreamConnect => "upstream_connect",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol => "upstream_protocol",
+            Self::UpstreamPinMismatch => "upstream_pin_mismatch",
             Self::NotReady => "not_ready",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal",

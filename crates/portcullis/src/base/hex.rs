@@ -11,11 +11,35 @@ pub fn encode(bytes: &[u8]) -> String {
     text
 }
 
+/// The bytes `text` spells in hex digits of either case; none when it is not an even
+/// number of hex digits.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| char::from(c).to_digit(16);
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some((digit(pair[0])? << 4 | digit(pair[1])?) as u8))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn every_byte_is_two_lowercase_digits() {
         assert_eq!(super::encode(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
         assert_eq!(super::encode(&[]), "");
+    }
+
+    #[test]
+    fn decoding_takes_either_case_and_refuses_the_rest() {
+        assert_eq!(
+            super::decode("000fA5ff"),
+            Some(vec![0x00, 0x0f, 0xa5, 0xff])
+        );
+        assert_eq!(super::decode("abc"), None);
+        assert_eq!(super::decode("zz"), None);
+        assert_eq!(super::decode("+1"), None);
     }
 }

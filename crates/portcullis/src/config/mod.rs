@@ -446,6 +446,49 @@ pub struct UpstreamConfig {
     /// How long a request waits for a free slot under `max_in_flight` before a 503.
     #[serde(default = "default_queue_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// How long opening a TCP connection to it may take.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Accepted leaf certificates, by the hex SHA-256 of their DER (colons and case
+    /// ignored: Outline's `certSha256`). With any pin, the leaf must match one, and no chain
+    /// or name is asked of it.
+    #[serde(default)]
+    pub pin_sha256: Vec<String>,
+    /// Accepted leaf public keys, by the base64 SHA-256 of their SubjectPublicKeyInfo (as
+    /// Envoy's `verify_certificate_spki`).
+    #[serde(default)]
+    pub pin_spki_sha256: Vec<String>,
+    /// A PEM file of the CA certificates to trust instead of Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate chain to present to the upstream (mutual TLS), with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url`, every other value its default.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            timeout: None,
+            max_in_flight: None,
+            queue_timeout: default_queue_timeout(),
+            connect_timeout: default_connect_timeout(),
+            pin_sha256: Vec::new(),
+            pin_spki_sha256: Vec::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_queue_timeout() -> Duration {
@@ -651,15 +694,8 @@ impl Config {
     /// Adds an upstream named [`DEFAULT_UPSTREAM`] at `url`, and a catch-all route to it
     /// unless a route for `/` exists.
     pub fn set_default_upstream(&mut self, url: &str) {
-        self.upstreams.insert(
-            DEFAULT_UPSTREAM.to_owned(),
-            UpstreamConfig {
-                url: url.to_owned(),
-                timeout: None,
-                max_in_flight: None,
-                queue_timeout: default_queue_timeout(),
-            },
-        );
+        self.upstreams
+            .insert(DEFAULT_UPSTREAM.to_owned(), UpstreamConfig::new(url));
         if !self
             .routes
             .iter()

@@ -33,7 +33,7 @@ use crate::routes::{Route, RouteAuth, RouteScopes, Router};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::upstream::{
-    ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamError, prepare_request_headers,
+    ForwardError, HeaderRules, InFlightLimit, Upstream, prepare_request_headers,
 };
 use crate::{auth, cors, headers};
 use record::PendingRecord;
@@ -117,12 +117,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds every stage from `config`, validated as `settings`, around the state every
-    /// worker shares. Fails only when an upstream's TLS client cannot be set up.
-    pub fn new(
-        config: &Config,
-        settings: &Settings,
-        shared: &Shared,
-    ) -> Result<Self, UpstreamError> {
+    /// worker shares.
+    pub fn new(config: &Config, settings: &Settings, shared: &Shared) -> Self {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
         for upstream in &settings.upstreams {
             let in_flight = shared
@@ -135,9 +131,10 @@ impl Gateway {
                 Upstream::new(
                     &upstream.name,
                     &upstream.target,
+                    &upstream.transport,
                     upstream.timeout,
                     in_flight,
-                )?,
+                ),
             ));
         }
         let routes = settings
@@ -172,7 +169,7 @@ impl Gateway {
         let router = Router::new(routes);
 
         let limits = &config.limits;
-        Ok(Self {
+        Self {
             identity: ClientIdentity::new(config.trusted_proxies.clone()),
             hygiene: Hygiene::new(Limits {
                 max_body_bytes: limits.max_body_bytes,
@@ -192,7 +189,7 @@ impl Gateway {
             response_headers: ResponseHeaders::new(&settings.security_headers),
             recorder: shared.recorder.clone(),
             redactor: shared.redactor.clone(),
-        })
+        }
     }
 
     /// Serves one request, in the order of the request path. Never fails: every refusal
@@ -405,6 +402,20 @@ impl Gateway {
                 Problem::new(ProblemKind::UpstreamUnavailable)
                     .with_detail("the upstream sent a response the gateway cannot relay")
                     .with_decision(Decision::UpstreamProtocol)
+            }
+            ForwardError::PinMismatch(mismatch) => {
+                // What was presented is logged (certificate hashes are not secret), so the
+                // operator can tell a rotated certificate from an interception.
+                warn!(
+                    request_id = ?ctx.request_id,
+                    upstream,
+                    presented_sha256 = %mismatch.cert,
+                    presented_spki_sha256 = %mismatch.spki,
+                    "upstream certificate matches no pin; nothing was sent"
+                );
+                Problem::new(ProblemKind::UpstreamUnavailable)
+                    .with_detail("the upstream could not be reached")
+                    .with_decision(Decision::UpstreamPinMismatch)
             }
             ForwardError::Unavailable(_) => {
                 let cause = error_chain(&error);

@@ -358,12 +358,16 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamTarget;
+    use crate::upstream::{Transport, UpstreamTarget, UpstreamTls};
     use std::time::Duration;
+
+    fn transport() -> Transport {
+        Transport::new(Duration::from_secs(1), &UpstreamTls::default()).unwrap()
+    }
 
     fn upstream(name: &str) -> Arc<Upstream> {
         let target = UpstreamTarget::parse(name, "http://127.0.0.1:1").unwrap();
-        Upstream::new(name, &target, Duration::from_secs(1), None).unwrap()
+        Upstream::new(name, &target, &transport(), Duration::from_secs(1), None)
     }
 
     #[tokio::test]
@@ -461,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn locations_map_back_to_the_public_prefix() {
         let target = UpstreamTarget::parse("o", "http://10.0.0.5:9000/SECRET").unwrap();
-        let based = Upstream::new("o", &target, Duration::from_secs(1), None).unwrap();
+        let based = Upstream::new("o", &target, &transport(), Duration::from_secs(1), None);
         let route = Route::new("/outline", based, true).with_auth(RouteAuth::Capability);
         let mut headers = HeaderMap::new();
         headers.insert(

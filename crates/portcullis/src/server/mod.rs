@@ -34,7 +34,6 @@ use crate::base::exchange::Decision;
 use crate::config::Config;
 use crate::pipeline::{Gateway, Shared};
 use crate::settings::Settings;
-use crate::upstream::UpstreamError;
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
 };
@@ -43,9 +42,6 @@ use h2_refusals::RefusalWatchIo;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// An upstream's TLS client could not be set up.
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
     /// The TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -252,7 +248,7 @@ impl Worker {
 
 impl Connections {
     fn new(config: &Config, settings: &Settings, shared: &Shared) -> Result<Self, ServerError> {
-        let gateway = Arc::new(Gateway::new(config, settings, shared)?);
+        let gateway = Arc::new(Gateway::new(config, settings, shared));
         let limits = &config.limits;
         // hyper's own limits sit well above ours so that our checks, which answer with
         // problem+json, are the ones clients meet.

@@ -6,6 +6,7 @@
 mod forward;
 mod in_flight;
 mod pool;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +20,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
 pub use in_flight::{Busy, InFlightLimit};
 pub use pool::PoolError;
+pub use tls::{PinMismatch, TlsSetupError, UpstreamTls, parse_cert_pin, parse_spki_pin};
 
 use crate::base::body::ResponseBody;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 
 /// The body the gateway sends upstream: the client's, limited as it streams.
 pub type UpstreamBody = LimitedBody<Incoming>;
-
-/// How long a connection attempt to an upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A configuration an [`Upstream`] cannot be built from.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +47,6 @@ pub enum UpstreamError {
         /// The upstream's name.
         name: String,
     },
-    /// The TLS client could not be built.
-    #[error("upstream {name:?}: TLS client setup failed: {source}")]
-    Tls {
-        /// The upstream's name.
-        name: String,
-        /// What rustls said.
-        source: rustls::Error,
-    },
 }
 
 /// Why a request could not be completed upstream. The gateway turns each into a problem
@@ -75,6 +66,10 @@ pub enum ForwardError {
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
+    /// The upstream's certificate matches none of its pins: the handshake failed before
+    /// any request byte was sent.
+    #[error(transparent)]
+    PinMismatch(PinMismatch),
     /// The upstream switched protocols (101) on a request the gateway did not upgrade.
     #[error("upstream answered 101 Switching Protocols to a request that asked for no upgrade")]
     UnexpectedUpgrade,
@@ -134,6 +129,32 @@ impl UpstreamTarget {
     }
 }
 
+impl UpstreamTarget {
+    /// Whether connections to it are TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+/// How connections to an upstream are opened: the TCP connect timeout, and the TLS client
+/// (its trust, its pins, its client certificate), built once and shared by every worker.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    connect_timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Transport {
+    /// A transport that gives up connecting after `connect_timeout`, with TLS as `tls`
+    /// says (used only for `https://` upstreams).
+    pub fn new(connect_timeout: Duration, tls: &UpstreamTls) -> Result<Self, TlsSetupError> {
+        Ok(Self {
+            connect_timeout,
+            tls: Arc::new(tls.client_config()?),
+        })
+    }
+}
+
 /// A named upstream service.
 pub struct Upstream {
     /// Shared with every record rather than copied into each.
@@ -158,15 +179,16 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// An upstream called `name` at `target`, whose requests must produce response headers
-    /// within `timeout`, with at most as many in flight as `in_flight` allows (shared by
-    /// every worker's copy of the upstream).
+    /// An upstream called `name` at `target`, reached over `transport`, whose requests
+    /// must produce response headers within `timeout`, with at most as many in flight as
+    /// `in_flight` allows (shared by every worker's copy of the upstream).
     pub fn new(
         name: &str,
         target: &UpstreamTarget,
+        transport: &Transport,
         timeout: Duration,
         in_flight: Option<Arc<InFlightLimit>>,
-    ) -> Result<Arc<Self>, UpstreamError> {
+    ) -> Arc<Self> {
         let UpstreamTarget {
             scheme,
             authority,
@@ -178,17 +200,13 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_connect_timeout(Some(transport.connect_timeout));
         let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-            .map_err(|source| UpstreamError::Tls {
-                name: name.to_owned(),
-                source,
-            })?
+            .with_tls_config((*transport.tls).clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             name: Arc::from(name),
             scheme,
             authority,
@@ -197,7 +215,7 @@ impl Upstream {
             timeout,
             pool: pool::Pool::new(https, origin),
             in_flight,
-        }))
+        })
     }
 
     /// The name it was configured under.
@@ -329,6 +347,9 @@ impl ForwardError {
 /// What a failed upstream call was: the client's body's fault when the failure comes from
 /// reading it (over the limit, or broken), else the upstream's.
 fn classify(error: PoolError) -> ForwardError {
+    if let Some(mismatch) = pin_mismatch(&error) {
+        return ForwardError::PinMismatch(mismatch);
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(current) = source {
         if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
@@ -342,17 +363,40 @@ fn classify(error: PoolError) -> ForwardError {
     ForwardError::Unavailable(error)
 }
 
+/// The pin mismatch that failed a connection's handshake, if that is what happened. It
+/// lies inside the rustls error that I/O errors (one in another) carry, and
+/// `io::Error::source` skips the error it wraps, so each I/O error is opened by hand.
+fn pin_mismatch(error: &PoolError) -> Option<PinMismatch> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+            current.downcast_ref::<rustls::Error>()
+        {
+            return other.0.downcast_ref::<PinMismatch>().cloned();
+        }
+        source = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn upstream(url: &str) -> Result<Arc<Upstream>, UpstreamError> {
-        Upstream::new(
+        let transport = Transport::new(Duration::from_secs(1), &UpstreamTls::default()).unwrap();
+        Ok(Upstream::new(
             "u",
             &UpstreamTarget::parse("u", url)?,
+            &transport,
             Duration::from_secs(1),
             None,
-        )
+        ))
     }
 
     #[tokio::test]

@@ -29,3 +29,4 @@ mod managed;
 mod proxy;
 mod ratelimit;
 mod tls;
+mod upstream_tls;
