@@ -5,17 +5,21 @@
 //! constructor parses a value again and nothing a constructor could refuse can disagree
 //! with `check`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::config::CredentialConfig;
 use crate::config::{Config, RouteConfig, RouteLimitConfig};
 use crate::cors::{CorsPolicy, normalize_origin};
 use crate::headers::SecurityHeadersPolicy;
 use crate::hygiene::check_path;
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
-use crate::upstream::{Transport, UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin};
+use crate::upstream::{
+    Credential, Transport, UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin, split_keys,
+};
 
 /// A configuration, validated: what the gateway is built from.
 #[derive(Debug, Clone)]
@@ -222,16 +226,83 @@ fn transport(
             "use https://, or remove the TLS settings",
         );
     }
+    let credential = upstream
+        .credential
+        .as_ref()
+        .and_then(|config| credential(name, config, invalid));
     if invalid.0.len() > before {
         return None;
     }
     match Transport::new(upstream.connect_timeout, &tls) {
-        Ok(transport) => Some(transport),
+        Ok(transport) => Some(transport.with_credential(credential.map(Arc::new))),
         Err(error) => {
             invalid.add(
                 "upstreams.tls",
                 format!("upstream {name:?}: {error}"),
                 "give readable PEM files: a CA certificate for ca_file, a certificate chain and its private key for client_cert and client_key",
+            );
+            None
+        }
+    }
+}
+
+/// The upstream's credential, its variables read; never a value in what is reported.
+fn credential(
+    name: &str,
+    config: &CredentialConfig,
+    invalid: &mut InvalidList,
+) -> Option<Credential> {
+    const RULE: &str = "upstreams.credential";
+    if config.keys_env.is_none() && config.path_prefix_env.is_none() {
+        invalid.add(
+            RULE,
+            format!("upstream {name:?}: the credential names neither keys_env nor path_prefix_env"),
+            "name the variable that holds the key (keys_env) or the secret path (path_prefix_env)",
+        );
+        return None;
+    }
+    let unset = |var: &str| {
+        (
+            format!("upstream {name:?}: {var} (or {var}_FILE) is unset or empty"),
+            format!("set {var}, or {var}_FILE to a file that holds it"),
+        )
+    };
+    let mut usable = true;
+    let keys = match (&config.keys_env, &config.keys) {
+        (None, _) => None,
+        (Some(var), value) => {
+            let keys = value.as_ref().map(split_keys).unwrap_or_default();
+            if keys.is_empty() {
+                let (message, fix) = unset(var);
+                invalid.add(RULE, message, fix);
+                usable = false;
+            }
+            Some(keys)
+        }
+    };
+    let path_prefix = match (&config.path_prefix_env, &config.path_prefix) {
+        (None, _) => None,
+        (Some(_), Some(prefix)) if !secrecy::ExposeSecret::expose_secret(prefix).is_empty() => {
+            Some(prefix.clone())
+        }
+        (Some(var), _) => {
+            let (message, fix) = unset(var);
+            invalid.add(RULE, message, fix);
+            usable = false;
+            None
+        }
+    };
+    if !usable {
+        return None;
+    }
+    let header = keys.map(|keys| (config.header.as_str(), config.format.as_str(), keys));
+    match Credential::new(header, path_prefix) {
+        Ok(credential) => Some(credential),
+        Err(error) => {
+            invalid.add(
+                RULE,
+                format!("upstream {name:?}: credential: {error}"),
+                "header = \"Authorization\", format = \"Bearer {key}\", keys_env = \"VAR\" (keys without line breaks); a path prefix of plain path segments",
             );
             None
         }

@@ -74,6 +74,8 @@ pub enum Decision {
     UpstreamProtocol,
     /// The upstream's certificate matched none of its pins; nothing was sent to it.
     UpstreamPinMismatch,
+    /// Every key of the upstream's credential is benched (refused or rate-limited).
+    UpstreamKeysExhausted,
     /// `/ready` found something unreachable.
     NotReady,
     /// Audit strict mode: the admission event could not be made durable, so the request
@@ -117,6 +119,7 @@ impl Decision {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::UpstreamPinMismatch => "upstream_pin_mismatch",
+            Self::UpstreamKeysExhausted => "upstream_keys_exhausted",
             Self::NotReady => "not_ready",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal",

@@ -55,6 +55,9 @@ pub enum ProblemKind {
     RateLimitUnavailable,
     /// The upstream has as many requests in flight as it may, and none finished in time.
     UpstreamBusy,
+    /// The gateway will not call the upstream for a while (every key of its credential is
+    /// benched); `Retry-After` says when to try again.
+    UpstreamSuspended,
     /// A CORS preflight from an origin, or for a method or header, that is not allowed.
     CorsDenied,
     /// No route matches the path.
@@ -91,7 +94,9 @@ impl ProblemKind {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::CorsDenied | Self::InsufficientScope | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::Banned | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::RateLimitUnavailable | Self::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimitUnavailable | Self::UpstreamBusy | Self::UpstreamSuspended => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -123,6 +128,7 @@ impl ProblemKind {
             Self::RateLimited => "rate-limited",
             Self::RateLimitUnavailable => "rate-limit-unavailable",
             Self::UpstreamBusy => "upstream-busy",
+            Self::UpstreamSuspended => "upstream-suspended",
             Self::StoreUnavailable => "store-unavailable",
             Self::NotFound => "not-found",
             Self::RequestTimeout => "request-timeout",
@@ -155,6 +161,7 @@ impl ProblemKind {
             Self::RateLimited => "Too many requests",
             Self::RateLimitUnavailable => "Rate limiting unavailable",
             Self::UpstreamBusy => "Upstream busy",
+            Self::UpstreamSuspended => "Upstream suspended",
             Self::StoreUnavailable => "Credential store unavailable",
             Self::NotFound => "Not found",
             Self::RequestTimeout => "Request timeout",
@@ -187,6 +194,7 @@ impl ProblemKind {
             Self::RateLimited => Decision::RateLimited,
             Self::RateLimitUnavailable => Decision::RateLimitUnavailable,
             Self::UpstreamBusy => Decision::UpstreamBusy,
+            Self::UpstreamSuspended => Decision::UpstreamKeysExhausted,
             Self::CorsDenied => Decision::CorsRefused,
             Self::NotFound => Decision::NoRoute,
             Self::RequestTimeout => Decision::HeadTimeout,

@@ -467,6 +467,43 @@ pub struct UpstreamConfig {
     /// The PEM private key of `client_cert`.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// The credential the gateway adds to every request to it, in place of the client's.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+}
+
+/// A credential injected into requests to an upstream: a header filled from a pool of
+/// keys, a secret path prefix, or both; each read from an environment variable or its
+/// `_FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The header the key goes in.
+    #[serde(default = "default_credential_header")]
+    pub header: String,
+    /// The header's value, with `{key}` where the key goes.
+    #[serde(default = "default_credential_format")]
+    pub format: String,
+    /// The variable holding the key, or several, comma-separated, used in turn.
+    #[serde(default)]
+    pub keys_env: Option<String>,
+    /// The variable holding a secret path prefix put before every path.
+    #[serde(default)]
+    pub path_prefix_env: Option<String>,
+    /// The value of `keys_env`, read at load.
+    #[serde(skip)]
+    pub keys: Option<SecretString>,
+    /// The value of `path_prefix_env`, read at load.
+    #[serde(skip)]
+    pub path_prefix: Option<SecretString>,
+}
+
+fn default_credential_header() -> String {
+    "Authorization".to_owned()
+}
+
+fn default_credential_format() -> String {
+    "Bearer {key}".to_owned()
 }
 
 impl UpstreamConfig {
@@ -483,6 +520,7 @@ impl UpstreamConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            credential: None,
         }
     }
 }
@@ -688,6 +726,16 @@ impl Config {
             config.api_tokens = split_tokens(&tokens);
         }
         config.rate_limit.redis_url = read_secret(REDIS_URL_VAR, &env)?;
+        for upstream in config.upstreams.values_mut() {
+            if let Some(credential) = &mut upstream.credential {
+                if let Some(name) = &credential.keys_env {
+                    credential.keys = read_secret(name, &env)?;
+                }
+                if let Some(name) = &credential.path_prefix_env {
+                    credential.path_prefix = read_secret(name, &env)?;
+                }
+            }
+        }
         Ok(config)
     }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
+use http_body_util::Either;
 use hyper::body::Incoming;
+use std::time::Duration;
 use tracing::warn;
 
 use crate::audit::AuditHealth;
@@ -344,7 +346,7 @@ impl Gateway {
             ctx,
             route.header_rules(),
         );
-        let body = LimitedBody::new(body, self.hygiene.limits().max_body_bytes)
+        let body = LimitedBody::new(Either::Left(body), self.hygiene.limits().max_body_bytes)
             .counting(bytes_in)
             .sampling(sample);
 
@@ -402,6 +404,15 @@ impl Gateway {
                 Problem::new(ProblemKind::UpstreamUnavailable)
                     .with_detail("the upstream sent a response the gateway cannot relay")
                     .with_decision(Decision::UpstreamProtocol)
+            }
+            ForwardError::KeysExhausted(exhausted) => {
+                warn!(request_id = ?ctx.request_id, upstream, "every upstream key is benched");
+                let problem = Problem::new(ProblemKind::UpstreamSuspended)
+                    .with_detail("the upstream cannot be called now; retry later")
+                    .with_decision(Decision::UpstreamKeysExhausted);
+                // A key refused for good comes back only with new keys: a minute, then ask.
+                let wait = exhausted.retry_after.unwrap_or(Duration::from_secs(60));
+                problem.with_retry_after(wait.max(Duration::from_secs(1)))
             }
             ForwardError::PinMismatch(mismatch) => {
                 // What was presented is logged (certificate hashes are not secret), so the

@@ -3,6 +3,7 @@
 //! Each [`Upstream`] owns its connection pool, so per-upstream transport settings (pinned
 //! certificates, concurrency caps, circuit breaking) have one place to live.
 
+mod credential;
 mod forward;
 mod in_flight;
 mod pool;
@@ -11,12 +12,17 @@ mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+pub use credential::{
+    Bench, Credential, CredentialError, KeyPool, KeysExhausted, PoolStatus, split_keys,
+};
 pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
 pub use in_flight::{Busy, InFlightLimit};
 pub use pool::PoolError;
@@ -25,8 +31,9 @@ pub use tls::{PinMismatch, TlsSetupError, UpstreamTls, parse_cert_pin, parse_spk
 use crate::base::body::ResponseBody;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 
-/// The body the gateway sends upstream: the client's, limited as it streams.
-pub type UpstreamBody = LimitedBody<Incoming>;
+/// The body the gateway sends upstream: the client's, limited as it streams, or one the
+/// gateway holds whole (an empty one, to send a request again with another key).
+pub type UpstreamBody = LimitedBody<Either<Incoming, Full<Bytes>>>;
 
 /// A configuration an [`Upstream`] cannot be built from.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +73,9 @@ pub enum ForwardError {
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
+    /// Every key of the upstream's credential is benched.
+    #[error(transparent)]
+    KeysExhausted(#[from] KeysExhausted),
     /// The upstream's certificate matches none of its pins: the handshake failed before
     /// any request byte was sent.
     #[error(transparent)]
@@ -136,12 +146,14 @@ impl UpstreamTarget {
     }
 }
 
-/// How connections to an upstream are opened: the TCP connect timeout, and the TLS client
-/// (its trust, its pins, its client certificate), built once and shared by every worker.
+/// How requests reach an upstream: the TCP connect timeout, the TLS client (its trust,
+/// its pins, its client certificate) and the credential the gateway adds, built once and
+/// shared by every worker.
 #[derive(Debug, Clone)]
 pub struct Transport {
     connect_timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
+    credential: Option<Arc<Credential>>,
 }
 
 impl Transport {
@@ -151,7 +163,13 @@ impl Transport {
         Ok(Self {
             connect_timeout,
             tls: Arc::new(tls.client_config()?),
+            credential: None,
         })
+    }
+
+    /// The same transport, adding `credential` to every request.
+    pub fn with_credential(self, credential: Option<Arc<Credential>>) -> Self {
+        Self { credential, ..self }
     }
 }
 
@@ -161,11 +179,13 @@ pub struct Upstream {
     name: Arc<str>,
     scheme: Scheme,
     authority: Authority,
+    /// The URL's path and the credential's secret path prefix: never shown.
     base_path: String,
     host: HeaderValue,
     timeout: Duration,
     pool: Arc<pool::Pool>,
     in_flight: Option<Arc<InFlightLimit>>,
+    credential: Option<Arc<Credential>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -206,6 +226,10 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let mut base_path = base_path;
+        if let Some(prefix) = transport.credential.as_ref().and_then(|c| c.path_prefix()) {
+            base_path.push_str(secrecy::ExposeSecret::expose_secret(prefix));
+        }
         Arc::new(Self {
             name: Arc::from(name),
             scheme,
@@ -215,6 +239,7 @@ impl Upstream {
             timeout,
             pool: pool::Pool::new(https, origin),
             in_flight,
+            credential: transport.credential.clone(),
         })
     }
 
@@ -228,7 +253,8 @@ impl Upstream {
         &self.host
     }
 
-    /// The path every request to it starts with (no trailing `/`; empty for none).
+    /// The path every request to it starts with (no trailing `/`; empty for none),
+    /// secret path prefix included: for mapping its locations back, never to show.
     pub fn base_path(&self) -> &str {
         &self.base_path
     }
@@ -295,10 +321,9 @@ impl Upstream {
             Some(limit) => Some(limit.acquire().await?),
             None => None,
         };
-        let response = match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
-            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(error)) => return Err(classify(error)),
-            Ok(Ok(response)) => response,
+        let response = match self.credential.as_ref().and_then(|c| c.header()) {
+            Some((name, keys)) => self.send_with_key(request, name, keys).await?,
+            None => self.attempt(request).await?,
         };
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(ForwardError::UnexpectedUpgrade);
@@ -316,6 +341,52 @@ impl Upstream {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// One exchange, which must bring a response head within the timeout.
+    async fn attempt(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<pool::PooledBody>, ForwardError> {
+        match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
+            Err(_) => Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(error)) => Err(classify(error)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Sends `request` with the next healthy key in `name`. A key the upstream refuses
+    /// (401, 403) or rate-limits (429) is benched, and a request that can be sent again
+    /// (an idempotent method, no body) is, once, with the next healthy key.
+    async fn send_with_key(
+        &self,
+        mut request: Request<UpstreamBody>,
+        name: &http::HeaderName,
+        keys: &KeyPool,
+    ) -> Result<Response<pool::PooledBody>, ForwardError> {
+        let key = keys.pick()?;
+        request
+            .headers_mut()
+            .insert(name.clone(), key.value.clone());
+        let again = (request.method().is_idempotent()
+            && http_body::Body::is_end_stream(request.body()))
+        .then(|| empty_copy(&request));
+        let response = self.attempt(request).await?;
+        let Some(bench) = bench_for(&response) else {
+            return Ok(response);
+        };
+        keys.bench(&key, bench);
+        tracing::warn!(upstream = %self.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
+        let (Some(mut again), Ok(next)) = (again, keys.pick()) else {
+            return Ok(response);
+        };
+        drop(response);
+        again.headers_mut().insert(name.clone(), next.value.clone());
+        let retried = self.attempt(again).await?;
+        if let Some(bench) = bench_for(&retried) {
+            keys.bench(&next, bench);
+        }
+        Ok(retried)
+    }
+
     /// Whether a TCP connection to the upstream can be opened within `timeout`.
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
         let port = self.port();
@@ -327,6 +398,28 @@ impl Upstream {
         let connect = tokio::net::TcpStream::connect((host, port));
         matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)))
     }
+}
+
+/// Whether the upstream's answer benches the key it was sent with: refused (401, 403)
+/// until restart, rate-limited (429) for its `Retry-After`.
+fn bench_for<B>(response: &Response<B>) -> Option<Bench> {
+    match response.status().as_u16() {
+        401 | 403 => Some(Bench::Refused),
+        429 => Some(Bench::RateLimited(credential::retry_after(
+            response.headers().get(http::header::RETRY_AFTER),
+        ))),
+        _ => None,
+    }
+}
+
+/// A copy of `request`'s head with an empty body, to send it again.
+fn empty_copy(request: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let mut copy = Request::new(LimitedBody::new(Either::Right(Full::default()), 0));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// A body that went over the limit surfaces deep in the client's error chain.

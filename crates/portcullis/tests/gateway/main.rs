@@ -29,4 +29,5 @@ mod managed;
 mod proxy;
 mod ratelimit;
 mod tls;
+mod upstream_credentials;
 mod upstream_tls;
