@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::config::CredentialConfig;
-use crate::config::{Config, RouteConfig, RouteLimitConfig};
+use crate::config::{Config, CredentialConfig, RouteConfig, RouteLimitConfig};
 use crate::cors::{CorsPolicy, normalize_origin};
 use crate::headers::SecurityHeadersPolicy;
 use crate::hygiene::check_path;
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::upstream::{
-    Credential, Transport, UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin, split_keys,
+    Credential, OutlineAccess, Transport, UpstreamTarget, UpstreamTls, parse_cert_pin,
+    parse_spki_pin, split_keys,
 };
+use secrecy::SecretString;
 
 /// A configuration, validated: what the gateway is built from.
 #[derive(Debug, Clone)]
@@ -148,7 +149,17 @@ impl InvalidList {
 fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings> {
     let mut upstreams = Vec::new();
     for (name, upstream) in &config.upstreams {
-        let target = match UpstreamTarget::parse(name, &upstream.url) {
+        let outline = match &upstream.outline_access {
+            None => None,
+            Some(path) => match outline_access(name, upstream, path, invalid) {
+                Some(access) => Some(access),
+                None => continue,
+            },
+        };
+        let url = outline
+            .as_ref()
+            .map_or(upstream.url.as_str(), |o| &o.origin);
+        let target = match UpstreamTarget::parse(name, url) {
             Ok(target) => target,
             Err(error) => {
                 invalid.add(
@@ -159,7 +170,7 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
                 continue;
             }
         };
-        let Some(transport) = transport(name, upstream, &target, invalid) else {
+        let Some(transport) = transport(name, upstream, &target, outline, invalid) else {
             continue;
         };
         upstreams.push(UpstreamSettings {
@@ -174,12 +185,54 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
     upstreams
 }
 
+/// The Outline server's access the file at `path` gives; never quoting the file, which
+/// holds the secret.
+fn outline_access(
+    name: &str,
+    upstream: &crate::config::UpstreamConfig,
+    path: &std::path::Path,
+    invalid: &mut InvalidList,
+) -> Option<OutlineAccess> {
+    const RULE: &str = "upstreams.outline_access";
+    if !upstream.url.is_empty() {
+        invalid.add(
+            RULE,
+            format!("upstream {name:?}: url and outline_access both say where it is"),
+            "remove url: outline_access sets it",
+        );
+        return None;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            invalid.add(
+                RULE,
+                format!("upstream {name:?}: cannot read {}: {error}", path.display()),
+                "point outline_access at the Outline server's access.txt, or a file holding what its installer printed",
+            );
+            return None;
+        }
+    };
+    match OutlineAccess::parse(&text) {
+        Ok(access) => Some(access),
+        Err(error) => {
+            invalid.add(
+                RULE,
+                format!("upstream {name:?}: {}: {error}", path.display()),
+                "the file must hold the installer's {\"apiUrl\":...,\"certSha256\":...} line, or apiUrl: and certSha256: lines",
+            );
+            None
+        }
+    }
+}
+
 /// The upstream's transport: its pins parsed, its CA and client certificate read, its TLS
 /// client built.
 fn transport(
     name: &str,
     upstream: &crate::config::UpstreamConfig,
     target: &UpstreamTarget,
+    outline: Option<OutlineAccess>,
     invalid: &mut InvalidList,
 ) -> Option<Transport> {
     let before = invalid.0.len();
@@ -187,6 +240,10 @@ fn transport(
         ca_file: upstream.ca_file.clone(),
         ..UpstreamTls::default()
     };
+    let outline_path = outline.map(|access| {
+        tls.cert_pins.push(access.pin);
+        access.secret_path
+    });
     for (i, pin) in upstream.pin_sha256.iter().enumerate() {
         match parse_cert_pin(pin) {
             Some(pin) => tls.cert_pins.push(pin),
@@ -226,10 +283,11 @@ fn transport(
             "use https://, or remove the TLS settings",
         );
     }
-    let credential = upstream
-        .credential
-        .as_ref()
-        .and_then(|config| credential(name, config, invalid));
+    let credential = match (&upstream.credential, outline_path) {
+        (None, None) => None,
+        (None, Some(path)) => Credential::new(None, Some(path)).ok(),
+        (Some(config), path) => credential(name, config, path, invalid),
+    };
     if invalid.0.len() > before {
         return None;
     }
@@ -250,10 +308,21 @@ fn transport(
 fn credential(
     name: &str,
     config: &CredentialConfig,
+    outline_path: Option<SecretString>,
     invalid: &mut InvalidList,
 ) -> Option<Credential> {
     const RULE: &str = "upstreams.credential";
-    if config.keys_env.is_none() && config.path_prefix_env.is_none() {
+    if outline_path.is_some() && config.path_prefix_env.is_some() {
+        invalid.add(
+            RULE,
+            format!(
+                "upstream {name:?}: path_prefix_env and outline_access both give the secret path"
+            ),
+            "remove path_prefix_env: outline_access sets it",
+        );
+        return None;
+    }
+    if config.keys_env.is_none() && config.path_prefix_env.is_none() && outline_path.is_none() {
         invalid.add(
             RULE,
             format!("upstream {name:?}: the credential names neither keys_env nor path_prefix_env"),
@@ -281,7 +350,7 @@ fn credential(
         }
     };
     let path_prefix = match (&config.path_prefix_env, &config.path_prefix) {
-        (None, _) => None,
+        (None, _) => outline_path,
         (Some(_), Some(prefix)) if !secrecy::ExposeSecret::expose_secret(prefix).is_empty() => {
             Some(prefix.clone())
         }

@@ -435,8 +435,14 @@ pub struct CspOverride {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `http://` or `https://` URL, optionally with a base path.
+    /// `http://` or `https://` URL, optionally with a base path; none with
+    /// `outline_access`.
+    #[serde(default)]
     pub url: String,
+    /// An Outline server's `access.txt`, or what its installer printed: sets the URL, the
+    /// secret path prefix and the certificate pin.
+    #[serde(default)]
+    pub outline_access: Option<PathBuf>,
     /// Overrides `limits.request_timeout` for this upstream.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -511,6 +517,7 @@ impl UpstreamConfig {
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            outline_access: None,
             timeout: None,
             max_in_flight: None,
             queue_timeout: default_queue_timeout(),

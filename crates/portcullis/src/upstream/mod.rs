@@ -6,6 +6,7 @@
 mod credential;
 mod forward;
 mod in_flight;
+mod outline;
 mod pool;
 mod tls;
 
@@ -25,6 +26,7 @@ pub use credential::{
 };
 pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
 pub use in_flight::{Busy, InFlightLimit};
+pub use outline::{OutlineAccess, OutlineAccessError};
 pub use pool::PoolError;
 pub use tls::{PinMismatch, TlsSetupError, UpstreamTls, parse_cert_pin, parse_spki_pin};
 

@@ -96,6 +96,7 @@ impl Authority {
 struct TlsUpstream {
     port: u16,
     requests: Arc<AtomicUsize>,
+    uris: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TlsUpstream {
@@ -128,16 +129,20 @@ impl TlsUpstream {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();
+        let uris = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = uris.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let counted = counted.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |_: Request<Incoming>| {
+                    let service = service_fn(move |request: Request<Incoming>| {
                         counted.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(request.uri().to_string());
                         async {
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                                 Bytes::from_static(b"tls ok"),
@@ -150,11 +155,19 @@ impl TlsUpstream {
                 });
             }
         });
-        Self { port, requests }
+        Self {
+            port,
+            requests,
+            uris,
+        }
     }
 
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    fn uris(&self) -> Vec<String> {
+        self.uris.lock().unwrap().clone()
     }
 }
 
@@ -389,4 +402,88 @@ fn tls_settings_that_cannot_work_are_refused_by_check() {
     }
     assert!(out.contains("\"missing\""), "{out}");
     assert!(out.contains("\"plain\""), "{out}");
+}
+
+/// `outline_access` reads what the Outline installer printed (its JSON line, colour codes
+/// and all) or `access.txt`, and sets the address, the pin and the secret path: the
+/// upstream gets `/SECRET/server`, and the secret appears in no log line or record.
+#[tokio::test]
+async fn outline_access_sets_the_address_the_pin_and_the_secret_path() {
+    let identity = self_signed(&["outline.invalid"]);
+    let upstream = TlsUpstream::start(&identity, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api_url = format!("https://127.0.0.1:{}/Xk9-SeCrEt_path", upstream.port);
+    let printed = write_file(
+        dir.path(),
+        "printed.txt",
+        &format!(
+            "\u{1b}[1;32m{{\"apiUrl\":\"{api_url}\",\"certSha256\":\"{}\"}}\u{1b}[0m\n",
+            identity.cert_pin()
+        ),
+    );
+    let access_txt = write_file(
+        dir.path(),
+        "access.txt",
+        &format!("certSha256:{}\napiUrl:{api_url}\n", identity.cert_pin()),
+    );
+    let mut gateway = Pinned::start(&[
+        (
+            "printed",
+            format!("outline_access = \"{}\"", printed.display()),
+        ),
+        (
+            "txt",
+            format!("outline_access = \"{}\"", access_txt.display()),
+        ),
+    ]);
+    for name in ["printed", "txt"] {
+        let reply = get_authorized(&gateway.gateway.url(&format!("/{name}/server"))).await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+    }
+    assert_eq!(
+        upstream.uris(),
+        ["/Xk9-SeCrEt_path/server", "/Xk9-SeCrEt_path/server"]
+    );
+    let log = gateway.gateway.final_log();
+    let access = std::fs::read_to_string(gateway.dir.path().join("access.log")).unwrap();
+    assert!(!log.contains("Xk9-SeCrEt_path"), "{log}");
+    assert!(!access.contains("Xk9-SeCrEt_path"), "{access}");
+}
+
+/// An access file that is missing, holds no pin, or sits beside a `url` is refused by
+/// `check`, which never quotes the file.
+#[test]
+fn unusable_outline_access_is_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_pin = write_file(
+        dir.path(),
+        "no-pin.txt",
+        "apiUrl:https://127.0.0.1:1/TopSecret9\n",
+    );
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[upstreams.missing]\noutline_access = \"/nonexistent/access.txt\"\n\
+             [upstreams.nopin]\noutline_access = \"{}\"\n\
+             [upstreams.both]\nurl = \"https://127.0.0.1:1\"\noutline_access = \"{}\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"nopin\"\n",
+            no_pin.display(),
+            no_pin.display()
+        ),
+    );
+    let output = portcullis()
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .output()
+        .unwrap();
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_eq!(
+        out.matches("error[upstreams.outline_access]").count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("no certSha256"), "{out}");
+    assert!(!out.contains("TopSecret9"), "{out}");
 }
