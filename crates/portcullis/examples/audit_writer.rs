@@ -65,14 +65,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         to_head: Duration::from_micros(900),
         duration: Duration::from_micros(1100),
         user_agent: Some(http::HeaderValue::from_static("python-httpx/0.28.1")),
-        ..Exchange::begin(String::new(), IpAddr::from([127, 0, 0, 1]), "HTTP/1.1")
+        ..Exchange::begin(
+            http::HeaderValue::from_static(""),
+            IpAddr::from([127, 0, 0, 1]),
+            "HTTP/1.1",
+        )
     };
 
     let started = Instant::now();
     for n in 0..events {
         let mut exchange = template.clone();
-        exchange.request_id = format!("{n:032x}");
-        recorder.finish(exchange);
+        exchange.request_id = http::HeaderValue::try_from(format!("{n:032x}"))?;
+        recorder.finish(Box::new(exchange));
     }
     // Returns once every event is committed (and the closing checkpoint written).
     recorder.close(Duration::from_secs(600));

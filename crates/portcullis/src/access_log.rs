@@ -79,17 +79,18 @@ impl Sink for AccessLog {
             .as_ref()
             .map(|value| String::from_utf8_lossy(value.as_bytes()));
         let mut line = Line::start(&mut self.line);
-        line.text("time", Some(self.clock.format(exchange.started)));
-        line.text("request_id", Some(&exchange.request_id));
+        line.token("time", Some(self.clock.format(exchange.started)));
+        line.token("request_id", Some(exchange.request_id()));
         line.address("client_ip", exchange.client_ip);
-        line.text("method", exchange.method.as_ref().map(http::Method::as_str));
+        // A method is a token (RFC 9110 §9.1), which never needs escaping.
+        line.token("method", exchange.method.as_ref().map(http::Method::as_str));
         line.text("route", exchange.route.as_deref());
         line.text("path", Some(&exchange.path));
         line.text("query", exchange.query.as_deref());
         line.number("status", u64::from(exchange.status));
-        line.text("decision", Some(exchange.decision.as_str()));
+        line.token("decision", Some(exchange.decision.as_str()));
         line.text("principal", caller.map(|c| c.name.as_ref()));
-        line.text("principal_kind", caller.map(|c| c.kind));
+        line.token("principal_kind", caller.map(|c| c.kind));
         line.text("tenant", caller.and_then(|c| c.tenant.as_deref()));
         line.text("upstream", exchange.upstream.as_deref());
         line.number("bytes_in", exchange.bytes_in.load(Ordering::Relaxed));
@@ -98,7 +99,7 @@ impl Sink for AccessLog {
         // byte (what the client waited, streaming included).
         line.millis("head_ms", exchange.to_head);
         line.millis("duration_ms", exchange.duration);
-        line.text("protocol", Some(exchange.protocol));
+        line.token("protocol", Some(exchange.protocol));
         // A client that puts its token in its user agent does not see it logged (checked
         // whole, before the cut, so that no key's start is left behind).
         let user_agent = user_agent.as_deref().map(|text| {
@@ -151,7 +152,11 @@ mod tests {
     #[test]
     fn lines_are_valid_json_whatever_the_fields_hold() {
         let tricky = "a\"b\\c\u{1}d\ne\u{7f}é😀</script>";
-        let mut exchange = Exchange::begin("id-1".into(), IpAddr::from([10, 0, 0, 1]), "HTTP/2");
+        let mut exchange = Exchange::begin(
+            http::HeaderValue::from_static("id-1"),
+            IpAddr::from([10, 0, 0, 1]),
+            "HTTP/2",
+        );
         exchange.path = format!("/api/{tricky}");
         exchange.query = Some(tricky.to_owned());
         exchange.user_agent = Some(http::HeaderValue::from_bytes(b"ua \"x\" \\ \xff").unwrap());

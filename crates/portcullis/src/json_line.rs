@@ -22,6 +22,9 @@ impl<'a> Line<'a> {
         Self { out }
     }
 
+    /// Inlined into each caller, where the key is a literal: its bytes are then stored in
+    /// place rather than copied by a call (a third of a line's cost, measured).
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         if self.out.len() > 1 {
             self.out.push(b',');
@@ -31,9 +34,35 @@ impl<'a> Line<'a> {
         self.out.extend_from_slice(b"\":");
     }
 
+    /// A string field the gateway made or checked itself, which never needs escaping (a
+    /// request id, a time, a method, a code), or `null`. Checked in debug builds.
+    #[inline]
+    pub fn token(&mut self, key: &str, value: Option<&str>) {
+        self.key(key);
+        self.quoted(value);
+    }
+
+    fn quoted(&mut self, value: Option<&str>) {
+        match value {
+            None => self.out.extend_from_slice(b"null"),
+            Some(text) => {
+                debug_assert!(!text.bytes().any(needs_escape), "{text:?}");
+                self.out.reserve(text.len() + 2);
+                self.out.push(b'"');
+                self.out.extend_from_slice(text.as_bytes());
+                self.out.push(b'"');
+            }
+        }
+    }
+
     /// A string field, or `null`.
+    #[inline]
     pub fn text(&mut self, key: &str, value: Option<&str>) {
         self.key(key);
+        self.escaped(value);
+    }
+
+    fn escaped(&mut self, value: Option<&str>) {
         match value {
             None => self.out.extend_from_slice(b"null"),
             // No early exit, so the check runs over whole vectors of bytes.
@@ -54,8 +83,13 @@ impl<'a> Line<'a> {
     }
 
     /// An address as a string (its text form never needs escaping), or `null`.
+    #[inline]
     pub fn address(&mut self, key: &str, ip: Option<IpAddr>) {
         self.key(key);
+        self.ip(ip);
+    }
+
+    fn ip(&mut self, ip: Option<IpAddr>) {
         match ip {
             None => self.out.extend_from_slice(b"null"),
             // The usual case, without the formatting machinery.
@@ -77,6 +111,7 @@ impl<'a> Line<'a> {
     }
 
     /// A boolean field.
+    #[inline]
     pub fn flag(&mut self, key: &str, value: bool) {
         self.key(key);
         self.out
@@ -84,26 +119,35 @@ impl<'a> Line<'a> {
     }
 
     /// A number field.
+    #[inline]
     pub fn number(&mut self, key: &str, value: u64) {
         self.key(key);
+        self.digits(value);
+    }
+
+    fn digits(&mut self, value: u64) {
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// A number field, or `null`.
+    #[inline]
     pub fn optional_number(&mut self, key: &str, value: Option<u64>) {
+        self.key(key);
         match value {
-            Some(value) => self.number(key, value),
-            None => {
-                self.key(key);
-                self.out.extend_from_slice(b"null");
-            }
+            Some(value) => self.digits(value),
+            None => self.out.extend_from_slice(b"null"),
         }
     }
 
     /// A duration in milliseconds, to the microsecond: `1.776`.
+    #[inline]
     pub fn millis(&mut self, key: &str, duration: Duration) {
         self.key(key);
+        self.micros_as_millis(duration);
+    }
+
+    fn micros_as_millis(&mut self, duration: Duration) {
         let micros = duration.as_micros();
         let mut digits = itoa::Buffer::new();
         self.out

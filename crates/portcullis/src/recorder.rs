@@ -109,8 +109,8 @@ impl Recorder {
     }
 
     /// Hands `exchange` to the sinks, or counts it as dropped when they are behind.
-    pub fn finish(&self, exchange: Exchange) {
-        let record = Message::Record(Box::new(exchange));
+    pub fn finish(&self, exchange: Box<Exchange>) {
+        let record = Message::Record(exchange);
         let sent = if self.lossless {
             self.sender.send(record).is_ok()
         } else {
@@ -125,9 +125,9 @@ impl Recorder {
     /// it committed, or fails when none could within [`ADMISSION_TIMEOUT`]. Wakes the
     /// recorder's thread at once; every admission waiting when it writes shares one
     /// commit.
-    pub async fn admit(&self, exchange: Exchange) -> Result<(), NotAdmitted> {
+    pub async fn admit(&self, exchange: Box<Exchange>) -> Result<(), NotAdmitted> {
         let (admission, durable) = tokio::sync::oneshot::channel();
-        let message = Message::Admit(Box::new(exchange), Admission(admission));
+        let message = Message::Admit(exchange, Admission(admission));
         // Never a blocking wait on a worker: a queue that is full (the writer far behind a
         // store that is down) refuses the request at once.
         self.sender.try_send(message).map_err(|_| NotAdmitted)?;
@@ -172,7 +172,7 @@ impl Recorder {
 pub struct RecordedBody<B> {
     inner: B,
     /// The record and where it goes; taken when finished.
-    pending: Option<(Exchange, Recorder)>,
+    pending: Option<(Box<Exchange>, Recorder)>,
     bytes_out: u64,
     /// A response that is sent without its body (to `HEAD`, a 204 or a 304): dropping the
     /// body unread is how it ends, not a client leaving.
@@ -181,7 +181,7 @@ pub struct RecordedBody<B> {
 
 impl<B: Body> RecordedBody<B> {
     /// Wraps the body of the response `exchange` describes.
-    pub fn new(inner: B, exchange: Exchange, recorder: Recorder) -> Self {
+    pub fn new(inner: B, exchange: Box<Exchange>, recorder: Recorder) -> Self {
         let bodiless = exchange.method == Some(http::Method::HEAD)
             || matches!(exchange.status, 204 | 304)
             || inner.is_end_stream();
@@ -338,11 +338,15 @@ mod tests {
         }
     }
 
-    fn exchange(decision: Decision) -> Exchange {
-        Exchange {
+    fn exchange(decision: Decision) -> Box<Exchange> {
+        Box::new(Exchange {
             decision,
-            ..Exchange::begin("r".into(), IpAddr::from([127, 0, 0, 1]), "HTTP/1.1")
-        }
+            ..Exchange::begin(
+                http::HeaderValue::from_static("r"),
+                IpAddr::from([127, 0, 0, 1]),
+                "HTTP/1.1",
+            )
+        })
     }
 
     #[test]

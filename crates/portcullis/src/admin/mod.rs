@@ -306,7 +306,7 @@ async fn respond(front: Arc<Front>, mut request: Request, next: Next) -> Respons
     exchange.to_head = exchange.started_at.elapsed();
     response.map(|body| {
         let body = body.map_err(|error| Box::new(error) as BoxError);
-        Body::new(RecordedBody::new(body, exchange, recorder))
+        Body::new(RecordedBody::new(body, Box::new(exchange), recorder))
     })
 }
 
@@ -329,7 +329,7 @@ fn begin_record(request: &Request, id: &HeaderValue, redactor: &Redactor) -> Exc
         user_agent: request.headers().get(header::USER_AGENT).cloned(),
         admin: true,
         ..Exchange::begin(
-            id.to_str().unwrap_or_default().to_owned(),
+            id.clone(),
             peer,
             protocol(request.version(), conn.is_some_and(|conn| conn.tls)),
         )

@@ -590,10 +590,7 @@ impl AuditLog {
                 target: target.to_owned(),
             }),
             ..Exchange::begin(
-                crate::base::context::new_request_id()
-                    .to_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                crate::base::context::new_request_id(),
                 IpAddr::from([127, 0, 0, 1]),
                 "cli",
             )
@@ -697,7 +694,7 @@ impl<'a> Payload<'a> {
         Self {
             kind: "request",
             time_ms: now_ms(exchange.started),
-            request_id: &exchange.request_id,
+            request_id: exchange.request_id(),
             client_ip: exchange.client_ip,
             peer: exchange.peer,
             method: exchange.method.as_ref().map(http::Method::as_str),

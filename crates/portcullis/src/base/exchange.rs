@@ -143,8 +143,9 @@ pub struct Caller {
 /// One request, as it went.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    /// The request's id.
-    pub request_id: String,
+    /// The request's id: `[A-Za-z0-9._-]`, 1 to 128 characters (a shared copy of the
+    /// header's bytes).
+    pub request_id: http::HeaderValue,
     /// When the head was read.
     pub started: SystemTime,
     /// The same moment, for durations.
@@ -262,7 +263,7 @@ impl Exchange {
     /// A record begun now, for a request `request_id` from `peer` over `protocol`, with
     /// nothing else known yet: no method (the head may never have been read whole), path,
     /// caller or status, and the decision `client_aborted` until one is made.
-    pub fn begin(request_id: String, peer: IpAddr, protocol: &'static str) -> Self {
+    pub fn begin(request_id: http::HeaderValue, peer: IpAddr, protocol: &'static str) -> Self {
         Self {
             request_id,
             started: SystemTime::now(),
@@ -287,6 +288,14 @@ impl Exchange {
             action: None,
             samples: None,
         }
+    }
+}
+
+impl Exchange {
+    /// The request's id, as text.
+    pub fn request_id(&self) -> &str {
+        // Request ids are checked (or made) as ASCII letters, digits and `._-`.
+        self.request_id.to_str().unwrap_or_default()
     }
 }
 

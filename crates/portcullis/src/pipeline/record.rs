@@ -21,7 +21,8 @@ use crate::routes::{Route, Router};
 
 /// A record being filled; finished as `client_aborted` if dropped before [`Self::respond`].
 pub struct PendingRecord {
-    exchange: Option<Exchange>,
+    /// Boxed once, here, and handed on as it is to the response body and the recorder.
+    exchange: Option<Box<Exchange>>,
     recorder: Recorder,
 }
 
@@ -37,18 +38,18 @@ impl PendingRecord {
         redactor: &Redactor,
     ) -> Self {
         let uri = request.uri();
-        let exchange = Exchange {
+        let exchange = Box::new(Exchange {
             client_ip: ctx.known_client_ip(),
             method: Some(request.method().clone()),
             path: router.masked_path(uri.path()).into_owned(),
             query: uri.query().map(|query| redactor.query(query)),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             ..Exchange::begin(
-                ctx.request_id.to_str().unwrap_or_default().to_owned(),
+                ctx.request_id.clone(),
                 conn.peer.ip().to_canonical(),
                 protocol(request.version(), conn.tls),
             )
-        };
+        });
         Self {
             exchange: Some(exchange),
             recorder: recorder.clone(),
@@ -100,7 +101,7 @@ impl PendingRecord {
         let Some(exchange) = &self.exchange else {
             return Err(not_admitted());
         };
-        let mut admission = exchange.clone();
+        let mut admission = Box::new(Exchange::clone(exchange));
         admission.route = Some(route.prefix().clone());
         admission.decision = Decision::Allowed;
         self.recorder
@@ -165,16 +166,16 @@ pub fn refused_head(
     request_id: &http::HeaderValue,
     head: RefusedHead,
 ) {
-    recorder.finish(Exchange {
+    recorder.finish(Box::new(Exchange {
         client_ip,
         status: head.status.map_or(0, |status| status.as_u16()),
         decision: head.decision,
         ..Exchange::begin(
-            request_id.to_str().unwrap_or_default().to_owned(),
+            request_id.clone(),
             conn.peer.ip().to_canonical(),
             protocol(head.version, conn.tls),
         )
-    });
+    }));
 }
 
 impl Drop for PendingRecord {
