@@ -17,8 +17,8 @@ use crate::hygiene::check_path;
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::upstream::{
-    Credential, OutlineAccess, Transport, UpstreamTarget, UpstreamTls, parse_cert_pin,
-    parse_spki_pin, split_keys,
+    BreakerSettings, Credential, OutlineAccess, Transport, UpstreamTarget, UpstreamTls,
+    parse_cert_pin, parse_spki_pin, split_keys,
 };
 use secrecy::SecretString;
 
@@ -46,6 +46,10 @@ pub struct UpstreamSettings {
     pub target: UpstreamTarget,
     /// How connections to it are opened: the connect timeout and the TLS client.
     pub transport: Transport,
+    /// What the gateway adds to its requests, if anything.
+    pub credential: Option<Arc<Credential>>,
+    /// Its circuit breaker's settings, if it has one.
+    pub circuit: Option<BreakerSettings>,
     /// Time it has to answer with a response head.
     pub timeout: Duration,
     /// At most this many requests in flight to it, across workers.
@@ -170,19 +174,50 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
                 continue;
             }
         };
-        let Some(transport) = transport(name, upstream, &target, outline, invalid) else {
+        let circuit = upstream
+            .circuit
+            .and_then(|circuit| breaker(name, circuit, invalid));
+        let Some((transport, credential)) = transport(name, upstream, &target, outline, invalid)
+        else {
             continue;
         };
         upstreams.push(UpstreamSettings {
             name: name.clone(),
             target,
             transport,
+            credential: credential.map(Arc::new),
+            circuit,
             timeout: config.timeout_for(upstream),
             max_in_flight: upstream.max_in_flight,
             queue_timeout: upstream.queue_timeout,
         });
     }
     upstreams
+}
+
+/// A breaker's settings, each threshold at least 1.
+fn breaker(
+    name: &str,
+    circuit: crate::config::CircuitConfig,
+    invalid: &mut InvalidList,
+) -> Option<BreakerSettings> {
+    if circuit.failure_threshold == 0
+        || circuit.success_threshold == 0
+        || circuit.half_open_probes == 0
+    {
+        invalid.add(
+            "upstreams.circuit",
+            format!("upstream {name:?}: failure_threshold, success_threshold and half_open_probes must be at least 1"),
+            "circuit = { failure_threshold = 5, recovery_timeout = \"60s\", success_threshold = 2, half_open_probes = 1 }",
+        );
+        return None;
+    }
+    Some(BreakerSettings {
+        failure_threshold: circuit.failure_threshold,
+        recovery_timeout: circuit.recovery_timeout,
+        success_threshold: circuit.success_threshold,
+        half_open_probes: circuit.half_open_probes,
+    })
 }
 
 /// The Outline server's access the file at `path` gives; never quoting the file, which
@@ -234,7 +269,7 @@ fn transport(
     target: &UpstreamTarget,
     outline: Option<OutlineAccess>,
     invalid: &mut InvalidList,
-) -> Option<Transport> {
+) -> Option<(Transport, Option<Credential>)> {
     let before = invalid.0.len();
     let mut tls = UpstreamTls {
         ca_file: upstream.ca_file.clone(),
@@ -292,7 +327,7 @@ fn transport(
         return None;
     }
     match Transport::new(upstream.connect_timeout, &tls) {
-        Ok(transport) => Some(transport.with_credential(credential.map(Arc::new))),
+        Ok(transport) => Some((transport, credential)),
         Err(error) => {
             invalid.add(
                 "upstreams.tls",

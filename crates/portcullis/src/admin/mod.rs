@@ -7,6 +7,7 @@ mod audit;
 mod docs;
 mod extract;
 mod openapi;
+mod upstreams;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -77,6 +78,8 @@ struct AdminState {
     recorder: Option<Recorder>,
     /// The audit log's store, for searches; none with the audit log off.
     audit: Option<AuditStore>,
+    /// What the workers share of each upstream: breakers, call counts, key pools.
+    upstreams: Vec<Arc<crate::upstream::UpstreamShared>>,
 }
 
 /// A bound admin listener.
@@ -138,6 +141,7 @@ impl AdminServer {
                     rate_limits: shared.rate_limits.clone(),
                     recorder: shared.recorder.clone(),
                     audit: shared.audit_store.clone(),
+                    upstreams: shared.upstreams.clone(),
                 },
                 Arc::new(Front {
                     headers,
@@ -217,6 +221,7 @@ fn router(state: AdminState, front: Arc<Front>, published: Arc<Published>) -> Ro
         .route("/v1/tokens/{id}/rotate", post(rotate_token))
         .route("/v1/rate-limits", get(rate_limits))
         .route("/v1/audit", get(audit::audit_events))
+        .route("/v1/upstreams", get(upstreams::upstreams))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state);
@@ -681,6 +686,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         snapshot.backend_errors,
         snapshot.fallback_decisions,
     ));
+    upstreams::metrics(&state.upstreams, &mut text);
     if let Some(recorder) = &state.recorder {
         text.push_str(&format!(
             "# HELP portcullis_records_dropped_total Request records dropped because the access log could not keep up (never with the audit log on).\n\

@@ -30,7 +30,7 @@ fn is_protected(path: &str) -> bool {
 #[openapi(
     info(
         title = "portcullis admin API",
-        description = "Manage the gateway's bearer tokens, read its rate-limit state and search its audit log. Every /v1 endpoint, and /metrics, needs a bearer token with the admin scope. Every error is application/problem+json (RFC 9457)."
+        description = "Manage the gateway's bearer tokens, read its rate-limit and upstream state and search its audit log. Every /v1 endpoint, and /metrics, needs a bearer token with the admin scope. Every error is application/problem+json (RFC 9457)."
     ),
     paths(
         super::create_token,
@@ -40,12 +40,13 @@ fn is_protected(path: &str) -> bool {
         super::rotate_token,
         super::rate_limits,
         super::audit::audit_events,
+        super::upstreams::upstreams,
         super::metrics,
         super::openapi_json,
         super::docs_page,
     ),
     components(
-        schemas(super::TokenView, super::MintedView, super::CreateRequest, super::RotateRequest, Snapshot, super::audit::AuditPage, ProblemDocument),
+        schemas(super::TokenView, super::MintedView, super::CreateRequest, super::RotateRequest, Snapshot, super::audit::AuditPage, super::upstreams::UpstreamsView, ProblemDocument),
         responses(BadRequest, NotFound, Conflict, TooLarge, NotJson, BadQuery, AuditOff),
     ),
     modifiers(&Protected, &OptionalRotateBody)
@@ -371,7 +372,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(protected, 8);
+        assert_eq!(protected, 9);
         for path in ["/metrics", "/docs", "/openapi.json"] {
             assert!(doc["paths"][path]["get"].is_object(), "{path}");
         }

@@ -76,6 +76,8 @@ pub enum Decision {
     UpstreamPinMismatch,
     /// Every key of the upstream's credential is benched (refused or rate-limited).
     UpstreamKeysExhausted,
+    /// The upstream's circuit breaker is open; it was not called.
+    UpstreamCircuitOpen,
     /// `/ready` found something unreachable.
     NotReady,
     /// Audit strict mode: the admission event could not be made durable, so the request
@@ -120,6 +122,7 @@ impl Decision {
             Self::UpstreamProtocol => "upstream_protocol",
             Self::UpstreamPinMismatch => "upstream_pin_mismatch",
             Self::UpstreamKeysExhausted => "upstream_keys_exhausted",
+            Self::UpstreamCircuitOpen => "upstream_circuit_open",
             Self::NotReady => "not_ready",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal",

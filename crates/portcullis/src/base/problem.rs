@@ -55,8 +55,10 @@ pub enum ProblemKind {
     RateLimitUnavailable,
     /// The upstream has as many requests in flight as it may, and none finished in time.
     UpstreamBusy,
-    /// The gateway will not call the upstream for a while (every key of its credential is
-    /// benched); `Retry-After` says when to try again.
+    /// The gateway will not call the upstream for a while (its circuit is open, or every
+    /// key of its credential is benched); `Retry-After` says when to try again. The same
+    /// type as [`Self::UpstreamUnavailable`], answered 503 rather than 502: nothing failed
+    /// on this request, it was held back.
     UpstreamSuspended,
     /// A CORS preflight from an origin, or for a method or header, that is not allowed.
     CorsDenied,
@@ -128,7 +130,7 @@ impl ProblemKind {
             Self::RateLimited => "rate-limited",
             Self::RateLimitUnavailable => "rate-limit-unavailable",
             Self::UpstreamBusy => "upstream-busy",
-            Self::UpstreamSuspended => "upstream-suspended",
+            Self::UpstreamSuspended => "upstream-unavailable",
             Self::StoreUnavailable => "store-unavailable",
             Self::NotFound => "not-found",
             Self::RequestTimeout => "request-timeout",
@@ -161,7 +163,7 @@ impl ProblemKind {
             Self::RateLimited => "Too many requests",
             Self::RateLimitUnavailable => "Rate limiting unavailable",
             Self::UpstreamBusy => "Upstream busy",
-            Self::UpstreamSuspended => "Upstream suspended",
+            Self::UpstreamSuspended => "Upstream unavailable",
             Self::StoreUnavailable => "Credential store unavailable",
             Self::NotFound => "Not found",
             Self::RequestTimeout => "Request timeout",

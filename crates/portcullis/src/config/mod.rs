@@ -476,6 +476,43 @@ pub struct UpstreamConfig {
     /// The credential the gateway adds to every request to it, in place of the client's.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// Its circuit breaker; none when absent.
+    #[serde(default)]
+    pub circuit: Option<CircuitConfig>,
+}
+
+/// A circuit breaker's settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Consecutive failures (unreachable, too slow, 5xx) that open it.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long it stays open before probes go through.
+    #[serde(default = "default_recovery_timeout", with = "humantime_serde")]
+    pub recovery_timeout: Duration,
+    /// Probe successes that close it again.
+    #[serde(default = "default_success_threshold")]
+    pub success_threshold: u32,
+    /// Probes let through at once while half-open.
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: u32,
+}
+
+fn default_failure_threshold() -> u32 {
+    5
+}
+
+fn default_recovery_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_success_threshold() -> u32 {
+    2
+}
+
+fn default_half_open_probes() -> u32 {
+    1
 }
 
 /// A credential injected into requests to an upstream: a header filled from a pool of
@@ -528,6 +565,7 @@ impl UpstreamConfig {
             client_cert: None,
             client_key: None,
             credential: None,
+            circuit: None,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::routes::{Route, RouteAuth, RouteScopes, Router};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::upstream::{
-    ForwardError, HeaderRules, InFlightLimit, Upstream, prepare_request_headers,
+    ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamShared, prepare_request_headers,
 };
 use crate::{auth, cors, headers};
 use record::PendingRecord;
@@ -49,8 +49,9 @@ pub struct Shared {
     pub store: Option<Store>,
     /// Rate limits and bans, and their backend.
     pub rate_limits: Arc<RateLimits>,
-    /// Each upstream's in-flight cap, by upstream name.
-    pub in_flight: Vec<(String, Arc<InFlightLimit>)>,
+    /// What every worker's copy of each upstream shares (its in-flight cap, breaker, call
+    /// counts and credential), in the order of `settings.upstreams`.
+    pub upstreams: Vec<Arc<UpstreamShared>>,
     /// Where finished exchange records go; none when no sink wants them (then no record
     /// is made at all).
     pub recorder: Option<Recorder>,
@@ -69,15 +70,19 @@ impl Shared {
             tokens: None,
             store: None,
             rate_limits: Arc::new(RateLimits::new(config, settings.redis.clone())),
-            in_flight: settings
+            upstreams: settings
                 .upstreams
                 .iter()
-                .filter_map(|upstream| {
-                    let max = upstream.max_in_flight?;
-                    Some((
-                        upstream.name.clone(),
-                        InFlightLimit::new(max, upstream.queue_timeout),
-                    ))
+                .map(|upstream| {
+                    let in_flight = upstream
+                        .max_in_flight
+                        .map(|max| InFlightLimit::new(max, upstream.queue_timeout));
+                    UpstreamShared::new(
+                        &upstream.name,
+                        in_flight,
+                        upstream.circuit,
+                        upstream.credential.clone(),
+                    )
                 })
                 .collect(),
             recorder: None,
@@ -122,20 +127,14 @@ impl Gateway {
     /// worker shares.
     pub fn new(config: &Config, settings: &Settings, shared: &Shared) -> Self {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
-        for upstream in &settings.upstreams {
-            let in_flight = shared
-                .in_flight
-                .iter()
-                .find(|(name, _)| *name == upstream.name)
-                .map(|(_, limit)| limit.clone());
+        for (upstream, state) in settings.upstreams.iter().zip(&shared.upstreams) {
             upstreams.push((
                 &upstream.name,
                 Upstream::new(
-                    &upstream.name,
                     &upstream.target,
                     &upstream.transport,
                     upstream.timeout,
-                    in_flight,
+                    state.clone(),
                 ),
             ));
         }
@@ -404,6 +403,14 @@ impl Gateway {
                 Problem::new(ProblemKind::UpstreamUnavailable)
                     .with_detail("the upstream sent a response the gateway cannot relay")
                     .with_decision(Decision::UpstreamProtocol)
+            }
+            ForwardError::CircuitOpen(open) => {
+                // Not a warning each: while open, every request meets it.
+                tracing::debug!(request_id = ?ctx.request_id, upstream, "upstream circuit open");
+                Problem::new(ProblemKind::UpstreamSuspended)
+                    .with_detail("the upstream is failing; the gateway is not calling it for now")
+                    .with_decision(Decision::UpstreamCircuitOpen)
+                    .with_retry_after(open.retry_after.max(Duration::from_secs(1)))
             }
             ForwardError::KeysExhausted(exhausted) => {
                 warn!(request_id = ?ctx.request_id, upstream, "every upstream key is benched");

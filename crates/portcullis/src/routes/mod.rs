@@ -358,7 +358,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{Transport, UpstreamTarget, UpstreamTls};
+    use crate::upstream::{Transport, UpstreamShared, UpstreamTarget, UpstreamTls};
     use std::time::Duration;
 
     fn transport() -> Transport {
@@ -367,7 +367,12 @@ mod tests {
 
     fn upstream(name: &str) -> Arc<Upstream> {
         let target = UpstreamTarget::parse(name, "http://127.0.0.1:1").unwrap();
-        Upstream::new(name, &target, &transport(), Duration::from_secs(1), None)
+        Upstream::new(
+            &target,
+            &transport(),
+            Duration::from_secs(1),
+            UpstreamShared::new(name, None, None, None),
+        )
     }
 
     #[tokio::test]
@@ -465,7 +470,8 @@ mod tests {
     #[tokio::test]
     async fn locations_map_back_to_the_public_prefix() {
         let target = UpstreamTarget::parse("o", "http://10.0.0.5:9000/SECRET").unwrap();
-        let based = Upstream::new("o", &target, &transport(), Duration::from_secs(1), None);
+        let shared = UpstreamShared::new("o", None, None, None);
+        let based = Upstream::new(&target, &transport(), Duration::from_secs(1), shared);
         let route = Route::new("/outline", based, true).with_auth(RouteAuth::Capability);
         let mut headers = HeaderMap::new();
         headers.insert(

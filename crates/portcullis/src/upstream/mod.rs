@@ -3,6 +3,7 @@
 //! Each [`Upstream`] owns its connection pool, so per-upstream transport settings (pinned
 //! certificates, concurrency caps, circuit breaking) have one place to live.
 
+mod breaker;
 mod credential;
 mod forward;
 mod in_flight;
@@ -21,6 +22,9 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+pub use breaker::{
+    Breaker, BreakerSettings, CallCounts, CallStats, CircuitOpen, CircuitState, Outcome,
+};
 pub use credential::{
     Bench, Credential, CredentialError, KeyPool, KeysExhausted, PoolStatus, split_keys,
 };
@@ -78,6 +82,9 @@ pub enum ForwardError {
     /// Every key of the upstream's credential is benched.
     #[error(transparent)]
     KeysExhausted(#[from] KeysExhausted),
+    /// The upstream's circuit breaker is open.
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
     /// The upstream's certificate matches none of its pins: the handshake failed before
     /// any request byte was sent.
     #[error(transparent)]
@@ -148,14 +155,12 @@ impl UpstreamTarget {
     }
 }
 
-/// How requests reach an upstream: the TCP connect timeout, the TLS client (its trust,
-/// its pins, its client certificate) and the credential the gateway adds, built once and
-/// shared by every worker.
+/// How connections to an upstream are opened: the TCP connect timeout and the TLS client
+/// (its trust, its pins, its client certificate), built once for every worker.
 #[derive(Debug, Clone)]
 pub struct Transport {
     connect_timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
-    credential: Option<Arc<Credential>>,
 }
 
 impl Transport {
@@ -165,13 +170,57 @@ impl Transport {
         Ok(Self {
             connect_timeout,
             tls: Arc::new(tls.client_config()?),
-            credential: None,
+        })
+    }
+}
+
+/// What every worker's copy of one upstream shares: its in-flight cap, its circuit
+/// breaker, the counts of its calls and its credential; what the admin API reports.
+#[derive(Debug)]
+pub struct UpstreamShared {
+    name: Arc<str>,
+    in_flight: Option<Arc<InFlightLimit>>,
+    breaker: Option<Breaker>,
+    calls: CallStats,
+    credential: Option<Arc<Credential>>,
+}
+
+impl UpstreamShared {
+    /// The shared state of the upstream `name`.
+    pub fn new(
+        name: &str,
+        in_flight: Option<Arc<InFlightLimit>>,
+        breaker: Option<BreakerSettings>,
+        credential: Option<Arc<Credential>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: Arc::from(name),
+            in_flight,
+            breaker: breaker.map(Breaker::new),
+            calls: CallStats::default(),
+            credential,
         })
     }
 
-    /// The same transport, adding `credential` to every request.
-    pub fn with_credential(self, credential: Option<Arc<Credential>>) -> Self {
-        Self { credential, ..self }
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its circuit breaker, if it has one.
+    pub fn breaker(&self) -> Option<&Breaker> {
+        self.breaker.as_ref()
+    }
+
+    /// How its calls went.
+    pub fn calls(&self) -> CallCounts {
+        self.calls.counts()
+    }
+
+    /// Its credential's key pool, if it has one: counts only, never a key.
+    pub fn keys(&self) -> Option<PoolStatus> {
+        let (_, pool) = self.credential.as_ref()?.header()?;
+        Some(pool.status())
     }
 }
 
@@ -186,8 +235,7 @@ pub struct Upstream {
     host: HeaderValue,
     timeout: Duration,
     pool: Arc<pool::Pool>,
-    in_flight: Option<Arc<InFlightLimit>>,
-    credential: Option<Arc<Credential>>,
+    shared: Arc<UpstreamShared>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -201,15 +249,13 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// An upstream called `name` at `target`, reached over `transport`, whose requests
-    /// must produce response headers within `timeout`, with at most as many in flight as
-    /// `in_flight` allows (shared by every worker's copy of the upstream).
+    /// One worker's copy of the upstream `shared` describes, at `target`, reached over
+    /// `transport`, whose requests must produce response headers within `timeout`.
     pub fn new(
-        name: &str,
         target: &UpstreamTarget,
         transport: &Transport,
         timeout: Duration,
-        in_flight: Option<Arc<InFlightLimit>>,
+        shared: Arc<UpstreamShared>,
     ) -> Arc<Self> {
         let UpstreamTarget {
             scheme,
@@ -229,19 +275,18 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         let mut base_path = base_path;
-        if let Some(prefix) = transport.credential.as_ref().and_then(|c| c.path_prefix()) {
+        if let Some(prefix) = shared.credential.as_ref().and_then(|c| c.path_prefix()) {
             base_path.push_str(secrecy::ExposeSecret::expose_secret(prefix));
         }
         Arc::new(Self {
-            name: Arc::from(name),
+            name: shared.name.clone(),
             scheme,
             authority,
             base_path,
             host,
             timeout,
             pool: pool::Pool::new(https, origin),
-            in_flight,
-            credential: transport.credential.clone(),
+            shared,
         })
     }
 
@@ -319,14 +364,29 @@ impl Upstream {
     ) -> Result<Response<ResponseBody>, ForwardError> {
         use http_body_util::BodyExt;
 
-        let slot = match &self.in_flight {
+        let shared = &self.shared;
+        let slot = match &shared.in_flight {
             Some(limit) => Some(limit.acquire().await?),
             None => None,
         };
-        let response = match self.credential.as_ref().and_then(|c| c.header()) {
-            Some((name, keys)) => self.send_with_key(request, name, keys).await?,
-            None => self.attempt(request).await?,
+        let permit = match &shared.breaker {
+            Some(breaker) => Some(breaker.admit()?),
+            None => None,
         };
+        let sent = match shared.credential.as_ref().and_then(|c| c.header()) {
+            Some((name, keys)) => self.send_with_key(request, name, keys).await,
+            None => self.attempt(request).await,
+        };
+        let outcome = match &sent {
+            Ok(response) if response.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(error) => error.outcome(),
+        };
+        shared.calls.count(outcome);
+        if let Some(permit) = permit {
+            permit.record(outcome);
+        }
+        let response = sent?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(ForwardError::UnexpectedUpgrade);
         }
@@ -426,6 +486,22 @@ fn empty_copy(request: &Request<UpstreamBody>) -> Request<UpstreamBody> {
 
 /// A body that went over the limit surfaces deep in the client's error chain.
 impl ForwardError {
+    /// What the failure says of the upstream: its fault, or nobody's (a client's body
+    /// refused, a request held back before it was sent).
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Timeout(_)
+            | Self::Unavailable(_)
+            | Self::PinMismatch(_)
+            | Self::UnexpectedUpgrade => Outcome::Failure,
+            Self::BodyTooLarge(_)
+            | Self::ClientBody(_)
+            | Self::KeysExhausted(_)
+            | Self::CircuitOpen(_)
+            | Self::Busy(_) => Outcome::Neither,
+        }
+    }
+
     /// Whether the client went away mid-upload (rather than sending a malformed body).
     pub fn client_left(&self) -> bool {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
@@ -486,11 +562,10 @@ mod tests {
     fn upstream(url: &str) -> Result<Arc<Upstream>, UpstreamError> {
         let transport = Transport::new(Duration::from_secs(1), &UpstreamTls::default()).unwrap();
         Ok(Upstream::new(
-            "u",
             &UpstreamTarget::parse("u", url)?,
             &transport,
             Duration::from_secs(1),
-            None,
+            UpstreamShared::new("u", None, None, None),
         ))
     }
 

@@ -16,6 +16,7 @@ mod audit_query;
 mod audit_retention;
 mod audit_strict;
 mod auth;
+mod breaker;
 mod cli;
 mod cors;
 mod edges;

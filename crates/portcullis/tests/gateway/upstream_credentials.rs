@@ -157,7 +157,7 @@ async fn refused_keys_are_benched_and_idempotent_requests_retried() {
 }
 
 /// When every key is benched, the gateway stops calling the upstream: 503
-/// `upstream-suspended` with `Retry-After` (the time until the first rate-limited key
+/// `upstream-unavailable` with `Retry-After` (the time until the first rate-limited key
 /// returns), decision `upstream_keys_exhausted`.
 #[tokio::test]
 async fn with_every_key_benched_requests_are_refused_until_one_returns() {
@@ -171,18 +171,28 @@ async fn with_every_key_benched_requests_are_refused_until_one_returns() {
     let reply = get_authorized(&gateway.url("/api/a")).await;
     assert_eq!(reply.status, 429);
     let reply = get_authorized(&gateway.url("/api/b")).await;
-    reply.assert_problem(503, "upstream-suspended");
+    reply.assert_problem(503, "upstream-unavailable");
     let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
     assert!((110..=120).contains(&wait), "{wait}");
     assert_eq!(upstream.seen().len(), 2);
+    // The pool's state for operators: counts, never a key.
+    let state = get_authorized(&gateway.admin_url("/v1/upstreams")).await;
+    let text = state.text();
+    assert!(
+        !text.contains("refused-1") && !text.contains("limited-1"),
+        "{text}"
+    );
+    assert_eq!(
+        state.json()["upstreams"][0]["keys"],
+        serde_json::json!({"healthy": 0, "refused": 1, "rate_limited": 1})
+    );
     gateway.final_log();
     let decisions: Vec<String> = std::fs::read_to_string(dir.path().join("access.log"))
         .unwrap()
         .lines()
-        .map(|line| {
-            let line: Value = serde_json::from_str(line).unwrap();
-            line["decision"].as_str().unwrap().to_owned()
-        })
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| line["admin"] != true)
+        .map(|line| line["decision"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(decisions, ["allowed", "upstream_keys_exhausted"]);
 }

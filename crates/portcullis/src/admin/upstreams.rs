@@ -1,0 +1,168 @@
+//! `GET /v1/upstreams`: each upstream's circuit breaker, the counts of its calls, and its
+//! key pool (counts only, never a key), as this instance sees them.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AdminState;
+use crate::upstream::{CircuitState, PoolStatus, UpstreamShared};
+
+/// Every upstream, in name order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamsView {
+    /// One entry per upstream.
+    pub upstreams: Vec<UpstreamView>,
+}
+
+/// One upstream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamView {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Its circuit breaker; null when it has none.
+    pub circuit: Option<CircuitView>,
+    /// Calls it answered with less than a 5xx.
+    pub succeeded: u64,
+    /// Calls that failed: unreachable, too slow, or a 5xx.
+    pub failed: u64,
+    /// `succeeded` over all calls counted; null before the first.
+    pub success_rate: Option<f64>,
+    /// When the last call succeeded (RFC 3339), if one has.
+    pub last_success: Option<String>,
+    /// When the last call failed (RFC 3339), if one has.
+    pub last_failure: Option<String>,
+    /// Its credential's key pool; null when it has none.
+    pub keys: Option<PoolStatus>,
+}
+
+/// A circuit breaker's state and settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CircuitView {
+    /// `closed`, `open` or `half_open`.
+    pub state: CircuitState,
+    /// How many times it has changed state.
+    pub state_changes: u64,
+    /// Consecutive failures counted while closed.
+    pub consecutive_failures: u32,
+    /// Consecutive failures that open it.
+    pub failure_threshold: u32,
+    /// Seconds it stays open before probes go through.
+    pub recovery_timeout_seconds: u64,
+    /// Probe successes that close it.
+    pub success_threshold: u32,
+    /// Probes let through at once while half-open.
+    pub half_open_probes: u32,
+}
+
+impl UpstreamView {
+    fn of(upstream: &UpstreamShared) -> Self {
+        let calls = upstream.calls();
+        let total = calls.succeeded + calls.failed;
+        let time =
+            |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_millis(at).to_string());
+        Self {
+            name: upstream.name().to_owned(),
+            circuit: upstream.breaker().map(|breaker| {
+                let settings = breaker.settings();
+                CircuitView {
+                    state: breaker.state(),
+                    state_changes: breaker.changes(),
+                    consecutive_failures: breaker.consecutive_failures(),
+                    failure_threshold: settings.failure_threshold,
+                    recovery_timeout_seconds: settings.recovery_timeout.as_secs(),
+                    success_threshold: settings.success_threshold,
+                    half_open_probes: settings.half_open_probes,
+                }
+            }),
+            succeeded: calls.succeeded,
+            failed: calls.failed,
+            success_rate: (total > 0).then(|| calls.succeeded as f64 / total as f64),
+            last_success: time(calls.last_success),
+            last_failure: time(calls.last_failure),
+            keys: upstream.keys(),
+        }
+    }
+}
+
+/// Each upstream's circuit breaker, call counts and key pool, on this instance.
+#[utoipa::path(get, path = "/v1/upstreams", tag = "upstreams",
+    responses((status = 200, description = "Every upstream's state", body = UpstreamsView)))]
+pub async fn upstreams(State(state): State<AdminState>) -> Json<UpstreamsView> {
+    let mut upstreams: Vec<UpstreamView> = state
+        .upstreams
+        .iter()
+        .map(|upstream| UpstreamView::of(upstream))
+        .collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(UpstreamsView { upstreams })
+}
+
+/// The upstreams' lines of `/metrics`, in the Prometheus text format.
+pub fn metrics(upstreams: &[std::sync::Arc<UpstreamShared>], text: &mut String) {
+    use std::fmt::Write;
+    text.push_str(
+        "# HELP portcullis_upstream_calls_total Calls to each upstream, by outcome.\n\
+         # TYPE portcullis_upstream_calls_total counter\n",
+    );
+    for upstream in upstreams {
+        let calls = upstream.calls();
+        let name = label(upstream.name());
+        for (outcome, count) in [("success", calls.succeeded), ("failure", calls.failed)] {
+            let _ = writeln!(
+                text,
+                "portcullis_upstream_calls_total{{upstream=\"{name}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+    }
+    text.push_str(
+        "# HELP portcullis_upstream_circuit_state Each upstream's circuit breaker: 1 for its current state.\n\
+         # TYPE portcullis_upstream_circuit_state gauge\n",
+    );
+    for upstream in upstreams {
+        if let Some(breaker) = upstream.breaker() {
+            let name = label(upstream.name());
+            for (state, value) in [
+                ("closed", CircuitState::Closed),
+                ("open", CircuitState::Open),
+                ("half_open", CircuitState::HalfOpen),
+            ] {
+                let on = u8::from(breaker.state() == value);
+                let _ = writeln!(
+                    text,
+                    "portcullis_upstream_circuit_state{{upstream=\"{name}\",state=\"{state}\"}} {on}"
+                );
+            }
+        }
+    }
+    text.push_str(
+        "# HELP portcullis_upstream_keys Each upstream's credential keys, by state.\n\
+         # TYPE portcullis_upstream_keys gauge\n",
+    );
+    for upstream in upstreams {
+        if let Some(keys) = upstream.keys() {
+            let name = label(upstream.name());
+            for (state, count) in [
+                ("healthy", keys.healthy),
+                ("refused", keys.refused),
+                ("rate_limited", keys.rate_limited),
+            ] {
+                let _ = writeln!(
+                    text,
+                    "portcullis_upstream_keys{{upstream=\"{name}\",state=\"{state}\"}} {count}"
+                );
+            }
+        }
+    }
+}
+
+/// A Prometheus label value: backslashes, quotes and line breaks escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
