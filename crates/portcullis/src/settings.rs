@@ -17,8 +17,8 @@ use crate::hygiene::check_path;
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::upstream::{
-    BreakerSettings, Credential, OutlineAccess, Transport, UpstreamTarget, UpstreamTls,
-    parse_cert_pin, parse_spki_pin, split_keys,
+    BreakerSettings, Credential, OutlineAccess, Resilience, RetrySettings, Transport,
+    UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin, split_keys,
 };
 use secrecy::SecretString;
 
@@ -48,8 +48,8 @@ pub struct UpstreamSettings {
     pub transport: Transport,
     /// What the gateway adds to its requests, if anything.
     pub credential: Option<Arc<Credential>>,
-    /// Its circuit breaker's settings, if it has one.
-    pub circuit: Option<BreakerSettings>,
+    /// Its circuit breaker, retries and total timeout.
+    pub resilience: Resilience,
     /// Time it has to answer with a response head.
     pub timeout: Duration,
     /// At most this many requests in flight to it, across workers.
@@ -174,9 +174,16 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
                 continue;
             }
         };
-        let circuit = upstream
-            .circuit
-            .and_then(|circuit| breaker(name, circuit, invalid));
+        let resilience = Resilience {
+            breaker: upstream
+                .circuit
+                .and_then(|circuit| breaker(name, circuit, invalid)),
+            retry: upstream
+                .retry
+                .as_ref()
+                .and_then(|retry| retries(name, retry, invalid)),
+            total_timeout: upstream.total_timeout,
+        };
         let Some((transport, credential)) = transport(name, upstream, &target, outline, invalid)
         else {
             continue;
@@ -186,13 +193,66 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
             target,
             transport,
             credential: credential.map(Arc::new),
-            circuit,
+            resilience,
             timeout: config.timeout_for(upstream),
             max_in_flight: upstream.max_in_flight,
             queue_timeout: upstream.queue_timeout,
         });
     }
     upstreams
+}
+
+/// Retry settings: 1 to 10 attempts, a budget between 0 and 1, idempotent methods only
+/// (RFC 9110 §9.2.2).
+fn retries(
+    name: &str,
+    retry: &crate::config::RetryConfig,
+    invalid: &mut InvalidList,
+) -> Option<RetrySettings> {
+    const RULE: &str = "upstreams.retry";
+    let before = invalid.0.len();
+    if !(1..=10).contains(&retry.attempts) {
+        invalid.add(
+            RULE,
+            format!("upstream {name:?}: retry attempts must be 1 to 10"),
+            "attempts = 3 (the first included)",
+        );
+    }
+    if !(0.0..=1.0).contains(&retry.budget) {
+        invalid.add(
+            RULE,
+            format!("upstream {name:?}: the retry budget must be between 0 and 1"),
+            "budget = 0.2 (a fifth of requests may be retries)",
+        );
+    }
+    if retry.backoff > retry.max_backoff {
+        invalid.add(
+            RULE,
+            format!("upstream {name:?}: backoff is longer than max_backoff"),
+            "backoff = \"50ms\", max_backoff = \"2s\"",
+        );
+    }
+    let mut methods = Vec::new();
+    for method in &retry.methods {
+        match Method::from_bytes(method.as_bytes()) {
+            Ok(parsed) if parsed.is_idempotent() => methods.push(parsed),
+            _ => invalid.add(
+                RULE,
+                format!("upstream {name:?}: {method:?} is not an idempotent method, so it is never retried"),
+                "methods = [\"GET\", \"HEAD\", \"OPTIONS\"] (PUT and DELETE too, if the upstream makes them idempotent)",
+            ),
+        }
+    }
+    if invalid.0.len() > before {
+        return None;
+    }
+    Some(RetrySettings {
+        attempts: retry.attempts,
+        budget_permille: (retry.budget * 1000.0).round() as u32,
+        backoff: retry.backoff,
+        max_backoff: retry.max_backoff,
+        methods,
+    })
 }
 
 /// A breaker's settings, each threshold at least 1.

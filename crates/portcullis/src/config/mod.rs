@@ -479,6 +479,54 @@ pub struct UpstreamConfig {
     /// Its circuit breaker; none when absent.
     #[serde(default)]
     pub circuit: Option<CircuitConfig>,
+    /// How its failed calls are retried; never when absent.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// All attempts and the pauses between them together; only each attempt's `timeout`
+    /// when absent.
+    #[serde(default, with = "humantime_serde")]
+    pub total_timeout: Option<Duration>,
+}
+
+/// How an upstream's failed calls are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// The share of requests (over 10 s) that may be retries, 0 to 1.
+    #[serde(default = "default_retry_budget")]
+    pub budget: f64,
+    /// The first pause's upper bound; doubled for each retry after.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The largest pause's upper bound.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// The methods retried: idempotent ones only.
+    #[serde(default = "default_retry_methods")]
+    pub methods: Vec<String>,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_retry_budget() -> f64 {
+    0.2
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_retry_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec()
 }
 
 /// A circuit breaker's settings.
@@ -566,6 +614,8 @@ impl UpstreamConfig {
             client_key: None,
             credential: None,
             circuit: None,
+            retry: None,
+            total_timeout: None,
         }
     }
 }

@@ -80,7 +80,7 @@ impl Shared {
                     UpstreamShared::new(
                         &upstream.name,
                         in_flight,
-                        upstream.circuit,
+                        upstream.resilience.clone(),
                         upstream.credential.clone(),
                     )
                 })

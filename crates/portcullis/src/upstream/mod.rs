@@ -9,6 +9,7 @@ mod forward;
 mod in_flight;
 mod outline;
 mod pool;
+mod retry;
 mod tls;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
 pub use in_flight::{Busy, InFlightLimit};
 pub use outline::{OutlineAccess, OutlineAccessError};
 pub use pool::PoolError;
+pub use retry::{REPLAYABLE_BODY_MAX, RetryPolicy, RetrySettings};
 pub use tls::{PinMismatch, TlsSetupError, UpstreamTls, parse_cert_pin, parse_spki_pin};
 
 use crate::base::body::ResponseBody;
@@ -75,7 +77,7 @@ pub enum ForwardError {
     /// The client's body could not be read (malformed framing, cut short): the call
     /// failed with a [`ClientBodyError`] in its causes.
     #[error("the client's request body could not be read")]
-    ClientBody(#[source] PoolError),
+    ClientBody(#[source] crate::base::body::BoxError),
     /// Connection refused, reset, TLS failure or a malformed response.
     #[error("upstream request failed")]
     Unavailable(#[source] PoolError),
@@ -85,6 +87,7 @@ pub enum ForwardError {
     /// The upstream's circuit breaker is open.
     #[error(transparent)]
     CircuitOpen(#[from] CircuitOpen),
+
     /// The upstream's certificate matches none of its pins: the handshake failed before
     /// any request byte was sent.
     #[error(transparent)]
@@ -174,13 +177,28 @@ impl Transport {
     }
 }
 
+/// How an upstream's calls are guarded: its circuit breaker, its retries, and the time
+/// all attempts together may take.
+#[derive(Debug, Clone, Default)]
+pub struct Resilience {
+    /// The breaker's settings; none for no breaker.
+    pub breaker: Option<BreakerSettings>,
+    /// The retries' settings; none for no retries.
+    pub retry: Option<RetrySettings>,
+    /// All attempts and pauses together; none for no bound beyond each attempt's.
+    pub total_timeout: Option<Duration>,
+}
+
 /// What every worker's copy of one upstream shares: its in-flight cap, its circuit
-/// breaker, the counts of its calls and its credential; what the admin API reports.
+/// breaker, its retry budget, the counts of its calls and its credential; what the admin
+/// API reports.
 #[derive(Debug)]
 pub struct UpstreamShared {
     name: Arc<str>,
     in_flight: Option<Arc<InFlightLimit>>,
     breaker: Option<Breaker>,
+    retry: Option<RetryPolicy>,
+    total_timeout: Option<Duration>,
     calls: CallStats,
     credential: Option<Arc<Credential>>,
 }
@@ -190,13 +208,15 @@ impl UpstreamShared {
     pub fn new(
         name: &str,
         in_flight: Option<Arc<InFlightLimit>>,
-        breaker: Option<BreakerSettings>,
+        resilience: Resilience,
         credential: Option<Arc<Credential>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: Arc::from(name),
             in_flight,
-            breaker: breaker.map(Breaker::new),
+            breaker: resilience.breaker.map(Breaker::new),
+            retry: resilience.retry.map(RetryPolicy::new),
+            total_timeout: resilience.total_timeout,
             calls: CallStats::default(),
             credential,
         })
@@ -373,9 +393,13 @@ impl Upstream {
             Some(breaker) => Some(breaker.admit()?),
             None => None,
         };
-        let sent = match shared.credential.as_ref().and_then(|c| c.header()) {
-            Some((name, keys)) => self.send_with_key(request, name, keys).await,
-            None => self.attempt(request).await,
+        let sent = match shared.total_timeout {
+            Some(total) => match tokio::time::timeout(total, self.send_with_retries(request)).await
+            {
+                Ok(sent) => sent,
+                Err(_) => Err(ForwardError::Timeout(total)),
+            },
+            None => self.send_with_retries(request).await,
         };
         let outcome = match &sent {
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
@@ -401,6 +425,60 @@ impl Upstream {
             None => body,
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Sends `request`, again after a failure while the retry policy allows: the request
+    /// must be of a method it covers, with a body the gateway can hold whole.
+    async fn send_with_retries(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<pool::PooledBody>, ForwardError> {
+        let Some(policy) = self
+            .shared
+            .retry
+            .as_ref()
+            .filter(|policy| policy.covers(request.method()))
+        else {
+            return self.send_once(request).await;
+        };
+        policy.count_request();
+        // Only a body held whole can be sent again: one declared longer, or not declared
+        // at all (chunked), streams once and is not retried.
+        let declared = http_body::Body::size_hint(request.body()).exact();
+        if declared.is_none_or(|length| length > REPLAYABLE_BODY_MAX) {
+            return self.send_once(request).await;
+        }
+        let (head, body) = request.into_parts();
+        let head = Request::from_parts(head, ());
+        let body = read_whole(body).await?;
+        let mut attempt = 1;
+        loop {
+            let sent = self.send_once(resend(&head, body.clone())).await;
+            let retryable = match &sent {
+                Ok(response) => matches!(response.status().as_u16(), 502..=504),
+                Err(ForwardError::Timeout(_) | ForwardError::Unavailable(_)) => true,
+                Err(_) => false,
+            };
+            if !retryable || attempt >= policy.attempts() || !policy.try_retry() {
+                return sent;
+            }
+            // The failed answer's body is not wanted: its connection closes with it.
+            drop(sent);
+            tokio::time::sleep(policy.pause(attempt)).await;
+            attempt += 1;
+            tracing::debug!(upstream = %self.name, attempt, "retrying the upstream call");
+        }
+    }
+
+    /// Sends `request` once, with the next key of the credential's pool if it has one.
+    async fn send_once(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<pool::PooledBody>, ForwardError> {
+        match self.shared.credential.as_ref().and_then(|c| c.header()) {
+            Some((name, keys)) => self.send_with_key(request, name, keys).await,
+            None => self.attempt(request).await,
+        }
     }
 
     /// One exchange, which must bring a response head within the timeout.
@@ -475,13 +553,39 @@ fn bench_for<B>(response: &Response<B>) -> Option<Bench> {
 }
 
 /// A copy of `request`'s head with an empty body, to send it again.
-fn empty_copy(request: &Request<UpstreamBody>) -> Request<UpstreamBody> {
-    let mut copy = Request::new(LimitedBody::new(Either::Right(Full::default()), 0));
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
+fn empty_copy<B>(request: &Request<B>) -> Request<UpstreamBody> {
+    resend(request, Bytes::new())
+}
+
+/// A request with `head`'s method, target, version and fields, and `body`, held whole.
+fn resend<B>(head: &Request<B>, body: Bytes) -> Request<UpstreamBody> {
+    let length = body.len() as u64;
+    let mut copy = Request::new(LimitedBody::new(Either::Right(Full::new(body)), length));
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
     copy
+}
+
+/// The client's body, read whole (it was declared short enough to hold).
+async fn read_whole(body: UpstreamBody) -> Result<Bytes, ForwardError> {
+    use http_body_util::BodyExt;
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            // Over the limit, or broken: the client's fault either way.
+            let too_large = std::iter::successors(
+                Some(&*error as &(dyn std::error::Error + 'static)),
+                |current| current.source(),
+            )
+            .find_map(|current| current.downcast_ref::<BodyTooLarge>().copied());
+            Err(match too_large {
+                Some(too_large) => ForwardError::BodyTooLarge(too_large),
+                None => ForwardError::ClientBody(error),
+            })
+        }
+    }
 }
 
 /// A body that went over the limit surfaces deep in the client's error chain.
@@ -527,7 +631,7 @@ fn classify(error: PoolError) -> ForwardError {
             return ForwardError::BodyTooLarge(*too_large);
         }
         if current.is::<ClientBodyError>() {
-            return ForwardError::ClientBody(error);
+            return ForwardError::ClientBody(Box::new(error));
         }
         source = current.source();
     }
@@ -565,7 +669,7 @@ mod tests {
             &UpstreamTarget::parse("u", url)?,
             &transport,
             Duration::from_secs(1),
-            UpstreamShared::new("u", None, None, None),
+            UpstreamShared::new("u", None, Resilience::default(), None),
         ))
     }
 

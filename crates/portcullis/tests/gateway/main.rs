@@ -29,6 +29,7 @@ mod lifecycle;
 mod managed;
 mod proxy;
 mod ratelimit;
+mod retry;
 mod tls;
 mod upstream_credentials;
 mod upstream_tls;
