@@ -126,6 +126,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
         }
     }
     tls(config, production, &mut report);
+    upstream_transport(config, production, &mut report);
     admin(config, &mut report);
     security_headers(config, production, &mut report);
     audit(config, facts, production, &mut report);
@@ -203,6 +204,31 @@ fn tls(config: &Config, production: bool, report: &mut Report) {
             "set --tls-cert and --tls-key, or PORTCULLIS_TRUSTED_PROXIES to the proxy that terminates TLS",
         ),
         None => {}
+    }
+}
+
+/// An upstream reached over plain HTTP off this host: requests, and any credential the
+/// gateway adds to them, cross the network in the clear.
+fn upstream_transport(config: &Config, production: bool, report: &mut Report) {
+    for (name, upstream) in &config.upstreams {
+        let Ok(uri) = upstream.url.parse::<http::Uri>() else {
+            continue;
+        };
+        let host = uri.host().unwrap_or_default();
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if uri.scheme() == Some(&http::uri::Scheme::HTTP) && !loopback {
+            report.add(
+                "upstreams.plaintext",
+                strict(production),
+                format!("upstream {name:?} is reached over plain HTTP at {host}, off this host: requests cross the network in the clear"),
+                "use https:// (with ca_file or a pin for a private certificate), or keep the upstream on loopback",
+            );
+        }
     }
 }
 

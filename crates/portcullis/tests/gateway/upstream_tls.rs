@@ -487,3 +487,33 @@ fn unusable_outline_access_is_refused_by_check() {
     assert!(out.contains("no certSha256"), "{out}");
     assert!(!out.contains("TopSecret9"), "{out}");
 }
+
+/// An upstream reached over plain HTTP off this host is a warning, and under
+/// `--production` an error; on loopback it is neither.
+#[test]
+fn plain_http_off_the_host_fails_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        "[upstreams.remote]\nurl = \"http://10.0.0.5:9000\"\n\
+         [upstreams.local]\nurl = \"http://127.0.0.1:9000\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"remote\"\n\
+         [[routes]]\npath_prefix = \"/local\"\nupstream = \"local\"\n",
+    );
+    let check = |production: bool| {
+        let mut command = portcullis();
+        command.args(["check", "--config", config.to_str().unwrap()]);
+        if production {
+            command.arg("--production");
+        }
+        let output = command.env("PORTCULLIS_API_TOKENS", TOKEN).output().unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let plain = check(false);
+    assert!(plain.contains("warning[upstreams.plaintext]"), "{plain}");
+    assert_eq!(plain.matches("upstreams.plaintext").count(), 1, "{plain}");
+    assert!(plain.contains("\"remote\""), "{plain}");
+    let production = check(true);
+    assert!(production.contains("error[upstreams.plaintext]"), "{production}");
+}
