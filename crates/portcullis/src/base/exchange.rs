@@ -68,8 +68,13 @@ pub enum Decision {
     UpstreamBusy,
     /// The upstream could not be reached, or failed mid-request.
     UpstreamConnect,
-    /// The upstream did not answer in time.
+    /// The upstream did not answer an attempt in time (no response head within
+    /// `timeout`).
     UpstreamTimeout,
+    /// No connection to the upstream could be opened within `connect_timeout`.
+    UpstreamConnectTimeout,
+    /// The attempts and pauses together ran past `total_timeout`.
+    UpstreamTotalTimeout,
     /// The upstream answered with something the gateway cannot relay.
     UpstreamProtocol,
     /// The upstream's certificate matched none of its pins; nothing was sent to it.
@@ -119,6 +124,8 @@ impl Decision {
             Self::UpstreamBusy => "upstream_busy",
             Self::UpstreamConnect => "upstream_connect",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Self::UpstreamTotalTimeout => "upstream_total_timeout",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::UpstreamPinMismatch => "upstream_pin_mismatch",
             Self::UpstreamKeysExhausted => "upstream_keys_exhausted",

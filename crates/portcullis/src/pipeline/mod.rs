@@ -391,6 +391,18 @@ impl Gateway {
                 Problem::new(ProblemKind::UpstreamTimeout)
                     .with_detail("the upstream did not respond in time")
             }
+            ForwardError::TotalTimeout(_) => {
+                warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
+                Problem::new(ProblemKind::UpstreamTimeout)
+                    .with_detail("the upstream did not respond in time")
+                    .with_decision(Decision::UpstreamTotalTimeout)
+            }
+            ForwardError::ConnectTimeout(_) => {
+                warn!(request_id = ?ctx.request_id, upstream, %error, "upstream connect timed out");
+                Problem::new(ProblemKind::UpstreamTimeout)
+                    .with_detail("the upstream did not respond in time")
+                    .with_decision(Decision::UpstreamConnectTimeout)
+            }
             ForwardError::Busy(_) => {
                 // Not a warning each: they come in floods exactly when the upstream is slow.
                 tracing::debug!(request_id = ?ctx.request_id, upstream, %error, "upstream at its in-flight cap");

@@ -68,9 +68,15 @@ pub enum UpstreamError {
 /// that says which, and nothing more.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// No response headers within the timeout.
+    /// No response headers within the timeout of an attempt.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// The attempts and pauses together took longer than the total timeout.
+    #[error("upstream calls took longer than the total timeout of {0:?}")]
+    TotalTimeout(Duration),
+    /// No TCP connection could be opened within the connect timeout.
+    #[error("no connection to the upstream within the connect timeout")]
+    ConnectTimeout(#[source] PoolError),
     /// The client's streamed body went over the limit.
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
@@ -393,14 +399,12 @@ impl Upstream {
             Some(breaker) => Some(breaker.admit()?),
             None => None,
         };
-        let sent = match shared.total_timeout {
-            Some(total) => match tokio::time::timeout(total, self.send_with_retries(request)).await
-            {
-                Ok(sent) => sent,
-                Err(_) => Err(ForwardError::Timeout(total)),
-            },
-            None => self.send_with_retries(request).await,
-        };
+        // One timer per attempt, set to whichever ends first: the attempt's timeout or
+        // what is left of the total.
+        let deadline = shared
+            .total_timeout
+            .map(|total| (tokio::time::Instant::now() + total, total));
+        let sent = self.send_with_retries(request, deadline).await;
         let outcome = match &sent {
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
             Ok(_) => Outcome::Success,
@@ -432,6 +436,7 @@ impl Upstream {
     async fn send_with_retries(
         &self,
         request: Request<UpstreamBody>,
+        deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
         let Some(policy) = self
             .shared
@@ -439,32 +444,41 @@ impl Upstream {
             .as_ref()
             .filter(|policy| policy.covers(request.method()))
         else {
-            return self.send_once(request).await;
+            return self.send_once(request, deadline).await;
         };
         policy.count_request();
         // Only a body held whole can be sent again: one declared longer, or not declared
         // at all (chunked), streams once and is not retried.
         let declared = http_body::Body::size_hint(request.body()).exact();
         if declared.is_none_or(|length| length > REPLAYABLE_BODY_MAX) {
-            return self.send_once(request).await;
+            return self.send_once(request, deadline).await;
         }
         let (head, body) = request.into_parts();
         let head = Request::from_parts(head, ());
         let body = read_whole(body).await?;
         let mut attempt = 1;
         loop {
-            let sent = self.send_once(resend(&head, body.clone())).await;
+            let sent = self.send_once(resend(&head, body.clone()), deadline).await;
             let retryable = match &sent {
                 Ok(response) => matches!(response.status().as_u16(), 502..=504),
-                Err(ForwardError::Timeout(_) | ForwardError::Unavailable(_)) => true,
+                Err(
+                    ForwardError::Timeout(_)
+                    | ForwardError::ConnectTimeout(_)
+                    | ForwardError::Unavailable(_),
+                ) => true,
                 Err(_) => false,
             };
-            if !retryable || attempt >= policy.attempts() || !policy.try_retry() {
+            if !retryable || attempt >= policy.attempts() {
+                return sent;
+            }
+            let resume = tokio::time::Instant::now() + policy.pause(attempt);
+            // A retry that could not start before the total timeout is not made.
+            if deadline.is_some_and(|(end, _)| resume >= end) || !policy.try_retry() {
                 return sent;
             }
             // The failed answer's body is not wanted: its connection closes with it.
             drop(sent);
-            tokio::time::sleep(policy.pause(attempt)).await;
+            tokio::time::sleep_until(resume).await;
             attempt += 1;
             tracing::debug!(upstream = %self.name, attempt, "retrying the upstream call");
         }
@@ -474,10 +488,11 @@ impl Upstream {
     async fn send_once(
         &self,
         request: Request<UpstreamBody>,
+        deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
         match self.shared.credential.as_ref().and_then(|c| c.header()) {
-            Some((name, keys)) => self.send_with_key(request, name, keys).await,
-            None => self.attempt(request).await,
+            Some((name, keys)) => self.send_with_key(request, name, keys, deadline).await,
+            None => self.attempt(request, deadline).await,
         }
     }
 
@@ -485,9 +500,18 @@ impl Upstream {
     async fn attempt(
         &self,
         request: Request<UpstreamBody>,
+        deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
-        match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
-            Err(_) => Err(ForwardError::Timeout(self.timeout)),
+        let own = tokio::time::Instant::now() + self.timeout;
+        let (until, total) = match deadline {
+            Some((end, total)) if end < own => (end, Some(total)),
+            _ => (own, None),
+        };
+        match tokio::time::timeout_at(until, self.pool.send(request)).await {
+            Err(_) => Err(match total {
+                Some(total) => ForwardError::TotalTimeout(total),
+                None => ForwardError::Timeout(self.timeout),
+            }),
             Ok(Err(error)) => Err(classify(error)),
             Ok(Ok(response)) => Ok(response),
         }
@@ -501,6 +525,7 @@ impl Upstream {
         mut request: Request<UpstreamBody>,
         name: &http::HeaderName,
         keys: &KeyPool,
+        deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
         let key = keys.pick()?;
         request
@@ -509,7 +534,7 @@ impl Upstream {
         let again = (request.method().is_idempotent()
             && http_body::Body::is_end_stream(request.body()))
         .then(|| empty_copy(&request));
-        let response = self.attempt(request).await?;
+        let response = self.attempt(request, deadline).await?;
         let Some(bench) = bench_for(&response) else {
             return Ok(response);
         };
@@ -520,7 +545,7 @@ impl Upstream {
         };
         drop(response);
         again.headers_mut().insert(name.clone(), next.value.clone());
-        let retried = self.attempt(again).await?;
+        let retried = self.attempt(again, deadline).await?;
         if let Some(bench) = bench_for(&retried) {
             keys.bench(&next, bench);
         }
@@ -552,6 +577,9 @@ fn bench_for<B>(response: &Response<B>) -> Option<Bench> {
     }
 }
 
+/// When the total timeout ends, and how long it is; none without one.
+type Deadline = Option<(tokio::time::Instant, Duration)>;
+
 /// A copy of `request`'s head with an empty body, to send it again.
 fn empty_copy<B>(request: &Request<B>) -> Request<UpstreamBody> {
     resend(request, Bytes::new())
@@ -571,6 +599,9 @@ fn resend<B>(head: &Request<B>, body: Bytes) -> Request<UpstreamBody> {
 /// The client's body, read whole (it was declared short enough to hold).
 async fn read_whole(body: UpstreamBody) -> Result<Bytes, ForwardError> {
     use http_body_util::BodyExt;
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => {
@@ -595,6 +626,8 @@ impl ForwardError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Timeout(_)
+            | Self::TotalTimeout(_)
+            | Self::ConnectTimeout(_)
             | Self::Unavailable(_)
             | Self::PinMismatch(_)
             | Self::UnexpectedUpgrade => Outcome::Failure,
@@ -626,14 +659,22 @@ fn classify(error: PoolError) -> ForwardError {
         return ForwardError::PinMismatch(mismatch);
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut timed_out = false;
     while let Some(current) = source {
         if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
             return ForwardError::BodyTooLarge(*too_large);
         }
+        // The connector's own timeout surfaces as an I/O error that timed out.
+        timed_out |= current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
         if current.is::<ClientBodyError>() {
             return ForwardError::ClientBody(Box::new(error));
         }
         source = current.source();
+    }
+    if timed_out && matches!(error, PoolError::Connect(_)) {
+        return ForwardError::ConnectTimeout(error);
     }
     ForwardError::Unavailable(error)
 }

@@ -27,8 +27,23 @@ fn with_retries(upstream_url: &str, rest: &str) -> (tempfile::TempDir, Gateway) 
         .env("PORTCULLIS_API_TOKENS", TOKEN)
         .arg("--config")
         .arg(config.to_str().unwrap())
+        .arg("--access-log")
+        .arg(dir.path().join("access.log").to_str().unwrap())
         .start();
     (dir, gateway)
+}
+
+/// The decisions of the gateway's requests, once it has stopped.
+fn decisions(dir: &tempfile::TempDir, gateway: &mut Gateway) -> Vec<String> {
+    gateway.final_log();
+    std::fs::read_to_string(dir.path().join("access.log"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            line["decision"].as_str().unwrap().to_owned()
+        })
+        .collect()
 }
 
 /// An upstream that answers 503 to the first `failures` requests for `/flaky...`, then 200,
@@ -98,7 +113,7 @@ async fn retries_stop_at_the_budget() {
 #[tokio::test]
 async fn slow_attempts_are_retried_within_the_total_timeout() {
     let upstream = Upstream::start().await;
-    let (_dir, gateway) = with_retries(
+    let (dir, mut gateway) = with_retries(
         &upstream.url(),
         &format!("timeout = \"300ms\"\ntotal_timeout = \"700ms\"\n{POLICY}"),
     );
@@ -109,6 +124,31 @@ async fn slow_attempts_are_retried_within_the_total_timeout() {
     assert!(took >= Duration::from_millis(650), "{took:?}");
     assert!(took < Duration::from_millis(1500), "{took:?}");
     assert!(attempts(&upstream, "/slow/2000") >= 2);
+    assert_eq!(decisions(&dir, &mut gateway), ["upstream_total_timeout"]);
+}
+
+/// A connection that cannot be opened within `connect_timeout` (an upstream whose accept
+/// queue is full: the kernel drops the SYN) is a 504 with a decision of its own.
+#[tokio::test]
+async fn connect_timeouts_have_their_own_decision() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // The one connection the queue holds; it is never accepted.
+    let _filler = std::net::TcpStream::connect(addr).unwrap();
+    let (dir, mut gateway) = with_retries(&format!("http://{addr}"), "connect_timeout = \"300ms\"");
+    let started = Instant::now();
+    let reply = get_authorized(&gateway.url("/x")).await;
+    reply.assert_problem(504, "upstream-timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(decisions(&dir, &mut gateway), ["upstream_connect_timeout"]);
 }
 
 /// Retry settings that cannot be right are refused by `check`.

@@ -507,7 +507,10 @@ fn plain_http_off_the_host_fails_production() {
         if production {
             command.arg("--production");
         }
-        let output = command.env("PORTCULLIS_API_TOKENS", TOKEN).output().unwrap();
+        let output = command
+            .env("PORTCULLIS_API_TOKENS", TOKEN)
+            .output()
+            .unwrap();
         String::from_utf8(output.stdout).unwrap()
     };
     let plain = check(false);
@@ -515,5 +518,8 @@ fn plain_http_off_the_host_fails_production() {
     assert_eq!(plain.matches("upstreams.plaintext").count(), 1, "{plain}");
     assert!(plain.contains("\"remote\""), "{plain}");
     let production = check(true);
-    assert!(production.contains("error[upstreams.plaintext]"), "{production}");
+    assert!(
+        production.contains("error[upstreams.plaintext]"),
+        "{production}"
+    );
 }
