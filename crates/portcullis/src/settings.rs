@@ -380,7 +380,19 @@ fn transport(
     }
     let credential = match (&upstream.credential, outline_path) {
         (None, None) => None,
-        (None, Some(path)) => Credential::new(None, Some(path)).ok(),
+        (None, Some(path)) => {
+            match Credential::new(None, Some(path)) {
+                Ok(credential) => Some(credential),
+                Err(_) => {
+                    invalid.add(
+                    "upstreams.outline_access",
+                    format!("upstream {name:?}: the apiUrl's secret path is not usable as a path prefix"),
+                    "give the access file exactly as the Outline installer wrote it",
+                );
+                    None
+                }
+            }
+        }
         (Some(config), path) => credential(name, config, path, invalid),
     };
     if invalid.0.len() > before {

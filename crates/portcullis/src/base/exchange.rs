@@ -54,7 +54,8 @@ pub enum Decision {
     BadRequest,
     /// The request head did not arrive in time.
     HeadTimeout,
-    /// The client's body could not be read: malformed chunked framing, cut short.
+    /// The client's body could not be read: malformed chunked framing, cut short, or too
+    /// slow to arrive.
     ClientBodyError,
     /// The client went away before its response was sent whole.
     ClientAborted,

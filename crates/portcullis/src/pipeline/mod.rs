@@ -229,7 +229,11 @@ impl Gateway {
         if let Some(cors) = &self.cors {
             cors.apply(origin.as_ref(), headers);
         }
-        headers.insert(X_REQUEST_ID.clone(), ctx.request_id);
+        // Never indexed by HTTP/2 header compression, so every answer of the gateway's
+        // carries it in full: the connection tells h2's own bare 431 apart by its size.
+        let mut request_id = ctx.request_id;
+        request_id.set_sensitive(true);
+        headers.insert(X_REQUEST_ID.clone(), request_id);
         match progress.record.take() {
             Some(record) => record.respond(response, decision, progress.route),
             None => response,
@@ -390,6 +394,12 @@ impl Gateway {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");
                 Problem::new(ProblemKind::UpstreamTimeout)
                     .with_detail("the upstream did not respond in time")
+            }
+            ForwardError::ClientBodyTimeout => {
+                tracing::debug!(request_id = ?ctx.request_id, upstream, "client body too slow");
+                Problem::new(ProblemKind::RequestTimeout)
+                    .with_detail("the request body was not received in time")
+                    .with_decision(Decision::ClientBodyError)
             }
             ForwardError::TotalTimeout(_) => {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream timed out");

@@ -74,6 +74,10 @@ pub enum ForwardError {
     /// The attempts and pauses together took longer than the total timeout.
     #[error("upstream calls took longer than the total timeout of {0:?}")]
     TotalTimeout(Duration),
+    /// The client's body did not arrive in time: the attempt timed out while the body was
+    /// still being sent, or it could not be read whole in time to be held for a resend.
+    #[error("the client's request body did not arrive in time")]
+    ClientBodyTimeout,
     /// No TCP connection could be opened within the connect timeout.
     #[error("no connection to the upstream within the connect timeout")]
     ConnectTimeout(#[source] PoolError),
@@ -391,6 +395,9 @@ impl Upstream {
         use http_body_util::BodyExt;
 
         let shared = &self.shared;
+        // A body to be held for resending is read first, before the request takes an
+        // in-flight slot or a breaker probe: a slow client holds neither.
+        let outgoing = self.prepare(request).await?;
         let slot = match &shared.in_flight {
             Some(limit) => Some(limit.acquire().await?),
             None => None,
@@ -404,7 +411,12 @@ impl Upstream {
         let deadline = shared
             .total_timeout
             .map(|total| (tokio::time::Instant::now() + total, total));
-        let sent = self.send_with_retries(request, deadline).await;
+        let sent = match self.send_with_retries(outgoing, deadline).await {
+            Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                Err(ForwardError::UnexpectedUpgrade)
+            }
+            sent => sent,
+        };
         let outcome = match &sent {
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
             Ok(_) => Outcome::Success,
@@ -415,9 +427,6 @@ impl Upstream {
             permit.record(outcome);
         }
         let response = sent?;
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ForwardError::UnexpectedUpgrade);
-        }
         let (mut parts, body) = response.into_parts();
         // An HTTP/1.0 upstream must not turn the client's status line into HTTP/1.0.
         parts.version = http::Version::HTTP_11;
@@ -431,31 +440,42 @@ impl Upstream {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Sends `request`, again after a failure while the retry policy allows: the request
-    /// must be of a method it covers, with a body the gateway can hold whole.
-    async fn send_with_retries(
-        &self,
-        request: Request<UpstreamBody>,
-        deadline: Deadline,
-    ) -> Result<Response<pool::PooledBody>, ForwardError> {
-        let Some(policy) = self
+    /// The request as it will go: streaming, or with its body held whole so that it can
+    /// be sent again, when the retry policy covers it and the body is declared at most
+    /// [`REPLAYABLE_BODY_MAX`] bytes (one declared longer, or not declared at all, streams
+    /// once and is not retried). Reading the body is bounded by the attempt timeout.
+    async fn prepare(&self, request: Request<UpstreamBody>) -> Result<Outgoing, ForwardError> {
+        let covered = self
             .shared
             .retry
             .as_ref()
-            .filter(|policy| policy.covers(request.method()))
-        else {
-            return self.send_once(request, deadline).await;
-        };
-        policy.count_request();
-        // Only a body held whole can be sent again: one declared longer, or not declared
-        // at all (chunked), streams once and is not retried.
+            .is_some_and(|policy| policy.covers(request.method()));
         let declared = http_body::Body::size_hint(request.body()).exact();
-        if declared.is_none_or(|length| length > REPLAYABLE_BODY_MAX) {
-            return self.send_once(request, deadline).await;
+        if !covered || declared.is_none_or(|length| length > REPLAYABLE_BODY_MAX) {
+            return Ok(Outgoing::Streaming(request));
         }
         let (head, body) = request.into_parts();
-        let head = Request::from_parts(head, ());
-        let body = read_whole(body).await?;
+        match tokio::time::timeout(self.timeout, read_whole(body)).await {
+            Ok(body) => Ok(Outgoing::Held(Request::from_parts(head, ()), body?)),
+            Err(_) => Err(ForwardError::ClientBodyTimeout),
+        }
+    }
+
+    /// Sends `outgoing`, again after a failure while the retry policy allows (a held body
+    /// only).
+    async fn send_with_retries(
+        &self,
+        outgoing: Outgoing,
+        deadline: Deadline,
+    ) -> Result<Response<pool::PooledBody>, ForwardError> {
+        let (head, body) = match outgoing {
+            Outgoing::Streaming(request) => return self.send_once(request, deadline).await,
+            Outgoing::Held(head, body) => (head, body),
+        };
+        let Some(policy) = self.shared.retry.as_ref() else {
+            return self.send_once(resend(&head, body), deadline).await;
+        };
+        policy.count_request();
         let mut attempt = 1;
         loop {
             let sent = self.send_once(resend(&head, body.clone()), deadline).await;
@@ -507,7 +527,14 @@ impl Upstream {
             Some((end, total)) if end < own => (end, Some(total)),
             _ => (own, None),
         };
-        match tokio::time::timeout_at(until, self.pool.send(request)).await {
+        let body_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exchange = self.pool.send(request, body_sent.clone());
+        match tokio::time::timeout_at(until, exchange).await {
+            // A body still arriving when time ran out is the client's slowness, not the
+            // upstream's: the upstream cannot answer a request it has not had whole.
+            Err(_) if !body_sent.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(ForwardError::ClientBodyTimeout)
+            }
             Err(_) => Err(match total {
                 Some(total) => ForwardError::TotalTimeout(total),
                 None => ForwardError::Timeout(self.timeout),
@@ -540,13 +567,19 @@ impl Upstream {
         };
         keys.bench(&key, bench);
         tracing::warn!(upstream = %self.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
-        let (Some(mut again), Ok(next)) = (again, keys.pick()) else {
+        // The next key is taken only for a request that can go again.
+        let Some(mut again) = again else {
+            return Ok(response);
+        };
+        let Ok(next) = keys.pick() else {
             return Ok(response);
         };
         drop(response);
         again.headers_mut().insert(name.clone(), next.value.clone());
         let retried = self.attempt(again, deadline).await?;
-        if let Some(bench) = bench_for(&retried) {
+        // A 403 may be about the request rather than the key: one request benches at most
+        // one key for it, so that no client can bench the whole pool two keys at a time.
+        if let Some(bench) = bench_for(&retried).filter(|_| retried.status() != 403) {
             keys.bench(&next, bench);
         }
         Ok(retried)
@@ -575,6 +608,14 @@ fn bench_for<B>(response: &Response<B>) -> Option<Bench> {
         ))),
         _ => None,
     }
+}
+
+/// A request about to go upstream.
+enum Outgoing {
+    /// With the client's body streaming through: sent once.
+    Streaming(Request<UpstreamBody>),
+    /// With its body held whole: it can be sent again.
+    Held(Request<()>, Bytes),
 }
 
 /// When the total timeout ends, and how long it is; none without one.
@@ -633,6 +674,7 @@ impl ForwardError {
             | Self::UnexpectedUpgrade => Outcome::Failure,
             Self::BodyTooLarge(_)
             | Self::ClientBody(_)
+            | Self::ClientBodyTimeout
             | Self::KeysExhausted(_)
             | Self::CircuitOpen(_)
             | Self::Busy(_) => Outcome::Neither,

@@ -67,12 +67,13 @@ impl Pool {
         })
     }
 
-    /// Sends `request` (origin-form URI) on a pooled connection, or a new one.
+    /// Sends `request` (origin-form URI) on a pooled connection, or a new one;
+    /// `request_sent` is set once its body has been sent whole.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<UpstreamBody>,
+        request_sent: Arc<AtomicBool>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let request_sent = Arc::new(AtomicBool::new(false));
         let mut request = request.map(|body| SentBody::new(body, request_sent.clone()));
         if let Some(mut sender) = self.checkout().await {
             match sender.try_send_request(request).await {

@@ -149,3 +149,44 @@ async fn client_faults_never_open_the_circuit() {
     assert_eq!(state["failed"], 0);
     assert_eq!(get_authorized(&gateway.url("/ok")).await.status, 200);
 }
+
+/// A client that sends its body too slowly makes the attempt time out, but the upstream
+/// never had the request whole: 408 for the client, and no failure counted against the
+/// upstream.
+#[tokio::test]
+async fn slow_client_bodies_never_open_the_circuit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[upstreams.flaky]\nurl = \"{}\"\ntimeout = \"300ms\"\n\
+             circuit = {{ failure_threshold = 2, recovery_timeout = \"60s\" }}\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"flaky\"\n",
+            upstream.url()
+        ),
+    );
+    let gateway = Launch::bare()
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .start();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: 10\r\n\r\nab"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply));
+        let _ = read.await;
+        parse_raw(&reply).assert_problem(408, "request-timeout");
+    }
+    let state = circuit(&gateway).await;
+    assert_eq!(state["circuit"]["state"], "closed");
+    assert_eq!(state["failed"], 0);
+    assert_eq!(get_authorized(&gateway.url("/ok")).await.status, 200);
+}

@@ -126,22 +126,22 @@ async fn refused_keys_are_benched_and_idempotent_requests_retried() {
         "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
         &[("TEST_UPSTREAM_KEYS", "refused-1,good-1,limited-1,good-2")],
     );
-    // refused-1 answers 401 and is benched; the GET goes again with good-1.
-    let reply = get_authorized(&gateway.url("/api/a")).await;
-    assert_eq!(reply.status, 200);
-    // The next turn is limited-1 (429, benched for 120 s), then good-2.
-    let reply = get_authorized(&gateway.url("/api/b")).await;
-    assert_eq!(reply.status, 200);
-    // Only the good keys are left, in turn; a POST is never sent twice.
+    // A POST meets refused-1 (401): the key is benched, and the POST is not sent again.
+    let post = || {
+        http::Request::post(gateway.url("/api/c"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    assert_eq!(send(post()).await.status, 401);
+    assert_eq!(keys_seen(&upstream), ["refused-1"]);
+    // good-1 answers the next GET.
+    assert_eq!(get_authorized(&gateway.url("/api/a")).await.status, 200);
+    // The next turn is limited-1 (429, benched for 120 s); the GET goes again with good-2.
+    assert_eq!(get_authorized(&gateway.url("/api/b")).await.status, 200);
+    // Only the good keys are left, in turn.
     for _ in 0..4 {
-        let reply = send(
-            http::Request::post(gateway.url("/api/c"))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
+        assert_eq!(send(post()).await.status, 200);
     }
     let seen = keys_seen(&upstream);
     assert_eq!(
