@@ -10,24 +10,14 @@ use crate::common::*;
 /// A gateway in front of `upstream_url` whose breaker opens after 3 failures, stays open
 /// 1 s, and closes after 2 successful probes, one at a time; access log in a file.
 fn guarded(upstream_url: &str) -> (tempfile::TempDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    start_configured(
         &format!(
             "[upstreams.flaky]\nurl = \"{upstream_url}\"\n\
              circuit = {{ failure_threshold = 3, recovery_timeout = \"1s\", success_threshold = 2, half_open_probes = 1 }}\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"flaky\"\n"
         ),
-    );
-    let gateway = Launch::bare()
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .arg("--access-log")
-        .arg(dir.path().join("access.log").to_str().unwrap())
-        .start();
-    (dir, gateway)
+        Launch::bare(),
+    )
 }
 
 /// The breaker's entry on `GET /v1/upstreams`.
@@ -111,19 +101,11 @@ async fn a_failing_upstream_is_left_alone_then_probed_back() {
         "{metrics}"
     );
 
-    gateway.final_log();
-    let decisions: Vec<String> = std::fs::read_to_string(dir.path().join("access.log"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line).unwrap()["decision"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let open = decisions_of(&dir, &mut gateway)
+        .into_iter()
         .filter(|decision| decision == "upstream_circuit_open")
-        .collect();
-    assert_eq!(decisions.len(), 2);
+        .count();
+    assert_eq!(open, 2);
 }
 
 /// Requests the gateway refuses for the client's fault never count against the upstream:
@@ -157,22 +139,15 @@ async fn client_faults_never_open_the_circuit() {
 async fn slow_client_bodies_never_open_the_circuit() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    let (_dir, gateway) = start_configured(
         &format!(
             "[upstreams.flaky]\nurl = \"{}\"\ntimeout = \"300ms\"\n\
              circuit = {{ failure_threshold = 2, recovery_timeout = \"60s\" }}\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"flaky\"\n",
             upstream.url()
         ),
+        Launch::bare(),
     );
-    let gateway = Launch::bare()
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .start();
     for _ in 0..3 {
         let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
         let head = format!(

@@ -591,3 +591,58 @@ where
     tokio::spawn(producer(tx));
     ChannelBody(rx)
 }
+
+/// A gateway with `config` as its config file and [`TOKEN`] as its static token (and
+/// whatever `launch` adds), writing its access log: both in a new temporary directory,
+/// returned with it.
+pub fn start_configured(config: &str, launch: Launch) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "c.toml", config);
+    let gateway = launch
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .arg("--config")
+        .arg(path.to_str().unwrap())
+        .arg("--access-log")
+        .arg(dir.path().join("access.log").to_str().unwrap())
+        .start();
+    (dir, gateway)
+}
+
+/// The access log [`start_configured`] keeps in `dir`, once `gateway` has stopped (so
+/// every record is written): one JSON object per line.
+pub fn access_log_of(dir: &tempfile::TempDir, gateway: &mut Gateway) -> Vec<Value> {
+    gateway.final_log();
+    std::fs::read_to_string(dir.path().join("access.log"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The decisions of the main listener's requests in that access log (admin API requests
+/// left out).
+pub fn decisions_of(dir: &tempfile::TempDir, gateway: &mut Gateway) -> Vec<String> {
+    access_log_of(dir, gateway)
+        .iter()
+        .filter(|line| line["admin"] != true)
+        .map(|line| line["decision"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `portcullis check --config` on `config` with [`TOKEN`], `env` and `args` added: its
+/// exit code and what it printed.
+pub fn check_config(config: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "c.toml", config);
+    let output = portcullis()
+        .args(["check", "--config", path.to_str().unwrap()])
+        .args(args)
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}

@@ -14,36 +14,13 @@ use crate::common::*;
 
 /// A gateway in front of `upstream_url` with `rest` added to its upstream's table.
 fn with_retries(upstream_url: &str, rest: &str) -> (tempfile::TempDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    start_configured(
         &format!(
             "[upstreams.api]\nurl = \"{upstream_url}\"\n{rest}\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n"
         ),
-    );
-    let gateway = Launch::bare()
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .arg("--access-log")
-        .arg(dir.path().join("access.log").to_str().unwrap())
-        .start();
-    (dir, gateway)
-}
-
-/// The decisions of the gateway's requests, once it has stopped.
-fn decisions(dir: &tempfile::TempDir, gateway: &mut Gateway) -> Vec<String> {
-    gateway.final_log();
-    std::fs::read_to_string(dir.path().join("access.log"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let line: serde_json::Value = serde_json::from_str(line).unwrap();
-            line["decision"].as_str().unwrap().to_owned()
-        })
-        .collect()
+        Launch::bare(),
+    )
 }
 
 /// An upstream that answers 503 to the first `failures` requests for `/flaky...`, then 200,
@@ -124,7 +101,7 @@ async fn slow_attempts_are_retried_within_the_total_timeout() {
     assert!(took >= Duration::from_millis(650), "{took:?}");
     assert!(took < Duration::from_millis(1500), "{took:?}");
     assert!(attempts(&upstream, "/slow/2000") >= 2);
-    assert_eq!(decisions(&dir, &mut gateway), ["upstream_total_timeout"]);
+    assert_eq!(decisions_of(&dir, &mut gateway), ["upstream_total_timeout"]);
 }
 
 /// A connection that cannot be opened within `connect_timeout` (an upstream whose accept
@@ -148,27 +125,23 @@ async fn connect_timeouts_have_their_own_decision() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(decisions(&dir, &mut gateway), ["upstream_connect_timeout"]);
+    assert_eq!(
+        decisions_of(&dir, &mut gateway),
+        ["upstream_connect_timeout"]
+    );
 }
 
 /// Retry settings that cannot be right are refused by `check`.
 #[test]
 fn unsafe_retry_settings_are_refused_by_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    let (code, out) = check_config(
         "[upstreams.api]\nurl = \"http://127.0.0.1:1\"\n\
          retry = { attempts = 0, budget = 1.5, methods = [\"POST\"] }\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+        &[],
+        &[],
     );
-    let output = portcullis()
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .output()
-        .unwrap();
-    let out = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_eq!(code, Some(1), "{out}");
     assert_eq!(out.matches("error[upstreams.retry]").count(), 3, "{out}");
     assert!(
         out.contains("\"POST\" is not an idempotent method"),

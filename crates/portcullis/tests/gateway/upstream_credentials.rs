@@ -3,7 +3,6 @@
 //! client, a log line or a record ever shows.
 
 use http::Response;
-use serde_json::Value;
 
 use crate::common::*;
 
@@ -14,26 +13,17 @@ fn with_credential(
     credential: &str,
     env: &[(&str, &str)],
 ) -> (tempfile::TempDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    let mut launch = Launch::bare().env("PORTCULLIS_LOG", "debug");
+    for (name, value) in env {
+        launch = launch.env(name, *value);
+    }
+    start_configured(
         &format!(
             "[upstreams.api]\nurl = \"{upstream_url}\"\ncredential = {{ {credential} }}\n\
              [[routes]]\npath_prefix = \"/api\"\nupstream = \"api\"\nstrip_prefix = true\n"
         ),
-    );
-    let mut launch = Launch::bare()
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .env("PORTCULLIS_LOG", "debug")
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .arg("--access-log")
-        .arg(dir.path().join("access.log").to_str().unwrap());
-    for (name, value) in env {
-        launch = launch.env(name, *value);
-    }
-    (dir, launch.start())
+        launch,
+    )
 }
 
 /// Everything the gateway wrote about its requests: its log and its access log, once it
@@ -186,14 +176,7 @@ async fn with_every_key_benched_requests_are_refused_until_one_returns() {
         state.json()["upstreams"][0]["keys"],
         serde_json::json!({"healthy": 0, "refused": 1, "rate_limited": 1})
     );
-    gateway.final_log();
-    let decisions: Vec<String> = std::fs::read_to_string(dir.path().join("access.log"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|line| line["admin"] != true)
-        .map(|line| line["decision"].as_str().unwrap().to_owned())
-        .collect();
+    let decisions = decisions_of(&dir, &mut gateway);
     assert_eq!(decisions, ["allowed", "upstream_keys_exhausted"]);
 }
 
@@ -234,23 +217,14 @@ async fn a_secret_path_prefix_is_added_and_never_shown() {
 /// `serve`), naming the variable and never a value.
 #[test]
 fn a_credential_without_its_variable_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    let (code, out) = check_config(
         "[upstreams.api]\nurl = \"https://127.0.0.1:1\"\ncredential = { keys_env = \"TEST_UNSET_KEYS\" }\n\
          [upstreams.bad]\nurl = \"https://127.0.0.1:1\"\ncredential = { format = \"{key}\", keys_env = \"TEST_BAD_KEYS\" }\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+        &[],
+        &[("TEST_BAD_KEYS", "visible-part\nhidden-part")],
     );
-    let output = portcullis()
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .env_remove("TEST_UNSET_KEYS")
-        .env("TEST_BAD_KEYS", "visible-part\nhidden-part")
-        .output()
-        .unwrap();
-    let out = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("error[upstreams.credential]"), "{out}");
     assert!(
         out.contains("TEST_UNSET_KEYS (or TEST_UNSET_KEYS_FILE) is unset"),

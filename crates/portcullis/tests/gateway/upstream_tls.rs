@@ -14,7 +14,6 @@ use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, CertifiedKey, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
@@ -180,21 +179,13 @@ struct Pinned {
 
 impl Pinned {
     fn start(upstreams: &[(&str, String)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let mut config = String::new();
         for (name, table) in upstreams {
             config.push_str(&format!(
                 "[upstreams.{name}]\n{table}\n[[routes]]\npath_prefix = \"/{name}\"\nupstream = \"{name}\"\nstrip_prefix = true\n"
             ));
         }
-        let path = write_file(dir.path(), "c.toml", &config);
-        let gateway = Launch::bare()
-            .env("PORTCULLIS_API_TOKENS", TOKEN)
-            .arg("--config")
-            .arg(path.to_str().unwrap())
-            .arg("--access-log")
-            .arg(dir.path().join("access.log").to_str().unwrap())
-            .start();
+        let (dir, gateway) = start_configured(&config, Launch::bare());
         Self { dir, gateway }
     }
 
@@ -204,15 +195,7 @@ impl Pinned {
 
     /// The access log's decisions, once the gateway has stopped.
     fn decisions(&mut self) -> Vec<String> {
-        self.gateway.final_log();
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap()
-            .lines()
-            .map(|line| {
-                let line: Value = serde_json::from_str(line).unwrap();
-                line["decision"].as_str().unwrap().to_owned()
-            })
-            .collect()
+        decisions_of(&self.dir, &mut self.gateway)
     }
 }
 
@@ -374,24 +357,17 @@ async fn a_client_certificate_is_presented_to_upstreams_that_ask() {
 /// upstream and an unreadable CA file are each refused by `check`, with their rule.
 #[test]
 fn tls_settings_that_cannot_work_are_refused_by_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    let (code, out) = check_config(
         "[upstreams.short]\nurl = \"https://127.0.0.1:1\"\npin_sha256 = [\"9F86D081\"]\n\
          [upstreams.spki]\nurl = \"https://127.0.0.1:1\"\npin_spki_sha256 = [\"AAAA\"]\n\
          [upstreams.half]\nurl = \"https://127.0.0.1:1\"\nclient_cert = \"/nonexistent.pem\"\n\
          [upstreams.plain]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/nonexistent.pem\"\n\
          [upstreams.missing]\nurl = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent.pem\"\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"short\"\n",
+        &[],
+        &[],
     );
-    let output = portcullis()
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .output()
-        .unwrap();
-    let out = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_eq!(code, Some(1), "{out}");
     for rule in [
         "error[upstreams.pin_sha256]",
         "error[upstreams.pin_spki_sha256]",
@@ -460,9 +436,7 @@ fn unusable_outline_access_is_refused_by_check() {
         "no-pin.txt",
         "apiUrl:https://127.0.0.1:1/TopSecret9\n",
     );
-    let config = write_file(
-        dir.path(),
-        "c.toml",
+    let (code, out) = check_config(
         &format!(
             "[upstreams.missing]\noutline_access = \"/nonexistent/access.txt\"\n\
              [upstreams.nopin]\noutline_access = \"{}\"\n\
@@ -471,14 +445,10 @@ fn unusable_outline_access_is_refused_by_check() {
             no_pin.display(),
             no_pin.display()
         ),
+        &[],
+        &[],
     );
-    let output = portcullis()
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .output()
-        .unwrap();
-    let out = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_eq!(code, Some(1), "{out}");
     assert_eq!(
         out.matches("error[upstreams.outline_access]").count(),
         3,
@@ -492,26 +462,13 @@ fn unusable_outline_access_is_refused_by_check() {
 /// `--production` an error; on loopback it is neither.
 #[test]
 fn plain_http_off_the_host_fails_production() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
-        "[upstreams.remote]\nurl = \"http://10.0.0.5:9000\"\n\
+    let config = "[upstreams.remote]\nurl = \"http://10.0.0.5:9000\"\n\
          [upstreams.local]\nurl = \"http://127.0.0.1:9000\"\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"remote\"\n\
-         [[routes]]\npath_prefix = \"/local\"\nupstream = \"local\"\n",
-    );
+         [[routes]]\npath_prefix = \"/local\"\nupstream = \"local\"\n";
     let check = |production: bool| {
-        let mut command = portcullis();
-        command.args(["check", "--config", config.to_str().unwrap()]);
-        if production {
-            command.arg("--production");
-        }
-        let output = command
-            .env("PORTCULLIS_API_TOKENS", TOKEN)
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
+        let args: &[&str] = if production { &["--production"] } else { &[] };
+        check_config(config, args, &[]).1
     };
     let plain = check(false);
     assert!(plain.contains("warning[upstreams.plaintext]"), "{plain}");
