@@ -33,9 +33,11 @@ done
 work=$(mktemp -d)
 pids=()
 database="portcullis_bench_$$"
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$work/upstream/nginx.pid" ] && kill "$(cat "$work/upstream/nginx.pid")" 2>/dev/null || true
+  stop_nginx upstream
   sleep 0.5
   for db in "$database" "${database}_writer"; do
     psql -q "$POSTGRES_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
@@ -56,30 +58,13 @@ writer_sqlite=$(EVENTS=$EVENTS "$target/examples/audit_writer")
 writer_postgres=$(EVENTS=$EVENTS PORTCULLIS_DATABASE_URL="$base_url/${database}_writer" "$target/examples/audit_writer")
 
 # The upstream: nginx answering every request (POST included) with a small JSON document.
-mkdir -p "$work/upstream"
-cat >"$work/upstream/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/upstream/nginx.pid;
-error_log $work/upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/upstream/body;
-  proxy_temp_path $work/upstream/proxy;
-  fastcgi_temp_path $work/upstream/fastcgi;
-  uwsgi_temp_path $work/upstream/uwsgi;
-  scgi_temp_path $work/upstream/scgi;
-  keepalive_requests 1000000;
-  server {
+start_nginx upstream 1 "server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     location / {
       default_type application/json;
-      return 200 '{"id":"ORD-1001","status":"accepted"}';
+      return 200 '{\"id\":\"ORD-1001\",\"status\":\"accepted\"}';
     }
-  }
-}
-EOF
-nginx -p "$work/upstream" -c "$work/upstream/nginx.conf"
+  }"
 
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 psql -q "$POSTGRES_ADMIN_URL" -c "CREATE DATABASE $database" >/dev/null
@@ -113,45 +98,25 @@ wrk.body = '{"sku":"SKU-1001","quantity":3}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 auth="Authorization: Bearer $token"
-# measure <key> <port>: one wrk run of POSTs; appends "key rps p50 p99 errors" (µs).
-measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" -s "$work/post.lua" -H "$auth" \
-    "http://127.0.0.1:$2/v1/orders" | awk -v key="$1" '
-    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
-    /^Requests\/sec/ { rps = $2 }
-    $1 == "50%" { p50 = us($2) }
-    $1 == "99%" { p99 = us($2) }
-    /Non-2xx or 3xx/ { errors = $5 }
-    END { printf "%s %s %s %s %d\n", key, rps, p50, p99, errors }' >>"$work/runs"
-}
 for port in $OFF_PORT $SQLITE_PORT $POSTGRES_PORT; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" -H "$auth" "http://127.0.0.1:$port/v1/orders" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
-  measure off "$OFF_PORT"
-  measure sqlite "$SQLITE_PORT"
-  measure postgres "$POSTGRES_PORT"
+  for target in "off $OFF_PORT" "sqlite $SQLITE_PORT" "postgres $POSTGRES_PORT"; do
+    set -- $target
+    measure "$1" -s "$work/post.lua" -H "$auth" "http://127.0.0.1:$2/v1/orders"
+  done
 done
 
-median() {
-  awk -v key="$1" -v col="$2" '$1 == key { print $col }' "$work/runs" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-row() {
-  printf '| %s | %.0f | %.2f ms | %.2f ms | %s |\n' "$2" "$(median "$1" 2)" \
-    "$(awk -v v="$(median "$1" 3)" 'BEGIN { print v / 1000 }')" \
-    "$(awk -v v="$(median "$1" 4)" 'BEGIN { print v / 1000 }')" \
-    "$(awk -v key="$1" '$1 == key { s += $5 } END { print s }' "$work/runs")"
-}
-ratio() { awk -v a="$(median "$1" 2)" -v b="$(median off 2)" 'BEGIN { printf "%.3f", a / b }'; }
+
 admissions=$(psql -At "$base_url/$database" -c "SELECT count(*) FROM audit_events WHERE kind = 'admission'")
 
 section=$(cat <<EOF
 
 ## $(date -u +%Y-%m-%d) — $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown) — the audit log (bench/audit.sh)
 
-Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr).
+Machine: $(machine).
 $(psql -At "$POSTGRES_ADMIN_URL" -c 'SHOW server_version' | sed 's/^/PostgreSQL /'), on the same machine.
 
 The writer on its own (\`examples/audit_writer.rs\`, $EVENTS events fed through the recorder):
@@ -169,8 +134,8 @@ $(row off "POST, audit log off")
 $(row sqlite "POST, strict, SQLite (synchronous = FULL)")
 $(row postgres "POST, strict, PostgreSQL")
 
-Strict on SQLite / audit off: **$(ratio sqlite)x**; strict on PostgreSQL / audit off:
-**$(ratio postgres)x** ($admissions admission events stored in PostgreSQL).
+Strict on SQLite / audit off: **$(ratio sqlite off 2)x**; strict on PostgreSQL / audit off:
+**$(ratio postgres off 2)x** ($admissions admission events stored in PostgreSQL).
 EOF
 )
 echo "$section"

@@ -25,8 +25,10 @@ for tool in valgrind nginx wrk; do
 done
 
 work=$(mktemp -d)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 cleanup() {
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  stop_nginx upstream
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -38,34 +40,18 @@ if [ -z "$binary" ]; then
   binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
 fi
 
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/body;
-  proxy_temp_path $work/proxy;
-  fastcgi_temp_path $work/fastcgi;
-  uwsgi_temp_path $work/uwsgi;
-  scgi_temp_path $work/scgi;
-  keepalive_requests 1000000;
-  server {
+start_nginx upstream 1 "server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     location / {
       default_type application/json;
-      return 200 '{"sku":"SKU-1001","site":"LYON-DC","on_hand":1200,"unit":"EA"}';
+      return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
     }
-  }
-}
-EOF
-nginx -p "$work" -c "$work/nginx.conf"
+  }"
 
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-# measure <name> <requests: yes|no> [gateway args...]: prints "<instructions> <requests>".
-measure() {
+# count_instructions <name> <requests: yes|no> [gateway args...]: prints "<instructions> <requests>".
+count_instructions() {
   local name=$1 load=$2
   shift 2
   rm -rf "$work/data"
@@ -98,8 +84,8 @@ for variant in off file audit; do
   args=(--audit off)
   [ "$variant" = file ] && args=(--audit off --access-log "$work/$variant.access")
   [ "$variant" = audit ] && args=(--audit on)
-  read -r idle _ < <(measure "$variant-idle" no "${args[@]}")
-  read -r busy requests < <(measure "$variant" yes "${args[@]}")
+  read -r idle _ < <(count_instructions "$variant-idle" no "${args[@]}")
+  read -r busy requests < <(count_instructions "$variant" yes "${args[@]}")
   per=$(( (busy - idle) / requests ))
   printf '| %s | %s | %s | %s |\n' "${BINARY:-$(git -C "$root" rev-parse --short HEAD)}" "$variant" "$requests" "$per"
 done

@@ -39,10 +39,12 @@ done
 
 work=$(mktemp -d)
 pids=()
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$work/upstream/nginx.pid" ] && kill "$(cat "$work/upstream/nginx.pid")" 2>/dev/null || true
-  [ -f "$work/proxy/nginx.pid" ] && kill "$(cat "$work/proxy/nginx.pid")" 2>/dev/null || true
+  stop_nginx upstream
+  stop_nginx proxy
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -51,29 +53,6 @@ echo "bench: building the release binary" >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 binary="$root/target/release/portcullis"
 [ -n "${CARGO_TARGET_DIR:-}" ] && binary="$CARGO_TARGET_DIR/release/portcullis"
-
-# nginx <name> <workers> <server block>: an nginx of its own in $work/<name>.
-start_nginx() {
-  local dir="$work/$1"
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes $2;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir/body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
-  keepalive_requests 1000000;
-  $3
-}
-EOF
-  nginx -p "$dir" -c "$dir/nginx.conf"
-}
 
 # The upstream: a fixed small JSON document, as an inventory API might answer.
 start_nginx upstream 1 "server {
@@ -166,20 +145,6 @@ done
 ready=$(curl -s "http://127.0.0.1:$REDIS_PORTCULLIS_PORT/ready")
 case "$ready" in *'"rate_limit_backend":"redis"'*) ;; *) echo "bench: Redis is not in use: $ready" >&2; exit 1 ;; esac
 
-# measure <key> <url> [header]: one measured wrk run; appends "key rps p50 p99 errors" to $work/runs
-# with latencies in microseconds.
-measure() {
-  local args=(-t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION")
-  [ -n "${3:-}" ] && args+=(-H "$3")
-  wrk "${args[@]}" "$2" | awk -v key="$1" '
-    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
-    /^Requests\/sec/ { rps = $2 }
-    $1 == "50%" { p50 = us($2) }
-    $1 == "99%" { p99 = us($2) }
-    /Non-2xx or 3xx/ { errors = $5 }
-    END { printf "%s %s %s %s %d\n", key, rps, p50, p99, errors }' >>"$work/runs"
-}
-
 upstream_url="http://127.0.0.1:$UPSTREAM_PORT/v1/positions"
 nginx_url="http://127.0.0.1:$NGINX_PORT/v1/positions"
 portcullis_url="http://127.0.0.1:$PORTCULLIS_PORT/v1/positions"
@@ -204,26 +169,15 @@ for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   measure upstream "$upstream_url"
   measure nginx "$nginx_url"
-  measure portcullis "$portcullis_url" "$auth"
-  measure managed "$portcullis_url" "$managed_auth"
-  measure limited "$limited_url" "$auth"
-  measure redis "$redis_url" "$auth"
-  measure access_log "$access_log_url" "$auth"
-  measure audit "$audit_url" "$auth"
-  if [ -n "$BASELINE_BIN" ]; then measure baseline "$baseline_url" "$auth"; fi
+  measure portcullis -H "$auth" "$portcullis_url"
+  measure managed -H "$managed_auth" "$portcullis_url"
+  measure limited -H "$auth" "$limited_url"
+  measure redis -H "$auth" "$redis_url"
+  measure access_log -H "$auth" "$access_log_url"
+  measure audit -H "$auth" "$audit_url"
+  if [ -n "$BASELINE_BIN" ]; then measure baseline -H "$auth" "$baseline_url"; fi
 done
 
-# median <key> <column>: the median of one column over the rounds.
-median() {
-  awk -v key="$1" -v col="$2" '$1 == key { print $col }' "$work/runs" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-row() {
-  printf '| %s | %.0f | %.2f ms | %.2f ms | %s |\n' "$2" "$(median "$1" 2)" \
-    "$(awk -v v="$(median "$1" 3)" 'BEGIN { print v / 1000 }')" \
-    "$(awk -v v="$(median "$1" 4)" 'BEGIN { print v / 1000 }')" \
-    "$(awk -v key="$1" '$1 == key { s += $5 } END { print s }' "$work/runs")"
-}
 rows=$(
   row upstream "upstream direct (nginx, 1 worker)"
   row nginx "nginx reverse proxy"
@@ -248,7 +202,7 @@ section=$(cat <<EOF
 
 ## $(date -u +%Y-%m-%d) — $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr).
+Machine: $(machine).
 wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target per round, $ROUNDS interleaved rounds after
 a warm-up, medians shown; all on 127.0.0.1, sharing the same cores. $(nginx -v 2>&1 | sed 's/.*: //').
 

@@ -32,9 +32,11 @@ done
 
 work=$(mktemp -d)
 pids=()
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
+  stop_nginx nginx
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -49,33 +51,16 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -subj "/CN=203.0.113.5" -keyout "$work/upstream.key" -out "$work/upstream.pem" 2>/dev/null
 pin=$(openssl x509 -in "$work/upstream.pem" -outform der | sha256sum | cut -d' ' -f1 | tr a-f A-F)
 
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  keepalive_requests 1000000;
-  server {
+start_nginx nginx 1 "server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     listen 127.0.0.1:$UPSTREAM_TLS_PORT ssl;
     ssl_certificate $work/upstream.pem;
     ssl_certificate_key $work/upstream.key;
     location / {
       default_type application/json;
-      return 200 '{"sku":"SKU-1001","site":"LYON-DC","on_hand":1200,"unit":"EA"}';
+      return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
     }
-  }
-}
-EOF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
+  }"
 
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
@@ -111,44 +96,22 @@ for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT; do
   [ "$status" = 200 ] || { echo "bench: the gateway on $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
-# measure <key> <url>: one wrk run; appends "key rps p50 p99 errors" (microseconds) to $work/runs.
-measure() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" -H "Authorization: Bearer $token" "$2" | awk -v key="$1" '
-    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
-    /^Requests\/sec/ { rps = $2 }
-    $1 == "50%" { p50 = us($2) }
-    $1 == "99%" { p99 = us($2) }
-    /Non-2xx or 3xx/ { errors = $5 }
-    END { printf "%s %s %s %s %d\n", key, rps, p50, p99, errors }' >>"$work/runs"
-}
-
+auth="Authorization: Bearer $token"
 for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/positions" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
-  measure plain "http://127.0.0.1:$PLAIN_PORT/v1/positions"
-  measure pinned "http://127.0.0.1:$PINNED_PORT/v1/positions"
-  measure layered "http://127.0.0.1:$LAYERED_PORT/v1/positions"
+  measure plain -H "$auth" "http://127.0.0.1:$PLAIN_PORT/v1/positions"
+  measure pinned -H "$auth" "http://127.0.0.1:$PINNED_PORT/v1/positions"
+  measure layered -H "$auth" "http://127.0.0.1:$LAYERED_PORT/v1/positions"
 done
-
-median() {
-  awk -v key="$1" -v col="$2" '$1 == key { print $col }' "$work/runs" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-row() {
-  printf '| %s | %.0f | %.2f ms | %.2f ms | %s |\n' "$2" "$(median "$1" 2)" \
-    "$(awk -v v="$(median "$1" 3)" 'BEGIN { print v / 1000 }')" \
-    "$(awk -v v="$(median "$1" 4)" 'BEGIN { print v / 1000 }')" \
-    "$(awk -v key="$1" '$1 == key { s += $5 } END { print s }' "$work/runs")"
-}
-ratio() { awk -v a="$(median "$1" "$3")" -v b="$(median "$2" "$3")" 'BEGIN { printf "%.3f", a / b }'; }
 
 section=$(cat <<EOF
 
 ## $(date -u +%Y-%m-%d) — $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown) — upstream TLS, breaker and retries
 
-Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr).
+Machine: $(machine).
 \`bash bench/upstream.sh\`: wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target per round, $ROUNDS
 interleaved rounds after a warm-up, medians; one nginx upstream (1 worker) on 127.0.0.1, HTTP/1.1
 to it; the gateway with a static token and security headers, no access or audit log.

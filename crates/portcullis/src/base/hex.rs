@@ -1,4 +1,5 @@
-//! Lowercase hex, as token hashes, request ids and the audit chain write bytes.
+//! Hex: lowercase, as token hashes, request ids and the audit chain write bytes; read in
+//! either case, as certificate pins are given.
 
 /// `bytes` as lowercase hex digits.
 pub fn encode(bytes: &[u8]) -> String {

@@ -1,0 +1,69 @@
+# Shared by the benchmark scripts: an nginx of their own, one measured wrk run, medians over
+# rounds, Markdown rows, and the machine's description. Source it after setting $work (a
+# scratch directory) and THREADS, CONNECTIONS and DURATION.
+
+# start_nginx <name> <workers> <http block body>: an nginx of its own in $work/<name>.
+start_nginx() {
+  local dir="$work/$1"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<CONF
+worker_processes $2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 1000000;
+  $3
+}
+CONF
+  nginx -p "$dir" -c "$dir/nginx.conf"
+}
+
+# stop_nginx <name>: stops the nginx start_nginx started, if it runs.
+stop_nginx() {
+  [ -f "$work/$1/nginx.pid" ] && kill "$(cat "$work/$1/nginx.pid")" 2>/dev/null || true
+}
+
+# measure <key> [wrk options...] <url>: one measured wrk run; appends
+# "key rps p50 p99 errors" to $work/runs, latencies in microseconds.
+measure() {
+  local key=$1
+  shift
+  wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" "$@" | awk -v key="$key" '
+    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
+    /^Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = us($2) }
+    $1 == "99%" { p99 = us($2) }
+    /Non-2xx or 3xx/ { errors = $5 }
+    END { printf "%s %s %s %s %d\n", key, rps, p50, p99, errors }' >>"$work/runs"
+}
+
+# median <key> <column>: the median of one column of $work/runs over the rounds.
+median() {
+  awk -v key="$1" -v col="$2" '$1 == key { print $col }' "$work/runs" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# row <key> <label>: a Markdown row of medians (requests/s, p50, p99) and the errors of all rounds.
+row() {
+  printf '| %s | %.0f | %.2f ms | %.2f ms | %s |\n' "$2" "$(median "$1" 2)" \
+    "$(awk -v v="$(median "$1" 3)" 'BEGIN { print v / 1000 }')" \
+    "$(awk -v v="$(median "$1" 4)" 'BEGIN { print v / 1000 }')" \
+    "$(awk -v key="$1" '$1 == key { s += $5 } END { print s }' "$work/runs")"
+}
+
+# ratio <key> <other key> <column>: the first's median over the second's.
+ratio() {
+  awk -v a="$(median "$1" "$3")" -v b="$(median "$2" "$3")" 'BEGIN { printf "%.3f", a / b }'
+}
+
+# machine: the machine's cores, CPU, memory and kernel, for the results.
+machine() {
+  echo "$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
+}
