@@ -8,6 +8,7 @@
 #
 #   bash bench/upstream.sh            # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #   ROUNDS=5 bash bench/upstream.sh --record
+#   DURATION=5s bash bench/upstream.sh --instructions   # instructions per request, callgrind
 #
 # Needs: nginx, wrk and openssl (apt-get install nginx wrk openssl), a Rust toolchain.
 set -euo pipefail
@@ -25,6 +26,11 @@ PINNED_PORT=${PINNED_PORT:-18204}
 LAYERED_PORT=${LAYERED_PORT:-18205}
 record=false
 [ "${1:-}" = "--record" ] && record=true
+instructions=false
+[ "${1:-}" = "--instructions" ] && instructions=true
+# One worker per core (0), or one under callgrind.
+workers=0
+$instructions && workers=1
 
 for tool in nginx wrk openssl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
@@ -64,34 +70,70 @@ start_nginx nginx 1 "server {
 
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-# gateway <name> <port> <upstream table lines>: a gateway whose one route goes to that upstream.
-gateway() {
+# configure <name> <upstream table lines>: a configuration whose one route goes to that upstream.
+configure() {
   cat >"$work/$1.toml" <<EOF
 [upstreams.api]
-$3
+$2
 [[routes]]
 path_prefix = "/"
 upstream = "api"
 EOF
-  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$binary" serve \
-    --listen "127.0.0.1:$2" --config "$work/$1.toml" --data-dir "$work/data-$1" \
-    --admin-listen off 2>"$work/$1.log" &
-  pids+=($!)
 }
-gateway plain "$PLAIN_PORT" "url = \"http://127.0.0.1:$UPSTREAM_PORT\""
-gateway pinned "$PINNED_PORT" "url = \"https://127.0.0.1:$UPSTREAM_TLS_PORT\"
+configure plain "url = \"http://127.0.0.1:$UPSTREAM_PORT\""
+configure pinned "url = \"https://127.0.0.1:$UPSTREAM_TLS_PORT\"
 pin_sha256 = [\"$pin\"]"
-gateway layered "$LAYERED_PORT" "url = \"https://127.0.0.1:$UPSTREAM_TLS_PORT\"
+configure layered "url = \"https://127.0.0.1:$UPSTREAM_TLS_PORT\"
 pin_sha256 = [\"$pin\"]
 total_timeout = \"30s\"
 circuit = { failure_threshold = 5, recovery_timeout = \"60s\", success_threshold = 2, half_open_probes = 1 }
 retry = { attempts = 3, budget = 0.2, backoff = \"50ms\", max_backoff = \"2s\", methods = [\"GET\", \"HEAD\", \"OPTIONS\"] }"
 
-for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT; do
-  for _ in $(seq 100); do
+# serve <name> <port> [runner...]: the gateway with that configuration on that port, once
+# it answers.
+serve() {
+  local name=$1 port=$2
+  shift 2
+  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$@" "$binary" serve \
+    --listen "127.0.0.1:$port" --config "$work/$name.toml" --data-dir "$work/data-$name" \
+    --admin-listen off --workers "$workers" 2>"$work/$name.log" &
+  pids+=($!)
+  for _ in $(seq 600); do
     curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
     sleep 0.1
   done
+}
+
+if $instructions; then
+  # Instructions per request of one worker under callgrind, steady where wrk's figures move
+  # by 10% between runs on two shared cores; a run with no request gives what starting and
+  # stopping cost, which is subtracted.
+  command -v valgrind >/dev/null || { echo "bench: valgrind is missing" >&2; exit 1; }
+  count() { # <name> <yes|no>: "<instructions> <requests>"
+    serve "$1" "$PLAIN_PORT" valgrind --tool=callgrind --callgrind-out-file="$work/$1-$2.out"
+    local requests=0
+    if [ "$2" = yes ]; then
+      requests=$(wrk -t1 -c8 -d"$DURATION" -H "Authorization: Bearer $token" \
+        "http://127.0.0.1:$PLAIN_PORT/v1/positions" | awk '/requests in/ {print $1}')
+    fi
+    kill -TERM "${pids[-1]}"
+    wait "${pids[-1]}" || true
+    echo "$(callgrind_annotate "$work/$1-$2.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}') $requests"
+  }
+  printf '| upstream reached over | requests | instructions/request |\n|---|---|---|\n'
+  for name in pinned layered; do
+    read -r idle _ < <(count "$name" no)
+    read -r busy requests < <(count "$name" yes)
+    printf '| %s | %s | %s |\n' "$name" "$requests" "$(( (busy - idle) / requests ))"
+  done
+  exit 0
+fi
+
+serve plain "$PLAIN_PORT"
+serve pinned "$PINNED_PORT"
+serve layered "$LAYERED_PORT"
+
+for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT; do
   status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/positions" || true)
   [ "$status" = 200 ] || { echo "bench: the gateway on $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
 done
