@@ -195,6 +195,8 @@ fn tls(config: &Config, production: bool, report: &mut Report) {
         Some(files) => {
             if let Err(error) = crate::server::tls::load(&files.cert, &files.key) {
                 report.add("tls.files", Severity::Error, error.to_string(), "point --tls-cert and --tls-key at a readable PEM certificate chain and its private key");
+            } else if let Some(expires) = crate::server::tls::certificate_expiry(&files.cert) {
+                certificate_expiry(expires, report);
             }
         }
         None if production && config.trusted_proxies.is_empty() => report.add(
@@ -229,6 +231,26 @@ fn upstream_transport(config: &Config, production: bool, report: &mut Report) {
                 "use https:// (with ca_file or a pin for a private certificate), or keep the upstream on loopback",
             );
         }
+    }
+}
+
+/// The days a certificate should have left: fewer is a warning.
+const CERTIFICATE_DAYS_WARNED: u64 = 30;
+
+fn certificate_expiry(expires: std::time::SystemTime, report: &mut Report) {
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .map_or(0, |ahead| ahead.as_secs() / 86_400);
+    if left < CERTIFICATE_DAYS_WARNED {
+        report.add(
+            "tls.expiry",
+            Severity::Warning,
+            format!(
+                "the listener's certificate expires in {left} days ({})",
+                humantime::format_rfc3339_seconds(expires)
+            ),
+            "renew the certificate, then restart the gateway",
+        );
     }
 }
 

@@ -80,6 +80,8 @@ struct AdminState {
     audit: Option<AuditStore>,
     /// What the workers share of each upstream: breakers, call counts, key pools.
     upstreams: Vec<Arc<crate::upstream::UpstreamShared>>,
+    /// When the main listener's TLS certificate expires, if it has one.
+    listener_certificate: Option<std::time::SystemTime>,
 }
 
 /// A bound admin listener.
@@ -142,6 +144,10 @@ impl AdminServer {
                     recorder: shared.recorder.clone(),
                     audit: shared.audit_store.clone(),
                     upstreams: shared.upstreams.clone(),
+                    listener_certificate: config
+                        .tls
+                        .as_ref()
+                        .and_then(|files| crate::server::tls::certificate_expiry(&files.cert)),
                 },
                 Arc::new(Front {
                     headers,
@@ -686,7 +692,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         snapshot.backend_errors,
         snapshot.fallback_decisions,
     ));
-    upstreams::metrics(&state.upstreams, &mut text);
+    upstreams::metrics(&state.upstreams, state.listener_certificate, &mut text);
     if let Some(recorder) = &state.recorder {
         text.push_str(&format!(
             "# HELP portcullis_records_dropped_total Request records dropped because the access log could not keep up (never with the audit log on).\n\

@@ -11,11 +11,15 @@ use utoipa::ToSchema;
 use super::AdminState;
 use crate::upstream::{CircuitState, PoolStatus, UpstreamShared};
 
-/// Every upstream, in name order.
+/// Every upstream, in name order, and the listener's own certificate.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UpstreamsView {
     /// One entry per upstream.
     pub upstreams: Vec<UpstreamView>,
+    /// When the main listener's TLS certificate expires (RFC 3339); null without TLS.
+    pub listener_certificate_expires: Option<String>,
+    /// Whole days until then (negative once past); null without TLS.
+    pub listener_certificate_days_left: Option<i64>,
 }
 
 /// One upstream.
@@ -37,6 +41,11 @@ pub struct UpstreamView {
     pub last_failure: Option<String>,
     /// Its credential's key pool; null when it has none.
     pub keys: Option<PoolStatus>,
+    /// When the certificate it last presented expires (RFC 3339); null before the first
+    /// TLS handshake, and for plain HTTP.
+    pub certificate_expires: Option<String>,
+    /// Whole days until then (negative once past).
+    pub certificate_days_left: Option<i64>,
 }
 
 /// A circuit breaker's state and settings.
@@ -64,6 +73,7 @@ impl UpstreamView {
         let total = calls.succeeded + calls.failed;
         let time =
             |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_millis(at).to_string());
+        let expires = upstream.certificate_expires();
         Self {
             name: upstream.name().to_owned(),
             circuit: upstream.breaker().map(|breaker| {
@@ -84,8 +94,25 @@ impl UpstreamView {
             last_success: time(calls.last_success),
             last_failure: time(calls.last_failure),
             keys: upstream.keys(),
+            certificate_expires: expires.map(|at| humantime::format_rfc3339(at).to_string()),
+            certificate_days_left: expires.map(days_left),
         }
     }
+}
+
+/// Whole days from now until `at`, negative once past.
+fn days_left(at: SystemTime) -> i64 {
+    let seconds = match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+        Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    seconds / 86_400
+}
+
+/// Seconds since the Unix epoch, as Prometheus takes times.
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Each upstream's circuit breaker, call counts and key pool, on this instance.
@@ -98,12 +125,45 @@ pub async fn upstreams(State(state): State<AdminState>) -> Json<UpstreamsView> {
         .map(|upstream| UpstreamView::of(upstream))
         .collect();
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(UpstreamsView { upstreams })
+    let listener = state.listener_certificate;
+    Json(UpstreamsView {
+        upstreams,
+        listener_certificate_expires: listener.map(|at| humantime::format_rfc3339(at).to_string()),
+        listener_certificate_days_left: listener.map(days_left),
+    })
 }
 
-/// The upstreams' lines of `/metrics`, in the Prometheus text format.
-pub fn metrics(upstreams: &[std::sync::Arc<UpstreamShared>], text: &mut String) {
+/// The upstreams' lines of `/metrics`, in the Prometheus text format, with the listener
+/// certificate's expiry.
+pub fn metrics(
+    upstreams: &[std::sync::Arc<UpstreamShared>],
+    listener_certificate: Option<SystemTime>,
+    text: &mut String,
+) {
     use std::fmt::Write;
+    text.push_str(
+        "# HELP portcullis_upstream_certificate_expiry_timestamp_seconds When the certificate each upstream last presented expires.\n\
+         # TYPE portcullis_upstream_certificate_expiry_timestamp_seconds gauge\n",
+    );
+    for upstream in upstreams {
+        if let Some(expires) = upstream.certificate_expires() {
+            let _ = writeln!(
+                text,
+                "portcullis_upstream_certificate_expiry_timestamp_seconds{{upstream=\"{}\"}} {}",
+                label(upstream.name()),
+                unix_seconds(expires)
+            );
+        }
+    }
+    if let Some(expires) = listener_certificate {
+        let _ = writeln!(
+            text,
+            "# HELP portcullis_listener_certificate_expiry_timestamp_seconds When the main listener's TLS certificate expires.\n\
+             # TYPE portcullis_listener_certificate_expiry_timestamp_seconds gauge\n\
+             portcullis_listener_certificate_expiry_timestamp_seconds {}",
+            unix_seconds(expires)
+        );
+    }
     text.push_str(
         "# HELP portcullis_upstream_calls_total Calls to each upstream, by outcome.\n\
          # TYPE portcullis_upstream_calls_total counter\n",

@@ -82,6 +82,10 @@ impl Shared {
                         in_flight,
                         upstream.resilience.clone(),
                         upstream.credential.clone(),
+                        upstream
+                            .target
+                            .is_https()
+                            .then(|| upstream.transport.certificate().clone()),
                     )
                 })
                 .collect(),

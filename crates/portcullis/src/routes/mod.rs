@@ -371,7 +371,7 @@ mod tests {
             &target,
             &transport(),
             Duration::from_secs(1),
-            UpstreamShared::new(name, None, Resilience::default(), None),
+            UpstreamShared::new(name, None, Resilience::default(), None, None),
         )
     }
 
@@ -470,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn locations_map_back_to_the_public_prefix() {
         let target = UpstreamTarget::parse("o", "http://10.0.0.5:9000/SECRET").unwrap();
-        let shared = UpstreamShared::new("o", None, Resilience::default(), None);
+        let shared = UpstreamShared::new("o", None, Resilience::default(), None, None);
         let based = Upstream::new(&target, &transport(), Duration::from_secs(1), shared);
         let route = Route::new("/outline", based, true).with_auth(RouteAuth::Capability);
         let mut headers = HeaderMap::new();

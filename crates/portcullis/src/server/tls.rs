@@ -37,6 +37,12 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     load_with_alpn(cert, key, &[b"h2", b"http/1.1"])
 }
 
+/// When the first certificate in the PEM file `cert` expires; none when it cannot be read.
+pub fn certificate_expiry(cert: &Path) -> Option<std::time::SystemTime> {
+    let first = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    crate::upstream::certificate_expiry(&first)
+}
+
 /// Like [`load`], offering only the protocols in `alpn`.
 pub fn load_with_alpn(
     cert: &Path,

@@ -34,7 +34,10 @@ pub use in_flight::{Busy, InFlightLimit};
 pub use outline::{OutlineAccess, OutlineAccessError};
 pub use pool::PoolError;
 pub use retry::{REPLAYABLE_BODY_MAX, RetryPolicy, RetrySettings};
-pub use tls::{PinMismatch, TlsSetupError, UpstreamTls, parse_cert_pin, parse_spki_pin};
+pub use tls::{
+    CertificateSeen, PinMismatch, TlsSetupError, UpstreamTls, certificate_expiry, parse_cert_pin,
+    parse_spki_pin,
+};
 
 use crate::base::body::ResponseBody;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
@@ -174,16 +177,24 @@ impl UpstreamTarget {
 pub struct Transport {
     connect_timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
+    certificate: Arc<CertificateSeen>,
 }
 
 impl Transport {
     /// A transport that gives up connecting after `connect_timeout`, with TLS as `tls`
     /// says (used only for `https://` upstreams).
     pub fn new(connect_timeout: Duration, tls: &UpstreamTls) -> Result<Self, TlsSetupError> {
+        let certificate = Arc::new(CertificateSeen::default());
         Ok(Self {
             connect_timeout,
-            tls: Arc::new(tls.client_config()?),
+            tls: Arc::new(tls.client_config(certificate.clone())?),
+            certificate,
         })
+    }
+
+    /// When the certificate the upstream last presented expires, once one was accepted.
+    pub fn certificate(&self) -> &Arc<CertificateSeen> {
+        &self.certificate
     }
 }
 
@@ -211,15 +222,18 @@ pub struct UpstreamShared {
     total_timeout: Option<Duration>,
     calls: CallStats,
     credential: Option<Arc<Credential>>,
+    certificate: Option<Arc<CertificateSeen>>,
 }
 
 impl UpstreamShared {
-    /// The shared state of the upstream `name`.
+    /// The shared state of the upstream `name`; `certificate` notes the expiry of the
+    /// certificate its TLS connections accept.
     pub fn new(
         name: &str,
         in_flight: Option<Arc<InFlightLimit>>,
         resilience: Resilience,
         credential: Option<Arc<Credential>>,
+        certificate: Option<Arc<CertificateSeen>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: Arc::from(name),
@@ -229,7 +243,13 @@ impl UpstreamShared {
             total_timeout: resilience.total_timeout,
             calls: CallStats::default(),
             credential,
+            certificate,
         })
+    }
+
+    /// When the certificate it last presented expires, once one was accepted over TLS.
+    pub fn certificate_expires(&self) -> Option<std::time::SystemTime> {
+        self.certificate.as_ref()?.expires()
     }
 
     /// The upstream's name.
@@ -752,7 +772,7 @@ mod tests {
             &UpstreamTarget::parse("u", url)?,
             &transport,
             Duration::from_secs(1),
-            UpstreamShared::new("u", None, Resilience::default(), None),
+            UpstreamShared::new("u", None, Resilience::default(), None, None),
         ))
     }
 

@@ -11,7 +11,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
@@ -64,14 +67,56 @@ pub struct PinMismatch {
     pub spki: String,
 }
 
+/// When the last certificate an upstream presented, and the gateway accepted, expires.
+#[derive(Debug, Default)]
+pub struct CertificateSeen {
+    /// Seconds since the Unix epoch; 0 before any.
+    not_after: AtomicU64,
+}
+
+impl CertificateSeen {
+    fn saw(&self, der: &[u8]) {
+        if let Some(seconds) = certificate_expiry(der)
+            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+            .map(|since| since.as_secs())
+        {
+            self.not_after.store(seconds, Ordering::Relaxed);
+        }
+    }
+
+    /// When it expires; none before the first handshake.
+    pub fn expires(&self) -> Option<SystemTime> {
+        match self.not_after.load(Ordering::Relaxed) {
+            0 => None,
+            seconds => Some(UNIX_EPOCH + Duration::from_secs(seconds)),
+        }
+    }
+}
+
+/// When the DER certificate `der` stops being valid; none when it cannot be read.
+pub fn certificate_expiry(der: &[u8]) -> Option<SystemTime> {
+    use x509_cert::der::Decode;
+    let certificate = x509_cert::Certificate::from_der(der).ok()?;
+    let after = certificate
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration();
+    Some(UNIX_EPOCH + after)
+}
+
 impl UpstreamTls {
     /// Whether the upstream is trusted by pins rather than by a chain to a root.
     pub fn is_pinned(&self) -> bool {
         !self.cert_pins.is_empty() || !self.spki_pins.is_empty()
     }
 
-    /// The rustls client configuration: TLS 1.2 and 1.3 (the connector sets ALPN).
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsSetupError> {
+    /// The rustls client configuration: TLS 1.2 and 1.3 (the connector sets ALPN); the
+    /// leaf each accepted handshake presents is noted in `seen`.
+    pub fn client_config(
+        &self,
+        seen: Arc<CertificateSeen>,
+    ) -> Result<rustls::ClientConfig, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -82,9 +127,18 @@ impl UpstreamTls {
                     cert_pins: self.cert_pins.clone(),
                     spki_pins: self.spki_pins.clone(),
                     provider,
+                    seen,
                 }))
         } else {
-            builder.with_root_certificates(self.roots()?)
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider)
+                    .build()
+                    .map_err(|error| {
+                        TlsSetupError::Rustls(rustls::Error::General(error.to_string()))
+                    })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NotingVerifier { verifier, seen }))
         };
         let config = match &self.client_identity {
             None => builder.with_no_client_auth(),
@@ -146,6 +200,57 @@ struct PinnedVerifier {
     cert_pins: Vec<Sha256Digest>,
     spki_pins: Vec<Sha256Digest>,
     provider: Arc<CryptoProvider>,
+    seen: Arc<CertificateSeen>,
+}
+
+/// rustls's own verification (chain, name, dates), noting the leaf it accepts.
+#[derive(Debug)]
+struct NotingVerifier {
+    verifier: Arc<WebPkiServerVerifier>,
+    seen: Arc<CertificateSeen>,
+}
+
+impl ServerCertVerifier for NotingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.seen.saw(end_entity);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier.supported_verify_schemes()
+    }
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -163,6 +268,7 @@ impl ServerCertVerifier for PinnedVerifier {
             Err(_) => return Err(CertificateError::BadEncoding.into()),
         };
         if self.cert_pins.contains(&cert) || self.spki_pins.contains(&spki) {
+            self.seen.saw(end_entity);
             return Ok(ServerCertVerified::assertion());
         }
         let mismatch = PinMismatch {

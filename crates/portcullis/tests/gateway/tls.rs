@@ -625,3 +625,47 @@ async fn http2_heads_h2_refuses_are_recorded_rfc_9113_8_1_1() {
     );
     assert_eq!(upstream.seen().len(), 1);
 }
+
+/// The listener's certificate expiry is on the admin API and `/metrics`, and `check` warns
+/// when fewer than 30 days are left.
+#[tokio::test]
+async fn a_listener_certificate_close_to_expiry_is_reported() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = write_file(dir.path(), "cert.pem", &cert.pem());
+    let key_path = write_file(dir.path(), "key.pem", &key.serialize_pem());
+    let output = portcullis()
+        .args(["check", "--upstream", "http://127.0.0.1:9000"])
+        .args(["--tls-cert", cert_path.to_str().unwrap()])
+        .args(["--tls-key", key_path.to_str().unwrap()])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .output()
+        .unwrap();
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert!(out.contains("warning[tls.expiry]"), "{out}");
+    assert!(
+        out.contains("expires in 9 days") || out.contains("expires in 10 days"),
+        "{out}"
+    );
+
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--tls-cert")
+        .arg(cert_path.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_path.to_str().unwrap())
+        .start();
+    let state = get_authorized(&gateway.admin_url("/v1/upstreams"))
+        .await
+        .json();
+    let days = state["listener_certificate_days_left"].as_i64().unwrap();
+    assert!((9..=10).contains(&days), "{state}");
+    let metrics = get_authorized(&gateway.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("portcullis_listener_certificate_expiry_timestamp_seconds "),
+        "{metrics}"
+    );
+}

@@ -237,6 +237,26 @@ async fn a_pinned_upstream_is_trusted_by_its_certificate_alone() {
         assert_eq!(reply.text(), "tls ok");
     }
     assert_eq!(upstream.requests(), 4);
+    // The pinned certificate's expiry, once it was accepted (rcgen's default: 4096).
+    let state = get_authorized(&gateway.gateway.admin_url("/v1/upstreams")).await;
+    let outline = &state.json()["upstreams"][1];
+    assert_eq!(outline["name"], "outline");
+    assert!(outline["certificate_days_left"].as_i64().unwrap() > 365 * 100);
+    assert!(
+        outline["certificate_expires"]
+            .as_str()
+            .unwrap()
+            .starts_with("4096-01-01")
+    );
+    let metrics = get_authorized(&gateway.gateway.admin_url("/metrics"))
+        .await
+        .text();
+    assert!(
+        metrics.contains(
+            "portcullis_upstream_certificate_expiry_timestamp_seconds{upstream=\"outline\"}"
+        ),
+        "{metrics}"
+    );
 }
 
 /// A certificate that matches no pin fails the handshake before any request byte is sent
