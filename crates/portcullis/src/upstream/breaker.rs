@@ -79,6 +79,9 @@ struct Inner {
     probes: u32,
     /// Probe successes while half-open.
     successes: u32,
+    /// How many times it has opened: a probe let through before the last opening belongs
+    /// to an earlier half-open period, and its outcome no longer counts.
+    openings: u64,
 }
 
 /// Leave to call the upstream once; record the outcome with [`Breaker::record`]. Dropped
@@ -86,7 +89,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Permit<'a> {
     breaker: &'a Breaker,
-    probe: bool,
+    /// For a probe, the opening whose half-open period let it through.
+    probe: Option<u64>,
     recorded: bool,
 }
 
@@ -102,6 +106,7 @@ impl Breaker {
                 open_until: Instant::now(),
                 probes: 0,
                 successes: 0,
+                openings: 0,
             }),
         }
     }
@@ -133,11 +138,11 @@ impl Breaker {
     /// Leave to call the upstream, or how long until it is given again.
     pub fn admit(&self) -> Result<Permit<'_>, CircuitOpen> {
         if self.state.load(Ordering::Acquire) == CLOSED {
-            return Ok(self.permit(false));
+            return Ok(self.permit(None));
         }
         let mut inner = self.lock();
         match self.state.load(Ordering::Acquire) {
-            CLOSED => Ok(self.permit(false)),
+            CLOSED => Ok(self.permit(None)),
             OPEN => {
                 let now = Instant::now();
                 if now < inner.open_until {
@@ -148,11 +153,11 @@ impl Breaker {
                 self.set(HALF_OPEN);
                 inner.probes = 1;
                 inner.successes = 0;
-                Ok(self.permit(true))
+                Ok(self.permit(Some(inner.openings)))
             }
             _ if inner.probes < self.settings.half_open_probes => {
                 inner.probes += 1;
-                Ok(self.permit(true))
+                Ok(self.permit(Some(inner.openings)))
             }
             // Probes are out; their results decide soon.
             _ => Err(CircuitOpen {
@@ -161,7 +166,7 @@ impl Breaker {
         }
     }
 
-    fn permit(&self, probe: bool) -> Permit<'_> {
+    fn permit(&self, probe: Option<u64>) -> Permit<'_> {
         Permit {
             breaker: self,
             probe,
@@ -185,12 +190,13 @@ impl Breaker {
         inner.open_until = Instant::now() + self.settings.recovery_timeout;
         inner.probes = 0;
         inner.successes = 0;
+        inner.openings += 1;
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.set(OPEN);
     }
 
-    fn outcome(&self, probe: bool, outcome: Outcome) {
-        if !probe {
+    fn outcome(&self, probe: Option<u64>, outcome: Outcome) {
+        let Some(opening) = probe else {
             match outcome {
                 Outcome::Success => {
                     if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -209,8 +215,11 @@ impl Breaker {
                 Outcome::Neither => {}
             }
             return;
-        }
+        };
         let mut inner = self.lock();
+        if opening != inner.openings {
+            return;
+        }
         inner.probes = inner.probes.saturating_sub(1);
         if self.state.load(Ordering::Acquire) != HALF_OPEN {
             return;
@@ -378,5 +387,33 @@ mod tests {
         let counts = stats.counts();
         assert_eq!((counts.succeeded, counts.failed), (1, 1));
         assert!(counts.last_failure.is_some() && counts.last_success.is_some());
+    }
+
+    /// A probe from an earlier half-open period, finishing after the breaker opened and
+    /// half-opened again, decides nothing in the new period.
+    #[test]
+    fn a_stale_probe_counts_for_nothing() {
+        let breaker = breaker(Duration::ZERO);
+        for _ in 0..3 {
+            call(&breaker, Outcome::Failure);
+        }
+        let stale = Breaker::admit(&breaker).unwrap();
+        // Meanwhile: reopened by the other half-open period's failure, then half-open again.
+        {
+            let mut inner = breaker.lock();
+            breaker.open(&mut inner);
+        }
+        let fresh = breaker.admit().unwrap();
+        stale.record(Outcome::Success);
+        assert!(
+            breaker.admit().is_err(),
+            "the stale probe freed the fresh one's place"
+        );
+        fresh.record(Outcome::Success);
+        assert_eq!(
+            breaker.state(),
+            CircuitState::HalfOpen,
+            "two successes needed"
+        );
     }
 }

@@ -587,10 +587,19 @@ impl Upstream {
         };
         keys.bench(&key, bench);
         tracing::warn!(upstream = %self.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
-        // The next key is taken only for a request that can go again.
+        // The next key is taken only for a request that can go again, and, with a retry
+        // policy, only while its budget allows: a resend is a retry too.
         let Some(mut again) = again else {
             return Ok(response);
         };
+        if self
+            .shared
+            .retry
+            .as_ref()
+            .is_some_and(|policy| !policy.try_retry())
+        {
+            return Ok(response);
+        }
         let Ok(next) = keys.pick() else {
             return Ok(response);
         };
