@@ -53,13 +53,7 @@ pub fn load_with_alpn(
         path: cert.to_owned(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_error(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_error(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(cert_error("no certificate in the file".to_owned()));
-    }
+    let chain = crate::upstream::pem_certificates(cert).map_err(cert_error)?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_owned(),
         reason: e.to_string(),

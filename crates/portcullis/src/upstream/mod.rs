@@ -36,7 +36,7 @@ pub use pool::PoolError;
 pub use retry::{REPLAYABLE_BODY_MAX, RetryPolicy, RetrySettings};
 pub use tls::{
     CertificateSeen, PinMismatch, TlsSetupError, UpstreamTls, certificate_expiry, parse_cert_pin,
-    parse_spki_pin,
+    parse_spki_pin, pem_certificates,
 };
 
 use crate::base::body::ResponseBody;
@@ -276,8 +276,6 @@ impl UpstreamShared {
 
 /// A named upstream service.
 pub struct Upstream {
-    /// Shared with every record rather than copied into each.
-    name: Arc<str>,
     scheme: Scheme,
     authority: Authority,
     /// The URL's path and the credential's secret path prefix: never shown.
@@ -291,7 +289,7 @@ pub struct Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("name", &self.name)
+            .field("name", &self.shared.name)
             .field("authority", &self.authority)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -329,7 +327,6 @@ impl Upstream {
             base_path.push_str(secrecy::ExposeSecret::expose_secret(prefix));
         }
         Arc::new(Self {
-            name: shared.name.clone(),
             scheme,
             authority,
             base_path,
@@ -342,7 +339,8 @@ impl Upstream {
 
     /// The name it was configured under.
     pub fn name(&self) -> &Arc<str> {
-        &self.name
+        // Shared with every record rather than copied into each.
+        &self.shared.name
     }
 
     /// The `Host` header value requests to it carry.
@@ -520,7 +518,7 @@ impl Upstream {
             drop(sent);
             tokio::time::sleep_until(resume).await;
             attempt += 1;
-            tracing::debug!(upstream = %self.name, attempt, "retrying the upstream call");
+            tracing::debug!(upstream = %self.shared.name, attempt, "retrying the upstream call");
         }
     }
 
@@ -586,7 +584,7 @@ impl Upstream {
             return Ok(response);
         };
         keys.bench(&key, bench);
-        tracing::warn!(upstream = %self.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
+        tracing::warn!(upstream = %self.shared.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
         // The next key is taken only for a request that can go again, and, with a retry
         // policy, only while its budget allows: a resend is a retry too.
         let Some(mut again) = again else {

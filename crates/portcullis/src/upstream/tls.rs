@@ -120,26 +120,20 @@ impl UpstreamTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-        let builder = if self.is_pinned() {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    cert_pins: self.cert_pins.clone(),
-                    spki_pins: self.spki_pins.clone(),
-                    provider,
-                    seen,
-                }))
+        let verifier: Arc<dyn ServerCertVerifier> = if self.is_pinned() {
+            Arc::new(PinnedVerifier {
+                cert_pins: self.cert_pins.clone(),
+                spki_pins: self.spki_pins.clone(),
+                provider,
+            })
         } else {
-            let verifier =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider)
-                    .build()
-                    .map_err(|error| {
-                        TlsSetupError::Rustls(rustls::Error::General(error.to_string()))
-                    })?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NotingVerifier { verifier, seen }))
+            WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider)
+                .build()
+                .map_err(|error| TlsSetupError::Rustls(rustls::Error::General(error.to_string())))?
         };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NotingVerifier { verifier, seen }));
         let config = match &self.client_identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
@@ -177,19 +171,23 @@ impl UpstreamTls {
 /// Every certificate in the PEM file at `path`; at least one.
 fn read_certs(
     what: &'static str,
-    path: &PathBuf,
+    path: &std::path::Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let unusable = |reason: String| TlsSetupError::File {
+    pem_certificates(path).map_err(|reason| TlsSetupError::File {
         what,
-        path: path.clone(),
+        path: path.to_owned(),
         reason,
-    };
+    })
+}
+
+/// Every certificate in the PEM file at `path`, or why there is none to use.
+pub fn pem_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|error| unusable(error.to_string()))?
+        .map_err(|error| error.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| unusable(error.to_string()))?;
+        .map_err(|error| error.to_string())?;
     if certs.is_empty() {
-        return Err(unusable("no certificate in it".to_owned()));
+        return Err("no certificate in the file".to_owned());
     }
     Ok(certs)
 }
@@ -200,13 +198,13 @@ struct PinnedVerifier {
     cert_pins: Vec<Sha256Digest>,
     spki_pins: Vec<Sha256Digest>,
     provider: Arc<CryptoProvider>,
-    seen: Arc<CertificateSeen>,
 }
 
-/// rustls's own verification (chain, name, dates), noting the leaf it accepts.
+/// A verifier (the pins, or rustls's own: chain, name, dates) that notes the leaf it
+/// accepts.
 #[derive(Debug)]
 struct NotingVerifier {
-    verifier: Arc<WebPkiServerVerifier>,
+    verifier: Arc<dyn ServerCertVerifier>,
     seen: Arc<CertificateSeen>,
 }
 
@@ -268,7 +266,6 @@ impl ServerCertVerifier for PinnedVerifier {
             Err(_) => return Err(CertificateError::BadEncoding.into()),
         };
         if self.cert_pins.contains(&cert) || self.spki_pins.contains(&spki) {
-            self.seen.saw(end_entity);
             return Ok(ServerCertVerified::assertion());
         }
         let mismatch = PinMismatch {
