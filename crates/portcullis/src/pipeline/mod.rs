@@ -358,9 +358,9 @@ impl Gateway {
             .sampling(sample);
 
         let request = Request::from_parts(parts, body);
-        let mut response = route
-            .upstream()
-            .send(request)
+        // Boxed: the upstream call's state (retries, keys, timers) is large, and hyper moves
+        // the whole request future when it starts it; on the heap it is moved as a pointer.
+        let mut response = Box::pin(route.upstream().send(request))
             .await
             .map_err(|error| self.forward_problem(error, route.upstream().name(), ctx))?;
         // What the upstream says about itself, or about cross-origin access, is not for

@@ -253,16 +253,6 @@ impl KeyPool {
         }
         status
     }
-
-    /// How many keys the pool holds.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether the pool holds no key (never: a pool is built with at least one).
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 /// The keys in a variable's value: comma-separated (the `OPENROUTER_KEYS` convention),
