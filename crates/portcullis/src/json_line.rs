@@ -92,20 +92,10 @@ impl<'a> Line<'a> {
     fn ip(&mut self, ip: Option<IpAddr>) {
         match ip {
             None => self.out.extend_from_slice(b"null"),
-            // The usual case, without the formatting machinery.
-            Some(IpAddr::V4(ip)) => {
-                let mut digits = itoa::Buffer::new();
-                self.out.push(b'"');
-                for (i, octet) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(b'.');
-                    }
-                    self.out.extend_from_slice(digits.format(octet).as_bytes());
-                }
-                self.out.push(b'"');
-            }
             Some(ip) => {
-                let _ = write!(self.out, "\"{ip}\"");
+                self.out.push(b'"');
+                write_ip(self.out, ip);
+                self.out.push(b'"');
             }
         }
     }
@@ -167,6 +157,32 @@ impl<'a> Line<'a> {
     /// Ends the object, with no line break.
     pub fn close(self) {
         self.out.push(b'}');
+    }
+}
+
+/// `ip` as text, as [`Line`] writes it.
+pub fn ip_text(ip: IpAddr) -> String {
+    let mut out = Vec::with_capacity(15);
+    write_ip(&mut out, ip);
+    // Digits, dots and colons only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `ip` to `out`: IPv4, the usual case, without the formatting machinery.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(ip) => {
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 

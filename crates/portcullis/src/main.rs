@@ -26,6 +26,11 @@ use portcullis::server::Server;
 use portcullis::store::{Store, StoreLocation};
 use tracing::warn;
 
+/// mimalloc: records made on the workers are freed on the recorder's thread, which glibc's
+/// allocator makes slow; measured faster on every path (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A security gateway: authentication, security headers, CORS, request hygiene and rate
 /// limits in front of any HTTP API.
 #[derive(Debug, Parser)]

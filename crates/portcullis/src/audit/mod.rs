@@ -10,6 +10,7 @@
 //! on, the recorder's queue makes a worker wait for room rather than lose a record, and a
 //! batch the store refuses is retried until it is taken.
 
+pub mod appender;
 pub mod chain;
 pub mod query;
 pub mod retention;
@@ -31,6 +32,7 @@ use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret
 use crate::json_line::Line;
 use crate::recorder::{Admission, Sink};
 use crate::redact::{MASK, Redactor, contains_secret};
+use appender::SqliteAppender;
 use chain::{ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
 use spool::{Record, Spool, SpooledBatch};
@@ -180,10 +182,61 @@ impl AuditHealth {
     }
 }
 
-/// The audit sink.
-pub struct AuditLog {
+/// Where the sink writes: the store (searched, and written on PostgreSQL through its
+/// pool, driven by a runtime of the sink's own) and, on SQLite, the writer's own
+/// connection, which appends every batch.
+struct Target {
     runtime: tokio::runtime::Runtime,
     store: AuditStore,
+    appender: Option<SqliteAppender>,
+}
+
+impl Target {
+    /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
+    /// already: a commit whose answer was lost, or a spooled batch replayed before.
+    fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> bool {
+        let probe = async {
+            match (events.first(), checkpoint) {
+                (Some(first), _) => {
+                    self.store
+                        .holds(&first.chain_id, first.seq, &first.hash)
+                        .await
+                }
+                (None, Some(checkpoint)) => self.store.holds_checkpoint(checkpoint).await,
+                (None, None) => Ok(true),
+            }
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, probe).await })
+            .is_ok_and(|held| held.unwrap_or(false))
+    }
+
+    /// Stores `events` and `checkpoint` in one transaction (on PostgreSQL within
+    /// [`WRITE_TIMEOUT`]; SQLite waits at most its busy timeout for a lock).
+    fn append(
+        &mut self,
+        events: &[StoredEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), String> {
+        if let Some(appender) = &mut self.appender {
+            return appender
+                .append(events, checkpoint)
+                .map_err(|error| error.to_string());
+        }
+        let attempt = self.store.append(events, checkpoint);
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, attempt).await })
+        {
+            Ok(stored) => stored.map_err(|error| error.to_string()),
+            Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// The audit sink.
+pub struct AuditLog {
+    target: Target,
     key: ChainKey,
     chain: String,
     seq: i64,
@@ -224,10 +277,17 @@ impl AuditLog {
             .build()
             .map_err(AuditError::Runtime)?;
         let store = runtime.block_on(AuditStore::open(location))?;
+        let appender = match location {
+            StoreLocation::DataDir(dir) => Some(SqliteAppender::open(dir)?),
+            StoreLocation::Postgres(_) => None,
+        };
         let chain = hex::encode(&rand::random::<[u8; 16]>());
         let mut log = Self {
-            runtime,
-            store,
+            target: Target {
+                runtime,
+                store,
+                appender,
+            },
             key,
             chain,
             seq: 0,
@@ -245,7 +305,10 @@ impl AuditLog {
         };
         // What a process before left in the spool goes first.
         log.replay_all();
-        let previous = log.runtime.block_on(log.store.latest_checkpoint())?;
+        let previous = log
+            .target
+            .runtime
+            .block_on(log.target.store.latest_checkpoint())?;
         info!(chain = %log.chain, "audit log open: a new chain starts");
         // The chain's first event names where the last checkpointed chain stood, so that
         // deleting that chain, or cutting it short of that point, shows.
@@ -315,41 +378,6 @@ impl AuditLog {
         self.since_checkpoint += 1;
     }
 
-    /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
-    /// already: a commit whose answer was lost, or a spooled batch replayed before.
-    fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> bool {
-        let probe = async {
-            match (events.first(), checkpoint) {
-                (Some(first), _) => {
-                    self.store
-                        .holds(&first.chain_id, first.seq, &first.hash)
-                        .await
-                }
-                (None, Some(checkpoint)) => self.store.holds_checkpoint(checkpoint).await,
-                (None, None) => Ok(true),
-            }
-        };
-        self.runtime
-            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, probe).await })
-            .is_ok_and(|held| held.unwrap_or(false))
-    }
-
-    /// Stores `events` and `checkpoint` in one transaction, within [`WRITE_TIMEOUT`].
-    fn store_batch(
-        &self,
-        events: &[StoredEvent],
-        checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), String> {
-        let attempt = self.store.append(events, checkpoint);
-        match self
-            .runtime
-            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, attempt).await })
-        {
-            Ok(stored) => stored.map_err(|error| error.to_string()),
-            Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
-        }
-    }
-
     /// Replays the spool into the store, batch by batch, in order, at most
     /// [`REPLAY_SLICE`] batches a call (so that the recorder's queue, and the admissions
     /// in it, are not left waiting behind a long spool), and empties it once all of it is
@@ -377,8 +405,8 @@ impl AuditLog {
             let offset = match record {
                 Record::Batch(batch, offset) => {
                     let checkpoint = batch.checkpoint.as_ref();
-                    if !self.holds(&batch.events, checkpoint)
-                        && let Err(cause) = self.store_batch(&batch.events, checkpoint)
+                    if !self.target.holds(&batch.events, checkpoint)
+                        && let Err(cause) = self.target.append(&batch.events, checkpoint)
                     {
                         debug!(error = %cause, "audit log: the store still refuses the spooled batches");
                         self.last_refusal = Some(Instant::now());
@@ -488,7 +516,7 @@ impl AuditLog {
             let stored = if self.spooling() {
                 Err("the spool holds earlier batches".to_owned())
             } else {
-                self.store_batch(&self.pending, checkpoint.as_ref())
+                self.target.append(&self.pending, checkpoint.as_ref())
             };
             let cause = match stored {
                 Ok(()) => {
@@ -497,7 +525,7 @@ impl AuditLog {
                 }
                 // A commit whose answer was lost may have happened: retrying it would fail
                 // on its own rows forever.
-                Err(_) if failures > 0 && self.holds(&self.pending, checkpoint.as_ref()) => {
+                Err(_) if failures > 0 && self.target.holds(&self.pending, checkpoint.as_ref()) => {
                     self.health.set(AuditState::Ok);
                     break;
                 }
@@ -734,7 +762,7 @@ impl<'a> Payload<'a> {
             decision: Some(self.decision.to_owned()),
             route: self.route.map(str::to_owned),
             path: Some(self.path.to_owned()),
-            client_ip: self.client_ip.map(|ip| ip.to_string()),
+            client_ip: self.client_ip.map(crate::json_line::ip_text),
             payload: self.encode(),
             ..StoredEvent::default()
         }
@@ -743,19 +771,20 @@ impl<'a> Payload<'a> {
     fn encode(&self) -> String {
         let mut out = Vec::with_capacity(768);
         let mut line = Line::start(&mut out);
-        line.text("kind", Some(self.kind));
+        // Tokens (what the gateway made itself, and methods) need no escape scan.
+        line.token("kind", Some(self.kind));
         line.number("time_ms", u64::try_from(self.time_ms).unwrap_or(0));
-        line.text("request_id", Some(self.request_id));
+        line.token("request_id", Some(self.request_id));
         line.address("client_ip", self.client_ip);
         line.address("peer", Some(self.peer));
-        line.text("method", self.method);
+        line.token("method", self.method);
         line.text("route", self.route);
         line.text("path", Some(self.path));
         line.text("query", self.query);
         line.optional_number("status", self.status.map(u64::from));
-        line.text("decision", Some(self.decision));
+        line.token("decision", Some(self.decision));
         line.text("principal", self.principal);
-        line.text("principal_kind", self.principal_kind);
+        line.token("principal_kind", self.principal_kind);
         line.text("principal_id", self.principal_id);
         line.text("tenant", self.tenant);
         line.text("upstream", self.upstream);
@@ -763,10 +792,10 @@ impl<'a> Payload<'a> {
         line.number("bytes_out", self.bytes_out);
         line.number("head_us", self.head_us);
         line.number("duration_us", self.duration_us);
-        line.text("protocol", Some(self.protocol));
+        line.token("protocol", Some(self.protocol));
         line.text("user_agent", self.user_agent);
         line.flag("admin", self.admin);
-        line.text("action", self.action);
+        line.token("action", self.action);
         line.text("target", self.target);
         if let Some(bodies) = &self.bodies {
             line.text("request_body", bodies.request.as_deref());
