@@ -15,7 +15,7 @@ use crate::base::problem::{Problem, ProblemKind};
 use crate::json_line::Line;
 use crate::ratelimit::{BackendState, Limiter};
 use crate::store::Store;
-use crate::upstream::Upstream;
+use crate::upstream::{HealthState, Upstream, UpstreamHealth};
 
 /// How long one upstream connection attempt may take during a readiness check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,7 +29,7 @@ const PROBE_CACHE: Duration = Duration::from_secs(1);
 pub enum Probe {
     /// `GET /health`: the process is up.
     Liveness,
-    /// `GET /ready`: the upstreams are reachable.
+    /// `GET /ready`: the upstreams are reachable (or pass their health checks).
     Readiness,
 }
 
@@ -167,8 +167,17 @@ impl Health {
             }
         }
         for upstream in &self.upstreams {
-            if !upstream.is_reachable(PROBE_TIMEOUT).await {
-                readiness.unready = Some("an upstream is unreachable");
+            // An upstream with health checks is as they found it; another, as a TCP
+            // connection finds it now.
+            let unready = match upstream.health().map(UpstreamHealth::state) {
+                Some(HealthState::Healthy) => None,
+                Some(HealthState::Unhealthy) => Some("an upstream fails its health checks"),
+                Some(HealthState::Unknown) => Some("an upstream has not been checked yet"),
+                None if upstream.is_reachable(PROBE_TIMEOUT).await => None,
+                None => Some("an upstream is unreachable"),
+            };
+            if unready.is_some() {
+                readiness.unready = unready;
                 return readiness;
             }
         }

@@ -17,8 +17,8 @@ use crate::hygiene::check_path;
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::upstream::{
-    BreakerSettings, Credential, OutlineAccess, Resilience, RetrySettings, Transport,
-    UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin, split_keys,
+    BreakerSettings, Credential, HealthCheckSettings, OutlineAccess, Resilience, RetrySettings,
+    Transport, UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin, split_keys,
 };
 use secrecy::SecretString;
 
@@ -183,6 +183,10 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
                 .as_ref()
                 .and_then(|retry| retries(name, retry, invalid)),
             total_timeout: upstream.total_timeout,
+            health_check: upstream
+                .health_check
+                .as_ref()
+                .and_then(|check| health_check(name, check, invalid)),
         };
         let Some((transport, credential)) = transport(name, upstream, &target, outline, invalid)
         else {
@@ -252,6 +256,39 @@ fn retries(
         backoff: retry.backoff,
         max_backoff: retry.max_backoff,
         methods,
+    })
+}
+
+/// Health check settings: a path of its own, at least a second between checks, each
+/// check done before the next is due, thresholds at least 1.
+fn health_check(
+    name: &str,
+    check: &crate::config::HealthCheckConfig,
+    invalid: &mut InvalidList,
+) -> Option<HealthCheckSettings> {
+    const RULE: &str = "upstreams.health_check";
+    const FIX: &str = "health_check = { path = \"/health\", interval = \"10s\", timeout = \"2s\", unhealthy_threshold = 2, healthy_threshold = 2 }";
+    let problem = if !check.path.starts_with('/') || check.path.contains(['?', '#', ' ']) {
+        Some("the path must start with / and hold no query")
+    } else if check.interval < Duration::from_secs(1) {
+        Some("the interval must be at least 1s")
+    } else if check.timeout.is_zero() || check.timeout > check.interval {
+        Some("the timeout must be above zero and at most the interval")
+    } else if check.unhealthy_threshold == 0 || check.healthy_threshold == 0 {
+        Some("unhealthy_threshold and healthy_threshold must be at least 1")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        invalid.add(RULE, format!("upstream {name:?}: {problem}"), FIX);
+        return None;
+    }
+    Some(HealthCheckSettings {
+        path: check.path.clone(),
+        interval: check.interval,
+        timeout: check.timeout,
+        unhealthy_threshold: check.unhealthy_threshold,
+        healthy_threshold: check.healthy_threshold,
     })
 }
 

@@ -1,5 +1,5 @@
-//! `GET /v1/upstreams`: each upstream's circuit breaker, the counts of its calls, and its
-//! key pool (counts only, never a key), as this instance sees them.
+//! `GET /v1/upstreams`: each upstream's circuit breaker, health checks, the counts of its
+//! calls, and its key pool (counts only, never a key), as this instance sees them.
 
 use std::time::SystemTime;
 
@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AdminState;
-use crate::upstream::{CircuitState, PoolStatus, UpstreamShared};
+use crate::upstream::{CircuitState, HealthState, PoolStatus, UpstreamShared};
 
 /// Every upstream, in name order, and the listener's own certificate.
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,6 +29,8 @@ pub struct UpstreamView {
     pub name: String,
     /// Its circuit breaker; null when it has none.
     pub circuit: Option<CircuitView>,
+    /// What its active health checks found; null when it has none.
+    pub health: Option<HealthView>,
     /// Calls it answered with less than a 5xx.
     pub succeeded: u64,
     /// Calls that failed: unreachable, too slow, or a 5xx.
@@ -67,6 +69,23 @@ pub struct CircuitView {
     pub half_open_probes: u32,
 }
 
+/// What an upstream's active health checks found, and how they run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthView {
+    /// `unknown` (not checked yet), `healthy` or `unhealthy`.
+    pub state: HealthState,
+    /// When the last check ended (RFC 3339), if one has.
+    pub last_check: Option<String>,
+    /// The path checked (below the upstream's URL).
+    pub path: String,
+    /// Seconds between checks.
+    pub interval_seconds: u64,
+    /// Consecutive failed checks that make it unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that make it healthy again.
+    pub healthy_threshold: u32,
+}
+
 impl UpstreamView {
     fn of(upstream: &UpstreamShared) -> Self {
         let calls = upstream.calls();
@@ -86,6 +105,17 @@ impl UpstreamView {
                     recovery_timeout_seconds: settings.recovery_timeout.as_secs(),
                     success_threshold: settings.success_threshold,
                     half_open_probes: settings.half_open_probes,
+                }
+            }),
+            health: upstream.health().map(|health| {
+                let settings = health.settings();
+                HealthView {
+                    state: health.state(),
+                    last_check: time(health.last_check()),
+                    path: settings.path.clone(),
+                    interval_seconds: settings.interval.as_secs(),
+                    unhealthy_threshold: settings.unhealthy_threshold,
+                    healthy_threshold: settings.healthy_threshold,
                 }
             }),
             succeeded: calls.succeeded,
@@ -196,6 +226,20 @@ pub fn metrics(
                     "portcullis_upstream_circuit_state{{upstream=\"{name}\",state=\"{state}\"}} {on}"
                 );
             }
+        }
+    }
+    text.push_str(
+        "# HELP portcullis_upstream_healthy Each upstream with health checks: 1 while it passes them (0 before the first).\n\
+         # TYPE portcullis_upstream_healthy gauge\n",
+    );
+    for upstream in upstreams {
+        if let Some(health) = upstream.health() {
+            let healthy = u8::from(health.state() == HealthState::Healthy);
+            let _ = writeln!(
+                text,
+                "portcullis_upstream_healthy{{upstream=\"{}\"}} {healthy}",
+                label(upstream.name())
+            );
         }
     }
     text.push_str(

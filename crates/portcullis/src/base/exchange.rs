@@ -84,6 +84,8 @@ pub enum Decision {
     UpstreamKeysExhausted,
     /// The upstream's circuit breaker is open; it was not called.
     UpstreamCircuitOpen,
+    /// The upstream fails its active health checks; it was not called.
+    UpstreamUnhealthy,
     /// `/ready` found something unreachable.
     NotReady,
     /// Audit strict mode: the admission event could not be made durable, so the request
@@ -131,6 +133,7 @@ impl Decision {
             Self::UpstreamPinMismatch => "upstream_pin_mismatch",
             Self::UpstreamKeysExhausted => "upstream_keys_exhausted",
             Self::UpstreamCircuitOpen => "upstream_circuit_open",
+            Self::UpstreamUnhealthy => "upstream_unhealthy",
             Self::NotReady => "not_ready",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal",

@@ -486,6 +486,45 @@ pub struct UpstreamConfig {
     /// when absent.
     #[serde(default, with = "humantime_serde")]
     pub total_timeout: Option<Duration>,
+    /// Active health checks; none when absent.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// An upstream's active health check: a `GET` of `path` every `interval`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// The path checked, below the upstream's URL (and secret path prefix).
+    pub path: String,
+    /// How often.
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one check may take to its response head.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed checks that make it unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that make it healthy again.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    2
+}
+
+fn default_healthy_threshold() -> u32 {
+    2
 }
 
 /// How an upstream's failed calls are retried.
@@ -616,6 +655,7 @@ impl UpstreamConfig {
             circuit: None,
             retry: None,
             total_timeout: None,
+            health_check: None,
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::base::exchange::Decision;
 use crate::config::Config;
 use crate::pipeline::{Gateway, Shared};
 use crate::settings::Settings;
+use crate::upstream::{Upstream, check_forever};
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
 };
@@ -58,6 +59,9 @@ pub enum ServerError {
 /// Bound listeners with their pipelines, ready to [`run`](Self::run).
 pub struct Server {
     workers: Vec<Worker>,
+    /// The upstreams with active health checks, each checked by one task of the server's
+    /// own (not one per worker).
+    checked: Vec<Arc<Upstream>>,
     local_addr: SocketAddr,
     tls: bool,
 }
@@ -117,8 +121,23 @@ impl Server {
                 })
             })
             .collect::<Result<Vec<_>, ServerError>>()?;
+        let checked = settings
+            .upstreams
+            .iter()
+            .zip(&shared.upstreams)
+            .filter(|(upstream, _)| upstream.resilience.health_check.is_some())
+            .map(|(upstream, state)| {
+                Upstream::new(
+                    &upstream.target,
+                    &upstream.transport,
+                    upstream.timeout,
+                    state.clone(),
+                )
+            })
+            .collect();
         Ok(Self {
             workers,
+            checked,
             local_addr,
             tls: tls.is_some(),
         })
@@ -133,6 +152,11 @@ impl Server {
     /// requests the configured grace period to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop, stopped) = watch::channel(false);
+        let checks: Vec<_> = self
+            .checked
+            .into_iter()
+            .map(|upstream| tokio::spawn(check_forever(upstream)))
+            .collect();
         let mut threads = Vec::new();
         for (index, worker) in self.workers.into_iter().enumerate() {
             let stopped = stopped.clone();
@@ -146,6 +170,9 @@ impl Server {
         }
         info!(addr = %self.local_addr, tls = self.tls, workers = threads.len(), "portcullis listening");
         shutdown.await;
+        for check in checks {
+            check.abort();
+        }
         let _ = stop.send(true);
         let joined = tokio::task::spawn_blocking(move || {
             for thread in threads {

@@ -238,6 +238,32 @@ impl Breaker {
     }
 }
 
+impl Breaker {
+    /// Takes an active health check's result. A failed check counts as a failed call
+    /// while closed, keeps an open breaker open for another `recovery_timeout` (no probe
+    /// goes to an upstream that fails its checks) and reopens a half-open one; a passed
+    /// check ends an open breaker's wait, so that the next request probes at once (probes
+    /// still decide whether it closes: a passing check does not prove the API works).
+    pub fn checked(&self, passed: bool) {
+        let state = self.state.load(Ordering::Acquire);
+        if state == CLOSED {
+            if !passed {
+                self.outcome(None, Outcome::Failure);
+            }
+            return;
+        }
+        let mut inner = self.lock();
+        match (self.state.load(Ordering::Acquire), passed) {
+            (OPEN, true) => inner.open_until = Instant::now(),
+            (OPEN, false) => {
+                inner.open_until = Instant::now() + self.settings.recovery_timeout;
+            }
+            (HALF_OPEN, false) => self.open(&mut inner),
+            _ => {}
+        }
+    }
+}
+
 impl Permit<'_> {
     /// Records what became of the call.
     pub fn record(mut self, outcome: Outcome) {
@@ -391,6 +417,34 @@ mod tests {
 
     /// A probe from an earlier half-open period, finishing after the breaker opened and
     /// half-opened again, decides nothing in the new period.
+    #[test]
+    fn health_checks_count_as_calls_and_move_the_wait() {
+        let breaker = breaker(Duration::from_secs(60));
+        // Closed: failed checks count like failed calls, passed ones not at all.
+        breaker.checked(false);
+        breaker.checked(true);
+        assert_eq!(breaker.consecutive_failures(), 1);
+        breaker.checked(false);
+        breaker.checked(false);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert!(breaker.admit().is_err());
+        // A passed check ends the wait: the next request is a probe.
+        breaker.checked(true);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let probe = breaker.admit().unwrap();
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        // A failed check while half-open reopens it; the probe then counts for nothing.
+        breaker.checked(false);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        probe.record(Outcome::Success);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        // A failed check while open keeps it open for the whole recovery timeout.
+        breaker.checked(true);
+        breaker.checked(false);
+        let refused = breaker.admit().unwrap_err();
+        assert!(refused.retry_after > Duration::from_secs(59));
+    }
+
     #[test]
     fn a_stale_probe_counts_for_nothing() {
         let breaker = breaker(Duration::ZERO);

@@ -6,6 +6,7 @@
 mod breaker;
 mod credential;
 mod forward;
+mod health_check;
 mod in_flight;
 mod outline;
 mod pool;
@@ -30,6 +31,9 @@ pub use credential::{
     Bench, Credential, CredentialError, KeyPool, KeysExhausted, PoolStatus, split_keys,
 };
 pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
+pub use health_check::{
+    CheckFailed, HealthCheckSettings, HealthState, UpstreamHealth, check_forever,
+};
 pub use in_flight::{Busy, InFlightLimit};
 pub use outline::{OutlineAccess, OutlineAccessError};
 pub use pool::PoolError;
@@ -100,6 +104,9 @@ pub enum ForwardError {
     /// The upstream's circuit breaker is open.
     #[error(transparent)]
     CircuitOpen(#[from] CircuitOpen),
+    /// The upstream fails its health checks, which run every so often.
+    #[error("the upstream fails its health checks")]
+    Unhealthy(Duration),
 
     /// The upstream's certificate matches none of its pins: the handshake failed before
     /// any request byte was sent.
@@ -208,6 +215,8 @@ pub struct Resilience {
     pub retry: Option<RetrySettings>,
     /// All attempts and pauses together; none for no bound beyond each attempt's.
     pub total_timeout: Option<Duration>,
+    /// Its active health checks; none for none.
+    pub health_check: Option<HealthCheckSettings>,
 }
 
 /// What every worker's copy of one upstream shares: its in-flight cap, its circuit
@@ -220,6 +229,7 @@ pub struct UpstreamShared {
     breaker: Option<Breaker>,
     retry: Option<RetryPolicy>,
     total_timeout: Option<Duration>,
+    health: Option<UpstreamHealth>,
     calls: CallStats,
     credential: Option<Arc<Credential>>,
     certificate: Option<Arc<CertificateSeen>>,
@@ -241,6 +251,7 @@ impl UpstreamShared {
             breaker: resilience.breaker.map(Breaker::new),
             retry: resilience.retry.map(RetryPolicy::new),
             total_timeout: resilience.total_timeout,
+            health: resilience.health_check.map(UpstreamHealth::new),
             calls: CallStats::default(),
             credential,
             certificate,
@@ -260,6 +271,11 @@ impl UpstreamShared {
     /// Its circuit breaker, if it has one.
     pub fn breaker(&self) -> Option<&Breaker> {
         self.breaker.as_ref()
+    }
+
+    /// What its health checks found, when it has them.
+    pub fn health(&self) -> Option<&UpstreamHealth> {
+        self.health.as_ref()
     }
 
     /// How its calls went.
@@ -343,6 +359,11 @@ impl Upstream {
         &self.shared.name
     }
 
+    /// What its health checks found, when it has them.
+    pub fn health(&self) -> Option<&UpstreamHealth> {
+        self.shared.health()
+    }
+
     /// The `Host` header value requests to it carry.
     pub fn host(&self) -> &HeaderValue {
         &self.host
@@ -416,6 +437,9 @@ impl Upstream {
         // A body to be held for resending is read first, before the request takes an
         // in-flight slot or a breaker probe: a slow client holds neither.
         let outgoing = self.prepare(request).await?;
+        if let Some(health) = shared.health.as_ref().filter(|h| h.is_unhealthy()) {
+            return Err(ForwardError::Unhealthy(health.settings().interval));
+        }
         let slot = match &shared.in_flight {
             Some(limit) => Some(limit.acquire().await?),
             None => None,
@@ -612,6 +636,30 @@ impl Upstream {
         Ok(retried)
     }
 
+    /// One health check: `GET path` (below the base path, with the credential), passing on
+    /// a 2xx head within `timeout`. Bypasses the in-flight cap, the breaker and retries.
+    pub async fn check(&self, path: &str, timeout: Duration) -> Result<(), CheckFailed> {
+        let mut request = resend(&Request::new(()), Bytes::new());
+        *request.uri_mut() = self.uri_for(path, None);
+        let headers = request.headers_mut();
+        headers.insert(http::header::HOST, self.host.clone());
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("portcullis-health-check"),
+        );
+        let answer = tokio::time::timeout(timeout, self.send_once(request, None))
+            .await
+            .map_err(|_| CheckFailed::Timeout(timeout))??;
+        let status = answer.status();
+        // The body is not wanted: its connection closes with it.
+        drop(answer);
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(CheckFailed::Status(status))
+        }
+    }
+
     /// Whether a TCP connection to the upstream can be opened within `timeout`.
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
         let port = self.port();
@@ -704,6 +752,7 @@ impl ForwardError {
             | Self::ClientBodyTimeout
             | Self::KeysExhausted(_)
             | Self::CircuitOpen(_)
+            | Self::Unhealthy(_)
             | Self::Busy(_) => Outcome::Neither,
         }
     }

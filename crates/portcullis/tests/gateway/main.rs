@@ -21,6 +21,7 @@ mod cli;
 mod cors;
 mod edges;
 mod headers;
+mod health_checks;
 mod hygiene;
 mod identity;
 mod ip_rules;
