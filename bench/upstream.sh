@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Upstream resilience benchmark: the gateway in front of one nginx upstream reached three
+# Upstream resilience benchmark: the gateway in front of one nginx upstream reached four
 # ways, in one run: plain HTTP; HTTPS with a pinned self-signed certificate (as an Outline
-# server is reached); and the same pinned HTTPS with the circuit breaker and the retry
-# policy (with its budget) on every request. The layers' cost is the third against the
-# second, over the same transport. Every target is on 127.0.0.1; each wrk run is bounded
+# server is reached); the same pinned HTTPS with the circuit breaker and the retry policy
+# (with its budget) on every request; and HTTP/2 over the same pinned HTTPS. The layers'
+# cost is the third against the second, over the same transport. Every target is on 127.0.0.1; each wrk run is bounded
 # by DURATION; ROUNDS interleaved rounds, medians shown.
 #
 #   bash bench/upstream.sh            # prints a Markdown section; appends it to bench/RESULTS.md with --record
@@ -24,6 +24,8 @@ UPSTREAM_TLS_PORT=${UPSTREAM_TLS_PORT:-18202}
 PLAIN_PORT=${PLAIN_PORT:-18203}
 PINNED_PORT=${PINNED_PORT:-18204}
 LAYERED_PORT=${LAYERED_PORT:-18205}
+UPSTREAM_H2_PORT=${UPSTREAM_H2_PORT:-18206}
+H2_PORT=${H2_PORT:-18207}
 record=false
 [ "${1:-}" = "--record" ] && record=true
 instructions=false
@@ -60,6 +62,7 @@ pin=$(openssl x509 -in "$work/upstream.pem" -outform der | sha256sum | cut -d' '
 start_nginx nginx 1 "server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     listen 127.0.0.1:$UPSTREAM_TLS_PORT ssl;
+    listen 127.0.0.1:$UPSTREAM_H2_PORT ssl http2;
     ssl_certificate $work/upstream.pem;
     ssl_certificate_key $work/upstream.key;
     location / {
@@ -88,6 +91,9 @@ pin_sha256 = [\"$pin\"]
 total_timeout = \"30s\"
 circuit = { failure_threshold = 5, recovery_timeout = \"60s\", success_threshold = 2, half_open_probes = 1 }
 retry = { attempts = 3, budget = 0.2, backoff = \"50ms\", max_backoff = \"2s\", methods = [\"GET\", \"HEAD\", \"OPTIONS\"] }"
+configure h2 "url = \"https://127.0.0.1:$UPSTREAM_H2_PORT\"
+pin_sha256 = [\"$pin\"]
+http_version = \"2\""
 
 # serve <name> <port> [runner...]: the gateway with that configuration on that port, once
 # it answers.
@@ -121,7 +127,7 @@ if $instructions; then
     echo "$(callgrind_annotate "$work/$1-$2.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}') $requests"
   }
   printf '| upstream reached over | requests | instructions/request |\n|---|---|---|\n'
-  for name in pinned layered; do
+  for name in pinned layered h2; do
     read -r idle _ < <(count "$name" no)
     read -r busy requests < <(count "$name" yes)
     printf '| %s | %s | %s |\n' "$name" "$requests" "$(( (busy - idle) / requests ))"
@@ -132,14 +138,15 @@ fi
 serve plain "$PLAIN_PORT"
 serve pinned "$PINNED_PORT"
 serve layered "$LAYERED_PORT"
+serve h2 "$H2_PORT"
 
-for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT; do
+for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT $H2_PORT; do
   status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/positions" || true)
   [ "$status" = 200 ] || { echo "bench: the gateway on $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
 auth="Authorization: Bearer $token"
-for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT; do
+for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT $H2_PORT; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/positions" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
@@ -147,6 +154,7 @@ for round in $(seq "$ROUNDS"); do
   measure plain -H "$auth" "http://127.0.0.1:$PLAIN_PORT/v1/positions"
   measure pinned -H "$auth" "http://127.0.0.1:$PINNED_PORT/v1/positions"
   measure layered -H "$auth" "http://127.0.0.1:$LAYERED_PORT/v1/positions"
+  measure h2 -H "$auth" "http://127.0.0.1:$H2_PORT/v1/positions"
 done
 
 section=$(cat <<EOF
@@ -156,16 +164,19 @@ section=$(cat <<EOF
 Machine: $(machine).
 \`bash bench/upstream.sh\`: wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target per round, $ROUNDS
 interleaved rounds after a warm-up, medians; one nginx upstream (1 worker) on 127.0.0.1, HTTP/1.1
-to it; the gateway with a static token and security headers, no access or audit log.
+to it but in the last row; the gateway with a static token and security headers, no access or
+audit log.
 
 | upstream reached over | requests/s | p50 | p99 | non-2xx (all rounds) |
 |---|---|---|---|---|
 $(row plain "plain HTTP")
 $(row pinned "HTTPS, pinned self-signed certificate")
 $(row layered "HTTPS, pinned, breaker + retries + total timeout")
+$(row h2 "HTTP/2 over HTTPS, pinned (hyper-util's client)")
 
 Breaker and retry layers / the same pinned HTTPS without them: throughput **$(ratio layered pinned 2)x**,
 p99 **$(ratio layered pinned 4)x**. Pinned HTTPS / plain HTTP: throughput **$(ratio pinned plain 2)x**.
+HTTP/2 / HTTP/1.1 over the same pinned HTTPS: throughput **$(ratio h2 pinned 2)x**.
 EOF
 )
 echo "$section"

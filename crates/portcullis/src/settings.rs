@@ -435,7 +435,7 @@ fn transport(
     if invalid.0.len() > before {
         return None;
     }
-    match Transport::new(upstream.connect_timeout, &tls) {
+    match Transport::new(upstream.connect_timeout, upstream.http_version, &tls) {
         Ok(transport) => Some((transport, credential)),
         Err(error) => {
             invalid.add(

@@ -489,6 +489,25 @@ pub struct UpstreamConfig {
     /// Active health checks; none when absent.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// The HTTP version spoken to it.
+    #[serde(default)]
+    pub http_version: HttpVersion,
+}
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/1.1 only (as nginx and Envoy speak to upstreams unless told otherwise).
+    #[default]
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 only: negotiated by ALPN over TLS, by prior knowledge (h2c) over plain TCP.
+    #[serde(rename = "2")]
+    Http2,
+    /// Over TLS, whichever the upstream picks by ALPN (HTTP/2 first); over plain TCP,
+    /// HTTP/1.1.
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 /// An upstream's active health check: a `GET` of `path` every `interval`.
@@ -656,6 +675,7 @@ impl UpstreamConfig {
             retry: None,
             total_timeout: None,
             health_check: None,
+            http_version: HttpVersion::default(),
         }
     }
 }

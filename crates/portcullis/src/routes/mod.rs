@@ -362,7 +362,12 @@ mod tests {
     use std::time::Duration;
 
     fn transport() -> Transport {
-        Transport::new(Duration::from_secs(1), &UpstreamTls::default()).unwrap()
+        Transport::new(
+            Duration::from_secs(1),
+            crate::config::HttpVersion::default(),
+            &UpstreamTls::default(),
+        )
+        .unwrap()
     }
 
     fn upstream(name: &str) -> Arc<Upstream> {

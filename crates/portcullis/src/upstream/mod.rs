@@ -8,6 +8,7 @@ mod credential;
 mod forward;
 mod health_check;
 mod in_flight;
+mod negotiating;
 mod outline;
 mod pool;
 mod retry;
@@ -44,6 +45,7 @@ pub use tls::{
 };
 
 use crate::base::body::ResponseBody;
+use crate::config::HttpVersion;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 
 /// The body the gateway sends upstream: the client's, limited as it streams, or one the
@@ -183,17 +185,23 @@ impl UpstreamTarget {
 #[derive(Debug, Clone)]
 pub struct Transport {
     connect_timeout: Duration,
+    version: HttpVersion,
     tls: Arc<rustls::ClientConfig>,
     certificate: Arc<CertificateSeen>,
 }
 
 impl Transport {
-    /// A transport that gives up connecting after `connect_timeout`, with TLS as `tls`
-    /// says (used only for `https://` upstreams).
-    pub fn new(connect_timeout: Duration, tls: &UpstreamTls) -> Result<Self, TlsSetupError> {
+    /// A transport that gives up connecting after `connect_timeout`, speaks `version`,
+    /// with TLS as `tls` says (used only for `https://` upstreams).
+    pub fn new(
+        connect_timeout: Duration,
+        version: HttpVersion,
+        tls: &UpstreamTls,
+    ) -> Result<Self, TlsSetupError> {
         let certificate = Arc::new(CertificateSeen::default());
         Ok(Self {
             connect_timeout,
+            version,
             tls: Arc::new(tls.client_config(certificate.clone())?),
             certificate,
         })
@@ -298,8 +306,15 @@ pub struct Upstream {
     base_path: String,
     host: HeaderValue,
     timeout: Duration,
-    pool: Arc<pool::Pool>,
+    connections: Connections,
     shared: Arc<UpstreamShared>,
+}
+
+/// Where one worker's requests to an upstream go: the HTTP/1.1 pool, or hyper-util's
+/// client for HTTP/2 and versions TLS negotiates.
+enum Connections {
+    Http1(Arc<pool::Pool>),
+    Negotiating(Arc<negotiating::NegotiatingPool>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -333,11 +348,31 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(transport.connect_timeout));
-        let https = HttpsConnectorBuilder::new()
+        // What TLS offers by ALPN follows the version: h2 and http/1.1 for `auto`.
+        let builder = HttpsConnectorBuilder::new()
             .with_tls_config((*transport.tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+            .https_or_http();
+        // Plain TCP negotiates nothing: `auto` is HTTP/1.1 there.
+        let version = match transport.version {
+            HttpVersion::Auto if scheme != Scheme::HTTPS => HttpVersion::Http1,
+            version => version,
+        };
+        let connections = match version {
+            HttpVersion::Http1 => Connections::Http1(pool::Pool::new(
+                builder.enable_http1().wrap_connector(http),
+                origin,
+            )),
+            HttpVersion::Http2 => Connections::Negotiating(negotiating::NegotiatingPool::new(
+                builder.enable_http2().wrap_connector(http),
+                origin,
+                version,
+            )),
+            HttpVersion::Auto => Connections::Negotiating(negotiating::NegotiatingPool::new(
+                builder.enable_all_versions().wrap_connector(http),
+                origin,
+                version,
+            )),
+        };
         let mut base_path = base_path;
         if let Some(prefix) = shared.credential.as_ref().and_then(|c| c.path_prefix()) {
             base_path.push_str(secrecy::ExposeSecret::expose_secret(prefix));
@@ -348,7 +383,7 @@ impl Upstream {
             base_path,
             host,
             timeout,
-            pool: pool::Pool::new(https, origin),
+            connections,
             shared,
         })
     }
@@ -570,7 +605,12 @@ impl Upstream {
             _ => (own, None),
         };
         let body_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let exchange = self.pool.send(request, body_sent.clone());
+        let exchange = async {
+            match &self.connections {
+                Connections::Http1(pool) => pool.send(request, body_sent.clone()).await,
+                Connections::Negotiating(pool) => pool.send(request, body_sent.clone()).await,
+            }
+        };
         match tokio::time::timeout_at(until, exchange).await {
             // A body still arriving when time ran out is the client's slowness, not the
             // upstream's: the upstream cannot answer a request it has not had whole.
@@ -823,7 +863,12 @@ mod tests {
     use super::*;
 
     fn upstream(url: &str) -> Result<Arc<Upstream>, UpstreamError> {
-        let transport = Transport::new(Duration::from_secs(1), &UpstreamTls::default()).unwrap();
+        let transport = Transport::new(
+            Duration::from_secs(1),
+            crate::config::HttpVersion::default(),
+            &UpstreamTls::default(),
+        )
+        .unwrap();
         Ok(Upstream::new(
             &UpstreamTarget::parse("u", url)?,
             &transport,

@@ -26,9 +26,9 @@ use crate::base::body::BoxError;
 /// How long an unused connection is kept; shorter than common upstream keep-alive
 /// timeouts (nginx: 75 s), so we close first and rarely write to a connection the upstream
 /// has just closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most unused connections kept per upstream and worker.
-const MAX_IDLE: usize = 256;
+pub(super) const MAX_IDLE: usize = 256;
 
 /// Why a request could not be exchanged.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,9 @@ pub enum PoolError {
     /// The exchange failed on an open connection.
     #[error(transparent)]
     Exchange(#[from] hyper::Error),
+    /// The exchange failed in hyper-util's client ([`super::negotiating`]).
+    #[error("exchange failed")]
+    Client(#[source] hyper_util::client::legacy::Error),
 }
 
 /// What a pooled connection carries: the client's body, reporting when it has been sent.
@@ -151,12 +154,25 @@ impl Pool {
     }
 }
 
-/// An upstream response body that returns its connection to the pool once read to the end.
+/// An upstream response body that returns its connection to the pool once read to the end
+/// (or, from hyper-util's client, whose pool takes it back itself, just the body).
 pub struct PooledBody {
     body: Incoming,
     ended: bool,
     request_sent: Arc<AtomicBool>,
     checkin: Option<(SendRequest<Sent>, Weak<Pool>)>,
+}
+
+impl PooledBody {
+    /// A body whose connection is not this pool's to take back.
+    pub fn unpooled(body: Incoming) -> Self {
+        Self {
+            body,
+            ended: false,
+            request_sent: Arc::new(AtomicBool::new(false)),
+            checkin: None,
+        }
+    }
 }
 
 impl Drop for PooledBody {
@@ -204,7 +220,8 @@ pub struct SentBody<B> {
 }
 
 impl<B: Body> SentBody<B> {
-    fn new(inner: B, sent: Arc<AtomicBool>) -> Self {
+    /// `inner`, setting `sent` once it has been sent whole.
+    pub fn new(inner: B, sent: Arc<AtomicBool>) -> Self {
         if inner.is_end_stream() {
             sent.store(true, Ordering::Release);
         }

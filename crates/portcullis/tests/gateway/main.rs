@@ -33,4 +33,5 @@ mod ratelimit;
 mod retry;
 mod tls;
 mod upstream_credentials;
+mod upstream_http2;
 mod upstream_tls;

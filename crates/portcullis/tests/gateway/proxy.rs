@@ -285,6 +285,135 @@ async fn upstream_connections_are_reused() {
     );
 }
 
+/// The pool's guarantee, first half: a connection whose response body was not read to the
+/// end (the client went away mid-body) never carries another request, whose answer would
+/// otherwise start with the rest of the abandoned body.
+#[tokio::test]
+async fn a_connection_whose_response_was_abandoned_is_not_reused() {
+    let upstream = Upstream::start_with(|seen| {
+        (seen.uri == "/endless").then(|| {
+            let chunks = channel_body(|tx| async move {
+                while tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"more;"))))
+                    .await
+                    .is_ok()
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            Response::new(chunks.boxed())
+        })
+    })
+    .await;
+    let gateway = Launch::new(&upstream.url())
+        .arg("--workers")
+        .arg("1")
+        .start();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let request = Request::get(gateway.url("/endless"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "more;"
+    );
+    drop(body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let reply = get_authorized(&gateway.url("/next")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["uri"], "/next");
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(
+        seen[0].peer, seen[1].peer,
+        "the abandoned connection was reused"
+    );
+}
+
+/// The pool's guarantee, second half: a connection whose upstream answered before taking
+/// the whole upload (RFC 9112 §9.3: it may) is busy with the rest of the body, or unusable,
+/// and never carries the next request.
+#[tokio::test]
+async fn a_connection_that_answered_before_the_whole_upload_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers `/early` with 413 as soon as it has the head, reading no
+    // body, and anything else with the number of the connection it came on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut connection = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            connection += 1;
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                if head.starts_with(b"PUT /early") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    // The rest of the body is never read; the connection stays open.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+                let answer = format!("connection {connection}");
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let gateway = Launch::new(&format!("http://{addr}"))
+        .arg("--workers")
+        .arg("1")
+        .start();
+    // An upload declared at 512 KiB, sent slowly: the upstream answers after the head.
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let upload = channel_body(move |tx| async move {
+        for _ in 0..8 {
+            if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let request = Request::put(gateway.url("/early"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-length", (512 * 1024).to_string())
+        .body(upload)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 413);
+    drop(response);
+
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        get_authorized(&gateway.url("/next")),
+    )
+    .await
+    .expect("the next request went to the busy connection and hung");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "connection 2");
+}
+
 #[tokio::test]
 async fn upstream_closing_kept_alive_connections_is_harmless() {
     // An upstream that answers one request per connection and then closes it, as one

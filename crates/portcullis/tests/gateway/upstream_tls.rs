@@ -19,16 +19,16 @@ use sha2::{Digest, Sha256};
 use crate::common::*;
 
 /// A certificate and its key, as an upstream or a client presents them.
-struct Identity {
-    cert_pem: String,
-    key_pem: String,
+pub(crate) struct Identity {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
     der: Vec<u8>,
     spki_der: Vec<u8>,
 }
 
 impl Identity {
     /// The `pin_sha256` of the certificate, in Outline's form: upper-case hex.
-    fn cert_pin(&self) -> String {
+    pub(crate) fn cert_pin(&self) -> String {
         hex(&Sha256::digest(&self.der)).to_ascii_uppercase()
     }
 
@@ -43,7 +43,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A self-signed certificate naming `names` (DNS names or IP addresses).
-fn self_signed(names: &[&str]) -> Identity {
+pub(crate) fn self_signed(names: &[&str]) -> Identity {
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names).unwrap();
     Identity {
