@@ -90,8 +90,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // This runtime only waits for signals (and runs the demo's sample API); requests are
-    // served by the server's own worker runtimes.
+    // This runtime waits for signals and runs the admin API, the upstreams' health checks
+    // (and the demo's sample API); requests are served by the server's own worker runtimes.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -268,8 +268,13 @@ fn health_check(
 ) -> Option<HealthCheckSettings> {
     const RULE: &str = "upstreams.health_check";
     const FIX: &str = "health_check = { path = \"/health\", interval = \"10s\", timeout = \"2s\", unhealthy_threshold = 2, healthy_threshold = 2 }";
-    let problem = if !check.path.starts_with('/') || check.path.contains(['?', '#', ' ']) {
-        Some("the path must start with / and hold no query")
+    let usable_path = check.path.starts_with('/')
+        && http::uri::PathAndQuery::try_from(check.path.as_str())
+            .is_ok_and(|path| path.query().is_none());
+    let problem = if !usable_path {
+        Some(
+            "the path must start with /, hold no query, and be valid in a URL (percent-encode the rest)",
+        )
     } else if check.interval < Duration::from_secs(1) {
         Some("the interval must be at least 1s")
     } else if check.timeout.is_zero() || check.timeout > check.interval {

@@ -79,7 +79,7 @@ pub struct HealthView {
     /// The path checked (below the upstream's URL).
     pub path: String,
     /// Seconds between checks.
-    pub interval_seconds: u64,
+    pub interval_seconds: f64,
     /// Consecutive failed checks that make it unhealthy.
     pub unhealthy_threshold: u32,
     /// Consecutive passed checks that make it healthy again.
@@ -113,7 +113,7 @@ impl UpstreamView {
                     state: health.state(),
                     last_check: time(health.last_check()),
                     path: settings.path.clone(),
-                    interval_seconds: settings.interval.as_secs(),
+                    interval_seconds: settings.interval.as_secs_f64(),
                     unhealthy_threshold: settings.unhealthy_threshold,
                     healthy_threshold: settings.healthy_threshold,
                 }

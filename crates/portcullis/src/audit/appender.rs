@@ -28,9 +28,10 @@ impl SqliteAppender {
         let connection = Connection::open(dir.join(AUDIT_DB_FILE))?;
         connection.busy_timeout(BUSY_TIMEOUT)?;
         // WAL with full sync: a committed batch survives a power cut. The WAL is folded
-        // into the file every 256 pages (the store made them 64 KiB: 16 MiB), not left to
-        // grow; a batch's pages stay in memory until it commits rather than being written
-        // out twice (the cache's size in KiB).
+        // into the file every 256 pages (16 MiB in a file the store created with 64 KiB
+        // pages; 1 MiB in an older one, of 4 KiB pages), not left to grow; a batch's pages
+        // stay in memory until it commits rather than being written out twice (the
+        // cache's size, in KiB).
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "wal_autocheckpoint", 256)?;

@@ -211,8 +211,11 @@ impl Target {
             .is_ok_and(|held| held.unwrap_or(false))
     }
 
-    /// Stores `events` and `checkpoint` in one transaction (on PostgreSQL within
-    /// [`WRITE_TIMEOUT`]; SQLite waits at most its busy timeout for a lock).
+    /// Stores `events` and `checkpoint` in one transaction: on PostgreSQL within
+    /// [`WRITE_TIMEOUT`]; on SQLite, waiting at most its busy timeout for a lock, but as
+    /// long as the disk takes to write (a disk that hangs holds the recorder's thread;
+    /// strict-mode requests are then refused after [`crate::recorder::ADMISSION_TIMEOUT`],
+    /// and shutdown does not wait for it past its own timeout).
     fn append(
         &mut self,
         events: &[StoredEvent],

@@ -438,12 +438,12 @@ impl Gateway {
                     .with_decision(Decision::UpstreamCircuitOpen)
                     .with_retry_after(open.retry_after.max(Duration::from_secs(1)))
             }
-            ForwardError::Unhealthy(interval) => {
+            ForwardError::Unhealthy(back_in) => {
                 tracing::debug!(request_id = ?ctx.request_id, upstream, "upstream unhealthy");
                 Problem::new(ProblemKind::UpstreamSuspended)
                     .with_detail("the upstream fails its health checks; the gateway is not calling it for now")
                     .with_decision(Decision::UpstreamUnhealthy)
-                    .with_retry_after(interval.max(Duration::from_secs(1)))
+                    .with_retry_after(back_in.max(Duration::from_secs(1)))
             }
             ForwardError::KeysExhausted(exhausted) => {
                 warn!(request_id = ?ctx.request_id, upstream, "every upstream key is benched");

@@ -1,6 +1,6 @@
 //! The circuit breaker of one upstream, shared by every worker: after
-//! `failure_threshold` consecutive failures (connection errors, timeouts, 5xx answers;
-//! never a client's fault) it opens, and requests are refused without calling the upstream
+//! `failure_threshold` consecutive failures (connection errors, timeouts, 5xx answers,
+//! failed health checks; never a client's fault) it opens, and requests are refused without calling the upstream
 //! for `recovery_timeout`; then up to `half_open_probes` requests go through at a time,
 //! and `success_threshold` successes close it again while any failure reopens it.
 //!
@@ -415,8 +415,6 @@ mod tests {
         assert!(counts.last_failure.is_some() && counts.last_success.is_some());
     }
 
-    /// A probe from an earlier half-open period, finishing after the breaker opened and
-    /// half-opened again, decides nothing in the new period.
     #[test]
     fn health_checks_count_as_calls_and_move_the_wait() {
         let breaker = breaker(Duration::from_secs(60));
@@ -445,6 +443,8 @@ mod tests {
         assert!(refused.retry_after > Duration::from_secs(59));
     }
 
+    /// A probe from an earlier half-open period, finishing after the breaker opened and
+    /// half-opened again, decides nothing in the new period.
     #[test]
     fn a_stale_probe_counts_for_nothing() {
         let breaker = breaker(Duration::ZERO);

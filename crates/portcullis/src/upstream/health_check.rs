@@ -99,6 +99,16 @@ impl UpstreamHealth {
         self.state.load(Ordering::Acquire) == UNHEALTHY
     }
 
+    /// The soonest it can be healthy again: as many intervals as passes it needs.
+    pub fn soonest_healthy(&self) -> Duration {
+        let passes = if self.was_healthy.load(Ordering::Relaxed) {
+            self.settings.healthy_threshold
+        } else {
+            1
+        };
+        self.settings.interval.saturating_mul(passes)
+    }
+
     /// When the last check ended.
     pub fn last_check(&self) -> Option<SystemTime> {
         match self.last_check_ms.load(Ordering::Relaxed) {

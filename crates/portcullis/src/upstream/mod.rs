@@ -106,7 +106,7 @@ pub enum ForwardError {
     /// The upstream's circuit breaker is open.
     #[error(transparent)]
     CircuitOpen(#[from] CircuitOpen),
-    /// The upstream fails its health checks, which run every so often.
+    /// The upstream fails its health checks; it cannot pass them sooner than this.
     #[error("the upstream fails its health checks")]
     Unhealthy(Duration),
 
@@ -473,7 +473,7 @@ impl Upstream {
         // in-flight slot or a breaker probe: a slow client holds neither.
         let outgoing = self.prepare(request).await?;
         if let Some(health) = shared.health.as_ref().filter(|h| h.is_unhealthy()) {
-            return Err(ForwardError::Unhealthy(health.settings().interval));
+            return Err(ForwardError::Unhealthy(health.soonest_healthy()));
         }
         let slot = match &shared.in_flight {
             Some(limit) => Some(limit.acquire().await?),
@@ -676,8 +676,9 @@ impl Upstream {
         Ok(retried)
     }
 
-    /// One health check: `GET path` (below the base path, with the credential), passing on
-    /// a 2xx head within `timeout`. Bypasses the in-flight cap, the breaker and retries.
+    /// One health check: `GET path` (below the base path, with a key of the credential),
+    /// passing on a 2xx head within `timeout`. Bypasses the in-flight cap, the breaker and
+    /// retries, and never benches a key: many health endpoints answer 401 to anyone.
     pub async fn check(&self, path: &str, timeout: Duration) -> Result<(), CheckFailed> {
         let mut request = resend(&Request::new(()), Bytes::new());
         *request.uri_mut() = self.uri_for(path, None);
@@ -687,12 +688,22 @@ impl Upstream {
             http::header::USER_AGENT,
             HeaderValue::from_static("portcullis-health-check"),
         );
-        let answer = tokio::time::timeout(timeout, self.send_once(request, None))
+        if let Some((name, keys)) = self.shared.credential.as_ref().and_then(|c| c.header()) {
+            let key = keys.pick().map_err(ForwardError::from)?;
+            headers.insert(name.clone(), key.value.clone());
+        }
+        let checked = async {
+            let answer = self.attempt(request, None).await?;
+            let status = answer.status();
+            // Read whole (a health answer is small), so that the next check finds the
+            // connection kept alive; a large one is cut off, and its connection closed.
+            let body = http_body_util::Limited::new(answer.into_body(), HEALTH_BODY_MAX);
+            let _ = http_body_util::BodyExt::collect(body).await;
+            Ok::<_, CheckFailed>(status)
+        };
+        let status = tokio::time::timeout(timeout, checked)
             .await
             .map_err(|_| CheckFailed::Timeout(timeout))??;
-        let status = answer.status();
-        // The body is not wanted: its connection closes with it.
-        drop(answer);
         if status.is_success() {
             Ok(())
         } else {
@@ -712,6 +723,9 @@ impl Upstream {
         matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)))
     }
 }
+
+/// The most of a health check's answer read (to keep its connection); more closes it.
+const HEALTH_BODY_MAX: usize = 64 * 1024;
 
 /// Whether the upstream's answer benches the key it was sent with: refused (401, 403)
 /// until restart, rate-limited (429) for its `Retry-After`.

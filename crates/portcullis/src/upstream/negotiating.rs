@@ -8,11 +8,15 @@
 //! carried has been read to the end and the request body has been sent whole (hyper's
 //! dispatcher is not ready before).
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::uri::{Parts, PathAndQuery};
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,10 +24,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamBody;
 use super::pool::{IDLE_TIMEOUT, MAX_IDLE, PoolError, PooledBody, SentBody};
+use crate::base::body::BoxError;
 use crate::config::HttpVersion;
+use crate::hygiene::{BodyTooLarge, ClientBodyError};
 
-/// What a connection carries: the client's body, reporting when it has been sent.
-type Sent = SentBody<UpstreamBody>;
+/// What a connection carries: the client's body, reporting when it has been sent and how
+/// it failed, if it did.
+type Sent = FaultNoted<SentBody<UpstreamBody>>;
 
 /// The connections to one HTTP/2 (or negotiating) upstream.
 pub struct NegotiatingPool {
@@ -66,11 +73,22 @@ impl NegotiatingPool {
     ) -> Result<Response<PooledBody>, PoolError> {
         let (mut head, body) = request.into_parts();
         head.uri = self.absolute(head.uri);
-        let request = Request::from_parts(head, SentBody::new(body, request_sent));
-        match self.client.request(request).await {
+        let fault = Arc::new(OnceLock::new());
+        let body = FaultNoted {
+            inner: SentBody::new(body, request_sent),
+            fault: fault.clone(),
+        };
+        match self.client.request(Request::from_parts(head, body)).await {
             Ok(response) => Ok(response.map(PooledBody::unpooled)),
-            Err(error) if error.is_connect() => Err(PoolError::Connect(Box::new(error))),
-            Err(error) => Err(PoolError::Client(error)),
+            // Over HTTP/2, hyper resets the stream when the client's body fails and keeps
+            // the body's error to itself: the call fails as a reset would. The fault noted
+            // on the way says whose it was, so that a client's oversized or broken upload
+            // is the client's 413 or 400, never the upstream's failure.
+            Err(error) => Err(match fault.get() {
+                Some(fault) => PoolError::ClientBody(fault.error()),
+                None if error.is_connect() => PoolError::Connect(Box::new(error)),
+                None => PoolError::Client(error),
+            }),
         }
     }
 
@@ -85,5 +103,67 @@ impl NegotiatingPool {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
         Uri::from_parts(parts).unwrap_or(self.target.clone())
+    }
+}
+
+/// How the client's body failed on its way to the upstream.
+#[derive(Debug, Clone, Copy)]
+enum ClientFault {
+    TooLarge(BodyTooLarge),
+    Broken { aborted: bool },
+}
+
+impl ClientFault {
+    /// The error the body gave, again, for the pipeline to classify.
+    fn error(&self) -> BoxError {
+        match *self {
+            Self::TooLarge(too_large) => Box::new(too_large),
+            Self::Broken { aborted } => Box::new(ClientBodyError {
+                aborted,
+                source: "the request body failed".into(),
+            }),
+        }
+    }
+}
+
+/// A request body that notes the client's fault when it fails.
+pub struct FaultNoted<B> {
+    inner: B,
+    fault: Arc<OnceLock<ClientFault>>,
+}
+
+impl<B> Body for FaultNoted<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Err(error)) = &frame {
+            let fault = if let Some(too_large) = error.downcast_ref::<BodyTooLarge>() {
+                ClientFault::TooLarge(*too_large)
+            } else {
+                ClientFault::Broken {
+                    aborted: error
+                        .downcast_ref::<ClientBodyError>()
+                        .is_some_and(|body| body.aborted),
+                }
+            };
+            let _ = self.fault.set(fault);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -42,6 +42,10 @@ pub enum PoolError {
     /// The exchange failed in hyper-util's client ([`super::negotiating`]).
     #[error("exchange failed")]
     Client(#[source] hyper_util::client::legacy::Error),
+    /// The client's body failed on its way (over HTTP/2, where hyper does not pass the
+    /// body's error on): the client's fault.
+    #[error("the request body failed")]
+    ClientBody(#[source] BoxError),
 }
 
 /// What a pooled connection carries: the client's body, reporting when it has been sent.

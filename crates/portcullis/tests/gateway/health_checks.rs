@@ -66,6 +66,8 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
             upstream.url()
         ),
         Launch::bare()
+            .arg("--workers")
+            .arg("2")
             .env("TEST_CHECK_KEY", "check-key-secret-1")
             .env("TEST_CHECK_PREFIX", "/prefix-secret-2"),
     );
@@ -73,7 +75,7 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
     // The first check passes: ready, healthy, requests go through.
     let state = wait_for_health(&gateway, "healthy").await;
     assert_eq!(state["health"]["path"], "/health");
-    assert_eq!(state["health"]["interval_seconds"], 1);
+    assert_eq!(state["health"]["interval_seconds"], 1.0);
     assert!(state["health"]["last_check"].as_str().is_some());
     assert_eq!(get(&gateway.url("/ready"), &[]).await.status, 200);
     assert_eq!(get_authorized(&gateway.url("/ok")).await.status, 200);
@@ -105,7 +107,8 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
             .unwrap()
             .contains("health checks")
     );
-    assert_eq!(reply.header("retry-after"), Some("1"));
+    // It needs two passes, a second apart.
+    assert_eq!(reply.header("retry-after"), Some("2"));
     assert_eq!(
         upstream
             .seen()
@@ -131,6 +134,17 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
     assert_eq!(entry(&gateway).await["circuit"]["state"], "closed");
     assert_eq!(get(&gateway.url("/ready"), &[]).await.status, 200);
 
+    // One checker per process, whatever the workers: every check came on one kept-alive
+    // connection (a checker per worker would have opened one each).
+    let checks: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.uri.ends_with("/health"))
+        .collect();
+    assert!(checks.len() >= 5, "{}", checks.len());
+    let peers: std::collections::HashSet<_> = checks.iter().map(|seen| seen.peer).collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+
     let decisions = decisions_of(&dir, &mut gateway);
     assert!(decisions.contains(&"upstream_unhealthy".to_owned()));
     // The turn was logged with the upstream's name and what it answered; the secrets never.
@@ -143,8 +157,7 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
     }
 }
 
-/// An upstream that cannot be reached fails its checks too; one that has never been
-/// healthy needs one passed check to be let in.
+/// An upstream that cannot be reached fails its checks too.
 #[tokio::test]
 async fn an_unreachable_upstream_is_unhealthy_and_not_ready() {
     // A port nothing listens on.

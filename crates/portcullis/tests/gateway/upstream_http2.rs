@@ -53,7 +53,11 @@ async fn echo_upstream(identity: Option<&Identity>, alpn: &[&[u8]]) -> (u16, See
                     record.lock().unwrap().push((peer, request.version()));
                     async move {
                         let version = format!("{:?} ", request.version());
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        // A body the gateway cut off (reset) is echoed as what arrived.
+                        let body = match request.into_body().collect().await {
+                            Ok(collected) => collected.to_bytes(),
+                            Err(_) => Bytes::from_static(b"<reset>"),
+                        };
                         let mut echo = version.into_bytes();
                         echo.extend_from_slice(&body);
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
@@ -184,9 +188,53 @@ async fn pins_hold_over_http2() {
     let identity = self_signed(&["127.0.0.1"]);
     let other = self_signed(&["127.0.0.1"]);
     let (port, seen) = echo_upstream(Some(&identity), &[b"h2"]).await;
-    let (_dir, gateway) = gateway_for(&[("h2", pinned(port, &other, Some("2")))]);
+    let (dir, mut gateway) = gateway_for(&[("h2", pinned(port, &other, Some("2")))]);
     post(&gateway, "/h2/x", "secret")
         .await
         .assert_problem(502, "upstream-unavailable");
     assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(decisions_of(&dir, &mut gateway), ["upstream_pin_mismatch"]);
+}
+
+/// Over HTTP/2, hyper resets the stream when the client's body fails and says nothing of
+/// why; the gateway still tells the client's fault from the upstream's: an upload streamed
+/// past the limit is the client's 413, and never counts against the upstream's breaker.
+#[tokio::test]
+async fn an_upload_over_the_limit_is_the_clients_413_over_http2_too() {
+    let identity = self_signed(&["127.0.0.1"]);
+    let (port, _seen) = echo_upstream(Some(&identity), &[b"h2"]).await;
+    let (dir, mut gateway) = start_configured(
+        &format!(
+            "[limits]\nmax_body_bytes = 1000\n[upstreams.h2]\n{}\
+             circuit = {{ failure_threshold = 1, recovery_timeout = \"60s\" }}\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"h2\"\n",
+            pinned(port, &identity, Some("2"))
+        ),
+        Launch::bare().arg("--workers").arg("1"),
+    );
+    // Chunked, so that the limit is met only while streaming, after the call began.
+    let body = channel_body(|tx| async move {
+        for _ in 0..8 {
+            if tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 400]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let request = Request::post(gateway.url("/upload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(body)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let reply = read_reply(client.request(request).await.unwrap()).await;
+    reply.assert_problem(413, "body-too-large");
+    // The breaker (one failure opens it) did not count it: the next request goes through.
+    assert_eq!(post(&gateway, "/after", "ok").await.text(), "HTTP/2.0 ok");
+    assert_eq!(
+        decisions_of(&dir, &mut gateway),
+        ["body_too_large", "allowed"]
+    );
 }
