@@ -53,8 +53,9 @@ impl NegotiatingPool {
             .pool_max_idle_per_host(MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            // The pipeline sets Host itself (the upstream's).
-            .set_host(false)
+            // Host from the URI's authority on HTTP/1.1; on HTTP/2 `:authority` alone
+            // (RFC 9113 §8.3.1: nginx refuses both as a duplicate Host).
+            .set_host(true)
             .http2_only(version == HttpVersion::Http2);
         Arc::new(Self {
             client: builder.build(connector),
@@ -73,6 +74,9 @@ impl NegotiatingPool {
     ) -> Result<Response<PooledBody>, PoolError> {
         let (mut head, body) = request.into_parts();
         head.uri = self.absolute(head.uri);
+        // The upstream's authority, which the client writes as Host or `:authority` as the
+        // connection's version asks.
+        head.headers.remove(http::header::HOST);
         let fault = Arc::new(OnceLock::new());
         let body = FaultNoted {
             inner: SentBody::new(body, request_sent),

@@ -318,25 +318,6 @@ async fn a_corrupted_spool_record_is_reported_and_skipped_never_silently() {
     database.drop_now().await;
 }
 
-/// `portcullis token create` on the SQLite store in `dir`: the new token.
-fn mint(dir: &Path, name: &str, extra: &[&str]) -> String {
-    let output = portcullis()
-        .args([
-            "token",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--json",
-            "create",
-        ])
-        .args(["--name", name, "--scopes", "read,write"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    value["token"].as_str().unwrap().to_owned()
-}
-
 /// No secret a request carries (static and managed tokens, a cookie, a password in JSON
 /// and in the query, a capability path segment, an Outline `ss://` URL) reaches the audit
 /// store, the spool or the logs, with bodies kept and the store down for a while.

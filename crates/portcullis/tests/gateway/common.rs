@@ -646,3 +646,22 @@ pub fn check_config(config: &str, args: &[&str], env: &[(&str, &str)]) -> (Optio
         String::from_utf8(output.stdout).unwrap(),
     )
 }
+
+/// `portcullis token create` on the SQLite store in `dir`: the new token.
+pub fn mint(dir: &Path, name: &str, extra: &[&str]) -> String {
+    let output = portcullis()
+        .args([
+            "token",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--json",
+            "create",
+        ])
+        .args(["--name", name, "--scopes", "read,write"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    value["token"].as_str().unwrap().to_owned()
+}

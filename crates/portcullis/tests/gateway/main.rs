@@ -28,6 +28,7 @@ mod ip_rules;
 mod layers;
 mod lifecycle;
 mod managed;
+mod outline_client;
 mod proxy;
 mod ratelimit;
 mod retry;

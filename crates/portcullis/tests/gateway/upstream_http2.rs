@@ -19,8 +19,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::common::*;
 use crate::upstream_tls::{Identity, self_signed};
 
-/// What an upstream saw of one request: the connection it came on and its version.
-type Seen = Arc<Mutex<Vec<(SocketAddr, Version)>>>;
+/// What an upstream saw of each request: the connection it came on, its version, and
+/// whether it had a Host field.
+type Seen = Arc<Mutex<Vec<(SocketAddr, Version, bool)>>>;
 
 /// An upstream that echoes each request's body with its HTTP version, served over TLS
 /// offering `alpn` (HTTP/2 on a connection that negotiated `h2`, HTTP/1.1 otherwise), or,
@@ -50,7 +51,8 @@ async fn echo_upstream(identity: Option<&Identity>, alpn: &[&[u8]]) -> (u16, See
             let record = record.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
-                    record.lock().unwrap().push((peer, request.version()));
+                    let host = request.headers().contains_key("host");
+                    record.lock().unwrap().push((peer, request.version(), host));
                     async move {
                         let version = format!("{:?} ", request.version());
                         // A body the gateway cut off (reset) is echoed as what arrived.
@@ -151,8 +153,10 @@ async fn http2_is_negotiated_by_alpn_and_multiplexed_rfc_9113_3_2() {
     }
     let peers: HashSet<SocketAddr> = both_seen.lock().unwrap()[before..]
         .iter()
-        .map(|(peer, version)| {
+        .map(|(peer, version, host)| {
             assert_eq!(*version, Version::HTTP_2);
+            // `:authority` only: a Host beside it is a duplicate to nginx (RFC 9113 §8.3.1).
+            assert!(!host);
             *peer
         })
         .collect();
@@ -165,6 +169,8 @@ async fn http2_is_negotiated_by_alpn_and_multiplexed_rfc_9113_3_2() {
         "HTTP/1.1 b"
     );
     assert_eq!(old_seen.lock().unwrap().len(), 1);
+    // Over HTTP/1.1, chosen by ALPN, the client writes Host (RFC 9112 §3.2).
+    assert!(old_seen.lock().unwrap()[0].2);
     // Unless told otherwise, the gateway speaks HTTP/1.1, as nginx and Envoy do.
     assert_eq!(post(&gateway, "/default/c", "c").await.text(), "HTTP/1.1 c");
 }
@@ -180,6 +186,7 @@ async fn http2_by_prior_knowledge_over_plain_tcp_rfc_9113_3_3() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "HTTP/2.0 cleartext");
     assert_eq!(seen.lock().unwrap()[0].1, Version::HTTP_2);
+    assert!(!seen.lock().unwrap()[0].2, "a Host field beside :authority");
 }
 
 /// A pin holds over HTTP/2 as over HTTP/1.1: a mismatch fails the handshake, nothing sent.
