@@ -13,8 +13,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::common::*;
 use crate::upstream_tls::{Identity, self_signed};
@@ -27,20 +25,8 @@ type Seen = Arc<Mutex<Vec<(SocketAddr, Version, bool)>>>;
 /// offering `alpn` (HTTP/2 on a connection that negotiated `h2`, HTTP/1.1 otherwise), or,
 /// without `identity`, HTTP/2 over plain TCP (prior knowledge).
 async fn echo_upstream(identity: Option<&Identity>, alpn: &[&[u8]]) -> (u16, Seen) {
-    let acceptor = identity.map(|identity| {
-        let chain = vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    });
+    let acceptor = identity
+        .map(|identity| tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config(alpn))));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Seen = Arc::default();

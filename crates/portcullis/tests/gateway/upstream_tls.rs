@@ -27,6 +27,23 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
+    /// A TLS server configuration presenting this certificate, asking no client
+    /// certificate, offering `alpn`.
+    pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
+        let chain = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
     /// The `pin_sha256` of the certificate, in Outline's form: upper-case hex.
     pub(crate) fn cert_pin(&self) -> String {
         hex(&Sha256::digest(&self.der)).to_ascii_uppercase()
