@@ -148,3 +148,23 @@ fn unsafe_retry_settings_are_refused_by_check() {
         "{out}"
     );
 }
+
+/// A request held whole so that it can be sent again still goes back on a kept-alive
+/// connection: retries must not cost a connection (a TLS handshake) per request.
+#[tokio::test]
+async fn requests_held_for_resending_reuse_upstream_connections() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = start_configured(
+        &format!(
+            "[upstreams.api]\nurl = \"{}\"\nretry = {{ attempts = 3 }}\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+        Launch::bare().arg("--workers").arg("1"),
+    );
+    for _ in 0..5 {
+        assert_eq!(get_authorized(&gateway.url("/held")).await.status, 200);
+    }
+    let peers: std::collections::HashSet<_> = upstream.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+}
