@@ -519,7 +519,7 @@ pub struct HealthCheckConfig {
     /// How often.
     #[serde(default = "default_check_interval", with = "humantime_serde")]
     pub interval: Duration,
-    /// How long one check may take to its response head.
+    /// How long one check may take, its (small) answer read whole.
     #[serde(default = "default_check_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Consecutive failed checks that make it unhealthy.

@@ -27,7 +27,7 @@ pub struct HealthCheckSettings {
     pub path: String,
     /// How often.
     pub interval: Duration,
-    /// How long one check may take to its response head.
+    /// How long one check may take, its (small) answer read whole.
     pub timeout: Duration,
     /// Consecutive failed checks that make it unhealthy.
     pub unhealthy_threshold: u32,

@@ -677,7 +677,7 @@ impl Upstream {
     }
 
     /// One health check: `GET path` (below the base path, with a key of the credential),
-    /// passing on a 2xx head within `timeout`. Bypasses the in-flight cap, the breaker and
+    /// passing on a 2xx answer within `timeout`. Bypasses the in-flight cap, the breaker and
     /// retries, and never benches a key: many health endpoints answer 401 to anyone.
     pub async fn check(&self, path: &str, timeout: Duration) -> Result<(), CheckFailed> {
         let mut request = resend(&Request::new(()), Bytes::new());
