@@ -28,10 +28,61 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
-/// Checks each request against [`Limits`] and the path rules.
+/// Checks each request against [`Limits`], the path rules and the hosts allowed.
 #[derive(Debug, Clone)]
 pub struct Hygiene {
     limits: Limits,
+    allowed_hosts: Option<AllowedHosts>,
+}
+
+/// The hosts requests may name (`allowed_hosts`): `host`, on any port, or `host:port`,
+/// without regard to case. What keeps a server on a loopback address from DNS rebinding:
+/// a page on `evil.example`, rebound to 127.0.0.1, still names `evil.example`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<(String, Option<u16>)>);
+
+impl AllowedHosts {
+    /// The allowlist `entries` make; `Err` quotes the first that is not a `host[:port]`.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|entry| {
+                if !is_valid_host(entry.as_bytes()) {
+                    return Err(entry.clone());
+                }
+                let (host, port) = split_host(entry.as_bytes());
+                let host = String::from_utf8_lossy(host).to_ascii_lowercase();
+                let port = port.and_then(|p| std::str::from_utf8(p).ok()?.parse().ok());
+                Ok((host, port))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// Whether `named`, a valid `host[:port]`, is allowed: its host is listed without a
+    /// port, or with its port (a name without a port means the scheme's default port,
+    /// which no listed port then matches).
+    pub fn admits(&self, named: &[u8]) -> bool {
+        let (host, port) = split_host(named);
+        let port = port.and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
+        self.0.iter().any(|(allowed, allowed_port)| {
+            host.eq_ignore_ascii_case(allowed.as_bytes())
+                && allowed_port.is_none_or(|allowed_port| port == Some(allowed_port))
+        })
+    }
+}
+
+/// A valid `host[:port]` split at its port: an IPv6 literal keeps its brackets.
+fn split_host(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let colon = match value.iter().rposition(|b| *b == b':') {
+        // Inside an IPv6 literal, not before a port.
+        Some(colon) if value.starts_with(b"[") && !value[..colon].ends_with(b"]") => None,
+        colon => colon,
+    };
+    match colon {
+        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+        None => (value, None),
+    }
 }
 
 /// The methods the gateway forwards.
@@ -49,9 +100,18 @@ const FORWARDED_METHODS: [Method; 7] = [
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 impl Hygiene {
-    /// Enforces `limits`.
+    /// Enforces `limits`, with any host allowed.
     pub fn new(limits: Limits) -> Self {
-        Self { limits }
+        Self {
+            limits,
+            allowed_hosts: None,
+        }
+    }
+
+    /// Allows only the hosts `allowed` lists; any valid host with none.
+    pub fn with_allowed_hosts(mut self, allowed: Option<AllowedHosts>) -> Self {
+        self.allowed_hosts = allowed;
+        self
     }
 
     /// The limits in force.
@@ -65,6 +125,9 @@ impl Hygiene {
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), Problem> {
         check_method(request.method())?;
         check_host(request)?;
+        if let Some(allowed) = &self.allowed_hosts {
+            check_allowed_host(request, allowed)?;
+        }
         check_transfer_coding(request)?;
 
         let target_len = request
@@ -161,6 +224,25 @@ fn check_host<B>(request: &Request<B>) -> Result<(), Problem> {
         }
     }
     Ok(())
+}
+
+/// Refuses with 421 (RFC 9110 §15.5.20) a request naming a host that is not allowed, or
+/// none: the target's authority (HTTP/2's `:authority`, an HTTP/1.1 absolute-form target,
+/// which wins over `Host`), else `Host`. Checked before authentication, so that a rebound
+/// page learns nothing, not even whether it would need a credential.
+fn check_allowed_host<B>(request: &Request<B>, allowed: &AllowedHosts) -> Result<(), Problem> {
+    let named = match request.uri().authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes),
+    };
+    if named.is_some_and(|named| allowed.admits(named)) {
+        return Ok(());
+    }
+    Err(Problem::new(ProblemKind::MisdirectedRequest)
+        .with_detail("this gateway does not serve the host the request names"))
 }
 
 /// Whether `value` is `host[:port]`: a name of letters, digits, `-`, `.` and `_`, an IPv4
@@ -935,5 +1017,88 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn allowed_hosts_match_host_and_port_in_any_case() {
+        let entries = [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "MCP.example.com",
+            "[::1]:8080",
+        ];
+        let allowed = AllowedHosts::parse(&entries.map(String::from)).expect("valid entries");
+        for named in [
+            "localhost:8080",
+            "LocalHost:8080",
+            "127.0.0.1:8080",
+            "mcp.example.com",
+            "mcp.example.com:443",
+            "[::1]:8080",
+        ] {
+            assert!(allowed.admits(named.as_bytes()), "{named}");
+        }
+        for named in [
+            "localhost",
+            "localhost:8081",
+            "127.0.0.1",
+            "evil.example:8080",
+            "mcp.example.com.",
+            "xmcp.example.com",
+            "[::1]",
+            "[::2]:8080",
+        ] {
+            assert!(!allowed.admits(named.as_bytes()), "{named}");
+        }
+        assert_eq!(
+            AllowedHosts::parse(&["http://x".to_owned()]),
+            Err("http://x".to_owned())
+        );
+    }
+
+    /// RFC 9110 §15.5.20: 421 for a host not served here, whether `Host` names it, an
+    /// HTTP/1.1 absolute-form target (which wins over `Host`, RFC 9112 §3.2.2) or HTTP/2's
+    /// `:authority`; and for a request that names no host at all (HTTP/1.0).
+    #[test]
+    fn hosts_not_allowed_are_misdirected_rfc_9110_15_5_20() {
+        let allowed = AllowedHosts::parse(&["localhost:8080".to_owned()]).ok();
+        let hygiene = hygiene().with_allowed_hosts(allowed);
+        let kind = |request: Request<()>| hygiene.check(&request).err().map(|p| p.kind());
+        let with_host = |host: &str| {
+            Request::builder()
+                .uri("/x")
+                .header("host", host)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(kind(with_host("localhost:8080")), None);
+        assert_eq!(
+            kind(with_host("evil.example")),
+            Some(ProblemKind::MisdirectedRequest)
+        );
+        let absolute = Request::builder()
+            .uri("http://evil.example/x")
+            .header("host", "localhost:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(kind(absolute), Some(ProblemKind::MisdirectedRequest));
+        let h2 = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://evil.example/x")
+            .body(())
+            .unwrap();
+        assert_eq!(kind(h2), Some(ProblemKind::MisdirectedRequest));
+        let h2_allowed = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://localhost:8080/x")
+            .body(())
+            .unwrap();
+        assert_eq!(kind(h2_allowed), None);
+        let http10 = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("/x")
+            .body(())
+            .unwrap();
+        assert_eq!(kind(http10), Some(ProblemKind::MisdirectedRequest));
     }
 }

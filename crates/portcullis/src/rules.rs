@@ -128,6 +128,9 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     tls(config, production, &mut report);
     upstream_transport(config, production, &mut report);
     admin(config, &mut report);
+    if production {
+        allowed_hosts(config, &mut report);
+    }
     security_headers(config, production, &mut report);
     audit(config, facts, production, &mut report);
     limits(config, production, &mut report);
@@ -272,6 +275,20 @@ fn admin(config: &Config, report: &mut Report) {
             Severity::Error,
             error.to_string(),
             "point [admin.tls] at a readable PEM certificate chain and key",
+        );
+    }
+}
+
+/// A production rule: without `allowed_hosts`, any `Host` is served, so a page rebound to
+/// the gateway's address (DNS rebinding) reaches it. A warning: behind a proxy that fixes
+/// the host, the list adds nothing.
+fn allowed_hosts(config: &Config, report: &mut Report) {
+    if config.allowed_hosts.is_empty() {
+        report.add(
+            "allowed_hosts",
+            Severity::Warning,
+            "any Host is served: a web page whose name is rebound to this address (DNS rebinding) reaches the gateway from a browser",
+            "list the names clients use: allowed_hosts = [\"api.example.com\"] (or --allowed-hosts, PORTCULLIS_ALLOWED_HOSTS)",
         );
     }
 }
@@ -515,6 +532,7 @@ mod tests {
         config.tls = None;
         config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
         config.rate_limit.default = Some("60/min".parse().unwrap());
+        config.allowed_hosts = vec!["api.example.com".to_owned()];
         assert_eq!(
             rules(&check(&config, &Facts::default(), false)),
             [("credentials.length", Severity::Warning)]

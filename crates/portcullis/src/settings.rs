@@ -13,7 +13,7 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::config::{Config, CredentialConfig, RouteConfig, RouteLimitConfig};
 use crate::cors::{CorsPolicy, normalize_origin};
 use crate::headers::SecurityHeadersPolicy;
-use crate::hygiene::check_path;
+use crate::hygiene::{AllowedHosts, check_path};
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::upstream::{
@@ -31,6 +31,8 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     /// The CORS allowlist (empty: CORS off).
     pub cors: CorsPolicy,
+    /// The hosts requests may name; none for any valid host.
+    pub allowed_hosts: Option<AllowedHosts>,
     /// The security headers.
     pub security_headers: SecurityHeadersPolicy,
     /// The Redis that keeps rate limits and bans for every replica, if any.
@@ -99,6 +101,7 @@ impl Settings {
         let upstreams = upstreams(config, &mut invalid);
         let routes = routes(config, &mut invalid);
         let cors = cors(config, &mut invalid);
+        let allowed_hosts = allowed_hosts(config, &mut invalid);
         let security_headers = security_headers(config, &mut invalid);
         let redis = config.rate_limit.redis_url.as_ref().and_then(|url| {
             match RedisBackend::validate_url(url) {
@@ -120,6 +123,7 @@ impl Settings {
             upstreams,
             routes,
             cors,
+            allowed_hosts,
             security_headers,
             redis,
         })
@@ -617,6 +621,24 @@ pub fn is_scope_name(scope: &str) -> bool {
         && scope
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
+}
+
+/// The hosts requests may name, each a `host[:port]`; none when the list is empty.
+fn allowed_hosts(config: &Config, invalid: &mut InvalidList) -> Option<AllowedHosts> {
+    if config.allowed_hosts.is_empty() {
+        return None;
+    }
+    match AllowedHosts::parse(&config.allowed_hosts) {
+        Ok(allowed) => Some(allowed),
+        Err(entry) => {
+            invalid.add(
+                "allowed_hosts",
+                format!("allowed host {entry:?} is not a host or host:port"),
+                "list names as requests carry them, e.g. allowed_hosts = [\"localhost:8080\", \"127.0.0.1:8080\", \"mcp.example.com\"]",
+            );
+            None
+        }
+    }
 }
 
 fn cors(config: &Config, invalid: &mut InvalidList) -> CorsPolicy {

@@ -52,6 +52,8 @@ pub enum Decision {
     BodyTooLarge,
     /// The request is malformed: its host, its transfer coding, its `Content-Length`.
     BadRequest,
+    /// The request named a host not in `allowed_hosts`.
+    HostRefused,
     /// The request head did not arrive in time.
     HeadTimeout,
     /// The client's body could not be read: malformed chunked framing, cut short, or too
@@ -118,6 +120,7 @@ impl Decision {
             Self::HeadersTooLarge => "headers_too_large",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
+            Self::HostRefused => "host_refused",
             Self::HeadTimeout => "head_timeout",
             Self::ClientBodyError => "client_body_error",
             Self::ClientAborted => "client_aborted",

@@ -23,6 +23,8 @@ pub enum ProblemKind {
     InvalidPath,
     /// A malformed request the gateway will not forward (e.g. a bad `Content-Length`).
     BadRequest,
+    /// The request names a host the gateway does not serve (`allowed_hosts`).
+    MisdirectedRequest,
     /// A known method that the gateway never forwards (`TRACE`, `CONNECT`).
     MethodNotAllowed,
     /// A method outside the standard set.
@@ -84,6 +86,7 @@ impl ProblemKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::InvalidPath | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MethodNotImplemented | Self::TransferCodingNotImplemented => {
                 StatusCode::NOT_IMPLEMENTED
@@ -114,6 +117,7 @@ impl ProblemKind {
         match self {
             Self::InvalidPath => "invalid-path",
             Self::BadRequest => "bad-request",
+            Self::MisdirectedRequest => "misdirected-request",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::MethodNotImplemented => "method-not-implemented",
             Self::TransferCodingNotImplemented => "transfer-coding-not-implemented",
@@ -147,6 +151,7 @@ impl ProblemKind {
         match self {
             Self::InvalidPath => "The request path is not allowed",
             Self::BadRequest => "The request is malformed",
+            Self::MisdirectedRequest => "This host is not served here",
             Self::MethodNotAllowed => "Method not allowed",
             Self::MethodNotImplemented => "Method not implemented",
             Self::TransferCodingNotImplemented => "Transfer coding not implemented",
@@ -193,6 +198,7 @@ impl ProblemKind {
             Self::StoreUnavailable => Decision::StoreUnavailable,
             Self::IpDenied => Decision::IpDenied,
             Self::Banned => Decision::Banned,
+            Self::MisdirectedRequest => Decision::HostRefused,
             Self::RateLimited => Decision::RateLimited,
             Self::RateLimitUnavailable => Decision::RateLimitUnavailable,
             Self::UpstreamBusy => Decision::UpstreamBusy,

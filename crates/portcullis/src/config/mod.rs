@@ -37,6 +37,9 @@ pub struct Config {
     pub workers: usize,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The hosts requests may name (`Host`, `:authority` or an absolute target):
+    /// `host` (any port) or `host:port`, any case; empty for any valid host.
+    pub allowed_hosts: Vec<String>,
     /// Size limits and timeouts.
     pub limits: LimitsConfig,
     /// Cross-origin access; off unless origins are listed.
@@ -801,6 +804,7 @@ impl Default for Config {
             tls: None,
             workers: 0,
             trusted_proxies: Vec::new(),
+            allowed_hosts: Vec::new(),
             limits: LimitsConfig::default(),
             cors: CorsConfig::default(),
             security_headers: SecurityHeadersConfig::default(),

@@ -42,6 +42,15 @@ pub struct Overrides {
     )]
     pub trusted_proxies: Option<Vec<IpNet>>,
 
+    /// Comma-separated hosts requests may name (`host` or `host:port`); others get 421.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ALLOWED_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Option<Vec<String>>,
+
     /// Comma-separated origins allowed to make cross-origin requests.
     #[arg(
         long,
@@ -150,6 +159,13 @@ impl Overrides {
         }
         if let Some(proxies) = &self.trusted_proxies {
             config.trusted_proxies = proxies.clone();
+        }
+        if let Some(hosts) = &self.allowed_hosts {
+            config.allowed_hosts = hosts
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect();
         }
         if let Some(origins) = &self.cors_allowed_origins {
             config.cors.allowed_origins = origins

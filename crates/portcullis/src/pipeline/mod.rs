@@ -181,7 +181,8 @@ impl Gateway {
                 max_uri_bytes: limits.max_uri_bytes,
                 max_header_bytes: limits.max_header_bytes,
                 max_headers: limits.max_headers,
-            }),
+            })
+            .with_allowed_hosts(settings.allowed_hosts.clone()),
             health: Health::new(
                 router.upstreams(),
                 shared.store.clone(),

@@ -169,6 +169,89 @@ async fn a_route_may_allow_underscores_in_header_names() {
     assert_eq!(seen[1].header("x_legacy_id"), None, "other routes drop it");
 }
 
+/// `allowed_hosts` (DNS rebinding): a request naming any other host, by `Host` or by an
+/// absolute-form target (RFC 9112 §3.2.2), gets 421 (RFC 9110 §15.5.20) before
+/// authentication, so a rebound page learns nothing, and never reaches the upstream.
+#[tokio::test]
+async fn hosts_not_allowed_are_421_before_authentication_rfc_9110_15_5_20() {
+    let upstream = Upstream::start().await;
+    let (dir, mut gateway) = start_configured(
+        &format!(
+            "[upstreams.api]\nurl = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+        Launch::bare()
+            .arg("--allowed-hosts")
+            .arg("127.0.0.1, MCP.example.com"),
+    );
+    let port = gateway.addr.port();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\nConnection: close");
+    for host in [format!("127.0.0.1:{port}"), "mcp.example.com".to_owned()] {
+        let head = format!("GET /ok HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n\r\n");
+        assert_eq!(
+            raw(gateway.addr, head.as_bytes()).await.status,
+            200,
+            "{host}"
+        );
+    }
+    let seen = upstream.seen().len();
+    for (head, why) in [
+        (
+            "GET /ok HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_owned(),
+            "another name, no credential",
+        ),
+        (
+            format!("GET /ok HTTP/1.1\r\nHost: localhost:{port}\r\n{auth}\r\n\r\n"),
+            "a name not listed for the same address",
+        ),
+        (
+            format!("GET /ok HTTP/1.1\r\nHost: mcp.example.com.\r\n{auth}\r\n\r\n"),
+            "a trailing dot",
+        ),
+        (
+            format!(
+                "GET http://evil.example/ok HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n\r\n"
+            ),
+            "an absolute-form target naming another host",
+        ),
+    ] {
+        let reply = raw(gateway.addr, head.as_bytes()).await;
+        let problem = reply.assert_problem(421, "misdirected-request");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("host"),
+            "{why}: {problem}"
+        );
+    }
+    assert_eq!(upstream.seen().len(), seen, "{:#?}", upstream.seen());
+    let decisions = decisions_of(&dir, &mut gateway);
+    assert_eq!(
+        decisions.iter().filter(|d| *d == "host_refused").count(),
+        4,
+        "{decisions:?}"
+    );
+}
+
+#[test]
+fn allowed_hosts_are_checked_and_production_asks_for_them() {
+    let config = "[upstreams.api]\nurl = \"http://127.0.0.1:9000\"\n\
+                  [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n";
+    let (code, out) = check_config(
+        &format!("allowed_hosts = [\"http://mcp.example.com\"]\n{config}"),
+        &[],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("error[allowed_hosts]"), "{out}");
+    let (_, out) = check_config(config, &["--production"], &[]);
+    assert!(out.contains("warning[allowed_hosts]"), "{out}");
+    let (_, out) = check_config(
+        config,
+        &["--production", "--allowed-hosts", "api.example.com"],
+        &[],
+    );
+    assert!(!out.contains("[allowed_hosts]"), "{out}");
+}
+
 #[tokio::test]
 async fn hosts_are_validated_rfc_9112_3_2() {
     let upstream = Upstream::start().await;
