@@ -35,9 +35,7 @@ trap cleanup EXIT
 
 binary=${BINARY:-}
 if [ -z "$binary" ]; then
-  echo "bench: building the release binary" >&2
-  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-  binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
+  build_release
 fi
 
 start_nginx upstream 1 "server {
@@ -73,9 +71,7 @@ count_instructions() {
   kill -TERM "$pid"
   wait "$pid" || true
   # The few /health probes above are left in: a rounding error beside wrk's requests.
-  local total
-  total=$(callgrind_annotate "$work/$name.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-  echo "$total $requests"
+  echo "$(callgrind_total "$work/$name.out") $requests"
 }
 
 printf '| build | sink | requests | instructions/request |\n|---|---|---|---|\n'

@@ -1,6 +1,18 @@
-# Shared by the benchmark scripts: an nginx of their own, one measured wrk run, medians over
-# rounds, Markdown rows, and the machine's description. Source it after setting $work (a
+# Shared by the benchmark scripts: the release build, an nginx of their own, one measured wrk
+# run, callgrind's total, medians over rounds, Markdown rows, and the machine's description. Source it after setting $work (a
 # scratch directory) and THREADS, CONNECTIONS and DURATION.
+
+# build_release: builds the release binary (in CARGO_TARGET_DIR when set) and sets $binary.
+build_release() {
+  echo "bench: building the release binary" >&2
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+  binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
+}
+
+# callgrind_total <callgrind output file>: the instructions of the whole run.
+callgrind_total() {
+  callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
 
 # start_nginx <name> <workers> <http block body>: an nginx of its own in $work/<name>.
 start_nginx() {

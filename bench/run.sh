@@ -49,10 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench: building the release binary" >&2
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-binary="$root/target/release/portcullis"
-[ -n "${CARGO_TARGET_DIR:-}" ] && binary="$CARGO_TARGET_DIR/release/portcullis"
+build_release
 
 # The upstream: a fixed small JSON document, as an inventory API might answer.
 start_nginx upstream 1 "server {

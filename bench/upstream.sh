@@ -49,9 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench: building the release binary" >&2
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-binary="${CARGO_TARGET_DIR:-$root/target}/release/portcullis"
+build_release
 
 # A self-signed certificate naming an IP, as an Outline server's does; its pin in
 # Outline's form (upper-case hex SHA-256 of the DER).
@@ -124,7 +122,7 @@ if $instructions; then
     fi
     kill -TERM "${pids[-1]}"
     wait "${pids[-1]}" || true
-    echo "$(callgrind_annotate "$work/$1-$2.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}') $requests"
+    echo "$(callgrind_total "$work/$1-$2.out") $requests"
   }
   printf '| upstream reached over | requests | instructions/request |\n|---|---|---|\n'
   for name in pinned layered h2; do

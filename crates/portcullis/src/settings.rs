@@ -18,7 +18,8 @@ use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::upstream::{
     BreakerSettings, Credential, HealthCheckSettings, OutlineAccess, Resilience, RetrySettings,
-    Transport, UpstreamTarget, UpstreamTls, parse_cert_pin, parse_spki_pin, split_keys,
+    Transport, Upstream, UpstreamShared, UpstreamTarget, UpstreamTls, parse_cert_pin,
+    parse_spki_pin, split_keys,
 };
 use secrecy::SecretString;
 
@@ -58,6 +59,14 @@ pub struct UpstreamSettings {
     pub max_in_flight: Option<usize>,
     /// How long a request waits for an in-flight slot.
     pub queue_timeout: Duration,
+}
+
+impl UpstreamSettings {
+    /// A copy of this upstream with connections of its own (one per worker, and one for
+    /// its health checks), around `shared`, what every copy shares.
+    pub fn instance(&self, shared: &Arc<UpstreamShared>) -> Arc<Upstream> {
+        Upstream::new(&self.target, &self.transport, self.timeout, shared.clone())
+    }
 }
 
 /// One route, its values parsed.

@@ -20,6 +20,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct SqliteAppender {
     connection: Connection,
+    /// The event insert, made once.
+    insert_sql: String,
 }
 
 impl SqliteAppender {
@@ -36,7 +38,13 @@ impl SqliteAppender {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "wal_autocheckpoint", 256)?;
         connection.pragma_update(None, "cache_size", -16_384)?;
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            insert_sql: format!(
+                "INSERT INTO audit_events ({EVENT_COLUMNS}) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+        })
     }
 
     /// Stores `events` and `checkpoint` (if any) in one transaction: all or nothing.
@@ -47,10 +55,7 @@ impl SqliteAppender {
     ) -> Result<(), AuditStoreError> {
         let transaction = self.connection.transaction()?;
         {
-            let mut insert = transaction.prepare_cached(&format!(
-                "INSERT INTO audit_events ({EVENT_COLUMNS}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))?;
+            let mut insert = transaction.prepare_cached(&self.insert_sql)?;
             for event in events {
                 insert_event(&mut insert, event)?;
             }

@@ -132,15 +132,7 @@ impl Gateway {
     pub fn new(config: &Config, settings: &Settings, shared: &Shared) -> Self {
         let mut upstreams: Vec<(&str, Arc<Upstream>)> = Vec::new();
         for (upstream, state) in settings.upstreams.iter().zip(&shared.upstreams) {
-            upstreams.push((
-                &upstream.name,
-                Upstream::new(
-                    &upstream.target,
-                    &upstream.transport,
-                    upstream.timeout,
-                    state.clone(),
-                ),
-            ));
+            upstreams.push((&upstream.name, upstream.instance(state)));
         }
         let routes = settings
             .routes

@@ -126,14 +126,7 @@ impl Server {
             .iter()
             .zip(&shared.upstreams)
             .filter(|(upstream, _)| upstream.resilience.health_check.is_some())
-            .map(|(upstream, state)| {
-                Upstream::new(
-                    &upstream.target,
-                    &upstream.transport,
-                    upstream.timeout,
-                    state.clone(),
-                )
-            })
+            .map(|(upstream, state)| upstream.instance(state))
             .collect();
         Ok(Self {
             workers,

@@ -13,7 +13,7 @@
 //! breaker's wait, so that the next request probes at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
@@ -57,10 +57,8 @@ const UNHEALTHY: u8 = 2;
 pub struct UpstreamHealth {
     settings: HealthCheckSettings,
     state: AtomicU8,
-    /// Consecutive checks that went the same way as the last.
-    streak: AtomicU32,
-    /// Whether the last check failed.
-    failing: AtomicBool,
+    /// Consecutive passes (positive) or failures (negative) up to the last check.
+    streak: AtomicI32,
     /// Whether it has ever been healthy.
     was_healthy: AtomicBool,
     /// When the last check ended, Unix milliseconds; 0 for never.
@@ -73,8 +71,7 @@ impl UpstreamHealth {
         Self {
             settings,
             state: AtomicU8::new(UNKNOWN),
-            streak: AtomicU32::new(0),
-            failing: AtomicBool::new(false),
+            streak: AtomicI32::new(0),
             was_healthy: AtomicBool::new(false),
             last_check_ms: AtomicU64::new(0),
         }
@@ -123,13 +120,14 @@ impl UpstreamHealth {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(1));
         self.last_check_ms.store(now.max(1), Ordering::Relaxed);
-        let failed_before = self.failing.swap(!passed, Ordering::Relaxed);
-        let streak = if failed_before != passed {
-            self.streak.load(Ordering::Relaxed) + 1
-        } else {
-            1
+        let streak = match (passed, self.streak.load(Ordering::Relaxed)) {
+            (true, before) if before > 0 => before.saturating_add(1),
+            (true, _) => 1,
+            (false, before) if before < 0 => before.saturating_sub(1),
+            (false, _) => -1,
         };
         self.streak.store(streak, Ordering::Relaxed);
+        let streak = streak.unsigned_abs();
         let current = self.state.load(Ordering::Acquire);
         let (next, threshold) = match (passed, current) {
             (_, UNKNOWN) => (if passed { HEALTHY } else { UNHEALTHY }, 1),
