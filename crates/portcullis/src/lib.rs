@@ -16,7 +16,7 @@
 //! | CORS         | [`cors`]                 |
 //! | authenticate, authorize | [`auth`], [`credentials`] |
 //! | rate limit   | [`ratelimit`]            |
-//! | forward      | [`upstream`]             |
+//! | forward      | [`upstream`], [`websocket`] |
 //! | respond      | [`headers`]              |
 //!
 //! Every error portcullis itself produces is an RFC 9457 problem ([`base::problem`]).
@@ -29,7 +29,7 @@
 //! [`config`] (plain settings) only `base`; then [`redact`], [`json_line`], the
 //! [`recorder`], the [`access_log`] and the [`audit`] log; then the stores and the stages
 //! (`store`, `credentials`, `hygiene`, `identity`, `headers`, `cors`, `ip_rules`, `auth`,
-//! `ratelimit`, `upstream`, `routes`, `health`); then [`settings`], the one validation
+//! `ratelimit`, `upstream`, `websocket`, `routes`, `health`); then [`settings`], the one validation
 //! step that turns the configuration into the typed values the stages are built from;
 //! then the [`pipeline`] that runs them in order; then [`server`] and [`admin`]; then
 //! [`rules`] (the checks `check` and `serve` apply to a configuration); the binary on top.
@@ -61,3 +61,4 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod upstream;
+pub mod websocket;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::config::{Config, CredentialConfig, RouteConfig, RouteLimitConfig};
+use crate::config::{Config, CredentialConfig, HttpVersion, RouteConfig, RouteLimitConfig};
 use crate::cors::{CorsPolicy, normalize_origin};
 use crate::headers::SecurityHeadersPolicy;
 use crate::hygiene::{AllowedHosts, check_path};
@@ -21,6 +21,7 @@ use crate::upstream::{
     Transport, Upstream, UpstreamShared, UpstreamTarget, UpstreamTls, parse_cert_pin,
     parse_spki_pin, split_keys,
 };
+use crate::websocket::{StreamLimits, WebSocketPolicy};
 use secrecy::SecretString;
 
 /// A configuration, validated: what the gateway is built from.
@@ -86,6 +87,8 @@ pub struct RouteSettings {
     /// How many bytes of each body the audit log keeps, when it keeps them (the route's
     /// `audit_bodies`, with the audit log on).
     pub body_sample: Option<usize>,
+    /// Its WebSockets, when it lets them through (`websocket = true`).
+    pub websocket: Option<WebSocketPolicy>,
 }
 
 /// One value the gateway cannot be built with.
@@ -108,8 +111,8 @@ impl Settings {
     pub fn validate(config: &Config) -> Result<Self, Vec<Invalid>> {
         let mut invalid = Invalid::list();
         let upstreams = upstreams(config, &mut invalid);
-        let routes = routes(config, &mut invalid);
         let cors = cors(config, &mut invalid);
+        let routes = routes(config, &cors, &mut invalid);
         let allowed_hosts = allowed_hosts(config, &mut invalid);
         let security_headers = security_headers(config, &mut invalid);
         let redis = config.rate_limit.redis_url.as_ref().and_then(|url| {
@@ -176,8 +179,15 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
         let url = outline
             .as_ref()
             .map_or(upstream.url.as_str(), |o| &o.origin);
+        if upstream.preserve_host && upstream.http_version != HttpVersion::Http1 {
+            invalid.add(
+                "upstreams.preserve_host",
+                format!("upstream {name:?}: preserve_host works with http_version = \"1.1\" only"),
+                "over HTTP/2 the host is the connection's :authority; remove preserve_host or use HTTP/1.1",
+            );
+        }
         let target = match UpstreamTarget::parse(name, url) {
-            Ok(target) => target,
+            Ok(target) => target.preserving_host(upstream.preserve_host),
             Err(error) => {
                 invalid.add(
                     "upstreams.url",
@@ -540,7 +550,7 @@ fn credential(
     }
 }
 
-fn routes(config: &Config, invalid: &mut InvalidList) -> Vec<RouteSettings> {
+fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<RouteSettings> {
     let mut routes = Vec::new();
     for route in &config.routes {
         let prefix = &route.path_prefix;
@@ -619,9 +629,55 @@ fn routes(config: &Config, invalid: &mut InvalidList) -> Vec<RouteSettings> {
             strict_methods,
             body_sample: (route.audit_bodies && config.audit.enabled)
                 .then_some(config.audit.max_body_bytes),
+            websocket: websocket_policy(route, cors, invalid),
         });
     }
     routes
+}
+
+/// A route's WebSocket policy, when it lets WebSockets through: its own origins, or the
+/// CORS allowlist's.
+fn websocket_policy(
+    route: &RouteConfig,
+    cors: &CorsPolicy,
+    invalid: &mut InvalidList,
+) -> Option<WebSocketPolicy> {
+    let prefix = &route.path_prefix;
+    let origins = match &route.allowed_origins {
+        None => cors.allowed_origins.clone(),
+        Some(listed) => {
+            let mut origins = Vec::new();
+            for origin in listed {
+                match normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok()) {
+                    Some(exact) => origins.push(exact),
+                    None => invalid.add(
+                        "routes.allowed_origins",
+                        format!("route {prefix:?}: origin {origin:?} is not an exact origin (wildcards and null are refused)"),
+                        "list each origin exactly, e.g. allowed_origins = [\"https://app.example\"]",
+                    ),
+                }
+            }
+            origins
+        }
+    };
+    let limits = StreamLimits {
+        idle_timeout: route.stream_idle_timeout,
+        max_lifetime: route.stream_max_lifetime,
+        max_message_bytes: route.max_message_bytes,
+    };
+    if limits.idle_timeout.is_zero()
+        || limits.max_lifetime.is_zero()
+        || limits.max_message_bytes == 0
+    {
+        invalid.add(
+            "routes.streams",
+            format!("route {prefix:?}: stream_idle_timeout, stream_max_lifetime and max_message_bytes must be more than zero"),
+            "leave them out for the defaults (5m, 24h, 1048576)",
+        );
+    }
+    route
+        .websocket
+        .then(|| WebSocketPolicy::new(origins, limits))
 }
 
 /// Whether `scope` is 1 to 64 characters of letters, digits and `: . _ -`.
@@ -750,12 +806,17 @@ mod tests {
             r#"
 [upstreams.api]
 url = "ftp://x"
+http_version = "2"
+preserve_host = true
 [[routes]]
 path_prefix = "/api/../x"
 upstream = "missing"
 scopes = { FETCH = "read" }
 cache_control = "a\nb"
 audit_strict_methods = ["PO ST"]
+websocket = true
+allowed_origins = ["https://*.example"]
+stream_idle_timeout = "0s"
 [cors]
 allowed_origins = ["*"]
 allowed_methods = ["GE T"]
@@ -772,15 +833,18 @@ content_security_policy = "default-src\u0001"
         assert_eq!(
             rules,
             [
+                "upstreams.preserve_host",
                 "upstreams.url",
+                "cors.origins",
+                "cors.methods",
+                "cors.headers",
                 "routes.upstream",
                 "routes.scopes",
                 "routes.response_headers",
                 "routes.path_prefix",
                 "audit.strict_methods",
-                "cors.origins",
-                "cors.methods",
-                "cors.headers",
+                "routes.allowed_origins",
+                "routes.streams",
                 "security_headers.values",
             ]
         );

@@ -54,6 +54,19 @@ pub enum Decision {
     BadRequest,
     /// The request named a host not in `allowed_hosts`.
     HostRefused,
+    /// A WebSocket handshake on a route that does not allow WebSockets.
+    UpgradeRefused,
+    /// A WebSocket handshake from a browser origin that is not allowed (cross-site
+    /// WebSocket hijacking).
+    OriginRefused,
+    /// An open WebSocket was closed for carrying nothing for `stream_idle_timeout`.
+    StreamIdle,
+    /// An open WebSocket was closed at `stream_max_lifetime`.
+    StreamLifetime,
+    /// An open WebSocket was closed for a message over `max_message_bytes` (1009).
+    MessageTooLarge,
+    /// An open WebSocket was closed at the end of the server's shutdown grace period.
+    StreamShutdown,
     /// The request head did not arrive in time.
     HeadTimeout,
     /// The client's body could not be read: malformed chunked framing, cut short, or too
@@ -121,6 +134,12 @@ impl Decision {
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
             Self::HostRefused => "host_refused",
+            Self::UpgradeRefused => "upgrade_refused",
+            Self::OriginRefused => "origin_refused",
+            Self::StreamIdle => "stream_idle",
+            Self::StreamLifetime => "stream_lifetime",
+            Self::MessageTooLarge => "message_too_large",
+            Self::StreamShutdown => "stream_shutdown",
             Self::HeadTimeout => "head_timeout",
             Self::ClientBodyError => "client_body_error",
             Self::ClientAborted => "client_aborted",

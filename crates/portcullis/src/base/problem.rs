@@ -64,6 +64,10 @@ pub enum ProblemKind {
     UpstreamSuspended,
     /// A CORS preflight from an origin, or for a method or header, that is not allowed.
     CorsDenied,
+    /// A WebSocket handshake on a route that does not allow WebSockets.
+    UpgradeRefused,
+    /// A WebSocket handshake from a browser origin that is not allowed.
+    OriginRefused,
     /// No route matches the path.
     NotFound,
     /// The client did not send its request head in time.
@@ -97,7 +101,11 @@ impl ProblemKind {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::CorsDenied | Self::InsufficientScope | Self::IpDenied => StatusCode::FORBIDDEN,
+            Self::CorsDenied
+            | Self::UpgradeRefused
+            | Self::OriginRefused
+            | Self::InsufficientScope
+            | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::Banned | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::RateLimitUnavailable | Self::UpstreamBusy | Self::UpstreamSuspended => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -128,6 +136,8 @@ impl ProblemKind {
             Self::HeadersTooLarge => "headers-too-large",
             Self::Unauthorized => "unauthorized",
             Self::CorsDenied => "cors-denied",
+            Self::UpgradeRefused => "upgrade-refused",
+            Self::OriginRefused => "origin-refused",
             Self::InsufficientScope => "insufficient-scope",
             Self::IpDenied => "ip-denied",
             Self::Banned => "banned",
@@ -162,6 +172,8 @@ impl ProblemKind {
             Self::HeadersTooLarge => "Request header fields too large",
             Self::Unauthorized => "Authentication required",
             Self::CorsDenied => "Cross-origin request not allowed",
+            Self::UpgradeRefused => "WebSocket not allowed here",
+            Self::OriginRefused => "Origin not allowed",
             Self::InsufficientScope => "Insufficient scope",
             Self::IpDenied => "Address not allowed",
             Self::Banned => "Address temporarily banned",
@@ -204,6 +216,8 @@ impl ProblemKind {
             Self::UpstreamBusy => Decision::UpstreamBusy,
             Self::UpstreamSuspended => Decision::UpstreamKeysExhausted,
             Self::CorsDenied => Decision::CorsRefused,
+            Self::UpgradeRefused => Decision::UpgradeRefused,
+            Self::OriginRefused => Decision::OriginRefused,
             Self::NotFound => Decision::NoRoute,
             Self::RequestTimeout => Decision::HeadTimeout,
             Self::UpstreamUnavailable => Decision::UpstreamConnect,

@@ -495,6 +495,10 @@ pub struct UpstreamConfig {
     /// The HTTP version spoken to it.
     #[serde(default)]
     pub http_version: HttpVersion,
+    /// Forward the `Host` the client named (validated, and admitted by `allowed_hosts`)
+    /// instead of the upstream's own.
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 /// The HTTP version spoken to an upstream.
@@ -679,6 +683,7 @@ impl UpstreamConfig {
             total_timeout: None,
             health_check: None,
             http_version: HttpVersion::default(),
+            preserve_host: false,
         }
     }
 }
@@ -739,6 +744,36 @@ pub struct RouteConfig {
     /// log, redacted.
     #[serde(default)]
     pub audit_bodies: bool,
+    /// Let WebSocket handshakes through to the upstream (RFC 6455; from HTTP/2 clients,
+    /// RFC 8441). Off: a handshake is refused with 403.
+    #[serde(default)]
+    pub websocket: bool,
+    /// The browser origins that may open a WebSocket on this route, instead of
+    /// `[cors] allowed_origins`.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// An open WebSocket that carries no byte either way for this long is closed.
+    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// An open WebSocket is closed after this long, busy or not.
+    #[serde(default = "default_stream_max_lifetime", with = "humantime_serde")]
+    pub stream_max_lifetime: Duration,
+    /// Most payload bytes of one WebSocket message (or frame), either way; a larger one
+    /// closes the WebSocket with 1009.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+}
+
+fn default_max_message_bytes() -> u64 {
+    1024 * 1024
+}
+
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_stream_max_lifetime() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
 }
 
 impl RouteConfig {
@@ -759,6 +794,11 @@ impl RouteConfig {
             referrer_policy: None,
             audit_strict_methods: None,
             audit_bodies: false,
+            websocket: false,
+            allowed_origins: None,
+            stream_idle_timeout: default_stream_idle_timeout(),
+            stream_max_lifetime: default_stream_max_lifetime(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
-use http_body_util::Either;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::time::Duration;
 use tracing::warn;
@@ -37,7 +37,8 @@ use crate::store::Store;
 use crate::upstream::{
     ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamShared, prepare_request_headers,
 };
-use crate::{auth, cors, headers};
+use crate::websocket::{Handshake, Tunnel};
+use crate::{auth, cors, headers, websocket};
 use record::PendingRecord;
 
 /// State built once and shared by every worker's pipeline.
@@ -109,6 +110,10 @@ struct Progress<'g> {
     decision: Decision,
     /// The request's record, when one is kept: the caller and upstream go into it.
     record: Option<PendingRecord>,
+    /// The WebSocket handshake the request is, if it is one.
+    handshake: Option<Handshake>,
+    /// The WebSocket the upstream accepted, relayed once the client has its answer.
+    tunnel: Option<Tunnel>,
 }
 
 /// Every stage of the request path, ready to serve.
@@ -124,6 +129,8 @@ pub struct Gateway {
     response_headers: ResponseHeaders,
     recorder: Option<Recorder>,
     redactor: Arc<Redactor>,
+    /// Turns true when open WebSockets must close (the server's grace period is over).
+    closing_tunnels: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Gateway {
@@ -159,7 +166,8 @@ impl Gateway {
                         })
                         .with_response_rules(route.response_rules.clone())
                         .with_strict_methods(route.strict_methods.clone())
-                        .with_body_sample(route.body_sample),
+                        .with_body_sample(route.body_sample)
+                        .with_websocket(route.websocket.clone()),
                 )
             })
             .collect();
@@ -187,16 +195,24 @@ impl Gateway {
             response_headers: ResponseHeaders::new(&settings.security_headers),
             recorder: shared.recorder.clone(),
             redactor: shared.redactor.clone(),
+            closing_tunnels: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// The same gateway, its open WebSockets closed when `closing` turns true.
+    pub fn closing_tunnels_on(mut self, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.closing_tunnels = closing;
+        self
     }
 
     /// Serves one request, in the order of the request path. Never fails: every refusal
     /// is a problem+json response, and every response leaves through the respond stage.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Response<ResponseBody> {
+        let handshake = Handshake::detect(&mut request);
         let ctx = self.identity.resolve(&request, conn);
         let origin = request.headers().get(header::ORIGIN).cloned();
         let csp = self.response_headers.csp_for(request.uri().path());
@@ -205,6 +221,7 @@ impl Gateway {
             record: self.recorder.as_ref().map(|recorder| {
                 PendingRecord::begin(recorder, &request, &ctx, conn, &self.router, &self.redactor)
             }),
+            handshake,
             ..Progress::default()
         };
         let (mut response, decision) = match self.process(request, &ctx, &mut progress).await {
@@ -231,7 +248,12 @@ impl Gateway {
         let mut request_id = ctx.request_id;
         request_id.set_sensitive(true);
         headers.insert(X_REQUEST_ID.clone(), request_id);
-        match progress.record.take() {
+        let record = progress.record.take();
+        if let Some(tunnel) = progress.tunnel.take() {
+            let closing = self.closing_tunnels.clone();
+            return open_tunnel(tunnel, response, record, progress.route, closing);
+        }
+        match record {
             Some(record) => record.respond(response, decision, progress.route),
             None => response,
         }
@@ -241,7 +263,7 @@ impl Gateway {
     /// stage needs to know (the route, and where the request stands against its limits).
     async fn process<'g>(
         &'g self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         ctx: &RequestContext,
         progress: &mut Progress<'g>,
     ) -> Result<Response<ResponseBody>, Problem> {
@@ -260,6 +282,13 @@ impl Gateway {
         if let Some(route) = route {
             route.ip_rules().check(ctx.known_client_ip())?;
         }
+        // Before authentication: a hijacking page must not even count towards a ban of
+        // its victim's address.
+        if progress.handshake.is_some()
+            && let Some(policy) = route.and_then(Route::websocket)
+        {
+            policy.check_origin(request.headers())?;
+        }
         if let Some(cors) = &self.cors
             && let Some(answer) = cors.preflight(&request)
         {
@@ -275,6 +304,9 @@ impl Gateway {
         let scope = route.required_scope(request.method());
         if !principal.has_scope(scope) {
             return Err(auth::insufficient_scope(scope));
+        }
+        if progress.handshake.is_some() && route.websocket().is_none() {
+            return Err(websocket::upgrade_refused());
         }
         if let Some(limits) = route.rate_limits() {
             let checked = self.limiter.check(limits, &principal, ctx).await?;
@@ -298,7 +330,25 @@ impl Gateway {
             }
         }
         let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);
-        self.forward(request, route, ctx, bytes_in, sample).await
+        let Some(handshake) = progress.handshake else {
+            return self
+                .forward(request, route, ctx, bytes_in, sample, None)
+                .await;
+        };
+        let client_side = hyper::upgrade::on(&mut request);
+        let mut response = self
+            .forward(request, route, ctx, None, None, Some(handshake))
+            .await?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(policy) = route.websocket()
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            handshake.answer_client(&mut response);
+            let (tunnel, open) = Tunnel::new(client_side, upstream_side, policy.limits());
+            response.extensions_mut().insert(open);
+            progress.tunnel = Some(tunnel);
+        }
+        Ok(response)
     }
 
     /// Who is calling: a capability on capability routes, a bearer token elsewhere. Each
@@ -335,20 +385,34 @@ impl Gateway {
         ctx: &RequestContext,
         bytes_in: Option<Arc<AtomicU64>>,
         sample: Option<Arc<std::sync::Mutex<BodySample>>>,
+        handshake: Option<Handshake>,
     ) -> Result<Response<ResponseBody>, Problem> {
         let (mut parts, body) = request.into_parts();
         let upstream_uri = route.upstream_uri(&parts.uri);
         let public_uri = std::mem::replace(&mut parts.uri, upstream_uri);
         parts.version = Version::HTTP_11;
-        prepare_request_headers(
-            &mut parts.headers,
-            route.upstream().host(),
-            ctx,
-            route.header_rules(),
-        );
-        let body = LimitedBody::new(Either::Left(body), self.hygiene.limits().max_body_bytes)
-            .counting(bytes_in)
-            .sampling(sample);
+        let upstream = route.upstream();
+        // The host the client named, which hygiene validated (and `allowed_hosts` admitted).
+        let client_host = match upstream.preserves_host() {
+            true => match public_uri.authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => parts.headers.get(header::HOST).cloned(),
+            },
+            false => None,
+        };
+        let host = client_host.as_ref().unwrap_or_else(|| upstream.host());
+        prepare_request_headers(&mut parts.headers, host, ctx, route.header_rules());
+        let max_body_bytes = self.hygiene.limits().max_body_bytes;
+        let body = match handshake {
+            // An extended CONNECT's body is the WebSocket itself, relayed once open.
+            Some(handshake) => {
+                handshake.address_upstream(&mut parts.headers);
+                LimitedBody::new(Either::Right(Full::new(Bytes::new())), max_body_bytes)
+            }
+            None => LimitedBody::new(Either::Left(body), max_body_bytes)
+                .counting(bytes_in)
+                .sampling(sample),
+        };
 
         let request = Request::from_parts(parts, body);
         // Boxed: the upstream call's state (retries, keys, timers) is large, and hyper moves
@@ -521,6 +585,24 @@ impl Gateway {
             record::refused_head(recorder, conn, client, request_id, head);
         }
     }
+}
+
+/// Relays an open WebSocket (`response` is the answer that opened it), finishing its
+/// record, if one is kept, when it closes.
+fn open_tunnel(
+    tunnel: Tunnel,
+    response: Response<ResponseBody>,
+    record: Option<PendingRecord>,
+    route: Option<&Route>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Response<ResponseBody> {
+    let (response, on_close) = match record {
+        Some(record) => record.open_tunnel(response, route),
+        None => (response, None),
+    };
+    let on_close = on_close.unwrap_or_else(|| Box::new(|_| {}));
+    tokio::spawn(tunnel.run(closing, on_close));
+    response
 }
 
 /// An error and its causes on one line, for the server's own log.

@@ -5,7 +5,7 @@
 //! finished here, as `client_aborted`.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response, Version, header};
 use http_body_util::BodyExt;
@@ -18,6 +18,7 @@ use crate::base::problem::{Problem, ProblemKind};
 use crate::recorder::{RecordedBody, Recorder};
 use crate::redact::{MASK, Redactor};
 use crate::routes::{Route, Router};
+use crate::websocket::{Ended, OnClose};
 
 /// A record being filled; finished as `client_aborted` if dropped before [`Self::respond`].
 pub struct PendingRecord {
@@ -135,6 +136,49 @@ impl PendingRecord {
         }
         let recorder = self.recorder.clone();
         response.map(|body| RecordedBody::new(body, exchange, recorder).boxed_unsync())
+    }
+}
+
+impl PendingRecord {
+    /// Completes the record with the answer that opened a WebSocket, and returns what
+    /// finishes it when the WebSocket closes: with the bytes it carried each way, and why
+    /// it closed when the gateway closed it.
+    pub fn open_tunnel(
+        mut self,
+        response: Response<ResponseBody>,
+        route: Option<&Route>,
+    ) -> (Response<ResponseBody>, Option<OnClose>) {
+        let Some(mut exchange) = self.exchange.take() else {
+            return (response, None);
+        };
+        exchange.status = response.status().as_u16();
+        exchange.decision = Decision::Allowed;
+        exchange.route = route.map(|route| route.prefix().clone());
+        exchange.to_head = exchange.started_at.elapsed();
+        let recorder = self.recorder.clone();
+        let on_close: OnClose = Box::new(move |relayed| {
+            match relayed {
+                Some(relayed) => {
+                    exchange
+                        .bytes_in
+                        .fetch_add(relayed.from_client, Ordering::Relaxed);
+                    exchange.bytes_out = relayed.to_client;
+                    exchange.decision = match relayed.ended {
+                        Ended::Closed => Decision::Allowed,
+                        Ended::Idle => Decision::StreamIdle,
+                        Ended::Lifetime => Decision::StreamLifetime,
+                        Ended::Shutdown => Decision::StreamShutdown,
+                        Ended::ClientMessageTooLarge | Ended::UpstreamMessageTooLarge => {
+                            Decision::MessageTooLarge
+                        }
+                    };
+                }
+                None => exchange.decision = Decision::ClientAborted,
+            }
+            exchange.duration = exchange.started_at.elapsed();
+            recorder.finish(exchange);
+        });
+        (response, Some(on_close))
     }
 }
 

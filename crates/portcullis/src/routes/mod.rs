@@ -15,6 +15,7 @@ use crate::hygiene::{PathError, check_folded_path};
 use crate::ip_rules::IpRules;
 use crate::ratelimit::RouteLimits;
 use crate::upstream::{HeaderRules, Upstream};
+use crate::websocket::WebSocketPolicy;
 use location::PathMap;
 
 /// The scope each method needs on a route: `read` for GET, HEAD and OPTIONS and `write`
@@ -94,6 +95,8 @@ pub struct Route {
     strict_methods: Vec<http::Method>,
     /// How many bytes of each body the audit log keeps, if it keeps them.
     body_sample: Option<usize>,
+    /// Its WebSockets, when it lets them through.
+    websocket: Option<WebSocketPolicy>,
 }
 
 impl Route {
@@ -114,7 +117,19 @@ impl Route {
             response_rules: ResponseRules::default(),
             strict_methods: Vec::new(),
             body_sample: None,
+            websocket: None,
         }
+    }
+
+    /// The same route, letting WebSockets through under `policy`, if any.
+    pub fn with_websocket(mut self, policy: Option<WebSocketPolicy>) -> Self {
+        self.websocket = policy;
+        self
+    }
+
+    /// Its WebSockets' policy, when it lets WebSockets through.
+    pub fn websocket(&self) -> Option<&WebSocketPolicy> {
+        self.websocket.as_ref()
     }
 
     /// The same route, its bodies' first `limit` bytes kept by the audit log, if any.

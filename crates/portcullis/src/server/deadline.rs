@@ -37,6 +37,8 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Default)]
 pub struct RequestPhase {
     serving: AtomicBool,
+    /// The connection was handed over to a WebSocket: no deadline of this module runs.
+    upgraded: AtomicBool,
     responses_finished: AtomicU64,
 }
 
@@ -44,6 +46,11 @@ impl RequestPhase {
     /// The service was called: a head has been read.
     pub fn request_started(&self) {
         self.serving.store(true, Ordering::Release);
+    }
+
+    /// The connection now carries a WebSocket, whose own limits govern it.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
     }
 
     /// The response body has been sent or dropped: the next head may come.
@@ -129,7 +136,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
-        if this.phase.serving.load(Ordering::Acquire) {
+        if this.phase.serving.load(Ordering::Acquire) || this.phase.upgraded.load(Ordering::Acquire)
+        {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let finished = this.phase.responses_finished.load(Ordering::Acquire);
@@ -277,6 +285,29 @@ impl BodyProgress for StreamGuard {
         self.set_busy(!ready);
         if ready {
             self.streams.mark_progress();
+        }
+    }
+}
+
+impl StreamGuard {
+    /// The same stream, now a WebSocket: never counted as waiting on the client (the
+    /// WebSocket's own idle limit governs it), open until dropped.
+    pub fn into_tunnel(mut self) -> Self {
+        self.set_busy(true);
+        self
+    }
+}
+
+impl<G: BodyProgress> BodyProgress for Option<G> {
+    fn response_started(&mut self) {
+        if let Some(guard) = self {
+            guard.response_started();
+        }
+    }
+
+    fn polled(&mut self, ready: bool) {
+        if let Some(guard) = self {
+            guard.polled(ready);
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::pipeline::{Gateway, Shared};
 use crate::settings::Settings;
 use crate::upstream::{Upstream, check_forever};
+use crate::websocket::TunnelOpen;
 use deadline::{
     GuardedBody, HeadDeadlineIo, Idle, OpenStreams, PhaseGuard, RequestPhase, TimeoutReply,
 };
@@ -73,6 +74,8 @@ struct Worker {
     connections: Arc<Connections>,
     permits: Arc<Semaphore>,
     shutdown_grace: Duration,
+    /// Tells the worker's open WebSockets to close (1001), when the grace period is over.
+    close_tunnels: watch::Sender<bool>,
 }
 
 /// What every connection task of one worker needs.
@@ -112,12 +115,15 @@ impl Server {
         let workers = listeners
             .into_iter()
             .map(|listener| {
+                let (close_tunnels, closing) = watch::channel(false);
+                let gateway = Gateway::new(config, settings, shared).closing_tunnels_on(closing);
                 Ok(Worker {
                     listener,
                     tls: tls.clone(),
-                    connections: Arc::new(Connections::new(config, settings, shared)?),
+                    connections: Arc::new(Connections::new(config, gateway)),
                     permits: permits.clone(),
                     shutdown_grace: config.limits.shutdown_grace,
+                    close_tunnels,
                 })
             })
             .collect::<Result<Vec<_>, ServerError>>()?;
@@ -177,6 +183,9 @@ impl Server {
         let _ = joined.await;
     }
 }
+
+/// How long, after the grace period, open WebSockets have to take their close frames.
+const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// `count` listeners on one address with `SO_REUSEPORT`, so the kernel spreads new
 /// connections across workers. With port 0, the first picks the port and the rest share it.
@@ -257,18 +266,23 @@ impl Worker {
         }
         drop(listener);
         info!(grace = ?self.shutdown_grace, "shutting down: no new connections; letting in-flight requests finish");
-        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+        let drained = graceful.shutdown();
+        tokio::pin!(drained);
+        if tokio::time::timeout(self.shutdown_grace, &mut drained)
             .await
             .is_err()
         {
             warn!("grace period over; closing the remaining connections");
+            // Open WebSockets get a close frame (1001) and their records are finished.
+            let _ = self.close_tunnels.send(true);
+            let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, &mut drained).await;
         }
     }
 }
 
 impl Connections {
-    fn new(config: &Config, settings: &Settings, shared: &Shared) -> Result<Self, ServerError> {
-        let gateway = Arc::new(Gateway::new(config, settings, shared));
+    fn new(config: &Config, gateway: Gateway) -> Self {
+        let gateway = Arc::new(gateway);
         let limits = &config.limits;
         // hyper's own limits sit well above ours so that our checks, which answer with
         // problem+json, are the ones clients meet.
@@ -284,17 +298,19 @@ impl Connections {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
+            // WebSockets over HTTP/2 (RFC 8441 §3).
+            .enable_connect_protocol()
             .max_concurrent_streams(256)
             .max_header_list_size(u32::try_from(2 * head_budget).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        Ok(Self {
+        Self {
             http1,
             http2,
             header_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
             gateway,
-        })
+        }
     }
 
     async fn serve(
@@ -308,7 +324,9 @@ impl Connections {
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls else {
             let conn = ConnInfo { peer, tls: false };
-            return self.serve_http1(stream, conn, watcher).await;
+            self.serve_http1(stream, conn, stopped).await;
+            // Held until the connection ends, so that a graceful shutdown waits for it.
+            return drop(watcher);
         };
         let stream = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await
         {
@@ -319,11 +337,10 @@ impl Connections {
         let conn = ConnInfo { peer, tls: true };
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             self.serve_http2(stream, conn, stopped).await;
-            // Held until the connection ends, so that a graceful shutdown waits for it.
-            drop(watcher);
         } else {
-            self.serve_http1(stream, conn, watcher).await;
+            self.serve_http1(stream, conn, stopped).await;
         }
+        drop(watcher);
     }
 
     /// Serves an HTTP/2 connection until it ends, the server stops, or it idles: a
@@ -357,6 +374,18 @@ impl Connections {
             let stream = opener.open();
             async move {
                 let response = gateway.handle(request, &conn).await;
+                // A WebSocket's stream stays open, past its (empty) answer, until it closes.
+                let stream = match response.extensions().get::<TunnelOpen>() {
+                    Some(open) => {
+                        let (open, stream) = (open.clone(), stream.into_tunnel());
+                        tokio::spawn(async move {
+                            open.closed().await;
+                            drop(stream);
+                        });
+                        None
+                    }
+                    None => Some(stream),
+                };
                 Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, stream)))
             }
         });
@@ -394,7 +423,9 @@ impl Connections {
         }
     }
 
-    async fn serve_http1<I>(&self, io: I, conn: ConnInfo, watcher: Watcher)
+    /// Serves an HTTP/1.1 connection until it ends (once the server stops, after the
+    /// response in progress), and a WebSocket it was handed over to until that closes.
+    async fn serve_http1<I>(&self, io: I, conn: ConnInfo, mut stopped: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -412,17 +443,40 @@ impl Connections {
             reply,
         );
         let gateway = self.gateway.clone();
+        let tunnel = Arc::new(OnceLock::<TunnelOpen>::new());
+        let opened = tunnel.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let gateway = gateway.clone();
+            let opened = opened.clone();
             phase.request_started();
+            let phase = phase.clone();
             let served = PhaseGuard::new(phase.clone());
             async move {
                 let response = gateway.handle(request, &conn).await;
+                if let Some(open) = response.extensions().get::<TunnelOpen>() {
+                    phase.upgraded();
+                    let _ = opened.set(open.clone());
+                }
                 Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, served)))
             }
         });
-        let connection = self.http1.serve_connection(TokioIo::new(io), service);
-        if let Err(error) = watcher.watch(connection).await {
+        let connection = self
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            _ = async { stopped.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                connection.as_mut().graceful_shutdown();
+                connection.as_mut().await
+            }
+        };
+        // A connection handed over to a WebSocket keeps its slot until the WebSocket closes.
+        if let Some(open) = tunnel.get() {
+            open.clone().closed().await;
+        }
+        if let Err(error) = ended {
             debug!(peer = %conn.peer, %error, "HTTP/1.1 connection ended with an error");
             if let Some((status, decision)) = refused_head(&error) {
                 let request_id = crate::base::context::new_request_id();

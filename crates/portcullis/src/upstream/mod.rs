@@ -132,6 +132,8 @@ pub struct UpstreamTarget {
     host: HeaderValue,
     /// `scheme://authority/`, what the connection pool connects to.
     origin: Uri,
+    /// Requests carry the client's `Host` rather than this one's.
+    preserve_host: bool,
 }
 
 impl UpstreamTarget {
@@ -169,7 +171,16 @@ impl UpstreamTarget {
             scheme,
             authority,
             origin,
+            preserve_host: false,
         })
+    }
+
+    /// The same target; with `preserve`, requests carry the client's own `Host` (as
+    /// hygiene validated it) instead of the upstream's: for virtual-hosted upstreams, and
+    /// those that check `Host` themselves.
+    pub fn preserving_host(mut self, preserve: bool) -> Self {
+        self.preserve_host = preserve;
+        self
     }
 }
 
@@ -307,6 +318,10 @@ pub struct Upstream {
     host: HeaderValue,
     timeout: Duration,
     connections: Connections,
+    /// Where requests that upgrade their connection go (over HTTP/1.1, never pooled).
+    upgrades: Arc<pool::Pool>,
+    /// Requests carry the client's `Host` rather than the upstream's.
+    preserve_host: bool,
     shared: Arc<UpstreamShared>,
 }
 
@@ -342,6 +357,7 @@ impl Upstream {
             base_path,
             host,
             origin,
+            preserve_host,
         } = target.clone();
 
         let mut http = HttpConnector::new();
@@ -357,21 +373,37 @@ impl Upstream {
             HttpVersion::Auto if scheme != Scheme::HTTPS => HttpVersion::Http1,
             version => version,
         };
-        let connections = match version {
-            HttpVersion::Http1 => Connections::Http1(pool::Pool::new(
-                builder.enable_http1().wrap_connector(http),
-                origin,
-            )),
-            HttpVersion::Http2 => Connections::Negotiating(negotiating::NegotiatingPool::new(
-                builder.enable_http2().wrap_connector(http),
-                origin,
-                version,
-            )),
-            HttpVersion::Auto => Connections::Negotiating(negotiating::NegotiatingPool::new(
-                builder.enable_all_versions().wrap_connector(http),
-                origin,
-                version,
-            )),
+        // Upgrades (WebSockets) always go over HTTP/1.1, on connections of their own.
+        let http1 = || {
+            let builder = HttpsConnectorBuilder::new()
+                .with_tls_config((*transport.tls).clone())
+                .https_or_http();
+            pool::Pool::new(
+                builder.enable_http1().wrap_connector(http.clone()),
+                origin.clone(),
+            )
+        };
+        let (connections, upgrades) = match version {
+            HttpVersion::Http1 => {
+                let pool = http1();
+                (Connections::Http1(pool.clone()), pool)
+            }
+            HttpVersion::Http2 => (
+                Connections::Negotiating(negotiating::NegotiatingPool::new(
+                    builder.enable_http2().wrap_connector(http.clone()),
+                    origin.clone(),
+                    version,
+                )),
+                http1(),
+            ),
+            HttpVersion::Auto => (
+                Connections::Negotiating(negotiating::NegotiatingPool::new(
+                    builder.enable_all_versions().wrap_connector(http.clone()),
+                    origin.clone(),
+                    version,
+                )),
+                http1(),
+            ),
         };
         let mut base_path = base_path;
         if let Some(prefix) = shared.credential.as_ref().and_then(|c| c.path_prefix()) {
@@ -384,6 +416,8 @@ impl Upstream {
             host,
             timeout,
             connections,
+            upgrades,
+            preserve_host,
             shared,
         })
     }
@@ -399,9 +433,15 @@ impl Upstream {
         self.shared.health()
     }
 
-    /// The `Host` header value requests to it carry.
+    /// The `Host` header value requests to it carry, unless it [preserves the
+    /// client's](Self::preserves_host).
     pub fn host(&self) -> &HeaderValue {
         &self.host
+    }
+
+    /// Whether requests carry the `Host` the client named instead of [`Self::host`].
+    pub fn preserves_host(&self) -> bool {
+        self.preserve_host
     }
 
     /// The path every request to it starts with (no trailing `/`; empty for none),
@@ -469,6 +509,7 @@ impl Upstream {
         use http_body_util::BodyExt;
 
         let shared = &self.shared;
+        let upgrade = request.headers().get(http::header::UPGRADE).cloned();
         // A body to be held for resending is read first, before the request takes an
         // in-flight slot or a breaker probe: a slow client holds neither.
         let outgoing = self.prepare(request).await?;
@@ -489,7 +530,10 @@ impl Upstream {
             .total_timeout
             .map(|total| (tokio::time::Instant::now() + total, total));
         let sent = match self.send_with_retries(outgoing, deadline).await {
-            Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(response)
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && !switches_as_asked(upgrade.as_ref(), response.headers()) =>
+            {
                 Err(ForwardError::UnexpectedUpgrade)
             }
             sent => sent,
@@ -607,6 +651,9 @@ impl Upstream {
         let body_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let exchange = async {
             match &self.connections {
+                _ if request.headers().contains_key(http::header::UPGRADE) => {
+                    self.upgrades.send_upgrade(request, body_sent.clone()).await
+                }
                 Connections::Http1(pool) => pool.send(request, body_sent.clone()).await,
                 Connections::Negotiating(pool) => pool.send(request, body_sent.clone()).await,
             }
@@ -729,6 +776,15 @@ const HEALTH_BODY_MAX: usize = 64 * 1024;
 
 /// Whether the upstream's answer benches the key it was sent with: refused (401, 403)
 /// until restart, rate-limited (429) for its `Retry-After`.
+/// Whether a 101 switches to the protocol the request asked for in `Upgrade` (RFC 9110
+/// §7.8), and the request asked for one at all.
+fn switches_as_asked(asked: Option<&HeaderValue>, answer: &http::HeaderMap) -> bool {
+    let switched = answer.get(http::header::UPGRADE);
+    asked
+        .zip(switched)
+        .is_some_and(|(asked, switched)| asked.as_bytes().eq_ignore_ascii_case(switched.as_bytes()))
+}
+
 fn bench_for<B>(response: &Response<B>) -> Option<Bench> {
     match response.status().as_u16() {
         401 | 403 => Some(Bench::Refused),

@@ -93,7 +93,7 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = self.connect(false).await?;
         let response = sender.send_request(request).await?;
         Ok(self.wrap(response, sender, request_sent))
     }
@@ -112,7 +112,22 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Sent>, PoolError> {
+    /// Sends `request`, which asks to upgrade the connection (`Upgrade`), on a new
+    /// connection that is never pooled: after a 101 it belongs to the protocol it switched
+    /// to, and the response's [`hyper::upgrade::OnUpgrade`] hands it over.
+    pub async fn send_upgrade(
+        &self,
+        request: Request<UpstreamBody>,
+        request_sent: Arc<AtomicBool>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let request = request.map(|body| SentBody::new(body, request_sent));
+        let mut sender = self.connect(true).await?;
+        let response = sender.send_request(request).await?;
+        Ok(response.map(PooledBody::unpooled))
+    }
+
+    /// A new connection; with `upgrades`, one that a 101 hands over.
+    async fn connect(&self, upgrades: bool) -> Result<SendRequest<Sent>, PoolError> {
         let io = self
             .connector
             .clone()
@@ -121,7 +136,11 @@ impl Pool {
             .map_err(PoolError::Connect)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let ended = match upgrades {
+                true => connection.with_upgrades().await,
+                false => connection.await,
+            };
+            if let Err(error) = ended {
                 debug!(%error, "upstream connection closed with an error");
             }
         });

@@ -541,3 +541,52 @@ async fn redirects_to_the_upstream_are_rewritten_to_the_public_prefix() {
         }
     }
 }
+
+#[tokio::test]
+async fn preserve_host_forwards_the_host_the_client_named_rfc_9110_7_2() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_routes(
+        &upstream,
+        &format!(
+            "[upstreams.vhost]\nurl = \"{}\"\npreserve_host = true\n\
+             [[routes]]\npath_prefix = \"/vhost\"\nupstream = \"vhost\"\n\
+             [[routes]]\npath_prefix = \"/own\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+    );
+    let auth = format!("Authorization: Bearer {TOKEN}\r\nConnection: close");
+    let upstream_host = upstream.url().trim_start_matches("http://").to_owned();
+    for (head, expected) in [
+        (
+            format!("GET /vhost/a HTTP/1.1\r\nHost: App.Example:8080\r\n{auth}\r\n\r\n"),
+            "App.Example:8080",
+        ),
+        // An absolute-form target's authority wins over Host (RFC 9112 §3.2.2).
+        (
+            format!(
+                "GET http://tenant.example/vhost/b HTTP/1.1\r\nHost: app.example\r\n{auth}\r\n\r\n"
+            ),
+            "tenant.example",
+        ),
+        (
+            format!("GET /own/c HTTP/1.1\r\nHost: app.example\r\n{auth}\r\n\r\n"),
+            upstream_host.as_str(),
+        ),
+    ] {
+        assert_eq!(raw(gateway.addr, head.as_bytes()).await.status, 200);
+        let seen = upstream.seen().pop().unwrap();
+        assert_eq!(seen.header("host"), Some(expected), "{head}");
+        assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+    }
+}
+
+#[test]
+fn preserve_host_needs_http_1_1_to_the_upstream() {
+    let (code, out) = check_config(
+        "[upstreams.api]\nurl = \"https://api.example\"\nhttp_version = \"2\"\npreserve_host = true\n",
+        &[],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("error[upstreams.preserve_host]"), "{out}");
+}

@@ -36,3 +36,4 @@ mod tls;
 mod upstream_credentials;
 mod upstream_http2;
 mod upstream_tls;
+mod websocket;

@@ -669,3 +669,75 @@ async fn a_listener_certificate_close_to_expiry_is_reported() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn websockets_open_over_http2_by_extended_connect_rfc_8441() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let echo = crate::websocket::EchoServer::start().await;
+    let cert = test_cert();
+    let (dir, mut gateway) = start_configured(
+        &crate::websocket::config(&echo.url(), "", ""),
+        Launch::bare()
+            .arg("--tls-cert")
+            .arg(&cert.cert)
+            .arg("--tls-key")
+            .arg(&cert.key),
+    );
+    let (mut sender, _connection) = h2_connection(&cert, &gateway).await;
+    let port = gateway.addr.port();
+    let mut request = Request::connect(format!("https://127.0.0.1:{port}/ws/h2"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(Full::default())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "RFC 8441 §5: 200, not 101");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+    assert!(!response.headers().contains_key("sec-websocket-accept"));
+    let upgraded = hyper::upgrade::on(&mut response).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    for text in ["one", "two"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .unwrap();
+        assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+    }
+    // The upstream was sent an HTTP/1.1 upgrade, with a key the gateway made.
+    let seen = echo.handshakes();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["upgrade"], "websocket");
+    assert_eq!(seen[0]["sec-websocket-key"].len(), 24);
+    ws.close(None).await.unwrap();
+
+    // Another stream on the same connection still works while the WebSocket was open.
+    let plain = sender
+        .send_request(
+            Request::get(format!("https://127.0.0.1:{port}/health"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    drop((ws, sender));
+    let records = access_log_of(&dir, &mut gateway);
+    let record = records.iter().find(|r| r["path"] == "/ws/h2").unwrap();
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["protocol"], "HTTP/2+tls");
+    assert_eq!(record["decision"], "allowed");
+    assert!(record["bytes_in"].as_u64().unwrap() > 0);
+}

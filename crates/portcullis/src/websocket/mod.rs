@@ -1,0 +1,327 @@
+//! WebSocket pass-through: which requests are handshakes (RFC 6455 §4.1 over HTTP/1.1,
+//! extended CONNECT over HTTP/2, RFC 8441 §4), which browser origins may open one, how a
+//! handshake is addressed to the upstream (always an HTTP/1.1 upgrade) and answered to the
+//! client, and the [`Tunnel`] that relays the open WebSocket.
+//!
+//! A handshake goes through the whole request path like any request; only the route's
+//! `websocket = true` lets it reach the upstream, and only from an allowed origin.
+
+mod frames;
+mod relay;
+
+use base64::Engine;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::upgrade::OnUpgrade;
+use tokio::sync::watch;
+
+use crate::base::problem::{Problem, ProblemKind};
+use crate::cors::normalize_origin;
+pub use relay::{Ended, Relayed, StreamLimits};
+
+/// How a client asked to open a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// `GET` with `Upgrade: websocket` and `Connection: upgrade` (RFC 6455 §4.1).
+    Http1,
+    /// HTTP/2 `CONNECT` with `:protocol = websocket` (RFC 8441 §4), which the stages see
+    /// as the `GET` the upstream is sent.
+    ExtendedConnect,
+}
+
+impl Handshake {
+    /// The handshake `request` opens, if it is one. An extended CONNECT becomes `GET`, so
+    /// that hygiene, scopes and records treat both kinds alike. Any other `Upgrade` is no
+    /// handshake: it is removed on the way, as every hop-by-hop header is.
+    pub fn detect<B>(request: &mut Request<B>) -> Option<Self> {
+        if request.method() == Method::CONNECT {
+            let protocol = request.extensions().get::<hyper::ext::Protocol>()?;
+            if !protocol.as_str().eq_ignore_ascii_case("websocket") {
+                return None;
+            }
+            *request.method_mut() = Method::GET;
+            return Some(Self::ExtendedConnect);
+        }
+        let headers = request.headers();
+        let upgrade = request.version() == Version::HTTP_11
+            && request.method() == Method::GET
+            && has_token(headers, header::UPGRADE, "websocket")
+            && has_token(headers, header::CONNECTION, "upgrade");
+        upgrade.then_some(Self::Http1)
+    }
+
+    /// Makes prepared request headers (hop-by-hop ones already removed) an HTTP/1.1
+    /// upgrade: an extended CONNECT has no key of its own (RFC 8441 §5), so one is made.
+    pub fn address_upstream(self, headers: &mut HeaderMap) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if self == Self::ExtendedConnect {
+            let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+            if let Ok(key) = HeaderValue::from_str(&key) {
+                headers.insert(header::SEC_WEBSOCKET_KEY, key);
+            }
+            headers
+                .entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
+    }
+
+    /// Makes the upstream's `101` (hop-by-hop headers already removed) the client's
+    /// answer: a `101` with its `Upgrade` over HTTP/1.1, a `200` without the key's
+    /// accept over HTTP/2 (RFC 8441 §5).
+    pub fn answer_client<B>(self, response: &mut Response<B>) {
+        let headers = response.headers_mut();
+        match self {
+            Self::Http1 => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            Self::ExtendedConnect => {
+                headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                *response.status_mut() = StatusCode::OK;
+            }
+        }
+    }
+}
+
+/// Whether the comma-separated header `name` lists `token` (in any case).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|listed| listed.trim().eq_ignore_ascii_case(token))
+}
+
+/// A route's WebSockets: the origins that may open them, and their limits.
+#[derive(Debug, Clone)]
+pub struct WebSocketPolicy {
+    /// Exact origins, lowercase.
+    origins: Vec<HeaderValue>,
+    limits: StreamLimits,
+}
+
+impl WebSocketPolicy {
+    /// WebSockets from browsers at `origins` (exact, lowercase), held to `limits`.
+    pub fn new(origins: Vec<HeaderValue>, limits: StreamLimits) -> Self {
+        Self { origins, limits }
+    }
+
+    /// The limits its WebSockets are held to.
+    pub fn limits(&self) -> StreamLimits {
+        self.limits
+    }
+
+    /// Refuses a handshake from a browser page whose origin is not allowed (cross-site
+    /// WebSocket hijacking: a browser sends the user's cookies with any page's handshake,
+    /// and WebSockets have no preflight). A client that sends no `Origin` is not a
+    /// browser, and is let through; `null` (a sandboxed or local page) is refused.
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let allowed = headers.get_all(header::ORIGIN).iter().all(|origin| {
+            let exact = origin.to_str().ok().and_then(normalize_origin);
+            exact.is_some_and(|exact| {
+                self.origins
+                    .iter()
+                    .any(|o| o.as_bytes() == exact.as_bytes())
+            })
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Problem::new(ProblemKind::OriginRefused)
+                .with_detail("WebSockets may not be opened from this origin"))
+        }
+    }
+}
+
+/// The refusal of a handshake on a route without `websocket = true`.
+pub fn upgrade_refused() -> Problem {
+    Problem::new(ProblemKind::UpgradeRefused).with_detail("this route does not accept WebSockets")
+}
+
+/// Open while its tunnel relays: the server keeps the connection (and its slot) until it
+/// closes.
+#[derive(Debug, Clone)]
+pub struct TunnelOpen(watch::Receiver<()>);
+
+impl TunnelOpen {
+    /// Resolves when the tunnel has closed.
+    pub async fn closed(mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
+/// What is done with the outcome of a tunnel: the relay's, or none when a side never
+/// handed its connection over.
+pub type OnClose = Box<dyn FnOnce(Option<Relayed>) + Send>;
+
+/// A WebSocket whose handshake the upstream accepted: both connections, to be relayed once
+/// each side has handed its connection over.
+pub struct Tunnel {
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    limits: StreamLimits,
+    open: watch::Sender<()>,
+}
+
+impl Tunnel {
+    /// The tunnel between the client's and the upstream's upgraded connections, and what
+    /// tells that it is open.
+    pub fn new(client: OnUpgrade, upstream: OnUpgrade, limits: StreamLimits) -> (Self, TunnelOpen) {
+        let (open, watched) = watch::channel(());
+        let tunnel = Self {
+            client,
+            upstream,
+            limits,
+            open,
+        };
+        (tunnel, TunnelOpen(watched))
+    }
+
+    /// Relays until the WebSocket ends or `closing` turns true, then hands the outcome
+    /// to `on_close`.
+    pub async fn run(self, closing: watch::Receiver<bool>, on_close: OnClose) {
+        let Self {
+            client,
+            upstream,
+            limits,
+            open,
+        } = self;
+        let relayed = match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let relay = relay::Relay::new(
+                    hyper_util::rt::TokioIo::new(client),
+                    hyper_util::rt::TokioIo::new(upstream),
+                    limits,
+                );
+                Some(relay.run(closing).await)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "a WebSocket side was not handed over");
+                None
+            }
+        };
+        drop(open);
+        on_close(relayed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, method: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri("/ws")
+            .version(version);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_http1_handshake_needs_get_upgrade_and_connection_rfc_6455_4_1() {
+        let handshake = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ];
+        let mut get = request(Version::HTTP_11, "GET", &handshake);
+        assert_eq!(Handshake::detect(&mut get), Some(Handshake::Http1));
+        for mut not in [
+            request(Version::HTTP_11, "POST", &handshake),
+            request(Version::HTTP_10, "GET", &handshake),
+            request(Version::HTTP_11, "GET", &[("upgrade", "websocket")]),
+            request(
+                Version::HTTP_11,
+                "GET",
+                &[("upgrade", "h2c"), ("connection", "upgrade")],
+            ),
+        ] {
+            assert_eq!(Handshake::detect(&mut not), None, "{not:?}");
+        }
+    }
+
+    #[test]
+    fn an_extended_connect_is_seen_as_get_rfc_8441_4() {
+        let mut connect = request(Version::HTTP_2, "CONNECT", &[]);
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        assert_eq!(
+            Handshake::detect(&mut connect),
+            Some(Handshake::ExtendedConnect)
+        );
+        assert_eq!(connect.method(), Method::GET);
+
+        let mut other = request(Version::HTTP_2, "CONNECT", &[]);
+        other
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("connect-udp"));
+        assert_eq!(Handshake::detect(&mut other), None);
+        assert_eq!(
+            other.method(),
+            Method::CONNECT,
+            "left for hygiene to refuse"
+        );
+    }
+
+    #[test]
+    fn an_extended_connect_is_sent_upstream_with_a_key_of_its_own_rfc_8441_5() {
+        let mut headers = HeaderMap::new();
+        Handshake::ExtendedConnect.address_upstream(&mut headers);
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+        assert_eq!(headers[header::SEC_WEBSOCKET_VERSION], "13");
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(headers[header::SEC_WEBSOCKET_KEY].as_bytes())
+            .unwrap();
+        assert_eq!(key.len(), 16);
+
+        let mut response = Response::builder()
+            .status(101)
+            .header(header::SEC_WEBSOCKET_ACCEPT, "x")
+            .header(header::SEC_WEBSOCKET_PROTOCOL, "chat")
+            .body(())
+            .unwrap();
+        Handshake::ExtendedConnect.answer_client(&mut response);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            !response
+                .headers()
+                .contains_key(header::SEC_WEBSOCKET_ACCEPT)
+        );
+        assert_eq!(response.headers()[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+    }
+
+    #[test]
+    fn only_listed_origins_or_none_may_open_a_websocket() {
+        let limits = StreamLimits {
+            idle_timeout: std::time::Duration::from_secs(1),
+            max_lifetime: std::time::Duration::from_secs(1),
+            max_message_bytes: 1,
+        };
+        let policy = WebSocketPolicy::new(
+            vec![HeaderValue::from_static("https://app.example")],
+            limits,
+        );
+        let with = |origin: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            policy.check_origin(&headers)
+        };
+        assert!(policy.check_origin(&HeaderMap::new()).is_ok());
+        assert!(with("https://app.example").is_ok());
+        assert!(with("HTTPS://App.Example").is_ok());
+        for refused in [
+            "https://evil.example",
+            "null",
+            "https://app.example.evil",
+            "http://app.example",
+        ] {
+            let problem = with(refused).unwrap_err();
+            assert_eq!(problem.kind(), ProblemKind::OriginRefused, "{refused}");
+        }
+    }
+}
