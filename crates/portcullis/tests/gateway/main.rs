@@ -30,6 +30,7 @@ mod lifecycle;
 mod managed;
 mod outline_client;
 mod proxy;
+mod python_peers;
 mod ratelimit;
 mod retry;
 mod tls;
