@@ -52,6 +52,14 @@ impl Principal {
         }
     }
 
+    /// The managed credential's id; `None` for the static principal.
+    pub fn managed_id(&self) -> Option<&str> {
+        match &self.0 {
+            Caller::Static => None,
+            Caller::Managed(record) => Some(&record.id),
+        }
+    }
+
     /// The managed credential's name; `None` for the static principal, so that a managed
     /// token that happens to be named `static` is still a caller of its own.
     pub fn managed_name(&self) -> Option<&str> {
@@ -202,6 +210,11 @@ impl Authenticator {
             static_tokens,
             managed,
         }
+    }
+
+    /// The managed credentials' verifier, when there is a store.
+    pub fn verifier(&self) -> Option<&Arc<TokenVerifier>> {
+        self.managed.as_ref()
     }
 
     /// The caller behind `headers`, or a problem: 401 that does not say which check failed

@@ -125,10 +125,11 @@ impl Bans {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts an authentication failure from `ip`, banning it when the policy says so.
-    pub fn record_failure(&self, ip: IpAddr) {
+    /// Counts an authentication failure from `ip`, banning it when the policy says so;
+    /// whether it did.
+    pub fn record_failure(&self, ip: IpAddr) -> bool {
         if self.policy.max_failures == 0 {
-            return;
+            return false;
         }
         let mut records = self.records();
         let now = Instant::now();
@@ -150,7 +151,9 @@ impl Bans {
             record.failures = 0;
             record.window_start = now;
             tracing::warn!(%ip, ban = ?self.policy.duration, "address banned after repeated authentication failures");
+            return true;
         }
+        false
     }
 }
 

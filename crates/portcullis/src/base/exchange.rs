@@ -67,6 +67,9 @@ pub enum Decision {
     MessageTooLarge,
     /// An open WebSocket was closed at the end of the server's shutdown grace period.
     StreamShutdown,
+    /// An open WebSocket was closed because its credential is no longer live or its
+    /// client was banned.
+    StreamRevoked,
     /// The request head did not arrive in time.
     HeadTimeout,
     /// The client's body could not be read: malformed chunked framing, cut short, or too
@@ -140,6 +143,7 @@ impl Decision {
             Self::StreamLifetime => "stream_lifetime",
             Self::MessageTooLarge => "message_too_large",
             Self::StreamShutdown => "stream_shutdown",
+            Self::StreamRevoked => "stream_revoked",
             Self::HeadTimeout => "head_timeout",
             Self::ClientBodyError => "client_body_error",
             Self::ClientAborted => "client_aborted",

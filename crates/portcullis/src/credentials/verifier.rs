@@ -48,6 +48,8 @@ pub struct TokenVerifier {
     credentials: Credentials,
     ttl: Duration,
     cache: Mutex<Cache>,
+    /// Records by id, as streams opened with them recheck them.
+    rechecked: Mutex<HashMap<String, (Arc<TokenRecord>, Instant)>>,
     usage: Mutex<Usage>,
 }
 
@@ -64,6 +66,7 @@ impl TokenVerifier {
             credentials,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            rechecked: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::default()),
         }
     }
@@ -115,6 +118,47 @@ impl TokenVerifier {
     /// Forgets every cached answer, so a revocation made here applies at once.
     pub fn forget_cached(&self) {
         self.cache().clear();
+        self.rechecked().clear();
+    }
+
+    /// Whether the managed credential `id` is still live (not revoked, past its expiry or
+    /// its rotation overlap), for a stream opened with it. The store's answer is trusted
+    /// for half the cache window, so that a stream rechecking every
+    /// [`Self::recheck_interval`] learns of a revocation within the window.
+    pub async fn still_live(&self, id: &str) -> Result<bool, CredentialError> {
+        let cached = self
+            .rechecked()
+            .get(id)
+            .filter(|(_, fetched)| fetched.elapsed() < self.ttl / 2)
+            .map(|(record, _)| record.clone());
+        let record = match cached {
+            Some(record) => record,
+            None => {
+                let record = match self.credentials.show(id).await {
+                    Ok(record) => Arc::new(record),
+                    Err(CredentialError::NotFound(_)) => return Ok(false),
+                    Err(error) => return Err(error),
+                };
+                let mut rechecked = self.rechecked();
+                if rechecked.len() >= CACHE_CAPACITY {
+                    rechecked.clear();
+                }
+                rechecked.insert(id.to_owned(), (record.clone(), Instant::now()));
+                record
+            }
+        };
+        Ok(record.is_live_at(now()))
+    }
+
+    /// How often a stream rechecks the credential it was opened with.
+    pub fn recheck_interval(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    fn rechecked(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<TokenRecord>, Instant)>> {
+        self.rechecked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The cache, even after a thread panicked holding it: a revocation must clear it

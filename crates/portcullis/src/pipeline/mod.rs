@@ -2,6 +2,7 @@
 //! value from its own module, built once from the configuration.
 
 mod record;
+mod stream_watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -122,7 +123,7 @@ pub struct Gateway {
     identity: ClientIdentity,
     hygiene: Hygiene,
     health: Health,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     cors: Option<Cors>,
     auth: Authenticator,
     router: Router,
@@ -188,7 +189,7 @@ impl Gateway {
                 shared.store.clone(),
                 shared.audit.clone(),
             ),
-            limiter: Limiter::new(shared.rate_limits.clone()),
+            limiter: Arc::new(Limiter::new(shared.rate_limits.clone())),
             cors: Cors::new(&settings.cors),
             auth: Authenticator::new(StaticTokens::new(&config.api_tokens), shared.tokens.clone()),
             router,
@@ -344,7 +345,18 @@ impl Gateway {
         {
             let upstream_side = hyper::upgrade::on(&mut response);
             handshake.answer_client(&mut response);
-            let (tunnel, open) = Tunnel::new(client_side, upstream_side, policy.limits());
+            let revoked = stream_watch::revoked(
+                self.limiter.clone(),
+                self.auth.verifier().cloned(),
+                &principal,
+                ctx.known_client_ip(),
+            );
+            let (tunnel, open) = Tunnel::new(
+                client_side,
+                upstream_side,
+                policy.limits(),
+                Box::pin(revoked),
+            );
             response.extensions_mut().insert(open);
             progress.tunnel = Some(tunnel);
         }

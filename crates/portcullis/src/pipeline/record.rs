@@ -168,6 +168,7 @@ impl PendingRecord {
                         Ended::Idle => Decision::StreamIdle,
                         Ended::Lifetime => Decision::StreamLifetime,
                         Ended::Shutdown => Decision::StreamShutdown,
+                        Ended::Revoked => Decision::StreamRevoked,
                         Ended::ClientMessageTooLarge | Ended::UpstreamMessageTooLarge => {
                             Decision::MessageTooLarge
                         }

@@ -146,6 +146,9 @@ pub struct RateLimits {
     redis: Option<Arc<RedisBackend>>,
     on_backend_error: OnBackendError,
     bans: Bans,
+    /// Counts the bans this process made, so that open streams can look at once whether
+    /// their address is among them.
+    bans_made: tokio::sync::watch::Sender<u64>,
     hasher: RandomState,
     /// Decisions made in memory because Redis could not be reached.
     fallback_decisions: AtomicU64,
@@ -180,6 +183,7 @@ impl RateLimits {
                 window: config.bans.window,
                 duration: config.bans.duration,
             }),
+            bans_made: tokio::sync::watch::Sender::new(0),
             hasher: RandomState::new(),
             fallback_decisions: AtomicU64::new(0),
         }
@@ -552,13 +556,21 @@ impl Limiter {
             match recorded {
                 Some(true) => {
                     warn!(%ip, ban = ?policy.duration, "address banned on every replica after repeated authentication failures");
+                    self.shared.bans_made.send_modify(|made| *made += 1);
                     return;
                 }
                 Some(false) => return,
                 None => {}
             }
         }
-        self.shared.bans.record_failure(ip);
+        if self.shared.bans.record_failure(ip) {
+            self.shared.bans_made.send_modify(|made| *made += 1);
+        }
+    }
+
+    /// Changes whenever this process bans an address.
+    pub fn bans_made(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.bans_made.subscribe()
     }
 
     /// Where limits are kept now, for `/ready`; asks Redis (or probes it, when it was down).

@@ -10,6 +10,8 @@ pub struct TooLarge;
 pub mod close_code {
     /// The gateway is going away: shutting down, or closing an idle or expired stream.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client may no longer use it: its credential was revoked, or it was banned.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message too big to process.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
 }

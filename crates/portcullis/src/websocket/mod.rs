@@ -161,18 +161,29 @@ pub struct Tunnel {
     client: OnUpgrade,
     upstream: OnUpgrade,
     limits: StreamLimits,
+    revoked: Revoked,
     open: watch::Sender<()>,
 }
 
+/// Resolves when what let a WebSocket open no longer holds (its credential was revoked,
+/// its client banned).
+pub type Revoked = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Tunnel {
-    /// The tunnel between the client's and the upstream's upgraded connections, and what
-    /// tells that it is open.
-    pub fn new(client: OnUpgrade, upstream: OnUpgrade, limits: StreamLimits) -> (Self, TunnelOpen) {
+    /// The tunnel between the client's and the upstream's upgraded connections, closed
+    /// when `revoked` resolves, and what tells that it is open.
+    pub fn new(
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        limits: StreamLimits,
+        revoked: Revoked,
+    ) -> (Self, TunnelOpen) {
         let (open, watched) = watch::channel(());
         let tunnel = Self {
             client,
             upstream,
             limits,
+            revoked,
             open,
         };
         (tunnel, TunnelOpen(watched))
@@ -185,6 +196,7 @@ impl Tunnel {
             client,
             upstream,
             limits,
+            revoked,
             open,
         } = self;
         let relayed = match tokio::try_join!(client, upstream) {
@@ -194,7 +206,7 @@ impl Tunnel {
                     hyper_util::rt::TokioIo::new(upstream),
                     limits,
                 );
-                Some(relay.run(closing).await)
+                Some(relay.run(closing, revoked).await)
             }
             Err(error) => {
                 tracing::debug!(%error, "a WebSocket side was not handed over");

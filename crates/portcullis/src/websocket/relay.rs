@@ -44,6 +44,8 @@ pub enum Ended {
     UpstreamMessageTooLarge,
     /// The server is shutting down, and its grace period is over.
     Shutdown,
+    /// The credential it was opened with is no longer live, or its client was banned.
+    Revoked,
 }
 
 /// What a relay carried, and why it ended.
@@ -217,18 +219,24 @@ where
         }
     }
 
-    /// Relays until the WebSocket ends, or `closing` turns true; closes it with a close
-    /// frame to each side that can take one when the gateway ends it.
-    pub async fn run(mut self, mut closing: watch::Receiver<bool>) -> Relayed {
+    /// Relays until the WebSocket ends, `closing` turns true or `revoked` resolves; closes
+    /// it with a close frame to each side that can take one when the gateway ends it.
+    pub async fn run(
+        mut self,
+        mut closing: watch::Receiver<bool>,
+        revoked: impl Future<Output = ()>,
+    ) -> Relayed {
         let ended = tokio::select! {
             ended = poll_fn(|cx| self.poll_relay(cx)) => ended,
             () = closed_on(&mut closing) => Ended::Shutdown,
+            () = revoked => Ended::Revoked,
         };
         let code = match ended {
             Ended::Closed => None,
             Ended::Idle | Ended::Lifetime | Ended::Shutdown => {
                 Some((close_code::GOING_AWAY, close_code::GOING_AWAY))
             }
+            Ended::Revoked => Some((close_code::POLICY_VIOLATION, close_code::GOING_AWAY)),
             Ended::ClientMessageTooLarge => {
                 Some((close_code::MESSAGE_TOO_BIG, close_code::GOING_AWAY))
             }

@@ -124,6 +124,7 @@ async fn connect(
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    // Given headers replace the token's.
     for (name, value) in headers {
         let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
         request.headers_mut().insert(name, value.parse().unwrap());
@@ -425,4 +426,89 @@ async fn an_upstream_that_refuses_the_upgrade_is_answered_as_it_answered() {
     let seen = upstream.only();
     assert_eq!(seen.header("upgrade"), Some("websocket"));
     assert_eq!(seen.header("connection"), Some("upgrade"));
+}
+
+#[tokio::test]
+async fn revoking_its_token_closes_an_open_websocket_within_the_cache_window() {
+    let echo = EchoServer::start().await;
+    let data = scratch_dir();
+    let created = portcullis()
+        .args([
+            "token",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+            "create",
+        ])
+        .args(["--name", "dashboard", "--scopes", "read"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let (id, token) = (
+        created["record"]["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let (dir, mut gateway) = start_configured(
+        &config(&echo.url(), "", "token_cache_ttl = \"3s\"\n"),
+        Launch::bare().env("PORTCULLIS_DATA_DIR", data.to_str().unwrap()),
+    );
+    let auth = format!("Bearer {token}");
+    let (mut ws, _) = connect(&gateway, "/ws/feed", &[("authorization", &auth)])
+        .await
+        .unwrap();
+    ws.send(Message::text("live")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("live")));
+
+    // Revoked by another process: this gateway learns it from the store, not at once.
+    let revoked = portcullis()
+        .args(["token", "--data-dir", data.to_str().unwrap(), "revoke", id])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success(), "{revoked:?}");
+    let since = std::time::Instant::now();
+    assert_eq!(close_code(next_message(&mut ws).await), Some(1008));
+    assert!(
+        since.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        since.elapsed()
+    );
+    assert_eq!(echo.closes().await, vec![Some(1001)]);
+    assert_eq!(decisions_of(&dir, &mut gateway), ["stream_revoked"]);
+}
+
+#[tokio::test]
+async fn banning_its_address_closes_an_open_websocket_at_once() {
+    let echo = EchoServer::start().await;
+    let (dir, mut gateway) = start_configured(
+        &config(
+            &echo.url(),
+            "",
+            "[bans]\nmax_failures = 3\nwindow = \"1m\"\nduration = \"1m\"\n",
+        ),
+        Launch::bare(),
+    );
+    let (mut ws, _) = connect(&gateway, "/ws/feed", &[]).await.unwrap();
+    ws.send(Message::text("live")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("live")));
+    for _ in 0..3 {
+        let reply = get(
+            &gateway.url("/plain/x"),
+            &[("authorization", "Bearer wrong")],
+        )
+        .await;
+        assert_eq!(reply.status, 401);
+    }
+    let since = std::time::Instant::now();
+    assert_eq!(close_code(next_message(&mut ws).await), Some(1008));
+    assert!(
+        since.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        since.elapsed()
+    );
+    let decisions = decisions_of(&dir, &mut gateway);
+    assert!(
+        decisions.contains(&"stream_revoked".to_owned()),
+        "{decisions:?}"
+    );
 }
