@@ -29,7 +29,7 @@
 //! [`config`] (plain settings) only `base`; then [`redact`], [`json_line`], the
 //! [`recorder`], the [`access_log`] and the [`audit`] log; then the stores and the stages
 //! (`store`, `credentials`, `hygiene`, `identity`, `headers`, `cors`, `ip_rules`, `auth`,
-//! `ratelimit`, `upstream`, `websocket`, `routes`, `health`); then [`settings`], the one validation
+//! `ratelimit`, `streams`, `upstream`, `websocket`, `routes`, `health`); then [`settings`], the one validation
 //! step that turns the configuration into the typed values the stages are built from;
 //! then the [`pipeline`] that runs them in order; then [`server`] and [`admin`]; then
 //! [`rules`] (the checks `check` and `serve` apply to a configuration); the binary on top.
@@ -60,5 +60,6 @@ pub mod rules;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod streams;
 pub mod upstream;
 pub mod websocket;

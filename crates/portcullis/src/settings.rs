@@ -114,6 +114,13 @@ impl Settings {
         let cors = cors(config, &mut invalid);
         let routes = routes(config, &cors, &mut invalid);
         let allowed_hosts = allowed_hosts(config, &mut invalid);
+        if config.limits.max_streams_per_principal == Some(0) {
+            invalid.add(
+                "limits.max_streams_per_principal",
+                "limits.max_streams_per_principal must be at least 1".to_owned(),
+                "leave it out for no cap",
+            );
+        }
         let security_headers = security_headers(config, &mut invalid);
         let redis = config.rate_limit.redis_url.as_ref().and_then(|url| {
             match RedisBackend::validate_url(url) {
@@ -179,6 +186,13 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
         let url = outline
             .as_ref()
             .map_or(upstream.url.as_str(), |o| &o.origin);
+        if upstream.max_streams == Some(0) {
+            invalid.add(
+                "upstreams.max_streams",
+                format!("upstream {name:?}: max_streams must be at least 1"),
+                "leave it out for no cap",
+            );
+        }
         if upstream.preserve_host && upstream.http_version != HttpVersion::Http1 {
             invalid.add(
                 "upstreams.preserve_host",
@@ -206,6 +220,7 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
                 .as_ref()
                 .and_then(|retry| retries(name, retry, invalid)),
             total_timeout: upstream.total_timeout,
+            max_streams: upstream.max_streams,
             health_check: upstream
                 .health_check
                 .as_ref()
@@ -804,10 +819,13 @@ mod tests {
     fn every_wrong_value_is_reported_with_its_rule() {
         let config = config(
             r#"
+[limits]
+max_streams_per_principal = 0
 [upstreams.api]
 url = "ftp://x"
 http_version = "2"
 preserve_host = true
+max_streams = 0
 [[routes]]
 path_prefix = "/api/../x"
 upstream = "missing"
@@ -833,6 +851,7 @@ content_security_policy = "default-src\u0001"
         assert_eq!(
             rules,
             [
+                "upstreams.max_streams",
                 "upstreams.preserve_host",
                 "upstreams.url",
                 "cors.origins",
@@ -845,6 +864,7 @@ content_security_policy = "default-src\u0001"
                 "audit.strict_methods",
                 "routes.allowed_origins",
                 "routes.streams",
+                "limits.max_streams_per_principal",
                 "security_headers.values",
             ]
         );

@@ -70,6 +70,9 @@ pub enum Decision {
     /// An open WebSocket was closed because its credential is no longer live or its
     /// client was banned.
     StreamRevoked,
+    /// A stream (a WebSocket, a response streaming after its head) would have gone over
+    /// the upstream's `max_streams` or the caller's `max_streams_per_principal`.
+    StreamsExhausted,
     /// The request head did not arrive in time.
     HeadTimeout,
     /// The client's body could not be read: malformed chunked framing, cut short, or too
@@ -144,6 +147,7 @@ impl Decision {
             Self::MessageTooLarge => "message_too_large",
             Self::StreamShutdown => "stream_shutdown",
             Self::StreamRevoked => "stream_revoked",
+            Self::StreamsExhausted => "streams_exhausted",
             Self::HeadTimeout => "head_timeout",
             Self::ClientBodyError => "client_body_error",
             Self::ClientAborted => "client_aborted",

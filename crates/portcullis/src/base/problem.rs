@@ -53,6 +53,8 @@ pub enum ProblemKind {
     Banned,
     /// A rate limit of the route is exhausted.
     RateLimited,
+    /// The caller has as many streams open as it may.
+    TooManyStreams,
     /// The shared rate-limit backend is unreachable and configured to refuse.
     RateLimitUnavailable,
     /// The upstream has as many requests in flight as it may, and none finished in time.
@@ -106,7 +108,9 @@ impl ProblemKind {
             | Self::OriginRefused
             | Self::InsufficientScope
             | Self::IpDenied => StatusCode::FORBIDDEN,
-            Self::Banned | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Banned | Self::RateLimited | Self::TooManyStreams => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::RateLimitUnavailable | Self::UpstreamBusy | Self::UpstreamSuspended => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -142,6 +146,7 @@ impl ProblemKind {
             Self::IpDenied => "ip-denied",
             Self::Banned => "banned",
             Self::RateLimited => "rate-limited",
+            Self::TooManyStreams => "too-many-streams",
             Self::RateLimitUnavailable => "rate-limit-unavailable",
             Self::UpstreamBusy => "upstream-busy",
             Self::UpstreamSuspended => "upstream-unavailable",
@@ -178,6 +183,7 @@ impl ProblemKind {
             Self::IpDenied => "Address not allowed",
             Self::Banned => "Address temporarily banned",
             Self::RateLimited => "Too many requests",
+            Self::TooManyStreams => "Too many open streams",
             Self::RateLimitUnavailable => "Rate limiting unavailable",
             Self::UpstreamBusy => "Upstream busy",
             Self::UpstreamSuspended => "Upstream unavailable",
@@ -212,6 +218,7 @@ impl ProblemKind {
             Self::Banned => Decision::Banned,
             Self::MisdirectedRequest => Decision::HostRefused,
             Self::RateLimited => Decision::RateLimited,
+            Self::TooManyStreams => Decision::StreamsExhausted,
             Self::RateLimitUnavailable => Decision::RateLimitUnavailable,
             Self::UpstreamBusy => Decision::UpstreamBusy,
             Self::UpstreamSuspended => Decision::UpstreamKeysExhausted,

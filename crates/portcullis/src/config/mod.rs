@@ -345,6 +345,9 @@ pub struct LimitsConfig {
     pub request_timeout: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Most streams (WebSockets, responses still streaming after their head) one caller
+    /// may have open at once; none when absent.
+    pub max_streams_per_principal: Option<usize>,
     /// Time in-flight requests get to finish after SIGTERM or SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -361,6 +364,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            max_streams_per_principal: None,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -452,6 +456,10 @@ pub struct UpstreamConfig {
     /// Most requests in flight to this upstream at once, over all workers; none when absent.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Most streams (WebSockets, and responses still streaming after their head) open to
+    /// this upstream at once, over all workers; none when absent.
+    #[serde(default)]
+    pub max_streams: Option<usize>,
     /// How long a request waits for a free slot under `max_in_flight` before a 503.
     #[serde(default = "default_queue_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -670,6 +678,7 @@ impl UpstreamConfig {
             outline_access: None,
             timeout: None,
             max_in_flight: None,
+            max_streams: None,
             queue_timeout: default_queue_timeout(),
             connect_timeout: default_connect_timeout(),
             pin_sha256: Vec::new(),

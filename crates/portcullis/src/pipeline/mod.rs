@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use std::time::Duration;
 use tracing::warn;
@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::audit::AuditHealth;
 use crate::audit::store::AuditStore;
 use crate::auth::{Authenticator, StaticTokens};
-use crate::base::body::ResponseBody;
+use crate::base::body::{HoldingBody, ResponseBody};
 use crate::base::context::{ConnInfo, RequestContext, X_REQUEST_ID};
 use crate::base::exchange::{BodySample, Decision};
 use crate::base::problem::{Problem, ProblemKind};
@@ -35,6 +35,7 @@ use crate::redact::Redactor;
 use crate::routes::{Route, RouteAuth, RouteScopes, Router};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::streams::{self, CallerStreams, Exhausted, StreamSlots};
 use crate::upstream::{
     ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamShared, prepare_request_headers,
 };
@@ -63,6 +64,8 @@ pub struct Shared {
     pub audit: Option<AuditHealth>,
     /// The audit log's store, for the admin API's searches, when the audit log is on.
     pub audit_store: Option<AuditStore>,
+    /// Open streams per caller, when they are capped.
+    pub caller_streams: Option<Arc<CallerStreams>>,
 }
 
 impl Shared {
@@ -95,6 +98,10 @@ impl Shared {
             redactor: Arc::new(Redactor::new(&config.log.redact_query_params)),
             audit: None,
             audit_store: None,
+            caller_streams: config
+                .limits
+                .max_streams_per_principal
+                .map(|max| Arc::new(CallerStreams::new(max))),
         }
     }
 }
@@ -130,6 +137,7 @@ pub struct Gateway {
     response_headers: ResponseHeaders,
     recorder: Option<Recorder>,
     redactor: Arc<Redactor>,
+    caller_streams: Option<Arc<CallerStreams>>,
     /// Turns true when open WebSockets must close (the server's grace period is over).
     closing_tunnels: tokio::sync::watch::Receiver<bool>,
 }
@@ -196,6 +204,7 @@ impl Gateway {
             response_headers: ResponseHeaders::new(&settings.security_headers),
             recorder: shared.recorder.clone(),
             redactor: shared.redactor.clone(),
+            caller_streams: shared.caller_streams.clone(),
             closing_tunnels: tokio::sync::watch::channel(false).1,
         }
     }
@@ -332,10 +341,12 @@ impl Gateway {
         }
         let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);
         let Some(handshake) = progress.handshake else {
-            return self
+            let response = self
                 .forward(request, route, ctx, bytes_in, sample, None)
-                .await;
+                .await?;
+            return self.hold_stream_slots(response, route, &principal, ctx);
         };
+        let slots = self.open_stream(route, &principal, ctx)?;
         let client_side = hyper::upgrade::on(&mut request);
         let mut response = self
             .forward(request, route, ctx, None, None, Some(handshake))
@@ -356,11 +367,63 @@ impl Gateway {
                 upstream_side,
                 policy.limits(),
                 Box::pin(revoked),
+                slots,
             );
             response.extensions_mut().insert(open);
             progress.tunnel = Some(tunnel);
         }
         Ok(response)
+    }
+
+    /// Slots for a stream on `route` by `principal`: refused 503 at the upstream's
+    /// `max_streams`, 429 at the caller's `max_streams_per_principal` (Retry-After: streams
+    /// last, so not at once).
+    fn open_stream(
+        &self,
+        route: &Route,
+        principal: &auth::Principal,
+        ctx: &RequestContext,
+    ) -> Result<StreamSlots, Problem> {
+        let caller = match (principal.managed_id(), ctx.known_client_ip()) {
+            (Some(id), _) => std::borrow::Cow::Borrowed(id),
+            // Static tokens are one principal: their streams are counted by address.
+            (None, Some(ip)) => std::borrow::Cow::Owned(ip.to_string()),
+            (None, None) => std::borrow::Cow::Borrowed("static"),
+        };
+        let retry = Duration::from_secs(5);
+        streams::open(
+            route.upstream().streams(),
+            self.caller_streams.as_deref(),
+            &caller,
+        )
+        .map_err(|exhausted| match exhausted {
+            Exhausted::Upstream => Problem::new(ProblemKind::UpstreamBusy)
+                .with_detail("the upstream has as many streams open as it may")
+                .with_decision(Decision::StreamsExhausted)
+                .with_retry_after(retry),
+            Exhausted::Caller => Problem::new(ProblemKind::TooManyStreams)
+                .with_detail("this caller has as many streams open as it may")
+                .with_retry_after(retry),
+        })
+    }
+
+    /// A response that streams (Server-Sent Events, or a body of no length) holds its
+    /// stream slots until it ends; refused when there is none free (the upstream's answer
+    /// is dropped unread). Other responses go as they are.
+    fn hold_stream_slots(
+        &self,
+        response: Response<ResponseBody>,
+        route: &Route,
+        principal: &auth::Principal,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, Problem> {
+        let capped = self.caller_streams.is_some() || route.upstream().streams().is_some();
+        let length = http_body::Body::size_hint(response.body()).exact();
+        if !capped || !streams::is_stream(response.headers(), length) {
+            return Ok(response);
+        }
+        let slots = self.open_stream(route, principal, ctx)?;
+        Ok(response.map(|body| HoldingBody::new(body, slots).boxed_unsync()))
     }
 
     /// Who is calling: a capability on capability routes, a bearer token elsewhere. Each

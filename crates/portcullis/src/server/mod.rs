@@ -460,16 +460,20 @@ impl Connections {
                 Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, served)))
             }
         });
-        let connection = self
-            .http1
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        let ended = tokio::select! {
-            ended = connection.as_mut() => ended,
-            _ = async { stopped.wait_for(|stop| *stop).await.map(|_| ()) } => {
-                connection.as_mut().graceful_shutdown();
-                connection.as_mut().await
+        // In a block of its own, so that the connection's buffers are freed before a
+        // WebSocket it was handed over to is waited for.
+        let ended = {
+            let connection = self
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = async { stopped.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.as_mut().await
+                }
             }
         };
         // A connection handed over to a WebSocket keeps its slot until the WebSocket closes.

@@ -2,16 +2,10 @@
 //! bounded time for a free slot, then is refused, so a slow upstream cannot pile up
 //! unbounded work in the gateway.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::base::body::{BoxError, ResponseBody};
 
 /// Most requests in flight at once, and how long one may wait for a slot.
 #[derive(Debug)]
@@ -51,38 +45,5 @@ impl InFlightLimit {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(busy),
         }
-    }
-}
-
-/// A response body that keeps its request's slot until the body ends or is dropped.
-pub struct HoldSlot {
-    body: ResponseBody,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl HoldSlot {
-    /// `body`, holding `slot`.
-    pub fn new(body: ResponseBody, slot: OwnedSemaphorePermit) -> Self {
-        Self { body, _slot: slot }
-    }
-}
-
-impl Body for HoldSlot {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

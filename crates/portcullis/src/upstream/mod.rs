@@ -44,9 +44,10 @@ pub use tls::{
     parse_spki_pin, pem_certificates,
 };
 
-use crate::base::body::ResponseBody;
+use crate::base::body::{HoldingBody, ResponseBody};
 use crate::config::HttpVersion;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
+use crate::streams::{UpstreamStreams, is_stream};
 
 /// The body the gateway sends upstream: the client's, limited as it streams, or one the
 /// gateway holds whole (an empty one, to send a request again with another key).
@@ -224,8 +225,8 @@ impl Transport {
     }
 }
 
-/// How an upstream's calls are guarded: its circuit breaker, its retries, and the time
-/// all attempts together may take.
+/// How an upstream's calls are guarded: its circuit breaker, its retries, the time all
+/// attempts together may take, its health checks, and how many streams it may carry.
 #[derive(Debug, Clone, Default)]
 pub struct Resilience {
     /// The breaker's settings; none for no breaker.
@@ -236,6 +237,8 @@ pub struct Resilience {
     pub total_timeout: Option<Duration>,
     /// Its active health checks; none for none.
     pub health_check: Option<HealthCheckSettings>,
+    /// Most streams open to it at once, over every worker; none for no cap.
+    pub max_streams: Option<usize>,
 }
 
 /// What every worker's copy of one upstream shares: its in-flight cap, its circuit
@@ -249,6 +252,7 @@ pub struct UpstreamShared {
     retry: Option<RetryPolicy>,
     total_timeout: Option<Duration>,
     health: Option<UpstreamHealth>,
+    streams: Option<UpstreamStreams>,
     calls: CallStats,
     credential: Option<Arc<Credential>>,
     certificate: Option<Arc<CertificateSeen>>,
@@ -271,6 +275,7 @@ impl UpstreamShared {
             retry: resilience.retry.map(RetryPolicy::new),
             total_timeout: resilience.total_timeout,
             health: resilience.health_check.map(UpstreamHealth::new),
+            streams: resilience.max_streams.map(UpstreamStreams::new),
             calls: CallStats::default(),
             credential,
             certificate,
@@ -433,6 +438,11 @@ impl Upstream {
         self.shared.health()
     }
 
+    /// Its cap on open streams, when it has one.
+    pub fn streams(&self) -> Option<&UpstreamStreams> {
+        self.shared.streams.as_ref()
+    }
+
     /// The `Host` header value requests to it carry, unless it [preserves the
     /// client's](Self::preserves_host).
     pub fn host(&self) -> &HeaderValue {
@@ -553,10 +563,14 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         remove_hop_by_hop(&mut parts.headers);
         let body = body.map_err(Into::into).boxed_unsync();
-        // The request stays in flight until its response body has been sent.
+        // The request stays in flight until its response body has been sent, unless the
+        // response is a stream: that is capped as one (`max_streams`), not as a request.
+        let length = http_body::Body::size_hint(&body).exact();
         let body = match slot {
-            Some(slot) => in_flight::HoldSlot::new(body, slot).boxed_unsync(),
-            None => body,
+            Some(slot) if !is_stream(&parts.headers, length) => {
+                HoldingBody::new(body, slot).boxed_unsync()
+            }
+            _ => body,
         };
         Ok(Response::from_parts(parts, body))
     }

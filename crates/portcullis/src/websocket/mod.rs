@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::base::problem::{Problem, ProblemKind};
 use crate::cors::normalize_origin;
+use crate::streams::StreamSlots;
 pub use relay::{Ended, Relayed, StreamLimits};
 
 /// How a client asked to open a WebSocket.
@@ -162,6 +163,8 @@ pub struct Tunnel {
     upstream: OnUpgrade,
     limits: StreamLimits,
     revoked: Revoked,
+    /// Its slots under the stream caps, freed when it closes.
+    slots: StreamSlots,
     open: watch::Sender<()>,
 }
 
@@ -177,6 +180,7 @@ impl Tunnel {
         upstream: OnUpgrade,
         limits: StreamLimits,
         revoked: Revoked,
+        slots: StreamSlots,
     ) -> (Self, TunnelOpen) {
         let (open, watched) = watch::channel(());
         let tunnel = Self {
@@ -184,6 +188,7 @@ impl Tunnel {
             upstream,
             limits,
             revoked,
+            slots,
             open,
         };
         (tunnel, TunnelOpen(watched))
@@ -197,6 +202,7 @@ impl Tunnel {
             upstream,
             limits,
             revoked,
+            slots,
             open,
         } = self;
         let relayed = match tokio::try_join!(client, upstream) {
@@ -213,7 +219,7 @@ impl Tunnel {
                 None
             }
         };
-        drop(open);
+        drop((open, slots));
         on_close(relayed);
     }
 }

@@ -33,6 +33,7 @@ mod proxy;
 mod python_peers;
 mod ratelimit;
 mod retry;
+mod streams;
 mod tls;
 mod upstream_credentials;
 mod upstream_http2;
