@@ -189,6 +189,41 @@ pub fn strip_upstream_cors(headers: &mut HeaderMap) {
     }
 }
 
+/// The browser origins a route admits on requests that carry `Origin`, against cross-site
+/// use from a page the user happens to visit (WebSocket hijacking, DNS rebinding): a
+/// request without `Origin` is not from a browser page, and is let through; `null` (a
+/// sandboxed or local page) is refused.
+#[derive(Debug, Clone, Default)]
+pub struct OriginAllowlist {
+    /// Exact origins, lowercase.
+    origins: Vec<HeaderValue>,
+}
+
+impl OriginAllowlist {
+    /// Admits `origins` (exact, lowercase, as [`normalize_origin`] makes them).
+    pub fn new(origins: Vec<HeaderValue>) -> Self {
+        Self { origins }
+    }
+
+    /// Refuses, 403 `origin-refused`, a request with an `Origin` not listed.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let allowed = headers.get_all(header::ORIGIN).iter().all(|origin| {
+            let exact = origin.to_str().ok().and_then(normalize_origin);
+            exact.is_some_and(|exact| {
+                self.origins
+                    .iter()
+                    .any(|listed| listed.as_bytes() == exact.as_bytes())
+            })
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Problem::new(ProblemKind::OriginRefused)
+                .with_detail("requests from this origin are not allowed here"))
+        }
+    }
+}
+
 /// `scheme://host[:port]` in lowercase, or `None` when `origin` is not an exact http(s)
 /// origin (a wildcard, `null`, a path, userinfo, a missing host).
 pub fn normalize_origin(origin: &str) -> Option<String> {
@@ -346,6 +381,28 @@ mod tests {
             "https://a:x",
         ] {
             assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_listed_origins_or_none_pass_the_origin_check() {
+        let origins = OriginAllowlist::new(vec![HeaderValue::from_static("https://app.example")]);
+        let with = |origin: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            origins.check(&headers)
+        };
+        assert!(origins.check(&HeaderMap::new()).is_ok());
+        assert!(with("https://app.example").is_ok());
+        assert!(with("HTTPS://App.Example").is_ok());
+        for refused in [
+            "https://evil.example",
+            "null",
+            "https://app.example.evil",
+            "http://app.example",
+        ] {
+            let problem = with(refused).unwrap_err();
+            assert_eq!(problem.kind(), ProblemKind::OriginRefused, "{refused}");
         }
     }
 }

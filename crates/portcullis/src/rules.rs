@@ -281,9 +281,14 @@ fn admin(config: &Config, report: &mut Report) {
 
 /// A production rule: without `allowed_hosts`, any `Host` is served, so a page rebound to
 /// the gateway's address (DNS rebinding) reaches it. A warning: behind a proxy that fixes
-/// the host, the list adds nothing.
+/// the host, the list adds nothing. An MCP route on a loopback listener has loopback names
+/// by default, which count.
 fn allowed_hosts(config: &Config, report: &mut Report) {
-    if config.allowed_hosts.is_empty() {
+    let by_default = report
+        .settings
+        .as_ref()
+        .is_some_and(|settings| settings.allowed_hosts.is_some());
+    if config.allowed_hosts.is_empty() && !by_default {
         report.add(
             "allowed_hosts",
             Severity::Warning,

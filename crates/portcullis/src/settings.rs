@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::config::{Config, CredentialConfig, HttpVersion, RouteConfig, RouteLimitConfig};
-use crate::cors::{CorsPolicy, normalize_origin};
+use crate::config::{
+    Config, CredentialConfig, HttpVersion, RouteConfig, RouteLimitConfig, RoutePreset,
+};
+use crate::cors::{CorsPolicy, OriginAllowlist, normalize_origin};
 use crate::headers::SecurityHeadersPolicy;
 use crate::hygiene::{AllowedHosts, check_path};
 use crate::ratelimit::RedisBackend;
@@ -89,6 +91,8 @@ pub struct RouteSettings {
     pub body_sample: Option<usize>,
     /// Its WebSockets, when it lets them through (`websocket = true`).
     pub websocket: Option<WebSocketPolicy>,
+    /// The origins every request with an `Origin` must come from (the MCP preset).
+    pub origin_check: Option<OriginAllowlist>,
 }
 
 /// One value the gateway cannot be built with.
@@ -636,6 +640,7 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
                 ),
             }
         }
+        let origins = route_origins(route, cors, invalid);
         routes.push(RouteSettings {
             config: route.clone(),
             scopes,
@@ -644,37 +649,20 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
             strict_methods,
             body_sample: (route.audit_bodies && config.audit.enabled)
                 .then_some(config.audit.max_body_bytes),
-            websocket: websocket_policy(route, cors, invalid),
+            websocket: websocket_policy(route, &origins, invalid),
+            origin_check: (route.preset == Some(RoutePreset::Mcp)).then_some(origins),
         });
     }
     routes
 }
 
-/// A route's WebSocket policy, when it lets WebSockets through: its own origins, or the
-/// CORS allowlist's.
+/// A route's WebSocket policy, when it lets WebSockets through.
 fn websocket_policy(
     route: &RouteConfig,
-    cors: &CorsPolicy,
+    origins: &OriginAllowlist,
     invalid: &mut InvalidList,
 ) -> Option<WebSocketPolicy> {
     let prefix = &route.path_prefix;
-    let origins = match &route.allowed_origins {
-        None => cors.allowed_origins.clone(),
-        Some(listed) => {
-            let mut origins = Vec::new();
-            for origin in listed {
-                match normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok()) {
-                    Some(exact) => origins.push(exact),
-                    None => invalid.add(
-                        "routes.allowed_origins",
-                        format!("route {prefix:?}: origin {origin:?} is not an exact origin (wildcards and null are refused)"),
-                        "list each origin exactly, e.g. allowed_origins = [\"https://app.example\"]",
-                    ),
-                }
-            }
-            origins
-        }
-    };
     let limits = StreamLimits {
         idle_timeout: route.stream_idle_timeout,
         max_lifetime: route.stream_max_lifetime,
@@ -692,7 +680,32 @@ fn websocket_policy(
     }
     route
         .websocket
-        .then(|| WebSocketPolicy::new(origins, limits))
+        .then(|| WebSocketPolicy::new(origins.clone(), limits))
+}
+
+/// The browser origins a route admits where it checks them (WebSocket handshakes, and
+/// every request with the MCP preset): its own `allowed_origins`, or the CORS allowlist's.
+fn route_origins(
+    route: &RouteConfig,
+    cors: &CorsPolicy,
+    invalid: &mut InvalidList,
+) -> OriginAllowlist {
+    let prefix = &route.path_prefix;
+    let Some(listed) = &route.allowed_origins else {
+        return OriginAllowlist::new(cors.allowed_origins.clone());
+    };
+    let mut origins = Vec::new();
+    for origin in listed {
+        match normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok()) {
+            Some(exact) => origins.push(exact),
+            None => invalid.add(
+                "routes.allowed_origins",
+                format!("route {prefix:?}: origin {origin:?} is not an exact origin (wildcards and null are refused)"),
+                "list each origin exactly, e.g. allowed_origins = [\"https://app.example\"]",
+            ),
+        }
+    }
+    OriginAllowlist::new(origins)
 }
 
 /// Whether `scope` is 1 to 64 characters of letters, digits and `: . _ -`.
@@ -703,10 +716,30 @@ pub fn is_scope_name(scope: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
 }
 
+/// The names a loopback listener answers to, on any port.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// The request headers MCP's Streamable HTTP transport sends, which CORS must let browsers
+/// send when a route has the MCP preset.
+const MCP_REQUEST_HEADERS: [&str; 4] = [
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "last-event-id",
+    "accept",
+];
+
 /// The hosts requests may name, each a `host[:port]`; none when the list is empty.
 fn allowed_hosts(config: &Config, invalid: &mut InvalidList) -> Option<AllowedHosts> {
     if config.allowed_hosts.is_empty() {
-        return None;
+        // An MCP server on a loopback listener answers to its loopback names only (the MCP
+        // transport's defence against DNS rebinding), unless told otherwise.
+        let mcp = config
+            .routes
+            .iter()
+            .any(|route| route.preset == Some(RoutePreset::Mcp));
+        return (mcp && config.listen.ip().is_loopback())
+            .then(|| AllowedHosts::parse(&LOOPBACK_NAMES.map(String::from)).ok())
+            .flatten();
     }
     match AllowedHosts::parse(&config.allowed_hosts) {
         Ok(allowed) => Some(allowed),
@@ -759,11 +792,36 @@ fn cors(config: &Config, invalid: &mut InvalidList) -> CorsPolicy {
         }
         parsed
     };
+    let mut allowed_headers = names(&cors.allowed_headers);
+    let mut expose_headers = names(&cors.expose_headers);
+    if config
+        .routes
+        .iter()
+        .any(|route| route.preset == Some(RoutePreset::Mcp))
+    {
+        // What the MCP transport needs of browsers: its headers sent, its session id read,
+        // and DELETE to end a session.
+        for name in MCP_REQUEST_HEADERS {
+            let name = HeaderName::from_static(name);
+            if !allowed_headers.contains(&name) {
+                allowed_headers.push(name);
+            }
+        }
+        let session = HeaderName::from_static("mcp-session-id");
+        if !expose_headers.contains(&session) {
+            expose_headers.push(session);
+        }
+        for method in [Method::GET, Method::POST, Method::DELETE] {
+            if !allowed_methods.contains(&method) {
+                allowed_methods.push(method);
+            }
+        }
+    }
     CorsPolicy {
         allowed_origins,
         allowed_methods,
-        allowed_headers: names(&cors.allowed_headers),
-        expose_headers: names(&cors.expose_headers),
+        allowed_headers,
+        expose_headers,
         max_age: cors.max_age,
         allow_credentials: cors.allow_credentials,
     }

@@ -1,11 +1,13 @@
 //! The body types that flow through the gateway.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
 
 /// The error type carried by streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,5 +58,103 @@ impl<G: Unpin> Body for HoldingBody<G> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A client's request body. Dropped before its end (refused, or cut off at the body limit),
+/// it is parked in its [`Parking`], when it has one, so that the connection keeps it until
+/// the response has been sent: HTTP/2 then ends the stream with `RST_STREAM(NO_ERROR)` after
+/// the complete response (RFC 9113 §8.1), where dropping it at once would reset the stream
+/// (`CANCEL`) before the answer, and clients report a protocol error instead of a 413.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    parking: Option<Parking>,
+}
+
+/// Where a [`RequestBody`] dropped before its end is kept.
+#[derive(Debug, Clone, Default)]
+pub struct Parking(Arc<Mutex<Option<Incoming>>>);
+
+impl Parking {
+    /// The body parked here, if one was.
+    pub fn take(&self) -> Option<Incoming> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Most bytes of an unread request body read and discarded after its refusal, and for how
+/// long, so that an uploader still sending can finish and read the answer (as nginx's
+/// lingering close); past either, the stream is reset.
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and discards what is left of `unread` (within bounds) on a task of its own, and
+/// lets it go only once the guard returned is dropped, with the response it is attached to:
+/// an HTTP/2 uploader finishes its upload and reads the whole refusal, and a stream reset
+/// (`NO_ERROR`) never comes before the answer.
+pub fn drain_after_response(mut unread: Incoming) -> tokio::sync::oneshot::Sender<()> {
+    let (sent, response_sent) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let drain = async {
+            let mut drained = 0u64;
+            while drained <= DRAIN_MAX_BYTES {
+                match unread.frame().await {
+                    Some(Ok(frame)) => {
+                        drained += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+        // Until the response has been sent: the guard is dropped with its body.
+        let _ = response_sent.await;
+        drop(unread);
+    });
+    sent
+}
+
+impl RequestBody {
+    /// `inner`, parked in `parking` (when some) if dropped before its end.
+    pub fn new(inner: Incoming, parking: Option<Parking>) -> Self {
+        Self {
+            inner: Some(inner),
+            parking,
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(parking)) = (self.inner.take(), &self.parking)
+            && !inner.is_end_stream()
+        {
+            *parking.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(inner);
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.inner {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

@@ -753,6 +753,10 @@ pub struct RouteConfig {
     /// log, redacted.
     #[serde(default)]
     pub audit_bodies: bool,
+    /// A ready-made set of settings for a kind of upstream (`mcp`: an MCP server's
+    /// Streamable HTTP endpoint).
+    #[serde(default)]
+    pub preset: Option<RoutePreset>,
     /// Let WebSocket handshakes through to the upstream (RFC 6455; from HTTP/2 clients,
     /// RFC 8441). Off: a handshake is refused with 403.
     #[serde(default)]
@@ -803,6 +807,7 @@ impl RouteConfig {
             referrer_policy: None,
             audit_strict_methods: None,
             audit_bodies: false,
+            preset: None,
             websocket: false,
             allowed_origins: None,
             stream_idle_timeout: default_stream_idle_timeout(),
@@ -827,6 +832,15 @@ impl RouteConfig {
     }
 }
 
+/// A ready-made set of settings for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutePreset {
+    /// An MCP server's Streamable HTTP endpoint: every request's `Origin` checked, the MCP
+    /// headers allowed and exposed by CORS, loopback hosts only on a loopback listener.
+    Mcp,
+}
+
 /// How callers of a route prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -842,6 +856,9 @@ pub enum RouteAuth {
 /// The Content-Security-Policy every response carries unless configured otherwise: an
 /// API's responses load nothing and may be framed by nobody.
 pub const DEFAULT_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// The name `--mcp` gives the upstream it defines.
+pub const MCP_UPSTREAM: &str = "mcp";
 
 /// The name `--upstream` gives the upstream it defines.
 pub const DEFAULT_UPSTREAM: &str = "default";
@@ -945,6 +962,29 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// Adds an upstream `mcp` at the origin of `url` and a route for `url`'s path to it,
+    /// with the MCP preset (`serve --mcp`); `url` that is not an absolute URL is routed at
+    /// `/` and reported when the upstream's URL is checked.
+    pub fn add_mcp_route(&mut self, url: &str) {
+        let (origin, path) = match url.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => (
+                format!(
+                    "{}://{}",
+                    uri.scheme_str().unwrap_or("http"),
+                    uri.authority().map_or("", |a| a.as_str())
+                ),
+                uri.path().to_owned(),
+            ),
+            _ => (url.to_owned(), "/".to_owned()),
+        };
+        self.upstreams
+            .insert(MCP_UPSTREAM.to_owned(), UpstreamConfig::new(&origin));
+        let mut route = RouteConfig::new(&path, MCP_UPSTREAM);
+        route.preset = Some(RoutePreset::Mcp);
+        self.routes.retain(|r| r.path_prefix != path);
+        self.routes.push(route);
     }
 
     /// Adds an upstream named [`DEFAULT_UPSTREAM`] at `url`, and a catch-all route to it

@@ -25,6 +25,11 @@ pub struct Overrides {
     #[arg(long, env = "PORTCULLIS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
 
+    /// An MCP server's Streamable HTTP endpoint (e.g. http://127.0.0.1:8051/mcp), served at
+    /// the same path with the MCP preset.
+    #[arg(long, env = "PORTCULLIS_MCP", value_name = "URL")]
+    pub mcp: Option<String>,
+
     /// PEM certificate chain for a TLS listener (needs --tls-key).
     #[arg(long, env = "PORTCULLIS_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -142,6 +147,9 @@ impl Overrides {
         }
         if let Some(url) = &self.upstream {
             config.set_default_upstream(url);
+        }
+        if let Some(url) = &self.mcp {
+            config.add_mcp_route(url);
         }
         if self.tls_cert.is_some() || self.tls_key.is_some() {
             // A flag given alone replaces its half of the file's pair; a missing half

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+
+use crate::base::body::{self, Parking, RequestBody};
 use std::time::Duration;
 use tracing::warn;
 
@@ -176,7 +178,8 @@ impl Gateway {
                         .with_response_rules(route.response_rules.clone())
                         .with_strict_methods(route.strict_methods.clone())
                         .with_body_sample(route.body_sample)
-                        .with_websocket(route.websocket.clone()),
+                        .with_websocket(route.websocket.clone())
+                        .with_origin_check(route.origin_check.clone()),
                 )
             })
             .collect();
@@ -219,9 +222,12 @@ impl Gateway {
     /// is a problem+json response, and every response leaves through the respond stage.
     pub async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Response<ResponseBody> {
+        // An HTTP/2 request body refused before its end is kept until the answer is sent.
+        let parking = (request.version() == Version::HTTP_2).then(Parking::default);
+        let mut request = request.map(|body| RequestBody::new(body, parking.clone()));
         let handshake = Handshake::detect(&mut request);
         let ctx = self.identity.resolve(&request, conn);
         let origin = request.headers().get(header::ORIGIN).cloned();
@@ -258,6 +264,10 @@ impl Gateway {
         let mut request_id = ctx.request_id;
         request_id.set_sensitive(true);
         headers.insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(unread) = parking.as_ref().and_then(Parking::take) {
+            let draining = body::drain_after_response(unread);
+            response = response.map(|body| HoldingBody::new(body, draining).boxed_unsync());
+        }
         let record = progress.record.take();
         if let Some(tunnel) = progress.tunnel.take() {
             let closing = self.closing_tunnels.clone();
@@ -273,7 +283,7 @@ impl Gateway {
     /// stage needs to know (the route, and where the request stands against its limits).
     async fn process<'g>(
         &'g self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         ctx: &RequestContext,
         progress: &mut Progress<'g>,
     ) -> Result<Response<ResponseBody>, Problem> {
@@ -294,10 +304,8 @@ impl Gateway {
         }
         // Before authentication: a hijacking page must not even count towards a ban of
         // its victim's address.
-        if progress.handshake.is_some()
-            && let Some(policy) = route.and_then(Route::websocket)
-        {
-            policy.check_origin(request.headers())?;
+        if let Some(origins) = route.and_then(|r| r.origins_checked(progress.handshake.is_some())) {
+            origins.check(request.headers())?;
         }
         if let Some(cors) = &self.cors
             && let Some(answer) = cors.preflight(&request)
@@ -430,7 +438,7 @@ impl Gateway {
     /// failed attempt counts towards a ban of the address.
     async fn authenticate(
         &self,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         route: Option<&Route>,
         ctx: &RequestContext,
     ) -> Result<auth::Principal, Problem> {
@@ -455,7 +463,7 @@ impl Gateway {
 
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         route: &Route,
         ctx: &RequestContext,
         bytes_in: Option<Arc<AtomicU64>>,

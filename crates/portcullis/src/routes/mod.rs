@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
 
+use crate::cors::OriginAllowlist;
 use crate::headers::path_has_prefix;
 use crate::hygiene::{PathError, check_folded_path};
 use crate::ip_rules::IpRules;
@@ -97,6 +98,8 @@ pub struct Route {
     body_sample: Option<usize>,
     /// Its WebSockets, when it lets them through.
     websocket: Option<WebSocketPolicy>,
+    /// The origins every request with an `Origin` must come from, when it checks them.
+    origin_check: Option<OriginAllowlist>,
 }
 
 impl Route {
@@ -118,6 +121,7 @@ impl Route {
             strict_methods: Vec::new(),
             body_sample: None,
             websocket: None,
+            origin_check: None,
         }
     }
 
@@ -125,6 +129,22 @@ impl Route {
     pub fn with_websocket(mut self, policy: Option<WebSocketPolicy>) -> Self {
         self.websocket = policy;
         self
+    }
+
+    /// The same route, refusing requests from browser origins `origins` does not list.
+    pub fn with_origin_check(mut self, origins: Option<OriginAllowlist>) -> Self {
+        self.origin_check = origins;
+        self
+    }
+
+    /// The origins a request must come from, if it carries `Origin`: the route's own
+    /// check, or for a WebSocket `handshake` its WebSockets' origins.
+    pub fn origins_checked(&self, handshake: bool) -> Option<&OriginAllowlist> {
+        self.origin_check.as_ref().or(self
+            .websocket
+            .as_ref()
+            .filter(|_| handshake)
+            .map(WebSocketPolicy::origins))
     }
 
     /// Its WebSockets' policy, when it lets WebSockets through.

@@ -21,7 +21,6 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -44,14 +43,14 @@ pub use tls::{
     parse_spki_pin, pem_certificates,
 };
 
-use crate::base::body::{HoldingBody, ResponseBody};
+use crate::base::body::{HoldingBody, RequestBody, ResponseBody};
 use crate::config::HttpVersion;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 use crate::streams::{UpstreamStreams, is_stream};
 
 /// The body the gateway sends upstream: the client's, limited as it streams, or one the
 /// gateway holds whole (an empty one, to send a request again with another key).
-pub type UpstreamBody = LimitedBody<Either<Incoming, Full<Bytes>>>;
+pub type UpstreamBody = LimitedBody<Either<RequestBody, Full<Bytes>>>;
 
 /// A configuration an [`Upstream`] cannot be built from.
 #[derive(Debug, thiserror::Error)]

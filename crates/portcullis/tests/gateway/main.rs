@@ -28,6 +28,7 @@ mod ip_rules;
 mod layers;
 mod lifecycle;
 mod managed;
+mod mcp;
 mod outline_client;
 mod proxy;
 mod python_peers;
