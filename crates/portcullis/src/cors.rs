@@ -205,14 +205,18 @@ impl OriginAllowlist {
         Self { origins }
     }
 
-    /// Refuses, 403 `origin-refused`, a request with an `Origin` not listed.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), Problem> {
+    /// Refuses, 403 `origin-refused`, a request with an `Origin` not listed, unless it is
+    /// the very origin of a request to a loopback name (`host`, the one the request names):
+    /// a page the gateway itself serves on `localhost`. A rebound page names its own host,
+    /// never a loopback one, so this lets nothing of DNS rebinding through.
+    pub fn check(&self, headers: &HeaderMap, host: Option<&str>) -> Result<(), Problem> {
         let allowed = headers.get_all(header::ORIGIN).iter().all(|origin| {
             let exact = origin.to_str().ok().and_then(normalize_origin);
             exact.is_some_and(|exact| {
                 self.origins
                     .iter()
                     .any(|listed| listed.as_bytes() == exact.as_bytes())
+                    || host.is_some_and(|host| is_loopback_origin_of(&exact, host))
             })
         });
         if allowed {
@@ -222,6 +226,22 @@ impl OriginAllowlist {
                 .with_detail("requests from this origin are not allowed here"))
         }
     }
+}
+
+/// Whether `origin` (normalized) is `http(s)://host` for a `host[:port]` whose name is a
+/// loopback one.
+fn is_loopback_origin_of(origin: &str, host: &str) -> bool {
+    let name = match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host,
+    };
+    let loopback = ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|loopback| name.eq_ignore_ascii_case(loopback));
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    loopback && authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
 /// `scheme://host[:port]` in lowercase, or `None` when `origin` is not an exact http(s)
@@ -390,9 +410,9 @@ mod tests {
         let with = |origin: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
-            origins.check(&headers)
+            origins.check(&headers, Some("gw.example"))
         };
-        assert!(origins.check(&HeaderMap::new()).is_ok());
+        assert!(origins.check(&HeaderMap::new(), None).is_ok());
         assert!(with("https://app.example").is_ok());
         assert!(with("HTTPS://App.Example").is_ok());
         for refused in [
@@ -404,5 +424,27 @@ mod tests {
             let problem = with(refused).unwrap_err();
             assert_eq!(problem.kind(), ProblemKind::OriginRefused, "{refused}");
         }
+    }
+
+    #[test]
+    fn a_loopback_host_admits_its_own_origin_only() {
+        let origins = OriginAllowlist::default();
+        let check = |origin: &str, host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            origins.check(&headers, Some(host)).is_ok()
+        };
+        assert!(check("http://localhost:8080", "localhost:8080"));
+        assert!(check("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(check("http://[::1]:8080", "[::1]:8080"));
+        assert!(
+            !check("http://localhost:3000", "localhost:8080"),
+            "another port"
+        );
+        assert!(
+            !check("http://evil.example:8080", "evil.example:8080"),
+            "rebound"
+        );
+        assert!(!check("http://localhost:8080", "evil.example:8080"));
     }
 }

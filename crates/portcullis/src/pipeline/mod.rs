@@ -305,7 +305,14 @@ impl Gateway {
         // Before authentication: a hijacking page must not even count towards a ban of
         // its victim's address.
         if let Some(origins) = route.and_then(|r| r.origins_checked(progress.handshake.is_some())) {
-            origins.check(request.headers())?;
+            let host = match request.uri().authority() {
+                Some(authority) => Some(authority.as_str()),
+                None => request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|host| host.to_str().ok()),
+            };
+            origins.check(request.headers(), host)?;
         }
         if let Some(cors) = &self.cors
             && let Some(answer) = cors.preflight(&request)

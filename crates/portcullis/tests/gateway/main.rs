@@ -29,6 +29,7 @@ mod layers;
 mod lifecycle;
 mod managed;
 mod mcp;
+mod mcp_conformance;
 mod outline_client;
 mod proxy;
 mod python_peers;
