@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::base::body::BoxError;
+use crate::base::body::{BoxError, StreamClosed};
 use crate::base::exchange::{Decision, Exchange};
 
 /// Where finished records go. Sinks run on the recorder's thread, one record at a time.
@@ -245,7 +245,13 @@ where
                     this.finish(None);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(Some(Decision::UpstreamConnect)),
+            Poll::Ready(Some(Err(error))) => {
+                // The gateway closing a stream says why; any other failure is the upstream's.
+                let decision = error
+                    .downcast_ref::<StreamClosed>()
+                    .map_or(Decision::UpstreamConnect, |closed| closed.0);
+                this.finish(Some(decision));
+            }
             Poll::Ready(None) => this.finish(None),
             Poll::Pending => {}
         }

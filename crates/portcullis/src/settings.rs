@@ -18,12 +18,13 @@ use crate::headers::SecurityHeadersPolicy;
 use crate::hygiene::{AllowedHosts, check_path};
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
+use crate::streams::StreamLimits;
 use crate::upstream::{
     BreakerSettings, Credential, HealthCheckSettings, OutlineAccess, Resilience, RetrySettings,
     Transport, Upstream, UpstreamShared, UpstreamTarget, UpstreamTls, parse_cert_pin,
     parse_spki_pin, split_keys,
 };
-use crate::websocket::{StreamLimits, WebSocketPolicy};
+use crate::websocket::WebSocketPolicy;
 use secrecy::SecretString;
 
 /// A configuration, validated: what the gateway is built from.
@@ -93,6 +94,8 @@ pub struct RouteSettings {
     pub websocket: Option<WebSocketPolicy>,
     /// The origins every request with an `Origin` must come from (the MCP preset).
     pub origin_check: Option<OriginAllowlist>,
+    /// The limits its open streams are held to.
+    pub stream_limits: StreamLimits,
 }
 
 /// One value the gateway cannot be built with.
@@ -641,6 +644,7 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
             }
         }
         let origins = route_origins(route, cors, invalid);
+        let limits = stream_limits(route, invalid);
         routes.push(RouteSettings {
             config: route.clone(),
             scopes,
@@ -649,7 +653,8 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
             strict_methods,
             body_sample: (route.audit_bodies && config.audit.enabled)
                 .then_some(config.audit.max_body_bytes),
-            websocket: websocket_policy(route, &origins, invalid),
+            websocket: websocket_policy(route, &origins, limits),
+            stream_limits: limits,
             origin_check: (route.preset == Some(RoutePreset::Mcp)).then_some(origins),
         });
     }
@@ -660,8 +665,15 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
 fn websocket_policy(
     route: &RouteConfig,
     origins: &OriginAllowlist,
-    invalid: &mut InvalidList,
+    limits: StreamLimits,
 ) -> Option<WebSocketPolicy> {
+    route
+        .websocket
+        .then(|| WebSocketPolicy::new(origins.clone(), limits))
+}
+
+/// The limits a route's open streams (WebSockets, streaming responses) are held to.
+fn stream_limits(route: &RouteConfig, invalid: &mut InvalidList) -> StreamLimits {
     let prefix = &route.path_prefix;
     let limits = StreamLimits {
         idle_timeout: route.stream_idle_timeout,
@@ -678,9 +690,7 @@ fn websocket_policy(
             "leave them out for the defaults (5m, 24h, 1048576)",
         );
     }
-    route
-        .websocket
-        .then(|| WebSocketPolicy::new(origins.clone(), limits))
+    limits
 }
 
 /// The browser origins a route admits where it checks them (WebSocket handshakes, and

@@ -4,10 +4,113 @@
 //! upstream (`max_streams`) and per caller (`[limits] max_streams_per_principal`).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, header};
+use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use crate::base::body::{BoxError, ResponseBody, StreamClosed};
+use crate::base::exchange::Decision;
+
+/// The limits a route's open streams are held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// No byte (either way, for a WebSocket) for this long closes it.
+    pub idle_timeout: Duration,
+    /// It is closed this long after it opened.
+    pub max_lifetime: Duration,
+    /// Most payload bytes of one WebSocket message, either way.
+    pub max_message_bytes: u64,
+}
+
+/// Resolves when what let a stream open no longer holds (its credential was revoked, its
+/// client banned).
+pub type Revoked = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A response that streams, held to its route's limits: it ends with an error (which
+/// closes an HTTP/1.1 connection, or resets an HTTP/2 stream) when nothing came for the
+/// idle timeout, at its lifetime, or when what let it open no longer holds; the error
+/// carries the decision its record keeps. It holds its stream slots until it ends.
+pub struct WatchedStream {
+    inner: ResponseBody,
+    _slots: StreamSlots,
+    idle_timeout: Duration,
+    last_data: Instant,
+    idle: Pin<Box<Sleep>>,
+    lifetime: Pin<Box<Sleep>>,
+    revoked: Revoked,
+}
+
+impl WatchedStream {
+    /// `inner`, held to `limits`, closed when `revoked` resolves, holding `slots`.
+    pub fn new(
+        inner: ResponseBody,
+        limits: StreamLimits,
+        revoked: Revoked,
+        slots: StreamSlots,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            _slots: slots,
+            idle_timeout: limits.idle_timeout,
+            last_data: now,
+            idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            lifetime: Box::pin(tokio::time::sleep_until(now + limits.max_lifetime)),
+            revoked,
+        }
+    }
+
+    fn closed(decision: Decision) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Err(Box::new(StreamClosed(decision)))))
+    }
+}
+
+impl Body for WatchedStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.revoked.as_mut().poll(cx).is_ready() {
+            return Self::closed(Decision::StreamRevoked);
+        }
+        if self.lifetime.as_mut().poll(cx).is_ready() {
+            return Self::closed(Decision::StreamLifetime);
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.last_data = Instant::now();
+            return polled;
+        }
+        // The timer is moved only when it fires, not on every chunk.
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let due = self.last_data + self.idle_timeout;
+            if due <= Instant::now() {
+                return Self::closed(Decision::StreamIdle);
+            }
+            self.idle.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Whether a response with `headers`, whose body's length is `length` when known, is a
 /// stream: Server-Sent Events, or a body of no declared length.

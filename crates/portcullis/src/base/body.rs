@@ -23,6 +23,12 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed_unsync()
 }
 
+/// The error a stream's body ends with when the gateway closes it, with the decision its
+/// record keeps (`stream_idle`, `stream_lifetime`, `stream_revoked`).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the gateway closed the stream ({})", .0.as_str())]
+pub struct StreamClosed(pub crate::base::exchange::Decision);
+
 /// A response body with nothing in it.
 pub fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()

@@ -37,7 +37,7 @@ use crate::redact::Redactor;
 use crate::routes::{Route, RouteAuth, RouteScopes, Router};
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::streams::{self, CallerStreams, Exhausted, StreamSlots};
+use crate::streams::{self, CallerStreams, Exhausted, Revoked, StreamSlots, WatchedStream};
 use crate::upstream::{
     ForwardError, HeaderRules, InFlightLimit, Upstream, UpstreamShared, prepare_request_headers,
 };
@@ -179,7 +179,8 @@ impl Gateway {
                         .with_strict_methods(route.strict_methods.clone())
                         .with_body_sample(route.body_sample)
                         .with_websocket(route.websocket.clone())
-                        .with_origin_check(route.origin_check.clone()),
+                        .with_origin_check(route.origin_check.clone())
+                        .with_stream_limits(route.stream_limits),
                 )
             })
             .collect();
@@ -359,7 +360,7 @@ impl Gateway {
             let response = self
                 .forward(request, route, ctx, bytes_in, sample, None)
                 .await?;
-            return self.hold_stream_slots(response, route, &principal, ctx);
+            return self.watch_stream(response, route, &principal, ctx);
         };
         let slots = self.open_stream(route, &principal, ctx)?;
         let client_side = hyper::upgrade::on(&mut request);
@@ -371,19 +372,9 @@ impl Gateway {
         {
             let upstream_side = hyper::upgrade::on(&mut response);
             handshake.answer_client(&mut response);
-            let revoked = stream_watch::revoked(
-                self.limiter.clone(),
-                self.auth.verifier().cloned(),
-                &principal,
-                ctx.known_client_ip(),
-            );
-            let (tunnel, open) = Tunnel::new(
-                client_side,
-                upstream_side,
-                policy.limits(),
-                Box::pin(revoked),
-                slots,
-            );
+            let revoked = self.stream_revoked(&principal, ctx);
+            let (tunnel, open) =
+                Tunnel::new(client_side, upstream_side, policy.limits(), revoked, slots);
             response.extensions_mut().insert(open);
             progress.tunnel = Some(tunnel);
         }
@@ -399,6 +390,9 @@ impl Gateway {
         principal: &auth::Principal,
         ctx: &RequestContext,
     ) -> Result<StreamSlots, Problem> {
+        if self.caller_streams.is_none() && route.upstream().streams().is_none() {
+            return Ok(StreamSlots::default());
+        }
         let caller = match (principal.managed_id(), ctx.known_client_ip()) {
             (Some(id), _) => std::borrow::Cow::Borrowed(id),
             // Static tokens are one principal: their streams are counted by address.
@@ -422,23 +416,37 @@ impl Gateway {
         })
     }
 
-    /// A response that streams (Server-Sent Events, or a body of no length) holds its
-    /// stream slots until it ends; refused when there is none free (the upstream's answer
-    /// is dropped unread). Other responses go as they are.
-    fn hold_stream_slots(
+    /// A response that streams (Server-Sent Events, or a body of no length) is held to the
+    /// route's stream limits and closed when its credential or client address is no longer
+    /// good ([`WatchedStream`]), and holds its stream slots until it ends: refused when
+    /// there is none free (the upstream's answer is dropped unread). Other responses go
+    /// as they are.
+    fn watch_stream(
         &self,
         response: Response<ResponseBody>,
         route: &Route,
         principal: &auth::Principal,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, Problem> {
-        let capped = self.caller_streams.is_some() || route.upstream().streams().is_some();
         let length = http_body::Body::size_hint(response.body()).exact();
-        if !capped || !streams::is_stream(response.headers(), length) {
+        if !streams::is_stream(response.headers(), length) {
             return Ok(response);
         }
         let slots = self.open_stream(route, principal, ctx)?;
-        Ok(response.map(|body| HoldingBody::new(body, slots).boxed_unsync()))
+        let revoked = self.stream_revoked(principal, ctx);
+        let limits = route.stream_limits();
+        Ok(response.map(|body| WatchedStream::new(body, limits, revoked, slots).boxed_unsync()))
+    }
+
+    /// What closes a stream `principal` opened: its credential no longer live, its
+    /// client's address banned.
+    fn stream_revoked(&self, principal: &auth::Principal, ctx: &RequestContext) -> Revoked {
+        Box::pin(stream_watch::revoked(
+            self.limiter.clone(),
+            self.auth.verifier().cloned(),
+            principal,
+            ctx.known_client_ip(),
+        ))
     }
 
     /// Who is calling: a capability on capability routes, a bearer token elsewhere. Each

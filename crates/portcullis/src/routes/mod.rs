@@ -15,6 +15,7 @@ use crate::headers::path_has_prefix;
 use crate::hygiene::{PathError, check_folded_path};
 use crate::ip_rules::IpRules;
 use crate::ratelimit::RouteLimits;
+use crate::streams::StreamLimits;
 use crate::upstream::{HeaderRules, Upstream};
 use crate::websocket::WebSocketPolicy;
 use location::PathMap;
@@ -100,6 +101,8 @@ pub struct Route {
     websocket: Option<WebSocketPolicy>,
     /// The origins every request with an `Origin` must come from, when it checks them.
     origin_check: Option<OriginAllowlist>,
+    /// The limits its open streams are held to.
+    stream_limits: StreamLimits,
 }
 
 impl Route {
@@ -122,6 +125,11 @@ impl Route {
             body_sample: None,
             websocket: None,
             origin_check: None,
+            stream_limits: StreamLimits {
+                idle_timeout: std::time::Duration::from_secs(5 * 60),
+                max_lifetime: std::time::Duration::from_secs(24 * 60 * 60),
+                max_message_bytes: 1024 * 1024,
+            },
         }
     }
 
@@ -129,6 +137,17 @@ impl Route {
     pub fn with_websocket(mut self, policy: Option<WebSocketPolicy>) -> Self {
         self.websocket = policy;
         self
+    }
+
+    /// The same route, its open streams held to `limits`.
+    pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
+        self.stream_limits = limits;
+        self
+    }
+
+    /// The limits its open streams are held to.
+    pub fn stream_limits(&self) -> StreamLimits {
+        self.stream_limits
     }
 
     /// The same route, refusing requests from browser origins `origins` does not list.

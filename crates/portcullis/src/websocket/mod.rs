@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::base::problem::{Problem, ProblemKind};
 use crate::cors::OriginAllowlist;
-use crate::streams::StreamSlots;
-pub use relay::{Ended, Relayed, StreamLimits};
+use crate::streams::{Revoked, StreamLimits, StreamSlots};
+pub use relay::{Ended, Relayed};
 
 /// How a client asked to open a WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +152,6 @@ pub struct Tunnel {
     slots: StreamSlots,
     open: watch::Sender<()>,
 }
-
-/// Resolves when what let a WebSocket open no longer holds (its credential was revoked,
-/// its client banned).
-pub type Revoked = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Tunnel {
     /// The tunnel between the client's and the upstream's upgraded connections, closed

@@ -17,17 +17,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::frames::{self, Frames, TooLarge, close_code};
-
-/// The limits an open WebSocket is held to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamLimits {
-    /// No byte either way for this long closes it.
-    pub idle_timeout: Duration,
-    /// It is closed this long after it opened.
-    pub max_lifetime: Duration,
-    /// Most payload bytes of one message, either way.
-    pub max_message_bytes: u64,
-}
+use crate::streams::StreamLimits;
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

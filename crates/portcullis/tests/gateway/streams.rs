@@ -160,3 +160,139 @@ async fn a_caller_has_at_most_max_streams_per_principal_429() {
         "{decisions:?}"
     );
 }
+
+/// An upstream whose `/events` sends an event every `every` milliseconds, `count` times.
+async fn ticking_source(every: u64, count: usize) -> Upstream {
+    Upstream::start_with(move |seen| {
+        seen.uri.starts_with("/events").then(|| {
+            let body = channel_body(move |tx| async move {
+                for _ in 0..count {
+                    let event = Frame::data(Bytes::from_static(b"data: first\n\n"));
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(every)).await;
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.boxed())
+                .unwrap()
+        })
+    })
+    .await
+}
+
+/// Reads `response` to its end: how long it took, and whether it ended in an error (the
+/// gateway closed it) rather than cleanly.
+async fn read_to_end(response: hyper::Response<hyper::body::Incoming>) -> (Duration, bool) {
+    let started = std::time::Instant::now();
+    let mut body = response.into_body();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), body.frame()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) => return (started.elapsed(), true),
+            Ok(None) => return (started.elapsed(), false),
+            Err(_) => panic!("the stream was not closed"),
+        }
+    }
+}
+
+/// A gateway in front of `upstream` whose route holds streams to `limits` (TOML), with
+/// `top` above the tables.
+fn stream_gateway(
+    upstream: &Upstream,
+    limits: &str,
+    top: &str,
+    launch: Launch,
+) -> (tempfile::TempDir, Gateway) {
+    start_configured(
+        &format!(
+            "{top}\n[upstreams.api]\nurl = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n{limits}\n",
+            upstream.url()
+        ),
+        launch,
+    )
+}
+
+#[tokio::test]
+async fn an_event_stream_that_carries_nothing_is_closed_at_the_idle_timeout() {
+    let upstream = event_source(5000).await;
+    let (dir, mut gateway) = stream_gateway(
+        &upstream,
+        "stream_idle_timeout = \"1s\"",
+        "",
+        Launch::bare(),
+    );
+    let (took, cut) = read_to_end(open_events(&gateway).await).await;
+    assert!(cut, "closed by the gateway, not ended");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Events keep it open past the idle timeout.
+    let ticking = ticking_source(300, 8).await;
+    let (_dir2, gateway2) =
+        stream_gateway(&ticking, "stream_idle_timeout = \"1s\"", "", Launch::bare());
+    let (took, cut) = read_to_end(open_events(&gateway2).await).await;
+    assert!(!cut && took >= Duration::from_secs(2), "{took:?}");
+    assert_eq!(decisions_of(&dir, &mut gateway), ["stream_idle"]);
+}
+
+#[tokio::test]
+async fn an_event_stream_is_closed_at_its_lifetime_however_busy() {
+    let upstream = ticking_source(200, 50).await;
+    let (dir, mut gateway) = stream_gateway(
+        &upstream,
+        "stream_max_lifetime = \"1s\"",
+        "",
+        Launch::bare(),
+    );
+    let (took, cut) = read_to_end(open_events(&gateway).await).await;
+    assert!(cut && took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(decisions_of(&dir, &mut gateway), ["stream_lifetime"]);
+}
+
+#[tokio::test]
+async fn revoking_its_token_closes_an_open_event_stream() {
+    let upstream = ticking_source(200, 100).await;
+    let data = scratch_dir();
+    let created = portcullis()
+        .args([
+            "token",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+            "create",
+        ])
+        .args(["--name", "feed", "--scopes", "read"])
+        .output()
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let (id, token) = (
+        created["record"]["id"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    );
+    let (dir, mut gateway) = stream_gateway(
+        &upstream,
+        "",
+        "token_cache_ttl = \"3s\"",
+        Launch::bare().env("PORTCULLIS_DATA_DIR", data.to_str().unwrap()),
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let request = http::Request::get(gateway.url("/events/feed"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let revoked = portcullis()
+        .args(["token", "--data-dir", data.to_str().unwrap(), "revoke", &id])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    let (took, cut) = read_to_end(response).await;
+    assert!(cut && took < Duration::from_secs(6), "{took:?}");
+    assert_eq!(decisions_of(&dir, &mut gateway), ["stream_revoked"]);
+}
