@@ -289,6 +289,11 @@ impl Gateway {
         progress: &mut Progress<'g>,
     ) -> Result<Response<ResponseBody>, Problem> {
         self.hygiene.check(&request)?;
+        // A handshake's body would reach the upstream after the switch, as WebSocket bytes.
+        if progress.handshake.is_some() && !http_body::Body::is_end_stream(request.body()) {
+            return Err(Problem::new(ProblemKind::BadRequest)
+                .with_detail("a WebSocket handshake carries no body"));
+        }
         if let Some(probe) = Probe::for_path(request.uri().path()) {
             return self
                 .health

@@ -252,6 +252,13 @@ async fn handshakes_the_gateway_refuses_never_reach_the_upstream() {
         .await
         .assert_problem(403, "origin-refused");
     }
+    // A body after the head would reach the upstream as WebSocket bytes after the switch.
+    let with_body = raw_handshake("/ws/x", &format!("{auth}Content-Length: 5\r\n"));
+    let mut with_body = with_body;
+    with_body.extend_from_slice(b"hello");
+    raw(gateway.addr, &with_body)
+        .await
+        .assert_problem(400, "bad-request");
     assert!(echo.handshakes().is_empty(), "nothing reached the upstream");
 
     // The allowed origin, and a client that sends none, get through.
