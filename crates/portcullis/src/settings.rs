@@ -227,7 +227,9 @@ fn upstreams(config: &Config, invalid: &mut InvalidList) -> Vec<UpstreamSettings
                 .as_ref()
                 .and_then(|retry| retries(name, retry, invalid)),
             total_timeout: upstream.total_timeout,
-            max_streams: upstream.max_streams,
+            // Streams hold no in-flight slot: an upstream capped in flight is capped in
+            // streams too, to the same number, unless it says otherwise.
+            max_streams: upstream.max_streams.or(upstream.max_in_flight),
             health_check: upstream
                 .health_check
                 .as_ref()
@@ -680,13 +682,17 @@ fn stream_limits(route: &RouteConfig, invalid: &mut InvalidList) -> StreamLimits
         max_lifetime: route.stream_max_lifetime,
         max_message_bytes: route.max_message_bytes,
     };
+    // A year at most: timers past the clock's range would not fire.
+    let longest = Duration::from_secs(366 * 24 * 60 * 60);
     if limits.idle_timeout.is_zero()
         || limits.max_lifetime.is_zero()
         || limits.max_message_bytes == 0
+        || limits.idle_timeout > longest
+        || limits.max_lifetime > longest
     {
         invalid.add(
             "routes.streams",
-            format!("route {prefix:?}: stream_idle_timeout, stream_max_lifetime and max_message_bytes must be more than zero"),
+            format!("route {prefix:?}: stream_idle_timeout and stream_max_lifetime must be more than zero and at most a year, and max_message_bytes more than zero"),
             "leave them out for the defaults (5m, 24h, 1048576)",
         );
     }

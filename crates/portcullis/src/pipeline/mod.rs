@@ -31,7 +31,7 @@ use crate::health::{Health, Probe};
 use crate::hygiene::{Hygiene, LimitedBody, Limits};
 use crate::identity::ClientIdentity;
 use crate::ip_rules::IpRules;
-use crate::ratelimit::{Limiter, Quota, RateLimits};
+use crate::ratelimit::{Limiter, Quota, RateLimits, address_block};
 use crate::recorder::Recorder;
 use crate::redact::Redactor;
 use crate::routes::{Route, RouteAuth, RouteScopes, Router};
@@ -362,16 +362,25 @@ impl Gateway {
         }
         let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);
         let Some(handshake) = progress.handshake else {
+            let safe = request.method().is_safe();
             let response = self
                 .forward(request, route, ctx, bytes_in, sample, None)
                 .await?;
-            return self.watch_stream(response, route, &principal, ctx);
+            return self.watch_stream(response, route, &principal, ctx, safe);
         };
         let slots = self.open_stream(route, &principal, ctx)?;
         let client_side = hyper::upgrade::on(&mut request);
         let mut response = self
             .forward(request, route, ctx, None, None, Some(handshake))
             .await?;
+        // An HTTP/2 client's handshake answered 2xx without switching would read as an open
+        // WebSocket there (a 2xx to CONNECT opens the tunnel): it is not one.
+        if handshake == Handshake::ExtendedConnect && response.status().is_success() {
+            warn!(request_id = ?ctx.request_id, upstream = %route.upstream().name(), status = response.status().as_u16(), "upstream answered a WebSocket handshake without switching");
+            return Err(Problem::new(ProblemKind::UpstreamUnavailable)
+                .with_detail("the upstream did not open the WebSocket")
+                .with_decision(Decision::UpstreamProtocol));
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(policy) = route.websocket()
         {
@@ -400,8 +409,9 @@ impl Gateway {
         }
         let caller = match (principal.managed_id(), ctx.known_client_ip()) {
             (Some(id), _) => std::borrow::Cow::Borrowed(id),
-            // Static tokens are one principal: their streams are counted by address.
-            (None, Some(ip)) => std::borrow::Cow::Owned(ip.to_string()),
+            // Static tokens are one principal: their streams are counted by address (an
+            // IPv6 address by its /64, as for bans and limits).
+            (None, Some(ip)) => std::borrow::Cow::Owned(address_block(ip).to_string()),
             (None, None) => std::borrow::Cow::Borrowed("static"),
         };
         let retry = Duration::from_secs(5);
@@ -423,21 +433,31 @@ impl Gateway {
 
     /// A response that streams (Server-Sent Events, or a body of no length) is held to the
     /// route's stream limits and closed when its credential or client address is no longer
-    /// good ([`WatchedStream`]), and holds its stream slots until it ends: refused when
-    /// there is none free (the upstream's answer is dropped unread). Other responses go
-    /// as they are.
+    /// good ([`WatchedStream`]), and holds its stream slots until it ends. With none free,
+    /// the answer to a `safe` request (`GET`, `HEAD`, `OPTIONS`) is dropped unread and the
+    /// client refused; an unsafe one's is not, since the upstream has acted on it already
+    /// (a `POST` answered with events): it goes through uncounted. Other responses go as
+    /// they are.
     fn watch_stream(
         &self,
         response: Response<ResponseBody>,
         route: &Route,
         principal: &auth::Principal,
         ctx: &RequestContext,
+        safe: bool,
     ) -> Result<Response<ResponseBody>, Problem> {
         let length = http_body::Body::size_hint(response.body()).exact();
         if !streams::is_stream(response.headers(), length) {
             return Ok(response);
         }
-        let slots = self.open_stream(route, principal, ctx)?;
+        let slots = match self.open_stream(route, principal, ctx) {
+            Ok(slots) => slots,
+            Err(refusal) if safe => return Err(refusal),
+            Err(_) => {
+                tracing::debug!(request_id = ?ctx.request_id, "an unsafe request's answer streams past a stream cap; let through");
+                StreamSlots::default()
+            }
+        };
         let revoked = self.stream_revoked(principal, ctx);
         let limits = route.stream_limits();
         Ok(response.map(|body| WatchedStream::new(body, limits, revoked, slots).boxed_unsync()))

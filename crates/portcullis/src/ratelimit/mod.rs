@@ -146,9 +146,9 @@ pub struct RateLimits {
     redis: Option<Arc<RedisBackend>>,
     on_backend_error: OnBackendError,
     bans: Bans,
-    /// Counts the bans this process made, so that open streams can look at once whether
-    /// their address is among them.
-    bans_made: tokio::sync::watch::Sender<u64>,
+    /// The address blocks this process bans, as it bans them, so that open streams from
+    /// them close at once.
+    bans_made: tokio::sync::broadcast::Sender<IpAddr>,
     hasher: RandomState,
     /// Decisions made in memory because Redis could not be reached.
     fallback_decisions: AtomicU64,
@@ -183,7 +183,7 @@ impl RateLimits {
                 window: config.bans.window,
                 duration: config.bans.duration,
             }),
-            bans_made: tokio::sync::watch::Sender::new(0),
+            bans_made: tokio::sync::broadcast::Sender::new(BANS_MADE_BACKLOG),
             hasher: RandomState::new(),
             fallback_decisions: AtomicU64::new(0),
         }
@@ -418,7 +418,7 @@ impl<'a> Subject<'a> {
 /// The address a per-address limit counts: an IPv4 address, or an IPv6 address's /64, since
 /// one IPv6 client usually holds a whole /64 and could otherwise take a fresh bucket per
 /// address.
-fn address_block(ip: IpAddr) -> IpAddr {
+pub fn address_block(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
@@ -427,6 +427,9 @@ fn address_block(ip: IpAddr) -> IpAddr {
         }
     }
 }
+
+/// Bans a slow stream watcher may fall behind by before it rechecks its address in full.
+const BANS_MADE_BACKLOG: usize = 256;
 
 /// One worker's access to the rate limits and bans.
 #[derive(Debug)]
@@ -556,7 +559,7 @@ impl Limiter {
             match recorded {
                 Some(true) => {
                     warn!(%ip, ban = ?policy.duration, "address banned on every replica after repeated authentication failures");
-                    self.shared.bans_made.send_modify(|made| *made += 1);
+                    let _ = self.shared.bans_made.send(ip);
                     return;
                 }
                 Some(false) => return,
@@ -564,12 +567,12 @@ impl Limiter {
             }
         }
         if self.shared.bans.record_failure(ip) {
-            self.shared.bans_made.send_modify(|made| *made += 1);
+            let _ = self.shared.bans_made.send(ip);
         }
     }
 
-    /// Changes whenever this process bans an address.
-    pub fn bans_made(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// Each address block (an IPv6 address's /64) this process bans from now on.
+    pub fn bans_made(&self) -> tokio::sync::broadcast::Receiver<IpAddr> {
         self.shared.bans_made.subscribe()
     }
 

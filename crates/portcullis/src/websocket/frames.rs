@@ -104,7 +104,12 @@ impl Frames {
         self.have = 0;
         self.remaining = length;
         // Control frames (0x8 and up) may come between a message's frames and are not
-        // part of it; continuation (0x0), text (0x1) and binary (0x2) frames are.
+        // part of it; continuation (0x0), text (0x1) and binary (0x2) frames are. A control
+        // frame carries at most 125 bytes (RFC 6455 §5.5): a longer one is over the limit
+        // whatever it is.
+        if opcode >= 0x8 && length > 125 {
+            return Err(TooLarge);
+        }
         if opcode < 0x8 {
             self.message = self.message.saturating_add(length);
             if self.message > self.limit {
@@ -213,6 +218,21 @@ mod tests {
         let mut frames = Frames::new(1 << 20);
         let header = &frame(true, 0x2, false, 2 << 20)[..10];
         assert_eq!(frames.feed(header), Err(TooLarge));
+    }
+
+    #[test]
+    fn a_control_frame_over_125_bytes_is_too_large_rfc_6455_5_5() {
+        let mut frames = Frames::new(1 << 20);
+        frames.feed(&frame(true, 0x9, true, 125)).unwrap();
+        assert_eq!(
+            frames.feed(&frame(true, 0x9, true, 126)[..8]),
+            Err(TooLarge)
+        );
+        let mut frames = Frames::new(1 << 20);
+        // A ping declaring a length with the top bit set.
+        let mut huge = vec![0x89, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(frames.feed(&huge), Err(TooLarge));
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub fn upgrade_refused() -> Problem {
     Problem::new(ProblemKind::UpgradeRefused).with_detail("this route does not accept WebSockets")
 }
 
+/// How long both sides of a WebSocket have to hand their connections over once the
+/// answer is sent.
+const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Open while its tunnel relays: the server keeps the connection (and its slot) until it
 /// closes.
 #[derive(Debug, Clone)]
@@ -186,8 +190,12 @@ impl Tunnel {
             slots,
             open,
         } = self;
-        let relayed = match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
+        // Both sides hand their connections over at once, unless one went away.
+        let handed_over = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+            tokio::try_join!(client, upstream)
+        });
+        let relayed = match handed_over.await {
+            Ok(Ok((client, upstream))) => {
                 let relay = relay::Relay::new(
                     hyper_util::rt::TokioIo::new(client),
                     hyper_util::rt::TokioIo::new(upstream),
@@ -195,8 +203,12 @@ impl Tunnel {
                 );
                 Some(relay.run(closing, revoked).await)
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::debug!(%error, "a WebSocket side was not handed over");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("a WebSocket side was not handed over in time");
                 None
             }
         };

@@ -67,6 +67,9 @@ async fn an_event_stream_holds_no_in_flight_slot_after_its_head() {
     // The one slot is free for a request while the stream goes on.
     let reply = get_authorized(&gateway.url("/ok")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    // Streams are capped to max_in_flight when max_streams is not set.
+    let second = read_reply(open_events(&gateway).await).await;
+    second.assert_problem(503, "upstream-busy");
 }
 
 #[tokio::test]
@@ -143,6 +146,15 @@ async fn a_caller_has_at_most_max_streams_per_principal_429() {
     assert_eq!(second.header("retry-after"), Some("5"));
     // Plain responses are not streams: never counted.
     assert_eq!(get_authorized(&gateway.url("/ok")).await.status, 200);
+    // A POST answered with events is never refused after the upstream has acted on it.
+    let posted = send(
+        http::Request::post(gateway.url("/events/call"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(http_body_util::Full::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(posted.status, 200, "{}", posted.text());
     // The first stream's end frees its slot.
     let _ = first.into_body().collect().await;
     let third = open_events(&gateway).await;

@@ -720,9 +720,7 @@ async fn websockets_open_over_http2_by_extended_connect_rfc_8441() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0]["upgrade"], "websocket");
     assert_eq!(seen[0]["sec-websocket-key"].len(), 24);
-    ws.close(None).await.unwrap();
-
-    // Another stream on the same connection still works while the WebSocket was open.
+    // Another stream on the same connection works while the WebSocket is open.
     let plain = sender
         .send_request(
             Request::get(format!("https://127.0.0.1:{port}/health"))
@@ -732,6 +730,16 @@ async fn websockets_open_over_http2_by_extended_connect_rfc_8441() {
         .await
         .unwrap();
     assert_eq!(plain.status(), 200);
+    ws.send(Message::text("three")).await.unwrap();
+    let echoed = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("three"));
+    ws.close(None).await.unwrap();
+    // The close handshake runs on this thread's echo server: let it finish.
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await
+    {}
     drop((ws, sender));
     let records = access_log_of(&dir, &mut gateway);
     let record = records.iter().find(|r| r["path"] == "/ws/h2").unwrap();
@@ -840,4 +848,33 @@ with httpx.Client(http2=True, verify=sys.argv[2]) as client:
     assert_eq!(answer["status"], 413, "{answer}");
     assert_eq!(answer["version"], "HTTP/2", "{answer}");
     assert_eq!(answer["type"], "urn:portcullis:problem:body-too-large");
+}
+
+#[tokio::test]
+async fn an_http2_handshake_the_upstream_does_not_switch_is_a_502_not_a_tunnel_rfc_8441_5() {
+    // A plain HTTP server answers the handshake 200, without switching.
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let (_dir, gateway) = start_configured(
+        &crate::websocket::config(&upstream.url(), "", ""),
+        Launch::bare()
+            .arg("--tls-cert")
+            .arg(&cert.cert)
+            .arg("--tls-key")
+            .arg(&cert.key),
+    );
+    let (mut sender, _connection) = h2_connection(&cert, &gateway).await;
+    let mut request = Request::connect(format!("https://127.0.0.1:{}/ws/h2", gateway.addr.port()))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("sec-websocket-version", "13")
+        .body(Full::default())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(request).await.unwrap();
+    read_reply(response)
+        .await
+        .assert_problem(502, "upstream-unavailable");
+    assert_eq!(upstream.only().header("upgrade"), Some("websocket"));
 }
