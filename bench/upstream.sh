@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Upstream resilience benchmark: the gateway in front of one nginx upstream reached four
+# Upstream resilience benchmark: the gateway in front of one nginx upstream reached five
 # ways, in one run: plain HTTP; HTTPS with a pinned self-signed certificate (as an Outline
 # server is reached); the same pinned HTTPS with the circuit breaker and the retry policy
-# (with its budget) on every request; and HTTP/2 over the same pinned HTTPS. The layers'
+# (with its budget) on every request; and HTTP/2 over the same pinned HTTPS, without and
+# with those layers. The layers'
 # cost is the third against the second, over the same transport. Every target is on 127.0.0.1; each wrk run is bounded
 # by DURATION; ROUNDS interleaved rounds, medians shown.
 #
@@ -26,6 +27,7 @@ PINNED_PORT=${PINNED_PORT:-18204}
 LAYERED_PORT=${LAYERED_PORT:-18205}
 UPSTREAM_H2_PORT=${UPSTREAM_H2_PORT:-18206}
 H2_PORT=${H2_PORT:-18207}
+H2_LAYERED_PORT=${H2_LAYERED_PORT:-18208}
 record=false
 [ "${1:-}" = "--record" ] && record=true
 instructions=false
@@ -92,6 +94,12 @@ retry = { attempts = 3, budget = 0.2, backoff = \"50ms\", max_backoff = \"2s\", 
 configure h2 "url = \"https://127.0.0.1:$UPSTREAM_H2_PORT\"
 pin_sha256 = [\"$pin\"]
 http_version = \"2\""
+configure h2layered "url = \"https://127.0.0.1:$UPSTREAM_H2_PORT\"
+pin_sha256 = [\"$pin\"]
+http_version = \"2\"
+total_timeout = \"30s\"
+circuit = { failure_threshold = 5, recovery_timeout = \"60s\", success_threshold = 2, half_open_probes = 1 }
+retry = { attempts = 3, budget = 0.2, backoff = \"50ms\", max_backoff = \"2s\", methods = [\"GET\", \"HEAD\", \"OPTIONS\"] }"
 
 # serve <name> <port> [runner...]: the gateway with that configuration on that port, once
 # it answers.
@@ -137,14 +145,15 @@ serve plain "$PLAIN_PORT"
 serve pinned "$PINNED_PORT"
 serve layered "$LAYERED_PORT"
 serve h2 "$H2_PORT"
+serve h2layered "$H2_LAYERED_PORT"
 
-for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT $H2_PORT; do
+for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT $H2_PORT $H2_LAYERED_PORT; do
   status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/positions" || true)
   [ "$status" = 200 ] || { echo "bench: the gateway on $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
 auth="Authorization: Bearer $token"
-for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT $H2_PORT; do
+for port in $PLAIN_PORT $PINNED_PORT $LAYERED_PORT $H2_PORT $H2_LAYERED_PORT; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/positions" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
@@ -153,6 +162,7 @@ for round in $(seq "$ROUNDS"); do
   measure pinned -H "$auth" "http://127.0.0.1:$PINNED_PORT/v1/positions"
   measure layered -H "$auth" "http://127.0.0.1:$LAYERED_PORT/v1/positions"
   measure h2 -H "$auth" "http://127.0.0.1:$H2_PORT/v1/positions"
+  measure h2layered -H "$auth" "http://127.0.0.1:$H2_LAYERED_PORT/v1/positions"
 done
 
 section=$(cat <<EOF
@@ -162,7 +172,7 @@ section=$(cat <<EOF
 Machine: $(machine).
 \`bash bench/upstream.sh\`: wrk $THREADS threads, $CONNECTIONS connections, $DURATION per target per round, $ROUNDS
 interleaved rounds after a warm-up, medians; one nginx upstream (1 worker) on 127.0.0.1, HTTP/1.1
-to it but in the last row; the gateway with a static token and security headers, no access or
+to it but in the last two rows; the gateway with a static token and security headers, no access or
 audit log.
 
 | upstream reached over | requests/s | p50 | p99 | non-2xx (all rounds) |
@@ -171,9 +181,11 @@ $(row plain "plain HTTP")
 $(row pinned "HTTPS, pinned self-signed certificate")
 $(row layered "HTTPS, pinned, breaker + retries + total timeout")
 $(row h2 "HTTP/2 over HTTPS, pinned (hyper-util's client)")
+$(row h2layered "HTTP/2 over HTTPS, pinned, breaker + retries + total timeout")
 
 Breaker and retry layers / the same pinned HTTPS without them: throughput **$(ratio layered pinned 2)x**,
 p99 **$(ratio layered pinned 4)x**. Pinned HTTPS / plain HTTP: throughput **$(ratio pinned plain 2)x**.
+Over HTTP/2: throughput **$(ratio h2layered h2 2)x**, p99 **$(ratio h2layered h2 4)x**.
 HTTP/2 / HTTP/1.1 over the same pinned HTTPS: throughput **$(ratio h2 pinned 2)x**.
 EOF
 )

@@ -665,3 +665,25 @@ pub fn mint(dir: &Path, name: &str, extra: &[&str]) -> String {
     let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     value["token"].as_str().unwrap().to_owned()
 }
+
+/// `portcullis token create` of a bearer token named `name` with `scopes` in the SQLite
+/// store in `dir`: its id and the token.
+pub fn mint_with_id(dir: &Path, name: &str, scopes: &str) -> (String, String) {
+    let output = portcullis()
+        .args([
+            "token",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--json",
+            "create",
+        ])
+        .args(["--name", name, "--scopes", scopes])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    (
+        created["record"]["id"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    )
+}

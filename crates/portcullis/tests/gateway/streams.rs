@@ -269,22 +269,7 @@ async fn an_event_stream_is_closed_at_its_lifetime_however_busy() {
 async fn revoking_its_token_closes_an_open_event_stream() {
     let upstream = ticking_source(200, 100).await;
     let data = scratch_dir();
-    let created = portcullis()
-        .args([
-            "token",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--json",
-            "create",
-        ])
-        .args(["--name", "feed", "--scopes", "read"])
-        .output()
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
-    let (id, token) = (
-        created["record"]["id"].as_str().unwrap().to_owned(),
-        created["token"].as_str().unwrap().to_owned(),
-    );
+    let (id, token) = mint_with_id(&data, "feed", "read");
     let (dir, mut gateway) = stream_gateway(
         &upstream,
         "",

@@ -670,6 +670,33 @@ async fn a_listener_certificate_close_to_expiry_is_reported() {
     );
 }
 
+/// A TLS gateway in front of `upstream` with the WebSocket routes of `websocket::config`.
+fn websocket_gateway(upstream: &str, cert: &TestCert) -> (tempfile::TempDir, Gateway) {
+    start_configured(
+        &crate::websocket::config(upstream, "", ""),
+        Launch::bare()
+            .arg("--tls-cert")
+            .arg(&cert.cert)
+            .arg("--tls-key")
+            .arg(&cert.key),
+    )
+}
+
+/// An HTTP/2 WebSocket handshake (extended CONNECT, RFC 8441 §4) for `path` on `port`.
+fn extended_connect(port: u16, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut request = Request::connect(format!("https://127.0.0.1:{port}{path}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Full::default()).unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    request
+}
+
 #[tokio::test]
 async fn websockets_open_over_http2_by_extended_connect_rfc_8441() {
     use futures_util::{SinkExt, StreamExt};
@@ -678,25 +705,10 @@ async fn websockets_open_over_http2_by_extended_connect_rfc_8441() {
 
     let echo = crate::websocket::EchoServer::start().await;
     let cert = test_cert();
-    let (dir, mut gateway) = start_configured(
-        &crate::websocket::config(&echo.url(), "", ""),
-        Launch::bare()
-            .arg("--tls-cert")
-            .arg(&cert.cert)
-            .arg("--tls-key")
-            .arg(&cert.key),
-    );
+    let (dir, mut gateway) = websocket_gateway(&echo.url(), &cert);
     let (mut sender, _connection) = h2_connection(&cert, &gateway).await;
     let port = gateway.addr.port();
-    let mut request = Request::connect(format!("https://127.0.0.1:{port}/ws/h2"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-protocol", "chat")
-        .body(Full::default())
-        .unwrap();
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let request = extended_connect(port, "/ws/h2", &[("sec-websocket-protocol", "chat")]);
     let mut response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200, "RFC 8441 §5: 200, not 101");
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
@@ -855,23 +867,9 @@ async fn an_http2_handshake_the_upstream_does_not_switch_is_a_502_not_a_tunnel_r
     // A plain HTTP server answers the handshake 200, without switching.
     let upstream = Upstream::start().await;
     let cert = test_cert();
-    let (_dir, gateway) = start_configured(
-        &crate::websocket::config(&upstream.url(), "", ""),
-        Launch::bare()
-            .arg("--tls-cert")
-            .arg(&cert.cert)
-            .arg("--tls-key")
-            .arg(&cert.key),
-    );
+    let (_dir, gateway) = websocket_gateway(&upstream.url(), &cert);
     let (mut sender, _connection) = h2_connection(&cert, &gateway).await;
-    let mut request = Request::connect(format!("https://127.0.0.1:{}/ws/h2", gateway.addr.port()))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("sec-websocket-version", "13")
-        .body(Full::default())
-        .unwrap();
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let request = extended_connect(gateway.addr.port(), "/ws/h2", &[]);
     let response = sender.send_request(request).await.unwrap();
     read_reply(response)
         .await

@@ -439,23 +439,7 @@ async fn an_upstream_that_refuses_the_upgrade_is_answered_as_it_answered() {
 async fn revoking_its_token_closes_an_open_websocket_within_the_cache_window() {
     let echo = EchoServer::start().await;
     let data = scratch_dir();
-    let created = portcullis()
-        .args([
-            "token",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--json",
-            "create",
-        ])
-        .args(["--name", "dashboard", "--scopes", "read"])
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
-    let (id, token) = (
-        created["record"]["id"].as_str().unwrap(),
-        created["token"].as_str().unwrap(),
-    );
+    let (id, token) = mint_with_id(&data, "dashboard", "read");
     let (dir, mut gateway) = start_configured(
         &config(&echo.url(), "", "token_cache_ttl = \"3s\"\n"),
         Launch::bare().env("PORTCULLIS_DATA_DIR", data.to_str().unwrap()),
@@ -469,7 +453,7 @@ async fn revoking_its_token_closes_an_open_websocket_within_the_cache_window() {
 
     // Revoked by another process: this gateway learns it from the store, not at once.
     let revoked = portcullis()
-        .args(["token", "--data-dir", data.to_str().unwrap(), "revoke", id])
+        .args(["token", "--data-dir", data.to_str().unwrap(), "revoke", &id])
         .output()
         .unwrap();
     assert!(revoked.status.success(), "{revoked:?}");
