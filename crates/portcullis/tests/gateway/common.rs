@@ -649,26 +649,16 @@ pub fn check_config(config: &str, args: &[&str], env: &[(&str, &str)]) -> (Optio
 
 /// `portcullis token create` on the SQLite store in `dir`: the new token.
 pub fn mint(dir: &Path, name: &str, extra: &[&str]) -> String {
-    let output = portcullis()
-        .args([
-            "token",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--json",
-            "create",
-        ])
-        .args(["--name", name, "--scopes", "read,write"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    value["token"].as_str().unwrap().to_owned()
+    create_token(dir, name, "read,write", extra).1
 }
 
 /// `portcullis token create` of a bearer token named `name` with `scopes` in the SQLite
 /// store in `dir`: its id and the token.
 pub fn mint_with_id(dir: &Path, name: &str, scopes: &str) -> (String, String) {
+    create_token(dir, name, scopes, &[])
+}
+
+fn create_token(dir: &Path, name: &str, scopes: &str, extra: &[&str]) -> (String, String) {
     let output = portcullis()
         .args([
             "token",
@@ -678,6 +668,7 @@ pub fn mint_with_id(dir: &Path, name: &str, scopes: &str) -> (String, String) {
             "create",
         ])
         .args(["--name", name, "--scopes", scopes])
+        .args(extra)
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
