@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 
 use crate::base::body::{self, ResponseBody};
 use crate::base::problem::{Problem, ProblemKind};
+use crate::hygiene::is_loopback_host;
 
 /// CORS settings, as configured.
 #[derive(Debug, Clone)]
@@ -231,17 +232,17 @@ impl OriginAllowlist {
 /// Whether `origin` (normalized) is `http(s)://host` for a `host[:port]` whose name is a
 /// loopback one.
 fn is_loopback_origin_of(origin: &str, host: &str) -> bool {
-    let name = match host.rfind(':') {
-        Some(colon) if !host[colon..].contains(']') => &host[..colon],
-        _ => host,
-    };
-    let loopback = ["localhost", "127.0.0.1", "[::1]"]
-        .iter()
-        .any(|loopback| name.eq_ignore_ascii_case(loopback));
     let authority = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
-    loopback && authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+    is_loopback_host(host.as_bytes())
+        && authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+/// `origin` as the header value an allowlist holds ([`normalize_origin`]'s form), or `None`
+/// when it is not an exact http(s) origin.
+pub fn exact_origin(origin: &str) -> Option<HeaderValue> {
+    normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok())
 }
 
 /// `scheme://host[:port]` in lowercase, or `None` when `origin` is not an exact http(s)

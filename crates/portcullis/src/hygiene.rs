@@ -72,6 +72,17 @@ impl AllowedHosts {
     }
 }
 
+/// The names a loopback listener answers to, on any port.
+pub const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether `named`, a `host[:port]`, names a loopback host.
+pub fn is_loopback_host(named: &[u8]) -> bool {
+    let (host, _) = split_host(named);
+    LOOPBACK_NAMES
+        .iter()
+        .any(|loopback| host.eq_ignore_ascii_case(loopback.as_bytes()))
+}
+
 /// A valid `host[:port]` split at its port: an IPv6 literal keeps its brackets.
 fn split_host(value: &[u8]) -> (&[u8], Option<&[u8]>) {
     let colon = match value.iter().rposition(|b| *b == b':') {

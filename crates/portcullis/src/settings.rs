@@ -13,9 +13,9 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::config::{
     Config, CredentialConfig, HttpVersion, RouteConfig, RouteLimitConfig, RoutePreset,
 };
-use crate::cors::{CorsPolicy, OriginAllowlist, normalize_origin};
+use crate::cors::{CorsPolicy, OriginAllowlist, exact_origin};
 use crate::headers::SecurityHeadersPolicy;
-use crate::hygiene::{AllowedHosts, check_path};
+use crate::hygiene::{AllowedHosts, LOOPBACK_NAMES, check_path};
 use crate::ratelimit::RedisBackend;
 use crate::routes::ResponseRules;
 use crate::streams::StreamLimits;
@@ -655,23 +655,14 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
             strict_methods,
             body_sample: (route.audit_bodies && config.audit.enabled)
                 .then_some(config.audit.max_body_bytes),
-            websocket: websocket_policy(route, &origins, limits),
+            websocket: route
+                .websocket
+                .then(|| WebSocketPolicy::new(origins.clone())),
             stream_limits: limits,
             origin_check: (route.preset == Some(RoutePreset::Mcp)).then_some(origins),
         });
     }
     routes
-}
-
-/// A route's WebSocket policy, when it lets WebSockets through.
-fn websocket_policy(
-    route: &RouteConfig,
-    origins: &OriginAllowlist,
-    limits: StreamLimits,
-) -> Option<WebSocketPolicy> {
-    route
-        .websocket
-        .then(|| WebSocketPolicy::new(origins.clone(), limits))
 }
 
 /// The limits a route's open streams (WebSockets, streaming responses) are held to.
@@ -712,7 +703,7 @@ fn route_origins(
     };
     let mut origins = Vec::new();
     for origin in listed {
-        match normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok()) {
+        match exact_origin(origin) {
             Some(exact) => origins.push(exact),
             None => invalid.add(
                 "routes.allowed_origins",
@@ -731,9 +722,6 @@ pub fn is_scope_name(scope: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
 }
-
-/// The names a loopback listener answers to, on any port.
-const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 /// The request headers MCP's Streamable HTTP transport sends, which CORS must let browsers
 /// send when a route has the MCP preset.
@@ -774,7 +762,7 @@ fn cors(config: &Config, invalid: &mut InvalidList) -> CorsPolicy {
     let cors = &config.cors;
     let mut allowed_origins = Vec::new();
     for origin in &cors.allowed_origins {
-        match normalize_origin(origin).and_then(|exact| HeaderValue::from_str(&exact).ok()) {
+        match exact_origin(origin) {
             Some(exact) => allowed_origins.push(exact),
             None => invalid.add(
                 "cors.origins",

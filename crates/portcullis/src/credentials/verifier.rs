@@ -42,6 +42,9 @@ pub enum Invalid {
 /// Verified records by token digest, with when they were fetched.
 type Cache = HashMap<Digest, (Arc<TokenRecord>, Instant)>;
 
+/// Records by id, with when they were fetched.
+type ById = HashMap<String, (Arc<TokenRecord>, Instant)>;
+
 /// Verifies managed tokens, caching what the store said for at most `ttl`.
 #[derive(Debug)]
 pub struct TokenVerifier {
@@ -49,7 +52,7 @@ pub struct TokenVerifier {
     ttl: Duration,
     cache: Mutex<Cache>,
     /// Records by id, as streams opened with them recheck them.
-    rechecked: Mutex<HashMap<String, (Arc<TokenRecord>, Instant)>>,
+    rechecked: Mutex<ById>,
     usage: Mutex<Usage>,
 }
 
@@ -155,7 +158,7 @@ impl TokenVerifier {
         (self.ttl / 3).max(Duration::from_millis(100))
     }
 
-    fn rechecked(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<TokenRecord>, Instant)>> {
+    fn rechecked(&self) -> std::sync::MutexGuard<'_, ById> {
         self.rechecked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

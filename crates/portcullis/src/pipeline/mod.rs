@@ -381,14 +381,12 @@ impl Gateway {
                 .with_detail("the upstream did not open the WebSocket")
                 .with_decision(Decision::UpstreamProtocol));
         }
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(policy) = route.websocket()
-        {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_side = hyper::upgrade::on(&mut response);
             handshake.answer_client(&mut response);
             let revoked = self.stream_revoked(&principal, ctx);
-            let (tunnel, open) =
-                Tunnel::new(client_side, upstream_side, policy.limits(), revoked, slots);
+            let limits = route.stream_limits();
+            let (tunnel, open) = Tunnel::new(client_side, upstream_side, limits, revoked, slots);
             response.extensions_mut().insert(open);
             progress.tunnel = Some(tunnel);
         }

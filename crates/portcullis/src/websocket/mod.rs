@@ -94,22 +94,17 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|listed| listed.trim().eq_ignore_ascii_case(token))
 }
 
-/// A route's WebSockets: the origins that may open them, and their limits.
+/// A route's WebSockets: the origins that may open them (their limits are the route's
+/// stream limits).
 #[derive(Debug, Clone)]
 pub struct WebSocketPolicy {
     origins: OriginAllowlist,
-    limits: StreamLimits,
 }
 
 impl WebSocketPolicy {
-    /// WebSockets from browsers at `origins`, held to `limits`.
-    pub fn new(origins: OriginAllowlist, limits: StreamLimits) -> Self {
-        Self { origins, limits }
-    }
-
-    /// The limits its WebSockets are held to.
-    pub fn limits(&self) -> StreamLimits {
-        self.limits
+    /// WebSockets from browsers at `origins`.
+    pub fn new(origins: OriginAllowlist) -> Self {
+        Self { origins }
     }
 
     /// The origins that may open its WebSockets: cross-site WebSocket hijacking is
