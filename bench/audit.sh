@@ -36,13 +36,11 @@ database="portcullis_bench_$$"
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  stop_nginx upstream
+  stop_started
   sleep 0.5
   for db in "$database" "${database}_writer"; do
     psql -q "$POSTGRES_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
-  rm -rf "$work"
 }
 trap cleanup EXIT
 

@@ -27,11 +27,7 @@ done
 work=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-cleanup() {
-  stop_nginx upstream
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 binary=${BINARY:-}
 if [ -z "$binary" ]; then

@@ -1,4 +1,5 @@
-# Shared by the benchmark scripts: the release build, an nginx of their own, one measured wrk
+# Shared by the benchmark scripts: the release build, an nginx of their own (and stopping what
+# they started), one measured wrk
 # run, callgrind's total, medians over rounds, Markdown rows, and the machine's description. Source it after setting $work (a
 # scratch directory) and THREADS, CONNECTIONS and DURATION.
 
@@ -37,9 +38,15 @@ CONF
   nginx -p "$dir" -c "$dir/nginx.conf"
 }
 
-# stop_nginx <name>: stops the nginx start_nginx started, if it runs.
-stop_nginx() {
-  [ -f "$work/$1/nginx.pid" ] && kill "$(cat "$work/$1/nginx.pid")" 2>/dev/null || true
+# stop_started: stops what the script started (the processes in $pids, every nginx of
+# start_nginx) and removes $work; scripts run it on exit.
+stop_started() {
+  local pid pidfile
+  for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
+  for pidfile in "$work"/*/nginx.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  rm -rf "$work"
 }
 
 # measure <key> [wrk options...] <url>: one measured wrk run; appends

@@ -41,13 +41,7 @@ work=$(mktemp -d)
 pids=()
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  stop_nginx upstream
-  stop_nginx proxy
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 build_release
 

@@ -33,12 +33,7 @@ work=$(mktemp -d)
 pids=()
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  stop_nginx nginx
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
 build_release
 echo "bench: building the WebSocket peers" >&2
