@@ -1,5 +1,5 @@
 //! The audit log's writer on its own: how many events a second it chains and stores, fed
-//! through the recorder as the gateway feeds it (batched, every 50 ms, lossless), with no
+//! through the recorder as the gateway feeds it (batched, every 200 ms, lossless), with no
 //! request served. Run by `bench/audit.sh`:
 //!
 //!   cargo run --release --example audit_writer                  # SQLite in a scratch dir

@@ -6,7 +6,7 @@
 //! is masked here.
 //!
 //! The sink runs on the recorder's thread: it collects the records of each batch (every
-//! 50 ms) and writes them in one transaction. It never drops an event: with the audit log
+//! 200 ms) and writes them in one transaction. It never drops an event: with the audit log
 //! on, the recorder's queue makes a worker wait for room rather than lose a record, and a
 //! batch the store refuses is retried until it is taken.
 
@@ -771,9 +771,10 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// Fields with no value are left out (a reader takes a missing field as `null`).
     fn encode(&self) -> String {
         let mut out = Vec::with_capacity(768);
-        let mut line = Line::start(&mut out);
+        let mut line = Line::start_sparse(&mut out);
         // Tokens (what the gateway made itself, and methods) need no escape scan.
         line.token("kind", Some(self.kind));
         line.number("time_ms", u64::try_from(self.time_ms).unwrap_or(0));

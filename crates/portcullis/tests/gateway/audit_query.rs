@@ -22,7 +22,7 @@ async fn search(gateway: &Gateway, query: &str) -> Reply {
     get_authorized(&gateway.admin_url(&format!("/v1/audit?{query}"))).await
 }
 
-/// Searches until `query` finds `count` events (they are written every 50 ms).
+/// Searches until `query` finds `count` events (they are written every 200 ms).
 async fn search_for(gateway: &Gateway, query: &str, count: usize) -> Vec<Value> {
     for _ in 0..100 {
         let reply = search(gateway, query).await;
