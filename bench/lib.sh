@@ -49,18 +49,30 @@ stop_started() {
   rm -rf "$work"
 }
 
+# process_jiffies <pid>: the CPU time (user + system, every thread) the process has used,
+# in clock ticks.
+process_jiffies() {
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 # measure <key> [wrk options...] <url>: one measured wrk run; appends
-# "key rps p50 p99 errors" to $work/runs, latencies in microseconds.
+# "key rps p50 p99 errors cpu" to $work/runs, latencies in microseconds. With MEASURE_PID
+# set, cpu is the CPU time that process used per request, in microseconds (steadier than
+# requests/s on a small shared machine); 0 otherwise.
 measure() {
-  local key=$1
+  local key=$1 before=0 after=0 output
   shift
-  wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" "$@" | awk -v key="$key" '
+  [ -n "${MEASURE_PID:-}" ] && before=$(process_jiffies "$MEASURE_PID")
+  output=$(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" "$@")
+  [ -n "${MEASURE_PID:-}" ] && after=$(process_jiffies "$MEASURE_PID")
+  echo "$output" | awk -v key="$key" -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
     function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
     /^Requests\/sec/ { rps = $2 }
+    / requests in / { requests = $1 }
     $1 == "50%" { p50 = us($2) }
     $1 == "99%" { p99 = us($2) }
     /Non-2xx or 3xx/ { errors = $5 }
-    END { printf "%s %s %s %s %d\n", key, rps, p50, p99, errors }' >>"$work/runs"
+    END { printf "%s %s %s %s %d %.1f\n", key, rps, p50, p99, errors, requests ? ticks * 1000000 / hz / requests : 0 }' >>"$work/runs"
 }
 
 # median <key> <column>: the median of one column of $work/runs over the rounds.

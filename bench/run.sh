@@ -5,7 +5,9 @@
 # access log, and with the audit log on SQLite), all in one run on this machine.
 # Every target is on 127.0.0.1; every wrk run is bounded by DURATION. The targets are
 # measured in ROUNDS interleaved rounds and each figure is the median over the rounds, since
-# on a small shared machine one run of one target can be off by 15%.
+# on a small shared machine one run of one target can be off by 15%. The gateway's CPU per
+# request (all its threads) is also shown for no log, the access log and the audit log: the
+# steadier figure of what a sink costs.
 #
 #   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #   ROUNDS=5 DURATION=15s bash bench/run.sh --record
@@ -91,6 +93,7 @@ PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$binary" 
   --data-dir "$work/data" --admin-listen off \
   2>"$work/portcullis.log" &
 pids+=($!)
+portcullis_pid=$!
 # The same configuration with its limits (and bans) kept in Redis.
 PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off PORTCULLIS_REDIS_URL=$REDIS_URL "$binary" serve \
   --listen "127.0.0.1:$REDIS_PORTCULLIS_PORT" --config "$work/portcullis.toml" \
@@ -104,6 +107,7 @@ PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$binary" 
   --data-dir "$work/data-access-log" --admin-listen off --access-log "$work/access.log" \
   2>"$work/portcullis-access-log.log" &
 pids+=($!)
+access_log_pid=$!
 
 # The same configuration keeping its audit log (batched, in SQLite in its data directory).
 PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
@@ -111,11 +115,12 @@ PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
   --data-dir "$work/data-audit" --admin-listen off \
   2>"$work/portcullis-audit.log" &
 pids+=($!)
+audit_pid=$!
 
 # An older build with the same configuration, to compare a change in the same run.
 ports=($UPSTREAM_PORT $NGINX_PORT $PORTCULLIS_PORT $REDIS_PORTCULLIS_PORT $ACCESS_LOG_PORT $AUDIT_PORT)
 if [ -n "$BASELINE_BIN" ]; then
-  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$BASELINE_BIN" serve \
+  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn PORTCULLIS_AUDIT=off "$BASELINE_BIN" serve \
     --listen "127.0.0.1:$BASELINE_PORT" --config "$work/portcullis.toml" \
     --data-dir "$work/data-baseline" --admin-listen off \
     2>"$work/portcullis-baseline.log" &
@@ -160,12 +165,12 @@ for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   measure upstream "$upstream_url"
   measure nginx "$nginx_url"
-  measure portcullis -H "$auth" "$portcullis_url"
+  MEASURE_PID=$portcullis_pid measure portcullis -H "$auth" "$portcullis_url"
   measure managed -H "$managed_auth" "$portcullis_url"
   measure limited -H "$auth" "$limited_url"
   measure redis -H "$auth" "$redis_url"
-  measure access_log -H "$auth" "$access_log_url"
-  measure audit -H "$auth" "$audit_url"
+  MEASURE_PID=$access_log_pid measure access_log -H "$auth" "$access_log_url"
+  MEASURE_PID=$audit_pid measure audit -H "$auth" "$audit_url"
   if [ -n "$BASELINE_BIN" ]; then measure baseline -H "$auth" "$baseline_url"; fi
 done
 
@@ -206,6 +211,8 @@ Managed token (cache hit) / static token throughput: **${managed_ratio}x**.
 Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no limit: **${redis_ratio}x**.
 Access log to a file / no access log throughput: **${access_log_ratio}x** ($(wc -l <"$work/access.log") lines written).
 Audit log on SQLite / no audit log throughput: **${audit_ratio}x**.
+Gateway CPU per request (user + system, every thread; medians): no log $(median portcullis 6) µs,
+access log $(median access_log 6) µs, audit log $(median audit 6) µs.
 EOF
 )
 if [ -n "$BASELINE_BIN" ]; then
