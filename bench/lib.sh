@@ -64,7 +64,8 @@ measure() {
   shift
   [ -n "${MEASURE_PID:-}" ] && before=$(process_jiffies "$MEASURE_PID")
   output=$(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" "$@")
-  [ -n "${MEASURE_PID:-}" ] && after=$(process_jiffies "$MEASURE_PID")
+  # The gateway's recorder writes the last batch after wrk stops: counted too.
+  [ -n "${MEASURE_PID:-}" ] && sleep 0.5 && after=$(process_jiffies "$MEASURE_PID")
   echo "$output" | awk -v key="$key" -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
     function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
     /^Requests\/sec/ { rps = $2 }

@@ -44,7 +44,7 @@ impl<'a> Line<'a> {
     }
 
     /// A string field the gateway made or checked itself, which never needs escaping (a
-    /// request id, a time, a method, a code), or `null`. Checked in debug builds.
+    /// request id, a time, a method, a code), or `null` (nothing, in a sparse object). Checked in debug builds.
     #[inline]
     pub fn token(&mut self, key: &str, value: Option<&str>) {
         if self.sparse && value.is_none() {
@@ -67,7 +67,7 @@ impl<'a> Line<'a> {
         }
     }
 
-    /// A string field, or `null`.
+    /// A string field, or `null` (nothing, in a sparse object).
     #[inline]
     pub fn text(&mut self, key: &str, value: Option<&str>) {
         if self.sparse && value.is_none() {

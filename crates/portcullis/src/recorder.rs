@@ -87,8 +87,9 @@ const QUEUE: usize = 65_536;
 
 /// How often the recorder's thread writes what has come.
 /// Longer batches cost the audit writer less per event (each commit rewrites the partly
-/// filled pages and syncs); a strict request's admission wakes the thread at once, so only
-/// how late other records reach the sinks depends on it.
+/// filled pages and syncs). A strict request's admission, and a full queue, wake the
+/// thread at once; what depends on it is how late other records reach the sinks, and so
+/// how much of them a killed process loses.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The most records written in one batch.
@@ -113,11 +114,14 @@ impl Recorder {
 
     /// Hands `exchange` to the sinks, or counts it as dropped when they are behind.
     pub fn finish(&self, exchange: Box<Exchange>) {
-        let record = Message::Record(exchange);
-        let sent = if self.lossless {
-            self.sender.send(record).is_ok()
-        } else {
-            self.sender.try_send(record).is_ok()
+        let sent = match self.sender.try_send(Message::Record(exchange)) {
+            Ok(()) => true,
+            // The thread drains on its timer: a full queue wakes it rather than wait for it.
+            Err(TrySendError::Full(record)) => {
+                self.thread.unpark();
+                self.lossless && self.sender.send(record).is_ok()
+            }
+            Err(TrySendError::Disconnected(_)) => false,
         };
         if !sent {
             self.dropped.fetch_add(1, Ordering::Relaxed);
