@@ -30,6 +30,52 @@ pub struct StreamLimits {
     pub max_message_bytes: u64,
 }
 
+/// An open stream's idle and lifetime deadlines, shared by WebSockets and streaming
+/// responses.
+pub struct StreamTimers {
+    idle_timeout: Duration,
+    last_activity: Instant,
+    idle: Pin<Box<Sleep>>,
+    lifetime: Pin<Box<Sleep>>,
+}
+
+impl StreamTimers {
+    /// The deadlines of a stream opening now, held to `limits`.
+    pub fn start(limits: &StreamLimits) -> Self {
+        let now = Instant::now();
+        Self {
+            idle_timeout: limits.idle_timeout,
+            last_activity: now,
+            idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            lifetime: Box::pin(tokio::time::sleep_until(now + limits.max_lifetime)),
+        }
+    }
+
+    /// Something passed: the idle timeout counts from now.
+    pub fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// Whether the stream's lifetime ran out.
+    pub fn lifetime_over(&mut self, cx: &mut Context<'_>) -> bool {
+        self.lifetime.as_mut().poll(cx).is_ready()
+    }
+
+    /// Whether nothing passed for the idle timeout.
+    pub fn idled(&mut self, cx: &mut Context<'_>) -> bool {
+        // The timer is moved only when it fires: resetting it on every chunk would cost
+        // more than the chunk.
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let due = self.last_activity + self.idle_timeout;
+            if due <= Instant::now() {
+                return true;
+            }
+            self.idle.as_mut().reset(due);
+        }
+        false
+    }
+}
+
 /// Resolves when what let a stream open no longer holds (its credential was revoked, its
 /// client banned).
 pub type Revoked = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -41,10 +87,7 @@ pub type Revoked = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct WatchedStream {
     inner: ResponseBody,
     _slots: StreamSlots,
-    idle_timeout: Duration,
-    last_data: Instant,
-    idle: Pin<Box<Sleep>>,
-    lifetime: Pin<Box<Sleep>>,
+    timers: StreamTimers,
     revoked: Revoked,
 }
 
@@ -56,14 +99,10 @@ impl WatchedStream {
         revoked: Revoked,
         slots: StreamSlots,
     ) -> Self {
-        let now = Instant::now();
         Self {
             inner,
             _slots: slots,
-            idle_timeout: limits.idle_timeout,
-            last_data: now,
-            idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
-            lifetime: Box::pin(tokio::time::sleep_until(now + limits.max_lifetime)),
+            timers: StreamTimers::start(&limits),
             revoked,
         }
     }
@@ -84,21 +123,16 @@ impl Body for WatchedStream {
         if self.revoked.as_mut().poll(cx).is_ready() {
             return Self::closed(Decision::StreamRevoked);
         }
-        if self.lifetime.as_mut().poll(cx).is_ready() {
+        if self.timers.lifetime_over(cx) {
             return Self::closed(Decision::StreamLifetime);
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_ready() {
-            self.last_data = Instant::now();
+            self.timers.touch();
             return polled;
         }
-        // The timer is moved only when it fires, not on every chunk.
-        while self.idle.as_mut().poll(cx).is_ready() {
-            let due = self.last_data + self.idle_timeout;
-            if due <= Instant::now() {
-                return Self::closed(Decision::StreamIdle);
-            }
-            self.idle.as_mut().reset(due);
+        if self.timers.idled(cx) {
+            return Self::closed(Decision::StreamIdle);
         }
         Poll::Pending
     }

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use super::frames::{self, Frames, TooLarge, close_code};
-use crate::streams::StreamLimits;
+use crate::streams::{StreamLimits, StreamTimers};
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,10 +180,7 @@ pub struct Relay<C, U> {
     up: Half,
     /// Upstream to client.
     down: Half,
-    limits: StreamLimits,
-    last_activity: Instant,
-    idle: Pin<Box<Sleep>>,
-    lifetime: Pin<Box<Sleep>>,
+    timers: StreamTimers,
     /// Set once one side has closed: when the other must have closed too.
     linger: Option<Pin<Box<Sleep>>>,
 }
@@ -195,16 +192,12 @@ where
 {
     /// A relay between the two sides of a WebSocket whose handshake has just completed.
     pub fn new(client: C, upstream: U, limits: StreamLimits) -> Self {
-        let now = Instant::now();
         Self {
             client,
             upstream,
             up: Half::new(limits.max_message_bytes),
             down: Half::new(limits.max_message_bytes),
-            limits,
-            last_activity: now,
-            idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
-            lifetime: Box::pin(tokio::time::sleep_until(now + limits.max_lifetime)),
+            timers: StreamTimers::start(&limits),
             linger: None,
         }
     }
@@ -282,20 +275,14 @@ where
                 return Poll::Ready(Ended::Closed);
             }
         }
-        if self.lifetime.as_mut().poll(cx).is_ready() {
+        if self.timers.lifetime_over(cx) {
             return Poll::Ready(Ended::Lifetime);
         }
         if activity {
-            self.last_activity = Instant::now();
+            self.timers.touch();
         }
-        // The timer is moved only when it fires: resetting it on every chunk would cost
-        // more than the chunk.
-        while self.idle.as_mut().poll(cx).is_ready() {
-            let due = self.last_activity + self.limits.idle_timeout;
-            if due <= Instant::now() {
-                return Poll::Ready(Ended::Idle);
-            }
-            self.idle.as_mut().reset(due);
+        if self.timers.idled(cx) {
+            return Poll::Ready(Ended::Idle);
         }
         Poll::Pending
     }
