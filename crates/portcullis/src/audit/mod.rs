@@ -192,6 +192,15 @@ struct Target {
 }
 
 impl Target {
+    /// On SQLite, inserts what has come of `batch` (the batch being collected) into its
+    /// open transaction ([`SqliteAppender::stage`]); [`Self::append`] with the same batch
+    /// commits it.
+    fn stage(&mut self, batch: &[StoredEvent]) {
+        if let Some(appender) = &mut self.appender {
+            appender.stage(batch);
+        }
+    }
+
     /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
     /// already: a commit whose answer was lost, or a spooled batch replayed before.
     fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> bool {
@@ -379,6 +388,10 @@ impl AuditLog {
         event.seq = self.seq;
         self.pending.push(event);
         self.since_checkpoint += 1;
+        // While the spool holds earlier batches, this one waits to follow them.
+        if self.spool.as_ref().is_none_or(Spool::is_drained) {
+            self.target.stage(&self.pending);
+        }
     }
 
     /// Replays the spool into the store, batch by batch, in order, at most
