@@ -44,9 +44,14 @@ pub trait Sink: Send {
 /// counts the record as dropped ([`Recorder::dropped`]) and never makes a worker wait; a
 /// lossless one (the audit log is on) makes the worker wait for room.
 #[derive(Debug, Clone)]
-pub struct Recorder {
+pub struct Recorder(Arc<Shared>);
+
+/// What every clone of a [`Recorder`] shares, behind one reference count: a record's
+/// recorder is cloned and dropped on every request, by every worker.
+#[derive(Debug)]
+struct Shared {
     sender: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
+    dropped: AtomicU64,
     thread: std::thread::Thread,
     lossless: bool,
 }
@@ -104,27 +109,27 @@ impl Recorder {
         let handle = std::thread::Builder::new()
             .name("portcullis-recorder".to_owned())
             .spawn(move || drain(&receiver, &mut sinks))?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             sender,
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped: AtomicU64::new(0),
             thread: handle.thread().clone(),
             lossless,
-        })
+        })))
     }
 
     /// Hands `exchange` to the sinks, or counts it as dropped when they are behind.
     pub fn finish(&self, exchange: Box<Exchange>) {
-        let sent = match self.sender.try_send(Message::Record(exchange)) {
+        let sent = match self.0.sender.try_send(Message::Record(exchange)) {
             Ok(()) => true,
             // The thread drains on its timer: a full queue wakes it rather than wait for it.
             Err(TrySendError::Full(record)) => {
-                self.thread.unpark();
-                self.lossless && self.sender.send(record).is_ok()
+                self.0.thread.unpark();
+                self.0.lossless && self.0.sender.send(record).is_ok()
             }
             Err(TrySendError::Disconnected(_)) => false,
         };
         if !sent {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -137,8 +142,8 @@ impl Recorder {
         let message = Message::Admit(exchange, Admission(admission));
         // Never a blocking wait on a worker: a queue that is full (the writer far behind a
         // store that is down) refuses the request at once.
-        self.sender.try_send(message).map_err(|_| NotAdmitted)?;
-        self.thread.unpark();
+        self.0.sender.try_send(message).map_err(|_| NotAdmitted)?;
+        self.0.thread.unpark();
         match tokio::time::timeout(ADMISSION_TIMEOUT, durable).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(NotAdmitted),
@@ -154,23 +159,23 @@ impl Recorder {
         let mut message = Message::Close(done);
         // A full queue drains at the next batch; keep offering until there is room.
         loop {
-            match self.sender.try_send(message) {
+            match self.0.sender.try_send(message) {
                 Ok(()) => break,
                 Err(TrySendError::Full(back)) if Instant::now() < deadline => {
                     message = back;
-                    self.thread.unpark();
+                    self.0.thread.unpark();
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(_) => return,
             }
         }
-        self.thread.unpark();
+        self.0.thread.unpark();
         let _ = flushed.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// Records dropped because the sinks could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.0.dropped.load(Ordering::Relaxed)
     }
 }
 

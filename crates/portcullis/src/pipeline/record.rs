@@ -22,9 +22,9 @@ use crate::websocket::{Ended, OnClose};
 
 /// A record being filled; finished as `client_aborted` if dropped before [`Self::respond`].
 pub struct PendingRecord {
-    /// Boxed once, here, and handed on as it is to the response body and the recorder.
-    exchange: Option<Box<Exchange>>,
-    recorder: Recorder,
+    /// The record, boxed once, here, and handed on as it is with its recorder to the
+    /// response body; taken when handed on.
+    pending: Option<(Box<Exchange>, Recorder)>,
 }
 
 impl PendingRecord {
@@ -52,16 +52,15 @@ impl PendingRecord {
             )
         });
         Self {
-            exchange: Some(exchange),
-            recorder: recorder.clone(),
+            pending: Some((exchange, recorder.clone())),
         }
     }
 
     /// Where the request body's bytes are counted.
     pub fn bytes_in(&self) -> Arc<AtomicU64> {
-        self.exchange
+        self.pending
             .as_ref()
-            .map(|exchange| exchange.bytes_in.clone())
+            .map(|(exchange, _)| exchange.bytes_in.clone())
             .unwrap_or_default()
     }
 
@@ -75,7 +74,7 @@ impl PendingRecord {
         let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
         let samples = Samples::new(limit, content_type);
         let request_sample = samples.request.clone();
-        if let Some(exchange) = &mut self.exchange {
+        if let Some((exchange, _)) = &mut self.pending {
             exchange.samples = Some(Box::new(samples));
         }
         request_sample
@@ -83,14 +82,14 @@ impl PendingRecord {
 
     /// Notes who called.
     pub fn caller(&mut self, principal: &Principal) {
-        if let Some(exchange) = &mut self.exchange {
+        if let Some((exchange, _)) = &mut self.pending {
             exchange.caller = Some(principal.caller());
         }
     }
 
     /// Notes the upstream the request goes to.
     pub fn upstream(&mut self, route: &Route) {
-        if let Some(exchange) = &mut self.exchange {
+        if let Some((exchange, _)) = &mut self.pending {
             exchange.upstream = Some(route.upstream().name().clone());
         }
     }
@@ -99,13 +98,13 @@ impl PendingRecord {
     /// where, allowed, on `route`) is durable: audit strict mode, so that no request it
     /// covers reaches the upstream unrecorded.
     pub async fn admit(&self, route: &Route) -> Result<(), Problem> {
-        let Some(exchange) = &self.exchange else {
+        let Some((exchange, recorder)) = &self.pending else {
             return Err(not_admitted());
         };
         let mut admission = Box::new(Exchange::clone(exchange));
         admission.route = Some(route.prefix().clone());
         admission.decision = Decision::Allowed;
-        self.recorder
+        recorder
             .admit(admission)
             .await
             .map_err(|_| not_admitted())
@@ -119,7 +118,7 @@ impl PendingRecord {
         decision: Decision,
         route: Option<&Route>,
     ) -> Response<ResponseBody> {
-        let Some(mut exchange) = self.exchange.take() else {
+        let Some((mut exchange, recorder)) = self.pending.take() else {
             return response;
         };
         exchange.status = response.status().as_u16();
@@ -134,7 +133,6 @@ impl PendingRecord {
         if let Some(samples) = &mut exchange.samples {
             samples.response.content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         }
-        let recorder = self.recorder.clone();
         response.map(|body| RecordedBody::new(body, exchange, recorder).boxed_unsync())
     }
 }
@@ -148,14 +146,13 @@ impl PendingRecord {
         response: Response<ResponseBody>,
         route: Option<&Route>,
     ) -> (Response<ResponseBody>, Option<OnClose>) {
-        let Some(mut exchange) = self.exchange.take() else {
+        let Some((mut exchange, recorder)) = self.pending.take() else {
             return (response, None);
         };
         exchange.status = response.status().as_u16();
         exchange.decision = Decision::Allowed;
         exchange.route = route.map(|route| route.prefix().clone());
         exchange.to_head = exchange.started_at.elapsed();
-        let recorder = self.recorder.clone();
         let on_close: OnClose = Box::new(move |relayed| {
             match relayed {
                 Some(relayed) => {
@@ -225,9 +222,9 @@ pub fn refused_head(
 
 impl Drop for PendingRecord {
     fn drop(&mut self) {
-        if let Some(mut exchange) = self.exchange.take() {
+        if let Some((mut exchange, recorder)) = self.pending.take() {
             exchange.duration = exchange.started_at.elapsed();
-            self.recorder.finish(exchange);
+            recorder.finish(exchange);
         }
     }
 }
