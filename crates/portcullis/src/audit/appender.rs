@@ -1,12 +1,15 @@
 //! The audit writer's own connection to `audit.db`, on SQLite: it appends each batch
 //! (events and checkpoint) in one transaction, on the recorder's thread, binding each value
-//! where it lies. A batch's events are inserted a few at a time as they come ([`stage`]),
-//! while they are still in the CPU's cache, and committed at the batch's end.
-//!
-//! [`stage`]: SqliteAppender::stage Reads, and every write to PostgreSQL, go through [`super::store`]; this
+//! where it lies. Reads, and every write to PostgreSQL, go through [`super::store`]; this
 //! exists because appending is the one thing done for every request, and sqlx's SQLite
 //! driver copies each bound value and hands each statement to a thread of its own, which
 //! cost the audit log a third of the gateway's throughput (bench/RESULTS.md, 2026-11-27).
+//!
+//! A batch's events are inserted a few at a time as the recorder takes them
+//! ([`SqliteAppender::stage`]), while they are still in the CPU's cache, and committed at
+//! the batch's end. The recorder takes what has come in one pass a batch, so the write
+//! lock is held about as long as when the whole batch was inserted at its commit: other
+//! writers (retention, `portcullis token`) get it between batches.
 
 use std::path::Path;
 use std::time::Duration;

@@ -104,10 +104,7 @@ impl PendingRecord {
         let mut admission = Box::new(Exchange::clone(exchange));
         admission.route = Some(route.prefix().clone());
         admission.decision = Decision::Allowed;
-        recorder
-            .admit(admission)
-            .await
-            .map_err(|_| not_admitted())
+        recorder.admit(admission).await.map_err(|_| not_admitted())
     }
 
     /// Completes the record with the response's head, and hands it to the response's body,
