@@ -62,6 +62,9 @@ process_jiffies() {
 measure() {
   local key=$1 before=0 after=0 output
   shift
+  # What the target before left unwritten (the access log writes hundreds of megabytes a
+  # run, unsynced) is written back now, not by the kernel while this target is measured.
+  sync
   [ -n "${MEASURE_PID:-}" ] && before=$(process_jiffies "$MEASURE_PID")
   output=$(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" "$@")
   # The gateway's recorder writes the last batch after wrk stops: counted too.
