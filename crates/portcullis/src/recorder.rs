@@ -99,7 +99,7 @@ pub const BATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The most records written in one batch: 200 ms of 80 000 requests a second. Fewer,
 /// larger commits cost the audit writer less per event (each rewrites the partly filled
-/// pages and syncs): 2.7 µs against 2.9 at 4096 (bench/RESULTS.md, 2026-11-28).
+/// pages and syncs): 0.2 µs less an event than at 4096 (bench/RESULTS.md, 2026-11-28).
 const BATCH_MAX: usize = 16_384;
 
 impl Recorder {

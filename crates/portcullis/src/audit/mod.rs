@@ -56,8 +56,12 @@ pub const CHECKPOINT_EVENTS: u64 = 1000;
 /// ...or this long, whichever comes first, and at shutdown.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The most spooled batches replayed between two looks at the recorder's queue.
+/// The most spooled batches replayed between two looks at the recorder's queue...
 const REPLAY_SLICE: usize = 64;
+/// ...and the most events, once a batch is replayed: batches hold up to 16 384 events, and
+/// admissions waiting behind a slice are refused after
+/// [`crate::recorder::ADMISSION_TIMEOUT`].
+const REPLAY_SLICE_EVENTS: usize = 65_536;
 
 /// How long a failed batch waits before it is tried again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
@@ -192,15 +196,6 @@ struct Target {
 }
 
 impl Target {
-    /// On SQLite, inserts what has come of `batch` (the batch being collected) into its
-    /// open transaction ([`SqliteAppender::stage`]); [`Self::append`] with the same batch
-    /// commits it.
-    fn stage(&mut self, batch: &[StoredEvent]) {
-        if let Some(appender) = &mut self.appender {
-            appender.stage(batch);
-        }
-    }
-
     /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
     /// already: a commit whose answer was lost, or a spooled batch replayed before.
     fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> bool {
@@ -388,14 +383,10 @@ impl AuditLog {
         event.seq = self.seq;
         self.pending.push(event);
         self.since_checkpoint += 1;
-        // While the spool holds earlier batches, this one waits to follow them.
-        if self.spool.as_ref().is_none_or(Spool::is_drained) {
-            self.target.stage(&self.pending);
-        }
     }
 
     /// Replays the spool into the store, batch by batch, in order, at most
-    /// [`REPLAY_SLICE`] batches a call (so that the recorder's queue, and the admissions
+    /// [`REPLAY_SLICE`] batches or [`REPLAY_SLICE_EVENTS`] events a call (so that the recorder's queue, and the admissions
     /// in it, are not left waiting behind a long spool), and empties it once all of it is
     /// stored. A corrupted record is reported and skipped. Stops at the first batch the
     /// store refuses (the rest waits for the next attempt).
@@ -410,6 +401,9 @@ impl AuditLog {
         };
         let mut replayed = 0;
         for _ in 0..REPLAY_SLICE {
+            if replayed >= REPLAY_SLICE_EVENTS {
+                break;
+            }
             let record = match reader.next_record() {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
