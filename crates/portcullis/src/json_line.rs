@@ -18,17 +18,19 @@ pub struct Line<'a> {
 impl<'a> Line<'a> {
     /// Starts an object in `out` (cleared first).
     pub fn start(out: &'a mut Vec<u8>) -> Self {
-        out.clear();
-        out.push(b'{');
-        Self { out, sparse: false }
+        Self::open(out, false)
     }
 
     /// Starts an object whose absent fields (`None`) are left out rather than written
     /// `null`: fewer bytes to hash and store for each audit event.
     pub fn start_sparse(out: &'a mut Vec<u8>) -> Self {
+        Self::open(out, true)
+    }
+
+    fn open(out: &'a mut Vec<u8>, sparse: bool) -> Self {
         out.clear();
         out.push(b'{');
-        Self { out, sparse: true }
+        Self { out, sparse }
     }
 
     /// Inlined into each caller, where the key is a literal: its bytes are then stored in
@@ -44,7 +46,8 @@ impl<'a> Line<'a> {
     }
 
     /// A string field the gateway made or checked itself, which never needs escaping (a
-    /// request id, a time, a method, a code), or `null` (nothing, in a sparse object). Checked in debug builds.
+    /// request id, a time, a method, a code), or `null` (nothing, in a sparse object).
+    /// Checked in debug builds.
     #[inline]
     pub fn token(&mut self, key: &str, value: Option<&str>) {
         if self.sparse && value.is_none() {

@@ -388,8 +388,9 @@ impl AuditLog {
     /// Replays the spool into the store, batch by batch, in order, at most
     /// [`REPLAY_SLICE`] batches or [`REPLAY_SLICE_EVENTS`] events a call (so that the
     /// recorder's queue, and the admissions in it, are not left waiting behind a long
-    /// spool), and empties it once all of it is stored. A corrupted record is reported and skipped. Stops at the first batch the
-    /// store refuses (the rest waits for the next attempt).
+    /// spool), and empties it once all of it is stored. A corrupted record is reported and
+    /// skipped. Stops at the first batch the store refuses (the rest waits for the next
+    /// attempt).
     fn replay(&mut self) {
         let Some(spool) = &self.spool else { return };
         let mut reader = match spool.unreplayed() {
