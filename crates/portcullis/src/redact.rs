@@ -229,14 +229,29 @@ fn normalise(name: &str) -> String {
 /// a well-known cloud or service key format.
 pub fn looks_secret(value: &str) -> bool {
     let trimmed = value.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    lower.starts_with("bearer ")
-        || lower.starts_with("basic ")
+    starts_with_ignoring_case(trimmed, "bearer ")
+        || starts_with_ignoring_case(trimmed, "basic ")
         || trimmed.contains("pcl_")
-        || lower.contains("ss://")
+        || contains_ignoring_case(trimmed, "ss://")
         || trimmed.contains("PRIVATE KEY")
         || is_jwt(trimmed)
         || has_key_prefix(trimmed)
+}
+
+/// Whether `text` starts with `prefix`, ASCII letters in either case. (Compared in place:
+/// every user agent and query value is looked at, and a lowercased copy of each cost
+/// more than the rest of the look.)
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// Whether `text` contains `needle`, ASCII letters in either case.
+fn contains_ignoring_case(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Whether free text (a user agent, say) holds a credential anywhere: a word that looks
@@ -254,10 +269,9 @@ pub fn contains_secret(text: &str) -> bool {
 
 /// Three base64url parts, the first a JSON object (`eyJ`).
 fn is_jwt(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('.').collect();
-    parts.len() == 3
-        && parts[0].starts_with("eyJ")
-        && parts.iter().all(|part| {
+    value.starts_with("eyJ")
+        && value.split('.').count() == 3
+        && value.split('.').all(|part| {
             !part.is_empty()
                 && part
                     .bytes()
@@ -308,6 +322,30 @@ mod tests {
             "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
         ));
         assert!(!contains_secret("bearer-agent/1.0"));
+    }
+
+    #[test]
+    fn schemes_and_access_keys_are_found_in_any_case_and_a_jwt_has_three_parts() {
+        for secret in [
+            "BEARER abc",
+            "bAsIc dXNlcjpw",
+            "SS://Y2hhY2hh@203.0.113.5:443",
+            "x Ss://y",
+        ] {
+            assert!(looks_secret(secret), "{secret}");
+        }
+        assert!(looks_secret("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"));
+        for not_secret in [
+            "bearer",
+            "ss:/",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln.more",
+            "eyJhbGciOiJIUzI1NiJ9..c2ln",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2l+",
+            "ßs://",
+        ] {
+            assert!(!looks_secret(not_secret), "{not_secret}");
+        }
     }
 
     #[test]

