@@ -98,6 +98,14 @@ ratio() {
   awk -v a="$(median "$1" "$3")" -v b="$(median "$2" "$3")" 'BEGIN { printf "%.3f", a / b }'
 }
 
+# rounds_ratio <key> <other key> <format>: the first's requests/s over the second's, round
+# by round, comma-separated.
+rounds_ratio() {
+  awk -v a="$1" -v b="$2" -v format="$3" '
+    $1 == a { x[++na] = $2 } $1 == b { y[++nb] = $2 }
+    END { for (i = 1; i <= na && i <= nb; i++) { printf "%s" format, sep, x[i] / y[i]; sep = ", " } }' "$work/runs"
+}
+
 # machine: the machine's cores, CPU, memory and kernel, for the results.
 machine() {
   echo "$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
