@@ -1,9 +1,9 @@
 //! The audit writer's own connection to `audit.db`, on SQLite: it appends each batch
-//! (events and checkpoint) in one transaction, on the recorder's thread, binding each value
-//! where it lies. Reads, and every write to PostgreSQL, go through [`super::store`]; this
-//! exists because appending is the one thing done for every request, and sqlx's SQLite
-//! driver copies each bound value and hands each statement to a thread of its own, which
-//! cost the audit log a third of the gateway's throughput (bench/RESULTS.md, 2026-11-27).
+//! (events and checkpoint) in one transaction, on the recorder's thread. Reads, and every
+//! write to PostgreSQL, go through [`super::store`]; this exists because appending is the
+//! one thing done for every request, and sqlx's SQLite driver copies each bound value once
+//! more and hands each statement to a thread of its own, which cost the audit log a third
+//! of the gateway's throughput (bench/RESULTS.md, 2026-11-27).
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +19,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events inserted by one statement. Each run of a statement opens its cursors and seeks
 /// each index from its root; the rows of one run go where the last one went. More rows
 /// bind more values at once, and each bound value is copied into an allocation of its own:
-/// 8 rows cost the writer 9 000 fewer instructions an event than 1, and fewer than 4, 16,
+/// 8 rows cost the writer 8 000 fewer instructions an event than 1, and fewer than 4, 16,
 /// 32 or 64 (callgrind, bench/RESULTS.md, 2026-11-28). The rest of a batch goes in one by
 /// one.
 const ROWS: usize = 8;
@@ -63,6 +63,10 @@ impl SqliteAppender {
         events: &[StoredEvent],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditStoreError> {
+        // A transaction left open by a rollback that failed would fail every batch after.
+        if !self.connection.is_autocommit() {
+            self.connection.execute_batch("ROLLBACK")?;
+        }
         let transaction = self.connection.transaction()?;
         {
             let mut chunks = events.chunks_exact(ROWS);
@@ -171,7 +175,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_goes_in_whole_and_in_order_across_statements() {
+    async fn a_batch_goes_in_whole_across_statements_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
         let location = StoreLocation::DataDir(dir.path().to_owned());
         let store = AuditStore::open(&location).await.unwrap();
@@ -188,9 +192,13 @@ mod tests {
         appender.append(&events, Some(&checkpoint)).unwrap();
         let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
         assert_eq!(stored, events);
-        assert_eq!(store.latest_checkpoint().await.unwrap(), Some(checkpoint));
+        assert_eq!(
+            store.latest_checkpoint().await.unwrap(),
+            Some(checkpoint.clone())
+        );
         // A row already there fails the whole next batch, in a statement of many rows or
-        // of one: nothing of it stays, and the appender goes on.
+        // of one: nothing of it stays, and the appender goes on. (Plain INSERT would pass
+        // this too; OR ROLLBACK is there to spare the statement journal.)
         let next = events.len() as i64 + 1;
         for duplicate_at in [ROWS - 1, ROWS] {
             let mut again: Vec<StoredEvent> = (next..next + ROWS as i64).map(event).collect();
@@ -199,6 +207,11 @@ mod tests {
             let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
             assert_eq!(stored, events);
         }
+        // So does a checkpoint already there, after the batch's events went in.
+        let again: Vec<StoredEvent> = (next..next + ROWS as i64 + 1).map(event).collect();
+        assert!(appender.append(&again, Some(&checkpoint)).is_err());
+        let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
+        assert_eq!(stored, events);
         let last = event(next);
         appender.append(std::slice::from_ref(&last), None).unwrap();
         let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
