@@ -249,9 +249,11 @@ fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
 
 /// Whether `text` contains `needle`, ASCII letters in either case.
 fn contains_ignoring_case(text: &str, needle: &str) -> bool {
-    text.as_bytes()
-        .windows(needle.len())
-        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+    needle.is_empty()
+        || text
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Whether free text (a user agent, say) holds a credential anywhere: a word that looks
@@ -331,6 +333,7 @@ mod tests {
             "bAsIc dXNlcjpw",
             "SS://Y2hhY2hh@203.0.113.5:443",
             "x Ss://y",
+            "é ss://x",
         ] {
             assert!(looks_secret(secret), "{secret}");
         }
@@ -342,7 +345,9 @@ mod tests {
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln.more",
             "eyJhbGciOiJIUzI1NiJ9..c2ln",
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2l+",
-            "ßs://",
+            "béarer x",
+            "",
+            "SS:/ /",
         ] {
             assert!(!looks_secret(not_secret), "{not_secret}");
         }
