@@ -103,7 +103,7 @@ ratio() {
 rounds_ratio() {
   awk -v a="$1" -v b="$2" -v format="$3" '
     $1 == a { x[++na] = $2 } $1 == b { y[++nb] = $2 }
-    END { for (i = 1; i <= na && i <= nb; i++) { printf "%s" format, sep, x[i] / y[i]; sep = ", " } }' "$work/runs"
+    END { for (i = 1; i <= na && i <= nb; i++) { if (y[i] > 0) printf "%s" format, sep, x[i] / y[i]; else printf "%sn/a", sep; sep = ", " } }' "$work/runs"
 }
 
 # machine: the machine's cores, CPU, memory and kernel, for the results.

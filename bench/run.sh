@@ -161,15 +161,24 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$redis_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$access_log_url" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$audit_url" >/dev/null
 if [ -n "$BASELINE_BIN" ]; then wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$auth" "$baseline_url" >/dev/null; fi
+# measure_sink <access_log|audit>: one measured run of the gateway keeping that log.
+measure_sink() {
+  case $1 in
+    access_log) MEASURE_PID=$access_log_pid measure access_log -H "$auth" "$access_log_url" ;;
+    audit) MEASURE_PID=$audit_pid measure audit -H "$auth" "$audit_url" ;;
+  esac
+}
 for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   measure upstream "$upstream_url"
   measure nginx "$nginx_url"
   # The sinks right beside the gateway without one: this machine's speed drifts within a
-  # round, and each sink is judged by its ratio to that gateway in the same round.
-  MEASURE_PID=$access_log_pid measure access_log -H "$auth" "$access_log_url"
+  # round, and each sink is judged by its ratio to that gateway in the same round. Which
+  # sink goes first alternates, so that a steady drift does not favour one of them.
+  if [ $((round % 2)) = 1 ]; then sinks=(access_log audit); else sinks=(audit access_log); fi
+  measure_sink "${sinks[0]}"
   MEASURE_PID=$portcullis_pid measure portcullis -H "$auth" "$portcullis_url"
-  MEASURE_PID=$audit_pid measure audit -H "$auth" "$audit_url"
+  measure_sink "${sinks[1]}"
   measure managed -H "$managed_auth" "$portcullis_url"
   measure limited -H "$auth" "$limited_url"
   measure redis -H "$auth" "$redis_url"
