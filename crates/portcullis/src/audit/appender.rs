@@ -31,9 +31,10 @@ const COLUMNS: usize = 15;
 #[derive(Debug)]
 pub struct SqliteAppender {
     connection: Connection,
-    /// The event inserts, made once: [`ROWS`] rows, and one.
-    insert_rows_sql: String,
-    insert_sql: String,
+    /// The insert of [`ROWS`] events, made once.
+    insert_many: String,
+    /// The insert of one event, for the rest of a batch.
+    insert_one: String,
 }
 
 impl SqliteAppender {
@@ -52,8 +53,8 @@ impl SqliteAppender {
         connection.pragma_update(None, "cache_size", -16_384)?;
         Ok(Self {
             connection,
-            insert_rows_sql: insert_sql(ROWS),
-            insert_sql: insert_sql(1),
+            insert_many: insert_sql(ROWS),
+            insert_one: insert_sql(1),
         })
     }
 
@@ -70,11 +71,11 @@ impl SqliteAppender {
         let transaction = self.connection.transaction()?;
         {
             let mut chunks = events.chunks_exact(ROWS);
-            let mut insert = transaction.prepare_cached(&self.insert_rows_sql)?;
+            let mut insert = transaction.prepare_cached(&self.insert_many)?;
             for chunk in &mut chunks {
                 insert_events(&mut insert, chunk)?;
             }
-            let mut insert = transaction.prepare_cached(&self.insert_sql)?;
+            let mut insert = transaction.prepare_cached(&self.insert_one)?;
             for event in chunks.remainder() {
                 insert_events(&mut insert, std::slice::from_ref(event))?;
             }
@@ -142,7 +143,7 @@ fn bind_event(
     insert.raw_bind_parameter(before + 12, &event.client_ip)?;
     insert.raw_bind_parameter(before + 13, &event.payload)?;
     insert.raw_bind_parameter(before + 14, &event.prev_hash)?;
-    insert.raw_bind_parameter(before + COLUMNS, &event.hash)?;
+    insert.raw_bind_parameter(before + 15, &event.hash)?;
     Ok(())
 }
 
