@@ -7,11 +7,11 @@ use std::io::{self, BufWriter, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::base::exchange::{Exchange, USER_AGENT_MAX};
+use crate::base::exchange::Exchange;
 use crate::config::AccessLogTarget;
 use crate::json_line::Line;
 use crate::recorder::Sink;
-use crate::redact::{MASK, contains_secret};
+use crate::redact;
 
 /// The access log sink.
 pub struct AccessLog {
@@ -74,10 +74,7 @@ impl Clock {
 impl Sink for AccessLog {
     fn record(&mut self, exchange: &Exchange) {
         let caller = exchange.caller.as_ref();
-        let user_agent = exchange
-            .user_agent
-            .as_ref()
-            .map(|value| String::from_utf8_lossy(value.as_bytes()));
+        let user_agent = exchange.user_agent.as_ref().map(redact::user_agent);
         let mut line = Line::start(&mut self.line);
         line.token("time", Some(self.clock.format(exchange.started)));
         line.token("request_id", Some(exchange.request_id()));
@@ -100,16 +97,7 @@ impl Sink for AccessLog {
         line.millis("head_ms", exchange.to_head);
         line.millis("duration_ms", exchange.duration);
         line.token("protocol", Some(exchange.protocol));
-        // A client that puts its token in its user agent does not see it logged (checked
-        // whole, before the cut, so that no key's start is left behind).
-        let user_agent = user_agent.as_deref().map(|text| {
-            if contains_secret(text) {
-                MASK
-            } else {
-                cut(text, USER_AGENT_MAX)
-            }
-        });
-        line.text("user_agent", user_agent);
+        line.text("user_agent", user_agent.as_deref());
         // Present, and true, only for the admin API's requests.
         if exchange.admin {
             line.flag("admin", true);
@@ -121,14 +109,6 @@ impl Sink for AccessLog {
 
     fn flush(&mut self) {
         let _ = self.out.flush();
-    }
-}
-
-/// At most `max` characters of `text`.
-fn cut(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => &text[..end],
-        None => text,
     }
 }
 
@@ -189,11 +169,5 @@ mod tests {
         assert_eq!(line["method"], serde_json::Value::Null);
         assert_eq!(line["admin"], true);
         assert_eq!(line.as_object().unwrap().len(), 20);
-    }
-
-    #[test]
-    fn long_values_are_cut_on_character_boundaries() {
-        assert_eq!(cut("héllo", 2), "hé");
-        assert_eq!(cut("hi", 5), "hi");
     }
 }

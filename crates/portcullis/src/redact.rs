@@ -2,7 +2,9 @@
 //! secrets. One module, used by every sink (the access log and the audit log, which keeps
 //! bodies too), so that no sink can be less careful than another.
 
-use crate::base::exchange::BodySample;
+use std::borrow::Cow;
+
+use crate::base::exchange::{BodySample, USER_AGENT_MAX};
 
 /// Query parameter names whose values are never shown, compared without regard to case
 /// and to `-` versus `_`.
@@ -269,6 +271,27 @@ pub fn contains_secret(text: &str) -> bool {
     false
 }
 
+/// A `User-Agent` as a record shows it: its first [`USER_AGENT_MAX`] characters, or
+/// [`MASK`] when it holds a credential anywhere (a client that puts its token there).
+/// Checked whole, before the cut, so that no key's start is left behind. Borrowed from the
+/// header unless it was not UTF-8.
+pub fn user_agent(value: &http::HeaderValue) -> Cow<'_, str> {
+    let text = String::from_utf8_lossy(value.as_bytes());
+    if contains_secret(&text) {
+        return Cow::Borrowed(MASK);
+    }
+    match text.char_indices().nth(USER_AGENT_MAX) {
+        None => text,
+        Some((end, _)) => match text {
+            Cow::Borrowed(text) => Cow::Borrowed(&text[..end]),
+            Cow::Owned(mut text) => {
+                text.truncate(end);
+                Cow::Owned(text)
+            }
+        },
+    }
+}
+
 /// Three base64url parts, the first a JSON object (`eyJ`).
 fn is_jwt(value: &str) -> bool {
     value.starts_with("eyJ")
@@ -314,6 +337,27 @@ fn percent_decoded(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_agent_is_cut_on_a_character_boundary_or_masked_whole() {
+        let shown =
+            |bytes: &[u8]| user_agent(&http::HeaderValue::from_bytes(bytes).unwrap()).into_owned();
+        assert_eq!(shown(b"curl/8.5.0"), "curl/8.5.0");
+        // 2-byte characters: the cut counts characters, not bytes.
+        let long = "é".repeat(USER_AGENT_MAX + 5);
+        assert_eq!(shown(long.as_bytes()), "é".repeat(USER_AGENT_MAX));
+        // Not UTF-8: replaced, then cut alike.
+        let mut lossy = b"\xff".to_vec();
+        lossy.extend(b"a".repeat(USER_AGENT_MAX + 5));
+        assert_eq!(
+            shown(&lossy),
+            format!("\u{fffd}{}", "a".repeat(USER_AGENT_MAX - 1))
+        );
+        // A credential past the cut still masks the whole value.
+        let mut hidden = "a".repeat(USER_AGENT_MAX + 5);
+        hidden.push_str(" Bearer abc");
+        assert_eq!(shown(hidden.as_bytes()), MASK);
+    }
 
     #[test]
     fn secrets_are_found_anywhere_in_free_text() {

@@ -31,7 +31,7 @@ use crate::base::hex;
 use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
 use crate::json_line::Line;
 use crate::recorder::{Admission, Sink};
-use crate::redact::{MASK, Redactor, contains_secret};
+use crate::redact::{self, Redactor};
 use appender::SqliteAppender;
 use chain::{ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
@@ -651,7 +651,7 @@ impl Sink for AuditLog {
     }
 
     fn admit(&mut self, exchange: &Exchange, admission: Admission) -> Option<Admission> {
-        let agent = user_agent(exchange);
+        let agent = exchange.user_agent.as_ref().map(redact::user_agent);
         let mut payload = Payload::of(exchange, agent.as_deref());
         payload.kind = "admission";
         // Not answered yet: the request event that completes it carries the status.
@@ -821,24 +821,8 @@ impl<'a> Payload<'a> {
     }
 }
 
-/// The user agent as an event keeps it: the first characters, masked whole when it looks
-/// like a secret (a client that puts its token there).
-fn user_agent(exchange: &Exchange) -> Option<String> {
-    let value = exchange.user_agent.as_ref()?;
-    let text = String::from_utf8_lossy(value.as_bytes());
-    // Checked whole, before the cut: a key across the cut would leave its start behind.
-    if contains_secret(&text) {
-        return Some(MASK.to_owned());
-    }
-    Some(
-        text.chars()
-            .take(crate::base::exchange::USER_AGENT_MAX)
-            .collect(),
-    )
-}
-
 fn request_event(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
-    let agent = user_agent(exchange);
+    let agent = exchange.user_agent.as_ref().map(redact::user_agent);
     let mut payload = Payload::of(exchange, agent.as_deref());
     payload.bodies = KeptBodies::of(exchange, redactor);
     payload.event()
@@ -847,7 +831,7 @@ fn request_event(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
 /// The admin action an admin request carried out, as an event of its own.
 fn action_event(exchange: &Exchange) -> Option<StoredEvent> {
     let action = exchange.action.as_ref()?;
-    let agent = user_agent(exchange);
+    let agent = exchange.user_agent.as_ref().map(redact::user_agent);
     let mut payload = Payload::of(exchange, agent.as_deref());
     payload.kind = "admin_action";
     payload.action = Some(action.action);
@@ -885,3 +869,4 @@ pub fn now_ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
