@@ -5,10 +5,13 @@
 //!   cargo run --release --example audit_writer                  # SQLite in a scratch dir
 //!   PORTCULLIS_DATABASE_URL=postgres://... cargo run --release --example audit_writer
 //!
-//! `EVENTS` sets how many events (200 000 by default).
+//! `EVENTS` sets how many events (200 000 by default). `AUDIT_DIR` names a data directory
+//! to keep between runs (a scratch one by default): each run adds a chain, as each start of
+//! the gateway does.
 
 use std::error::Error;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -25,10 +28,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(200_000);
-    let dir = tempfile::tempdir()?;
+    let scratch = tempfile::tempdir()?;
+    let data =
+        std::env::var_os("AUDIT_DIR").map_or_else(|| scratch.path().to_owned(), PathBuf::from);
     let location = match std::env::var("PORTCULLIS_DATABASE_URL") {
         Ok(url) => StoreLocation::Postgres(SecretString::from(url)),
-        Err(_) => StoreLocation::DataDir(dir.path().to_owned()),
+        Err(_) => StoreLocation::DataDir(data.clone()),
     };
     let store = match &location {
         StoreLocation::DataDir(_) => "SQLite",
@@ -39,7 +44,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     ));
     let log = AuditLog::open(
         &location,
-        Some(dir.path()),
+        Some(&data),
         key,
         Arc::new(AtomicBool::new(false)),
     )?;
