@@ -343,6 +343,13 @@ mod tests {
         let shown =
             |bytes: &[u8]| user_agent(&http::HeaderValue::from_bytes(bytes).unwrap()).into_owned();
         assert_eq!(shown(b"curl/8.5.0"), "curl/8.5.0");
+        assert_eq!(shown(b""), "");
+        // Exactly the most kept, then one more; borrowed from the header either way.
+        let most = "a".repeat(USER_AGENT_MAX);
+        assert_eq!(shown(most.as_bytes()), most);
+        assert_eq!(shown(format!("{most}b").as_bytes()), most);
+        let header = http::HeaderValue::from_str(&format!("{most}b")).unwrap();
+        assert!(matches!(user_agent(&header), Cow::Borrowed(_)));
         // 2-byte characters: the cut counts characters, not bytes.
         let long = "é".repeat(USER_AGENT_MAX + 5);
         assert_eq!(shown(long.as_bytes()), "é".repeat(USER_AGENT_MAX));
