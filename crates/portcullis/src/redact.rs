@@ -294,14 +294,16 @@ pub fn user_agent(value: &http::HeaderValue) -> Cow<'_, str> {
 
 /// Three base64url parts, the first a JSON object (`eyJ`).
 fn is_jwt(value: &str) -> bool {
+    let mut parts = 0;
     value.starts_with("eyJ")
-        && value.split('.').count() == 3
         && value.split('.').all(|part| {
+            parts += 1;
             !part.is_empty()
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+        && parts == 3
 }
 
 /// Key formats whose prefix names them: AWS access keys, GitHub, Slack, Stripe and

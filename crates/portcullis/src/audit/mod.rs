@@ -18,6 +18,7 @@ pub mod spool;
 pub mod store;
 pub mod verify;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -653,8 +654,7 @@ impl Sink for AuditLog {
     }
 
     fn admit(&mut self, exchange: &Exchange, admission: Admission) -> Option<Admission> {
-        let agent = exchange.user_agent.as_ref().map(redact::user_agent);
-        let mut payload = Payload::of(exchange, agent.as_deref());
+        let mut payload = Payload::of(exchange);
         payload.kind = "admission";
         // Not answered yet: the request event that completes it carries the status.
         payload.status = None;
@@ -699,7 +699,8 @@ struct Payload<'a> {
     head_us: u64,
     duration_us: u64,
     protocol: &'static str,
-    user_agent: Option<&'a str>,
+    /// As [`redact::user_agent`] shows it.
+    user_agent: Option<Cow<'a, str>>,
     admin: bool,
     action: Option<&'static str>,
     target: Option<&'a str>,
@@ -730,7 +731,7 @@ impl KeptBodies {
 }
 
 impl<'a> Payload<'a> {
-    fn of(exchange: &'a Exchange, user_agent: Option<&'a str>) -> Self {
+    fn of(exchange: &'a Exchange) -> Self {
         let caller = exchange.caller.as_ref();
         Self {
             kind: "request",
@@ -754,7 +755,7 @@ impl<'a> Payload<'a> {
             head_us: micros(exchange.to_head),
             duration_us: micros(exchange.duration),
             protocol: exchange.protocol,
-            user_agent,
+            user_agent: exchange.user_agent.as_ref().map(redact::user_agent),
             admin: exchange.admin,
             action: None,
             target: None,
@@ -807,7 +808,7 @@ impl<'a> Payload<'a> {
         line.number("head_us", self.head_us);
         line.number("duration_us", self.duration_us);
         line.token("protocol", Some(self.protocol));
-        line.text("user_agent", self.user_agent);
+        line.text("user_agent", self.user_agent.as_deref());
         line.flag("admin", self.admin);
         line.token("action", self.action);
         line.text("target", self.target);
@@ -824,8 +825,7 @@ impl<'a> Payload<'a> {
 }
 
 fn request_event(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
-    let agent = exchange.user_agent.as_ref().map(redact::user_agent);
-    let mut payload = Payload::of(exchange, agent.as_deref());
+    let mut payload = Payload::of(exchange);
     payload.bodies = KeptBodies::of(exchange, redactor);
     payload.event()
 }
@@ -833,8 +833,7 @@ fn request_event(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
 /// The admin action an admin request carried out, as an event of its own.
 fn action_event(exchange: &Exchange) -> Option<StoredEvent> {
     let action = exchange.action.as_ref()?;
-    let agent = exchange.user_agent.as_ref().map(redact::user_agent);
-    let mut payload = Payload::of(exchange, agent.as_deref());
+    let mut payload = Payload::of(exchange);
     payload.kind = "admin_action";
     payload.action = Some(action.action);
     payload.target = Some(&action.target);
