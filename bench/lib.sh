@@ -55,28 +55,51 @@ process_jiffies() {
   awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
+# recorder_jiffies <pid>: the CPU time (user + system) the process's recorder thread (the
+# one that feeds the access and audit logs) has used, in clock ticks; 0 without one.
+recorder_jiffies() {
+  local task ticks=0
+  for task in /proc/"$1"/task/*; do
+    [ "$(cat "$task/comm" 2>/dev/null)" = portcullis-reco ] &&
+      ticks=$(awk '{ print $14 + $15 }' "$task/stat")
+  done
+  echo "$ticks"
+}
+
 # measure <key> [wrk options...] <url>: one measured wrk run; appends
-# "key rps p50 p99 errors cpu" to $work/runs, latencies in microseconds. With MEASURE_PID
-# set, cpu is the CPU time that process used per request, in microseconds (steadier than
-# requests/s on a small shared machine); 0 otherwise.
+# "key rps p50 p99 errors cpu recorder_cpu" to $work/runs, latencies in microseconds. With
+# MEASURE_PID set, cpu is the CPU time that process used per request, in microseconds
+# (steadier than requests/s on a small shared machine), and recorder_cpu the part of it its
+# recorder thread used; 0 otherwise.
 measure() {
-  local key=$1 before=0 after=0 output
+  local key=$1 before=0 after=0 recorder_before=0 recorder_after=0 output
   shift
   # What the target before left unwritten (the access log writes hundreds of megabytes a
   # run, unsynced) is written back now, not by the kernel while this target is measured.
   sync
-  [ -n "${MEASURE_PID:-}" ] && before=$(process_jiffies "$MEASURE_PID")
+  if [ -n "${MEASURE_PID:-}" ]; then
+    before=$(process_jiffies "$MEASURE_PID")
+    recorder_before=$(recorder_jiffies "$MEASURE_PID")
+  fi
   output=$(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -d"$DURATION" "$@")
   # The gateway's recorder writes the last batch after wrk stops: counted too.
-  [ -n "${MEASURE_PID:-}" ] && sleep 0.5 && after=$(process_jiffies "$MEASURE_PID")
-  echo "$output" | awk -v key="$key" -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+  if [ -n "${MEASURE_PID:-}" ]; then
+    sleep 0.5
+    after=$(process_jiffies "$MEASURE_PID")
+    recorder_after=$(recorder_jiffies "$MEASURE_PID")
+  fi
+  echo "$output" | awk -v key="$key" -v ticks=$((after - before)) \
+    -v recorder=$((recorder_after - recorder_before)) -v hz="$(getconf CLK_TCK)" '
     function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
     /^Requests\/sec/ { rps = $2 }
     / requests in / { requests = $1 }
     $1 == "50%" { p50 = us($2) }
     $1 == "99%" { p99 = us($2) }
     /Non-2xx or 3xx/ { errors = $5 }
-    END { printf "%s %s %s %s %d %.1f\n", key, rps, p50, p99, errors, requests ? ticks * 1000000 / hz / requests : 0 }' >>"$work/runs"
+    END {
+      per = requests ? 1000000 / hz / requests : 0
+      printf "%s %s %s %s %d %.1f %.2f\n", key, rps, p50, p99, errors, ticks * per, recorder * per
+    }' >>"$work/runs"
 }
 
 # median <key> <column>: the median of one column of $work/runs over the rounds.

@@ -7,7 +7,8 @@
 # measured in ROUNDS interleaved rounds and each figure is the median over the rounds, since
 # on a small shared machine one run of one target can be off by 15%. The gateway's CPU per
 # request (all its threads) is also shown for no log, the access log and the audit log: the
-# steadier figure of what a sink costs.
+# steadier figure of what a sink costs; and, of it, the recorder thread's (the sink's own
+# work; the rest of the difference is the workers' handing records over).
 #
 #   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #   ROUNDS=5 DURATION=15s bash bench/run.sh --record
@@ -225,7 +226,7 @@ Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no
 Access log to a file / no access log throughput: **${access_log_ratio}x** (per round: $access_log_rounds; $(wc -l <"$work/access.log") lines written).
 Audit log on SQLite / no audit log throughput: **${audit_ratio}x** (per round: $audit_rounds).
 Gateway CPU per request (user + system, every thread; medians): no log $(median portcullis 6) µs,
-access log $(median access_log 6) µs, audit log $(median audit 6) µs.
+access log $(median access_log 6) µs (its recorder thread $(median access_log 7) µs), audit log $(median audit 6) µs (its recorder thread $(median audit 7) µs).
 EOF
 )
 if [ -n "$BASELINE_BIN" ]; then
