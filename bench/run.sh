@@ -226,7 +226,7 @@ Rate limit in memory / no limit throughput: **${limited_ratio}x**; in Redis / no
 Access log to a file / no access log throughput: **${access_log_ratio}x** (per round: $access_log_rounds; $(wc -l <"$work/access.log") lines written).
 Audit log on SQLite / no audit log throughput: **${audit_ratio}x** (per round: $audit_rounds).
 Gateway CPU per request (user + system, every thread; medians): no log $(median portcullis 6) µs,
-access log $(median access_log 6) µs (its recorder thread $(median access_log 7) µs), audit log $(median audit 6) µs (its recorder thread $(median audit 7) µs).
+access log $(median access_log 6) µs (its recorder thread $(printf '%.1f' "$(median access_log 7)") µs), audit log $(median audit 6) µs (its recorder thread $(printf '%.1f' "$(median audit 7)") µs).
 EOF
 )
 if [ -n "$BASELINE_BIN" ]; then
