@@ -56,7 +56,8 @@ process_jiffies() {
 }
 
 # recorder_jiffies <pid>: the CPU time (user + system) the process's recorder thread (the
-# one that feeds the access and audit logs) has used, in clock ticks; 0 without one.
+# one that feeds the access and audit logs, named portcullis-recorder in recorder.rs, of
+# which the kernel keeps the first 15 characters) has used, in clock ticks; 0 without one.
 recorder_jiffies() {
   local task ticks=0
   for task in /proc/"$1"/task/*; do
@@ -69,8 +70,8 @@ recorder_jiffies() {
 # measure <key> [wrk options...] <url>: one measured wrk run; appends
 # "key rps p50 p99 errors cpu recorder_cpu" to $work/runs, latencies in microseconds. With
 # MEASURE_PID set, cpu is the CPU time that process used per request, in microseconds
-# (steadier than requests/s on a small shared machine), and recorder_cpu the part of it its
-# recorder thread used; 0 otherwise.
+# (steadier than requests/s on a small shared machine), and recorder_cpu the share of it
+# used by its recorder thread (0 when it has none); both 0 otherwise.
 measure() {
   local key=$1 before=0 after=0 recorder_before=0 recorder_after=0 output
   shift

@@ -8,7 +8,8 @@
 # on a small shared machine one run of one target can be off by 15%. The gateway's CPU per
 # request (all its threads) is also shown for no log, the access log and the audit log: the
 # steadier figure of what a sink costs; and, of it, the recorder thread's (the sink's own
-# work; the rest of the difference is the workers' handing records over).
+# work; the rest of the difference is the workers' building the records and handing them
+# over, within the runs' scatter).
 #
 #   bash bench/run.sh                 # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #   ROUNDS=5 DURATION=15s bash bench/run.sh --record
