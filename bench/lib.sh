@@ -49,10 +49,15 @@ stop_started() {
   rm -rf "$work"
 }
 
-# process_jiffies <pid>: the CPU time (user + system, every thread) the process has used,
-# in clock ticks.
+# stat_jiffies <stat file>: the CPU time (user + system) a /proc stat file reports, in
+# clock ticks.
+stat_jiffies() {
+  awk '{ print $14 + $15 }' "$1"
+}
+
+# process_jiffies <pid>: the CPU time every thread of the process has used, in clock ticks.
 process_jiffies() {
-  awk '{ print $14 + $15 }' "/proc/$1/stat"
+  stat_jiffies "/proc/$1/stat"
 }
 
 # recorder_jiffies <pid>: the CPU time (user + system) the process's recorder thread (the
@@ -62,7 +67,7 @@ recorder_jiffies() {
   local task ticks=0
   for task in /proc/"$1"/task/*; do
     [ "$(cat "$task/comm" 2>/dev/null)" = portcullis-reco ] &&
-      ticks=$(awk '{ print $14 + $15 }' "$task/stat")
+      ticks=$(stat_jiffies "$task/stat")
   done
   echo "$ticks"
 }
