@@ -1,7 +1,8 @@
 //! The spool: where the audit log's batches go while its store is unreachable or refuses
 //! them, `audit.spool` in the data directory, to be replayed into the store, in order, when
 //! it takes writes again. Append-only; each batch is one record (a magic number, its
-//! length, a checksum and the batch as JSON), fsync'd before the batch counts as written.
+//! length, a checksum and the batch as JSON; several, in order, for a batch larger than a
+//! record may be), fsync'd before the batch counts as written.
 //! A record whose checksum does not match, or that is cut short, is reported and skipped:
 //! the reader finds the next record by its magic number.
 
@@ -75,18 +76,11 @@ impl Spool {
         self.replayed >= self.len
     }
 
-    /// Appends `batch` and syncs it to disk.
+    /// Appends `batch` and syncs it to disk: as one record, or as several in order when it
+    /// is larger than a record may be, all written and synced at once.
     pub fn append(&mut self, batch: &SpooledBatch) -> io::Result<()> {
-        let body = serde_json::to_vec(batch).map_err(io::Error::other)?;
-        let len = u32::try_from(body.len())
-            .ok()
-            .filter(|len| *len <= MAX_RECORD)
-            .ok_or_else(|| io::Error::other("batch too large to spool"))?;
-        let mut record = Vec::with_capacity(body.len() + 16);
-        record.extend_from_slice(&MAGIC);
-        record.extend_from_slice(&len.to_be_bytes());
-        record.extend_from_slice(&checksum(&body));
-        record.extend_from_slice(&body);
+        let mut record = Vec::new();
+        encode_records(batch, MAX_RECORD, &mut record)?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         // With PostgreSQL the data directory may not exist yet; private, as with SQLite.
         {
@@ -257,6 +251,36 @@ impl Reader {
     }
 }
 
+/// Appends `batch` to `out` as records of at most `max` bytes of body each: one, or, for a
+/// batch larger than that (16 384 events with kept bodies, spooled during an outage), its
+/// first and second halves in turn, the checkpoint with the last events. Each record is
+/// replayed as a transaction of its own, in order, and one already stored is skipped.
+fn encode_records(batch: &SpooledBatch, max: u32, out: &mut Vec<u8>) -> io::Result<()> {
+    let body = serde_json::to_vec(batch).map_err(io::Error::other)?;
+    if let Some(len) = u32::try_from(body.len()).ok().filter(|len| *len <= max) {
+        out.reserve(body.len() + 16);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&checksum(&body));
+        out.extend_from_slice(&body);
+        return Ok(());
+    }
+    if batch.events.len() < 2 {
+        return Err(io::Error::other("an audit event too large to spool"));
+    }
+    let (first, last) = batch.events.split_at(batch.events.len() / 2);
+    let first = SpooledBatch {
+        events: first.to_vec(),
+        checkpoint: None,
+    };
+    encode_records(&first, max, out)?;
+    let last = SpooledBatch {
+        events: last.to_vec(),
+        checkpoint: batch.checkpoint.clone(),
+    };
+    encode_records(&last, max, out)
+}
+
 /// Reads until `buffer` is full or the input ends; how many bytes were read.
 fn read_up_to(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
@@ -366,5 +390,52 @@ mod tests {
         spool.clear().unwrap();
         assert!(spool.is_drained());
         assert_eq!(scan(dir.path()).unwrap(), SpoolReport::default());
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_record_is_spooled_as_several_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<StoredEvent> = (1..=5).flat_map(|seq| batch(seq).events).collect();
+        let checkpoint = Checkpoint {
+            chain: "c".into(),
+            seq: 5,
+            head: "head".into(),
+            time_ms: 1,
+            mac: "mac".into(),
+        };
+        let whole = SpooledBatch {
+            events,
+            checkpoint: Some(checkpoint.clone()),
+        };
+        let one = serde_json::to_vec(&batch(1)).unwrap().len();
+        let mut bytes = Vec::new();
+        // Room for two events a record, not five.
+        encode_records(&whole, u32::try_from(one * 2 + 20).unwrap(), &mut bytes).unwrap();
+        std::fs::write(dir.path().join(SPOOL_FILE), &bytes).unwrap();
+
+        let mut reader = Spool::open(dir.path()).unreplayed().unwrap();
+        let mut parts = Vec::new();
+        while let Some(record) = reader.next_record().unwrap() {
+            match record {
+                Record::Batch(part, _) => parts.push(part),
+                Record::Corrupt(at) => panic!("corrupt record at {at}"),
+            }
+        }
+        assert!(parts.len() > 1, "{parts:?}");
+        let seqs: Vec<i64> = parts
+            .iter()
+            .flat_map(|p| &p.events)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        // The checkpoint signs the last event: it goes with the last record only.
+        let checkpoints: Vec<_> = parts.iter().map(|p| p.checkpoint.clone()).collect();
+        assert_eq!(checkpoints.last(), Some(&Some(checkpoint)));
+        assert!(checkpoints[..parts.len() - 1].iter().all(Option::is_none));
+
+        // One event larger than a record cannot be spooled, and says so.
+        let mut rest = Vec::new();
+        let error = encode_records(&batch(1), 8, &mut rest).unwrap_err();
+        assert!(error.to_string().contains("too large"), "{error}");
     }
 }
