@@ -256,7 +256,24 @@ impl Reader {
 /// first and second halves in turn, the checkpoint with the last events. Each record is
 /// replayed as a transaction of its own, in order, and one already stored is skipped.
 fn encode_records(batch: &SpooledBatch, max: u32, out: &mut Vec<u8>) -> io::Result<()> {
-    let body = serde_json::to_vec(batch).map_err(io::Error::other)?;
+    encode_part(&batch.events, batch.checkpoint.as_ref(), max, out)
+}
+
+/// A part of a [`SpooledBatch`], borrowed: written as the same JSON, so that splitting a
+/// batch copies no event.
+#[derive(Serialize)]
+struct BatchPart<'a> {
+    events: &'a [StoredEvent],
+    checkpoint: Option<&'a Checkpoint>,
+}
+
+fn encode_part(
+    events: &[StoredEvent],
+    checkpoint: Option<&Checkpoint>,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let body = serde_json::to_vec(&BatchPart { events, checkpoint }).map_err(io::Error::other)?;
     if let Some(len) = u32::try_from(body.len()).ok().filter(|len| *len <= max) {
         out.reserve(body.len() + 16);
         out.extend_from_slice(&MAGIC);
@@ -265,20 +282,12 @@ fn encode_records(batch: &SpooledBatch, max: u32, out: &mut Vec<u8>) -> io::Resu
         out.extend_from_slice(&body);
         return Ok(());
     }
-    if batch.events.len() < 2 {
+    if events.len() < 2 {
         return Err(io::Error::other("an audit event too large to spool"));
     }
-    let (first, last) = batch.events.split_at(batch.events.len() / 2);
-    let first = SpooledBatch {
-        events: first.to_vec(),
-        checkpoint: None,
-    };
-    encode_records(&first, max, out)?;
-    let last = SpooledBatch {
-        events: last.to_vec(),
-        checkpoint: batch.checkpoint.clone(),
-    };
-    encode_records(&last, max, out)
+    let (first, last) = events.split_at(events.len() / 2);
+    encode_part(first, None, max, out)?;
+    encode_part(last, checkpoint, max, out)
 }
 
 /// Reads until `buffer` is full or the input ends; how many bytes were read.
