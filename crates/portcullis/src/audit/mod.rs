@@ -16,6 +16,7 @@ pub mod query;
 pub mod retention;
 pub mod spool;
 pub mod store;
+pub mod succession;
 pub mod verify;
 
 use std::borrow::Cow;
@@ -315,34 +316,25 @@ impl AuditLog {
         };
         // What a process before left in the spool goes first.
         log.replay_all();
-        let previous = log
+        // The chain's first event names the heads of the chains before it that no chain
+        // named yet (succession), so that deleting any of them, or cutting it short of
+        // that point, shows; its first batch is checkpointed, so that the next chain to
+        // start names this one.
+        let store = &log.target.store;
+        let (heads, starts) = log
             .target
             .runtime
-            .block_on(log.target.store.latest_checkpoint())?;
-        info!(chain = %log.chain, "audit log open: a new chain starts");
-        // The chain's first event names where the last checkpointed chain stood, so that
-        // deleting that chain, or cutting it short of that point, shows.
+            .block_on(async { tokio::try_join!(store.chain_heads(), store.chain_starts()) })?;
+        let follows = succession::unnamed(heads, &starts);
+        info!(chain = %log.chain, follows = follows.len(), "audit log open: a new chain starts");
         let time_ms = now_ms(started);
-        let mut out = Vec::with_capacity(256);
-        let mut line = Line::start(&mut out);
-        line.text("kind", Some("chain_start"));
-        line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
-        line.text(
-            "previous_chain",
-            previous.as_ref().map(|c| c.chain.as_str()),
-        );
-        line.number(
-            "previous_seq",
-            previous.as_ref().map_or(0, |c| c.seq.unsigned_abs()),
-        );
-        line.text("previous_head", previous.as_ref().map(|c| c.head.as_str()));
-        line.close();
         log.push(StoredEvent {
             time_ms,
             kind: "chain_start".to_owned(),
-            payload: String::from_utf8(out).unwrap_or_default(),
+            payload: succession::chain_start_payload(time_ms, &follows),
             ..StoredEvent::default()
         });
+        log.since_checkpoint = CHECKPOINT_EVENTS;
         Ok(log)
     }
 

@@ -258,14 +258,31 @@ impl AuditStore {
         Ok(row.is_some())
     }
 
-    /// The checkpoint written last, by any chain.
-    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditStoreError> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints \
-             ORDER BY time_ms DESC, seq DESC LIMIT 1"
-        );
-        let row = sqlx::query(&sql).fetch_optional(&self.pool).await?;
-        Ok(row.as_ref().map(checkpoint_of).transpose()?)
+    /// The newest checkpoint of every chain but those retention trimmed through it: the
+    /// heads a new chain names ([`super::succession`]).
+    pub async fn chain_heads(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        let rows = sqlx::query(
+            "SELECT c.chain_id, c.seq, c.head_hash, c.time_ms, c.mac FROM audit_checkpoints c \
+             JOIN (SELECT chain_id, MAX(seq) AS top FROM audit_checkpoints GROUP BY chain_id) newest \
+             ON c.chain_id = newest.chain_id AND c.seq = newest.top \
+             WHERE NOT EXISTS (SELECT 1 FROM audit_anchors a \
+             WHERE a.chain_id = c.chain_id AND a.seq >= c.seq)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The payload of every chain's first event (its `chain_start`) still stored, found
+    /// through their own index.
+    pub async fn chain_starts(&self) -> Result<Vec<String>, AuditStoreError> {
+        let rows = sqlx::query("SELECT payload FROM audit_events WHERE seq = 1")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Every chain's id.
@@ -512,4 +529,7 @@ const SCHEMA: &[&str] = &[
     // their recent checkpoints.
     "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms)",
     "CREATE INDEX IF NOT EXISTS audit_checkpoints_time ON audit_checkpoints (time_ms)",
+    // A new chain reads every chain's first event ([`AuditStore::chain_starts`]); the
+    // index holds those alone, and costs an insert one comparison.
+    "CREATE INDEX IF NOT EXISTS audit_chain_starts ON audit_events (chain_id) WHERE seq = 1",
 ];

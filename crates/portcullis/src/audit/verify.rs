@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::chain::{ChainKey, Checkpoint, GENESIS};
 use super::store::{AuditStore, AuditStoreError, StoredEvent};
+use super::succession::{ChainPoint, followed};
 
 /// Events read at a time.
 const PAGE: i64 = 10_000;
@@ -138,7 +139,7 @@ async fn walk(
                 )));
             }
             if event.seq == 1
-                && let Err(broken) = follows_its_predecessor(store, key, event).await?
+                && let Err(broken) = follows_its_predecessors(store, key, event).await?
             {
                 return Ok(Err(broken));
             }
@@ -180,10 +181,10 @@ async fn retention_anchor(
     Ok(Ok(anchors.into_iter().next()))
 }
 
-/// Whether the chain `first` starts holds the point of the chain before it that it names:
-/// that chain was not deleted, nor cut short of it (but by retention, which its anchor
-/// shows).
-async fn follows_its_predecessor(
+/// Whether the store holds every point of earlier chains that the chain `first` starts
+/// names ([`super::succession`]): none of them was deleted, nor cut short of it (but by
+/// retention, which its anchor shows).
+async fn follows_its_predecessors(
     store: &AuditStore,
     key: &ChainKey,
     first: &StoredEvent,
@@ -191,30 +192,24 @@ async fn follows_its_predecessor(
     let Ok(payload) = serde_json::from_str::<Value>(&first.payload) else {
         return Ok(Ok(()));
     };
-    let (Some(previous), Some(seq), Some(head)) = (
-        payload["previous_chain"].as_str(),
-        payload["previous_seq"].as_i64(),
-        payload["previous_head"].as_str(),
-    ) else {
-        return Ok(Ok(()));
-    };
-    let trimmed_past = match retention_anchor(store, key, previous).await? {
-        Ok(anchor) => anchor.is_some_and(|anchor| anchor.seq >= seq),
-        Err(broken) => return Ok(Err(broken)),
-    };
-    let held = trimmed_past
-        || if seq == 0 {
-            !store.checkpoints(previous).await?.is_empty()
-        } else {
-            store.holds(previous, seq, head).await?
+    for ChainPoint { chain, seq, head } in followed(&payload) {
+        let trimmed_past = match retention_anchor(store, key, &chain).await? {
+            Ok(anchor) => anchor.is_some_and(|anchor| anchor.seq >= seq),
+            Err(broken) => return Ok(Err(broken)),
         };
-    Ok(if held {
-        Ok(())
-    } else {
-        Err(format!(
-            "it follows chain {previous} at event {seq}, which the store does not hold (deleted or cut short)"
-        ))
-    })
+        let held = trimmed_past
+            || if seq == 0 {
+                !store.checkpoints(&chain).await?.is_empty()
+            } else {
+                store.holds(&chain, seq, &head).await?
+            };
+        if !held {
+            return Ok(Err(format!(
+                "it follows chain {chain} at event {seq}, which the store does not hold (deleted or cut short)"
+            )));
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn check_checkpoints(

@@ -566,7 +566,8 @@ async fn a_deleted_earlier_chain_shows() {
     }
     let (ok, out) = verify_dir(&dir);
     assert!(ok && out.contains("ok: 2 chain(s)"), "{out}");
-    let first = "(SELECT chain_id FROM audit_events WHERE seq = 1 AND payload LIKE '%\"previous_chain\":null%')";
+    let first =
+        "(SELECT chain_id FROM audit_events WHERE seq = 1 AND payload LIKE '%\"follows\":[]%')";
     let copy = tampered(
         &dir,
         &[
@@ -577,6 +578,61 @@ async fn a_deleted_earlier_chain_shows() {
     .await;
     let (ok, out) = verify_dir(&copy);
     assert!(!ok, "{out}");
+    assert!(
+        out.contains("which the store does not hold (deleted or cut short)"),
+        "{out}"
+    );
+}
+
+/// A `portcullis token` command's chain is named by the next chain to start, whichever
+/// process writes it: deleting it whole shows, though a gateway kept running and
+/// checkpointing after it (the newest checkpoint in the store is the gateway's).
+#[tokio::test]
+async fn a_token_commands_chain_deleted_while_a_gateway_runs_shows() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .start();
+    let (id, _) = mint_with_id(&dir, "first", "read");
+    // A checkpoint every 1000 events: the gateway's next one comes after the command's.
+    let before = checkpoints(&gateway.log()).len();
+    for _ in 0..1000 {
+        assert_eq!(
+            request("GET", &gateway.url("/x"), TOKEN, "").await.status,
+            200
+        );
+    }
+    let mut waited = 0;
+    while checkpoints(&gateway.log()).len() == before && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert!(
+        checkpoints(&gateway.log()).len() > before,
+        "{}",
+        gateway.log()
+    );
+    mint_with_id(&dir, "second", "read");
+    gateway.final_log();
+    let (ok, out) = verify_dir(&dir);
+    assert!(ok && out.contains("ok: 3 chain(s)"), "{out}");
+
+    let command = format!(
+        "(SELECT chain_id FROM audit_events WHERE kind = 'admin_action' AND payload LIKE '%{id}%')"
+    );
+    let copy = tampered(
+        &dir,
+        &[
+            &format!("DELETE FROM audit_checkpoints WHERE chain_id = {command}"),
+            &format!("DELETE FROM audit_events WHERE chain_id = {command}"),
+        ],
+    )
+    .await;
+    let (ok, out) = verify_dir(&copy);
+    assert!(!ok, "{out}");
+    assert!(out.contains(": 2 chain(s)"), "{out}");
     assert!(
         out.contains("which the store does not hold (deleted or cut short)"),
         "{out}"
