@@ -75,10 +75,14 @@ async fn open_audit(location: &StoreLocation) -> Result<AuditLog, String> {
     let key = audit::load_key(location, env, true).map_err(|e| e.to_string())?;
     let location = location.clone();
     let closing = Arc::new(AtomicBool::new(false));
-    tokio::task::spawn_blocking(move || AuditLog::open(&location, None, key, closing))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || {
+        let mut audit = AuditLog::open(&location, None, key, closing)?;
+        audit.start_now()?;
+        Ok(audit)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e: audit::AuditError| format!("no change made: {e}"))
 }
 
 async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Result<(), String> {
@@ -87,8 +91,9 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
     let pepper = credentials::load_pepper(&location, env).map_err(|e| e.to_string())?;
     let store = Store::open(&location).await.map_err(|e| e.to_string())?;
     let credentials = Credentials::new(store, TokenHasher::new(&pepper), &[]);
-    // A change to the store is audited as the gateway's admin API audits it; the audit log
-    // is opened first, so that no change is made that could not be recorded.
+    // A change to the store is audited as the gateway's admin API audits it. The command's
+    // chain is stored before the change, so that a store that does not take writes stops
+    // it first; should the store fail in between, the command says so and fails.
     let changes = matches!(
         action,
         TokenAction::Create { .. } | TokenAction::Revoke { .. } | TokenAction::Rotate { .. }
@@ -101,13 +106,14 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
     let done = act(&credentials, json, action).await;
     if let Some(mut audit) = audit {
         // Recorded, and the audit log's runtime dropped, off this runtime's thread.
-        let action = done.as_ref().ok().cloned().flatten();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some((action, target)) = action {
-                audit.record_cli_action(action, &target);
-            }
+        let change = done.as_ref().ok().cloned().flatten();
+        tokio::task::spawn_blocking(move || match change {
+            Some((action, target)) => audit.record_cli_action(action, &target),
+            None => Ok(()),
         })
-        .await;
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the change was made, but its audit event is lost: {e}"))?;
     }
     done.map(|_| ())
 }

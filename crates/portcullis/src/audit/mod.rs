@@ -84,6 +84,9 @@ pub enum AuditError {
     /// Its runtime could not be started.
     #[error("audit log: {0}")]
     Runtime(std::io::Error),
+    /// The store did not take an event in time; the event is lost.
+    #[error("the audit store did not take the event: {0}")]
+    Unrecorded(String),
 }
 
 /// The chain key: `PORTCULLIS_AUDIT_KEY` (or `_FILE`), else, with SQLite, `audit.key` in
@@ -495,7 +498,8 @@ impl AuditLog {
     /// store, or, when it does not take it, to the spool; when neither does, retries until
     /// one does, for at most `patience` when one is given. Admissions waiting on the batch
     /// are let go once it is written either way, and refused as soon as neither took it.
-    fn write(&mut self, force: bool, patience: Option<Duration>) {
+    /// `Err` carries why, when patience ran out and the batch was given up.
+    fn write(&mut self, force: bool, patience: Option<Duration>) -> Result<(), String> {
         let due = force
             || self.since_checkpoint >= CHECKPOINT_EVENTS
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
@@ -503,7 +507,7 @@ impl AuditLog {
             // Nothing new, but what waits in the spool goes in as soon as the store
             // takes it (tried every RETRY_BACKOFF).
             self.spooling();
-            return;
+            return Ok(());
         }
         let checkpoint = due.then(|| {
             let mut checkpoint = Checkpoint {
@@ -573,7 +577,7 @@ impl AuditLog {
             if patience.is_some_and(|limit| started.elapsed() >= limit) {
                 error!(error = %cause, events = self.pending.len(), "audit log: the store refused the last events; they are lost");
                 self.pending.clear();
-                return;
+                return Err(cause);
             }
             // Once per failure streak at warn, then quietly: the store is down.
             if failures == 1 {
@@ -602,14 +606,26 @@ impl AuditLog {
             self.since_checkpoint = 0;
             self.last_checkpoint = Instant::now();
         }
+        Ok(())
     }
 }
 
 impl AuditLog {
+    /// Stores the chain's first event at once, with a checkpoint, within 10 s: what
+    /// `portcullis token` does before it changes anything, so that a store that does not
+    /// take writes stops the command before the change rather than after it.
+    pub fn start_now(&mut self) -> Result<(), AuditError> {
+        self.write(true, Some(CLOSE_PATIENCE))
+            .map_err(AuditError::Unrecorded)
+    }
+
     /// Records an admin action taken outside the gateway (`portcullis token`), with `cli`
-    /// as the acting principal, and stores it at once with a checkpoint: the command's
-    /// chain is this one event.
-    pub fn record_cli_action(&mut self, action: &'static str, target: &str) {
+    /// as the acting principal, and stores it at once, within 10 s, with a checkpoint.
+    pub fn record_cli_action(
+        &mut self,
+        action: &'static str,
+        target: &str,
+    ) -> Result<(), AuditError> {
         let exchange = Exchange {
             caller: Some(Caller {
                 kind: "cli",
@@ -632,7 +648,8 @@ impl AuditLog {
         if let Some(event) = action_event(&exchange) {
             self.push(event);
         }
-        self.close();
+        self.write(true, Some(CLOSE_PATIENCE))
+            .map_err(AuditError::Unrecorded)
     }
 }
 
@@ -657,13 +674,15 @@ impl Sink for AuditLog {
 
     fn flush(&mut self) {
         self.take_trimmed();
-        self.write(false, None);
+        // Without patience, the batch is retried until it is written.
+        let _ = self.write(false, None);
     }
 
     fn close(&mut self) {
         self.take_trimmed();
         self.replay_all();
-        self.write(true, Some(CLOSE_PATIENCE));
+        // What the store refused to the end is logged as lost; shutdown goes on.
+        let _ = self.write(true, Some(CLOSE_PATIENCE));
     }
 }
 

@@ -639,6 +639,55 @@ async fn a_token_commands_chain_deleted_while_a_gateway_runs_shows() {
     );
 }
 
+/// `portcullis token` stores its chain's start before it changes anything: when the audit
+/// store takes no writes (another connection holds its write lock), the command fails,
+/// says that nothing changed, and the token store is as it was.
+#[tokio::test]
+async fn a_token_command_changes_nothing_when_the_audit_store_takes_no_writes() {
+    let dir = scratch_dir();
+    mint_with_id(&dir, "before", "read");
+    let mut lock = sqlx::AnyConnection::connect(&sqlite_url(&dir))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let refused = portcullis()
+        .args(["token", "--data-dir", dir.to_str().unwrap(), "--json"])
+        .args(["create", "--name", "after", "--scopes", "read"])
+        .output()
+        .unwrap();
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    assert!(
+        stderr.contains("portcullis token: no change made: "),
+        "{stderr}"
+    );
+
+    let listed = portcullis()
+        .args([
+            "token",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--json",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let names: Vec<Value> = serde_json::from_slice::<Value>(&listed.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["name"].clone())
+        .collect();
+    assert_eq!(names, ["before"]);
+}
+
 /// A data directory whose spool cannot be written (its path is a directory).
 pub(crate) fn unspoolable_dir() -> PathBuf {
     let dir = scratch_dir();
