@@ -99,13 +99,13 @@ impl Redactor {
                 Some((name, value)) => {
                     out.push_str(name);
                     out.push('=');
-                    if self.is_sensitive(name) || looks_secret(&percent_decoded(value)) {
+                    if self.is_sensitive(name) || self.hides_secret(&percent_decoded(value)) {
                         out.push_str(MASK);
                     } else {
                         out.push_str(value);
                     }
                 }
-                None if looks_secret(&percent_decoded(pair)) => out.push_str(MASK),
+                None if self.hides_secret(&percent_decoded(pair)) => out.push_str(MASK),
                 None => out.push_str(pair),
             }
         }
@@ -156,11 +156,65 @@ impl Redactor {
         // Other structured bodies (XML, multipart, ...) name their secrets in ways this
         // module does not read: withheld.
         let plain = content_type.is_empty() || content_type.starts_with("text/plain");
-        Some(if !plain || contains_secret(text) {
+        if !plain || contains_secret(text) {
+            return Some(MASK.to_owned());
+        }
+        let kept = self.queries_in(text);
+        Some(if self.assigns_sensitive(&kept) {
             MASK.to_owned()
         } else {
-            self.queries_in(text)
+            kept
         })
+    }
+
+    /// Whether a value, read whole, hides a secret: it looks like one, or gives a
+    /// sensitive name a value (`{"password":"x"}`, `https://x/?token=y` as a parameter's
+    /// value).
+    fn hides_secret(&self, value: &str) -> bool {
+        looks_secret(value) || self.assigns_sensitive(value)
+    }
+
+    /// Whether `text` gives a sensitive name a value other than [`MASK`]: `password: x`,
+    /// `"token" = "x"`, `login(password: "x")`, `{"apiKey":"x"}`, as text quoting a form, a
+    /// config file, a GraphQL call or a JSON document does. (A GraphQL variable, `$pw`, is
+    /// no value.)
+    fn assigns_sensitive(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        let skip = |mut at: usize, what: &dyn Fn(u8) -> bool| {
+            while bytes.get(at).copied().is_some_and(what) {
+                at += 1;
+            }
+            at
+        };
+        let mut at = 0;
+        while at < bytes.len() {
+            if !is_name(bytes[at]) {
+                at += 1;
+                continue;
+            }
+            let start = at;
+            at = skip(at, &is_name);
+            let name = &text[start..at];
+            // The name's closing quote, then spaces, then `:` or `=`.
+            let mut next = skip(at, &|b| b == b'"' || b == b'\'' || b == b'\\');
+            next = skip(next, &|b| b == b' ' || b == b'\t');
+            if !matches!(bytes.get(next), Some(b':' | b'=')) {
+                continue;
+            }
+            let value = skip(next + 1, &|b| {
+                matches!(b, b' ' | b'\t' | b'"' | b'\'' | b'\\' | b':' | b'=')
+            });
+            let given = match bytes.get(value) {
+                None => false,
+                Some(b'$') => false,
+                Some(_) => !text[value..].starts_with(MASK),
+            };
+            if given && self.is_sensitive(name) {
+                return true;
+            }
+        }
+        false
     }
 
     /// `text` with the query of every URL in it (and every `name=value` word) redacted as
@@ -202,10 +256,24 @@ impl Redactor {
                 }
             }
             Value::Array(items) => items.iter_mut().for_each(|item| self.json(item)),
-            Value::String(text) if contains_secret(text) || looks_secret(text) => {
-                *value = Value::from(MASK);
+            Value::String(text) => {
+                if let Some(mut inner) = embedded_json(text) {
+                    // A JSON document sent as a string: redacted as one.
+                    self.json(&mut inner);
+                    *text = inner.to_string();
+                    return;
+                }
+                if contains_secret(text) || looks_secret(text) {
+                    *value = Value::from(MASK);
+                    return;
+                }
+                if text.contains('=') {
+                    *text = self.queries_in(text);
+                }
+                if self.assigns_sensitive(text) {
+                    *value = Value::from(MASK);
+                }
             }
-            Value::String(text) if text.contains('=') => *text = self.queries_in(text),
             _ => {}
         }
     }
@@ -221,6 +289,15 @@ impl Redactor {
     }
 }
 
+/// The JSON object or array `text` holds whole, if it is one.
+fn embedded_json(text: &str) -> Option<serde_json::Value> {
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') && !trimmed.starts_with('[') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
 /// `name` in lowercase with `-` as `_`, so `X-Api-Key`, `x_api_key` and `X_API_KEY` match.
 fn normalise(name: &str) -> String {
     name.trim().to_ascii_lowercase().replace('-', "_")
@@ -230,7 +307,7 @@ fn normalise(name: &str) -> String {
 /// of this gateway's tokens, a JWT, an Outline access key (`ss://`), a PEM private key, or
 /// a well-known cloud or service key format.
 pub fn looks_secret(value: &str) -> bool {
-    let trimmed = value.trim();
+    let trimmed = value.trim().trim_matches(QUOTING).trim();
     starts_with_ignoring_case(trimmed, "bearer ")
         || starts_with_ignoring_case(trimmed, "basic ")
         || trimmed.contains("pcl_")
@@ -261,15 +338,25 @@ fn contains_ignoring_case(text: &str, needle: &str) -> bool {
 /// Whether free text (a user agent, say) holds a credential anywhere: a word that looks
 /// like one, or a `Bearer` or `Basic` scheme with something after it.
 pub fn contains_secret(text: &str) -> bool {
-    let mut words = text.split_whitespace();
+    let mut words = text
+        .split_whitespace()
+        .map(|word| word.trim_matches(QUOTING))
+        .filter(|word| !word.is_empty());
     while let Some(word) = words.next() {
-        let scheme = word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("basic");
+        // `Bearer x`, `"Bearer x"`, `Authorization:Bearer x`.
+        let last = word.rsplit([':', '=']).next().unwrap_or(word);
+        let scheme = last.eq_ignore_ascii_case("bearer") || last.eq_ignore_ascii_case("basic");
         if (scheme && words.clone().next().is_some()) || looks_secret(word) {
             return true;
         }
     }
     false
 }
+
+/// What text puts around a value: quotes, brackets, separators.
+const QUOTING: [char; 14] = [
+    '"', '\'', '`', '(', ')', '[', ']', '{', '}', '<', '>', ',', ';', '.',
+];
 
 /// A `User-Agent` as a record shows it: its first [`USER_AGENT_MAX`] characters, or
 /// [`MASK`] when it holds a credential anywhere (a client that puts its token there).
@@ -494,6 +581,58 @@ mod tests {
         let cut = sample(Some("text/plain"), "héllo".as_bytes(), 2);
         assert_eq!(redactor.body(&cut).as_deref(), Some("h"));
         assert_eq!(redactor.body(&sample(None, b"", 10)), None);
+    }
+
+    /// Secrets under no sensitive key of their own: a JSON document sent as a string, a
+    /// GraphQL call's literal arguments, `name: value` text, a quoted credential.
+    #[test]
+    fn secrets_named_inside_strings_and_text_are_masked() {
+        let redactor = Redactor::default();
+        let kept = |content_type: Option<&str>, body: &str| {
+            redactor
+                .body(&sample(content_type, body.as_bytes(), 4096))
+                .unwrap()
+        };
+        let json = |body: &str| -> serde_json::Value {
+            serde_json::from_str(&kept(Some("application/json"), body)).unwrap()
+        };
+        // Redacted as the document it is, and kept as a string.
+        assert_eq!(
+            json(r#"{"payload":"{\"password\":\"x1\",\"user\":\"ann\"}"}"#),
+            serde_json::json!({"payload": r#"{"password":"***","user":"ann"}"#})
+        );
+        assert_eq!(
+            json(r#"{"query":"mutation { login(user: \"ann\", password: \"x2\") { token } }"}"#),
+            serde_json::json!({"query": MASK})
+        );
+        // Variables are redacted by key; a query that only names them is kept.
+        let graphql = r#"{"query":"mutation($pw: String!) { login(password: $pw) { token } }","variables":{"pw":"x3","password":"x4"}}"#;
+        assert_eq!(
+            json(graphql),
+            serde_json::json!({"query":"mutation($pw: String!) { login(password: $pw) { token } }","variables":{"pw":"x3","password":MASK}})
+        );
+        assert_eq!(
+            json(r#"{"note":"sent with \"Bearer x5\"","header":"Authorization:Bearer x6"}"#),
+            serde_json::json!({"note": MASK, "header": MASK})
+        );
+        for text in [
+            "password: x7",
+            "user = ann\napi_key = x8\n",
+            "config {\"secret\": \"x9\"}",
+            "curl -H \"Bearer x10\"",
+            "curl -H 'Authorization: Bearer x11'",
+        ] {
+            assert_eq!(kept(Some("text/plain"), text), MASK, "{text}");
+        }
+        // A name with no value, a masked one, or a value that only looks like a name's.
+        for text in ["the password: ", "password=***", "status: ok, page=2"] {
+            assert_eq!(kept(Some("text/plain"), text), text, "{text}");
+        }
+        // Query values that carry one: a URL with a token, a quoted credential, JSON.
+        assert_eq!(
+            redactor.query("next=https%3A%2F%2Fx.example%2F%3Ftoken%3Dx12&q=%22Bearer%20x13%22&f=%7B%22password%22%3A%22x14%22%7D&page=2"),
+            "next=***&q=***&f=***&page=2"
+        );
     }
 
     #[test]
