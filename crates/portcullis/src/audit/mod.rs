@@ -50,6 +50,9 @@ pub fn enabled_in(env: impl Fn(&str) -> Option<String>) -> bool {
     )
 }
 
+/// The kind of the event that records a corrupted spool record skipped at replay.
+pub const SPOOL_LOSS: &str = "spool_loss";
+
 /// The key file generated in the data directory when no key is given (SQLite only).
 pub const AUDIT_KEY_FILE: &str = "audit.key";
 
@@ -269,6 +272,9 @@ pub struct AuditLog {
     spool: Option<Spool>,
     /// When a replay of the spool last found the store refusing.
     last_refusal: Option<Instant>,
+    /// Where in the spool the corrupted records skipped since the last batch were, to
+    /// record as events.
+    spool_losses: Vec<u64>,
     /// What bodies may show.
     redactor: Redactor,
 }
@@ -315,6 +321,7 @@ impl AuditLog {
             trimmed: None,
             spool: spool_dir.map(Spool::open),
             last_refusal: None,
+            spool_losses: Vec::new(),
             redactor: Redactor::default(),
         };
         // What a process before left in the spool goes first.
@@ -337,6 +344,7 @@ impl AuditLog {
             payload: succession::chain_start_payload(time_ms, &follows),
             ..StoredEvent::default()
         });
+        log.take_spool_losses();
         log.since_checkpoint = CHECKPOINT_EVENTS;
         Ok(log)
     }
@@ -362,6 +370,27 @@ impl AuditLog {
             .unwrap_or_default();
         for chain in trimmed {
             self.push(retention_event(&chain));
+        }
+    }
+
+    /// The corrupted spool records skipped since the last batch, as `spool_loss` events
+    /// in this chain: once the spool is emptied, they are what still shows that events
+    /// were lost (a gap in a chain shows it too, but not a lost tail).
+    fn take_spool_losses(&mut self) {
+        for offset in std::mem::take(&mut self.spool_losses) {
+            let time_ms = now_ms(SystemTime::now());
+            let mut out = Vec::with_capacity(64);
+            let mut line = Line::start(&mut out);
+            line.text("kind", Some(SPOOL_LOSS));
+            line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
+            line.number("spool_offset", offset);
+            line.close();
+            self.push(StoredEvent {
+                time_ms,
+                kind: SPOOL_LOSS.to_owned(),
+                payload: String::from_utf8(out).unwrap_or_default(),
+                ..StoredEvent::default()
+            });
         }
     }
 
@@ -427,8 +456,9 @@ impl AuditLog {
                 Record::Corrupt(offset) => {
                     error!(
                         offset,
-                        "audit log: a corrupted spool record was skipped; its events are lost (audit verify shows the gap)"
+                        "audit log: a corrupted spool record was skipped; its events are lost (recorded as a spool_loss event, which audit verify reports)"
                     );
+                    self.spool_losses.push(offset);
                     offset
                 }
             };
@@ -674,6 +704,7 @@ impl Sink for AuditLog {
 
     fn flush(&mut self) {
         self.take_trimmed();
+        self.take_spool_losses();
         // Without patience, the batch is retried until it is written.
         let _ = self.write(false, None);
     }
@@ -681,6 +712,7 @@ impl Sink for AuditLog {
     fn close(&mut self) {
         self.take_trimmed();
         self.replay_all();
+        self.take_spool_losses();
         // What the store refused to the end is logged as lost; shutdown goes on.
         let _ = self.write(true, Some(CLOSE_PATIENCE));
     }

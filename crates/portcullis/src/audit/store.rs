@@ -78,7 +78,8 @@ pub struct StoredEvent {
     pub seq: i64,
     /// When the request started (or the action happened), Unix milliseconds.
     pub time_ms: i64,
-    /// `request` or `admin_action`.
+    /// `request`, `admission` or `admin_action`, or one of the log's own: `chain_start`,
+    /// `retention`, `spool_loss`.
     pub kind: String,
     /// The request's id.
     pub request_id: Option<String>,

@@ -5,12 +5,14 @@
 //! covers, a checkpoint whose MAC is wrong or whose head the chain does not reach (a cut
 //! tail). A checkpoint taken from the operational log proves the same for events the
 //! database no longer holds a checkpoint for. A chain trimmed by retention is walked from
-//! its retention anchor ([`super::retention`]).
+//! its retention anchor ([`super::retention`]). A `spool_loss` event (a corrupted spool
+//! record skipped at replay) is reported as a failure: its events are lost.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::SPOOL_LOSS;
 use super::chain::{ChainKey, Checkpoint, GENESIS};
 use super::store::{AuditStore, AuditStoreError, StoredEvent};
 use super::succession::{ChainPoint, followed};
@@ -148,6 +150,13 @@ async fn walk(
                     "event {}: its {column} column disagrees with its content (edited)",
                     event.seq
                 )));
+            }
+            if event.kind == SPOOL_LOSS {
+                // Not a broken link: the chain says, under its key, that events were lost.
+                report.broken.push(format!(
+                    "chain {chain}: event {} records a corrupted spool record skipped at replay: its events are lost",
+                    event.seq
+                ));
             }
             last = event.seq;
             head.clone_from(&event.hash);

@@ -321,6 +321,36 @@ async fn a_corrupted_spool_record_is_reported_and_skipped_never_silently() {
     let (ok, out) = verify_direct(&database, &dir);
     assert!(!ok, "{out}");
     assert!(out.contains("are missing (deleted)"), "{out}");
+    assert!(out.contains(SKIPPED), "{out}");
+    database.drop_now().await;
+}
+
+/// What `audit verify` says of a `spool_loss` event, which the replaying chain records.
+const SKIPPED: &str = "records a corrupted spool record skipped at replay: its events are lost";
+
+/// A corrupted last spool record leaves no gap (no event follows it), yet once the spool
+/// is replayed and emptied the loss still shows: the chain that skipped it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_last_spool_record_still_shows_once_the_spool_is_emptied() {
+    let upstream = Upstream::start().await;
+    let (database, dir, _) = killed_while_spooling(&upstream).await;
+    let spool = dir.join("audit.spool");
+    let mut bytes = std::fs::read(&spool).unwrap();
+    let near_the_end = bytes.len() - 10;
+    bytes[near_the_end] ^= 0x55;
+    std::fs::write(&spool, &bytes).unwrap();
+
+    let mut restarted = gateway_on(&upstream, &database.url, &dir);
+    let log = restarted.final_log();
+    assert!(
+        log.contains("a corrupted spool record was skipped"),
+        "{log}"
+    );
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "{log}");
+    let (ok, out) = verify_direct(&database, &dir);
+    assert!(!ok, "{out}");
+    assert!(!out.contains("are missing (deleted)"), "{out}");
+    assert!(out.contains(SKIPPED), "{out}");
     database.drop_now().await;
 }
 
