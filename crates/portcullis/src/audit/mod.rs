@@ -330,12 +330,10 @@ impl AuditLog {
         // named yet (succession), so that deleting any of them, or cutting it short of
         // that point, shows; its first batch is checkpointed, so that the next chain to
         // start names this one.
-        let store = &log.target.store;
-        let (heads, starts) = log
+        let follows = log
             .target
             .runtime
-            .block_on(async { tokio::try_join!(store.chain_heads(), store.chain_starts()) })?;
-        let follows = succession::unnamed(heads, &starts);
+            .block_on(succession::to_name(&log.target.store, &log.key))?;
         info!(chain = %log.chain, follows = follows.len(), "audit log open: a new chain starts");
         let time_ms = now_ms(started);
         log.push(StoredEvent {

@@ -274,16 +274,15 @@ impl AuditStore {
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
 
-    /// The payload of every chain's first event (its `chain_start`) still stored, found
-    /// through their own index.
-    pub async fn chain_starts(&self) -> Result<Vec<String>, AuditStoreError> {
-        let rows = sqlx::query("SELECT payload FROM audit_events WHERE seq = 1")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()?)
+    /// Every chain's first event (its `chain_start`) still stored, found through their own
+    /// index.
+    pub async fn chain_starts(&self) -> Result<Vec<StoredEvent>, AuditStoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq = 1");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(event_of)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(AuditStoreError::from)
     }
 
     /// Every chain's id.

@@ -11,8 +11,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::warn;
 
-use super::chain::Checkpoint;
+use super::chain::{ChainKey, Checkpoint, GENESIS};
+use super::store::{AuditStore, AuditStoreError};
 
 /// A point a chain reached: its id, an event's sequence number and that event's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +66,50 @@ pub fn followed(payload: &Value) -> Vec<ChainPoint> {
     }
 }
 
+/// What a chain starting now in `store` must name. Only what the key signed counts: a
+/// checkpoint forged to stand in for a chain's newest (so that the chain is named short of
+/// its end, or not at all), or a first event forged to name a chain (so that no real one
+/// does), is passed over.
+pub async fn to_name(
+    store: &AuditStore,
+    key: &ChainKey,
+) -> Result<Vec<ChainPoint>, AuditStoreError> {
+    let (newest, starts) = tokio::try_join!(store.chain_heads(), store.chain_starts())?;
+    let mut heads: HashMap<String, Option<Checkpoint>> = HashMap::new();
+    for checkpoint in newest {
+        let signed = checkpoint.mac == key.seal(&checkpoint);
+        let slot = heads.entry(checkpoint.chain.clone()).or_default();
+        if signed && slot.is_none() {
+            *slot = Some(checkpoint);
+        }
+    }
+    let mut signed_heads = Vec::with_capacity(heads.len());
+    for (chain, head) in heads {
+        let head = match head {
+            Some(head) => Some(head),
+            None => {
+                warn!(chain = %chain, "audit log: the newest checkpoint of a chain is not signed by this key (audit verify reports it); the newest signed one is named instead");
+                let mut all = store.checkpoints(&chain).await?;
+                all.reverse();
+                all.into_iter().find(|c| c.mac == key.seal(c))
+            }
+        };
+        signed_heads.extend(head);
+    }
+    let signed_starts: Vec<&str> = starts
+        .iter()
+        .filter(|event| {
+            event.prev_hash == GENESIS
+                && event.hash == key.link(&event.chain_id, event.seq, GENESIS, &event.payload)
+        })
+        .map(|event| event.payload.as_str())
+        .collect();
+    Ok(unnamed(signed_heads, &signed_starts))
+}
+
 /// What a new chain must name: of `heads` (each chain's newest checkpoint), those that no
 /// chain's first event among `starts` (their payloads) names at that point or later.
-pub fn unnamed(heads: Vec<Checkpoint>, starts: &[String]) -> Vec<ChainPoint> {
+pub fn unnamed(heads: Vec<Checkpoint>, starts: &[&str]) -> Vec<ChainPoint> {
     let mut named: HashMap<String, i64> = HashMap::new();
     for payload in starts {
         let Ok(payload) = serde_json::from_str::<Value>(payload) else {
@@ -129,11 +172,8 @@ mod tests {
             // Named at its last checkpoint already.
             head("ended", 7),
         ];
-        let starts = [
-            starts.as_slice(),
-            &[chain_start_payload(3, &[point("ended", 7)])],
-        ]
-        .concat();
+        let ended = chain_start_payload(3, &[point("ended", 7)]);
+        let starts = [starts[0].as_str(), &starts[1], &ended];
         assert_eq!(
             unnamed(heads, &starts),
             [point("gateway", 90), point("token-command", 2)]

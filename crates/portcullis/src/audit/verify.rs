@@ -166,9 +166,18 @@ async fn walk(
             }
         }
     }
-    if let Some((seq, _)) = checkpoints.range(last + 1..).next() {
+    // Past the end: a signed checkpoint shows a cut tail; an unsigned one, a forgery.
+    let beyond = || checkpoints.range(last + 1..).flat_map(|(_, at)| at);
+    if let Some(signed) = beyond().find(|c| c.mac == key.seal(c)) {
         return Ok(Err(format!(
-            "a checkpoint signs event {seq} but the chain ends at event {last} (cut short)"
+            "a checkpoint signs event {} but the chain ends at event {last} (cut short)",
+            signed.seq
+        )));
+    }
+    if let Some(forged) = beyond().next() {
+        return Ok(Err(format!(
+            "the checkpoint at event {} is not signed by this key (forged or edited)",
+            forged.seq
         )));
     }
     Ok(Ok(()))

@@ -639,6 +639,74 @@ async fn a_token_commands_chain_deleted_while_a_gateway_runs_shows() {
     );
 }
 
+/// A new chain names only what the key signed: a chain start forged to name a chain far
+/// ahead (so that no real chain would name it), and a checkpoint forged past a chain's end
+/// (so that it would be named at a point it never reached), are passed over; the forged
+/// rows are reported, the chain that started after them is not.
+#[tokio::test]
+async fn a_new_chain_names_only_what_the_key_signed() {
+    let dir = scratch_dir();
+    let (id, _) = mint_with_id(&dir, "first", "read");
+    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(&dir))
+        .await
+        .unwrap();
+    let first: String = sqlx::query_scalar(&format!(
+        "SELECT chain_id FROM audit_events WHERE kind = 'admin_action' AND payload LIKE '%{id}%'"
+    ))
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    let forged_chain = "f".repeat(32);
+    let follows = format!(
+        r#"{{"kind":"chain_start","time_ms":1,"follows":[{{"chain":"{first}","seq":999,"head":"x"}}]}}"#
+    );
+    sqlx::query(
+        "INSERT INTO audit_events (chain_id, seq, time_ms, kind, payload, prev_hash, hash) \
+         VALUES ($1, 1, 1, 'chain_start', $2, '', 'forged')",
+    )
+    .bind(forged_chain.as_str())
+    .bind(follows.as_str())
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO audit_checkpoints VALUES ($1, 50, 'x', 1, 'forged')")
+        .bind(first.as_str())
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    mint_with_id(&dir, "second", "read");
+
+    let (ok, out) = verify_dir(&dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "chain {forged_chain}: event 1 does not match its hash"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("is not signed by this key"), "{out}");
+    assert!(!out.contains("which the store does not hold"), "{out}");
+
+    // The forged rows taken away with the first chain: the second chain still names it.
+    let copy = tampered(
+        &dir,
+        &[
+            &format!("DELETE FROM audit_events WHERE chain_id IN ('{first}', '{forged_chain}')"),
+            &format!("DELETE FROM audit_checkpoints WHERE chain_id = '{first}'"),
+        ],
+    )
+    .await;
+    let (ok, out) = verify_dir(&copy);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "it follows chain {first} at event 2, which the store does not hold"
+        )),
+        "{out}"
+    );
+}
+
 /// `portcullis token` stores its chain's start before it changes anything: when the audit
 /// store takes no writes (another connection holds its write lock), the command fails,
 /// says that nothing changed, and the token store is as it was.
