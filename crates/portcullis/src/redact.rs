@@ -96,6 +96,8 @@ impl Redactor {
                 out.push('&');
             }
             match pair.split_once('=') {
+                // A name that carries a value itself (`token%3Dabc=1`).
+                Some((name, _)) if self.hides_secret(&percent_decoded(name)) => out.push_str(MASK),
                 Some((name, value)) => {
                     out.push_str(name);
                     out.push('=');
@@ -160,24 +162,50 @@ impl Redactor {
             return Some(MASK.to_owned());
         }
         let kept = self.queries_in(text);
-        Some(if self.assigns_sensitive(&kept) {
+        Some(if self.hides_secret(&kept) {
             MASK.to_owned()
         } else {
             kept
         })
     }
 
-    /// Whether a value, read whole, hides a secret: it looks like one, or gives a
-    /// sensitive name a value (`{"password":"x"}`, `https://x/?token=y` as a parameter's
-    /// value).
+    /// Whether a value, read whole, hides a secret: it looks like one or holds one, gives a
+    /// sensitive name a value (`https://x/?token=y` as a parameter's value), or is a JSON
+    /// document with something to mask; also once or twice more percent-decoded (a return
+    /// URL carrying its own encoded query).
     fn hides_secret(&self, value: &str) -> bool {
-        looks_secret(value) || self.assigns_sensitive(value)
+        let mut text = Cow::Borrowed(value);
+        for _ in 0..3 {
+            if looks_secret(&text)
+                || contains_secret(&text)
+                || self.assigns_sensitive(&text)
+                || self.json_hides_secret(&text)
+            {
+                return true;
+            }
+            if !text.contains('%') {
+                break;
+            }
+            text = Cow::Owned(percent_decoded(&text));
+        }
+        false
+    }
+
+    /// Whether `text` is a JSON document in which [`Self::json`] masks something (its keys
+    /// read with their escapes undone: `{"\u0070assword":"x"}`).
+    fn json_hides_secret(&self, text: &str) -> bool {
+        embedded_json(text).is_some_and(|document| {
+            let mut redacted = document.clone();
+            self.json(&mut redacted);
+            redacted != document
+        })
     }
 
     /// Whether `text` gives a sensitive name a value other than [`MASK`]: `password: x`,
     /// `"token" = "x"`, `login(password: "x")`, `{"apiKey":"x"}`, as text quoting a form, a
-    /// config file, a GraphQL call or a JSON document does. (A GraphQL variable, `$pw`, is
-    /// no value.)
+    /// config file, a GraphQL call or a JSON document does. (A GraphQL variable, an
+    /// unquoted `$pw`, is no value.) Names common in prose and search syntax
+    /// ([`PROSE_NAMES`]) do not count here.
     fn assigns_sensitive(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
         let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
@@ -195,26 +223,68 @@ impl Redactor {
             }
             let start = at;
             at = skip(at, &is_name);
-            let name = &text[start..at];
             // The name's closing quote, then spaces, then `:` or `=`.
             let mut next = skip(at, &|b| b == b'"' || b == b'\'' || b == b'\\');
             next = skip(next, &|b| b == b' ' || b == b'\t');
             if !matches!(bytes.get(next), Some(b':' | b'=')) {
                 continue;
             }
-            let value = skip(next + 1, &|b| {
+            let spaced = skip(next + 1, &|b| b == b' ' || b == b'\t');
+            let quoted = matches!(bytes.get(spaced), Some(b'"' | b'\'' | b'\\'));
+            let value = skip(spaced, &|b| {
                 matches!(b, b' ' | b'\t' | b'"' | b'\'' | b'\\' | b':' | b'=')
             });
             let given = match bytes.get(value) {
                 None => false,
-                Some(b'$') => false,
-                Some(_) => !text[value..].starts_with(MASK),
+                // `password: $pw` names a GraphQL variable; `password=$pw` is a value.
+                Some(b'$') if !quoted && bytes[next] == b':' => !bytes
+                    .get(value + 1)
+                    .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_'),
+                Some(_) => !is_mask(&bytes[value..]),
             };
-            if given && self.is_sensitive(name) {
+            if given && self.names_secret(&text[start..at]) {
                 return true;
             }
         }
         false
+    }
+
+    /// Whether a bare word (ASCII letters, digits, `-`, `_`) is a sensitive name in free
+    /// text: as [`Self::is_sensitive`] reads names, but for [`PROSE_NAMES`], and compared
+    /// in place (every query value is looked at).
+    fn names_secret(&self, word: &str) -> bool {
+        let same = |name: &str| {
+            word.len() == name.len() && word.bytes().zip(name.bytes()).all(|(a, b)| folded(a) == b)
+        };
+        let prose = PROSE_NAMES.iter().any(|name| same(name));
+        if (!prose && SENSITIVE_PARAMS.iter().any(|name| same(name)))
+            || self.extra.iter().any(|name| same(name))
+        {
+            return true;
+        }
+        // Lowercased without `-` and `_`, on the stack unless the word is long.
+        let mut short = [0u8; 64];
+        let mut long = Vec::new();
+        let letters = word
+            .bytes()
+            .filter(|b| *b != b'-' && *b != b'_')
+            .map(|b| b.to_ascii_lowercase());
+        let squashed: &[u8] = if word.len() <= short.len() {
+            let mut length = 0;
+            for (slot, b) in short.iter_mut().zip(letters) {
+                *slot = b;
+                length += 1;
+            }
+            &short[..length]
+        } else {
+            long.extend(letters);
+            &long
+        };
+        SENSITIVE_PARTS.iter().any(|part| {
+            squashed
+                .windows(part.len())
+                .any(|window| window == part.as_bytes())
+        })
     }
 
     /// `text` with the query of every URL in it (and every `name=value` word) redacted as
@@ -270,7 +340,7 @@ impl Redactor {
                 if text.contains('=') {
                     *text = self.queries_in(text);
                 }
-                if self.assigns_sensitive(text) {
+                if self.hides_secret(text) {
                     *value = Value::from(MASK);
                 }
             }
@@ -287,6 +357,28 @@ impl Redactor {
         let squashed = name.replace('_', "");
         SENSITIVE_PARTS.iter().any(|part| squashed.contains(part))
     }
+}
+
+/// Names of [`SENSITIVE_PARAMS`] too common in prose and search syntax (`state:open`,
+/// `error code: 500`, `sort=key:asc`) to mark a secret in free text. A query parameter so
+/// named is still masked.
+const PROSE_NAMES: [&str; 7] = ["code", "state", "nonce", "key", "pass", "auth", "sig"];
+
+/// `b` lowercased, with `-` as `_`, as [`normalise`] writes names.
+fn folded(b: u8) -> u8 {
+    if b == b'-' {
+        b'_'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Whether `rest` starts with [`MASK`] as a whole value (`***`, not `***x`).
+fn is_mask(rest: &[u8]) -> bool {
+    rest.starts_with(MASK.as_bytes())
+        && !rest
+            .get(MASK.len())
+            .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'*'))
 }
 
 /// The JSON object or array `text` holds whole, if it is one.
@@ -344,7 +436,11 @@ pub fn contains_secret(text: &str) -> bool {
         .filter(|word| !word.is_empty());
     while let Some(word) = words.next() {
         // `Bearer x`, `"Bearer x"`, `Authorization:Bearer x`.
-        let last = word.rsplit([':', '=']).next().unwrap_or(word);
+        let last = word
+            .rsplit([':', '='])
+            .next()
+            .unwrap_or(word)
+            .trim_matches(QUOTING);
         let scheme = last.eq_ignore_ascii_case("bearer") || last.eq_ignore_ascii_case("basic");
         if (scheme && words.clone().next().is_some()) || looks_secret(word) {
             return true;
@@ -624,14 +720,44 @@ mod tests {
         ] {
             assert_eq!(kept(Some("text/plain"), text), MASK, "{text}");
         }
-        // A name with no value, a masked one, or a value that only looks like a name's.
-        for text in ["the password: ", "password=***", "status: ok, page=2"] {
+        // A name with no value, a masked one, a name common in prose, or a GraphQL variable.
+        for text in [
+            "the password: ",
+            "password=***",
+            "status: ok, page=2",
+            "status code: 404",
+            "login(password: $pw)",
+        ] {
             assert_eq!(kept(Some("text/plain"), text), text, "{text}");
         }
-        // Query values that carry one: a URL with a token, a quoted credential, JSON.
+        // Values that only look masked or like a variable, and a value sent encoded.
+        for text in [
+            "password: ***real",
+            "login(password: \"$ecr3t\")",
+            "password = $abc1",
+            "password%3Dx15",
+            "X-Forwarded-Auth:\"Bearer x16\"",
+        ] {
+            assert_eq!(kept(Some("text/plain"), text), MASK, "{text}");
+        }
+        assert_eq!(
+            json(r#"{"next":"%2Fcb%3Ftoken%3Dx17","error":"Error code: 500"}"#),
+            serde_json::json!({"next": MASK, "error": "Error code: 500"})
+        );
+        // Query values that carry one: a URL with a token (encoded once or twice), a quoted
+        // credential, JSON (its keys escaped or not); a name that carries a value itself.
         assert_eq!(
             redactor.query("next=https%3A%2F%2Fx.example%2F%3Ftoken%3Dx12&q=%22Bearer%20x13%22&f=%7B%22password%22%3A%22x14%22%7D&page=2"),
             "next=***&q=***&f=***&page=2"
+        );
+        assert_eq!(
+            redactor.query("return_to=%2Flogin%3Fnext%3D%252Fcb%253Ftoken%253Dx18&f=%7B%22%5Cu0070assword%22%3A%22x19%22%7D&token%3Dx20=1"),
+            "return_to=***&f=***&***"
+        );
+        // Search syntax is not a secret.
+        assert_eq!(
+            redactor.query("q=repo:x+state:open&sort=key:asc"),
+            "q=repo:x+state:open&sort=key:asc"
         );
     }
 
