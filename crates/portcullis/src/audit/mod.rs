@@ -20,6 +20,7 @@ pub mod succession;
 pub mod verify;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -39,6 +40,7 @@ use chain::{ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
 use spool::{Record, Spool, SpooledBatch};
 use store::{AuditStore, AuditStoreError, StoredEvent};
+use succession::CHAIN_START;
 
 /// Whether `PORTCULLIS_AUDIT` (as `env` reads it) leaves the audit log on.
 pub fn enabled_in(env: impl Fn(&str) -> Option<String>) -> bool {
@@ -49,6 +51,14 @@ pub fn enabled_in(env: impl Fn(&str) -> Option<String>) -> bool {
         Some("off" | "false" | "0" | "no" | "n" | "f")
     )
 }
+
+/// Looks for other chains' checkpoints come at most this often (a busy chain checkpoints
+/// every 1000 events)...
+const LOOK_GAP: Duration = Duration::from_secs(1);
+/// ...may take this long on the writer's thread...
+const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
+/// ...and reach back this far before the last look (other processes' clocks).
+const LOOK_SLACK: Duration = Duration::from_secs(10);
 
 /// The kind of the event that records a corrupted spool record skipped at replay.
 pub const SPOOL_LOSS: &str = "spool_loss";
@@ -275,6 +285,13 @@ pub struct AuditLog {
     /// Where in the spool the corrupted records skipped since the last batch were, to
     /// record as events.
     spool_losses: Vec<u64>,
+    /// The newest point of each other chain this chain named, and when it was last seen
+    /// (Unix milliseconds), so that each look names only what moved.
+    named: HashMap<String, (i64, i64)>,
+    /// When this chain last looked for other chains' new checkpoints (never yet: none), by
+    /// its clock and as the store's times go.
+    last_look: Option<Instant>,
+    looked_at_ms: i64,
     /// What bodies may show.
     redactor: Redactor,
 }
@@ -322,6 +339,9 @@ impl AuditLog {
             spool: spool_dir.map(Spool::open),
             last_refusal: None,
             spool_losses: Vec::new(),
+            named: HashMap::new(),
+            last_look: None,
+            looked_at_ms: 0,
             redactor: Redactor::default(),
         };
         // What a process before left in the spool goes first.
@@ -338,10 +358,15 @@ impl AuditLog {
         let time_ms = now_ms(started);
         log.push(StoredEvent {
             time_ms,
-            kind: "chain_start".to_owned(),
-            payload: succession::chain_start_payload(time_ms, &follows),
+            kind: CHAIN_START.to_owned(),
+            payload: succession::naming_payload(CHAIN_START, time_ms, &follows),
             ..StoredEvent::default()
         });
+        log.looked_at_ms = time_ms;
+        for point in follows {
+            log.named.insert(point.chain, (point.seq, time_ms));
+        }
+        log.since_checkpoint = CHECKPOINT_EVENTS;
         log.take_spool_losses();
         log.since_checkpoint = CHECKPOINT_EVENTS;
         Ok(log)
@@ -390,6 +415,70 @@ impl AuditLog {
                 ..StoredEvent::default()
             });
         }
+    }
+
+    /// Whether the next batch carries a checkpoint: [`CHECKPOINT_EVENTS`] events or
+    /// [`CHECKPOINT_INTERVAL`] since the last.
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint >= CHECKPOINT_EVENTS
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+    }
+
+    /// With each checkpoint (at most every [`LOOK_GAP`]), while the store takes writes:
+    /// names, in a `follows` event, the newest checkpoint of every other chain that wrote
+    /// one since the last look and moved since it was last named ([`succession`]), so that
+    /// a chain that started after this one (a token command's, a replica's) is named within
+    /// a minute, not by the next start.
+    fn name_live_chains(&mut self) {
+        if !self.checkpoint_due()
+            || self.last_look.is_some_and(|at| at.elapsed() < LOOK_GAP)
+            || self.health.state() != AuditState::Ok
+        {
+            return;
+        }
+        let now = now_ms(SystemTime::now());
+        // Other processes' clocks may be behind this one's.
+        let since = self.looked_at_ms - query::millis(LOOK_SLACK);
+        self.last_look = Some(Instant::now());
+        let look =
+            succession::checkpointed_since(&self.target.store, &self.key, since, &self.chain);
+        let found = match self
+            .target
+            .runtime
+            .block_on(async { tokio::time::timeout(LOOK_TIMEOUT, look).await })
+        {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                debug!(%error, "audit log: cannot look for other chains' checkpoints");
+                return;
+            }
+            Err(_) => {
+                debug!("audit log: no answer looking for other chains' checkpoints");
+                return;
+            }
+        };
+        self.looked_at_ms = now;
+        let mut moved = Vec::new();
+        for point in found {
+            match self.named.get_mut(&point.chain) {
+                Some((seq, seen)) if *seq >= point.seq => *seen = now,
+                _ => {
+                    self.named.insert(point.chain.clone(), (point.seq, now));
+                    moved.push(point);
+                }
+            }
+        }
+        // A chain not seen since the look before has ended; it is named no more.
+        self.named.retain(|_, (_, seen)| *seen >= since);
+        if moved.is_empty() {
+            return;
+        }
+        self.push(StoredEvent {
+            time_ms: now,
+            kind: succession::FOLLOWS.to_owned(),
+            payload: succession::naming_payload(succession::FOLLOWS, now, &moved),
+            ..StoredEvent::default()
+        });
     }
 
     /// Whether the store takes the writes, as `/ready` reports it.
@@ -528,9 +617,7 @@ impl AuditLog {
     /// are let go once it is written either way, and refused as soon as neither took it.
     /// `Err` carries why, when patience ran out and the batch was given up.
     fn write(&mut self, force: bool, patience: Option<Duration>) -> Result<(), String> {
-        let due = force
-            || self.since_checkpoint >= CHECKPOINT_EVENTS
-            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        let due = force || self.checkpoint_due();
         if self.pending.is_empty() && !due {
             // Nothing new, but what waits in the spool goes in as soon as the store
             // takes it (tried every RETRY_BACKOFF).
@@ -703,6 +790,7 @@ impl Sink for AuditLog {
     fn flush(&mut self) {
         self.take_trimmed();
         self.take_spool_losses();
+        self.name_live_chains();
         // Without patience, the batch is retried until it is written.
         let _ = self.write(false, None);
     }

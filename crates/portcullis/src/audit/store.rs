@@ -20,6 +20,10 @@ pub const AUDIT_DB_FILE: &str = "audit.db";
 pub(super) const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
      decision, route, path, client_ip, payload, prev_hash, hash";
 
+/// The condition that selects the events naming other chains, as the index on them has it
+/// (the same text, so that SQLite and PostgreSQL use the index).
+const NAMING_KINDS: &str = "kind IN ('chain_start', 'follows')";
+
 /// The columns of a checkpoint, in the order [`checkpoint_of`] reads them.
 const CHECKPOINT_COLUMNS: &str = "chain_id, seq, head_hash, time_ms, mac";
 
@@ -79,7 +83,7 @@ pub struct StoredEvent {
     /// When the request started (or the action happened), Unix milliseconds.
     pub time_ms: i64,
     /// `request`, `admission` or `admin_action`, or one of the log's own: `chain_start`,
-    /// `retention`, `spool_loss`.
+    /// `follows`, `retention`, `spool_loss`.
     pub kind: String,
     /// The request's id.
     pub request_id: Option<String>,
@@ -259,30 +263,53 @@ impl AuditStore {
         Ok(row.is_some())
     }
 
-    /// The newest checkpoint of every chain but those retention trimmed through it: the
-    /// heads a new chain names ([`super::succession`]).
+    /// The newest checkpoint of every chain: the heads a new chain names
+    /// ([`super::succession`]).
     pub async fn chain_heads(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
         let rows = sqlx::query(
             "SELECT c.chain_id, c.seq, c.head_hash, c.time_ms, c.mac FROM audit_checkpoints c \
              JOIN (SELECT chain_id, MAX(seq) AS top FROM audit_checkpoints GROUP BY chain_id) newest \
-             ON c.chain_id = newest.chain_id AND c.seq = newest.top \
-             WHERE NOT EXISTS (SELECT 1 FROM audit_anchors a \
-             WHERE a.chain_id = c.chain_id AND a.seq >= c.seq)",
+             ON c.chain_id = newest.chain_id AND c.seq = newest.top",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
 
-    /// Every chain's first event (its `chain_start`) still stored, found through their own
-    /// index.
-    pub async fn chain_starts(&self) -> Result<Vec<StoredEvent>, AuditStoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq = 1");
+    /// Every retention anchor, of every chain (one a chain and retention batch).
+    pub async fn all_anchors(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_anchors");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
+    }
+
+    /// Every event that names points of other chains (`chain_start`, `follows`) still
+    /// stored, found through their own index.
+    pub async fn namings(&self) -> Result<Vec<StoredEvent>, AuditStoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {NAMING_KINDS}");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(event_of)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(AuditStoreError::from)
+    }
+
+    /// The checkpoints of chains other than `except` written at or after `since_ms`: the
+    /// chains a running gateway names as they go ([`super::succession`]).
+    pub async fn checkpoints_since(
+        &self,
+        since_ms: i64,
+        except: &str,
+    ) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE time_ms >= $1 AND chain_id <> $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since_ms)
+            .bind(except.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
 
     /// Every chain's id.
@@ -529,7 +556,7 @@ const SCHEMA: &[&str] = &[
     // their recent checkpoints.
     "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms)",
     "CREATE INDEX IF NOT EXISTS audit_checkpoints_time ON audit_checkpoints (time_ms)",
-    // A new chain reads every chain's first event ([`AuditStore::chain_starts`]); the
+    // A new chain reads every event that names other chains ([`AuditStore::namings`]); the
     // index holds those alone, and costs an insert one comparison.
-    "CREATE INDEX IF NOT EXISTS audit_chain_starts ON audit_events (chain_id) WHERE seq = 1",
+    "CREATE INDEX IF NOT EXISTS audit_namings ON audit_events (chain_id) WHERE kind IN ('chain_start', 'follows')",
 ];

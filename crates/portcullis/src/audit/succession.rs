@@ -1,11 +1,11 @@
 //! How chains vouch for one another. A chain's first event (`chain_start`) names the head
 //! of every chain in the store that no chain before it named at that point: the newest
-//! checkpoint of each chain not yet named, or named at an earlier event. Deleting any of
-//! them whole, or cutting it short of the point named, then breaks a link that the key
-//! covers ([`super::verify`]). A `portcullis token` command's chain, run while a gateway
-//! checkpoints every minute, and a PostgreSQL replica's, are named by the next chain to
-//! start, whichever process writes it; the last chains to start are kept by their logged
-//! checkpoints alone.
+//! checkpoint of each chain not yet named, or named at an earlier event. A running chain
+//! then names, each minute, in a `follows` event, the newest checkpoint of every other
+//! chain that wrote one since (a `portcullis token` command's, a PostgreSQL replica's).
+//! Deleting any chain named, or cutting it short of the point named, then breaks a link
+//! that the key covers ([`super::verify`]); only the points written since the last naming
+//! are kept by their logged checkpoints alone.
 
 use std::collections::HashMap;
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
-use super::chain::{ChainKey, Checkpoint, GENESIS};
+use super::chain::{ChainKey, Checkpoint};
 use super::store::{AuditStore, AuditStoreError};
 
 /// A point a chain reached: its id, an event's sequence number and that event's hash.
@@ -27,27 +27,65 @@ pub struct ChainPoint {
     pub head: String,
 }
 
-/// The payload of a `chain_start` event: what the chain follows.
+impl From<Checkpoint> for ChainPoint {
+    fn from(checkpoint: Checkpoint) -> Self {
+        Self {
+            chain: checkpoint.chain,
+            seq: checkpoint.seq,
+            head: checkpoint.head,
+        }
+    }
+}
+
+/// The kind of a chain's first event.
+pub const CHAIN_START: &str = "chain_start";
+/// The kind of the event a running chain names other chains' new points with.
+pub const FOLLOWS: &str = "follows";
+
+/// The payload of an event that names points of other chains.
 #[derive(Serialize)]
-struct ChainStart<'a> {
+struct Naming<'a> {
     kind: &'static str,
     time_ms: i64,
     follows: &'a [ChainPoint],
 }
 
-/// The canonical JSON of a chain's first event, started at `time_ms`, naming `follows`.
-pub fn chain_start_payload(time_ms: i64, follows: &[ChainPoint]) -> String {
-    let start = ChainStart {
-        kind: "chain_start",
+/// The canonical JSON of a `kind` event ([`CHAIN_START`] or [`FOLLOWS`]) at `time_ms`,
+/// naming `follows`.
+pub fn naming_payload(kind: &'static str, time_ms: i64, follows: &[ChainPoint]) -> String {
+    let naming = Naming {
+        kind,
         time_ms,
         follows,
     };
     // A struct of strings and numbers always serializes.
-    serde_json::to_string(&start).unwrap_or_default()
+    serde_json::to_string(&naming).unwrap_or_default()
 }
 
-/// The points a chain's first event names. Reads both forms: `follows`, a list, and the
-/// single `previous_chain`, `previous_seq`, `previous_head` of logs written before it.
+/// The newest signed checkpoint of each chain but `own` written at or after `since_ms`:
+/// what a running chain names as it goes.
+pub async fn checkpointed_since(
+    store: &AuditStore,
+    key: &ChainKey,
+    since_ms: i64,
+    own: &str,
+) -> Result<Vec<ChainPoint>, AuditStoreError> {
+    let mut newest: HashMap<String, Checkpoint> = HashMap::new();
+    for checkpoint in store.checkpoints_since(since_ms, own).await? {
+        let newer = newest
+            .get(&checkpoint.chain)
+            .is_none_or(|kept| kept.seq < checkpoint.seq);
+        if newer && checkpoint.mac == key.seal(&checkpoint) {
+            newest.insert(checkpoint.chain.clone(), checkpoint);
+        }
+    }
+    let mut points: Vec<ChainPoint> = newest.into_values().map(ChainPoint::from).collect();
+    points.sort_by(|a, b| a.chain.cmp(&b.chain));
+    Ok(points)
+}
+
+/// The points a naming event names. Reads both forms: `follows`, a list, and the single
+/// `previous_chain`, `previous_seq`, `previous_head` of chain starts written before it.
 pub fn followed(payload: &Value) -> Vec<ChainPoint> {
     if let Some(follows) = payload.get("follows") {
         return serde_json::from_value(follows.clone()).unwrap_or_default();
@@ -66,15 +104,22 @@ pub fn followed(payload: &Value) -> Vec<ChainPoint> {
     }
 }
 
-/// What a chain starting now in `store` must name. Only what the key signed counts: a
-/// checkpoint forged to stand in for a chain's newest (so that the chain is named short of
-/// its end, or not at all), or a first event forged to name a chain (so that no real one
-/// does), is passed over.
+/// What a chain starting now in `store` must name: the newest signed checkpoint of each
+/// chain that no signed naming event names at that point, unless a signed retention anchor
+/// shows the chain trimmed through it. Only what the key signed counts, so that no forged
+/// row steers it: a checkpoint forged as a chain's newest (to have it named short of its
+/// end), a naming event forged to name a chain (so that no real one does), an anchor
+/// forged to pass for its trimming.
 pub async fn to_name(
     store: &AuditStore,
     key: &ChainKey,
 ) -> Result<Vec<ChainPoint>, AuditStoreError> {
-    let (newest, starts) = tokio::try_join!(store.chain_heads(), store.chain_starts())?;
+    // The namings before the heads: a chain that starts in between is then named (its
+    // checkpoint is among the heads), where the other order would miss it.
+    let namings = store.namings().await?;
+    let newest = store.chain_heads().await?;
+    let anchors = store.all_anchors().await?;
+
     let mut heads: HashMap<String, Option<Checkpoint>> = HashMap::new();
     for checkpoint in newest {
         let signed = checkpoint.mac == key.seal(&checkpoint);
@@ -96,22 +141,33 @@ pub async fn to_name(
         };
         signed_heads.extend(head);
     }
-    let signed_starts: Vec<&str> = starts
+    // A chain trimmed through its head has nothing left to name (the start that named it
+    // may be trimmed too).
+    let mut trimmed: HashMap<&str, i64> = HashMap::new();
+    for anchor in anchors.iter().filter(|a| a.mac == key.seal_anchor(a)) {
+        let through = trimmed.entry(anchor.chain.as_str()).or_insert(anchor.seq);
+        *through = (*through).max(anchor.seq);
+    }
+    signed_heads.retain(|head| {
+        trimmed
+            .get(head.chain.as_str())
+            .is_none_or(|through| *through < head.seq)
+    });
+    let signed_namings: Vec<&str> = namings
         .iter()
         .filter(|event| {
-            event.prev_hash == GENESIS
-                && event.hash == key.link(&event.chain_id, event.seq, GENESIS, &event.payload)
+            event.hash == key.link(&event.chain_id, event.seq, &event.prev_hash, &event.payload)
         })
         .map(|event| event.payload.as_str())
         .collect();
-    Ok(unnamed(signed_heads, &signed_starts))
+    Ok(unnamed(signed_heads, &signed_namings))
 }
 
 /// What a new chain must name: of `heads` (each chain's newest checkpoint), those that no
-/// chain's first event among `starts` (their payloads) names at that point or later.
-pub fn unnamed(heads: Vec<Checkpoint>, starts: &[&str]) -> Vec<ChainPoint> {
+/// naming event among `namings` (their payloads) names at that point or later.
+pub fn unnamed(heads: Vec<Checkpoint>, namings: &[&str]) -> Vec<ChainPoint> {
     let mut named: HashMap<String, i64> = HashMap::new();
-    for payload in starts {
+    for payload in namings {
         let Ok(payload) = serde_json::from_str::<Value>(payload) else {
             continue;
         };
@@ -123,11 +179,7 @@ pub fn unnamed(heads: Vec<Checkpoint>, starts: &[&str]) -> Vec<ChainPoint> {
     let mut points: Vec<ChainPoint> = heads
         .into_iter()
         .filter(|head| named.get(&head.chain).is_none_or(|seq| *seq < head.seq))
-        .map(|head| ChainPoint {
-            chain: head.chain,
-            seq: head.seq,
-            head: head.head,
-        })
+        .map(ChainPoint::from)
         .collect();
     // One point a chain (several checkpoints may sign the same event), in a stable order.
     points.sort_by(|a, b| a.chain.cmp(&b.chain));
@@ -161,8 +213,8 @@ mod tests {
     #[test]
     fn a_chain_names_every_head_no_chain_named_yet() {
         let starts = [
-            chain_start_payload(1, &[]),
-            chain_start_payload(2, &[point("gateway", 40)]),
+            naming_payload(CHAIN_START, 1, &[]),
+            naming_payload(CHAIN_START, 2, &[point("gateway", 40)]),
         ];
         let heads = vec![
             // Named at 40, since checkpointed at 90: named again.
@@ -172,7 +224,7 @@ mod tests {
             // Named at its last checkpoint already.
             head("ended", 7),
         ];
-        let ended = chain_start_payload(3, &[point("ended", 7)]);
+        let ended = naming_payload(CHAIN_START, 3, &[point("ended", 7)]);
         let starts = [starts[0].as_str(), &starts[1], &ended];
         assert_eq!(
             unnamed(heads, &starts),
@@ -190,7 +242,7 @@ mod tests {
 
     #[test]
     fn the_points_named_read_back_in_either_form() {
-        let payload = chain_start_payload(5, &[point("a", 3), point("b", 0)]);
+        let payload = naming_payload(CHAIN_START, 5, &[point("a", 3), point("b", 0)]);
         let value: Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(value["kind"], "chain_start");
         assert_eq!(value["time_ms"], 5);

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::SPOOL_LOSS;
 use super::chain::{ChainKey, Checkpoint, GENESIS};
 use super::store::{AuditStore, AuditStoreError, StoredEvent};
-use super::succession::{ChainPoint, followed};
+use super::succession::{CHAIN_START, ChainPoint, FOLLOWS, followed};
 
 /// Events read at a time.
 const PAGE: i64 = 10_000;
@@ -140,8 +140,8 @@ async fn walk(
                     event.seq
                 )));
             }
-            if event.seq == 1
-                && let Err(broken) = follows_its_predecessors(store, key, event).await?
+            if matches!(event.kind.as_str(), CHAIN_START | FOLLOWS)
+                && let Err(broken) = named_points_held(store, key, event).await?
             {
                 return Ok(Err(broken));
             }
@@ -199,15 +199,15 @@ async fn retention_anchor(
     Ok(Ok(anchors.into_iter().next()))
 }
 
-/// Whether the store holds every point of earlier chains that the chain `first` starts
-/// names ([`super::succession`]): none of them was deleted, nor cut short of it (but by
-/// retention, which its anchor shows).
-async fn follows_its_predecessors(
+/// Whether the store holds every point of other chains that `naming` (a `chain_start` or
+/// `follows` event) names ([`super::succession`]): none of them was deleted, nor cut short
+/// of it (but by retention, which its anchor shows).
+async fn named_points_held(
     store: &AuditStore,
     key: &ChainKey,
-    first: &StoredEvent,
+    naming: &StoredEvent,
 ) -> Result<Result<(), String>, AuditStoreError> {
-    let Ok(payload) = serde_json::from_str::<Value>(&first.payload) else {
+    let Ok(payload) = serde_json::from_str::<Value>(&naming.payload) else {
         return Ok(Ok(()));
     };
     for ChainPoint { chain, seq, head } in followed(&payload) {
@@ -223,7 +223,8 @@ async fn follows_its_predecessors(
             };
         if !held {
             return Ok(Err(format!(
-                "it follows chain {chain} at event {seq}, which the store does not hold (deleted or cut short)"
+                "event {} names chain {chain} at event {seq}, which the store does not hold (deleted or cut short)",
+                naming.seq
             )));
         }
     }
