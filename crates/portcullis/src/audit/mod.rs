@@ -285,6 +285,9 @@ pub struct AuditLog {
     /// Where in the spool the corrupted records skipped since the last batch were, to
     /// record as events.
     spool_losses: Vec<u64>,
+    /// Whether the spool, replayed whole, is to be emptied once the next batch (which
+    /// records its losses) is in the store.
+    spool_to_clear: bool,
     /// The newest point of each other chain this chain named, and when it was last seen
     /// (Unix milliseconds), so that each look names only what moved.
     named: HashMap<String, (i64, i64)>,
@@ -339,6 +342,7 @@ impl AuditLog {
             spool: spool_dir.map(Spool::open),
             last_refusal: None,
             spool_losses: Vec::new(),
+            spool_to_clear: false,
             named: HashMap::new(),
             last_look: None,
             looked_at_ms: 0,
@@ -560,13 +564,13 @@ impl AuditLog {
             if !reader.at_end() {
                 return; // more next time
             }
-            match spool.clear() {
-                Ok(()) => info!(
-                    events = replayed,
-                    "audit log: the spool is replayed into the store"
-                ),
-                Err(error) => error!(%error, "audit log: cannot empty the replayed spool"),
+            if !self.spool_losses.is_empty() {
+                // Emptied once the loss is recorded in the store: a process that stops
+                // before then finds the corrupted record again.
+                self.spool_to_clear = true;
+                return;
             }
+            clear_replayed(spool);
         }
     }
 
@@ -702,6 +706,12 @@ impl AuditLog {
         }
         if failures > 0 {
             info!(attempts = failures + 1, "audit log: the batch is written");
+        }
+        if self.spool_to_clear && self.health.state() == AuditState::Ok {
+            self.spool_to_clear = false;
+            if let Some(spool) = &mut self.spool {
+                clear_replayed(spool);
+            }
         }
         for admission in self.admitted.drain(..) {
             admission.durable();
@@ -969,6 +979,14 @@ fn action_event(exchange: &Exchange) -> Option<StoredEvent> {
     Some(payload.event())
 }
 
+/// Empties `spool`, replayed whole into the store.
+fn clear_replayed(spool: &mut Spool) {
+    match spool.clear() {
+        Ok(()) => info!("audit log: the spool is replayed into the store"),
+        Err(error) => error!(%error, "audit log: cannot empty the replayed spool"),
+    }
+}
+
 /// The event that records a chain trimmed by retention (the anchor, in its own table, is
 /// what `audit verify` relies on; this is for whoever reads the log).
 fn retention_event(trimmed: &Trimmed) -> StoredEvent {
@@ -1018,6 +1036,46 @@ pub fn now_ms(at: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A corrupted spool record found at open is recorded as a `spool_loss` event, and the
+    /// spool is emptied only once that event is in the store: a process stopped before
+    /// then finds the record again.
+    #[test]
+    fn the_spool_is_emptied_only_once_its_losses_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path());
+        let event = StoredEvent {
+            chain_id: "c".repeat(32),
+            seq: 1,
+            payload: "{}".to_owned(),
+            ..StoredEvent::default()
+        };
+        let batch = SpooledBatch {
+            events: vec![event],
+            checkpoint: None,
+        };
+        spool.append(&batch).unwrap();
+        let path = dir.path().join(spool::SPOOL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let key = ChainKey::new(SecretString::from("k".repeat(32)));
+        let location = StoreLocation::DataDir(dir.path().to_owned());
+        let closing = Arc::new(AtomicBool::new(false));
+        let mut log = AuditLog::open(&location, Some(dir.path()), key, closing).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+        log.flush();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let stored = log
+            .target
+            .runtime
+            .block_on(log.target.store.events(&log.chain, 0, 10))
+            .unwrap();
+        let kinds: Vec<&str> = stored.iter().map(|event| event.kind.as_str()).collect();
+        assert_eq!(kinds, [CHAIN_START, SPOOL_LOSS]);
+    }
 
     #[test]
     fn a_chain_started_later_sorts_later() {
