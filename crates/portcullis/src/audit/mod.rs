@@ -472,8 +472,9 @@ impl AuditLog {
                 }
             }
         }
-        // A chain not seen since the look before has ended; it is named no more.
-        self.named.retain(|_, (_, seen)| *seen >= since);
+        // A live chain checkpoints at least every minute: one not seen for two has ended.
+        let ended = now - 2 * query::millis(CHECKPOINT_INTERVAL);
+        self.named.retain(|_, (_, seen)| *seen >= ended);
         if moved.is_empty() {
             return;
         }
