@@ -169,17 +169,14 @@ impl Redactor {
         })
     }
 
-    /// Whether a value, read whole, hides a secret: it looks like one or holds one, gives a
+    /// Whether a value, read whole, hides a secret: it looks like one, gives a
     /// sensitive name a value (`https://x/?token=y` as a parameter's value), or is a JSON
     /// document with something to mask; also once or twice more percent-decoded (a return
     /// URL carrying its own encoded query).
     fn hides_secret(&self, value: &str) -> bool {
         let mut text = Cow::Borrowed(value);
         for _ in 0..3 {
-            if looks_secret(&text)
-                || contains_secret(&text)
-                || self.assigns_sensitive(&text)
-                || self.json_hides_secret(&text)
+            if looks_secret(&text) || self.assigns_sensitive(&text) || self.json_hides_secret(&text)
             {
                 return true;
             }
@@ -205,7 +202,7 @@ impl Redactor {
     /// `"token" = "x"`, `login(password: "x")`, `{"apiKey":"x"}`, as text quoting a form, a
     /// config file, a GraphQL call or a JSON document does. (A GraphQL variable, an
     /// unquoted `$pw`, is no value.) Names common in prose and search syntax
-    /// ([`PROSE_NAMES`]) do not count here.
+    /// ([`PROSE_NAMES`]) count only before `=`.
     fn assigns_sensitive(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
         let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
@@ -242,7 +239,10 @@ impl Redactor {
                     .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_'),
                 Some(_) => !is_mask(&bytes[value..]),
             };
-            if given && self.names_secret(&text[start..at]) {
+            // Prose and search syntax write `state: open`, `code: 500`, `key:asc`; a URL's
+            // query writes `code=...`, which counts.
+            let prose = bytes[next] == b':';
+            if given && self.names_secret(&text[start..at], prose) {
                 return true;
             }
         }
@@ -250,14 +250,15 @@ impl Redactor {
     }
 
     /// Whether a bare word (ASCII letters, digits, `-`, `_`) is a sensitive name in free
-    /// text: as [`Self::is_sensitive`] reads names, but for [`PROSE_NAMES`], and compared
-    /// in place (every query value is looked at).
-    fn names_secret(&self, word: &str) -> bool {
+    /// text: as [`Self::is_sensitive`] reads names, but for [`PROSE_NAMES`] when `prose`
+    /// (the name is followed by `:`), and compared in place (every query value is looked
+    /// at).
+    fn names_secret(&self, word: &str, prose: bool) -> bool {
         let same = |name: &str| {
             word.len() == name.len() && word.bytes().zip(name.bytes()).all(|(a, b)| folded(a) == b)
         };
-        let prose = PROSE_NAMES.iter().any(|name| same(name));
-        if (!prose && SENSITIVE_PARAMS.iter().any(|name| same(name)))
+        let common = prose && PROSE_NAMES.iter().any(|name| same(name));
+        if (!common && SENSITIVE_PARAMS.iter().any(|name| same(name)))
             || self.extra.iter().any(|name| same(name))
         {
             return true;
@@ -317,15 +318,32 @@ impl Redactor {
         use serde_json::Value;
         match value {
             Value::Object(object) => {
+                // `{"name": "password", "value": "x"}`: a field naming a secret makes the
+                // value beside it one.
+                let names_secret = ["name", "key", "field", "header"].iter().any(|field| {
+                    object
+                        .get(*field)
+                        .and_then(Value::as_str)
+                        .is_some_and(|name| self.is_sensitive(name))
+                });
                 for (key, value) in object.iter_mut() {
-                    if self.is_sensitive(key) {
+                    let beside = names_secret && matches!(key.as_str(), "value" | "values");
+                    if beside || self.is_sensitive(key) {
                         *value = Value::from(MASK);
                     } else {
                         self.json(value);
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(|item| self.json(item)),
+            Value::Array(items) => {
+                // `["X-Api-Key", "k"]`: a pair whose first names a secret.
+                if let [Value::String(name), value] = items.as_mut_slice()
+                    && self.is_sensitive(name)
+                {
+                    *value = Value::from(MASK);
+                }
+                items.iter_mut().for_each(|item| self.json(item));
+            }
             Value::String(text) => {
                 if let Some(mut inner) = embedded_json(text) {
                     // A JSON document sent as a string: redacted as one.
@@ -740,6 +758,13 @@ mod tests {
         ] {
             assert_eq!(kept(Some("text/plain"), text), MASK, "{text}");
         }
+        // Name and value apart: an object that names its value, a pair.
+        assert_eq!(
+            json(
+                r#"{"fields":[{"name":"Password","value":"x21"},{"name":"user","value":"ann"}],"headers":[["X-Api-Key","x22"],["Accept","*/*"]]}"#
+            ),
+            serde_json::json!({"fields":[{"name":"Password","value":MASK},{"name":"user","value":"ann"}],"headers":[["X-Api-Key",MASK],["Accept","*/*"]]})
+        );
         assert_eq!(
             json(r#"{"next":"%2Fcb%3Ftoken%3Dx17","error":"Error code: 500"}"#),
             serde_json::json!({"next": MASK, "error": "Error code: 500"})
@@ -753,6 +778,11 @@ mod tests {
         assert_eq!(
             redactor.query("return_to=%2Flogin%3Fnext%3D%252Fcb%253Ftoken%253Dx18&f=%7B%22%5Cu0070assword%22%3A%22x19%22%7D&token%3Dx20=1"),
             "return_to=***&f=***&***"
+        );
+        // Names common in prose count in a URL's query, encoded or not.
+        assert_eq!(
+            redactor.query("return_to=%2Fcb%3Fcode%3Dx23%26state%3Dxyz&u=https%3A%2F%2Fb.example%2Fa%3Fsig%3Dx24&key%3Dx25=1"),
+            "return_to=***&u=***&***"
         );
         // Search syntax is not a secret.
         assert_eq!(

@@ -20,7 +20,7 @@ pub mod succession;
 pub mod verify;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -57,7 +57,9 @@ pub fn enabled_in(env: impl Fn(&str) -> Option<String>) -> bool {
 const LOOK_GAP: Duration = Duration::from_secs(1);
 /// ...may take this long on the writer's thread...
 const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
-/// ...and reach back this far before the last look (other processes' clocks).
+/// ...reach back to the last look, but never further than this...
+const LOOK_REACH: Duration = Duration::from_secs(300);
+/// ...and this much before it (other processes' clocks).
 const LOOK_SLACK: Duration = Duration::from_secs(10);
 
 /// The kind of the event that records a corrupted spool record skipped at replay.
@@ -288,12 +290,11 @@ pub struct AuditLog {
     /// Whether the spool, replayed whole, is to be emptied once the next batch (which
     /// records its losses) is in the store.
     spool_to_clear: bool,
-    /// The newest point of each other chain this chain named, and when it was last seen
-    /// (Unix milliseconds), so that each look names only what moved.
-    named: HashMap<String, (i64, i64)>,
-    /// When this chain last looked for other chains' new checkpoints (never yet: none), by
-    /// its clock and as the store's times go.
-    last_look: Option<Instant>,
+    /// The other chains this chain named (each is named once).
+    named: HashSet<String>,
+    /// When this chain may next look for other chains' checkpoints (at once: none), and
+    /// when it last did, as the store's times go.
+    next_look: Option<Instant>,
     looked_at_ms: i64,
     /// What bodies may show.
     redactor: Redactor,
@@ -343,8 +344,8 @@ impl AuditLog {
             last_refusal: None,
             spool_losses: Vec::new(),
             spool_to_clear: false,
-            named: HashMap::new(),
-            last_look: None,
+            named: HashSet::new(),
+            next_look: None,
             looked_at_ms: 0,
             redactor: Redactor::default(),
         };
@@ -352,8 +353,8 @@ impl AuditLog {
         log.replay_all();
         // The chain's first event names the heads of the chains before it that no chain
         // named yet (succession), so that deleting any of them, or cutting it short of
-        // that point, shows; its first batch is checkpointed, so that the next chain to
-        // start names this one.
+        // that point, shows; its first batch is checkpointed, so that the chains running
+        // and the next to start name this one.
         let follows = log
             .target
             .runtime
@@ -367,10 +368,8 @@ impl AuditLog {
             ..StoredEvent::default()
         });
         log.looked_at_ms = time_ms;
-        for point in follows {
-            log.named.insert(point.chain, (point.seq, time_ms));
-        }
-        log.since_checkpoint = CHECKPOINT_EVENTS;
+        log.named
+            .extend(follows.into_iter().map(|point| point.chain));
         log.take_spool_losses();
         log.since_checkpoint = CHECKPOINT_EVENTS;
         Ok(log)
@@ -428,60 +427,59 @@ impl AuditLog {
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
     }
 
-    /// With each checkpoint (at most every [`LOOK_GAP`]), while the store takes writes:
-    /// names, in a `follows` event, the newest checkpoint of every other chain that wrote
-    /// one since the last look and moved since it was last named ([`succession`]), so that
-    /// a chain that started after this one (a token command's, a replica's) is named within
-    /// a minute, not by the next start.
-    fn name_live_chains(&mut self) {
+    /// With each checkpoint (at most every [`LOOK_GAP`], and a minute after a look that
+    /// failed), while the store takes writes: names, in a `follows` event, the newest
+    /// checkpoint of every other chain that wrote one since the last look and that this
+    /// chain has not named yet ([`succession`]), so that a chain that started after this
+    /// one (a token command's, a replica's) is named at once, not by the next start. Each
+    /// chain is named once: enough to show its deletion whole, and `follows` events stay
+    /// as few as the chains.
+    fn name_new_chains(&mut self) {
         if !self.checkpoint_due()
-            || self.last_look.is_some_and(|at| at.elapsed() < LOOK_GAP)
+            || self.next_look.is_some_and(|at| Instant::now() < at)
             || self.health.state() != AuditState::Ok
         {
             return;
         }
         let now = now_ms(SystemTime::now());
-        // Other processes' clocks may be behind this one's.
-        let since = self.looked_at_ms - query::millis(LOOK_SLACK);
-        self.last_look = Some(Instant::now());
+        // Back at most a few minutes (however long since the last look), less the other
+        // processes' clocks' lag.
+        let since =
+            self.looked_at_ms.max(now - query::millis(LOOK_REACH)) - query::millis(LOOK_SLACK);
+        self.looked_at_ms = now;
         let look =
             succession::checkpointed_since(&self.target.store, &self.key, since, &self.chain);
-        let found = match self
+        let found = self
             .target
             .runtime
-            .block_on(async { tokio::time::timeout(LOOK_TIMEOUT, look).await })
-        {
-            Ok(Ok(found)) => found,
-            Ok(Err(error)) => {
-                debug!(%error, "audit log: cannot look for other chains' checkpoints");
-                return;
+            .block_on(async { tokio::time::timeout(LOOK_TIMEOUT, look).await });
+        let found = match found {
+            Ok(Ok(found)) => {
+                self.next_look = Some(Instant::now() + LOOK_GAP);
+                found
             }
-            Err(_) => {
-                debug!("audit log: no answer looking for other chains' checkpoints");
+            failed => {
+                // Not again for a minute: a store that is slow must not hold the writer.
+                self.next_look = Some(Instant::now() + CHECKPOINT_INTERVAL);
+                let error = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => format!("no answer within {LOOK_TIMEOUT:?}"),
+                };
+                warn!(%error, "audit log: cannot look for other chains' checkpoints; they are named by the next chain to start");
                 return;
             }
         };
-        self.looked_at_ms = now;
-        let mut moved = Vec::new();
-        for point in found {
-            match self.named.get_mut(&point.chain) {
-                Some((seq, seen)) if *seq >= point.seq => *seen = now,
-                _ => {
-                    self.named.insert(point.chain.clone(), (point.seq, now));
-                    moved.push(point);
-                }
-            }
-        }
-        // A live chain checkpoints at least every minute: one not seen for two has ended.
-        let ended = now - 2 * query::millis(CHECKPOINT_INTERVAL);
-        self.named.retain(|_, (_, seen)| *seen >= ended);
-        if moved.is_empty() {
+        let new: Vec<succession::ChainPoint> = found
+            .into_iter()
+            .filter(|point| self.named.insert(point.chain.clone()))
+            .collect();
+        if new.is_empty() {
             return;
         }
         self.push(StoredEvent {
             time_ms: now,
             kind: succession::FOLLOWS.to_owned(),
-            payload: succession::naming_payload(succession::FOLLOWS, now, &moved),
+            payload: succession::naming_payload(succession::FOLLOWS, now, &new),
             ..StoredEvent::default()
         });
     }
@@ -708,7 +706,11 @@ impl AuditLog {
         if failures > 0 {
             info!(attempts = failures + 1, "audit log: the batch is written");
         }
-        if self.spool_to_clear && self.health.state() == AuditState::Ok {
+        // Losses found while this batch was written are in the next one.
+        if self.spool_to_clear
+            && self.spool_losses.is_empty()
+            && self.health.state() == AuditState::Ok
+        {
             self.spool_to_clear = false;
             if let Some(spool) = &mut self.spool {
                 clear_replayed(spool);
@@ -801,7 +803,7 @@ impl Sink for AuditLog {
     fn flush(&mut self) {
         self.take_trimmed();
         self.take_spool_losses();
-        self.name_live_chains();
+        self.name_new_chains();
         // Without patience, the batch is retried until it is written.
         let _ = self.write(false, None);
     }

@@ -263,17 +263,21 @@ impl AuditStore {
         Ok(row.is_some())
     }
 
-    /// The newest checkpoint of every chain: the heads a new chain names
-    /// ([`super::succession`]).
-    pub async fn chain_heads(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
-        let rows = sqlx::query(
-            "SELECT c.chain_id, c.seq, c.head_hash, c.time_ms, c.mac FROM audit_checkpoints c \
-             JOIN (SELECT chain_id, MAX(seq) AS top FROM audit_checkpoints GROUP BY chain_id) newest \
-             ON c.chain_id = newest.chain_id AND c.seq = newest.top",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
+    /// The newest checkpoint of `chain` (none when it has none): the head a new chain
+    /// names ([`super::succession`]).
+    pub async fn newest_checkpoint(
+        &self,
+        chain: &str,
+    ) -> Result<Option<Checkpoint>, AuditStoreError> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE chain_id = $1 \
+             ORDER BY seq DESC, time_ms DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(chain.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(checkpoint_of).transpose()?)
     }
 
     /// Every retention anchor, of every chain (one a chain and retention batch).
@@ -556,6 +560,8 @@ const SCHEMA: &[&str] = &[
     // their recent checkpoints.
     "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms)",
     "CREATE INDEX IF NOT EXISTS audit_checkpoints_time ON audit_checkpoints (time_ms)",
+    // An index of an earlier build, replaced by the one below.
+    "DROP INDEX IF EXISTS audit_chain_starts",
     // A new chain reads every event that names other chains ([`AuditStore::namings`]); the
     // index holds those alone, and costs an insert one comparison.
     "CREATE INDEX IF NOT EXISTS audit_namings ON audit_events (chain_id) WHERE kind IN ('chain_start', 'follows')",

@@ -7,7 +7,7 @@
 //! that the key covers ([`super::verify`]); only the points written since the last naming
 //! are kept by their logged checkpoints alone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -117,24 +117,22 @@ pub async fn to_name(
     // The namings before the heads: a chain that starts in between is then named (its
     // checkpoint is among the heads), where the other order would miss it.
     let namings = store.namings().await?;
-    let newest = store.chain_heads().await?;
     let anchors = store.all_anchors().await?;
-
-    let mut heads: HashMap<String, Option<Checkpoint>> = HashMap::new();
-    for checkpoint in newest {
-        let signed = checkpoint.mac == key.seal(&checkpoint);
-        let slot = heads.entry(checkpoint.chain.clone()).or_default();
-        if signed && slot.is_none() {
-            *slot = Some(checkpoint);
-        }
-    }
-    let mut signed_heads = Vec::with_capacity(heads.len());
-    for (chain, head) in heads {
-        let head = match head {
-            Some(head) => Some(head),
-            None => {
+    // Every chain: each starts with a naming event, or, trimmed past it, has an anchor.
+    let chains: BTreeSet<&str> = namings
+        .iter()
+        .filter(|event| event.kind == CHAIN_START)
+        .map(|event| event.chain_id.as_str())
+        .chain(anchors.iter().map(|anchor| anchor.chain.as_str()))
+        .collect();
+    let mut signed_heads = Vec::with_capacity(chains.len());
+    for chain in chains {
+        let head = match store.newest_checkpoint(chain).await? {
+            Some(head) if head.mac == key.seal(&head) => Some(head),
+            None => None,
+            Some(_) => {
                 warn!(chain = %chain, "audit log: the newest checkpoint of a chain is not signed by this key (audit verify reports it); the newest signed one is named instead");
-                let mut all = store.checkpoints(&chain).await?;
+                let mut all = store.checkpoints(chain).await?;
                 all.reverse();
                 all.into_iter().find(|c| c.mac == key.seal(c))
             }
