@@ -547,7 +547,23 @@ async fn token_command_changes_are_audited() {
     assert!(out.contains("ok: 2 chain(s), 4 event(s) linked"), "{out}");
 }
 
-/// Each chain starts by naming the point the last checkpointed chain reached: deleting an
+/// What `audit verify` says of a copy of `dir` without the chain `chain` (an SQL
+/// expression of its id), deleted whole with its checkpoints: a failure.
+async fn verify_without_chain(dir: &Path, chain: &str) -> String {
+    let copy = tampered(
+        dir,
+        &[
+            &format!("DELETE FROM audit_checkpoints WHERE chain_id = {chain}"),
+            &format!("DELETE FROM audit_events WHERE chain_id = {chain}"),
+        ],
+    )
+    .await;
+    let (ok, out) = verify_dir(&copy);
+    assert!(!ok, "{out}");
+    out
+}
+
+/// Each chain starts by naming the points the chains before it reached: deleting an
 /// earlier chain whole shows, even with no log at hand.
 #[tokio::test]
 async fn a_deleted_earlier_chain_shows() {
@@ -568,16 +584,7 @@ async fn a_deleted_earlier_chain_shows() {
     assert!(ok && out.contains("ok: 2 chain(s)"), "{out}");
     let first =
         "(SELECT chain_id FROM audit_events WHERE seq = 1 AND payload LIKE '%\"follows\":[]%')";
-    let copy = tampered(
-        &dir,
-        &[
-            &format!("DELETE FROM audit_checkpoints WHERE chain_id = {first}"),
-            &format!("DELETE FROM audit_events WHERE chain_id = {first}"),
-        ],
-    )
-    .await;
-    let (ok, out) = verify_dir(&copy);
-    assert!(!ok, "{out}");
+    let out = verify_without_chain(&dir, first).await;
     assert!(
         out.contains("which the store does not hold (deleted or cut short)"),
         "{out}"
@@ -623,16 +630,7 @@ async fn a_token_commands_chain_deleted_while_a_gateway_runs_shows() {
     let command = format!(
         "(SELECT chain_id FROM audit_events WHERE kind = 'admin_action' AND payload LIKE '%{id}%')"
     );
-    let copy = tampered(
-        &dir,
-        &[
-            &format!("DELETE FROM audit_checkpoints WHERE chain_id = {command}"),
-            &format!("DELETE FROM audit_events WHERE chain_id = {command}"),
-        ],
-    )
-    .await;
-    let (ok, out) = verify_dir(&copy);
-    assert!(!ok, "{out}");
+    let out = verify_without_chain(&dir, &command).await;
     assert!(out.contains(": 1 chain(s)"), "{out}");
     assert!(
         out.contains("which the store does not hold (deleted or cut short)"),
