@@ -446,7 +446,6 @@ impl AuditLog {
         // processes' clocks' lag.
         let since =
             self.looked_at_ms.max(now - query::millis(LOOK_REACH)) - query::millis(LOOK_SLACK);
-        self.looked_at_ms = now;
         let look =
             succession::checkpointed_since(&self.target.store, &self.key, since, &self.chain);
         let found = self
@@ -455,6 +454,7 @@ impl AuditLog {
             .block_on(async { tokio::time::timeout(LOOK_TIMEOUT, look).await });
         let found = match found {
             Ok(Ok(found)) => {
+                self.looked_at_ms = now;
                 self.next_look = Some(Instant::now() + LOOK_GAP);
                 found
             }

@@ -114,8 +114,8 @@ pub async fn to_name(
     store: &AuditStore,
     key: &ChainKey,
 ) -> Result<Vec<ChainPoint>, AuditStoreError> {
-    // The namings before the heads: a chain that starts in between is then named (its
-    // checkpoint is among the heads), where the other order would miss it.
+    // A chain that starts after this read is named by this chain's first look, which
+    // comes with its first batch (that chain's first batch is checkpointed at once).
     let namings = store.namings().await?;
     let anchors = store.all_anchors().await?;
     // Every chain: each starts with a naming event, or, trimmed past it, has an anchor.
