@@ -183,7 +183,7 @@ impl Redactor {
             if !text.contains('%') {
                 break;
             }
-            text = Cow::Owned(percent_decoded(&text));
+            text = Cow::Owned(percent_decoded(&text).into_owned());
         }
         false
     }
@@ -530,11 +530,17 @@ fn has_key_prefix(value: &str) -> bool {
 
 /// `text` as a form decoder reads it: `+` as a space, `%XX` escapes decoded (bad ones
 /// kept), as UTF-8, lossily.
-fn percent_decoded(text: &str) -> String {
+fn percent_decoded(text: &str) -> Cow<'_, str> {
+    // Most names and values hold neither: borrowed, nothing allocated on the request path.
+    if !text.contains(['%', '+']) {
+        return Cow::Borrowed(text);
+    }
     let spaced = text.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 #[cfg(test)]

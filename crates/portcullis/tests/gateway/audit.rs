@@ -501,12 +501,7 @@ fn the_audit_log_can_be_turned_off_with_a_warning_and_production_refuses_it() {
 async fn token_command_changes_are_audited() {
     let dir = scratch_dir();
     let token = |args: &[&str]| {
-        let output = portcullis()
-            .arg("token")
-            .args(["--data-dir", dir.to_str().unwrap(), "--json"])
-            .args(args)
-            .output()
-            .unwrap();
+        let output = token_command(&dir, args);
         assert!(
             output.status.success(),
             "{}",
@@ -726,11 +721,7 @@ async fn a_token_command_changes_nothing_when_the_audit_store_takes_no_writes() 
         .execute(&mut lock)
         .await
         .unwrap();
-    let refused = portcullis()
-        .args(["token", "--data-dir", dir.to_str().unwrap(), "--json"])
-        .args(["create", "--name", "after", "--scopes", "read"])
-        .output()
-        .unwrap();
+    let refused = token_command(&dir, &["create", "--name", "after", "--scopes", "read"]);
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -740,16 +731,7 @@ async fn a_token_command_changes_nothing_when_the_audit_store_takes_no_writes() 
         "{stderr}"
     );
 
-    let listed = portcullis()
-        .args([
-            "token",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--json",
-            "list",
-        ])
-        .output()
-        .unwrap();
+    let listed = token_command(&dir, &["list"]);
     assert!(listed.status.success(), "{listed:?}");
     let names: Vec<Value> = serde_json::from_slice::<Value>(&listed.stdout)
         .unwrap()

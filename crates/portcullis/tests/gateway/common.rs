@@ -658,19 +658,19 @@ pub fn mint_with_id(dir: &Path, name: &str, scopes: &str) -> (String, String) {
     create_token(dir, name, scopes, &[])
 }
 
-fn create_token(dir: &Path, name: &str, scopes: &str, extra: &[&str]) -> (String, String) {
-    let output = portcullis()
-        .args([
-            "token",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--json",
-            "create",
-        ])
-        .args(["--name", name, "--scopes", scopes])
-        .args(extra)
+/// `portcullis token --data-dir DIR --json ARGS` on the SQLite store in `dir`, run to its
+/// end.
+pub fn token_command(dir: &Path, args: &[&str]) -> std::process::Output {
+    portcullis()
+        .args(["token", "--data-dir", dir.to_str().unwrap(), "--json"])
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn create_token(dir: &Path, name: &str, scopes: &str, extra: &[&str]) -> (String, String) {
+    let args = [&["create", "--name", name, "--scopes", scopes], extra].concat();
+    let output = token_command(dir, &args);
     assert!(output.status.success(), "{output:?}");
     let created: Value = serde_json::from_slice(&output.stdout).unwrap();
     (
