@@ -34,13 +34,7 @@ if [ -z "$binary" ]; then
   build_release
 fi
 
-start_nginx upstream 1 "server {
-    listen 127.0.0.1:$UPSTREAM_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
-    }
-  }"
+start_inventory_upstream "$UPSTREAM_PORT"
 
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 

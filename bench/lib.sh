@@ -38,6 +38,18 @@ CONF
   nginx -p "$dir" -c "$dir/nginx.conf"
 }
 
+# start_inventory_upstream <port>: nginx (one worker) answering every request on
+# 127.0.0.1:<port> with a fixed small JSON document, as an inventory API might.
+start_inventory_upstream() {
+  start_nginx upstream 1 "server {
+    listen 127.0.0.1:$1;
+    location / {
+      default_type application/json;
+      return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
+    }
+  }"
+}
+
 # stop_started: stops what the script started (the processes in $pids, every nginx of
 # start_nginx) and removes $work; scripts run it on exit.
 stop_started() {

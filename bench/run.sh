@@ -49,14 +49,7 @@ trap stop_started EXIT
 
 build_release
 
-# The upstream: a fixed small JSON document, as an inventory API might answer.
-start_nginx upstream 1 "server {
-    listen 127.0.0.1:$UPSTREAM_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
-    }
-  }"
+start_inventory_upstream "$UPSTREAM_PORT"
 
 # nginx as a plain reverse proxy with pooled upstream connections, as portcullis has.
 start_nginx proxy auto "upstream api { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
