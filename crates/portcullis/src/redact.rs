@@ -224,6 +224,9 @@ impl Redactor {
             let mut next = skip(at, &|b| b == b'"' || b == b'\'' || b == b'\\');
             next = skip(next, &|b| b == b' ' || b == b'\t');
             if !matches!(bytes.get(next), Some(b':' | b'=')) {
+                if self.option_given(text, start, at) {
+                    return true;
+                }
                 continue;
             }
             let spaced = skip(next + 1, &|b| b == b' ' || b == b'\t');
@@ -247,6 +250,28 @@ impl Redactor {
             }
         }
         false
+    }
+
+    /// Whether the word at `start..end` of `text` is a command line's long option naming a
+    /// secret, followed by its value after a space (`--password x`, `--api-key "x"`; the
+    /// `--password=x` form is an assignment). A value that is another option, or masked, is
+    /// none.
+    fn option_given(&self, text: &str, start: usize, end: usize) -> bool {
+        let bytes = text.as_bytes();
+        let Some(name) = text[start..end].strip_prefix("--") else {
+            return false;
+        };
+        if !matches!(bytes.get(end), Some(b' ' | b'\t')) {
+            return false;
+        }
+        let mut value = end;
+        while matches!(bytes.get(value), Some(b' ' | b'\t' | b'"' | b'\'')) {
+            value += 1;
+        }
+        match bytes.get(value) {
+            None | Some(b'-' | b'\n' | b'\r') => false,
+            Some(_) => !is_mask(&bytes[value..]) && self.names_secret(name, false),
+        }
     }
 
     /// Whether a bare word (ASCII letters, digits, `-`, `_`) is a sensitive name in free
@@ -741,6 +766,10 @@ mod tests {
             "config {\"secret\": \"x9\"}",
             "curl -H \"Bearer x10\"",
             "curl -H 'Authorization: Bearer x11'",
+            "deploy --password x12 --verbose",
+            "login --api-key \"x13\"",
+            // A value cannot be told from a word: prose naming the option is masked too.
+            "the --password flag",
         ] {
             assert_eq!(kept(Some("text/plain"), text), MASK, "{text}");
         }
@@ -751,6 +780,8 @@ mod tests {
             "status: ok, page=2",
             "status code: 404",
             "login(password: $pw)",
+            "run --password --verbose",
+            "reset --password ***",
         ] {
             assert_eq!(kept(Some("text/plain"), text), text, "{text}");
         }

@@ -8,8 +8,9 @@ use crate::audit::{events, request, sqlite_url};
 use crate::common::*;
 
 /// A password, a token-looking value and an Outline access key, in a JSON body; a secret
-/// in a JSON document sent as a string, and one in a GraphQL call's arguments.
-const BODY: &str = r#"{"name":"report","password":"hunter2-very-secret","nested":{"items":[{"api_key":"k-123456"}]},"access":"ss://Y2hhY2hhMjA@203.0.113.5:443/?outline=1","note":"Bearer abcdefabcdef","payload":"{\"client_secret\":\"inner-secret-42\"}","query":"mutation { login(password: \"graphql-secret-77\") { ok } }"}"#;
+/// in a JSON document sent as a string, one in a GraphQL call's arguments and one given to
+/// a command line's option.
+const BODY: &str = r#"{"name":"report","password":"hunter2-very-secret","nested":{"items":[{"api_key":"k-123456"}]},"access":"ss://Y2hhY2hhMjA@203.0.113.5:443/?outline=1","note":"Bearer abcdefabcdef","payload":"{\"client_secret\":\"inner-secret-42\"}","query":"mutation { login(password: \"graphql-secret-77\") { ok } }","command":"deploy --api-key cli-secret-88 --verbose"}"#;
 
 #[tokio::test]
 async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
@@ -70,7 +71,7 @@ async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
         serde_json::from_str(completed[0]["request_body"].as_str().unwrap()).unwrap();
     assert_eq!(
         kept,
-        serde_json::json!({"name":"report","password":"***","nested":{"items":[{"api_key":"***"}]},"access":"***","note":"***","payload":"{\"client_secret\":\"***\"}","query":"***"})
+        serde_json::json!({"name":"report","password":"***","nested":{"items":[{"api_key":"***"}]},"access":"***","note":"***","payload":"{\"client_secret\":\"***\"}","query":"***","command":"***"})
     );
     assert_eq!(completed[0]["request_body"], completed[0]["response_body"]);
     assert_eq!(completed[0]["request_body_bytes"], BODY.len());
@@ -101,6 +102,7 @@ async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
         "abcdefabcdef",
         "inner-secret-42",
         "graphql-secret-77",
+        "cli-secret-88",
         TOKEN,
     ] {
         assert!(!stored.contains(secret), "{secret} was stored or logged");
