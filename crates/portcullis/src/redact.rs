@@ -254,8 +254,9 @@ impl Redactor {
 
     /// Whether the word at `start..end` of `text` is a command line's long option naming a
     /// secret, followed by its value after a space (`--password x`, `--api-key "x"`; the
-    /// `--password=x` form is an assignment). A value that is another option, or masked, is
-    /// none.
+    /// `--password=x` form is an assignment). A value that is another long option, or
+    /// masked, is none; one that starts with a single `-` counts (a short option cannot be
+    /// told from a password that starts so).
     fn option_given(&self, text: &str, start: usize, end: usize) -> bool {
         let bytes = text.as_bytes();
         let Some(name) = text[start..end].strip_prefix("--") else {
@@ -268,9 +269,10 @@ impl Redactor {
         while matches!(bytes.get(value), Some(b' ' | b'\t' | b'"' | b'\'')) {
             value += 1;
         }
-        match bytes.get(value) {
-            None | Some(b'-' | b'\n' | b'\r') => false,
-            Some(_) => !is_mask(&bytes[value..]) && self.names_secret(name, false),
+        let rest = &bytes[value..];
+        match rest.first() {
+            None | Some(b'\n' | b'\r') => false,
+            Some(_) => !rest.starts_with(b"--") && !is_mask(rest) && self.names_secret(name, false),
         }
     }
 
@@ -768,6 +770,7 @@ mod tests {
             "curl -H 'Authorization: Bearer x11'",
             "deploy --password x12 --verbose",
             "login --api-key \"x13\"",
+            "login --password -x14",
             // A value cannot be told from a word: prose naming the option is masked too.
             "the --password flag",
         ] {
