@@ -162,7 +162,8 @@ impl<'a> Line<'a> {
     }
 
     fn micros_as_millis(&mut self, duration: Duration) {
-        let micros = duration.as_micros();
+        // In 64 bits (585 000 years of microseconds): `u128` division is a library call.
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         let mut digits = itoa::Buffer::new();
         self.out
             .extend_from_slice(digits.format(micros / 1000).as_bytes());
@@ -243,5 +244,20 @@ mod tests {
             r#"{"kind":"request","tenant":null,"client_ip":null,"status":null,"method":null,"path":"/a\"b"}"#
         );
         assert_eq!(written(true), r#"{"kind":"request","path":"/a\"b"}"#);
+    }
+
+    #[test]
+    fn durations_are_milliseconds_to_the_microsecond() {
+        let mut out = Vec::new();
+        let mut line = Line::start(&mut out);
+        line.millis("none", Duration::ZERO);
+        line.millis("one", Duration::from_nanos(1_999));
+        line.millis("long", Duration::from_micros(1_234_567));
+        line.millis("forever", Duration::MAX);
+        line.close();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"none":0.000,"one":0.001,"long":1234.567,"forever":18446744073709551.615}"#
+        );
     }
 }
