@@ -147,6 +147,15 @@ rounds_ratio() {
     END { for (i = 1; i <= na && i <= nb; i++) { if (y[i] > 0) printf "%s" format, sep, x[i] / y[i]; else printf "%sn/a", sep; sep = ", " } }' "$work/runs"
 }
 
+# quartiles <format>: the median and the quartiles of the numbers on stdin, as
+# "median (q1 to q3)".
+quartiles() {
+  sort -g | awk -v format="$1" '
+    { v[NR] = $1 }
+    function at(q,   i) { i = 1 + q * (NR - 1); return v[int(i)] + (i - int(i)) * (v[int(i) + 1] - v[int(i)]) }
+    END { printf format " (" format " to " format ")", at(0.5), at(0.25), at(0.75) }'
+}
+
 # machine: the machine's cores, CPU, memory and kernel, for the results.
 machine() {
   echo "$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"

@@ -96,14 +96,6 @@ pairs() {
     $1 == a { x[++na] = $col } $1 == b { y[++nb] = $col }
     END { for (i = 1; i <= na && i <= nb; i++) print (op == "ratio" ? x[i] / y[i] : x[i] - y[i]) }' "$work/runs"
 }
-# quartiles <format>: the median and the quartiles of the numbers on stdin, as
-# "median (q1 to q3)".
-quartiles() {
-  sort -g | awk -v format="$1" '
-    { v[NR] = $1 }
-    function at(q,   i) { i = 1 + q * (NR - 1); return v[int(i)] + (i - int(i)) * (v[int(i) + 1] - v[int(i)]) }
-    END { printf format " (" format " to " format ")", at(0.5), at(0.25), at(0.75) }'
-}
 # reached <key>: how many pairs reached 0.9.
 reached() {
   pairs "$1" 2 ratio | awk '$1 >= 0.9 { n++ } END { print n + 0 }'
