@@ -1,7 +1,7 @@
-# Shared by the benchmark scripts: the release build, an nginx of their own (and stopping what
-# they started), one measured wrk
-# run, callgrind's total, medians over rounds, Markdown rows, and the machine's description. Source it after setting $work (a
-# scratch directory) and THREADS, CONNECTIONS and DURATION.
+# Shared by the benchmark scripts: the release build, an nginx of their own, gateways with and
+# without logs (and stopping what they started), one measured wrk run, callgrind's total,
+# medians and quartiles, Markdown rows, and the machine's description. Source it after
+# setting $work (a scratch directory) and THREADS, CONNECTIONS and DURATION.
 
 # build_release: builds the release binary (in CARGO_TARGET_DIR when set) and sets $binary.
 build_release() {
@@ -48,6 +48,46 @@ start_inventory_upstream() {
       return 200 '{\"sku\":\"SKU-1001\",\"site\":\"LYON-DC\",\"on_hand\":1200,\"unit\":\"EA\"}';
     }
   }"
+}
+
+# start_log_gateways: the upstream of start_inventory_upstream on $UPSTREAM_PORT and three
+# gateways of $binary in front of it: no log on $OFF_PORT, the access log (to
+# $work/access.log) on $ACCESS_LOG_PORT, the audit log (batched, SQLite) on $AUDIT_PORT; each
+# checked and warmed up for 2 s. Sets $token, $auth, $off_pid, $access_log_pid and
+# $audit_pid.
+start_log_gateways() {
+  local port
+  start_inventory_upstream "$UPSTREAM_PORT"
+  token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  auth="Authorization: Bearer $token"
+  PORTCULLIS_AUDIT=off serve_log_gateway "$OFF_PORT" "$work/off"
+  off_pid=$served
+  PORTCULLIS_AUDIT=off serve_log_gateway "$ACCESS_LOG_PORT" "$work/access-log" --access-log "$work/access.log"
+  access_log_pid=$served
+  serve_log_gateway "$AUDIT_PORT" "$work/audit"
+  audit_pid=$served
+  for port in $OFF_PORT $ACCESS_LOG_PORT $AUDIT_PORT; do
+    for _ in $(seq 100); do
+      curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
+      sleep 0.1
+    done
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$port/v1/positions" || true)
+    [ "$status" = 200 ] || { echo "bench: port $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
+    wrk -t1 -c"$CONNECTIONS" -d2s -H "$auth" "http://127.0.0.1:$port/v1/positions" >/dev/null
+  done
+}
+
+# serve_log_gateway <port> <data dir> [serve options...]: a gateway of $binary in front of
+# the upstream on $UPSTREAM_PORT, with the environment given before it
+# (PORTCULLIS_AUDIT=off for no audit log); sets $served.
+serve_log_gateway() {
+  local port=$1 data=$2
+  shift 2
+  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
+    --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+    --data-dir "$data" --admin-listen off "$@" 2>"$data.log" &
+  served=$!
+  pids+=("$served")
 }
 
 # stop_started: stops what the script started (the processes in $pids, every nginx of

@@ -39,37 +39,7 @@ trap stop_started EXIT
 
 build_release
 
-start_inventory_upstream "$UPSTREAM_PORT"
-
-token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-# serve <port> <data dir> [serve options...]: a gateway in front of the upstream, with the
-# environment given before it (PORTCULLIS_AUDIT=off for no audit log); sets $served.
-serve() {
-  local port=$1 data=$2
-  shift 2
-  PORTCULLIS_API_TOKENS=$token PORTCULLIS_LOG=warn "$binary" serve \
-    --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
-    --data-dir "$data" --admin-listen off "$@" 2>"$data.log" &
-  served=$!
-  pids+=("$served")
-}
-PORTCULLIS_AUDIT=off serve "$OFF_PORT" "$work/off"
-off_pid=$served
-PORTCULLIS_AUDIT=off serve "$ACCESS_LOG_PORT" "$work/access-log" --access-log "$work/access.log"
-access_log_pid=$served
-serve "$AUDIT_PORT" "$work/audit"
-audit_pid=$served
-
-auth="Authorization: Bearer $token"
-for port in $OFF_PORT $ACCESS_LOG_PORT $AUDIT_PORT; do
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
-    sleep 0.1
-  done
-  status=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$port/v1/positions" || true)
-  [ "$status" = 200 ] || { echo "bench: port $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
-  wrk -t1 -c"$CONNECTIONS" -d2s -H "$auth" "http://127.0.0.1:$port/v1/positions" >/dev/null
-done
+start_log_gateways
 
 # requests <wrk output file>: how many requests the run completed.
 requests() {
