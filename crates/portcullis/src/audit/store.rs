@@ -263,21 +263,24 @@ impl AuditStore {
         Ok(row.is_some())
     }
 
-    /// The newest checkpoint of `chain` (none when it has none): the head a new chain
-    /// names ([`super::succession`]).
-    pub async fn newest_checkpoint(
-        &self,
-        chain: &str,
-    ) -> Result<Option<Checkpoint>, AuditStoreError> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE chain_id = $1 \
-             ORDER BY seq DESC, time_ms DESC LIMIT 1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(chain.to_owned())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(checkpoint_of).transpose()?)
+    /// The newest checkpoint (by sequence, then time) of every chain that has one: the heads
+    /// a new chain names ([`super::succession`]). One query however many chains the store
+    /// holds, reading a few rows a chain: it steps from each chain's id to the next along
+    /// the checkpoints' key (a loose index scan), and finds each one's newest through the
+    /// same key.
+    pub async fn newest_checkpoints(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        const SQL: &str = "WITH RECURSIVE chains (chain_id) AS ( \
+                SELECT MIN(chain_id) FROM audit_checkpoints \
+                UNION ALL \
+                SELECT (SELECT MIN(chain_id) FROM audit_checkpoints WHERE chain_id > chains.chain_id) \
+                FROM chains WHERE chains.chain_id IS NOT NULL) \
+            SELECT c.chain_id, c.seq, c.head_hash, c.time_ms, c.mac \
+            FROM chains JOIN audit_checkpoints c ON c.chain_id = chains.chain_id \
+            AND c.seq = (SELECT MAX(seq) FROM audit_checkpoints WHERE chain_id = chains.chain_id) \
+            AND c.time_ms = (SELECT MAX(time_ms) FROM audit_checkpoints \
+                WHERE chain_id = chains.chain_id AND seq = c.seq)";
+        let rows = sqlx::query(SQL).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
 
     /// Every retention anchor, of every chain (one a chain and retention batch).

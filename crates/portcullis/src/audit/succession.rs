@@ -125,9 +125,15 @@ pub async fn to_name(
         .map(|event| event.chain_id.as_str())
         .chain(anchors.iter().map(|anchor| anchor.chain.as_str()))
         .collect();
+    let mut newest: HashMap<String, Checkpoint> = store
+        .newest_checkpoints()
+        .await?
+        .into_iter()
+        .map(|checkpoint| (checkpoint.chain.clone(), checkpoint))
+        .collect();
     let mut signed_heads = Vec::with_capacity(chains.len());
     for chain in chains {
-        let head = match store.newest_checkpoint(chain).await? {
+        let head = match newest.remove(chain) {
             Some(head) if head.mac == key.seal(&head) => Some(head),
             None => None,
             Some(_) => {

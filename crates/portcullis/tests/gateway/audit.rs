@@ -850,3 +850,63 @@ fn an_audit_database_variable_unset_or_not_postgres_stops_the_start() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("error[audit.location]"), "{out}");
 }
+
+/// The heads a new chain names are read in one query, a loose index scan over the
+/// checkpoints' key: on both stores, it finds each chain's newest checkpoint (by sequence,
+/// then time) as a query of that chain's own checkpoints does, among chains checkpointed
+/// often, once, or again and again at the same event (idle).
+#[tokio::test]
+async fn the_newest_checkpoint_of_every_chain_in_one_query() {
+    use portcullis::audit::chain::Checkpoint;
+    use portcullis::audit::store::AuditStore;
+    use portcullis::config::StoreLocation;
+
+    let dir = tempfile::tempdir().unwrap();
+    let database = PostgresDatabase::create().await;
+    let locations = [
+        StoreLocation::DataDir(dir.path().to_owned()),
+        StoreLocation::Postgres(secrecy::SecretString::from(database.url.clone())),
+    ];
+    let checkpoint = |chain: &str, seq: i64, time_ms: i64| Checkpoint {
+        chain: chain.repeat(32),
+        seq,
+        head: format!("{chain}-{seq}"),
+        time_ms,
+        mac: format!("{chain}-{seq}-{time_ms}"),
+    };
+    let written = [
+        // Sequence decides before time: a clock set back does not hide a later event.
+        checkpoint("a", 1000, 50),
+        checkpoint("a", 2000, 40),
+        // Idle: the same event checkpointed again, later.
+        checkpoint("b", 7, 10),
+        checkpoint("b", 7, 30),
+        checkpoint("b", 7, 20),
+        checkpoint("c", 0, 5),
+        checkpoint("d", 3, 1),
+        checkpoint("d", 4, 2),
+        checkpoint("d", 5, 3),
+    ];
+    for location in &locations {
+        let store = AuditStore::open(location).await.unwrap();
+        for written in &written {
+            store.append(&[], Some(written)).await.unwrap();
+        }
+        let mut newest = store.newest_checkpoints().await.unwrap();
+        newest.sort_by(|x, y| x.chain.cmp(&y.chain));
+        assert_eq!(
+            newest,
+            [
+                checkpoint("a", 2000, 40),
+                checkpoint("b", 7, 30),
+                checkpoint("c", 0, 5),
+                checkpoint("d", 5, 3),
+            ]
+        );
+        for head in &newest {
+            let all = store.checkpoints(&head.chain).await.unwrap();
+            assert_eq!(all.last(), Some(head));
+        }
+    }
+    database.drop_now().await;
+}
