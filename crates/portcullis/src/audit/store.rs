@@ -172,10 +172,19 @@ impl AuditStore {
             // On SQLite, checkpoints and anchors are kept in their key's own B-tree; events
             // in a rowid table (see SCHEMA).
             let layout = if sqlite { " WITHOUT ROWID" } else { "" };
+            let mut transaction = pool.begin().await?;
+            if !sqlite {
+                // Replicas starting at once would create the same tables side by side, and
+                // PostgreSQL's IF NOT EXISTS does not hold against a create running beside
+                // it: one at a time, the lock released with the transaction.
+                transaction.execute(SCHEMA_LOCK).await?;
+            }
             for statement in SCHEMA {
-                pool.execute(statement.replace("{layout}", layout).as_str())
+                transaction
+                    .execute(statement.replace("{layout}", layout).as_str())
                     .await?;
             }
+            transaction.commit().await?;
         }
         Ok(Self {
             pool,
@@ -514,6 +523,10 @@ fn checkpoint_of(row: &AnyRow) -> Result<Checkpoint, sqlx::Error> {
         mac: row.try_get(4)?,
     })
 }
+
+/// Taken on PostgreSQL while the tables are created (a transaction-level advisory lock of
+/// the audit log's own; the token store's migrations take another).
+const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(7061626175646974)";
 
 /// The tables, created when missing. Portable SQL: the same statements run on SQLite and
 /// PostgreSQL, but for `{layout}`.

@@ -910,3 +910,22 @@ async fn the_newest_checkpoint_of_every_chain_in_one_query() {
     }
     database.drop_now().await;
 }
+
+/// Replicas started at once on a new PostgreSQL database all open the audit store: its
+/// tables and indexes are created by one at a time (PostgreSQL's `IF NOT EXISTS` does not
+/// hold against a create running beside it).
+#[tokio::test]
+async fn replicas_starting_at_once_create_the_audit_tables_once() {
+    use portcullis::audit::store::AuditStore;
+    use portcullis::config::StoreLocation;
+
+    let database = PostgresDatabase::create().await;
+    let location = StoreLocation::Postgres(secrecy::SecretString::from(database.url.clone()));
+    let opens = (0..8).map(|_| AuditStore::open(&location));
+    for opened in futures_util::future::join_all(opens).await {
+        if let Err(error) = opened {
+            panic!("{error}");
+        }
+    }
+    database.drop_now().await;
+}
