@@ -292,7 +292,8 @@ impl AuditStore {
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
 
-    /// Every retention anchor, of every chain (one a chain and retention batch).
+    /// Every retention anchor, of every chain (one a chain, but for replicas trimming at
+    /// once).
     pub async fn all_anchors(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
         let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_anchors");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
@@ -409,8 +410,8 @@ impl AuditStore {
     }
 
     /// Deletes the events of `anchor.chain` up to `anchor.seq` and its checkpoints below
-    /// it, and stores `anchor`, in one transaction: the store is never left with a chain
-    /// cut short and no anchor saying why.
+    /// it, and stores `anchor` in place of the chain's lower anchors, in one transaction:
+    /// the store is never left with a chain cut short and no anchor saying why.
     pub async fn trim(&self, anchor: &Checkpoint) -> Result<u64, AuditStoreError> {
         let mut transaction = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND seq <= $2")
@@ -427,6 +428,11 @@ impl AuditStore {
         // Replicas trimming at once may write the same anchor.
         let sql = insert_signed_sql("audit_anchors", " ON CONFLICT DO NOTHING");
         insert_signed(&sql, anchor)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query("DELETE FROM audit_anchors WHERE chain_id = $1 AND seq < $2")
+            .bind(anchor.chain.clone())
+            .bind(anchor.seq)
             .execute(&mut *transaction)
             .await?;
         transaction.commit().await?;
@@ -562,8 +568,9 @@ const SCHEMA: &[&str] = &[
         mac TEXT NOT NULL,
         PRIMARY KEY (chain_id, seq, time_ms)
     ){layout}",
-    // Retention anchors: the events of a chain up to `seq` were deleted by retention
-    // (never deleted themselves; one row per chain and retention batch).
+    // Retention anchors: the events of a chain up to `seq` were deleted by retention. One
+    // a chain: each replaces the chain's lower ones (which nothing reads: a chain starts at
+    // its highest), or the table would grow by a row for every 10 000 events trimmed.
     "CREATE TABLE IF NOT EXISTS audit_anchors (
         chain_id TEXT NOT NULL,
         seq BIGINT NOT NULL,

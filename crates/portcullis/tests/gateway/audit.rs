@@ -287,7 +287,7 @@ async fn postgres_needs_an_audit_key() {
 }
 
 /// A copy of the audit files of `dir`, with `statements` applied to it.
-async fn tampered(dir: &Path, statements: &[&str]) -> PathBuf {
+pub(crate) async fn tampered(dir: &Path, statements: &[&str]) -> PathBuf {
     let copy = scratch_dir();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

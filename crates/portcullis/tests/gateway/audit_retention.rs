@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use crate::audit::{events, request, sqlite_url, verify_dir};
+use crate::audit::{events, request, sqlite_url, tampered, verify_dir};
 use crate::common::*;
 
 /// A gateway on `dir` keeping events for `retention`.
@@ -72,15 +72,18 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     assert_eq!(trimmed.3["through_seq"], 4);
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
+    let first_chain = anchors(&dir).await;
+    assert_eq!(first_chain.len(), 1, "{first_chain:?}");
+    assert_eq!(first_chain[0].1, 4);
 
     // A deletion retention did not make: the first event it kept (which the chain's final
     // checkpoint, and the next chain's start, name).
-    execute(
+    let copy = tampered(
         &dir,
-        "DELETE FROM audit_events WHERE seq = 5 AND kind = 'request'",
+        &["DELETE FROM audit_events WHERE seq = 5 AND kind = 'request'"],
     )
     .await;
-    let (ok, out) = verify_dir(&dir);
+    let (ok, out) = verify_dir(&copy);
     assert!(!ok, "{out}");
     assert!(
         out.contains("a checkpoint signs event 5 but the chain ends at event 4 (cut short)"),
@@ -90,6 +93,38 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
         out.contains("at event 5, which the store does not hold"),
         "{out}"
     );
+
+    // Trimmed again, later, the chain keeps one anchor, the higher: the anchors do not
+    // grow with the events trimmed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut third = keeping(&upstream.url(), &dir, "2s");
+    for _ in 0..100 {
+        if third.log_shows(&format!("chain={} through_seq=", first_chain[0].0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = third.final_log();
+    let now = anchors(&dir).await;
+    let again: Vec<_> = now
+        .iter()
+        .filter(|(chain, _)| *chain == first_chain[0].0)
+        .collect();
+    assert_eq!(again.len(), 1, "{now:?}\n{log}");
+    assert!(again[0].1 > 4, "{now:?}");
+    let (ok, out) = verify_dir(&dir);
+    assert!(ok, "{out}");
+}
+
+/// Each retention anchor's chain and sequence number.
+async fn anchors(dir: &std::path::Path) -> Vec<(String, i64)> {
+    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(dir))
+        .await
+        .unwrap();
+    sqlx::query_as("SELECT chain_id, seq FROM audit_anchors ORDER BY chain_id, seq")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
