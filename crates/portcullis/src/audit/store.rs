@@ -410,9 +410,14 @@ impl AuditStore {
     }
 
     /// Deletes the events of `anchor.chain` up to `anchor.seq` and its checkpoints below
-    /// it, and stores `anchor` in place of the chain's lower anchors, in one transaction:
-    /// the store is never left with a chain cut short and no anchor saying why.
-    pub async fn trim(&self, anchor: &Checkpoint) -> Result<u64, AuditStoreError> {
+    /// it, and stores `anchor` in place of the chain's anchors at the sequence numbers
+    /// `replaced` (lower ones, which the caller found sealed), in one transaction: the
+    /// store is never left with a chain cut short and no anchor saying why.
+    pub async fn trim(
+        &self,
+        anchor: &Checkpoint,
+        replaced: &[i64],
+    ) -> Result<u64, AuditStoreError> {
         let mut transaction = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND seq <= $2")
             .bind(anchor.chain.clone())
@@ -430,11 +435,13 @@ impl AuditStore {
         insert_signed(&sql, anchor)
             .execute(&mut *transaction)
             .await?;
-        sqlx::query("DELETE FROM audit_anchors WHERE chain_id = $1 AND seq < $2")
-            .bind(anchor.chain.clone())
-            .bind(anchor.seq)
-            .execute(&mut *transaction)
-            .await?;
+        for &seq in replaced.iter().filter(|&&seq| seq < anchor.seq) {
+            sqlx::query("DELETE FROM audit_anchors WHERE chain_id = $1 AND seq = $2")
+                .bind(anchor.chain.clone())
+                .bind(seq)
+                .execute(&mut *transaction)
+                .await?;
+        }
         transaction.commit().await?;
         Ok(deleted)
     }
@@ -569,8 +576,9 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (chain_id, seq, time_ms)
     ){layout}",
     // Retention anchors: the events of a chain up to `seq` were deleted by retention. One
-    // a chain: each replaces the chain's lower ones (which nothing reads: a chain starts at
-    // its highest), or the table would grow by a row for every 10 000 events trimmed.
+    // a chain: each replaces the chain's lower sealed ones (which nothing reads: a chain
+    // starts at its highest), or the table would grow by a row for every 10 000 events
+    // trimmed; a forged one stays, for `audit verify` to report.
     "CREATE TABLE IF NOT EXISTS audit_anchors (
         chain_id TEXT NOT NULL,
         seq BIGINT NOT NULL,

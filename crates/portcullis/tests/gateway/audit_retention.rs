@@ -95,7 +95,16 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     );
 
     // Trimmed again, later, the chain keeps one anchor, the higher: the anchors do not
-    // grow with the events trimmed.
+    // grow with the events trimmed. An anchor the key did not seal is not replaced, but
+    // left for `audit verify` to report.
+    execute(
+        &dir,
+        &format!(
+            "INSERT INTO audit_anchors VALUES ('{}', 2, 'x', 1, 'forged')",
+            first_chain[0].0
+        ),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut third = keeping(&upstream.url(), &dir, "2s");
     for _ in 0..100 {
@@ -106,14 +115,20 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     }
     let log = third.final_log();
     let now = anchors(&dir).await;
-    let again: Vec<_> = now
+    let again: Vec<i64> = now
         .iter()
         .filter(|(chain, _)| *chain == first_chain[0].0)
+        .map(|(_, seq)| *seq)
         .collect();
-    assert_eq!(again.len(), 1, "{now:?}\n{log}");
-    assert!(again[0].1 > 4, "{now:?}");
+    assert_eq!(again.len(), 2, "{now:?}\n{log}");
+    assert_eq!(again[0], 2, "the forged anchor stays: {now:?}");
+    assert!(again[1] > 4, "{now:?}");
     let (ok, out) = verify_dir(&dir);
-    assert!(ok, "{out}");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the retention anchor at event 2 is not signed by this key"),
+        "{out}"
+    );
 }
 
 /// Each retention anchor's chain and sequence number.
