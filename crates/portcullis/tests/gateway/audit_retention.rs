@@ -1,21 +1,23 @@
-//! Retention, through the real binary on real SQLite: old events are deleted with an
-//! anchor, the log still verifies, and a deletion retention did not make is still caught.
+//! Retention, through the real binary on real SQLite and PostgreSQL: old events are
+//! deleted with an anchor, the log still verifies, and a deletion retention did not make is
+//! still caught.
 
 use std::time::Duration;
 
 use sqlx::Connection;
 
-use crate::audit::{events, request, sqlite_url, tampered, verify_dir};
+use crate::audit::{events, request, sqlite_url, tampered, verify, verify_dir};
 use crate::common::*;
+use crate::managed::PostgresDatabase;
 
-/// A gateway on `dir` keeping events for `retention`.
-fn keeping(upstream: &str, dir: &std::path::Path, retention: &str) -> Gateway {
+/// `launch` on `dir`, keeping events for `retention`.
+fn keeping(launch: Launch, dir: &std::path::Path, retention: &str) -> Gateway {
     let config = write_file(
         dir,
         "retention.toml",
         &format!("[audit]\nretention = \"{retention}\"\n"),
     );
-    Launch::new(upstream)
+    launch
         .arg("--data-dir")
         .arg(dir.to_str().unwrap())
         .arg("--config")
@@ -23,11 +25,41 @@ fn keeping(upstream: &str, dir: &std::path::Path, retention: &str) -> Gateway {
         .start()
 }
 
-async fn execute(dir: &std::path::Path, sql: &str) {
-    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(dir))
-        .await
-        .unwrap();
+/// Waits (at most 5 s) for `gateway`'s retention to delete events, and stops it: its log.
+async fn trimmed(mut gateway: Gateway) -> String {
+    for _ in 0..100 {
+        if gateway.log_shows("audit retention: old events deleted") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = gateway.final_log();
+    assert!(log.contains("audit retention: old events deleted"), "{log}");
+    log
+}
+
+async fn execute(url: &str, sql: &str) {
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
     sqlx::query(sql).execute(&mut connection).await.unwrap();
+}
+
+/// Each retention anchor's chain and sequence number, in the store at `url`.
+async fn anchors(url: &str) -> Vec<(String, i64)> {
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT chain_id, seq FROM audit_anchors ORDER BY chain_id, seq")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// The paths of the requests the store at `url` holds, in chain order.
+async fn request_paths(url: &str) -> Vec<String> {
+    events(url)
+        .await
+        .iter()
+        .filter(|(kind, ..)| kind == "request")
+        .map(|(.., payload)| payload["path"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -35,7 +67,7 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     let upstream = Upstream::start().await;
     let dir = scratch_dir();
     // Old traffic, then (3 s later) new traffic, in one chain.
-    let mut first = keeping(&upstream.url(), &dir, "90d");
+    let mut first = keeping(Launch::new(&upstream.url()), &dir, "90d");
     for n in 0..3 {
         let url = first.url(&format!("/old/{n}"));
         assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
@@ -47,32 +79,22 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     assert_eq!(events(&sqlite_url(&dir)).await.len(), 4);
 
     // A gateway keeping 2 s trims at start: the old requests go, the new one stays.
-    let mut second = keeping(&upstream.url(), &dir, "2s");
-    for _ in 0..100 {
-        if second.log_shows("audit retention: old events deleted") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = second.final_log();
-    assert!(log.contains("audit retention: old events deleted"), "{log}");
+    trimmed(keeping(Launch::new(&upstream.url()), &dir, "2s")).await;
+    assert_eq!(request_paths(&sqlite_url(&dir)).await, ["/new"]);
     let left = events(&sqlite_url(&dir)).await;
-    let paths: Vec<&str> = left
-        .iter()
-        .filter(|(kind, ..)| kind == "request")
-        .map(|(.., payload)| payload["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["/new"], "{left:?}");
     // The deletion is an event of the running chain, naming the chain it trimmed.
-    let trimmed = left
+    let recorded = left
         .iter()
         .find(|(kind, ..)| kind == "retention")
         .expect("a retention event");
-    assert_eq!(trimmed.3["events"], 4, "the chain start and three requests");
-    assert_eq!(trimmed.3["through_seq"], 4);
+    assert_eq!(
+        recorded.3["events"], 4,
+        "the chain start and three requests"
+    );
+    assert_eq!(recorded.3["through_seq"], 4);
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
-    let first_chain = anchors(&dir).await;
+    let first_chain = anchors(&sqlite_url(&dir)).await;
     assert_eq!(first_chain.len(), 1, "{first_chain:?}");
     assert_eq!(first_chain[0].1, 4);
 
@@ -98,7 +120,7 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     // grow with the events trimmed. An anchor the key did not seal is not replaced, but
     // left for `audit verify` to report.
     execute(
-        &dir,
+        &sqlite_url(&dir),
         &format!(
             "INSERT INTO audit_anchors VALUES ('{}', 2, 'x', 1, 'forged')",
             first_chain[0].0
@@ -106,15 +128,8 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut third = keeping(&upstream.url(), &dir, "2s");
-    for _ in 0..100 {
-        if third.log_shows(&format!("chain={} through_seq=", first_chain[0].0)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = third.final_log();
-    let now = anchors(&dir).await;
+    let log = trimmed(keeping(Launch::new(&upstream.url()), &dir, "2s")).await;
+    let now = anchors(&sqlite_url(&dir)).await;
     let again: Vec<i64> = now
         .iter()
         .filter(|(chain, _)| *chain == first_chain[0].0)
@@ -131,40 +146,73 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     );
 }
 
-/// Each retention anchor's chain and sequence number.
-async fn anchors(dir: &std::path::Path) -> Vec<(String, i64)> {
-    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(dir))
-        .await
-        .unwrap();
-    sqlx::query_as("SELECT chain_id, seq FROM audit_anchors ORDER BY chain_id, seq")
-        .fetch_all(&mut connection)
-        .await
-        .unwrap()
+/// The same on PostgreSQL: old events deleted, the log verified, and one anchor a chain
+/// however often it is trimmed.
+#[tokio::test]
+async fn retention_on_postgres_deletes_old_events_and_keeps_one_anchor_a_chain() {
+    let database = PostgresDatabase::create().await;
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let env = [
+        ("PORTCULLIS_DATABASE_URL", database.url.as_str()),
+        ("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef"),
+        ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
+    ];
+    let on_postgres = || {
+        env.iter()
+            .fold(Launch::new(&upstream.url()), |launch, (name, value)| {
+                launch.env(name, *value)
+            })
+    };
+    let mut first = keeping(on_postgres(), &dir, "90d");
+    for n in 0..3 {
+        let url = first.url(&format!("/old/{n}"));
+        assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let url = first.url("/new");
+    assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
+    first.final_log();
+
+    trimmed(keeping(on_postgres(), &dir, "2s")).await;
+    assert_eq!(request_paths(&database.url).await, ["/new"]);
+    let (ok, out) = verify(&[], &[], &env);
+    assert!(ok, "{out}");
+    let first_chain = anchors(&database.url).await;
+    assert_eq!(first_chain.len(), 1, "{first_chain:?}");
+    assert_eq!(first_chain[0].1, 4);
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log = trimmed(keeping(on_postgres(), &dir, "2s")).await;
+    let now = anchors(&database.url).await;
+    let again: Vec<i64> = now
+        .iter()
+        .filter(|(chain, _)| *chain == first_chain[0].0)
+        .map(|(_, seq)| *seq)
+        .collect();
+    assert_eq!(again.len(), 1, "{now:?}\n{log}");
+    assert!(again[0] > 4, "{now:?}");
+    let (ok, out) = verify(&[], &[], &env);
+    assert!(ok, "{out}");
+    database.drop_now().await;
 }
 
 #[tokio::test]
 async fn a_forged_retention_anchor_is_caught() {
     let upstream = Upstream::start().await;
     let dir = scratch_dir();
-    let mut first = keeping(&upstream.url(), &dir, "90d");
+    let mut first = keeping(Launch::new(&upstream.url()), &dir, "90d");
     assert_eq!(
         request("GET", &first.url("/a"), TOKEN, "").await.status,
         200
     );
     first.final_log();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut second = keeping(&upstream.url(), &dir, "1s");
-    for _ in 0..100 {
-        if second.log_shows("audit retention: old events deleted") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    second.final_log();
+    trimmed(keeping(Launch::new(&upstream.url()), &dir, "1s")).await;
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
     // Moving an anchor up, to excuse deleting more of a chain, breaks its seal.
-    execute(&dir, "UPDATE audit_anchors SET seq = seq + 1").await;
+    execute(&sqlite_url(&dir), "UPDATE audit_anchors SET seq = seq + 1").await;
     let (ok, out) = verify_dir(&dir);
     assert!(!ok, "{out}");
     assert!(
@@ -180,7 +228,7 @@ async fn a_forged_retention_anchor_is_caught() {
 async fn an_edited_time_does_not_make_retention_delete_recent_events() {
     let upstream = Upstream::start().await;
     let dir = scratch_dir();
-    let mut first = keeping(&upstream.url(), &dir, "90d");
+    let mut first = keeping(Launch::new(&upstream.url()), &dir, "90d");
     assert_eq!(
         request("GET", &first.url("/recent"), TOKEN, "")
             .await
@@ -189,12 +237,12 @@ async fn an_edited_time_does_not_make_retention_delete_recent_events() {
     );
     first.final_log();
     execute(
-        &dir,
+        &sqlite_url(&dir),
         "UPDATE audit_events SET time_ms = 0 WHERE kind = 'request'",
     )
     .await;
 
-    let mut second = keeping(&upstream.url(), &dir, "1h");
+    let mut second = keeping(Launch::new(&upstream.url()), &dir, "1h");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = second.final_log();
     assert!(!log.contains("old events deleted"), "{log}");
