@@ -52,6 +52,28 @@ async fn anchors(url: &str) -> Vec<(String, i64)> {
         .unwrap()
 }
 
+/// Three requests through `gateway` (its audit log's first chain), then, 3 s later, a
+/// fourth, `/new`; then stops it.
+async fn old_then_new(mut gateway: Gateway) {
+    for n in 0..3 {
+        let url = gateway.url(&format!("/old/{n}"));
+        assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let url = gateway.url("/new");
+    assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
+    gateway.final_log();
+}
+
+/// The sequence numbers of `chain`'s anchors among `anchors`.
+fn seqs_of(anchors: &[(String, i64)], chain: &str) -> Vec<i64> {
+    anchors
+        .iter()
+        .filter(|(of, _)| of == chain)
+        .map(|(_, seq)| *seq)
+        .collect()
+}
+
 /// The paths of the requests the store at `url` holds, in chain order.
 async fn request_paths(url: &str) -> Vec<String> {
     events(url)
@@ -67,15 +89,7 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     let upstream = Upstream::start().await;
     let dir = scratch_dir();
     // Old traffic, then (3 s later) new traffic, in one chain.
-    let mut first = keeping(Launch::new(&upstream.url()), &dir, "90d");
-    for n in 0..3 {
-        let url = first.url(&format!("/old/{n}"));
-        assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let url = first.url("/new");
-    assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
-    first.final_log();
+    old_then_new(keeping(Launch::new(&upstream.url()), &dir, "90d")).await;
     assert_eq!(events(&sqlite_url(&dir)).await.len(), 4);
 
     // A gateway keeping 2 s trims at start: the old requests go, the new one stays.
@@ -130,11 +144,7 @@ async fn retention_deletes_old_events_and_the_log_still_verifies() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let log = trimmed(keeping(Launch::new(&upstream.url()), &dir, "2s")).await;
     let now = anchors(&sqlite_url(&dir)).await;
-    let again: Vec<i64> = now
-        .iter()
-        .filter(|(chain, _)| *chain == first_chain[0].0)
-        .map(|(_, seq)| *seq)
-        .collect();
+    let again = seqs_of(&now, &first_chain[0].0);
     assert_eq!(again.len(), 2, "{now:?}\n{log}");
     assert_eq!(again[0], 2, "the forged anchor stays: {now:?}");
     assert!(again[1] > 4, "{now:?}");
@@ -164,15 +174,7 @@ async fn retention_on_postgres_deletes_old_events_and_keeps_one_anchor_a_chain()
                 launch.env(name, *value)
             })
     };
-    let mut first = keeping(on_postgres(), &dir, "90d");
-    for n in 0..3 {
-        let url = first.url(&format!("/old/{n}"));
-        assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let url = first.url("/new");
-    assert_eq!(request("GET", &url, TOKEN, "").await.status, 200);
-    first.final_log();
+    old_then_new(keeping(on_postgres(), &dir, "90d")).await;
 
     trimmed(keeping(on_postgres(), &dir, "2s")).await;
     assert_eq!(request_paths(&database.url).await, ["/new"]);
@@ -185,11 +187,7 @@ async fn retention_on_postgres_deletes_old_events_and_keeps_one_anchor_a_chain()
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let log = trimmed(keeping(on_postgres(), &dir, "2s")).await;
     let now = anchors(&database.url).await;
-    let again: Vec<i64> = now
-        .iter()
-        .filter(|(chain, _)| *chain == first_chain[0].0)
-        .map(|(_, seq)| *seq)
-        .collect();
+    let again = seqs_of(&now, &first_chain[0].0);
     assert_eq!(again.len(), 1, "{now:?}\n{log}");
     assert!(again[0] > 4, "{now:?}");
     let (ok, out) = verify(&[], &[], &env);
