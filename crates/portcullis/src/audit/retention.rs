@@ -125,6 +125,12 @@ pub async fn trim(
                 break;
             }
         }
+        // Sealed anchors below the chain's highest that no trim replaced this run (left by
+        // builds that kept every anchor): nothing reads them.
+        let below: Vec<i64> = replaced.into_iter().filter(|&seq| seq < at).collect();
+        if !below.is_empty() {
+            store.drop_anchors(&chain, &below).await?;
+        }
         if events > 0 {
             done.push(Trimmed {
                 chain,
@@ -140,4 +146,58 @@ pub async fn trim(
 /// The `time_ms` an event's content gives.
 fn content_time(payload: &str) -> Option<i64> {
     serde_json::from_str::<serde_json::Value>(payload).ok()?["time_ms"].as_i64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreLocation;
+    use secrecy::SecretString;
+
+    /// A chain left with several sealed anchors (as builds that kept every anchor left
+    /// them) keeps only its highest after the next run, even when it has nothing left to
+    /// trim; an anchor the key did not seal stays.
+    #[tokio::test]
+    async fn a_chain_keeps_only_its_highest_sealed_anchor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&StoreLocation::DataDir(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let key = ChainKey::new(SecretString::from("k".repeat(32)));
+        let chain = "c".repeat(32);
+        let anchor = |seq: i64| {
+            let mut anchor = Checkpoint {
+                chain: chain.clone(),
+                seq,
+                head: format!("head-{seq}"),
+                time_ms: 1,
+                mac: String::new(),
+            };
+            anchor.mac = key.seal_anchor(&anchor);
+            anchor
+        };
+        // Each written without replacing the one before, as earlier builds did.
+        for seq in [10_000, 20_000, 30_000] {
+            store.trim(&anchor(seq), &[]).await.unwrap();
+        }
+        let forged = Checkpoint {
+            mac: "forged".to_owned(),
+            ..anchor(5)
+        };
+        store.trim(&forged, &[]).await.unwrap();
+        assert_eq!(store.anchors(&chain).await.unwrap().len(), 4);
+
+        let trimmed = trim(&store, &key, Duration::from_secs(60), SystemTime::now())
+            .await
+            .unwrap();
+        assert!(trimmed.is_empty(), "{trimmed:?}");
+        let left: Vec<i64> = store
+            .anchors(&chain)
+            .await
+            .unwrap()
+            .iter()
+            .map(|anchor| anchor.seq)
+            .collect();
+        assert_eq!(left, [30_000, 5]);
+    }
 }

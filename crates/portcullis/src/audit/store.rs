@@ -24,6 +24,9 @@ pub(super) const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id
 /// (the same text, so that SQLite and PostgreSQL use the index).
 const NAMING_KINDS: &str = "kind IN ('chain_start', 'follows')";
 
+/// Deletes one retention anchor: `chain_id`, `seq`.
+const DELETE_ANCHOR: &str = "DELETE FROM audit_anchors WHERE chain_id = $1 AND seq = $2";
+
 /// The columns of a checkpoint, in the order [`checkpoint_of`] reads them.
 const CHECKPOINT_COLUMNS: &str = "chain_id, seq, head_hash, time_ms, mac";
 
@@ -436,7 +439,7 @@ impl AuditStore {
             .execute(&mut *transaction)
             .await?;
         for &seq in replaced.iter().filter(|&&seq| seq < anchor.seq) {
-            sqlx::query("DELETE FROM audit_anchors WHERE chain_id = $1 AND seq = $2")
+            sqlx::query(DELETE_ANCHOR)
                 .bind(anchor.chain.clone())
                 .bind(seq)
                 .execute(&mut *transaction)
@@ -444,6 +447,21 @@ impl AuditStore {
         }
         transaction.commit().await?;
         Ok(deleted)
+    }
+
+    /// Deletes the anchors of `chain` at the sequence numbers `seqs` (lower ones, which the
+    /// caller found sealed and superseded), in one transaction.
+    pub async fn drop_anchors(&self, chain: &str, seqs: &[i64]) -> Result<(), AuditStoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for &seq in seqs {
+            sqlx::query(DELETE_ANCHOR)
+                .bind(chain.to_owned())
+                .bind(seq)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
     }
 
     /// The last sequence number of `chain` (0 when it has no event).
