@@ -743,6 +743,66 @@ async fn a_token_command_changes_nothing_when_the_audit_store_takes_no_writes() 
     assert_eq!(names, ["before"]);
 }
 
+/// Should the audit store refuse the action's event after the command's chain started (a
+/// trigger here refuses exactly that event), the change stands and was shown, and the
+/// command fails saying that its event is lost, after trying for its 10 s.
+#[tokio::test]
+async fn a_token_command_whose_event_is_refused_after_the_change_says_so() {
+    let dir = scratch_dir();
+    mint_with_id(&dir, "before", "read");
+    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(&dir))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_actions BEFORE INSERT ON audit_events \
+         WHEN NEW.kind = 'admin_action' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    connection.close().await.unwrap();
+
+    let made = token_command(&dir, &["create", "--name", "after", "--scopes", "read"]);
+    let stderr = String::from_utf8_lossy(&made.stderr);
+    assert_eq!(made.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("portcullis token: the change was made, but its audit event is lost: "),
+        "{stderr}"
+    );
+    let shown: Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert_eq!(shown["record"]["name"], "after");
+    let token = shown["token"].as_str().unwrap();
+    assert!(!stderr.contains(token), "{stderr}");
+
+    let listed = token_command(&dir, &["list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let mut names: Vec<String> = serde_json::from_slice::<Value>(&listed.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["after", "before"]);
+    // The command's chain started (stored before the change), and holds nothing more.
+    let kinds: Vec<String> = events(&sqlite_url(&dir))
+        .await
+        .into_iter()
+        .map(|(kind, ..)| kind)
+        .collect();
+    assert_eq!(kinds, ["admin_action"], "only the first command's action");
+    let mut connection = sqlx::AnyConnection::connect(&sqlite_url(&dir))
+        .await
+        .unwrap();
+    let starts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE kind = 'chain_start'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(starts, 2, "each command's chain start");
+}
+
 /// A data directory whose spool cannot be written (its path is a directory).
 pub(crate) fn unspoolable_dir() -> PathBuf {
     let dir = scratch_dir();
