@@ -2,13 +2,13 @@
 # What the access log and the audit log cost in CPU, measured with the gateway without a log
 # served at the same time. Three gateways from one build serve the same upstream: no log,
 # the access log to a file, and the audit log (batched, on SQLite). Each run serves the one
-# without a log and one with a log at once, each under its own wrk, for DURATION seconds, and takes
-# the CPU each used a request (user and system, from /proc). Whatever slows the machine
-# during a run (its neighbours, its clock) slows both alike, so the ratio of the two holds
-# within a few percent from run to run, where requests a second, even in bench/pairs.sh's
-# back-to-back pairs, move by 10% or more. What it gives is the log's CPU; what that costs in
-# throughput depends on what else shares the cores (bench/RESULTS.md). Every target is on
-# 127.0.0.1; every wrk run is bounded by DURATION.
+# without a log and one with a log at once, each under its own wrk, for DURATION seconds,
+# and takes the CPU each used a request (user and system, from /proc). Whatever slows the
+# machine during a run (its neighbours, its clock) slows both alike, so the ratio of the two
+# holds within a few percent from run to run, where requests a second, even in
+# bench/pairs.sh's back-to-back pairs, move by 10% or more. What it gives is the log's CPU;
+# what that costs in throughput depends on what else shares the cores (bench/RESULTS.md).
+# Every target is on 127.0.0.1; every wrk run is bounded by DURATION.
 #
 #   bash bench/together.sh            # prints a Markdown section; appends it to bench/RESULTS.md with --record
 #
