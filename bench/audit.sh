@@ -26,15 +26,10 @@ POSTGRES_ADMIN_URL=${POSTGRES_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/post
 record=false
 [ "${1:-}" = "--record" ] && record=true
 
-for tool in nginx wrk psql; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
-database="portcullis_bench_$$"
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
+begin_bench nginx wrk psql
+database="portcullis_bench_$$"
 cleanup() {
   stop_started
   sleep 0.5

@@ -20,14 +20,9 @@ DURATION=${DURATION:-10s}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18101}
 PORT=${PORT:-18102}
 
-for tool in valgrind nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-trap stop_started EXIT
+begin_bench valgrind nginx wrk
 
 binary=${BINARY:-}
 if [ -z "$binary" ]; then

@@ -1,7 +1,19 @@
 # Shared by the benchmark scripts: the release build, an nginx of their own, gateways with and
 # without logs (and stopping what they started), one measured wrk run, callgrind's total,
-# medians and quartiles, Markdown rows, and the machine's description. Source it after
-# setting $work (a scratch directory) and THREADS, CONNECTIONS and DURATION.
+# medians and quartiles, Markdown rows, and the machine's description. Source it, then call
+# begin_bench; the measuring functions read THREADS, CONNECTIONS and DURATION.
+
+# begin_bench <tool...>: stops the script unless every tool is installed, makes $work (a
+# scratch directory) and $pids (what the script starts), and removes and stops them at exit.
+begin_bench() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+  done
+  work=$(mktemp -d)
+  pids=()
+  trap stop_started EXIT
+}
 
 # build_release: builds the release binary (in CARGO_TARGET_DIR when set) and sets $binary.
 build_release() {

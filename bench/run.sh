@@ -37,15 +37,9 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 record=false
 [ "${1:-}" = "--record" ] && record=true
 
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx wrk)" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-trap stop_started EXIT
+begin_bench nginx wrk
 
 build_release
 

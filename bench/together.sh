@@ -27,15 +27,9 @@ AUDIT_PORT=${AUDIT_PORT:-18414}
 record=false
 [ "${1:-}" = "--record" ] && record=true
 
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-trap stop_started EXIT
+begin_bench nginx wrk
 
 build_release
 

@@ -36,15 +36,9 @@ instructions=false
 workers=0
 $instructions && workers=1
 
-for tool in nginx wrk openssl; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-trap stop_started EXIT
+begin_bench nginx wrk openssl
 
 build_release
 

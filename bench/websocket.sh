@@ -27,13 +27,9 @@ NGINX_PORT=${NGINX_PORT:-18302}
 GATEWAY_PORT=${GATEWAY_PORT:-18303}
 record=false
 [ "${1:-}" = "--record" ] && record=true
-command -v nginx >/dev/null || { echo "bench: nginx is missing" >&2; exit 1; }
-
-work=$(mktemp -d)
-pids=()
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-trap stop_started EXIT
+begin_bench nginx
 
 build_release
 echo "bench: building the WebSocket peers" >&2
