@@ -206,12 +206,7 @@ impl Redactor {
     fn assigns_sensitive(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
         let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-        let skip = |mut at: usize, what: &dyn Fn(u8) -> bool| {
-            while bytes.get(at).copied().is_some_and(what) {
-                at += 1;
-            }
-            at
-        };
+        let skip = |at: usize, what: &dyn Fn(u8) -> bool| skip_while(bytes, at, what);
         let mut at = 0;
         while at < bytes.len() {
             if !is_name(bytes[at]) {
@@ -265,10 +260,7 @@ impl Redactor {
         if !matches!(bytes.get(end), Some(b' ' | b'\t')) {
             return false;
         }
-        let mut value = end;
-        while matches!(bytes.get(value), Some(b' ' | b'\t' | b'"' | b'\'')) {
-            value += 1;
-        }
+        let value = skip_while(bytes, end, &|b| matches!(b, b' ' | b'\t' | b'"' | b'\''));
         let rest = &bytes[value..];
         match rest.first() {
             None | Some(b'\n' | b'\r') => false,
@@ -568,6 +560,14 @@ fn percent_decoded(text: &str) -> Cow<'_, str> {
             .decode_utf8_lossy()
             .into_owned(),
     )
+}
+
+/// The first position from `at` in `bytes` whose byte is not `what` (the end, when all are).
+fn skip_while(bytes: &[u8], mut at: usize, what: &dyn Fn(u8) -> bool) -> usize {
+    while bytes.get(at).copied().is_some_and(what) {
+        at += 1;
+    }
+    at
 }
 
 #[cfg(test)]

@@ -24,9 +24,6 @@ pub(super) const EVENT_COLUMNS: &str = "chain_id, seq, time_ms, kind, request_id
 /// (the same text, so that SQLite and PostgreSQL use the index).
 const NAMING_KINDS: &str = "kind IN ('chain_start', 'follows')";
 
-/// Deletes one retention anchor: `chain_id`, `seq`.
-const DELETE_ANCHOR: &str = "DELETE FROM audit_anchors WHERE chain_id = $1 AND seq = $2";
-
 /// The columns of a checkpoint, in the order [`checkpoint_of`] reads them.
 const CHECKPOINT_COLUMNS: &str = "chain_id, seq, head_hash, time_ms, mac";
 
@@ -438,13 +435,12 @@ impl AuditStore {
         insert_signed(&sql, anchor)
             .execute(&mut *transaction)
             .await?;
-        for &seq in replaced.iter().filter(|&&seq| seq < anchor.seq) {
-            sqlx::query(DELETE_ANCHOR)
-                .bind(anchor.chain.clone())
-                .bind(seq)
-                .execute(&mut *transaction)
-                .await?;
-        }
+        let lower: Vec<i64> = replaced
+            .iter()
+            .copied()
+            .filter(|&seq| seq < anchor.seq)
+            .collect();
+        delete_anchors(&mut transaction, &anchor.chain, &lower).await?;
         transaction.commit().await?;
         Ok(deleted)
     }
@@ -453,13 +449,7 @@ impl AuditStore {
     /// caller found sealed and superseded), in one transaction.
     pub async fn drop_anchors(&self, chain: &str, seqs: &[i64]) -> Result<(), AuditStoreError> {
         let mut transaction = self.pool.begin().await?;
-        for &seq in seqs {
-            sqlx::query(DELETE_ANCHOR)
-                .bind(chain.to_owned())
-                .bind(seq)
-                .execute(&mut *transaction)
-                .await?;
-        }
+        delete_anchors(&mut transaction, chain, seqs).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -502,6 +492,22 @@ impl AuditStore {
             .await?;
         Ok(rows.iter().map(checkpoint_of).collect::<Result<_, _>>()?)
     }
+}
+
+/// Deletes the anchors of `chain` at the sequence numbers `seqs`, in `transaction`.
+async fn delete_anchors(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    chain: &str,
+    seqs: &[i64],
+) -> Result<(), sqlx::Error> {
+    for &seq in seqs {
+        sqlx::query("DELETE FROM audit_anchors WHERE chain_id = $1 AND seq = $2")
+            .bind(chain.to_owned())
+            .bind(seq)
+            .execute(&mut **transaction)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `INSERT` of a checkpoint-shaped row into `table` (which has [`CHECKPOINT_COLUMNS`]),
