@@ -3,7 +3,7 @@
 //! hash chain that shows any edit, insertion, deletion or reordering ([`chain`]), with
 //! signed checkpoints that show a cut tail. Records arrive already redacted (capability
 //! segments masked, sensitive query values hidden); a user agent that looks like a secret
-//! is masked as it is written ([`redact::user_agent`]), as the access log does.
+//! is masked as it is written ([`crate::redact::user_agent`]), as the access log does.
 //!
 //! The sink runs on the recorder's thread: it collects the records of each batch (every
 //! 200 ms) and writes them in one transaction. It never drops an event: with the audit log
@@ -12,6 +12,8 @@
 
 pub mod appender;
 pub mod chain;
+mod event;
+mod key;
 pub mod query;
 pub mod retention;
 pub mod spool;
@@ -19,22 +21,21 @@ pub mod store;
 pub mod succession;
 pub mod verify;
 
-use std::borrow::Cow;
+pub use key::{AUDIT_KEY_FILE, key_given, key_problem, load_key};
+
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use secrecy::SecretString;
 use tracing::{debug, error, info, warn};
 
 use crate::base::exchange::{AdminAction, Caller, Decision, Exchange};
 use crate::base::hex;
-use crate::config::{AUDIT_KEY_VAR, StoreLocation, key_from_data_dir, read_secret};
-use crate::json_line::Line;
+use crate::config::StoreLocation;
 use crate::recorder::{Admission, Sink};
-use crate::redact::{self, Redactor};
+use crate::redact::Redactor;
 use appender::SqliteAppender;
 use chain::{ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
@@ -64,9 +65,6 @@ const LOOK_SLACK: Duration = Duration::from_secs(10);
 
 /// The kind of the event that records a corrupted spool record skipped at replay.
 pub const SPOOL_LOSS: &str = "spool_loss";
-
-/// The key file generated in the data directory when no key is given (SQLite only).
-pub const AUDIT_KEY_FILE: &str = "audit.key";
 
 /// A checkpoint after this many events...
 pub const CHECKPOINT_EVENTS: u64 = 1000;
@@ -102,72 +100,6 @@ pub enum AuditError {
     /// The store did not take an event in time; the event is lost.
     #[error("the audit store did not take the event: {0}")]
     Unrecorded(String),
-}
-
-/// The chain key: `PORTCULLIS_AUDIT_KEY` (or `_FILE`), else, with SQLite, `audit.key` in
-/// the data directory (generated, mode 0600, when `create` and missing). PostgreSQL needs
-/// it given, so that every replica and `audit verify` share it while the database does not
-/// hold it.
-pub fn load_key(
-    location: &StoreLocation,
-    env: impl Fn(&str) -> Option<String>,
-    create: bool,
-) -> Result<ChainKey, AuditError> {
-    if let Some(key) =
-        read_secret(AUDIT_KEY_VAR, env).map_err(|e| AuditError::Key(e.to_string()))?
-    {
-        use secrecy::ExposeSecret;
-        if key.expose_secret().len() < 32 {
-            return Err(AuditError::Key(format!(
-                "{AUDIT_KEY_VAR} must be at least 32 characters"
-            )));
-        }
-        return Ok(ChainKey::new(key));
-    }
-    match location {
-        StoreLocation::DataDir(dir) if !create && !dir.join(AUDIT_KEY_FILE).exists() => {
-            Err(AuditError::Key(format!(
-                "no {AUDIT_KEY_FILE} in {}; set {AUDIT_KEY_VAR} to the key the log was written with",
-                dir.display()
-            )))
-        }
-        StoreLocation::DataDir(dir) => key_from_data_dir(
-            dir,
-            AUDIT_KEY_FILE,
-            32,
-            "earlier events then no longer verify",
-            || SecretString::from(hex::encode(&rand::random::<[u8; 32]>())),
-        )
-        .map(ChainKey::new)
-        .map_err(AuditError::Key),
-        StoreLocation::Postgres(_) => Err(AuditError::Key(format!(
-            "set {AUDIT_KEY_VAR} (or {AUDIT_KEY_VAR}_FILE) when the store is PostgreSQL, the same on every replica"
-        ))),
-    }
-}
-
-/// What `serve` would refuse about the chain key, checked without creating anything: a
-/// missing key with PostgreSQL, a short or unreadable one. `None` when `serve` can start
-/// (with SQLite and no key, it generates one).
-pub fn key_problem(
-    location: &StoreLocation,
-    env: impl Fn(&str) -> Option<String>,
-) -> Option<String> {
-    if let StoreLocation::DataDir(dir) = location
-        && !key_given(&env)
-        && !dir.join(AUDIT_KEY_FILE).exists()
-    {
-        return None;
-    }
-    load_key(location, env, false)
-        .err()
-        .map(|error| error.to_string())
-}
-
-/// Whether the chain key is given (`PORTCULLIS_AUDIT_KEY` or `_FILE`) rather than left to
-/// be generated beside the log.
-pub fn key_given(env: impl Fn(&str) -> Option<String>) -> bool {
-    env(AUDIT_KEY_VAR).is_some() || env(&format!("{AUDIT_KEY_VAR}_FILE")).is_some()
 }
 
 /// Where the audit log's batches are going, for `/ready`.
@@ -395,7 +327,7 @@ impl AuditLog {
             .map(|receiver| receiver.try_iter().collect())
             .unwrap_or_default();
         for chain in trimmed {
-            self.push(retention_event(&chain));
+            self.push(event::retention(&chain));
         }
     }
 
@@ -404,19 +336,7 @@ impl AuditLog {
     /// were lost (a gap in a chain shows it too, but not a lost tail).
     fn take_spool_losses(&mut self) {
         for offset in std::mem::take(&mut self.spool_losses) {
-            let time_ms = now_ms(SystemTime::now());
-            let mut out = Vec::with_capacity(64);
-            let mut line = Line::start(&mut out);
-            line.text("kind", Some(SPOOL_LOSS));
-            line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
-            line.number("spool_offset", offset);
-            line.close();
-            self.push(StoredEvent {
-                time_ms,
-                kind: SPOOL_LOSS.to_owned(),
-                payload: String::from_utf8(out).unwrap_or_default(),
-                ..StoredEvent::default()
-            });
+            self.push(event::spool_loss(offset));
         }
     }
 
@@ -773,7 +693,7 @@ impl AuditLog {
                 "cli",
             )
         };
-        if let Some(event) = action_event(&exchange) {
+        if let Some(event) = event::admin_action(&exchange) {
             self.push(event);
         }
         self.write(true, Some(CLOSE_PATIENCE))
@@ -783,19 +703,14 @@ impl AuditLog {
 
 impl Sink for AuditLog {
     fn record(&mut self, exchange: &Exchange) {
-        let event = request_event(exchange, &self.redactor);
-        self.push(event);
-        if let Some(event) = action_event(exchange) {
+        self.push(event::request(exchange, &self.redactor));
+        if let Some(event) = event::admin_action(exchange) {
             self.push(event);
         }
     }
 
     fn admit(&mut self, exchange: &Exchange, admission: Admission) -> Option<Admission> {
-        let mut payload = Payload::of(exchange);
-        payload.kind = "admission";
-        // Not answered yet: the request event that completes it carries the status.
-        payload.status = None;
-        self.push(payload.event());
+        self.push(event::admission(exchange));
         self.admitted.push(admission);
         None
     }
@@ -817,202 +732,12 @@ impl Sink for AuditLog {
     }
 }
 
-/// What an event's payload holds, written in a fixed order ([`Payload::encode`]): the
-/// canonical encoding its hash covers.
-struct Payload<'a> {
-    kind: &'static str,
-    time_ms: i64,
-    request_id: &'a str,
-    client_ip: Option<IpAddr>,
-    peer: IpAddr,
-    method: Option<&'a str>,
-    route: Option<&'a str>,
-    path: &'a str,
-    query: Option<&'a str>,
-    status: Option<u16>,
-    decision: &'static str,
-    principal: Option<&'a str>,
-    principal_kind: Option<&'static str>,
-    principal_id: Option<&'a str>,
-    tenant: Option<&'a str>,
-    upstream: Option<&'a str>,
-    bytes_in: u64,
-    bytes_out: u64,
-    head_us: u64,
-    duration_us: u64,
-    protocol: &'static str,
-    /// As [`redact::user_agent`] shows it.
-    user_agent: Option<Cow<'a, str>>,
-    admin: bool,
-    action: Option<&'static str>,
-    target: Option<&'a str>,
-    /// What may be kept of the bodies, on routes that keep them.
-    bodies: Option<KeptBodies>,
-}
-
-/// What an event keeps of a request's and its response's bodies: redacted first bytes
-/// ([`Redactor::body`]) and whole lengths.
-struct KeptBodies {
-    request: Option<String>,
-    request_bytes: u64,
-    response: Option<String>,
-    response_bytes: u64,
-}
-
-impl KeptBodies {
-    fn of(exchange: &Exchange, redactor: &Redactor) -> Option<Self> {
-        let samples = exchange.samples.as_ref()?;
-        let request = samples.request.lock().ok()?;
-        Some(Self {
-            request: redactor.body(&request),
-            request_bytes: request.total,
-            response: redactor.body(&samples.response),
-            response_bytes: samples.response.total,
-        })
-    }
-}
-
-impl<'a> Payload<'a> {
-    fn of(exchange: &'a Exchange) -> Self {
-        let caller = exchange.caller.as_ref();
-        Self {
-            kind: "request",
-            time_ms: now_ms(exchange.started),
-            request_id: exchange.request_id(),
-            client_ip: exchange.client_ip,
-            peer: exchange.peer,
-            method: exchange.method.as_ref().map(http::Method::as_str),
-            route: exchange.route.as_deref(),
-            path: &exchange.path,
-            query: exchange.query.as_deref(),
-            status: Some(exchange.status),
-            decision: exchange.decision.as_str(),
-            principal: caller.map(|c| c.name.as_ref()),
-            principal_kind: caller.map(|c| c.kind),
-            principal_id: caller.and_then(|c| c.id.as_deref()),
-            tenant: caller.and_then(|c| c.tenant.as_deref()),
-            upstream: exchange.upstream.as_deref(),
-            bytes_in: exchange.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_out: exchange.bytes_out,
-            head_us: micros(exchange.to_head),
-            duration_us: micros(exchange.duration),
-            protocol: exchange.protocol,
-            user_agent: exchange.user_agent.as_ref().map(redact::user_agent),
-            admin: exchange.admin,
-            action: None,
-            target: None,
-            bodies: None,
-        }
-    }
-
-    /// The event, not yet linked: its searchable columns, repeated from the payload, and
-    /// the payload.
-    fn event(&self) -> StoredEvent {
-        StoredEvent {
-            time_ms: self.time_ms,
-            kind: self.kind.to_owned(),
-            request_id: Some(self.request_id.to_owned()),
-            principal: self.principal.map(str::to_owned),
-            tenant: self.tenant.map(str::to_owned),
-            status: self.status.map(i64::from),
-            decision: Some(self.decision.to_owned()),
-            route: self.route.map(str::to_owned),
-            path: Some(self.path.to_owned()),
-            client_ip: self.client_ip.map(crate::json_line::ip_text),
-            payload: self.encode(),
-            ..StoredEvent::default()
-        }
-    }
-
-    /// Fields with no value are left out (a reader takes a missing field as `null`).
-    fn encode(&self) -> String {
-        let mut out = Vec::with_capacity(768);
-        let mut line = Line::start_sparse(&mut out);
-        // Tokens (what the gateway made itself, and methods) need no escape scan.
-        line.token("kind", Some(self.kind));
-        line.number("time_ms", u64::try_from(self.time_ms).unwrap_or(0));
-        line.token("request_id", Some(self.request_id));
-        line.address("client_ip", self.client_ip);
-        line.address("peer", Some(self.peer));
-        line.token("method", self.method);
-        line.text("route", self.route);
-        line.text("path", Some(self.path));
-        line.text("query", self.query);
-        line.optional_number("status", self.status.map(u64::from));
-        line.token("decision", Some(self.decision));
-        line.text("principal", self.principal);
-        line.token("principal_kind", self.principal_kind);
-        line.text("principal_id", self.principal_id);
-        line.text("tenant", self.tenant);
-        line.text("upstream", self.upstream);
-        line.number("bytes_in", self.bytes_in);
-        line.number("bytes_out", self.bytes_out);
-        line.number("head_us", self.head_us);
-        line.number("duration_us", self.duration_us);
-        line.token("protocol", Some(self.protocol));
-        line.text("user_agent", self.user_agent.as_deref());
-        line.flag("admin", self.admin);
-        line.token("action", self.action);
-        line.text("target", self.target);
-        if let Some(bodies) = &self.bodies {
-            line.text("request_body", bodies.request.as_deref());
-            line.number("request_body_bytes", bodies.request_bytes);
-            line.text("response_body", bodies.response.as_deref());
-            line.number("response_body_bytes", bodies.response_bytes);
-        }
-        line.close();
-        // Only whole UTF-8 strings went in.
-        String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-fn request_event(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
-    let mut payload = Payload::of(exchange);
-    payload.bodies = KeptBodies::of(exchange, redactor);
-    payload.event()
-}
-
-/// The admin action an admin request carried out, as an event of its own.
-fn action_event(exchange: &Exchange) -> Option<StoredEvent> {
-    let action = exchange.action.as_ref()?;
-    let mut payload = Payload::of(exchange);
-    payload.kind = "admin_action";
-    payload.action = Some(action.action);
-    payload.target = Some(&action.target);
-    Some(payload.event())
-}
-
 /// Empties `spool`, replayed whole into the store.
 fn clear_replayed(spool: &mut Spool) {
     match spool.clear() {
         Ok(()) => info!("audit log: the spool is replayed into the store"),
         Err(error) => error!(%error, "audit log: cannot empty the replayed spool"),
     }
-}
-
-/// The event that records a chain trimmed by retention (the anchor, in its own table, is
-/// what `audit verify` relies on; this is for whoever reads the log).
-fn retention_event(trimmed: &Trimmed) -> StoredEvent {
-    let time_ms = now_ms(SystemTime::now());
-    let mut out = Vec::with_capacity(256);
-    let mut line = Line::start(&mut out);
-    line.text("kind", Some("retention"));
-    line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
-    line.text("target_chain", Some(&trimmed.chain));
-    line.number("through_seq", trimmed.through_seq.unsigned_abs());
-    line.number("events", trimmed.events);
-    line.number("cutoff_ms", trimmed.cutoff_ms.unsigned_abs());
-    line.close();
-    StoredEvent {
-        time_ms,
-        kind: "retention".to_owned(),
-        payload: String::from_utf8(out).unwrap_or_default(),
-        ..StoredEvent::default()
-    }
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The id of a chain started at `started`: 16 bytes in hex, the time in milliseconds
@@ -1039,6 +764,7 @@ pub fn now_ms(at: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::SecretString;
 
     /// A corrupted spool record found at open is recorded as a `spool_loss` event, and the
     /// spool is emptied only once that event is in the store: a process stopped before

@@ -1,0 +1,235 @@
+//! The audit events, as they are stored: each one's searchable columns and its payload, the
+//! canonical JSON its hash covers ([`super::chain`]). Requests (and the admission that a
+//! strict-mode request waits for), admin actions, retention's trimming, and spool records
+//! lost at replay each make one.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use super::SPOOL_LOSS;
+use super::now_ms;
+use super::retention::Trimmed;
+use super::store::StoredEvent;
+use crate::base::exchange::Exchange;
+use crate::json_line::Line;
+use crate::redact::{self, Redactor};
+
+/// What an event's payload holds, written in a fixed order ([`Payload::encode`]): the
+/// canonical encoding its hash covers.
+struct Payload<'a> {
+    kind: &'static str,
+    time_ms: i64,
+    request_id: &'a str,
+    client_ip: Option<IpAddr>,
+    peer: IpAddr,
+    method: Option<&'a str>,
+    route: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
+    status: Option<u16>,
+    decision: &'static str,
+    principal: Option<&'a str>,
+    principal_kind: Option<&'static str>,
+    principal_id: Option<&'a str>,
+    tenant: Option<&'a str>,
+    upstream: Option<&'a str>,
+    bytes_in: u64,
+    bytes_out: u64,
+    head_us: u64,
+    duration_us: u64,
+    protocol: &'static str,
+    /// As [`redact::user_agent`] shows it.
+    user_agent: Option<Cow<'a, str>>,
+    admin: bool,
+    action: Option<&'static str>,
+    target: Option<&'a str>,
+    /// What may be kept of the bodies, on routes that keep them.
+    bodies: Option<KeptBodies>,
+}
+
+/// What an event keeps of a request's and its response's bodies: redacted first bytes
+/// ([`Redactor::body`]) and whole lengths.
+struct KeptBodies {
+    request: Option<String>,
+    request_bytes: u64,
+    response: Option<String>,
+    response_bytes: u64,
+}
+
+impl KeptBodies {
+    fn of(exchange: &Exchange, redactor: &Redactor) -> Option<Self> {
+        let samples = exchange.samples.as_ref()?;
+        let request = samples.request.lock().ok()?;
+        Some(Self {
+            request: redactor.body(&request),
+            request_bytes: request.total,
+            response: redactor.body(&samples.response),
+            response_bytes: samples.response.total,
+        })
+    }
+}
+
+impl<'a> Payload<'a> {
+    fn of(exchange: &'a Exchange) -> Self {
+        let caller = exchange.caller.as_ref();
+        Self {
+            kind: "request",
+            time_ms: now_ms(exchange.started),
+            request_id: exchange.request_id(),
+            client_ip: exchange.client_ip,
+            peer: exchange.peer,
+            method: exchange.method.as_ref().map(http::Method::as_str),
+            route: exchange.route.as_deref(),
+            path: &exchange.path,
+            query: exchange.query.as_deref(),
+            status: Some(exchange.status),
+            decision: exchange.decision.as_str(),
+            principal: caller.map(|c| c.name.as_ref()),
+            principal_kind: caller.map(|c| c.kind),
+            principal_id: caller.and_then(|c| c.id.as_deref()),
+            tenant: caller.and_then(|c| c.tenant.as_deref()),
+            upstream: exchange.upstream.as_deref(),
+            bytes_in: exchange.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out: exchange.bytes_out,
+            head_us: micros(exchange.to_head),
+            duration_us: micros(exchange.duration),
+            protocol: exchange.protocol,
+            user_agent: exchange.user_agent.as_ref().map(redact::user_agent),
+            admin: exchange.admin,
+            action: None,
+            target: None,
+            bodies: None,
+        }
+    }
+
+    /// The event, not yet linked: its searchable columns, repeated from the payload, and
+    /// the payload.
+    fn event(&self) -> StoredEvent {
+        StoredEvent {
+            time_ms: self.time_ms,
+            kind: self.kind.to_owned(),
+            request_id: Some(self.request_id.to_owned()),
+            principal: self.principal.map(str::to_owned),
+            tenant: self.tenant.map(str::to_owned),
+            status: self.status.map(i64::from),
+            decision: Some(self.decision.to_owned()),
+            route: self.route.map(str::to_owned),
+            path: Some(self.path.to_owned()),
+            client_ip: self.client_ip.map(crate::json_line::ip_text),
+            payload: self.encode(),
+            ..StoredEvent::default()
+        }
+    }
+
+    /// Fields with no value are left out (a reader takes a missing field as `null`).
+    fn encode(&self) -> String {
+        let mut out = Vec::with_capacity(768);
+        let mut line = Line::start_sparse(&mut out);
+        // Tokens (what the gateway made itself, and methods) need no escape scan.
+        line.token("kind", Some(self.kind));
+        line.number("time_ms", u64::try_from(self.time_ms).unwrap_or(0));
+        line.token("request_id", Some(self.request_id));
+        line.address("client_ip", self.client_ip);
+        line.address("peer", Some(self.peer));
+        line.token("method", self.method);
+        line.text("route", self.route);
+        line.text("path", Some(self.path));
+        line.text("query", self.query);
+        line.optional_number("status", self.status.map(u64::from));
+        line.token("decision", Some(self.decision));
+        line.text("principal", self.principal);
+        line.token("principal_kind", self.principal_kind);
+        line.text("principal_id", self.principal_id);
+        line.text("tenant", self.tenant);
+        line.text("upstream", self.upstream);
+        line.number("bytes_in", self.bytes_in);
+        line.number("bytes_out", self.bytes_out);
+        line.number("head_us", self.head_us);
+        line.number("duration_us", self.duration_us);
+        line.token("protocol", Some(self.protocol));
+        line.text("user_agent", self.user_agent.as_deref());
+        line.flag("admin", self.admin);
+        line.token("action", self.action);
+        line.text("target", self.target);
+        if let Some(bodies) = &self.bodies {
+            line.text("request_body", bodies.request.as_deref());
+            line.number("request_body_bytes", bodies.request_bytes);
+            line.text("response_body", bodies.response.as_deref());
+            line.number("response_body_bytes", bodies.response_bytes);
+        }
+        line.close();
+        // Only whole UTF-8 strings went in.
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The event of a finished request, its kept bodies redacted by `redactor`.
+pub(super) fn request(exchange: &Exchange, redactor: &Redactor) -> StoredEvent {
+    let mut payload = Payload::of(exchange);
+    payload.bodies = KeptBodies::of(exchange, redactor);
+    payload.event()
+}
+
+/// The admin action an admin request carried out, as an event of its own.
+pub(super) fn admin_action(exchange: &Exchange) -> Option<StoredEvent> {
+    let action = exchange.action.as_ref()?;
+    let mut payload = Payload::of(exchange);
+    payload.kind = "admin_action";
+    payload.action = Some(action.action);
+    payload.target = Some(&action.target);
+    Some(payload.event())
+}
+
+/// The admission event of a request held in strict mode: the record so far, before it is
+/// forwarded.
+pub(super) fn admission(exchange: &Exchange) -> StoredEvent {
+    let mut payload = Payload::of(exchange);
+    payload.kind = "admission";
+    // Not answered yet: the request event that completes it carries the status.
+    payload.status = None;
+    payload.event()
+}
+
+/// The event that records a corrupted spool record, at `offset` in the spool, skipped at
+/// replay.
+pub(super) fn spool_loss(offset: u64) -> StoredEvent {
+    let time_ms = now_ms(SystemTime::now());
+    let mut out = Vec::with_capacity(64);
+    let mut line = Line::start(&mut out);
+    line.text("kind", Some(SPOOL_LOSS));
+    line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
+    line.number("spool_offset", offset);
+    line.close();
+    StoredEvent {
+        time_ms,
+        kind: SPOOL_LOSS.to_owned(),
+        payload: String::from_utf8(out).unwrap_or_default(),
+        ..StoredEvent::default()
+    }
+}
+
+/// The event that records a chain trimmed by retention (the anchor, in its own table, is
+/// what `audit verify` relies on; this is for whoever reads the log).
+pub(super) fn retention(trimmed: &Trimmed) -> StoredEvent {
+    let time_ms = now_ms(SystemTime::now());
+    let mut out = Vec::with_capacity(256);
+    let mut line = Line::start(&mut out);
+    line.text("kind", Some("retention"));
+    line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
+    line.text("target_chain", Some(&trimmed.chain));
+    line.number("through_seq", trimmed.through_seq.unsigned_abs());
+    line.number("events", trimmed.events);
+    line.number("cutoff_ms", trimmed.cutoff_ms.unsigned_abs());
+    line.close();
+    StoredEvent {
+        time_ms,
+        kind: "retention".to_owned(),
+        payload: String::from_utf8(out).unwrap_or_default(),
+        ..StoredEvent::default()
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
