@@ -1,7 +1,7 @@
 //! Routes and routing policy: which route serves a path (the longest path prefix wins, on
-//! the path as the upstream will understand it, [`fold`]ed as its framework would), what the
-//! route asks of a caller (authentication, scopes, address rules, rate limits), and how its
-//! upstream's `Location` answers map back to the public path.
+//! the path as the upstream will understand it, folded by `fold` as its framework would),
+//! what the route asks of a caller (authentication, scopes, address rules, rate limits),
+//! and how its upstream's `Location` answers map back to the public path.
 
 mod fold;
 mod location;
