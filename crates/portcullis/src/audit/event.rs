@@ -233,3 +233,121 @@ pub(super) fn retention(trimmed: &Trimmed) -> StoredEvent {
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::base::exchange::{AdminAction, Caller, Decision};
+
+    fn exchange() -> Exchange {
+        Exchange {
+            client_ip: Some("2001:db8::7".parse().unwrap()),
+            method: Some(http::Method::DELETE),
+            route: Some(Arc::from("/api")),
+            path: "/api/v1/items/\"7\"".to_owned(),
+            query: Some("page=2&api_key=***".to_owned()),
+            caller: Some(Caller {
+                kind: "token",
+                id: Some("tok_1".to_owned()),
+                name: Cow::Borrowed("billing"),
+                tenant: Some("acme".to_owned()),
+            }),
+            upstream: Some(Arc::from("items")),
+            status: 204,
+            decision: Decision::Allowed,
+            user_agent: Some(http::HeaderValue::from_static("curl/8.5.0")),
+            ..Exchange::begin(
+                http::HeaderValue::from_static("req-1"),
+                IpAddr::from([10, 0, 0, 1]),
+                "HTTP/2",
+            )
+        }
+    }
+
+    fn payload(event: &StoredEvent) -> Value {
+        serde_json::from_str(&event.payload).unwrap()
+    }
+
+    /// The searchable columns repeat what the payload (which the hash covers) says: `audit
+    /// verify` reports a column that does not.
+    #[test]
+    fn a_request_event_s_columns_repeat_its_payload() {
+        let event = request(&exchange(), &Redactor::default());
+        let payload = payload(&event);
+        assert_eq!(event.kind, "request");
+        assert_eq!(payload["kind"], "request");
+        assert_eq!(payload["time_ms"].as_i64(), Some(event.time_ms));
+        let columns = [
+            ("request_id", &event.request_id, "req-1"),
+            ("principal", &event.principal, "billing"),
+            ("tenant", &event.tenant, "acme"),
+            ("decision", &event.decision, "allowed"),
+            ("route", &event.route, "/api"),
+            ("path", &event.path, "/api/v1/items/\"7\""),
+            ("client_ip", &event.client_ip, "2001:db8::7"),
+        ];
+        for (name, column, expected) in columns {
+            assert_eq!(column.as_deref(), Some(expected), "{name}");
+            assert_eq!(payload[name], expected, "{name}");
+        }
+        assert_eq!(event.status, Some(204));
+        assert_eq!(payload["status"], 204);
+        assert_eq!(payload["method"], "DELETE");
+        assert_eq!(payload["peer"], "10.0.0.1");
+        assert_eq!(payload["query"], "page=2&api_key=***");
+        assert_eq!(payload["principal_kind"], "token");
+        assert_eq!(payload["principal_id"], "tok_1");
+        assert_eq!(payload["upstream"], "items");
+        assert_eq!(payload["protocol"], "HTTP/2");
+        assert_eq!(payload["user_agent"], "curl/8.5.0");
+        // Fields with no value are left out, not written as null.
+        assert!(payload.get("action").is_none() && payload.get("request_body").is_none());
+    }
+
+    #[test]
+    fn an_admission_has_no_status_yet_and_an_admin_action_names_its_target() {
+        let admission = admission(&exchange());
+        assert_eq!(admission.kind, "admission");
+        assert_eq!(admission.status, None);
+        assert!(payload(&admission).get("status").is_none());
+
+        assert!(admin_action(&exchange()).is_none());
+        let mut revoked = exchange();
+        revoked.admin = true;
+        revoked.action = Some(AdminAction {
+            action: "token_revoked",
+            target: "tok_9".to_owned(),
+        });
+        let action = admin_action(&revoked).unwrap();
+        let payload = payload(&action);
+        assert_eq!(action.kind, "admin_action");
+        assert_eq!(payload["kind"], "admin_action");
+        assert_eq!(payload["action"], "token_revoked");
+        assert_eq!(payload["target"], "tok_9");
+        assert_eq!(payload["admin"], true);
+    }
+
+    #[test]
+    fn the_log_s_own_events_say_what_happened() {
+        let loss = spool_loss(4096);
+        assert_eq!(loss.kind, SPOOL_LOSS);
+        assert_eq!(payload(&loss)["spool_offset"], 4096);
+        let trimmed = retention(&Trimmed {
+            chain: "c1".to_owned(),
+            through_seq: 10_000,
+            events: 9_999,
+            cutoff_ms: 1_700_000_000_000,
+        });
+        let fields = payload(&trimmed);
+        assert_eq!(trimmed.kind, "retention");
+        assert_eq!(fields["target_chain"], "c1");
+        assert_eq!(fields["through_seq"], 10_000);
+        assert_eq!(fields["events"], 9_999);
+        assert_eq!(fields["cutoff_ms"], 1_700_000_000_000_i64);
+        assert_eq!(fields["time_ms"].as_i64(), Some(trimmed.time_ms));
+    }
+}

@@ -1,5 +1,5 @@
 //! The chain key: given (`PORTCULLIS_AUDIT_KEY` or `_FILE`), or, with SQLite, generated
-//! beside the log. Whoever holds it can recompute the chain; the database never does.
+//! beside the log. Whoever holds it can recompute the chain, so the database never holds it.
 
 use secrecy::SecretString;
 
