@@ -41,6 +41,8 @@ async fn judging_upstream() -> Upstream {
         let key = seen.header("x-api-key").unwrap_or_default();
         let status = if key.starts_with("refused") {
             401
+        } else if key.starts_with("forbidden") {
+            403
         } else if key.starts_with("limited") {
             429
         } else {
@@ -144,6 +146,54 @@ async fn refused_keys_are_benched_and_idempotent_requests_retried() {
         "{seen:?}"
     );
     assert_eq!(seen.len(), 8);
+}
+
+/// A request sent again with the next key after its first was refused benches that key
+/// too when it is refused (401, 429), but not on a 403, which may be about the request
+/// rather than the key: one request benches at most one key on a 403, so no client can
+/// bench the whole pool two keys at a time.
+#[tokio::test]
+async fn a_resent_request_benches_its_second_key_except_on_a_403() {
+    let upstream = judging_upstream().await;
+    let (_dir, gateway) = with_credential(
+        &upstream.url(),
+        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
+        &[("TEST_UPSTREAM_KEYS", "refused-1,forbidden-1,good-1")],
+    );
+    // refused-1 (401) is benched; the GET goes again with forbidden-1, whose 403 the
+    // client gets, and which stays in the pool.
+    assert_eq!(get_authorized(&gateway.url("/api/a")).await.status, 403);
+    assert_eq!(get_authorized(&gateway.url("/api/b")).await.status, 200);
+    // forbidden-1 is still in turn: its 403 to a first attempt benches it, and the GET
+    // goes again with good-1.
+    assert_eq!(get_authorized(&gateway.url("/api/c")).await.status, 200);
+    assert_eq!(
+        keys_seen(&upstream),
+        [
+            "refused-1",
+            "forbidden-1",
+            "good-1",
+            "forbidden-1",
+            "good-1"
+        ]
+    );
+
+    let upstream = judging_upstream().await;
+    let (_dir, gateway) = with_credential(
+        &upstream.url(),
+        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
+        &[("TEST_UPSTREAM_KEYS", "refused-1,refused-2,good-1")],
+    );
+    // Both refused keys are benched by one request (401, then 401 again), so good-1
+    // answers every request after it.
+    assert_eq!(get_authorized(&gateway.url("/api/a")).await.status, 401);
+    for path in ["/api/b", "/api/c", "/api/d"] {
+        assert_eq!(get_authorized(&gateway.url(path)).await.status, 200);
+    }
+    assert_eq!(
+        keys_seen(&upstream),
+        ["refused-1", "refused-2", "good-1", "good-1", "good-1"]
+    );
 }
 
 /// When every key is benched, the gateway stops calling the upstream: 503
