@@ -93,7 +93,10 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(false).await?;
+        // Boxed: opening a connection (TCP, TLS, the HTTP/1.1 handshake) is most of this
+        // future's size, and rare; inline, every request's future would carry it, and
+        // every move of that future copy it (bench/RESULTS.md, 2026-11-29).
+        let mut sender = Box::pin(self.connect(false)).await?;
         let response = sender.send_request(request).await?;
         Ok(self.wrap(response, sender, request_sent))
     }
@@ -121,7 +124,8 @@ impl Pool {
         request_sent: Arc<AtomicBool>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let request = request.map(|body| SentBody::new(body, request_sent));
-        let mut sender = self.connect(true).await?;
+        // Boxed, as in `send`: an upgrade is sent from the same future as every request.
+        let mut sender = Box::pin(self.connect(true)).await?;
         let response = sender.send_request(request).await?;
         Ok(response.map(PooledBody::unpooled))
     }
