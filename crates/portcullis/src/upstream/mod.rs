@@ -596,23 +596,28 @@ impl Upstream {
     }
 
     /// Sends `outgoing`, again after a failure while the retry policy allows (a held body
-    /// only).
+    /// only). One call of [`Self::send_once`] in the loop, not one for each case: each call
+    /// written out is a future of its own inside this one, which is moved whole (about a
+    /// kilobyte each; bench/RESULTS.md, 2026-11-29).
     async fn send_with_retries(
         &self,
         outgoing: Outgoing,
         deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
-        let (head, body) = match outgoing {
-            Outgoing::Streaming(request) => return self.send_once(request, deadline).await,
-            Outgoing::Held(head, body) => (head, body),
+        let (mut request, held) = match outgoing {
+            Outgoing::Streaming(request) => (request, None),
+            Outgoing::Held(head, body) => (resend(&head, body.clone()), Some((head, body))),
         };
-        let Some(policy) = self.shared.retry.as_ref() else {
-            return self.send_once(resend(&head, body), deadline).await;
-        };
-        policy.count_request();
+        let policy = held.as_ref().and(self.shared.retry.as_ref());
+        if let Some(policy) = policy {
+            policy.count_request();
+        }
         let mut attempt = 1;
         loop {
-            let sent = self.send_once(resend(&head, body.clone()), deadline).await;
+            let sent = self.send_once(request, deadline).await;
+            let (Some(policy), Some((head, body))) = (policy, &held) else {
+                return sent;
+            };
             let retryable = match &sent {
                 Ok(response) => matches!(response.status().as_u16(), 502..=504),
                 Err(
@@ -635,6 +640,7 @@ impl Upstream {
             tokio::time::sleep_until(resume).await;
             attempt += 1;
             tracing::debug!(upstream = %self.shared.name, attempt, "retrying the upstream call");
+            request = resend(head, body.clone());
         }
     }
 
@@ -688,7 +694,8 @@ impl Upstream {
 
     /// Sends `request` with the next healthy key in `name`. A key the upstream refuses
     /// (401, 403) or rate-limits (429) is benched, and a request that can be sent again
-    /// (an idempotent method, no body) is, once, with the next healthy key.
+    /// (an idempotent method, no body) is, once, with the next healthy key. One call of
+    /// [`Self::attempt`], in the loop, as in [`Self::send_with_retries`].
     async fn send_with_key(
         &self,
         mut request: Request<UpstreamBody>,
@@ -696,44 +703,50 @@ impl Upstream {
         keys: &KeyPool,
         deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
-        let key = keys.pick()?;
+        let mut key = keys.pick()?;
         request
             .headers_mut()
             .insert(name.clone(), key.value.clone());
-        let again = (request.method().is_idempotent()
+        let mut again = (request.method().is_idempotent()
             && http_body::Body::is_end_stream(request.body()))
         .then(|| empty_copy(&request));
-        let response = self.attempt(request, deadline).await?;
-        let Some(bench) = bench_for(&response) else {
-            return Ok(response);
-        };
-        keys.bench(&key, bench);
-        tracing::warn!(upstream = %self.shared.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
-        // The next key is taken only for a request that can go again, and, with a retry
-        // policy, only while its budget allows: a resend is a retry too.
-        let Some(mut again) = again else {
-            return Ok(response);
-        };
-        if self
-            .shared
-            .retry
-            .as_ref()
-            .is_some_and(|policy| !policy.try_retry())
-        {
-            return Ok(response);
+        let mut resent = false;
+        loop {
+            let response = self.attempt(request, deadline).await?;
+            let Some(bench) = bench_for(&response) else {
+                return Ok(response);
+            };
+            if resent {
+                // A 403 may be about the request rather than the key: one request benches
+                // at most one key for it, so that no client can bench the whole pool two
+                // keys at a time.
+                if response.status() != 403 {
+                    keys.bench(&key, bench);
+                }
+                return Ok(response);
+            }
+            keys.bench(&key, bench);
+            tracing::warn!(upstream = %self.shared.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
+            // The next key is taken only for a request that can go again, and, with a
+            // retry policy, only while its budget allows: a resend is a retry too.
+            let Some(mut copy) = again.take() else {
+                return Ok(response);
+            };
+            if self
+                .shared
+                .retry
+                .as_ref()
+                .is_some_and(|policy| !policy.try_retry())
+            {
+                return Ok(response);
+            }
+            let Ok(next) = keys.pick() else {
+                return Ok(response);
+            };
+            drop(response);
+            copy.headers_mut().insert(name.clone(), next.value.clone());
+            (request, key, resent) = (copy, next, true);
         }
-        let Ok(next) = keys.pick() else {
-            return Ok(response);
-        };
-        drop(response);
-        again.headers_mut().insert(name.clone(), next.value.clone());
-        let retried = self.attempt(again, deadline).await?;
-        // A 403 may be about the request rather than the key: one request benches at most
-        // one key for it, so that no client can bench the whole pool two keys at a time.
-        if let Some(bench) = bench_for(&retried).filter(|_| retried.status() != 403) {
-            keys.bench(&next, bench);
-        }
-        Ok(retried)
     }
 
     /// One health check: `GET path` (below the base path, with a key of the credential),
