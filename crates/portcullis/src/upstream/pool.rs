@@ -39,7 +39,7 @@ pub enum PoolError {
     /// The exchange failed on an open connection.
     #[error(transparent)]
     Exchange(#[from] hyper::Error),
-    /// The exchange failed in hyper-util's client (`negotiating`, in this module).
+    /// The exchange failed in hyper-util's client (the `negotiating` module beside this one).
     #[error("exchange failed")]
     Client(#[source] hyper_util::client::legacy::Error),
     /// The client's body failed on its way (over HTTP/2, where hyper does not pass the
