@@ -223,11 +223,7 @@ async fn requests_and_admin_actions_are_chained_events_on_postgres() {
         ("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef"),
         ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
     ];
-    let mut launch = Launch::new(&upstream.url());
-    for (name, value) in env {
-        launch = launch.env(name, value);
-    }
-    let mut gateway = launch.start();
+    let mut gateway = Launch::new(&upstream.url()).envs(&env).start();
     let (id, _) = traffic(&gateway).await;
     gateway.final_log();
     assert_events_describe_the_traffic(&events(&database.url).await, &id);
@@ -731,16 +727,22 @@ async fn a_token_command_changes_nothing_when_the_audit_store_takes_no_writes() 
         "{stderr}"
     );
 
-    let listed = token_command(&dir, &["list"]);
+    assert_eq!(token_names(&dir), ["before"]);
+}
+
+/// The names of the tokens `portcullis token list` lists in `dir`, sorted.
+fn token_names(dir: &Path) -> Vec<String> {
+    let listed = token_command(dir, &["list"]);
     assert!(listed.status.success(), "{listed:?}");
-    let names: Vec<Value> = serde_json::from_slice::<Value>(&listed.stdout)
+    let mut names: Vec<String> = serde_json::from_slice::<Value>(&listed.stdout)
         .unwrap()
         .as_array()
         .unwrap()
         .iter()
-        .map(|record| record["name"].clone())
+        .map(|record| record["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["before"]);
+    names.sort();
+    names
 }
 
 /// Should the audit store refuse the action's event after the command's chain started (a
@@ -774,17 +776,7 @@ async fn a_token_command_whose_event_is_refused_after_the_change_says_so() {
     let token = shown["token"].as_str().unwrap();
     assert!(!stderr.contains(token), "{stderr}");
 
-    let listed = token_command(&dir, &["list"]);
-    assert!(listed.status.success(), "{listed:?}");
-    let mut names: Vec<String> = serde_json::from_slice::<Value>(&listed.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|record| record["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["after", "before"]);
+    assert_eq!(token_names(&dir), ["after", "before"]);
     // The command's chain started (stored before the change), and holds nothing more.
     let kinds: Vec<String> = events(&sqlite_url(&dir))
         .await

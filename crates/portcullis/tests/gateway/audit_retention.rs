@@ -168,12 +168,7 @@ async fn retention_on_postgres_deletes_old_events_and_keeps_one_anchor_a_chain()
         ("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef"),
         ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
     ];
-    let on_postgres = || {
-        env.iter()
-            .fold(Launch::new(&upstream.url()), |launch, (name, value)| {
-                launch.env(name, *value)
-            })
-    };
+    let on_postgres = || Launch::new(&upstream.url()).envs(&env);
     old_then_new(keeping(on_postgres(), &dir, "90d")).await;
 
     trimmed(keeping(on_postgres(), &dir, "2s")).await;

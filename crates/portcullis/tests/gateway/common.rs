@@ -231,6 +231,13 @@ impl Launch {
         self
     }
 
+    /// `env` for each of `pairs`.
+    pub fn envs(self, pairs: &[(&str, &str)]) -> Self {
+        pairs
+            .iter()
+            .fold(self, |launch, (name, value)| launch.env(name, *value))
+    }
+
     pub fn without_env(mut self, name: &str) -> Self {
         self.env.retain(|(n, _)| n != name);
         self

@@ -13,16 +13,23 @@ fn with_credential(
     credential: &str,
     env: &[(&str, &str)],
 ) -> (tempfile::TempDir, Gateway) {
-    let mut launch = Launch::bare().env("PORTCULLIS_LOG", "debug");
-    for (name, value) in env {
-        launch = launch.env(name, *value);
-    }
+    let launch = Launch::bare().env("PORTCULLIS_LOG", "debug").envs(env);
     start_configured(
         &format!(
             "[upstreams.api]\nurl = \"{upstream_url}\"\ncredential = {{ {credential} }}\n\
              [[routes]]\npath_prefix = \"/api\"\nupstream = \"api\"\nstrip_prefix = true\n"
         ),
         launch,
+    )
+}
+
+/// A gateway whose upstream's credential is an `X-Api-Key` header taken in turn from
+/// `keys` (comma-separated, as `TEST_UPSTREAM_KEYS` holds them).
+fn with_keys(upstream_url: &str, keys: &str) -> (tempfile::TempDir, Gateway) {
+    with_credential(
+        upstream_url,
+        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
+        &[("TEST_UPSTREAM_KEYS", keys)],
     )
 }
 
@@ -72,11 +79,7 @@ fn keys_seen(upstream: &Upstream) -> Vec<String> {
 #[tokio::test]
 async fn keys_replace_the_clients_credentials_and_are_used_in_turn() {
     let upstream = Upstream::start().await;
-    let (dir, mut gateway) = with_credential(
-        &upstream.url(),
-        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
-        &[("TEST_UPSTREAM_KEYS", "key-one-secret, key-two-secret")],
-    );
+    let (dir, mut gateway) = with_keys(&upstream.url(), "key-one-secret, key-two-secret");
     for _ in 0..4 {
         let reply = get(
             &gateway.url("/api/x"),
@@ -113,11 +116,7 @@ async fn keys_replace_the_clients_credentials_and_are_used_in_turn() {
 #[tokio::test]
 async fn refused_keys_are_benched_and_idempotent_requests_retried() {
     let upstream = judging_upstream().await;
-    let (_dir, gateway) = with_credential(
-        &upstream.url(),
-        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
-        &[("TEST_UPSTREAM_KEYS", "refused-1,good-1,limited-1,good-2")],
-    );
+    let (_dir, gateway) = with_keys(&upstream.url(), "refused-1,good-1,limited-1,good-2");
     // A POST meets refused-1 (401): the key is benched, and the POST is not sent again.
     let post = || {
         http::Request::post(gateway.url("/api/c"))
@@ -155,11 +154,7 @@ async fn refused_keys_are_benched_and_idempotent_requests_retried() {
 #[tokio::test]
 async fn a_resent_request_benches_its_second_key_except_on_a_403() {
     let upstream = judging_upstream().await;
-    let (_dir, gateway) = with_credential(
-        &upstream.url(),
-        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
-        &[("TEST_UPSTREAM_KEYS", "refused-1,forbidden-1,good-1")],
-    );
+    let (_dir, gateway) = with_keys(&upstream.url(), "refused-1,forbidden-1,good-1");
     // refused-1 (401) is benched; the GET goes again with forbidden-1, whose 403 the
     // client gets, and which stays in the pool.
     assert_eq!(get_authorized(&gateway.url("/api/a")).await.status, 403);
@@ -179,11 +174,7 @@ async fn a_resent_request_benches_its_second_key_except_on_a_403() {
     );
 
     let upstream = judging_upstream().await;
-    let (_dir, gateway) = with_credential(
-        &upstream.url(),
-        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
-        &[("TEST_UPSTREAM_KEYS", "refused-1,refused-2,good-1")],
-    );
+    let (_dir, gateway) = with_keys(&upstream.url(), "refused-1,refused-2,good-1");
     // Both refused keys are benched by one request (401, then 401 again), so good-1
     // answers every request after it.
     assert_eq!(get_authorized(&gateway.url("/api/a")).await.status, 401);
@@ -202,11 +193,7 @@ async fn a_resent_request_benches_its_second_key_except_on_a_403() {
 #[tokio::test]
 async fn with_every_key_benched_requests_are_refused_until_one_returns() {
     let upstream = judging_upstream().await;
-    let (dir, mut gateway) = with_credential(
-        &upstream.url(),
-        "header = \"X-Api-Key\", format = \"{key}\", keys_env = \"TEST_UPSTREAM_KEYS\"",
-        &[("TEST_UPSTREAM_KEYS", "refused-1,limited-1")],
-    );
+    let (dir, mut gateway) = with_keys(&upstream.url(), "refused-1,limited-1");
     // Both keys are tried, and the upstream's last answer is relayed.
     let reply = get_authorized(&gateway.url("/api/a")).await;
     assert_eq!(reply.status, 429);
