@@ -126,6 +126,9 @@ pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Va
     .fetch_all(&mut connection)
     .await
     .unwrap();
+    // Closed, not dropped: a dropped SQLite connection closes later, on a thread of its
+    // own, and its closing folds the WAL into the file while the test may be copying it.
+    connection.close().await.unwrap();
     rows.into_iter()
         .map(|(kind, decision, principal, payload)| {
             (

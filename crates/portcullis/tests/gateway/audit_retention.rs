@@ -41,15 +41,20 @@ async fn trimmed(mut gateway: Gateway) -> String {
 async fn execute(url: &str, sql: &str) {
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
     sqlx::query(sql).execute(&mut connection).await.unwrap();
+    // Closed, not dropped, as `events` does.
+    connection.close().await.unwrap();
 }
 
 /// Each retention anchor's chain and sequence number, in the store at `url`.
 async fn anchors(url: &str) -> Vec<(String, i64)> {
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::query_as("SELECT chain_id, seq FROM audit_anchors ORDER BY chain_id, seq")
+    let anchors = sqlx::query_as("SELECT chain_id, seq FROM audit_anchors ORDER BY chain_id, seq")
         .fetch_all(&mut connection)
         .await
-        .unwrap()
+        .unwrap();
+    // Closed, not dropped, as `events` does.
+    connection.close().await.unwrap();
+    anchors
 }
 
 /// Three requests through `gateway` (its audit log's first chain), then, 3 s later, a
