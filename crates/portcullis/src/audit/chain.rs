@@ -1,8 +1,9 @@
 //! The hash chain that makes tampering show. Each process writes a chain of its own (an id
 //! per start); each event carries its sequence number and the previous event's hash, and
-//! its own hash is HMAC-SHA256, under a key the database does not hold, over
-//! `chain id, sequence, previous hash, payload`, so whoever can write to the database alone
-//! can neither edit, insert, delete nor reorder events without breaking a link.
+//! its own hash is HMAC-SHA256, under a key the database does not hold, over `chain id,
+//! sequence, previous hash`, then each of its columns and its payload, so whoever can
+//! write to the database alone can neither edit, insert, delete nor reorder events without
+//! breaking a link.
 //! Checkpoints sign a chain's head; logged, they let `audit verify` prove that nothing up to
 //! them was cut off.
 
@@ -36,18 +37,43 @@ impl ChainKey {
         Self(mac)
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> String {
+    /// The key's state after `parts`, each length-prefixed, so no two sequences of parts
+    /// hash alike.
+    fn keyed(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
         let mut mac = self.0.clone();
         for part in parts {
-            // Lengths first, so no two sequences of parts hash alike.
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
+        }
+        mac
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> String {
+        hex::encode(&self.keyed(parts).finalize().into_bytes())
+    }
+
+    /// The hash of the event `seq` of `chain`, after `prev`, over `fields`: its columns
+    /// and its payload, in the order the audit writer gives them, each present or absent.
+    pub fn link(&self, chain: &str, seq: i64, prev: &str, fields: &[Option<&[u8]>]) -> String {
+        let mut mac = self.keyed(&[
+            b"event-fields",
+            chain.as_bytes(),
+            &seq.to_be_bytes(),
+            prev.as_bytes(),
+        ]);
+        for field in fields {
+            // A length no field has marks an absent one, so that none and empty differ.
+            let (length, bytes) =
+                field.map_or((u64::MAX, &[][..]), |bytes| (bytes.len() as u64, bytes));
+            mac.update(&length.to_be_bytes());
+            mac.update(bytes);
         }
         hex::encode(&mac.finalize().into_bytes())
     }
 
-    /// The hash of the event `seq` of `chain`, after `prev`, whose payload is `payload`.
-    pub fn link(&self, chain: &str, seq: i64, prev: &str, payload: &str) -> String {
+    /// The hash of an event as builds before 2026-11-29 wrote it: over its payload alone,
+    /// which then repeated every column ([`super::verify`] checks that they agree).
+    pub fn link_payload(&self, chain: &str, seq: i64, prev: &str, payload: &str) -> String {
         self.mac(&[
             b"event",
             chain.as_bytes(),
@@ -138,19 +164,48 @@ mod tests {
 
     #[test]
     fn a_link_depends_on_every_part() {
-        let base = key().link("c", 1, GENESIS, "{}");
+        let fields: [Option<&[u8]>; 2] = [Some(b"request"), None];
+        let base = key().link("c", 1, GENESIS, &fields);
         assert_eq!(base.len(), 64);
-        assert_ne!(base, key().link("c", 2, GENESIS, "{}"));
-        assert_ne!(base, key().link("d", 1, GENESIS, "{}"));
-        assert_ne!(base, key().link("c", 1, "x", "{}"));
-        assert_ne!(base, key().link("c", 1, GENESIS, "{ }"));
-        // The parts are length-prefixed: moving a byte between them changes the hash.
+        assert_ne!(base, key().link("c", 2, GENESIS, &fields));
+        assert_ne!(base, key().link("d", 1, GENESIS, &fields));
+        assert_ne!(base, key().link("c", 1, "x", &fields));
         assert_ne!(
-            key().link("ab", 1, "c", "{}"),
-            key().link("a", 1, "bc", "{}")
+            base,
+            key().link("c", 1, GENESIS, &[Some(b"request "), None])
+        );
+        // An absent field is not an empty one.
+        assert_ne!(
+            base,
+            key().link("c", 1, GENESIS, &[Some(b"request"), Some(b"")])
+        );
+        // The parts and fields are length-prefixed: moving a byte between them changes
+        // the hash.
+        assert_ne!(
+            key().link("ab", 1, "c", &fields),
+            key().link("a", 1, "bc", &fields)
+        );
+        assert_ne!(
+            base,
+            key().link("c", 1, GENESIS, &[Some(b"reques"), Some(b"t")])
         );
         let other = ChainKey::new(SecretString::from("j".repeat(32)));
-        assert_ne!(base, other.link("c", 1, GENESIS, "{}"));
+        assert_ne!(base, other.link("c", 1, GENESIS, &fields));
+    }
+
+    /// Events of earlier builds: the hash over the payload alone, which is not the hash over
+    /// fields, whatever they hold.
+    #[test]
+    fn a_payload_link_depends_on_every_part_and_is_no_fields_link() {
+        let base = key().link_payload("c", 1, GENESIS, "{}");
+        assert_ne!(base, key().link_payload("c", 2, GENESIS, "{}"));
+        assert_ne!(base, key().link_payload("c", 1, "x", "{}"));
+        assert_ne!(base, key().link_payload("c", 1, GENESIS, "{ }"));
+        assert_ne!(
+            key().link_payload("ab", 1, "c", "{}"),
+            key().link_payload("a", 1, "bc", "{}")
+        );
+        assert_ne!(base, key().link("c", 1, GENESIS, &[Some(b"{}")]));
     }
 
     #[test]

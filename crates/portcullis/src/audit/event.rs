@@ -1,13 +1,14 @@
-//! The audit events, as they are stored: each one's searchable columns and its payload, the
-//! canonical JSON its hash covers ([`super::chain`]). Requests (and the admission that a
-//! strict-mode request waits for), admin actions, retention's trimming, and spool records
-//! lost at replay each make one.
+//! The audit events, as they are stored: each field once, either in a column of its own
+//! (what searches filter by) or in the payload (JSON of the rest), and the hash over both
+//! ([`link`]). Requests (and the admission that a strict-mode request waits for), admin
+//! actions, retention's trimming, and spool records lost at replay each make one.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use super::SPOOL_LOSS;
+use super::chain::ChainKey;
 use super::now_ms;
 use super::retention::Trimmed;
 use super::store::StoredEvent;
@@ -15,8 +16,8 @@ use crate::base::exchange::Exchange;
 use crate::json_line::Line;
 use crate::redact::{self, Redactor};
 
-/// What an event's payload holds, written in a fixed order ([`Payload::encode`]): the
-/// canonical encoding its hash covers.
+/// An event's fields: those searches filter by become its columns, the rest its payload,
+/// written in a fixed order ([`Payload::encode`]).
 struct Payload<'a> {
     kind: &'static str,
     time_ms: i64,
@@ -103,8 +104,7 @@ impl<'a> Payload<'a> {
         }
     }
 
-    /// The event, not yet linked: its searchable columns, repeated from the payload, and
-    /// the payload.
+    /// The event, not yet linked: its columns, and the rest of its fields as its payload.
     fn event(&self) -> StoredEvent {
         StoredEvent {
             time_ms: self.time_ms,
@@ -122,26 +122,17 @@ impl<'a> Payload<'a> {
         }
     }
 
-    /// Fields with no value are left out (a reader takes a missing field as `null`).
+    /// The fields that have no column of their own. Fields with no value are left out (a
+    /// reader takes a missing field as `null`).
     fn encode(&self) -> String {
-        let mut out = Vec::with_capacity(768);
+        let mut out = Vec::with_capacity(512);
         let mut line = Line::start_sparse(&mut out);
         // Tokens (what the gateway made itself, and methods) need no escape scan.
-        line.token("kind", Some(self.kind));
-        line.number("time_ms", u64::try_from(self.time_ms).unwrap_or(0));
-        line.token("request_id", Some(self.request_id));
-        line.address("client_ip", self.client_ip);
         line.address("peer", Some(self.peer));
         line.token("method", self.method);
-        line.text("route", self.route);
-        line.text("path", Some(self.path));
         line.text("query", self.query);
-        line.optional_number("status", self.status.map(u64::from));
-        line.token("decision", Some(self.decision));
-        line.text("principal", self.principal);
         line.token("principal_kind", self.principal_kind);
         line.text("principal_id", self.principal_id);
-        line.text("tenant", self.tenant);
         line.text("upstream", self.upstream);
         line.number("bytes_in", self.bytes_in);
         line.number("bytes_out", self.bytes_out);
@@ -197,8 +188,6 @@ pub(super) fn spool_loss(offset: u64) -> StoredEvent {
     let time_ms = now_ms(SystemTime::now());
     let mut out = Vec::with_capacity(64);
     let mut line = Line::start(&mut out);
-    line.text("kind", Some(SPOOL_LOSS));
-    line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
     line.number("spool_offset", offset);
     line.close();
     StoredEvent {
@@ -215,8 +204,6 @@ pub(super) fn retention(trimmed: &Trimmed) -> StoredEvent {
     let time_ms = now_ms(SystemTime::now());
     let mut out = Vec::with_capacity(256);
     let mut line = Line::start(&mut out);
-    line.text("kind", Some("retention"));
-    line.number("time_ms", u64::try_from(time_ms).unwrap_or(0));
     line.text("target_chain", Some(&trimmed.chain));
     line.number("through_seq", trimmed.through_seq.unsigned_abs());
     line.number("events", trimmed.events);
@@ -227,6 +214,63 @@ pub(super) fn retention(trimmed: &Trimmed) -> StoredEvent {
         kind: "retention".to_owned(),
         payload: String::from_utf8(out).unwrap_or_default(),
         ..StoredEvent::default()
+    }
+}
+
+/// How an event's hash covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Form {
+    /// Its columns and its payload, each field stored once ([`link`]).
+    Fields,
+    /// Its payload alone, which repeats every column: events of earlier builds
+    /// ([`ChainKey::link_payload`]), whose columns [`super::verify`] checks against it.
+    Payload,
+}
+
+/// The hash of `event` as event `seq` of `chain` after `prev`, under `key`: over each of
+/// its columns, then its payload.
+pub(super) fn link(
+    key: &ChainKey,
+    chain: &str,
+    seq: i64,
+    prev: &str,
+    event: &StoredEvent,
+) -> String {
+    fn text(column: &Option<String>) -> Option<&[u8]> {
+        column.as_deref().map(str::as_bytes)
+    }
+    let time = event.time_ms.to_be_bytes();
+    let status = event.status.map(i64::to_be_bytes);
+    key.link(
+        chain,
+        seq,
+        prev,
+        &[
+            Some(event.kind.as_bytes()),
+            Some(&time),
+            text(&event.request_id),
+            text(&event.principal),
+            text(&event.tenant),
+            status.as_ref().map(|status| &status[..]),
+            text(&event.decision),
+            text(&event.route),
+            text(&event.path),
+            text(&event.client_ip),
+            Some(event.payload.as_bytes()),
+        ],
+    )
+}
+
+/// Which form's link `event`'s hash is, at the place in its chain it says it has, if
+/// either's.
+pub(super) fn form(key: &ChainKey, event: &StoredEvent) -> Option<Form> {
+    let (chain, seq, prev) = (&event.chain_id, event.seq, &event.prev_hash);
+    if event.hash == link(key, chain, seq, prev, event) {
+        Some(Form::Fields)
+    } else if event.hash == key.link_payload(chain, seq, prev, &event.payload) {
+        Some(Form::Payload)
+    } else {
+        None
     }
 }
 
@@ -272,30 +316,41 @@ mod tests {
         serde_json::from_str(&event.payload).unwrap()
     }
 
-    /// The searchable columns repeat what the payload (which the hash covers) says: `audit
-    /// verify` reports a column that does not.
-    #[test]
-    fn a_request_event_s_columns_repeat_its_payload() {
-        let event = request(&exchange(), &Redactor::default());
-        let payload = payload(&event);
-        assert_eq!(event.kind, "request");
-        assert_eq!(payload["kind"], "request");
-        assert_eq!(payload["time_ms"].as_i64(), Some(event.time_ms));
-        let columns = [
-            ("request_id", &event.request_id, "req-1"),
-            ("principal", &event.principal, "billing"),
-            ("tenant", &event.tenant, "acme"),
-            ("decision", &event.decision, "allowed"),
-            ("route", &event.route, "/api"),
-            ("path", &event.path, "/api/v1/items/\"7\""),
-            ("client_ip", &event.client_ip, "2001:db8::7"),
-        ];
-        for (name, column, expected) in columns {
-            assert_eq!(column.as_deref(), Some(expected), "{name}");
-            assert_eq!(payload[name], expected, "{name}");
+    /// The names of the columns, none of which the payload repeats.
+    const COLUMNS: [&str; 10] = [
+        "kind",
+        "time_ms",
+        "request_id",
+        "principal",
+        "tenant",
+        "status",
+        "decision",
+        "route",
+        "path",
+        "client_ip",
+    ];
+
+    fn assert_stored_once(event: &StoredEvent) {
+        let payload = payload(event);
+        for column in COLUMNS {
+            assert!(payload.get(column).is_none(), "{column} in {payload}");
         }
+    }
+
+    #[test]
+    fn each_field_of_a_request_is_stored_once() {
+        let event = request(&exchange(), &Redactor::default());
+        assert_eq!(event.kind, "request");
+        assert_eq!(event.request_id.as_deref(), Some("req-1"));
+        assert_eq!(event.principal.as_deref(), Some("billing"));
+        assert_eq!(event.tenant.as_deref(), Some("acme"));
         assert_eq!(event.status, Some(204));
-        assert_eq!(payload["status"], 204);
+        assert_eq!(event.decision.as_deref(), Some("allowed"));
+        assert_eq!(event.route.as_deref(), Some("/api"));
+        assert_eq!(event.path.as_deref(), Some("/api/v1/items/\"7\""));
+        assert_eq!(event.client_ip.as_deref(), Some("2001:db8::7"));
+        assert_stored_once(&event);
+        let payload = payload(&event);
         assert_eq!(payload["method"], "DELETE");
         assert_eq!(payload["peer"], "10.0.0.1");
         assert_eq!(payload["query"], "page=2&api_key=***");
@@ -308,12 +363,53 @@ mod tests {
         assert!(payload.get("action").is_none() && payload.get("request_body").is_none());
     }
 
+    /// The hash covers every column and the payload: a change to any of them, a column
+    /// emptied or one filled that was empty, breaks the link.
+    #[test]
+    fn the_hash_covers_every_column_and_the_payload() {
+        let key = ChainKey::new(secrecy::SecretString::from("k".repeat(32)));
+        let mut event = request(&exchange(), &Redactor::default());
+        event.chain_id = "c1".to_owned();
+        event.seq = 2;
+        event.prev_hash = "ab".repeat(32);
+        event.hash = link(&key, "c1", 2, &event.prev_hash, &event);
+        assert_eq!(form(&key, &event), Some(Form::Fields));
+        type Edit = fn(&mut StoredEvent);
+        let edits: [(&str, Edit); 14] = [
+            ("kind", |e| e.kind = "admission".to_owned()),
+            ("time_ms", |e| e.time_ms += 1),
+            ("request_id", |e| e.request_id = None),
+            ("principal", |e| e.principal = Some("admin".to_owned())),
+            ("tenant", |e| e.tenant = Some(String::new())),
+            ("status", |e| e.status = Some(200)),
+            ("decision", |e| e.decision = Some("scope".to_owned())),
+            ("route", |e| e.route = None),
+            ("path", |e| e.path = Some("/api/v1/other".to_owned())),
+            ("client_ip", |e| e.client_ip = Some("10.0.0.9".to_owned())),
+            ("payload", |e| {
+                e.payload = e.payload.replace("DELETE", "GET")
+            }),
+            ("chain", |e| e.chain_id = "c2".to_owned()),
+            ("seq", |e| e.seq = 3),
+            ("previous hash", |e| e.prev_hash = "cd".repeat(32)),
+        ];
+        for (what, edit) in edits {
+            let mut edited = event.clone();
+            edit(&mut edited);
+            assert_eq!(form(&key, &edited), None, "{what}");
+        }
+        // An event of an earlier build: the hash over the payload alone.
+        let mut earlier = event.clone();
+        earlier.hash = key.link_payload("c1", 2, &earlier.prev_hash, &earlier.payload);
+        assert_eq!(form(&key, &earlier), Some(Form::Payload));
+    }
+
     #[test]
     fn an_admission_has_no_status_yet_and_an_admin_action_names_its_target() {
         let admission = admission(&exchange());
         assert_eq!(admission.kind, "admission");
         assert_eq!(admission.status, None);
-        assert!(payload(&admission).get("status").is_none());
+        assert_stored_once(&admission);
 
         assert!(admin_action(&exchange()).is_none());
         let mut revoked = exchange();
@@ -325,7 +421,7 @@ mod tests {
         let action = admin_action(&revoked).unwrap();
         let payload = payload(&action);
         assert_eq!(action.kind, "admin_action");
-        assert_eq!(payload["kind"], "admin_action");
+        assert_stored_once(&action);
         assert_eq!(payload["action"], "token_revoked");
         assert_eq!(payload["target"], "tok_9");
         assert_eq!(payload["admin"], true);
@@ -348,6 +444,7 @@ mod tests {
         assert_eq!(fields["through_seq"], 10_000);
         assert_eq!(fields["events"], 9_999);
         assert_eq!(fields["cutoff_ms"], 1_700_000_000_000_i64);
-        assert_eq!(fields["time_ms"].as_i64(), Some(trimmed.time_ms));
+        assert_stored_once(&trimmed);
+        assert_stored_once(&loss);
     }
 }

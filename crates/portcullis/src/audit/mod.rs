@@ -296,7 +296,7 @@ impl AuditLog {
         log.push(StoredEvent {
             time_ms,
             kind: CHAIN_START.to_owned(),
-            payload: succession::naming_payload(CHAIN_START, time_ms, &follows),
+            payload: succession::naming_payload(&follows),
             ..StoredEvent::default()
         });
         log.looked_at_ms = time_ms;
@@ -399,7 +399,7 @@ impl AuditLog {
         self.push(StoredEvent {
             time_ms: now,
             kind: succession::FOLLOWS.to_owned(),
-            payload: succession::naming_payload(succession::FOLLOWS, now, &new),
+            payload: succession::naming_payload(&new),
             ..StoredEvent::default()
         });
     }
@@ -412,9 +412,7 @@ impl AuditLog {
     /// Links `event` (its columns and payload) into the chain and queues it.
     fn push(&mut self, mut event: StoredEvent) {
         self.seq += 1;
-        event.hash = self
-            .key
-            .link(&self.chain, self.seq, &self.head, &event.payload);
+        event.hash = event::link(&self.key, &self.chain, self.seq, &self.head, &event);
         event.prev_hash = std::mem::replace(&mut self.head, event.hash.clone());
         event.chain_id.clone_from(&self.chain);
         event.seq = self.seq;

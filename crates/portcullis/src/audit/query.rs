@@ -210,13 +210,31 @@ impl Where {
     }
 }
 
-/// An event as searches show it: its content (the payload the chain covers), with its
-/// place in the chain.
+/// An event as searches show it: its fields (its columns and its payload's), with its
+/// place in the chain. Fields with no value are left out.
 pub fn shown(event: &StoredEvent) -> Value {
     let mut object = match serde_json::from_str::<Value>(&event.payload) {
         Ok(Value::Object(object)) => object,
         _ => Map::new(),
     };
+    // In events of earlier builds the payload repeats the columns.
+    let columns = [
+        ("kind", Some(Value::from(event.kind.as_str()))),
+        ("time_ms", Some(Value::from(event.time_ms))),
+        ("request_id", event.request_id.as_deref().map(Value::from)),
+        ("principal", event.principal.as_deref().map(Value::from)),
+        ("tenant", event.tenant.as_deref().map(Value::from)),
+        ("status", event.status.map(Value::from)),
+        ("decision", event.decision.as_deref().map(Value::from)),
+        ("route", event.route.as_deref().map(Value::from)),
+        ("path", event.path.as_deref().map(Value::from)),
+        ("client_ip", event.client_ip.as_deref().map(Value::from)),
+    ];
+    for (name, value) in columns {
+        if let Some(value) = value {
+            object.insert(name.to_owned(), value);
+        }
+    }
     object.insert("chain_id".to_owned(), Value::from(event.chain_id.clone()));
     object.insert("seq".to_owned(), Value::from(event.seq));
     Value::Object(object)

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 use super::chain::{ChainKey, Checkpoint, GENESIS};
+use super::event::{self, Form};
 use super::now_ms;
 use super::query::millis;
 use super::store::{AuditStore, AuditStoreError};
@@ -93,15 +94,19 @@ pub async fn trim(
             let (mut through, mut through_head) = (at, head.clone());
             let mut stop = page.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
             for event in &page {
-                let linked = event.seq == through + 1
-                    && event.prev_hash == through_head
-                    && event.hash == key.link(&chain, event.seq, &event.prev_hash, &event.payload);
-                if !linked {
+                let follows = event.seq == through + 1 && event.prev_hash == through_head;
+                let Some(form) = event::form(key, event).filter(|_| follows) else {
                     warn!(chain = %chain, seq = event.seq, "audit retention: an event does not link; the chain is left for audit verify from there");
                     stop = true;
                     break;
-                }
-                if content_time(&event.payload).is_none_or(|time| time >= cutoff_ms) {
+                };
+                // The time the hash covers: the column's, or in an event of an earlier
+                // build, the payload's.
+                let time = match form {
+                    Form::Fields => Some(event.time_ms),
+                    Form::Payload => content_time(&event.payload),
+                };
+                if time.is_none_or(|time| time >= cutoff_ms) {
                     stop = true;
                     break;
                 }

@@ -72,8 +72,8 @@ pub enum AuditStoreError {
     Missing(std::path::PathBuf),
 }
 
-/// One event as stored: its chain position, the columns searches use, the payload the
-/// hash covers, and the links.
+/// One event as stored: its chain position, the columns searches use, the payload (the
+/// rest of its fields), and the links (the hash covers all of it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredEvent {
     /// The chain (one per process start).
@@ -101,7 +101,8 @@ pub struct StoredEvent {
     pub path: Option<String>,
     /// The client's address.
     pub client_ip: Option<String>,
-    /// The canonical JSON the hash covers; the columns above repeat parts of it.
+    /// The fields with no column of their own, as a JSON object (in events of builds
+    /// before 2026-11-29, every field: it repeats the columns above).
     pub payload: String,
     /// The previous event's hash.
     pub prev_hash: String,

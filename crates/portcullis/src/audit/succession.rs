@@ -14,6 +14,7 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::chain::{ChainKey, Checkpoint};
+use super::event;
 use super::store::{AuditStore, AuditStoreError};
 
 /// A point a chain reached: its id, an event's sequence number and that event's hash.
@@ -42,22 +43,16 @@ pub const CHAIN_START: &str = "chain_start";
 /// The kind of the event a running chain names other chains' new points with.
 pub const FOLLOWS: &str = "follows";
 
-/// The payload of an event that names points of other chains.
+/// The payload of an event that names points of other chains (its kind and time are
+/// columns).
 #[derive(Serialize)]
 struct Naming<'a> {
-    kind: &'static str,
-    time_ms: i64,
     follows: &'a [ChainPoint],
 }
 
-/// The canonical JSON of a `kind` event ([`CHAIN_START`] or [`FOLLOWS`]) at `time_ms`,
-/// naming `follows`.
-pub fn naming_payload(kind: &'static str, time_ms: i64, follows: &[ChainPoint]) -> String {
-    let naming = Naming {
-        kind,
-        time_ms,
-        follows,
-    };
+/// The payload of an event ([`CHAIN_START`] or [`FOLLOWS`]) naming `follows`.
+pub fn naming_payload(follows: &[ChainPoint]) -> String {
+    let naming = Naming { follows };
     // A struct of strings and numbers always serializes.
     serde_json::to_string(&naming).unwrap_or_default()
 }
@@ -159,9 +154,7 @@ pub async fn to_name(
     });
     let signed_namings: Vec<&str> = namings
         .iter()
-        .filter(|event| {
-            event.hash == key.link(&event.chain_id, event.seq, &event.prev_hash, &event.payload)
-        })
+        .filter(|event| event::form(key, event).is_some())
         .map(|event| event.payload.as_str())
         .collect();
     Ok(unnamed(signed_heads, &signed_namings))
@@ -216,10 +209,7 @@ mod tests {
 
     #[test]
     fn a_chain_names_every_head_no_chain_named_yet() {
-        let starts = [
-            naming_payload(CHAIN_START, 1, &[]),
-            naming_payload(CHAIN_START, 2, &[point("gateway", 40)]),
-        ];
+        let starts = [naming_payload(&[]), naming_payload(&[point("gateway", 40)])];
         let heads = vec![
             // Named at 40, since checkpointed at 90: named again.
             head("gateway", 90),
@@ -228,7 +218,7 @@ mod tests {
             // Named at its last checkpoint already.
             head("ended", 7),
         ];
-        let ended = naming_payload(CHAIN_START, 3, &[point("ended", 7)]);
+        let ended = naming_payload(&[point("ended", 7)]);
         let starts = [starts[0].as_str(), &starts[1], &ended];
         assert_eq!(
             unnamed(heads, &starts),
@@ -246,10 +236,10 @@ mod tests {
 
     #[test]
     fn the_points_named_read_back_in_either_form() {
-        let payload = naming_payload(CHAIN_START, 5, &[point("a", 3), point("b", 0)]);
+        let payload = naming_payload(&[point("a", 3), point("b", 0)]);
         let value: Value = serde_json::from_str(&payload).unwrap();
-        assert_eq!(value["kind"], "chain_start");
-        assert_eq!(value["time_ms"], 5);
+        // Its kind and time are columns of their own, not repeated here.
+        assert_eq!(value.as_object().map(|fields| fields.len()), Some(1));
         assert_eq!(followed(&value), [point("a", 3), point("b", 0)]);
 
         let earlier: Value = serde_json::from_str(

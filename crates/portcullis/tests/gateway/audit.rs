@@ -2,10 +2,15 @@
 //! admin action is an event, no secret is stored, and `audit verify` finds every kind of
 //! tampering.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use portcullis::audit::chain::{ChainKey, Checkpoint};
+use portcullis::audit::query::shown;
+use portcullis::audit::store::StoredEvent;
+use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -114,15 +119,35 @@ fn sqlite_text(dir: &Path) -> String {
         .collect()
 }
 
-/// The events' kind, decision, principal and payload, in chain order, but for the events
-/// that start chains.
+/// A row of `audit_events` but its links, in `EVENT_ROW`'s order.
+type EventRow = (
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+/// The columns of an [`EventRow`].
+const EVENT_ROW: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
+     decision, route, path, client_ip, payload";
+
+/// The events' kind, decision, principal and every field (as searches show them), in chain
+/// order, but for the events that start chains.
 pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
     sqlx::any::install_default_drivers();
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
-    let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT kind, COALESCE(decision, ''), principal, payload FROM audit_events \
-         WHERE kind <> 'chain_start' ORDER BY chain_id, seq",
-    )
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {EVENT_ROW} FROM audit_events WHERE kind <> 'chain_start' ORDER BY chain_id, seq"
+    ))
     .fetch_all(&mut connection)
     .await
     .unwrap();
@@ -130,15 +155,51 @@ pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Va
     // own, and its closing folds the WAL into the file while the test may be copying it.
     connection.close().await.unwrap();
     rows.into_iter()
-        .map(|(kind, decision, principal, payload)| {
+        .map(|row| {
+            let event = stored_event(row);
             (
-                kind,
-                decision,
-                principal,
-                serde_json::from_str(&payload).unwrap(),
+                event.kind.clone(),
+                event.decision.clone().unwrap_or_default(),
+                event.principal.clone(),
+                shown(&event),
             )
         })
         .collect()
+}
+
+/// The event a row holds (without its links).
+fn stored_event(row: EventRow) -> StoredEvent {
+    let (
+        chain_id,
+        seq,
+        time_ms,
+        kind,
+        request_id,
+        principal,
+        tenant,
+        status,
+        decision,
+        route,
+        path,
+        client_ip,
+        payload,
+    ) = row;
+    StoredEvent {
+        chain_id,
+        seq,
+        time_ms,
+        kind,
+        request_id,
+        principal,
+        tenant,
+        status,
+        decision,
+        route,
+        path,
+        client_ip,
+        payload,
+        ..StoredEvent::default()
+    }
 }
 
 pub(crate) fn sqlite_url(dir: &Path) -> String {
@@ -308,6 +369,146 @@ pub(crate) async fn tampered(dir: &Path, statements: &[&str]) -> PathBuf {
     copy
 }
 
+/// Rewrites every event of the SQLite store at `url` in the form earlier builds wrote: the
+/// payload repeating every column, the hash over the payload alone; re-links the chains
+/// and re-seals their checkpoints under [`AUDIT_KEY`], as those builds did.
+async fn rewrite_in_earlier_form(url: &str) {
+    let key = ChainKey::new(SecretString::from(AUDIT_KEY.to_owned()));
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {EVENT_ROW} FROM audit_events ORDER BY chain_id, seq"
+    ))
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    let mut heads: HashMap<(String, i64), String> = HashMap::new();
+    for row in rows {
+        let event = stored_event(row);
+        let mut fields = shown(&event);
+        let fields = fields.as_object_mut().unwrap();
+        fields.remove("chain_id");
+        fields.remove("seq");
+        let payload = Value::Object(fields.clone()).to_string();
+        let prev = heads
+            .get(&(event.chain_id.clone(), event.seq - 1))
+            .cloned()
+            .unwrap_or_default();
+        let hash = key.link_payload(&event.chain_id, event.seq, &prev, &payload);
+        sqlx::query(
+            "UPDATE audit_events SET payload = $1, prev_hash = $2, hash = $3 \
+             WHERE chain_id = $4 AND seq = $5",
+        )
+        .bind(payload)
+        .bind(prev)
+        .bind(hash.clone())
+        .bind(event.chain_id.clone())
+        .bind(event.seq)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        heads.insert((event.chain_id, event.seq), hash);
+    }
+    let signed: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT chain_id, seq, time_ms FROM audit_checkpoints")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    for (chain, seq, time_ms) in signed {
+        let mut checkpoint = Checkpoint {
+            head: heads
+                .get(&(chain.clone(), seq))
+                .cloned()
+                .unwrap_or_default(),
+            chain,
+            seq,
+            time_ms,
+            mac: String::new(),
+        };
+        checkpoint.mac = key.seal(&checkpoint);
+        sqlx::query(
+            "UPDATE audit_checkpoints SET head_hash = $1, mac = $2 \
+             WHERE chain_id = $3 AND seq = $4 AND time_ms = $5",
+        )
+        .bind(checkpoint.head)
+        .bind(checkpoint.mac)
+        .bind(checkpoint.chain)
+        .bind(seq)
+        .bind(time_ms)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+    connection.close().await.unwrap();
+}
+
+/// Events written by earlier builds, whose hash covers a payload that repeats every
+/// column, still verify and read back as they did; a column edited in one is still found,
+/// by the payload it disagrees with.
+#[tokio::test]
+async fn a_log_in_the_earlier_form_still_verifies_and_reads_the_same() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .start();
+    traffic(&gateway).await;
+    gateway.final_log();
+    let url = sqlite_url(&dir);
+    let written = events(&url).await;
+    rewrite_in_earlier_form(&url).await;
+    let earlier = events(&url).await;
+    assert_eq!(earlier, written);
+    // The rewrite did happen: the payload holds the columns too.
+    assert!(
+        earlier
+            .iter()
+            .all(|(.., fields)| fields["kind"].is_string())
+    );
+    let mut connection = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let payloads: Vec<String> =
+        sqlx::query_scalar("SELECT payload FROM audit_events WHERE kind = 'request'")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    connection.close().await.unwrap();
+    assert!(
+        payloads
+            .iter()
+            .all(|payload| payload.contains("\"decision\":"))
+    );
+
+    let env = [("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)];
+    let verify_copy = |copy: &Path| verify(&["--data-dir", copy.to_str().unwrap()], &[], &env);
+    let (ok, out) = verify_copy(&tampered(&dir, &[]).await);
+    assert!(ok, "{out}");
+    let (ok, out) = verify_copy(
+        &tampered(
+            &dir,
+            &["UPDATE audit_events SET decision = 'allowed' WHERE seq = 3"],
+        )
+        .await,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("event 3: its decision column disagrees with its content (edited)"),
+        "{out}"
+    );
+    let (ok, out) = verify_copy(
+        &tampered(
+            &dir,
+            &["UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 3"],
+        )
+        .await,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("event 3 does not match its hash (edited)"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn every_kind_of_tampering_is_found() {
     let upstream = Upstream::start().await;
@@ -340,18 +541,23 @@ async fn every_kind_of_tampering_is_found() {
     assert!(ok, "{out}");
 
     // Event 1 starts the chain; 2 is the allowed request, 3 the refused one (401).
-    let cases: [(&str, Vec<&str>, &str); 8] = [
+    let cases: [(&str, Vec<&str>, &str); 9] = [
         (
             "an edited payload",
             vec![
-                "UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 3",
+                "UPDATE audit_events SET payload = replace(payload, '\"method\":\"GET\"', '\"method\":\"PUT\"') WHERE seq = 3",
             ],
             "event 3 does not match its hash (edited)",
         ),
         (
             "an edited column",
             vec!["UPDATE audit_events SET decision = 'allowed' WHERE seq = 3"],
-            "event 3: its decision column disagrees with its content (edited)",
+            "event 3 does not match its hash (edited)",
+        ),
+        (
+            "a column emptied",
+            vec!["UPDATE audit_events SET principal = NULL WHERE seq = 2"],
+            "event 2 does not match its hash (edited)",
         ),
         (
             "a deleted row",
