@@ -51,15 +51,8 @@ serve_build "$BASELINE_BIN" "$BASELINE_PORT" "$work/baseline"
 baseline_pid=$served
 serve_build "$new_bin" "$NEW_PORT" "$work/new"
 new_pid=$served
-for port in $BASELINE_PORT $NEW_PORT; do
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
-    sleep 0.1
-  done
-  status=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$port/v1/positions" || true)
-  [ "$status" = 200 ] || { echo "bench: port $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
-  wrk -t1 -c"$CONNECTIONS" -d2s -H "$auth" "http://127.0.0.1:$port/v1/positions" >/dev/null
-done
+warm_up "$BASELINE_PORT"
+warm_up "$NEW_PORT"
 
 # load <port> <output>: one wrk run against that gateway.
 load() {

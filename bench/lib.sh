@@ -65,7 +65,7 @@ start_inventory_upstream() {
 # start_log_gateways: the upstream of start_inventory_upstream on $UPSTREAM_PORT and three
 # gateways of $binary in front of it: no log on $OFF_PORT, the access log (to
 # $work/access.log) on $ACCESS_LOG_PORT, the audit log (batched, SQLite) on $AUDIT_PORT; each
-# checked and warmed up for 2 s. Sets $token, $auth, $off_pid, $access_log_pid and
+# checked and warmed up (warm_up). Sets $token, $auth, $off_pid, $access_log_pid and
 # $audit_pid.
 start_log_gateways() {
   local port
@@ -79,14 +79,21 @@ start_log_gateways() {
   serve_log_gateway "$AUDIT_PORT" "$work/audit"
   audit_pid=$served
   for port in $OFF_PORT $ACCESS_LOG_PORT $AUDIT_PORT; do
-    for _ in $(seq 100); do
-      curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
-      sleep 0.1
-    done
-    status=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$port/v1/positions" || true)
-    [ "$status" = 200 ] || { echo "bench: port $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
-    wrk -t1 -c"$CONNECTIONS" -d2s -H "$auth" "http://127.0.0.1:$port/v1/positions" >/dev/null
+    warm_up "$port"
   done
+}
+
+# warm_up <port>: waits for the gateway on that port, stops the script unless it answers
+# $auth's request with 200, and warms it up for 2 s.
+warm_up() {
+  local port=$1 status
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/health" && break
+    sleep 0.1
+  done
+  status=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$port/v1/positions" || true)
+  [ "$status" = 200 ] || { echo "bench: port $port answered $status" >&2; cat "$work"/*.log >&2; exit 1; }
+  wrk -t1 -c"$CONNECTIONS" -d2s -H "$auth" "http://127.0.0.1:$port/v1/positions" >/dev/null
 }
 
 # serve_log_gateway <port> <data dir> [serve options...]: a gateway of $binary in front of

@@ -12,7 +12,7 @@ use portcullis::audit::query::shown;
 use portcullis::audit::store::StoredEvent;
 use secrecy::SecretString;
 use serde_json::Value;
-use sqlx::Connection;
+use sqlx::{Connection, Row};
 
 use crate::common::*;
 use crate::managed::PostgresDatabase;
@@ -119,33 +119,36 @@ fn sqlite_text(dir: &Path) -> String {
         .collect()
 }
 
-/// A row of `audit_events` but its links, in `EVENT_ROW`'s order.
-type EventRow = (
-    String,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-);
-
-/// The columns of an [`EventRow`].
+/// The columns [`stored_event`] reads.
 const EVENT_ROW: &str = "chain_id, seq, time_ms, kind, request_id, principal, tenant, status, \
      decision, route, path, client_ip, payload";
+
+/// The event a row of [`EVENT_ROW`] holds (without its links).
+fn stored_event(row: &sqlx::any::AnyRow) -> StoredEvent {
+    StoredEvent {
+        chain_id: row.get(0),
+        seq: row.get(1),
+        time_ms: row.get(2),
+        kind: row.get(3),
+        request_id: row.get(4),
+        principal: row.get(5),
+        tenant: row.get(6),
+        status: row.get(7),
+        decision: row.get(8),
+        route: row.get(9),
+        path: row.get(10),
+        client_ip: row.get(11),
+        payload: row.get(12),
+        ..StoredEvent::default()
+    }
+}
 
 /// The events' kind, decision, principal and every field (as searches show them), in chain
 /// order, but for the events that start chains.
 pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Value)> {
     sqlx::any::install_default_drivers();
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+    let rows = sqlx::query(&format!(
         "SELECT {EVENT_ROW} FROM audit_events WHERE kind <> 'chain_start' ORDER BY chain_id, seq"
     ))
     .fetch_all(&mut connection)
@@ -156,7 +159,7 @@ pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Va
     connection.close().await.unwrap();
     rows.into_iter()
         .map(|row| {
-            let event = stored_event(row);
+            let event = stored_event(&row);
             (
                 event.kind.clone(),
                 event.decision.clone().unwrap_or_default(),
@@ -165,41 +168,6 @@ pub(crate) async fn events(url: &str) -> Vec<(String, String, Option<String>, Va
             )
         })
         .collect()
-}
-
-/// The event a row holds (without its links).
-fn stored_event(row: EventRow) -> StoredEvent {
-    let (
-        chain_id,
-        seq,
-        time_ms,
-        kind,
-        request_id,
-        principal,
-        tenant,
-        status,
-        decision,
-        route,
-        path,
-        client_ip,
-        payload,
-    ) = row;
-    StoredEvent {
-        chain_id,
-        seq,
-        time_ms,
-        kind,
-        request_id,
-        principal,
-        tenant,
-        status,
-        decision,
-        route,
-        path,
-        client_ip,
-        payload,
-        ..StoredEvent::default()
-    }
 }
 
 pub(crate) fn sqlite_url(dir: &Path) -> String {
@@ -375,7 +343,7 @@ pub(crate) async fn tampered(dir: &Path, statements: &[&str]) -> PathBuf {
 async fn rewrite_in_earlier_form(url: &str) {
     let key = ChainKey::new(SecretString::from(AUDIT_KEY.to_owned()));
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+    let rows = sqlx::query(&format!(
         "SELECT {EVENT_ROW} FROM audit_events ORDER BY chain_id, seq"
     ))
     .fetch_all(&mut connection)
@@ -383,7 +351,7 @@ async fn rewrite_in_earlier_form(url: &str) {
     .unwrap();
     let mut heads: HashMap<(String, i64), String> = HashMap::new();
     for row in rows {
-        let event = stored_event(row);
+        let event = stored_event(&row);
         let mut fields = shown(&event);
         let fields = fields.as_object_mut().unwrap();
         fields.remove("chain_id");
