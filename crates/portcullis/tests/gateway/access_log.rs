@@ -149,10 +149,7 @@ async fn every_request_is_one_line_with_its_decision() {
 
 #[tokio::test]
 async fn upstream_failures_and_clients_that_leave_are_told_apart() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_refusing, closed) = refusing_addr();
     let (_dir, log, mut gateway) = logged(&format!("http://{closed}"));
     let reply = raw(gateway.addr, &raw_get("/api/x")).await;
     reply.assert_problem(502, "upstream-unavailable");

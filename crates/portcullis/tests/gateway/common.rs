@@ -558,6 +558,16 @@ pub fn parse_raw(bytes: &[u8]) -> Reply {
     }
 }
 
+/// An address on 127.0.0.1 that refuses connections for as long as the returned socket
+/// lives: bound and never listening. A port bound and let go instead may be taken
+/// meanwhile by another test's gateway, which would then answer in its place.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// A GET request for `target` (sent as is) with the token, ready for [`raw`].
 pub fn raw_get(target: &str) -> Vec<u8> {
     format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").into_bytes()

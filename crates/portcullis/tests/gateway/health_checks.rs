@@ -160,10 +160,8 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
 /// An upstream that cannot be reached fails its checks too.
 #[tokio::test]
 async fn an_unreachable_upstream_is_unhealthy_and_not_ready() {
-    // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let (_refusing, closed) = refusing_addr();
+    let url = format!("http://{closed}");
     let (_dir, gateway) = start_configured(
         &format!(
             "[upstreams.api]\nurl = \"{url}\"\n\

@@ -33,10 +33,7 @@ async fn health_and_ready_need_no_token_and_reveal_nothing() {
 
 #[tokio::test]
 async fn ready_is_503_when_an_upstream_is_unreachable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_refusing, closed) = refusing_addr();
     let gateway = Launch::new(&format!("http://{closed}")).start();
     let health = get(&gateway.url("/health"), &[]).await;
     assert_eq!(health.status, 200, "liveness does not depend on upstreams");

@@ -211,11 +211,7 @@ async fn flags_override_environment_which_overrides_the_file() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_without_internal_details() {
-    // Bind and drop a listener so the port is known to be closed.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_refusing, closed) = refusing_addr();
     let gateway = Launch::new(&format!("http://{closed}")).start();
     let reply = get_authorized(&gateway.url("/v1/x")).await;
     reply.assert_problem(502, "upstream-unavailable");

@@ -645,12 +645,8 @@ async fn a_redis_that_is_down_at_start_is_used_once_it_comes_up() {
 #[tokio::test]
 async fn deny_mode_refuses_limited_requests_while_redis_is_unreachable() {
     let upstream = Upstream::start().await;
-    // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, closed) = refusing_addr();
+    let closed = closed.port();
     let password = "redis-secret-password-4f1c";
     let toml = format!(
         "[rate_limit]\non_backend_error = \"deny\"\n{}[[routes]]\npath_prefix = \"/open\"\nupstream = \"api\"\nrate_limits = []\n",
