@@ -475,6 +475,38 @@ async fn a_log_in_the_earlier_form_still_verifies_and_reads_the_same() {
         out.contains("event 3 does not match its hash (edited)"),
         "{out}"
     );
+
+    // Upgraded in place: this build's chain follows the earlier one, names its last
+    // checkpoint, and both verify together.
+    let mut upgraded = Launch::new(&upstream.url())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .env("PORTCULLIS_AUDIT_KEY", AUDIT_KEY)
+        .start();
+    assert_eq!(
+        request("GET", &upgraded.url("/api/after"), TOKEN, "")
+            .await
+            .status,
+        200
+    );
+    upgraded.final_log();
+    let (ok, out) = verify(&["--data-dir", dir.to_str().unwrap()], &[], &env);
+    assert!(ok && out.contains("ok: 2 chain(s)"), "{out}");
+    let paths: Vec<Value> = events(&url)
+        .await
+        .into_iter()
+        .filter(|(kind, ..)| kind == "request")
+        .map(|(.., fields)| fields["path"].clone())
+        .collect();
+    assert_eq!(paths.last(), Some(&Value::from("/api/after")), "{paths:?}");
+    assert_eq!(
+        paths.len(),
+        written
+            .iter()
+            .filter(|(kind, ..)| kind == "request")
+            .count()
+            + 1
+    );
 }
 
 #[tokio::test]
