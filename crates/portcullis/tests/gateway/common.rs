@@ -558,6 +558,21 @@ pub fn parse_raw(bytes: &[u8]) -> Reply {
     }
 }
 
+/// A free port for a server a test starts, stops and starts again itself (its own Redis,
+/// the reference MCP server), from 20 000 up: below the range Linux hands out for port 0
+/// (`ip_local_port_range`, 32 768 and up by default), so that no gateway of another test
+/// is given it while that server is down or not yet up.
+pub fn server_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20_000);
+    loop {
+        let port = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(port < 32_768, "no free port below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// An address on 127.0.0.1 that refuses connections for as long as the returned socket
 /// lives: bound and never listening. A port bound and let go instead may be taken
 /// meanwhile by another test's gateway, which would then answer in its place.

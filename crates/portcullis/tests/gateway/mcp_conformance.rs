@@ -39,15 +39,6 @@ impl Drop for Running {
     }
 }
 
-/// A port nothing listens on (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The reference server, listening on `port` once this returns.
 fn reference_server(node_dir: &Path, port: u16) -> Running {
     let server = Command::new(node_dir.join("node_modules/.bin/node"))
@@ -101,7 +92,7 @@ fn conformance(node_dir: &Path, url: &str) -> BTreeMap<String, (u32, u32)> {
 #[test]
 fn the_mcp_conformance_suite_passes_through_the_gateway_dns_rebinding_included() {
     let node_dir = node_dir();
-    let port = free_port();
+    let port = server_port();
     let _server = reference_server(&node_dir, port);
     let direct = conformance(&node_dir, &format!("http://localhost:{port}/mcp"));
     let passing: Vec<&String> = direct

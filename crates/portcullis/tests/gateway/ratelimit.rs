@@ -477,11 +477,7 @@ impl OwnRedis {
 
     /// A server started with `args` besides its port and persistence settings.
     fn start_with(args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = server_port();
         let args = args.iter().map(|a| a.to_string()).collect();
         let mut redis = Self {
             port,
