@@ -52,23 +52,15 @@ impl ChainKey {
         hex::encode(&self.keyed(parts).finalize().into_bytes())
     }
 
-    /// The hash of the event `seq` of `chain`, after `prev`, over `fields`: its columns
-    /// and its payload, in the order the audit writer gives them, each present or absent.
-    pub fn link(&self, chain: &str, seq: i64, prev: &str, fields: &[Option<&[u8]>]) -> String {
-        let mut mac = self.keyed(&[
+    /// Begins the hash of the event `seq` of `chain`, after `prev`; its fields follow
+    /// ([`Link::field`]): each of its columns, then its payload.
+    pub fn link(&self, chain: &str, seq: i64, prev: &str) -> Link {
+        Link(self.keyed(&[
             b"event-fields",
             chain.as_bytes(),
             &seq.to_be_bytes(),
             prev.as_bytes(),
-        ]);
-        for field in fields {
-            // A length no field has marks an absent one, so that none and empty differ.
-            let (length, bytes) =
-                field.map_or((u64::MAX, &[][..]), |bytes| (bytes.len() as u64, bytes));
-            mac.update(&length.to_be_bytes());
-            mac.update(bytes);
-        }
-        hex::encode(&mac.finalize().into_bytes())
+        ]))
     }
 
     /// The hash of an event as builds before 2026-11-29 wrote it: over its payload alone,
@@ -108,6 +100,25 @@ impl ChainKey {
             anchor.head.as_bytes(),
             &anchor.time_ms.to_be_bytes(),
         ])
+    }
+}
+
+/// An event's hash under way ([`ChainKey::link`]).
+pub struct Link(Hmac<Sha256>);
+
+impl Link {
+    /// Adds a field, present or absent (a length no field has marks an absent one, so
+    /// that none and empty differ).
+    pub fn field(&mut self, field: Option<&[u8]>) {
+        let (length, bytes) =
+            field.map_or((u64::MAX, &[][..]), |bytes| (bytes.len() as u64, bytes));
+        self.0.update(&length.to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    /// The hash.
+    pub fn finish(self) -> String {
+        hex::encode(&self.0.finalize().into_bytes())
     }
 }
 
@@ -162,35 +173,44 @@ mod tests {
         ChainKey::new(SecretString::from("k".repeat(32)))
     }
 
+    /// The hash of `fields` as event `seq` of `chain` after `prev`.
+    fn link(key: &ChainKey, chain: &str, seq: i64, prev: &str, fields: &[Option<&[u8]>]) -> String {
+        let mut link = key.link(chain, seq, prev);
+        for field in fields {
+            link.field(*field);
+        }
+        link.finish()
+    }
+
     #[test]
     fn a_link_depends_on_every_part() {
         let fields: [Option<&[u8]>; 2] = [Some(b"request"), None];
-        let base = key().link("c", 1, GENESIS, &fields);
+        let base = link(&key(), "c", 1, GENESIS, &fields);
         assert_eq!(base.len(), 64);
-        assert_ne!(base, key().link("c", 2, GENESIS, &fields));
-        assert_ne!(base, key().link("d", 1, GENESIS, &fields));
-        assert_ne!(base, key().link("c", 1, "x", &fields));
+        assert_ne!(base, link(&key(), "c", 2, GENESIS, &fields));
+        assert_ne!(base, link(&key(), "d", 1, GENESIS, &fields));
+        assert_ne!(base, link(&key(), "c", 1, "x", &fields));
         assert_ne!(
             base,
-            key().link("c", 1, GENESIS, &[Some(b"request "), None])
+            link(&key(), "c", 1, GENESIS, &[Some(b"request "), None])
         );
         // An absent field is not an empty one.
         assert_ne!(
             base,
-            key().link("c", 1, GENESIS, &[Some(b"request"), Some(b"")])
+            link(&key(), "c", 1, GENESIS, &[Some(b"request"), Some(b"")])
         );
         // The parts and fields are length-prefixed: moving a byte between them changes
         // the hash.
         assert_ne!(
-            key().link("ab", 1, "c", &fields),
-            key().link("a", 1, "bc", &fields)
+            link(&key(), "ab", 1, "c", &fields),
+            link(&key(), "a", 1, "bc", &fields)
         );
         assert_ne!(
             base,
-            key().link("c", 1, GENESIS, &[Some(b"reques"), Some(b"t")])
+            link(&key(), "c", 1, GENESIS, &[Some(b"reques"), Some(b"t")])
         );
         let other = ChainKey::new(SecretString::from("j".repeat(32)));
-        assert_ne!(base, other.link("c", 1, GENESIS, &fields));
+        assert_ne!(base, link(&other, "c", 1, GENESIS, &fields));
     }
 
     /// Events of earlier builds: the hash over the payload alone, which is not the hash over
@@ -205,7 +225,7 @@ mod tests {
             key().link_payload("ab", 1, "c", "{}"),
             key().link_payload("a", 1, "bc", "{}")
         );
-        assert_ne!(base, key().link("c", 1, GENESIS, &[Some(b"{}")]));
+        assert_ne!(base, link(&key(), "c", 1, GENESIS, &[Some(b"{}")]));
     }
 
     #[test]

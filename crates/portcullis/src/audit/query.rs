@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use super::store::StoredEvent;
+use super::store::{Column, StoredEvent};
 use crate::base::duration::parse_whole;
 
 /// The most events one page holds.
@@ -218,19 +218,11 @@ pub fn shown(event: &StoredEvent) -> Value {
         _ => Map::new(),
     };
     // In events of earlier builds the payload repeats the columns.
-    let columns = [
-        ("kind", Some(Value::from(event.kind.as_str()))),
-        ("time_ms", Some(Value::from(event.time_ms))),
-        ("request_id", event.request_id.as_deref().map(Value::from)),
-        ("principal", event.principal.as_deref().map(Value::from)),
-        ("tenant", event.tenant.as_deref().map(Value::from)),
-        ("status", event.status.map(Value::from)),
-        ("decision", event.decision.as_deref().map(Value::from)),
-        ("route", event.route.as_deref().map(Value::from)),
-        ("path", event.path.as_deref().map(Value::from)),
-        ("client_ip", event.client_ip.as_deref().map(Value::from)),
-    ];
-    for (name, value) in columns {
+    for (name, column) in event.columns() {
+        let value = match column {
+            Column::Text(text) => text.map(Value::from),
+            Column::Number(number) => number.map(Value::from),
+        };
         if let Some(value) = value {
             object.insert(name.to_owned(), value);
         }

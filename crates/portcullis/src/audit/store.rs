@@ -110,6 +110,38 @@ pub struct StoredEvent {
     pub hash: String,
 }
 
+/// The value of one of an event's columns ([`StoredEvent::columns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column<'a> {
+    /// A text column.
+    Text(Option<&'a str>),
+    /// A number column.
+    Number(Option<i64>),
+}
+
+impl StoredEvent {
+    /// The columns that hold the event's fields (all but its place in the chain, its
+    /// links and its payload), by name, in the order its hash covers them: the one list
+    /// the hash, `audit verify` and the searches' view of an event go by.
+    pub fn columns(&self) -> [(&'static str, Column<'_>); 10] {
+        fn text(column: &Option<String>) -> Column<'_> {
+            Column::Text(column.as_deref())
+        }
+        [
+            ("kind", Column::Text(Some(&self.kind))),
+            ("time_ms", Column::Number(Some(self.time_ms))),
+            ("request_id", text(&self.request_id)),
+            ("principal", text(&self.principal)),
+            ("tenant", text(&self.tenant)),
+            ("status", Column::Number(self.status)),
+            ("decision", text(&self.decision)),
+            ("route", text(&self.route)),
+            ("path", text(&self.path)),
+            ("client_ip", text(&self.client_ip)),
+        ]
+    }
+}
+
 /// An open audit store.
 #[derive(Debug, Clone)]
 pub struct AuditStore {

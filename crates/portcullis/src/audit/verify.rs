@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::SPOOL_LOSS;
 use super::chain::{ChainKey, Checkpoint, GENESIS};
 use super::event::{self, Form};
-use super::store::{AuditStore, AuditStoreError, StoredEvent};
+use super::store::{AuditStore, AuditStoreError, Column, StoredEvent};
 use super::succession::{CHAIN_START, ChainPoint, FOLLOWS, followed};
 
 /// Events read at a time.
@@ -265,23 +265,14 @@ fn columns_agree(event: &StoredEvent) -> Result<(), &'static str> {
     let Ok(payload) = serde_json::from_str::<Value>(&event.payload) else {
         return Err("payload");
     };
-    let text = |name: &str| payload[name].as_str().map(str::to_owned);
-    let checks: [(&'static str, bool); 10] = [
-        (
-            "time_ms",
-            payload["time_ms"].as_i64() == Some(event.time_ms),
-        ),
-        ("kind", text("kind").as_deref() == Some(event.kind.as_str())),
-        ("request_id", text("request_id") == event.request_id),
-        ("principal", text("principal") == event.principal),
-        ("tenant", text("tenant") == event.tenant),
-        ("status", payload["status"].as_i64() == event.status),
-        ("decision", text("decision") == event.decision),
-        ("route", text("route") == event.route),
-        ("path", text("path") == event.path),
-        ("client_ip", text("client_ip") == event.client_ip),
-    ];
-    match checks.iter().find(|(_, agrees)| !agrees) {
+    let disagrees = event
+        .columns()
+        .into_iter()
+        .find(|(name, column)| match column {
+            Column::Text(text) => payload[name].as_str() != *text,
+            Column::Number(number) => payload[name].as_i64() != *number,
+        });
+    match disagrees {
         Some((column, _)) => Err(column),
         None => Ok(()),
     }
