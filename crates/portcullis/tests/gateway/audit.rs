@@ -429,11 +429,6 @@ async fn a_log_in_the_earlier_form_still_verifies_and_reads_the_same() {
     let earlier = events(&url).await;
     assert_eq!(earlier, written);
     // The rewrite did happen: the payload holds the columns too.
-    assert!(
-        earlier
-            .iter()
-            .all(|(.., fields)| fields["kind"].is_string())
-    );
     let mut connection = sqlx::AnyConnection::connect(&url).await.unwrap();
     let payloads: Vec<String> =
         sqlx::query_scalar("SELECT payload FROM audit_events WHERE kind = 'request'")
@@ -451,30 +446,21 @@ async fn a_log_in_the_earlier_form_still_verifies_and_reads_the_same() {
     let verify_copy = |copy: &Path| verify(&["--data-dir", copy.to_str().unwrap()], &[], &env);
     let (ok, out) = verify_copy(&tampered(&dir, &[]).await);
     assert!(ok, "{out}");
-    let (ok, out) = verify_copy(
-        &tampered(
-            &dir,
-            &["UPDATE audit_events SET decision = 'allowed' WHERE seq = 3"],
-        )
-        .await,
-    );
-    assert!(!ok, "{out}");
-    assert!(
-        out.contains("event 3: its decision column disagrees with its content (edited)"),
-        "{out}"
-    );
-    let (ok, out) = verify_copy(
-        &tampered(
-            &dir,
-            &["UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 3"],
-        )
-        .await,
-    );
-    assert!(!ok, "{out}");
-    assert!(
-        out.contains("event 3 does not match its hash (edited)"),
-        "{out}"
-    );
+    let cases = [
+        (
+            "UPDATE audit_events SET decision = 'allowed' WHERE seq = 3",
+            "event 3: its decision column disagrees with its content (edited)",
+        ),
+        (
+            "UPDATE audit_events SET payload = replace(payload, '\"status\":401', '\"status\":200') WHERE seq = 3",
+            "event 3 does not match its hash (edited)",
+        ),
+    ];
+    for (statement, expected) in cases {
+        let (ok, out) = verify_copy(&tampered(&dir, &[statement]).await);
+        assert!(!ok, "{statement}: {out}");
+        assert!(out.contains(expected), "{statement}: {out}");
+    }
 
     // Upgraded in place: this build's chain follows the earlier one, names its last
     // checkpoint, and both verify together.
