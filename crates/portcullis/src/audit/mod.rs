@@ -128,6 +128,11 @@ impl AuditHealth {
         }
     }
 
+    /// Whether neither the store nor the spool takes events now.
+    pub fn refuses_writes(&self) -> bool {
+        self.state() == AuditState::Failing
+    }
+
     fn set(&self, state: AuditState) {
         let value = match state {
             AuditState::Ok => 0,

@@ -138,6 +138,9 @@ pub struct Gateway {
     router: Router,
     response_headers: ResponseHeaders,
     recorder: Option<Recorder>,
+    /// Whether the audit log takes its events, when it is on: strict mode refuses at once
+    /// while it cannot.
+    audit: Option<AuditHealth>,
     redactor: Arc<Redactor>,
     caller_streams: Option<Arc<CallerStreams>>,
     /// Turns true when open WebSockets must close (the server's grace period is over).
@@ -207,6 +210,7 @@ impl Gateway {
             router,
             response_headers: ResponseHeaders::new(&settings.security_headers),
             recorder: shared.recorder.clone(),
+            audit: shared.audit.clone(),
             redactor: shared.redactor.clone(),
             caller_streams: shared.caller_streams.clone(),
             closing_tunnels: tokio::sync::watch::channel(false).1,
@@ -353,11 +357,14 @@ impl Gateway {
             _ => None,
         };
         if route.audits_before_forwarding(request.method()) {
-            // With no record kept there is no audit log to wait for: refused, not
-            // forwarded unrecorded.
+            // With no record kept there is no audit log to wait for, and while the audit
+            // log can neither store nor spool events none would be admitted (the writer
+            // retries its batch, and the request would wait out the admission's timeout):
+            // refused at once, not forwarded unrecorded.
+            let refusing = self.audit.as_ref().is_some_and(AuditHealth::refuses_writes);
             match &progress.record {
-                Some(record) => record.admit(route).await?,
-                None => return Err(record::not_admitted()),
+                Some(record) if !refusing => record.admit(route).await?,
+                _ => return Err(record::not_admitted()),
             }
         }
         let bytes_in = progress.record.as_ref().map(PendingRecord::bytes_in);

@@ -1,6 +1,7 @@
 //! The audit store going away under load: PostgreSQL cut off (every connection dropped,
-//! every new one refused) for a while, then back. Nothing is lost: every request answered
-//! meanwhile has its event, in order, in chains that verify.
+//! every new one refused) for a while, then back; the disk under SQLite and the spool
+//! filling up, then given room. Nothing is lost: every request answered meanwhile has its
+//! event, in order, in chains that verify.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -490,4 +491,127 @@ async fn no_secret_reaches_the_store_the_spool_or_the_logs() {
         );
     }
     database.drop_now().await;
+}
+
+/// Writes zeros to `path` until the disk it is on has no room left (ENOSPC).
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    loop {
+        match file.write_all(&chunk).and_then(|()| file.sync_data()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(28) => return,
+            Err(error) => panic!("filling {}: {error}", path.display()),
+        }
+    }
+}
+
+/// `/ready` once its status is `status`, asked for up to 10 s.
+async fn ready_when(gateway: &Gateway, status: u16) -> Reply {
+    let mut reply = get(&gateway.url("/ready"), &[]).await;
+    for _ in 0..100 {
+        if reply.status == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reply = get(&gateway.url("/ready"), &[]).await;
+    }
+    reply
+}
+
+/// A real full disk under the audit log on SQLite, with the spool on it too (a tmpfs of
+/// 4 MiB, filled up): `/ready` fails, a strict-mode request is refused 503 before it
+/// reaches the upstream, a batched one is answered and its event held in memory; once there
+/// is room again, every held event is stored, `/ready` passes and the chain verifies.
+#[tokio::test]
+async fn a_full_disk_fails_ready_and_strict_requests_until_there_is_room_and_loses_nothing() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let gateway = Launch::new(&upstream.url())
+        .env("PORTCULLIS_DATA_DIR", dir.to_str().unwrap())
+        .on_a_disk_of(4 << 20)
+        .start();
+    let data = gateway.seen_path(&dir);
+    assert_eq!(get(&gateway.url("/ready"), &[]).await.status, 200);
+    let filler = data.join("filler");
+    fill_up(&filler);
+
+    // Batched: answered; its event waits in memory for room.
+    let held = request("GET", &gateway.url("/held"), TOKEN, "").await;
+    assert_eq!(held.status, 200);
+    let problem = ready_when(&gateway, 503)
+        .await
+        .assert_problem(503, "not-ready");
+    assert_eq!(
+        problem["detail"],
+        "the audit log's store and spool refuse writes"
+    );
+    // Strict (POST): refused before the upstream, as its admission cannot be kept.
+    let refused = request("POST", &gateway.url("/orders"), TOKEN, "{}").await;
+    let problem = refused.assert_problem(503, "audit-unavailable");
+    assert_eq!(
+        problem["detail"],
+        "the audit log cannot record the request, so it was not forwarded"
+    );
+    let forwarded: Vec<String> = upstream.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(forwarded, ["/held"]);
+    assert!(gateway.log_shows("the spool cannot be written either"));
+
+    std::fs::remove_file(&filler).unwrap();
+    // The writer tries its batch again every 500 ms. (`/ready` may answer from a check up
+    // to a second old, and each worker keeps its own: only the log says when it is in.)
+    assert!(gateway.log_shows("the batch is written"));
+    let ready = ready_when(&gateway, 200).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["audit"], "ok");
+    let posted = request("POST", &gateway.url("/orders"), TOKEN, "{}").await;
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    let forwarded: Vec<String> = upstream.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(forwarded, ["/held", "/orders"]);
+
+    // Every request has its event, in the order they came: the held one, the refused
+    // one (refused before its admission was queued: no admission event), and the one
+    // posted since, admitted before it was forwarded. (`/ready`'s own are left out.)
+    let run = |args: &[&str]| {
+        let output = gateway.beside().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let errors = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), text, errors)
+    };
+    let store = ["audit", "--data-dir", dir.to_str().unwrap()];
+    let mut shown = Vec::new();
+    for _ in 0..50 {
+        let (ok, text, errors) = run(&[&store[..], &["export", "--format", "jsonl"]].concat());
+        assert!(ok, "{errors}");
+        shown = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["kind"] != "chain_start" && event["path"] != "/ready")
+            .collect();
+        if shown.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let summary: Vec<String> = shown
+        .iter()
+        .map(|event| {
+            let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+            [field("kind"), field("decision"), field("path")].join(" ")
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "request allowed /held",
+            "request audit_unavailable /orders",
+            "admission allowed /orders",
+            "request allowed /orders",
+        ],
+        "{shown:?}"
+    );
+    assert_eq!(shown[0]["request_id"].as_str(), held.header("x-request-id"));
+    let (ok, text, errors) = run(&[&store[..], &["verify"]].concat());
+    assert!(ok, "{text}{errors}");
 }

@@ -199,6 +199,8 @@ pub struct Gateway {
 pub struct Launch {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The size of the disk the data directory is on, when it is one of its own.
+    pub disk: Option<u64>,
 }
 
 impl Launch {
@@ -217,7 +219,17 @@ impl Launch {
                 .map(String::from)
                 .to_vec(),
             env: Vec::new(),
+            disk: None,
         }
+    }
+
+    /// Puts the data directory (`PORTCULLIS_DATA_DIR`, which must be set) on a disk of
+    /// `bytes` of its own: a tmpfs mounted over it in a mount namespace of the gateway's
+    /// own (`unshare`, as the user's root in a user namespace), which the test reaches
+    /// through [`Gateway::seen_path`]. It goes away with the process.
+    pub fn on_a_disk_of(mut self, bytes: u64) -> Self {
+        self.disk = Some(bytes);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -257,6 +269,28 @@ pub fn portcullis() -> Command {
     command
 }
 
+/// [`portcullis`], run with the data directory given in `env` on a tmpfs of `bytes`
+/// mounted for it alone. The binary keeps the process's id (each step `exec`s the next).
+fn on_a_disk_of(bytes: u64, env: &[(String, String)]) -> Command {
+    let dir = env
+        .iter()
+        .find(|(name, _)| name == "PORTCULLIS_DATA_DIR")
+        .map(|(_, dir)| dir.clone())
+        .expect("a gateway on a disk of its own needs PORTCULLIS_DATA_DIR");
+    let mut command = Command::new("/usr/bin/unshare");
+    command
+        .args(["--user", "--map-root-user", "--mount", "/bin/sh", "-c"])
+        .arg(r#"/usr/bin/mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@""#)
+        .args([
+            "sh",
+            &bytes.to_string(),
+            &dir,
+            env!("CARGO_BIN_EXE_portcullis"),
+        ])
+        .env_clear();
+    command
+}
+
 /// A new, empty directory under the test target's scratch space.
 pub fn scratch_dir() -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -271,7 +305,10 @@ pub fn scratch_dir() -> std::path::PathBuf {
 
 impl Gateway {
     fn start(launch: Launch) -> Self {
-        let mut command = portcullis();
+        let mut command = match launch.disk {
+            None => portcullis(),
+            Some(bytes) => on_a_disk_of(bytes, &launch.env),
+        };
         command
             .arg("serve")
             .args(&launch.args)
@@ -359,6 +396,27 @@ impl Gateway {
             reader.join().expect("the log reader panicked");
         }
         self.log()
+    }
+
+    /// `path` as the process sees it (through its own mounts: [`Launch::on_a_disk_of`]).
+    pub fn seen_path(&self, path: &Path) -> std::path::PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        Path::new("/proc")
+            .join(self.pid().to_string())
+            .join("root")
+            .join(relative)
+    }
+
+    /// A command for the binary that runs in this gateway's user and mount namespaces, so
+    /// that it sees the disk of [`Launch::on_a_disk_of`] where the gateway does (SQLite
+    /// follows `/proc/<pid>/root` back to the test's own mounts).
+    pub fn beside(&self) -> Command {
+        let mut command = Command::new("/usr/bin/nsenter");
+        command
+            .args(["--target", &self.pid().to_string(), "--user", "--mount"])
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
+            .env_clear();
+        command
     }
 
     pub fn pid(&self) -> u32 {
