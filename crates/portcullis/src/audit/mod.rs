@@ -78,8 +78,13 @@ const REPLAY_SLICE: usize = 64;
 /// [`crate::recorder::ADMISSION_TIMEOUT`].
 const REPLAY_SLICE_EVENTS: usize = 65_536;
 
-/// How long a failed batch waits before it is tried again.
+/// How long a failed batch waits before it is tried again; a spool's replay, after
+/// each refusal in a row, twice as long as after the one before, up to
+/// [`REPLAY_BACKOFF_MAX`] (each try holds the writer's thread, for as long as the store
+/// takes to refuse).
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest a replay waits after a refusal.
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// How long shutdown keeps trying to store the last batch.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 /// How long one write may take before it counts as failed (a store that hangs).
@@ -219,8 +224,10 @@ pub struct AuditLog {
     /// Where batches go while the store does not take them; none for `portcullis token`,
     /// whose one event must reach the store.
     spool: Option<Spool>,
-    /// When a replay of the spool last found the store refusing.
+    /// When a replay of the spool last found the store refusing, and how many replays in
+    /// a row it refused.
     last_refusal: Option<Instant>,
+    refusals: u32,
     /// Where in the spool the corrupted records skipped since the last batch were, to
     /// record as events.
     spool_losses: Vec<u64>,
@@ -252,7 +259,7 @@ impl AuditLog {
             .enable_all()
             .build()
             .map_err(AuditError::Runtime)?;
-        let store = runtime.block_on(AuditStore::open(location))?;
+        let store = runtime.block_on(AuditStore::open_for_writer(location))?;
         let appender = match location {
             StoreLocation::DataDir(dir) => Some(SqliteAppender::open(dir)?),
             StoreLocation::Postgres(_) => None,
@@ -279,6 +286,7 @@ impl AuditLog {
             trimmed: None,
             spool: spool_dir.map(Spool::open),
             last_refusal: None,
+            refusals: 0,
             spool_losses: Vec::new(),
             spool_to_clear: false,
             named: HashSet::new(),
@@ -461,8 +469,10 @@ impl AuditLog {
                     {
                         debug!(error = %cause, "audit log: the store still refuses the spooled batches");
                         self.last_refusal = Some(Instant::now());
+                        self.refusals = self.refusals.saturating_add(1);
                         return;
                     }
+                    self.refusals = 0;
                     replayed += batch.events.len();
                     offset
                 }
@@ -527,11 +537,9 @@ impl AuditLog {
         if spool.is_drained() {
             return false;
         }
-        // A store that refused is asked again at most every RETRY_BACKOFF, not every batch.
-        if self
-            .last_refusal
-            .is_none_or(|at| at.elapsed() >= RETRY_BACKOFF)
-        {
+        // A store that refused is asked again after a backoff, not at every batch.
+        let backoff = replay_backoff(self.refusals);
+        if self.last_refusal.is_none_or(|at| at.elapsed() >= backoff) {
             self.replay();
         }
         self.spool.as_ref().is_some_and(|spool| !spool.is_drained())
@@ -546,7 +554,7 @@ impl AuditLog {
         let due = force || self.checkpoint_due();
         if self.pending.is_empty() && !due {
             // Nothing new, but what waits in the spool goes in as soon as the store
-            // takes it (tried every RETRY_BACKOFF).
+            // takes it (tried after a backoff).
             self.spooling();
             return Ok(());
         }
@@ -735,6 +743,14 @@ impl Sink for AuditLog {
     }
 }
 
+/// How long a replay waits after `refusals` in a row: [`RETRY_BACKOFF`], doubled after
+/// each further one, up to [`REPLAY_BACKOFF_MAX`].
+fn replay_backoff(refusals: u32) -> Duration {
+    RETRY_BACKOFF
+        .saturating_mul(1 << refusals.saturating_sub(1).min(4))
+        .min(REPLAY_BACKOFF_MAX)
+}
+
 /// Empties `spool`, replayed whole into the store.
 fn clear_replayed(spool: &mut Spool) {
     match spool.clear() {
@@ -768,6 +784,13 @@ pub fn now_ms(at: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use secrecy::SecretString;
+
+    #[test]
+    fn a_store_that_keeps_refusing_is_asked_less_and_less_often() {
+        let waits: Vec<u128> = (0..8).map(|n| replay_backoff(n).as_millis()).collect();
+        assert_eq!(waits, [500, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(replay_backoff(u32::MAX), REPLAY_BACKOFF_MAX);
+    }
 
     /// A corrupted spool record found at open is recorded as a `spool_loss` event, and the
     /// spool is emptied only once that event is in the store: a process stopped before

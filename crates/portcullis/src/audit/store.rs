@@ -52,8 +52,13 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// How long a write may wait for a connection.
+/// How long a search, or retention, may wait for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the writer may: sqlx keeps trying a server that refuses connections (stopped,
+/// or shutting down) until then, and the writer's thread, which strict-mode requests wait
+/// on, must instead learn soon that its batches belong in the spool. Its own connections
+/// are never all busy, so this is how long a new one may take to open.
+const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the audit store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +158,13 @@ pub struct AuditStore {
 impl AuditStore {
     /// Opens (creating when needed) the audit store for `location`, to write to it.
     pub async fn open(location: &StoreLocation) -> Result<Self, AuditStoreError> {
-        Self::connect(location, true).await
+        Self::connect(location, true, ACQUIRE_TIMEOUT).await
+    }
+
+    /// Opens (and sets up) the audit store for `location` for the writer, which gives up on
+    /// a server that does not take a new connection within [`WRITER_ACQUIRE_TIMEOUT`].
+    pub async fn open_for_writer(location: &StoreLocation) -> Result<Self, AuditStoreError> {
+        Self::connect(location, true, WRITER_ACQUIRE_TIMEOUT).await
     }
 
     /// Opens the existing audit store for `location` to read it, creating nothing (on
@@ -165,10 +176,14 @@ impl AuditStore {
                 return Err(AuditStoreError::Missing(file));
             }
         }
-        Self::connect(location, false).await
+        Self::connect(location, false, ACQUIRE_TIMEOUT).await
     }
 
-    async fn connect(location: &StoreLocation, write: bool) -> Result<Self, AuditStoreError> {
+    async fn connect(
+        location: &StoreLocation,
+        write: bool,
+        acquire_timeout: Duration,
+    ) -> Result<Self, AuditStoreError> {
         install_default_drivers();
         let (url, sqlite) = match location {
             StoreLocation::DataDir(dir) => {
@@ -183,7 +198,7 @@ impl AuditStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout)
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if sqlite && write {

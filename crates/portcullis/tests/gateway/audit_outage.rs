@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -178,35 +179,38 @@ async fn every_answer_is_recorded(url: &str, answered: &HashMap<String, Answer>,
     }
 }
 
-fn verify_direct(database: &PostgresDatabase, dir: &Path) -> (bool, String) {
+fn verify_direct(url: &str, dir: &Path) -> (bool, String) {
     let env = [
-        ("PORTCULLIS_DATABASE_URL", database.url.as_str()),
+        ("PORTCULLIS_DATABASE_URL", url),
         ("PORTCULLIS_AUDIT_KEY", AUDIT_KEY),
         ("PORTCULLIS_DATA_DIR", dir.to_str().unwrap()),
     ];
     verify(&[], &[], &env)
 }
 
-/// Cut off for two seconds under load: events go to the spool, `/ready` stays 200 and
-/// says `degraded`, writes go on (their admission events spooled), and once the store is
-/// back the spool is replayed in order: every event arrives, chains intact.
-// Several threads: the proxy must run while the launcher blocks on the gateway's start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_cut_off_under_load_loses_no_event() {
-    let (database, proxy, proxied) = proxied_database().await;
+/// The store at `url` taken away by `go_down` half a second into 3.5 s of load and given
+/// back by `come_back` two seconds later: events go to the spool meanwhile, `/ready` stays
+/// 200 and says `degraded`, writes go on (their admission events spooled), and once the
+/// store is back the spool is replayed in order: every event arrives, chains intact.
+async fn loses_no_event_through_an_outage(
+    url: &str,
+    go_down: impl FnOnce(),
+    come_back: impl FnOnce(),
+) {
     let upstream = Upstream::start().await;
     let dir = scratch_dir();
-    let mut gateway = gateway_on(&upstream, &proxied, &dir);
+    let mut gateway = gateway_on(&upstream, url, &dir);
 
     let traffic = load(&gateway, Instant::now() + Duration::from_millis(3500));
     let outage = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        proxy.go_down();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::block_in_place(go_down);
+        // The writer gives a server up after a second without a connection.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let ready = get(&gateway.url("/ready"), &[]).await;
-        proxy_state(&dir);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        proxy.come_back();
+        assert_spooling(&dir);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::task::block_in_place(come_back);
         ready
     };
     let (answered, ready) = tokio::join!(traffic, outage);
@@ -233,14 +237,138 @@ async fn postgres_cut_off_under_load_loses_no_event() {
     assert!(!log.contains("they are lost"), "{log}");
     assert_eq!(std::fs::metadata(dir.join("audit.spool")).unwrap().len(), 0);
 
-    every_answer_is_recorded(&database.url, &answered, false).await;
-    let (ok, out) = verify_direct(&database, &dir);
+    every_answer_is_recorded(url, &answered, false).await;
+    let (ok, out) = verify_direct(url, &dir);
     assert!(ok, "{out}");
+}
+
+/// PostgreSQL cut off (every connection dropped, every new one refused, as when the
+/// network partitions) for two seconds under load.
+// Several threads: the proxy must run while the launcher blocks on the gateway's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_off_under_load_loses_no_event() {
+    let (database, proxy, proxied) = proxied_database().await;
+    loses_no_event_through_an_outage(&proxied, || proxy.go_down(), || proxy.come_back()).await;
     database.drop_now().await;
 }
 
+/// PostgreSQL itself stopped under load (a fast shutdown: every session told so and
+/// closed, then no server at all) and started again two seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_then_started_loses_no_event() {
+    let server = OwnPostgres::start();
+    loses_no_event_through_an_outage(&server.url(), || server.stop(), || server.start_again())
+        .await;
+}
+
+/// A PostgreSQL server of the test's own (a cluster in a scratch directory, on a port of
+/// its own, trusting local TCP), which the test can stop and start: the shared one cannot
+/// be. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
+struct OwnPostgres {
+    cluster: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    fn start() -> Self {
+        let cluster = scratch_dir().join("cluster");
+        std::fs::create_dir(&cluster).unwrap();
+        if running_as_root() {
+            run_ok(Command::new("chown").arg("postgres:").arg(&cluster));
+        }
+        let server = Self {
+            cluster,
+            port: server_port(),
+        };
+        let mut initdb = server.command("initdb");
+        initdb.args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"]);
+        run_ok(initdb.arg(&server.cluster));
+        server.start_again();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server and waits until it takes connections.
+    fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+            self.port
+        );
+        let mut start = self.pg_ctl();
+        start.args(["-o", &options, "-l"]);
+        run_ok(
+            start
+                .arg(self.cluster.join("server.log"))
+                .args(["-w", "start"]),
+        );
+    }
+
+    /// A fast shutdown: open sessions are ended, then the server exits.
+    fn stop(&self) {
+        run_ok(self.pg_ctl().args(["-m", "fast", "-w", "stop"]));
+    }
+
+    fn pg_ctl(&self) -> Command {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(&self.cluster);
+        pg_ctl
+    }
+
+    /// One of PostgreSQL's server programs (the newest version installed), as the
+    /// `postgres` user when the tests run as root.
+    fn command(&self, program: &str) -> Command {
+        let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server programs, in /usr/lib/postgresql/<version>/bin")
+            .map(|entry| entry.unwrap().path().join("bin").join(program))
+            .filter(|path| path.exists())
+            .collect();
+        versions.sort_by_key(|path| {
+            let version = path.components().nth(4).unwrap().as_os_str();
+            version.to_str().unwrap().parse::<u32>().unwrap_or(0)
+        });
+        let program = versions.pop().expect("no PostgreSQL server programs");
+        if running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl()
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// Runs `command`, which must succeed.
+fn run_ok(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The spool is being written while the store is down.
-fn proxy_state(dir: &Path) {
+fn assert_spooling(dir: &Path) {
     let spooled = std::fs::metadata(dir.join("audit.spool")).map_or(0, |meta| meta.len());
     assert!(spooled > 0, "nothing spooled during the outage");
 }
@@ -278,7 +406,7 @@ async fn killed_while_spooling(
 async fn a_gateway_killed_while_spooling_loses_nothing_spooled() {
     let upstream = Upstream::start().await;
     let (database, dir, answered) = killed_while_spooling(&upstream).await;
-    let (ok, out) = verify_direct(&database, &dir);
+    let (ok, out) = verify_direct(&database.url, &dir);
     assert!(ok, "{out}");
     assert!(out.contains("not yet replayed into the store"), "{out}");
 
@@ -289,7 +417,7 @@ async fn a_gateway_killed_while_spooling_loses_nothing_spooled() {
         "{log}"
     );
     every_answer_is_recorded(&database.url, &answered, true).await;
-    let (ok, out) = verify_direct(&database, &dir);
+    let (ok, out) = verify_direct(&database.url, &dir);
     assert!(ok, "{out}");
     assert!(!out.contains("not yet replayed"), "{out}");
     database.drop_now().await;
@@ -307,7 +435,7 @@ async fn a_corrupted_spool_record_is_reported_and_skipped_never_silently() {
     bytes[middle] ^= 0x55;
     std::fs::write(&spool, &bytes).unwrap();
 
-    let (ok, out) = verify_direct(&database, &dir);
+    let (ok, out) = verify_direct(&database.url, &dir);
     assert!(!ok, "{out}");
     assert!(
         out.contains("the spool holds 1 corrupted record(s): their events are lost"),
@@ -319,7 +447,7 @@ async fn a_corrupted_spool_record_is_reported_and_skipped_never_silently() {
         log.contains("a corrupted spool record was skipped"),
         "{log}"
     );
-    let (ok, out) = verify_direct(&database, &dir);
+    let (ok, out) = verify_direct(&database.url, &dir);
     assert!(!ok, "{out}");
     assert!(out.contains("are missing (deleted)"), "{out}");
     assert!(out.contains(SKIPPED), "{out}");
@@ -348,7 +476,7 @@ async fn a_corrupted_last_spool_record_still_shows_once_the_spool_is_emptied() {
         "{log}"
     );
     assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "{log}");
-    let (ok, out) = verify_direct(&database, &dir);
+    let (ok, out) = verify_direct(&database.url, &dir);
     assert!(!ok, "{out}");
     assert!(!out.contains("are missing (deleted)"), "{out}");
     assert!(out.contains(SKIPPED), "{out}");
