@@ -277,7 +277,11 @@ impl Authenticator {
 }
 
 fn store_unavailable(error: &crate::credentials::CredentialError) -> Problem {
-    warn!(%error, "cannot verify a credential: the credential store is unreachable");
+    // While the store is taken to be down, requests are refused without a line each: the
+    // verifier logs when it goes down and when it answers again.
+    if !matches!(error, crate::credentials::CredentialError::StoreDown) {
+        warn!(%error, "cannot verify a credential: the credential store is unreachable");
+    }
     Problem::new(ProblemKind::StoreUnavailable)
         .with_detail("credentials cannot be verified right now")
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))

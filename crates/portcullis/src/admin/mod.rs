@@ -384,7 +384,7 @@ fn credential_problem(error: CredentialError, id: &HeaderValue) -> Response {
         | CredentialError::ExpiryInPast => {
             Problem::new(ProblemKind::BadRequest).with_detail(error.to_string())
         }
-        CredentialError::Store(_) => {
+        CredentialError::Store(_) | CredentialError::StoreDown => {
             tracing::warn!(%error, "admin API: store failed");
             Problem::new(ProblemKind::StoreUnavailable)
                 .with_detail("the credential store cannot be reached")

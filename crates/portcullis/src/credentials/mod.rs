@@ -100,6 +100,9 @@ pub enum CredentialError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed a lookup a moment ago and is not asked again yet.
+    #[error("the credential store failed a moment ago; not asked again yet")]
+    StoreDown,
 }
 
 impl From<sqlx::Error> for CredentialError {

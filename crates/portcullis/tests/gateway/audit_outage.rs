@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::audit::{request, verify};
 use crate::common::*;
-use crate::managed::PostgresDatabase;
+use crate::managed::{OwnPostgres, PostgresDatabase};
 
 /// A TCP proxy to a database that can be cut: while down, open connections are dropped
 /// and new ones closed at once, as when the server stops or the network partitions.
@@ -259,112 +258,6 @@ async fn postgres_stopped_under_load_then_started_loses_no_event() {
     let server = OwnPostgres::start();
     loses_no_event_through_an_outage(&server.url(), || server.stop(), || server.start_again())
         .await;
-}
-
-/// A PostgreSQL server of the test's own (a cluster in a scratch directory, on a port of
-/// its own, trusting local TCP), which the test can stop and start: the shared one cannot
-/// be. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
-struct OwnPostgres {
-    cluster: std::path::PathBuf,
-    port: u16,
-}
-
-impl OwnPostgres {
-    fn start() -> Self {
-        let cluster = scratch_dir().join("cluster");
-        std::fs::create_dir(&cluster).unwrap();
-        if running_as_root() {
-            run_ok(Command::new("chown").arg("postgres:").arg(&cluster));
-        }
-        let server = Self {
-            cluster,
-            port: server_port(),
-        };
-        let mut initdb = server.command("initdb");
-        initdb.args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"]);
-        run_ok(initdb.arg(&server.cluster));
-        server.start_again();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Starts the server and waits until it takes connections.
-    fn start_again(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
-            self.port
-        );
-        let mut start = self.pg_ctl();
-        start.args(["-o", &options, "-l"]);
-        run_ok(
-            start
-                .arg(self.cluster.join("server.log"))
-                .args(["-w", "start"]),
-        );
-    }
-
-    /// A fast shutdown: open sessions are ended, then the server exits.
-    fn stop(&self) {
-        run_ok(self.pg_ctl().args(["-m", "fast", "-w", "stop"]));
-    }
-
-    fn pg_ctl(&self) -> Command {
-        let mut pg_ctl = self.command("pg_ctl");
-        pg_ctl.arg("-D").arg(&self.cluster);
-        pg_ctl
-    }
-
-    /// One of PostgreSQL's server programs (the newest version installed), as the
-    /// `postgres` user when the tests run as root.
-    fn command(&self, program: &str) -> Command {
-        let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL's server programs, in /usr/lib/postgresql/<version>/bin")
-            .map(|entry| entry.unwrap().path().join("bin").join(program))
-            .filter(|path| path.exists())
-            .collect();
-        versions.sort_by_key(|path| {
-            let version = path.components().nth(4).unwrap().as_os_str();
-            version.to_str().unwrap().parse::<u32>().unwrap_or(0)
-        });
-        let program = versions.pop().expect("no PostgreSQL server programs");
-        if running_as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        }
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let _ = self
-            .pg_ctl()
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").unwrap().uid() == 0
-}
-
-/// Runs `command`, which must succeed.
-fn run_ok(command: &mut Command) {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The spool is being written while the store is down.

@@ -1,6 +1,7 @@
 //! Managed tokens against real SQLite and real PostgreSQL: the CLI, scopes, expiry,
 //! revocation, rotation, the cache, and what the store holds.
 
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -80,6 +81,112 @@ impl PostgresDatabase {
     }
 }
 
+/// A PostgreSQL server of the test's own (a cluster in a scratch directory, on a port of
+/// its own, trusting local TCP), which the test can stop and start: the shared one cannot
+/// be. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
+pub(crate) struct OwnPostgres {
+    cluster: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    pub(crate) fn start() -> Self {
+        let cluster = scratch_dir().join("cluster");
+        std::fs::create_dir(&cluster).unwrap();
+        if running_as_root() {
+            run_ok(Command::new("chown").arg("postgres:").arg(&cluster));
+        }
+        let server = Self {
+            cluster,
+            port: server_port(),
+        };
+        let mut initdb = server.command("initdb");
+        initdb.args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"]);
+        run_ok(initdb.arg(&server.cluster));
+        server.start_again();
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server and waits until it takes connections.
+    pub(crate) fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+            self.port
+        );
+        let mut start = self.pg_ctl();
+        start.args(["-o", &options, "-l"]);
+        run_ok(
+            start
+                .arg(self.cluster.join("server.log"))
+                .args(["-w", "start"]),
+        );
+    }
+
+    /// A fast shutdown: open sessions are ended, then the server exits.
+    pub(crate) fn stop(&self) {
+        run_ok(self.pg_ctl().args(["-m", "fast", "-w", "stop"]));
+    }
+
+    fn pg_ctl(&self) -> Command {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(&self.cluster);
+        pg_ctl
+    }
+
+    /// One of PostgreSQL's server programs (the newest version installed), as the
+    /// `postgres` user when the tests run as root.
+    fn command(&self, program: &str) -> Command {
+        let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server programs, in /usr/lib/postgresql/<version>/bin")
+            .map(|entry| entry.unwrap().path().join("bin").join(program))
+            .filter(|path| path.exists())
+            .collect();
+        versions.sort_by_key(|path| {
+            let version = path.components().nth(4).unwrap().as_os_str();
+            version.to_str().unwrap().parse::<u32>().unwrap_or(0)
+        });
+        let program = versions.pop().expect("no PostgreSQL server programs");
+        if running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl()
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// Runs `command`, which must succeed.
+fn run_ok(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 impl Backend {
     fn sqlite() -> Self {
         let data_dir = scratch_dir();
@@ -93,10 +200,17 @@ impl Backend {
 
     async fn postgres() -> Self {
         let database = PostgresDatabase::create().await;
+        let mut backend = Self::postgres_at(&database.url);
+        backend.postgres = Some(database);
+        backend
+    }
+
+    /// The PostgreSQL database at `url`, which the test keeps (and drops) itself.
+    fn postgres_at(url: &str) -> Self {
         Self {
             args: Vec::new(),
             env: vec![
-                ("PORTCULLIS_DATABASE_URL".into(), database.url.clone()),
+                ("PORTCULLIS_DATABASE_URL".into(), url.to_owned()),
                 (
                     "PORTCULLIS_TOKEN_PEPPER".into(),
                     "test-pepper-0123456789abcdef".into(),
@@ -104,7 +218,7 @@ impl Backend {
                 ("PORTCULLIS_AUDIT_KEY".into(), AUDIT_KEY.into()),
             ],
             data_dir: scratch_dir(),
-            postgres: Some(database),
+            postgres: None,
         }
     }
 
@@ -372,6 +486,57 @@ async fn rotation_overlap_ends_on_sqlite() {
 #[tokio::test]
 async fn rotation_overlap_ends_on_postgres() {
     rotation_overlap_ends(Backend::postgres().await).await;
+}
+
+/// PostgreSQL itself stopped under a gateway with managed tokens (a fast shutdown, then no
+/// server): a token verified within the cache window still works, one that is not is
+/// refused 503 `store-unavailable`, never allowed, and once the server is back it is
+/// allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_store_refuses_uncached_tokens_503_until_it_is_back() {
+    let server = OwnPostgres::start();
+    let backend = Backend::postgres_at(&server.url());
+    let upstream = Upstream::start().await;
+    let (_, cached) = backend.create("cached", "read", &[]);
+    let (_, uncached) = backend.create("uncached", "read", &[]);
+    let gateway = backend.launch(&upstream).start();
+    assert_eq!(call(&gateway, "GET", &cached).await.status, 200);
+
+    tokio::task::block_in_place(|| server.stop());
+    assert_eq!(call(&gateway, "GET", &cached).await.status, 200);
+    // The first lookup waits out the pool's patience for a connection (3 s)...
+    let refused = call(&gateway, "GET", &uncached).await;
+    refused.assert_problem(503, "store-unavailable");
+    assert!(refused.header("retry-after").is_some());
+    // ...the next ones, for a second, are refused without asking: none waits it out again.
+    let started = std::time::Instant::now();
+    let again = futures_util::future::join_all((0..5).map(|_| call(&gateway, "GET", &uncached)));
+    for refused in again.await {
+        refused.assert_problem(503, "store-unavailable");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    tokio::task::block_in_place(|| server.start_again());
+    let mut allowed = call(&gateway, "GET", &uncached).await;
+    for _ in 0..50 {
+        if allowed.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        allowed = call(&gateway, "GET", &uncached).await;
+    }
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let log = gateway.log();
+    assert_eq!(
+        log.matches("the credential store failed a lookup").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("the credential store answers again"), "{log}");
 }
 
 #[tokio::test]
