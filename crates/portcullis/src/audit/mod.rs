@@ -78,10 +78,10 @@ const REPLAY_SLICE: usize = 64;
 /// [`crate::recorder::ADMISSION_TIMEOUT`].
 const REPLAY_SLICE_EVENTS: usize = 65_536;
 
-/// How long a failed batch waits before it is tried again; a spool's replay, after
-/// each refusal in a row, twice as long as after the one before, up to
-/// [`REPLAY_BACKOFF_MAX`] (each try holds the writer's thread, for as long as the store
-/// takes to refuse).
+/// How long a failed batch waits before it is tried again, and the spool's replay after
+/// the store refused it (twice as long after each further refusal in a row, up to
+/// [`REPLAY_BACKOFF_MAX`]: each try holds the writer's thread as long as the store takes
+/// to refuse).
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest a replay waits after a refusal.
 const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(8);

@@ -271,7 +271,7 @@ pub fn portcullis() -> Command {
 
 /// [`portcullis`], run with the data directory given in `env` on a tmpfs of `bytes`
 /// mounted for it alone. The binary keeps the process's id (each step `exec`s the next).
-fn on_a_disk_of(bytes: u64, env: &[(String, String)]) -> Command {
+fn portcullis_on_a_disk_of(bytes: u64, env: &[(String, String)]) -> Command {
     let dir = env
         .iter()
         .find(|(name, _)| name == "PORTCULLIS_DATA_DIR")
@@ -307,7 +307,7 @@ impl Gateway {
     fn start(launch: Launch) -> Self {
         let mut command = match launch.disk {
             None => portcullis(),
-            Some(bytes) => on_a_disk_of(bytes, &launch.env),
+            Some(bytes) => portcullis_on_a_disk_of(bytes, &launch.env),
         };
         command
             .arg("serve")
