@@ -60,6 +60,30 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// are never all busy, so this is how long a new one may take to open.
 const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The event in a row of [`EVENT_COLUMNS`], each column read by the row's method `$get`
+/// (sqlx's rows and rusqlite's name it apart), which fails with `?`.
+macro_rules! event_of_row {
+    ($row:expr, $get:ident) => {
+        StoredEvent {
+            chain_id: $row.$get(0)?,
+            seq: $row.$get(1)?,
+            time_ms: $row.$get(2)?,
+            kind: $row.$get(3)?,
+            request_id: $row.$get(4)?,
+            principal: $row.$get(5)?,
+            tenant: $row.$get(6)?,
+            status: $row.$get(7)?,
+            decision: $row.$get(8)?,
+            route: $row.$get(9)?,
+            path: $row.$get(10)?,
+            client_ip: $row.$get(11)?,
+            payload: $row.$get(12)?,
+            prev_hash: $row.$get(13)?,
+            hash: $row.$get(14)?,
+        }
+    };
+}
+
 /// Why the audit store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditStoreError {
@@ -75,6 +99,9 @@ pub enum AuditStoreError {
     /// There is no audit log to read.
     #[error("no audit log at {}", .0.display())]
     Missing(std::path::PathBuf),
+    /// A read on a thread of its own did not finish (the process is stopping).
+    #[error("audit store: the read did not finish")]
+    ReadInterrupted,
 }
 
 /// One event as stored: its chain position, the columns searches use, the payload (the
@@ -151,6 +178,11 @@ impl StoredEvent {
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pool: AnyPool,
+    /// On SQLite, the file: a chain's events are read through a connection of their own
+    /// (rusqlite), on a blocking thread, not through sqlx, which hands over every row from
+    /// its worker thread: `audit verify` walked a million events in 15 s that way
+    /// (bench/RESULTS.md, 2026-11-29).
+    sqlite_file: Option<std::path::PathBuf>,
     /// The insert statements, by row count, largest first ([`INSERT_ROWS`]).
     inserts: Vec<(usize, String)>,
 }
@@ -185,17 +217,21 @@ impl AuditStore {
         acquire_timeout: Duration,
     ) -> Result<Self, AuditStoreError> {
         install_default_drivers();
-        let (url, sqlite) = match location {
+        let (url, sqlite_file) = match location {
             StoreLocation::DataDir(dir) => {
                 let file = dir.join(AUDIT_DB_FILE);
                 if write {
                     std::fs::create_dir_all(dir).map_err(AuditStoreError::DataDir)?;
                 }
                 let mode = if write { "rwc" } else { "ro" };
-                (format!("sqlite://{}?mode={mode}", file.display()), true)
+                (
+                    format!("sqlite://{}?mode={mode}", file.display()),
+                    Some(file),
+                )
             }
-            StoreLocation::Postgres(url) => (url.expose_secret().to_owned(), false),
+            StoreLocation::Postgres(url) => (url.expose_secret().to_owned(), None),
         };
+        let sqlite = sqlite_file.is_some();
         let pool = AnyPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(acquire_timeout)
@@ -236,6 +272,7 @@ impl AuditStore {
         }
         Ok(Self {
             pool,
+            sqlite_file,
             inserts: INSERT_ROWS
                 .iter()
                 .map(|&rows| (rows, insert_sql(rows)))
@@ -402,6 +439,24 @@ impl AuditStore {
             "SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3"
         );
+        if let Some(file) = self.sqlite_file.clone() {
+            let chain = chain.to_owned();
+            return tokio::task::spawn_blocking(move || {
+                let connection = rusqlite::Connection::open_with_flags(
+                    file,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                connection.busy_timeout(Duration::from_secs(5))?;
+                let mut statement = connection.prepare(&sql)?;
+                let rows = statement.query_map(rusqlite::params![chain, after, limit], |row| {
+                    Ok(event_of_row!(row, get))
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .map_err(|_| AuditStoreError::ReadInterrupted)?;
+        }
         let rows = sqlx::query(&sql)
             .bind(chain.to_owned())
             .bind(after)
@@ -579,23 +634,7 @@ fn insert_signed<'q>(
 
 /// An event as a row of [`EVENT_COLUMNS`] holds it.
 fn event_of(row: &AnyRow) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
-        chain_id: row.try_get(0)?,
-        seq: row.try_get(1)?,
-        time_ms: row.try_get(2)?,
-        kind: row.try_get(3)?,
-        request_id: row.try_get(4)?,
-        principal: row.try_get(5)?,
-        tenant: row.try_get(6)?,
-        status: row.try_get(7)?,
-        decision: row.try_get(8)?,
-        route: row.try_get(9)?,
-        path: row.try_get(10)?,
-        client_ip: row.try_get(11)?,
-        payload: row.try_get(12)?,
-        prev_hash: row.try_get(13)?,
-        hash: row.try_get(14)?,
-    })
+    Ok(event_of_row!(row, try_get))
 }
 
 /// A checkpoint as a row of [`CHECKPOINT_COLUMNS`] holds it.
