@@ -439,23 +439,13 @@ impl AuditStore {
             "SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3"
         );
-        if let Some(file) = self.sqlite_file.clone() {
-            let chain = chain.to_owned();
-            return tokio::task::spawn_blocking(move || {
-                let connection = rusqlite::Connection::open_with_flags(
-                    file,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                connection.busy_timeout(Duration::from_secs(5))?;
-                let mut statement = connection.prepare(&sql)?;
-                let rows = statement.query_map(rusqlite::params![chain, after, limit], |row| {
-                    Ok(event_of_row!(row, get))
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .await
-            .map_err(|_| AuditStoreError::ReadInterrupted)?;
+        if let Some(file) = &self.sqlite_file {
+            let values = vec![
+                Param::Text(chain.to_owned()),
+                Param::Int(after),
+                Param::Int(limit),
+            ];
+            return read_sqlite(file, sql, values).await;
         }
         let rows = sqlx::query(&sql)
             .bind(chain.to_owned())
@@ -486,6 +476,11 @@ impl AuditStore {
             conditions.sql,
             conditions.values.len() + 1
         );
+        if let Some(file) = &self.sqlite_file {
+            let mut values = conditions.values.clone();
+            values.push(Param::Int(limit));
+            return read_sqlite(file, sql, values).await;
+        }
         let mut query = sqlx::query(&sql);
         for value in &conditions.values {
             query = match value {
@@ -630,6 +625,45 @@ fn insert_signed<'q>(
         .bind(signed.head.as_str())
         .bind(signed.time_ms)
         .bind(signed.mac.as_str())
+}
+
+/// The events `sql` (a select of [`EVENT_COLUMNS`] with placeholders `$1`, `$2`... for
+/// `values`) reads from the SQLite file `file`: through a read-only connection of its own on
+/// a blocking thread, rather than sqlx's driver, which hands over every row from a worker
+/// thread of its own (five times the time for `audit verify`: bench/RESULTS.md, 2026-11-29).
+async fn read_sqlite(
+    file: &std::path::Path,
+    sql: String,
+    values: Vec<Param>,
+) -> Result<Vec<StoredEvent>, AuditStoreError> {
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let connection = rusqlite::Connection::open_with_flags(
+            file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        let mut statement = connection.prepare(&sql)?;
+        for (n, value) in values.iter().enumerate() {
+            // By name: a placeholder may appear more than once, or out of order.
+            let name = format!("${}", n + 1);
+            let index = statement
+                .parameter_index(&name)?
+                .ok_or(rusqlite::Error::InvalidParameterName(name))?;
+            match value {
+                Param::Int(number) => statement.raw_bind_parameter(index, number)?,
+                Param::Text(text) => statement.raw_bind_parameter(index, text)?,
+            }
+        }
+        let mut rows = statement.raw_query();
+        let mut events = Vec::new();
+        while let Some(row) = rows.next()? {
+            events.push(event_of_row!(row, get));
+        }
+        Ok(events)
+    })
+    .await
+    .map_err(|_| AuditStoreError::ReadInterrupted)?
 }
 
 /// An event as a row of [`EVENT_COLUMNS`] holds it.
