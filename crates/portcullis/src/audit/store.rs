@@ -178,10 +178,8 @@ impl StoredEvent {
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pool: AnyPool,
-    /// On SQLite, the file: a chain's events are read through a connection of their own
-    /// (rusqlite), on a blocking thread, not through sqlx, which hands over every row from
-    /// its worker thread: `audit verify` walked a million events in 15 s that way
-    /// (bench/RESULTS.md, 2026-11-29).
+    /// On SQLite, the file, which events are read from (a chain's, and searches') through
+    /// a connection of their own ([`read_sqlite`]).
     sqlite_file: Option<std::path::PathBuf>,
     /// The insert statements, by row count, largest first ([`INSERT_ROWS`]).
     inserts: Vec<(usize, String)>,
