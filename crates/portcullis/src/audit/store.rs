@@ -433,11 +433,11 @@ impl AuditStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, AuditStoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3"
-        );
         if let Some(file) = &self.sqlite_file {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM audit_events WHERE chain_id = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            );
             let values = vec![
                 Param::Text(chain.to_owned()),
                 Param::Int(after),
@@ -445,16 +445,44 @@ impl AuditStore {
             ];
             return read_sqlite(file, sql, values).await;
         }
-        let rows = sqlx::query(&sql)
-            .bind(chain.to_owned())
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(event_of)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(AuditStoreError::from)
+        // On PostgreSQL, a chain written since the table's statistics were last gathered
+        // (the live one, often) looks small to the planner, which then fetches all of it
+        // past `after` and sorts it, for every page: each query here is bounded instead,
+        // to the numbers from the next event there is (an index's edge, found at once
+        // whatever the planner knows) to as many more as are still wanted. Numbers are
+        // unique in a chain, so no window holds more rows than that; a gap only costs
+        // another window.
+        let next_sql = "SELECT min(seq) FROM audit_events WHERE chain_id = $1 AND seq > $2";
+        let window_sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events \
+             WHERE chain_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq"
+        );
+        let mut events = Vec::new();
+        let mut before = after;
+        loop {
+            let wanted = limit.saturating_sub(i64::try_from(events.len()).unwrap_or(i64::MAX));
+            if wanted <= 0 {
+                break;
+            }
+            let next: Option<i64> = sqlx::query_scalar(next_sql)
+                .bind(chain)
+                .bind(before)
+                .fetch_one(&self.pool)
+                .await?;
+            let Some(next) = next else { break };
+            let last = next.saturating_add(wanted - 1);
+            let rows = sqlx::query(&window_sql)
+                .bind(chain)
+                .bind(next)
+                .bind(last)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                events.push(event_of(row)?);
+            }
+            before = last;
+        }
+        Ok(events)
     }
 
     /// At most `limit` events that `conditions` select, in `order`.
