@@ -2,7 +2,6 @@
 //! shared by every worker, and last-used times written in the background.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,17 +9,24 @@ use tracing::{info, warn};
 
 use super::{CredentialError, Credentials, TokenRecord};
 use crate::store::now;
+use crate::upstream::{Breaker, BreakerSettings, CircuitState, Outcome};
 
 /// Most verified tokens kept in the cache; past this the cache is emptied, which only
 /// costs store lookups.
 const CACHE_CAPACITY: usize = 10_000;
 /// Last-used times are written at most this often per token.
 const USAGE_RESOLUTION_SECS: i64 = 60;
-/// After a lookup the store failed, how long uncached tokens are refused without asking it;
-/// then one lookup at a time asks again. A store that refuses connections (stopped, or
-/// shutting down) fails a lookup only once the pool's patience runs out, which every
-/// request would otherwise wait out in turn.
-const STORE_RETRY: Duration = Duration::from_secs(1);
+/// The breaker in front of the store: one failed lookup opens it (a store that refuses
+/// connections, stopped or shutting down, fails a lookup only once the pool's patience runs
+/// out, which every request would otherwise wait out in turn), uncached tokens are refused
+/// without asking it for a second, then one lookup at a time asks again, and one answer
+/// closes it.
+const STORE_BREAKER: BreakerSettings = BreakerSettings {
+    failure_threshold: 1,
+    recovery_timeout: Duration::from_secs(1),
+    success_threshold: 1,
+    half_open_probes: 1,
+};
 
 /// A token's keyed digest: the cache's key, so no token is held in memory.
 type Digest = [u8; 32];
@@ -62,83 +68,7 @@ pub struct TokenVerifier {
     /// Records by id, as streams opened with them recheck them.
     rechecked: Mutex<ById>,
     usage: Mutex<Usage>,
-    store: StoreGate,
-}
-
-/// Whether the store is asked: always while it answers; after it failed, by one lookup at
-/// a time, once a pause ([`STORE_RETRY`]) has passed.
-#[derive(Debug)]
-struct StoreGate {
-    /// How long after a failure the store is not asked.
-    retry: Duration,
-    /// When a lookup last failed, while none has succeeded since.
-    failed_at: Mutex<Option<Instant>>,
-    /// Whether a lookup is asking a store that failed.
-    probing: AtomicBool,
-}
-
-/// A lookup let through by the [`StoreGate`]; it reports how the store answered.
-struct Pass<'g> {
-    gate: &'g StoreGate,
-    probe: bool,
-}
-
-impl StoreGate {
-    fn new(retry: Duration) -> Self {
-        Self {
-            retry,
-            failed_at: Mutex::new(None),
-            probing: AtomicBool::new(false),
-        }
-    }
-
-    /// Lets a lookup ask the store, or refuses it while the store is taken to be down.
-    fn pass(&self) -> Result<Pass<'_>, CredentialError> {
-        let failed_at = *self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
-        let probe = match failed_at {
-            None => false,
-            Some(at) if at.elapsed() < self.retry => return Err(CredentialError::StoreDown),
-            Some(_) if self.probing.swap(true, Ordering::AcqRel) => {
-                return Err(CredentialError::StoreDown);
-            }
-            Some(_) => true,
-        };
-        Ok(Pass { gate: self, probe })
-    }
-}
-
-impl Pass<'_> {
-    /// The store answered.
-    fn answered(self) {
-        let mut failed_at = self
-            .gate
-            .failed_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if failed_at.take().is_some() {
-            info!("the credential store answers again");
-        }
-    }
-
-    /// The store failed the lookup.
-    fn failed(self, error: &CredentialError) {
-        let mut failed_at = self
-            .gate
-            .failed_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if failed_at.replace(Instant::now()).is_none() {
-            warn!(%error, "the credential store failed a lookup; tokens not in the cache are refused 503 until it answers, asked again every second");
-        }
-    }
-}
-
-impl Drop for Pass<'_> {
-    fn drop(&mut self) {
-        if self.probe {
-            self.gate.probing.store(false, Ordering::Release);
-        }
-    }
+    store: Breaker,
 }
 
 #[derive(Debug, Default)]
@@ -156,7 +86,7 @@ impl TokenVerifier {
             cache: Mutex::new(HashMap::new()),
             rechecked: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::default()),
-            store: StoreGate::new(STORE_RETRY),
+            store: Breaker::new(STORE_BREAKER),
         }
     }
 
@@ -181,17 +111,23 @@ impl TokenVerifier {
             Some(record) => Some(record),
             None => {
                 let hash = crate::base::hex::encode(&key);
-                let pass = self.store.pass()?;
-                let found = match self.credentials.lookup_hash(&hash).await {
-                    Ok(found) => {
-                        pass.answered();
-                        found.map(Arc::new)
+                let permit = self.store.admit().map_err(|_| CredentialError::StoreDown)?;
+                let before = self.store.state();
+                let found = self.credentials.lookup_hash(&hash).await;
+                permit.record(match found {
+                    Ok(_) => Outcome::Success,
+                    Err(_) => Outcome::Failure,
+                });
+                match (before, self.store.state(), &found) {
+                    (CircuitState::Closed, CircuitState::Open, Err(error)) => {
+                        warn!(%error, "the credential store failed a lookup; tokens not in the cache are refused 503 until it answers, asked again every second");
                     }
-                    Err(error) => {
-                        pass.failed(&error);
-                        return Err(error);
+                    (CircuitState::HalfOpen, CircuitState::Closed, _) => {
+                        info!("the credential store answers again");
                     }
-                };
+                    _ => {}
+                }
+                let found = found?.map(Arc::new);
                 if let Some(record) = &found {
                     let mut cache = self.cache();
                     if cache.len() >= CACHE_CAPACITY {
@@ -305,37 +241,5 @@ impl TokenVerifier {
                 tracing::warn!(%error, "cannot record when tokens were last used");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(gate: &StoreGate) -> bool {
-        matches!(gate.pass(), Err(CredentialError::StoreDown))
-    }
-
-    #[test]
-    fn a_store_that_failed_is_asked_again_by_one_lookup_at_a_time_after_a_pause() {
-        let pause = Duration::from_millis(50);
-        let gate = StoreGate::new(pause);
-        // Answering: every lookup asks it, at once.
-        let (first, second) = (gate.pass().unwrap(), gate.pass().unwrap());
-        first.failed(&CredentialError::StoreDown);
-        drop(second);
-        // Failed: no lookup asks it during the pause...
-        assert!(refused(&gate));
-        std::thread::sleep(pause + Duration::from_millis(10));
-        // ...then one at a time.
-        let probe = gate.pass().unwrap();
-        assert!(refused(&gate));
-        probe.failed(&CredentialError::StoreDown);
-        assert!(refused(&gate), "a failed probe starts another pause");
-        std::thread::sleep(pause + Duration::from_millis(10));
-        gate.pass().unwrap().answered();
-        let (first, second) = (gate.pass().unwrap(), gate.pass().unwrap());
-        drop((first, second));
-        assert!(!refused(&gate));
     }
 }
