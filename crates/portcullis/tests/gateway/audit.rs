@@ -1098,6 +1098,15 @@ fn an_audit_database_variable_unset_or_not_postgres_stops_the_start() {
     assert!(out.contains("error[audit.location]"), "{out}");
 }
 
+/// An audit store on each kind: SQLite in `dir`, and the PostgreSQL `database`.
+fn both_stores(dir: &Path, database: &PostgresDatabase) -> [portcullis::config::StoreLocation; 2] {
+    use portcullis::config::StoreLocation;
+    [
+        StoreLocation::DataDir(dir.to_owned()),
+        StoreLocation::Postgres(SecretString::from(database.url.clone())),
+    ]
+}
+
 /// The heads a new chain names are read in one query, a loose index scan over the
 /// checkpoints' key: on both stores, it finds each chain's newest checkpoint (by sequence,
 /// then time) as a query of that chain's own checkpoints does, among chains checkpointed
@@ -1106,14 +1115,10 @@ fn an_audit_database_variable_unset_or_not_postgres_stops_the_start() {
 async fn the_newest_checkpoint_of_every_chain_in_one_query() {
     use portcullis::audit::chain::Checkpoint;
     use portcullis::audit::store::AuditStore;
-    use portcullis::config::StoreLocation;
 
     let dir = tempfile::tempdir().unwrap();
     let database = PostgresDatabase::create().await;
-    let locations = [
-        StoreLocation::DataDir(dir.path().to_owned()),
-        StoreLocation::Postgres(secrecy::SecretString::from(database.url.clone())),
-    ];
+    let locations = both_stores(dir.path(), &database);
     let checkpoint = |chain: &str, seq: i64, time_ms: i64| Checkpoint {
         chain: chain.repeat(32),
         seq,
@@ -1165,14 +1170,10 @@ async fn the_newest_checkpoint_of_every_chain_in_one_query() {
 #[tokio::test]
 async fn a_chain_reads_in_pages_across_gaps_on_both_stores() {
     use portcullis::audit::store::AuditStore;
-    use portcullis::config::StoreLocation;
 
     let dir = tempfile::tempdir().unwrap();
     let database = PostgresDatabase::create().await;
-    let locations = [
-        StoreLocation::DataDir(dir.path().to_owned()),
-        StoreLocation::Postgres(secrecy::SecretString::from(database.url.clone())),
-    ];
+    let locations = both_stores(dir.path(), &database);
     let event = |chain: &str, seq: i64| StoredEvent {
         chain_id: chain.repeat(32),
         seq,
