@@ -205,7 +205,8 @@ async fn start_recorder(
         .await
         .map_err(|error| error.to_string())?;
         let mut log = opened.map_err(|error| error.to_string())?;
-        log.redacting(Redactor::new(&config.log.redact_query_params));
+        // The pipeline's: it knows the upstreams' secrets too.
+        log.redacting(Redactor::clone(&shared.redactor));
         audit_health = Some(log.health());
         // A pool of its own on this runtime, for the admin API's searches and retention.
         let store = AuditStore::open(location)

@@ -4,10 +4,13 @@
 
 use std::borrow::Cow;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::base::exchange::{BodySample, USER_AGENT_MAX};
 
 /// Query parameter names whose values are never shown, compared without regard to case
-/// and to `-` versus `_`.
+/// and to `-`, `.` or a space versus `_` (`api.key` and `pass word` are `api_key` and
+/// `pass_word` to PHP), and each part of a bracketed name on its own (`login[pwd]`).
 pub const SENSITIVE_PARAMS: [&str; 40] = [
     "password",
     "passwd",
@@ -52,7 +55,8 @@ pub const SENSITIVE_PARAMS: [&str; 40] = [
 ];
 
 /// Parts of a name that make it sensitive wherever they appear in it, once lowercased with
-/// `-` and `_` removed: `newPassword`, `current_password`, `accessToken`, `X-Session-Id`.
+/// `-`, `.`, spaces and `_` removed: `newPassword`, `current_password`, `accessToken`,
+/// `X-Session-Id`, `pass.word`.
 pub const SENSITIVE_PARTS: [&str; 12] = [
     "password",
     "passwd",
@@ -68,15 +72,28 @@ pub const SENSITIVE_PARTS: [&str; 12] = [
     "signature",
 ];
 
+/// Short words that make a name sensitive when they end it, trailing digits aside:
+/// `subscription-key`, `X-Auth-Key`, `user_pass`, `loginPin`, `pwd1`, `login[pwd]`. (Inside a
+/// word they are too common: `monkey`, `bypass`.)
+pub const SENSITIVE_LAST_WORDS: [&str; 6] = ["key", "pass", "passwd", "pwd", "pin", "otp"];
+
+/// The shortest secret the gateway holds that it masks wherever it appears in a kept body:
+/// shorter ones would mask ordinary words.
+pub const KNOWN_SECRET_MIN: usize = 8;
+
 /// What stands in for a hidden value.
 pub const MASK: &str = "***";
 
 /// Hides what must not be shown: values of sensitive query parameters (the built-in list
-/// and the operator's own names) and anything that looks like a secret.
+/// and the operator's own names), anything that looks like a secret, and the secrets the
+/// gateway itself holds for its upstreams.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     /// Extra sensitive parameter names, normalised as [`normalise`] does.
     extra: Vec<String>,
+    /// Secrets the gateway holds (upstreams' keys and secret paths), masked wherever a kept
+    /// body holds them: an upstream that echoes its request, or its own path in an error.
+    known: Vec<SecretString>,
 }
 
 impl Redactor {
@@ -84,7 +101,34 @@ impl Redactor {
     pub fn new(extra: &[String]) -> Self {
         Self {
             extra: extra.iter().map(|name| normalise(name)).collect(),
+            known: Vec::new(),
         }
+    }
+
+    /// The same redactor, also masking each of `secrets` (those of at least
+    /// [`KNOWN_SECRET_MIN`] bytes) wherever a kept body holds it.
+    pub fn knowing(mut self, secrets: impl IntoIterator<Item = SecretString>) -> Self {
+        self.known.extend(
+            secrets
+                .into_iter()
+                .filter(|secret| secret.expose_secret().len() >= KNOWN_SECRET_MIN),
+        );
+        self
+    }
+
+    /// `path` with every segment that looks like a secret, percent-encoded or not, masked:
+    /// a capability sent to a route that does not take one, a token put in a path. (A
+    /// capability route's own segment is masked by the route, whatever it looks like.)
+    pub fn path<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        let secret = |segment: &str| !segment.is_empty() && looks_secret(&percent_decoded(segment));
+        if !path.split('/').any(secret) {
+            return Cow::Borrowed(path);
+        }
+        let segments: Vec<&str> = path
+            .split('/')
+            .map(|segment| if secret(segment) { MASK } else { segment })
+            .collect();
+        Cow::Owned(segments.join("/"))
     }
 
     /// `query` with the value of every sensitive parameter, and every value that looks
@@ -121,6 +165,18 @@ impl Redactor {
     /// redacted. Anything else (JSON cut short, which cannot be read whole, XML, multipart,
     /// binary data, text holding a secret) is [`MASK`]. `None` for an empty body.
     pub fn body(&self, sample: &BodySample) -> Option<String> {
+        let mut kept = self.body_kept(sample)?;
+        for secret in &self.known {
+            let secret = secret.expose_secret();
+            if kept.contains(secret) {
+                kept = kept.replace(secret, MASK);
+            }
+        }
+        Some(kept)
+    }
+
+    /// What [`Self::body`] keeps, before the gateway's own secrets are masked.
+    fn body_kept(&self, sample: &BodySample) -> Option<String> {
         if sample.total == 0 {
             return None;
         }
@@ -304,7 +360,7 @@ impl Redactor {
             squashed
                 .windows(part.len())
                 .any(|window| window == part.as_bytes())
-        })
+        }) || (!prose && ends_with_sensitive_word(word))
     }
 
     /// `text` with the query of every URL in it (and every `name=value` word) redacted as
@@ -339,14 +395,17 @@ impl Redactor {
             Value::Object(object) => {
                 // `{"name": "password", "value": "x"}`: a field naming a secret makes the
                 // value beside it one.
-                let names_secret = ["name", "key", "field", "header"].iter().any(|field| {
-                    object
-                        .get(*field)
-                        .and_then(Value::as_str)
-                        .is_some_and(|name| self.is_sensitive(name))
+                // In any case: `{"Name": "DB_PASSWORD", "Value": "x"}`, as AWS writes it.
+                let names_secret = object.iter().any(|(field, value)| {
+                    ["name", "key", "field", "header"]
+                        .iter()
+                        .any(|naming| field.eq_ignore_ascii_case(naming))
+                        && value.as_str().is_some_and(|name| self.is_sensitive(name))
                 });
                 for (key, value) in object.iter_mut() {
-                    let beside = names_secret && matches!(key.as_str(), "value" | "values");
+                    let beside = names_secret
+                        && (key.eq_ignore_ascii_case("value")
+                            || key.eq_ignore_ascii_case("values"));
                     if beside || self.is_sensitive(key) {
                         *value = Value::from(MASK);
                     } else {
@@ -387,12 +446,22 @@ impl Redactor {
 
     /// Whether a parameter named `name` (as sent, percent-encoded or not) is sensitive.
     fn is_sensitive(&self, name: &str) -> bool {
-        let name = normalise(&percent_decoded(name));
-        if SENSITIVE_PARAMS.contains(&name.as_str()) || self.extra.contains(&name) {
+        let decoded = percent_decoded(name);
+        let name = normalise(&decoded);
+        let listed = |name: &str| {
+            SENSITIVE_PARAMS.contains(&name) || self.extra.iter().any(|extra| extra == name)
+        };
+        // `login[pwd]`, `pwd[]`: each part of a bracketed name, as frameworks read it.
+        if listed(&name)
+            || name
+                .split(['[', ']'])
+                .any(|part| !part.is_empty() && listed(part))
+        {
             return true;
         }
         let squashed = name.replace('_', "");
         SENSITIVE_PARTS.iter().any(|part| squashed.contains(part))
+            || ends_with_sensitive_word(&decoded)
     }
 }
 
@@ -427,14 +496,42 @@ fn embedded_json(text: &str) -> Option<serde_json::Value> {
     serde_json::from_str(text).ok()
 }
 
-/// `name` in lowercase with `-` as `_`, so `X-Api-Key`, `x_api_key` and `X_API_KEY` match.
+/// `name` in lowercase with `-`, `.` and spaces as `_`, so `X-Api-Key`, `x_api_key`,
+/// `X_API_KEY` and `api.key` match.
 fn normalise(name: &str) -> String {
-    name.trim().to_ascii_lowercase().replace('-', "_")
+    name.trim()
+        .chars()
+        .map(|c| match c {
+            '-' | '.' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether the last word of `name` is one of [`SENSITIVE_LAST_WORDS`]: the letters after
+/// its last character that is not one (or its last change from lower to upper case), with
+/// trailing digits and punctuation (`pwd2`, `pwd[]`) left out.
+fn ends_with_sensitive_word(name: &str) -> bool {
+    let name = name
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .trim_end_matches(|c: char| c.is_ascii_digit());
+    let bytes = name.as_bytes();
+    let mut start = bytes.len();
+    while start > 0 && bytes[start - 1].is_ascii_alphabetic() {
+        start -= 1;
+        if bytes[start].is_ascii_uppercase() && start > 0 && bytes[start - 1].is_ascii_lowercase() {
+            break;
+        }
+    }
+    let word = &name[start..];
+    SENSITIVE_LAST_WORDS
+        .iter()
+        .any(|last| word.eq_ignore_ascii_case(last))
 }
 
 /// Whether `value` looks like a credential wherever it appears: a bearer credential, one
-/// of this gateway's tokens, a JWT, an Outline access key (`ss://`), a PEM private key, or
-/// a well-known cloud or service key format.
+/// of this gateway's tokens, a JWT or JWE, an Outline access key (`ss://`), a URL with a
+/// password in it, a PEM private key, or a well-known cloud or service key format.
 pub fn looks_secret(value: &str) -> bool {
     let trimmed = value.trim().trim_matches(QUOTING).trim();
     starts_with_ignoring_case(trimmed, "bearer ")
@@ -444,6 +541,27 @@ pub fn looks_secret(value: &str) -> bool {
         || trimmed.contains("PRIVATE KEY")
         || is_jwt(trimmed)
         || has_key_prefix(trimmed)
+        || has_url_password(trimmed)
+}
+
+/// Whether `text` holds a URL whose user information has a password (RFC 3986 §3.2.1:
+/// `postgres://app:pw@db/x`, `https://user:pw@host`).
+fn has_url_password(text: &str) -> bool {
+    text.match_indices("://").any(|(at, _)| {
+        let authority = text[at + 3..]
+            .split(['/', '?', '#', '"', '\'', '\\', '<', '>'])
+            .next()
+            .unwrap_or_default();
+        let authority = authority
+            .split(char::is_whitespace)
+            .next()
+            .unwrap_or_default();
+        authority.rsplit_once('@').is_some_and(|(user_info, _)| {
+            user_info
+                .split_once(':')
+                .is_some_and(|(_, password)| !password.is_empty() && password != MASK)
+        })
+    })
 }
 
 /// Whether `text` starts with `prefix`, ASCII letters in either case. (Compared in place:
@@ -492,12 +610,13 @@ const QUOTING: [char; 14] = [
 ];
 
 /// A `User-Agent` as a record shows it: its first [`USER_AGENT_MAX`] characters, or
-/// [`MASK`] when it holds a credential anywhere (a client that puts its token there).
+/// [`MASK`] when it holds a credential anywhere (a client that puts its token there, or
+/// `token=...` in it).
 /// Checked whole, before the cut, so that no key's start is left behind. Borrowed from the
 /// header unless it was not UTF-8.
 pub fn user_agent(value: &http::HeaderValue) -> Cow<'_, str> {
     let text = String::from_utf8_lossy(value.as_bytes());
-    if contains_secret(&text) {
+    if contains_secret(&text) || Redactor::default().assigns_sensitive(&text) {
         return Cow::Borrowed(MASK);
     }
     match text.char_indices().nth(USER_AGENT_MAX) {
@@ -512,18 +631,19 @@ pub fn user_agent(value: &http::HeaderValue) -> Cow<'_, str> {
     }
 }
 
-/// Three base64url parts, the first a JSON object (`eyJ`).
+/// A JWS (three base64url parts) or a JWE (five, the second empty when the key is agreed
+/// directly: RFC 7516 §7.1), the first a JSON object (`eyJ`).
 fn is_jwt(value: &str) -> bool {
     let mut parts = 0;
     value.starts_with("eyJ")
         && value.split('.').all(|part| {
             parts += 1;
-            !part.is_empty()
+            (!part.is_empty() || parts == 2)
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        && parts == 3
+        && (parts == 5 || parts == 3 && !value.contains(".."))
 }
 
 /// Key formats whose prefix names them: AWS access keys, GitHub, Slack, Stripe and
@@ -829,6 +949,109 @@ mod tests {
             redactor.query("q=repo:x+state:open&sort=key:asc"),
             "q=repo:x+state:open&sort=key:asc"
         );
+    }
+
+    /// Names as frameworks read them (PHP turns `.` and spaces into `_`; PHP and Rails read
+    /// `login[pwd]` as the field `pwd`), and names whose last word is a secret's.
+    #[test]
+    fn sensitive_names_are_found_as_frameworks_read_them() {
+        let redactor = Redactor::default();
+        assert_eq!(
+            redactor.query(
+                "api.key=s1&pass.word=s2&pass+word=s3&login%5Bpwd%5D=s4&user[pin]=s5&api%20key=s6\
+                 &pwd[]=s7&subscription-key=s8&x-auth-key=s9&pwd1=s10&user_pass=s11&loginPin=s12\
+                 &monkey=m&bypass=b&page=2"
+            ),
+            "api.key=***&pass.word=***&pass+word=***&login%5Bpwd%5D=***&user[pin]=***\
+             &api%20key=***&pwd[]=***&subscription-key=***&x-auth-key=***&pwd1=***\
+             &user_pass=***&loginPin=***&monkey=m&bypass=b&page=2"
+        );
+        // In free text, as an assignment; not in prose (`primary key: id`).
+        assert!(redactor.assigns_sensitive("auth_key=s13"));
+        assert!(!redactor.assigns_sensitive("sort by primary_key: id"));
+    }
+
+    #[test]
+    fn json_names_beside_values_passwords_in_urls_and_jwes_are_masked() {
+        let redactor = Redactor::default();
+        let mut value = serde_json::json!({
+            "Parameters": [{"Name": "DB_PASSWORD", "Value": "s1"}, {"Name": "region", "Value": "eu"}],
+            "auth_key": "s2",
+            "dsn": "postgres://app:s3@db/x",
+            "link": "https://user@example.com/a",
+            "t": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aXY.Y2lwaGVy.dGFn",
+            "pwd1": "s4",
+            "user_pass": "s5",
+        });
+        redactor.json(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "Parameters": [{"Name": "DB_PASSWORD", "Value": MASK}, {"Name": "region", "Value": "eu"}],
+                "auth_key": MASK,
+                "dsn": MASK,
+                "link": "https://user@example.com/a",
+                "t": MASK,
+                "pwd1": MASK,
+                "user_pass": MASK,
+            })
+        );
+        assert!(looks_secret("https://u:p@h"));
+        assert!(!looks_secret("https://u:@h"), "no password");
+        assert!(
+            !looks_secret("see https://h/a?b=c:d@e"),
+            "not in the authority"
+        );
+        let text = sample(Some("text/plain"), b"db_url=postgres://u:s6@h/d", 4096);
+        assert_eq!(redactor.body(&text).as_deref(), Some(MASK));
+    }
+
+    #[test]
+    fn a_user_agent_that_names_a_credential_is_masked() {
+        let shown =
+            |text: &str| user_agent(&http::HeaderValue::from_str(text).unwrap()).into_owned();
+        assert_eq!(shown("myapp/1.0 token=s1"), MASK);
+        assert_eq!(shown("myapp/1.0 (api_key: s2)"), MASK);
+        let browser = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
+        assert_eq!(shown(browser), browser);
+    }
+
+    #[test]
+    fn path_segments_that_look_like_secrets_are_masked() {
+        let redactor = Redactor::default();
+        assert_eq!(
+            redactor.path("/outlines/pcl_0123456789abcdefghij/server"),
+            "/outlines/***/server"
+        );
+        assert_eq!(
+            redactor.path("/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln/x%2Fpcl%5Fabc"),
+            "/reset/***/***"
+        );
+        assert!(matches!(
+            redactor.path("/v1/users/42"),
+            Cow::Borrowed("/v1/users/42")
+        ));
+    }
+
+    /// The gateway's own secrets (an upstream's secret path, its keys) in a kept body, as an
+    /// upstream's error page quoting its path has them.
+    #[test]
+    fn the_gateways_own_secrets_are_masked_in_kept_bodies() {
+        let redactor = Redactor::default().knowing([
+            SecretString::from("/OUTLINE-OWN-SECRET-PATH"),
+            SecretString::from("short"),
+        ]);
+        let body = sample(
+            Some("application/json"),
+            br#"{"message":"/OUTLINE-OWN-SECRET-PATH/server does not exist","short":"short"}"#,
+            4096,
+        );
+        assert_eq!(
+            redactor.body(&body).as_deref(),
+            Some(r#"{"message":"***/server does not exist","short":"short"}"#)
+        );
+        let text = sample(None, b"GET /OUTLINE-OWN-SECRET-PATH/x", 4096);
+        assert_eq!(redactor.body(&text).as_deref(), Some("GET ***/x"));
     }
 
     #[test]

@@ -335,7 +335,7 @@ fn begin_record(request: &Request, id: &HeaderValue, redactor: &Redactor) -> Exc
             .extensions()
             .get::<MatchedPath>()
             .map(|matched| Arc::from(matched.as_str())),
-        path: uri.path().to_owned(),
+        path: redactor.path(uri.path()).into_owned(),
         query: uri.query().map(|query| redactor.query(query)),
         user_agent: request.headers().get(header::USER_AGENT).cloned(),
         admin: true,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use secrecy::SecretString;
 
 use crate::base::body::{self, Parking, RequestBody};
 use std::time::Duration;
@@ -97,7 +98,13 @@ impl Shared {
                 })
                 .collect(),
             recorder: None,
-            redactor: Arc::new(Redactor::new(&config.log.redact_query_params)),
+            redactor: Arc::new(Redactor::new(&config.log.redact_query_params).knowing(
+                settings.upstreams.iter().flat_map(|upstream| {
+                    let path = SecretString::from(upstream.target.base_path());
+                    let credential = upstream.credential.iter().flat_map(|c| c.secrets());
+                    credential.cloned().chain([path])
+                }),
+            )),
             audit: None,
             audit_store: None,
             caller_streams: config

@@ -4,6 +4,7 @@
 //! handling is dropped before it has a response (the client went away mid-upload) is
 //! finished here, as `client_aborted`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,7 +43,10 @@ impl PendingRecord {
         let exchange = Box::new(Exchange {
             client_ip: ctx.known_client_ip(),
             method: Some(request.method().clone()),
-            path: router.masked_path(uri.path()).into_owned(),
+            path: match router.masked_path(uri.path()) {
+                Cow::Borrowed(path) => redactor.path(path).into_owned(),
+                Cow::Owned(path) => redactor.path(&path).into_owned(),
+            },
             query: uri.query().map(|query| redactor.query(query)),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             ..Exchange::begin(

@@ -93,6 +93,12 @@ impl Credential {
     pub fn path_prefix(&self) -> Option<&SecretString> {
         self.path_prefix.as_ref()
     }
+
+    /// Every secret it holds: its keys, and its path prefix.
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretString> {
+        let keys = self.header.iter().flat_map(|(_, pool)| &pool.secrets);
+        keys.chain(self.path_prefix.as_ref())
+    }
 }
 
 /// `/segment[/segment...]`, from a prefix given with or without its slashes.
@@ -114,6 +120,8 @@ fn normalize_prefix(prefix: &str) -> Result<String, CredentialError> {
 /// Keys used in turn, each benched for a while when the upstream refuses it.
 pub struct KeyPool {
     keys: Vec<Key>,
+    /// The keys as given, for [`Credential::secrets`].
+    secrets: Vec<SecretString>,
     next: AtomicUsize,
     /// What `benched_until` counts from.
     epoch: Instant,
@@ -165,7 +173,8 @@ pub struct PoolStatus {
 }
 
 impl KeyPool {
-    fn new(format: &str, keys: &[SecretString]) -> Result<Self, CredentialError> {
+    fn new(format: &str, keys_given: &[SecretString]) -> Result<Self, CredentialError> {
+        let keys = keys_given;
         if !format.contains("{key}") {
             return Err(CredentialError::NoPlaceholder);
         }
@@ -188,6 +197,7 @@ impl KeyPool {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             keys,
+            secrets: keys_given.to_vec(),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         })

@@ -55,15 +55,14 @@ pub type UpstreamBody = LimitedBody<Either<RequestBody, Full<Bytes>>>;
 /// A configuration an [`Upstream`] cannot be built from.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// The URL does not parse, or is not an absolute http(s) URL with a host.
+    /// The URL does not parse, or is not an absolute http(s) URL with a host. Not quoted:
+    /// its path may be a secret (an Outline management URL's).
     #[error(
-        "upstream {name:?}: {url:?} is not an absolute http:// or https:// URL with a host and no query"
+        "upstream {name:?}: its url is not an absolute http:// or https:// URL with a host and no query"
     )]
     InvalidUrl {
         /// The upstream's name.
         name: String,
-        /// The URL as configured.
-        url: String,
     },
     /// The URL carries credentials, which would end up in logs.
     #[error("upstream {name:?}: the URL must not contain a user name or password")]
@@ -137,11 +136,16 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
+    /// The path every request to it starts with (no trailing `/`; empty for none). It may
+    /// be a secret: an Outline management URL's path is.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     /// Parses the URL `url` of the upstream `name`.
     pub fn parse(name: &str, url: &str) -> Result<Self, UpstreamError> {
         let invalid = || UpstreamError::InvalidUrl {
             name: name.to_owned(),
-            url: url.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| invalid())?;
         let scheme = uri.scheme().cloned().ok_or_else(invalid)?;
@@ -997,6 +1001,11 @@ mod tests {
             upstream("http://user:pw@a.example"),
             Err(UpstreamError::CredentialsInUrl { .. })
         ));
+        // The message names the upstream, never the URL: its path may be the secret.
+        let Err(error) = upstream("https://a.example:12345/OUTLINE-SECRET?x=1") else {
+            panic!("a URL with a query");
+        };
+        assert!(!error.to_string().contains("OUTLINE-SECRET"), "{error}");
     }
 
     #[tokio::test]

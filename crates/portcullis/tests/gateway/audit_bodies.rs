@@ -108,3 +108,84 @@ async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
         assert!(!stored.contains(secret), "{secret} was stored or logged");
     }
 }
+
+/// What the gateway itself holds secret never reaches a kept body: an upstream's secret
+/// base path, which an Outline server's error page quotes ("/SECRET/x does not exist").
+/// A token put in a path on a route that does not take capabilities, and a user agent that
+/// names one, are masked too.
+#[tokio::test]
+async fn the_gateways_secrets_and_tokens_in_paths_are_not_kept() {
+    const SECRET_PATH: &str = "/OUTLINE-OWN-SECRET-PATH-0123";
+    let upstream = Upstream::start_with(|seen| {
+        Some(
+            Response::builder()
+                .status(404)
+                .header("content-type", "application/json")
+                .body(full(
+                    serde_json::json!({
+                        "code": "NotFound",
+                        "message": format!("{} does not exist", seen.uri),
+                    })
+                    .to_string(),
+                ))
+                .unwrap(),
+        )
+    })
+    .await;
+    let dir = scratch_dir();
+    let config = write_file(
+        &dir,
+        "secret-path.toml",
+        &format!(
+            "[upstreams.outline]\nurl = \"{}{SECRET_PATH}\"\n\
+             [[routes]]\npath_prefix = \"/ob\"\nupstream = \"outline\"\nstrip_prefix = true\n\
+             audit_bodies = true\n",
+            upstream.url()
+        ),
+    );
+    let mut gateway = Launch::bare()
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .start();
+    let bearer = format!("Bearer {TOKEN}");
+    let reply = get(&gateway.url("/ob/server"), &[("authorization", &bearer)]).await;
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.text().contains(SECRET_PATH),
+        "the client gets the upstream's answer untouched"
+    );
+    let token_in_path = "pcl_path0123456789abcdefghijklmn";
+    let reply = get(
+        &gateway.url(&format!("/ob/reset/{token_in_path}/x")),
+        &[
+            ("authorization", &bearer),
+            ("user-agent", "sync-tool/2.1 token=agent-secret-4242"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    let log = gateway.final_log();
+
+    let events = events(&sqlite_url(&dir)).await;
+    let requests: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|(kind, ..)| kind == "request")
+        .map(|(.., payload)| payload)
+        .collect();
+    assert_eq!(requests.len(), 2);
+    let body: serde_json::Value =
+        serde_json::from_str(requests[0]["response_body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["message"], "***/server does not exist");
+    assert_eq!(requests[1]["user_agent"], "***");
+    let stored = String::from_utf8_lossy(&std::fs::read(dir.join("audit.db")).unwrap())
+        .into_owned()
+        + &String::from_utf8_lossy(&std::fs::read(dir.join("audit.db-wal")).unwrap_or_default())
+        + &log;
+    assert!(stored.contains("/ob/reset/***/x"), "the path, masked");
+    for secret in [SECRET_PATH, token_in_path, "agent-secret-4242", TOKEN] {
+        assert!(!stored.contains(secret), "{secret} was stored or logged");
+    }
+}
