@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::credentials::{CredentialError, CredentialKind, NewToken, TokenRecord, TokenVerifier};
 use crate::headers::{ResponseHeaders, SecurityHeadersPolicy};
 use crate::pipeline::Shared;
-use crate::ratelimit::{RateLimits, Snapshot};
+use crate::ratelimit::{Limiter, RateLimits, Snapshot};
 use crate::recorder::{RecordedBody, Recorder};
 use crate::redact::Redactor;
 use crate::server::tls;
@@ -75,6 +75,8 @@ struct AdminState {
     auth: Arc<Authenticator>,
     tokens: Arc<TokenVerifier>,
     rate_limits: Arc<RateLimits>,
+    /// The bans of the main listener, checked and added to here too.
+    bans: Arc<Limiter>,
     recorder: Option<Recorder>,
     /// The audit log's store, for searches; none with the audit log off.
     audit: Option<AuditStore>,
@@ -141,6 +143,7 @@ impl AdminServer {
                     auth: Arc::new(auth),
                     tokens,
                     rate_limits: shared.rate_limits.clone(),
+                    bans: Arc::new(Limiter::new(shared.rate_limits.clone())),
                     recorder: shared.recorder.clone(),
                     audit: shared.audit_store.clone(),
                     upstreams: shared.upstreams.clone(),
@@ -347,16 +350,34 @@ fn begin_record(request: &Request, id: &HeaderValue, redactor: &Redactor) -> Exc
     }
 }
 
-/// Token endpoints need a credential with the `admin` scope.
+/// Token endpoints need a credential with the `admin` scope. The main listener's bans
+/// hold here too, and failed credentials here count towards them: a guess at the admin
+/// token is a failed authentication like any other.
 async fn require_admin(
     State(state): State<AdminState>,
     RequestId(id): RequestId,
     request: Request,
     next: Next,
 ) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|conn| conn.peer.ip().to_canonical());
+    if let Some(client) = client
+        && let Err(refusal) = state.bans.check_ban(client).await
+    {
+        return problem(refusal, &id);
+    }
     let principal = match state.auth.authenticate(request.headers()).await {
         Ok(principal) => principal,
-        Err(refusal) => return problem(refusal, &id),
+        Err(refusal) => {
+            if refusal.kind() == ProblemKind::Unauthorized
+                && let Some(client) = client
+            {
+                state.bans.record_failure(client).await;
+            }
+            return problem(refusal, &id);
+        }
     };
     let mut response = if principal.has_scope("admin") {
         next.run(request).await

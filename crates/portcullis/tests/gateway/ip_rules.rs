@@ -104,6 +104,50 @@ async fn repeated_failures_ban_an_address_until_the_ban_lifts() {
     assert_eq!(upstream.seen().len(), 2);
 }
 
+/// The admin API's bearer tokens can be guessed like any other: failures there count
+/// towards the same ban, and a ban made on either listener holds on both.
+#[tokio::test]
+async fn guesses_at_the_admin_api_ban_the_address_on_both_listeners() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_config(
+        &upstream,
+        "[bans]\nmax_failures = 3\nwindow = \"1m\"\nduration = \"2s\"\n",
+    );
+    let admin = |token: &str| {
+        let header = format!("Bearer {token}");
+        let url = gateway.admin_url("/v1/tokens");
+        async move { get(&url, &[("authorization", &header)]).await }
+    };
+    for _ in 0..3 {
+        admin("guess-0123456789abcdef0123456789")
+            .await
+            .assert_problem(401, "unauthorized");
+    }
+    // The admin API's peer, 127.0.0.1, is banned: there with the right token too, and on
+    // the main listener, whose client is the same peer when it sends no X-Forwarded-For.
+    admin(TOKEN).await.assert_problem(429, "banned");
+    get(
+        &gateway.url("/v1"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await
+    .assert_problem(429, "banned");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(admin(TOKEN).await.status, 200, "the ban lifted by itself");
+
+    // Failures on the main listener ban the admin API's callers from that address too.
+    for _ in 0..3 {
+        get(
+            &gateway.url("/v1"),
+            &[("authorization", "Bearer guess-0123456789abcdef0123456789")],
+        )
+        .await
+        .assert_problem(401, "unauthorized");
+    }
+    admin(TOKEN).await.assert_problem(429, "banned");
+    assert_eq!(upstream.seen().len(), 0);
+}
+
 #[tokio::test]
 async fn bans_hold_against_ipv6_address_rotation() {
     let upstream = Upstream::start().await;
