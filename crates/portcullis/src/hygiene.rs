@@ -384,6 +384,10 @@ pub enum PathError {
     /// upstreams fold to ASCII, making the path another route's.
     #[error("the path holds characters that fold to ASCII letters and would reach another route")]
     FoldsIntoAnotherRoute,
+    /// A percent-encoded character (`%3A` in `/v1/reports%3Arun`) that upstreams decode
+    /// before they route, making the path another route's.
+    #[error("the path holds percent-encoded characters that, decoded, reach another route")]
+    DecodesIntoAnotherRoute,
 }
 
 impl From<PathError> for Problem {

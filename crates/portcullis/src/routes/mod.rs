@@ -368,8 +368,21 @@ impl Router {
     /// either ASCII case. A path that a Unicode-aware upstream would fold into another
     /// route's prefix (`/adm%C4%B1n` for `/admin`, see the `fold` module) is refused: the gateway
     /// would apply one route's rules while the upstream serves another's.
+    ///
+    /// So is a path whose escapes, decoded once or twice, put it under another route
+    /// (`/v1/reports%3Arun` for `/v1/reports:run`): RFC 3986 §2.2 leaves escaped reserved
+    /// characters to the application, and most upstreams decode them before they route.
     pub fn find(&self, path: &str) -> Result<Option<&Route>, PathError> {
         let route = self.longest_match(path);
+        if path.contains('%') {
+            let once = percent_decoded(path);
+            let twice = percent_decoded(&once);
+            for decoded in [&once, &twice] {
+                if self.longest_match(decoded).map(|r| &r.prefix) != route.map(|r| &r.prefix) {
+                    return Err(PathError::DecodesIntoAnotherRoute);
+                }
+            }
+        }
         if fold::has_encoded_non_ascii(path) {
             for folded in fold::ascii_folded_forms(path) {
                 check_folded_path(&folded)?;
@@ -407,6 +420,13 @@ impl Router {
         }
         upstreams
     }
+}
+
+/// `path` with every escape decoded (bad ones kept), as text.
+fn percent_decoded(path: &str) -> String {
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -523,6 +543,36 @@ mod tests {
             &**elsewhere.upstream().name(),
             "open",
             "folding that reaches no other route is fine"
+        );
+    }
+
+    /// RFC 3986 §2.2: an escaped reserved character is left to the application, and most
+    /// decode it before routing.
+    #[tokio::test]
+    async fn paths_that_decode_into_another_route_are_refused() {
+        let router = Router::new(vec![
+            Route::new("/", upstream("open"), false),
+            Route::new("/v1/reports:run", upstream("guarded"), false),
+        ]);
+        for path in [
+            "/v1/reports%3Arun",
+            "/v1/reports%3arun/x",
+            "/v1/reports%253Arun",
+            "/v1%2Freports:run",
+        ] {
+            assert_eq!(
+                router.find(path).unwrap_err(),
+                PathError::DecodesIntoAnotherRoute,
+                "{path}"
+            );
+        }
+        let within = router.find("/v1/reports:run/a%3Ab").unwrap().unwrap();
+        assert_eq!(&**within.upstream().name(), "guarded");
+        let elsewhere = router.find("/v1/reports%3Alist").unwrap().unwrap();
+        assert_eq!(
+            &**elsewhere.upstream().name(),
+            "open",
+            "an escape that reaches no other route is fine"
         );
     }
 

@@ -437,6 +437,56 @@ async fn route_prefixes_hold_against_unicode_case_folding() {
     assert_eq!(upstream.only().uri, "/caf%C3%A9/%C4%B1");
 }
 
+/// RFC 3986 §2.2 leaves an escaped reserved character to the application: the upstream
+/// here, as most frameworks do, decodes `%3A` before it routes, so a route whose prefix
+/// holds `:` (a custom method, `/v1/reports:run`) must hold for its escaped spellings.
+#[tokio::test]
+async fn route_prefixes_hold_against_escaped_reserved_characters() {
+    let upstream = Upstream::start_with(|seen| {
+        let decoded = percent_encoding::percent_decode_str(&seen.uri).decode_utf8_lossy();
+        decoded.starts_with("/v1/reports:run").then(|| {
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(full("the report ran"))
+                .unwrap()
+        })
+    })
+    .await;
+    let (_dir, gateway) = with_routes(
+        &upstream,
+        r#"
+        [[routes]]
+        path_prefix = "/v1/reports:run"
+        upstream = "api"
+        deny_ips = ["127.0.0.0/8"]
+        "#,
+    );
+    for path in [
+        "/v1/reports%3Arun",
+        "/v1/reports%3arun/x",
+        "/v1/reports%253Arun",
+        "/v1%2Freports:run",
+    ] {
+        let reply = get_authorized(&gateway.url(path)).await;
+        let problem = reply.assert_problem(400, "invalid-path");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("another route"),
+            "{path}: {problem}"
+        );
+    }
+    get_authorized(&gateway.url("/v1/reports:run"))
+        .await
+        .assert_problem(403, "ip-denied");
+    assert!(upstream.seen().is_empty(), "{:#?}", upstream.seen());
+    // An escape that reaches no other route passes as sent.
+    let reply = get_authorized(&gateway.url("/v1/reports%3Alist")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream.only().uri, "/v1/reports%3Alist");
+}
+
 #[tokio::test]
 async fn responses_carry_the_gateway_http_version_whatever_the_upstream_spoke() {
     let upstream =
