@@ -189,7 +189,22 @@ const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// `count` listeners on one address with `SO_REUSEPORT`, so the kernel spreads new
 /// connections across workers. With port 0, the first picks the port and the rest share it.
+///
+/// Any process of the same user could join such a group and take a share of the
+/// connections: a second gateway with an older configuration, or none at all. So the
+/// address is first bound without `SO_REUSEPORT`, which fails while anything listens there,
+/// and released just before the group binds it.
 fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        let probe = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        // A connection of an earlier process in TIME_WAIT is no listener.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {

@@ -121,3 +121,44 @@ async fn concurrent_readiness_probes_share_one_check() {
         "200 anonymous probes in {seconds} s opened {opened} upstream connections"
     );
 }
+
+/// The workers share their port with `SO_REUSEPORT`; nothing else may: a second gateway
+/// started on a port the first listens on refuses to start rather than take a share of its
+/// connections.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_port_refuses_to_start() {
+    let upstream = Upstream::start().await;
+    let first = Launch::new(&upstream.url()).start();
+    let mut second = portcullis()
+        .args(["serve", "--admin-listen", "127.0.0.1:0", "--listen"])
+        .arg(first.addr.to_string())
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .env("PORTCULLIS_UPSTREAM", upstream.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = second.try_wait().unwrap().is_some();
+    if !exited {
+        second.kill().unwrap();
+    }
+    let output = second.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(exited && !output.status.success(), "{log}");
+    assert!(log.to_lowercase().contains("in use"), "{log}");
+    assert_eq!(
+        get(
+            &first.url("/x"),
+            &[("authorization", &format!("Bearer {TOKEN}"))]
+        )
+        .await
+        .status,
+        200,
+        "the first gateway serves on"
+    );
+}
