@@ -176,16 +176,16 @@ impl Cors {
     }
 }
 
-/// Removes every `Access-Control-*` header, so only the gateway's policy reaches clients.
+/// Removes every `Access-Control-*` header (those of the Fetch standard and any other,
+/// `Access-Control-Allow-Private-Network` included), so only the gateway's policy reaches
+/// clients.
 pub fn strip_upstream_cors(headers: &mut HeaderMap) {
-    for name in [
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        header::ACCESS_CONTROL_MAX_AGE,
-    ] {
+    let upstreams: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in upstreams {
         headers.remove(name);
     }
 }

@@ -6,11 +6,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 pub use crate::config::DEFAULT_CSP;
 
 /// Headers that tell an attacker what software the upstream runs.
-const FINGERPRINTS: [&str; 4] = [
+const FINGERPRINTS: [&str; 5] = [
     "server",
     "x-powered-by",
     "x-aspnet-version",
     "x-aspnetmvc-version",
+    // The proxies behind the upstream, by name and version (`1.1 squid-internal-3`).
+    "via",
 ];
 
 /// Security header settings, as configured.
@@ -79,7 +81,9 @@ impl ResponseHeaders {
     }
 
     /// Adds the security set to `headers`, replacing an upstream's own values; `csp` is
-    /// [`Self::csp_for`] the request path, and `https` says whether HSTS applies.
+    /// [`Self::csp_for`] the request path, and `https` says whether HSTS applies. The
+    /// gateway's policy is the only one: an upstream's report-only CSP goes, and so does
+    /// its HSTS over plain HTTP, where the gateway sends none (RFC 6797 §7.2).
     pub fn apply(&self, headers: &mut HeaderMap, csp: &HeaderValue, https: bool) {
         if !self.enabled {
             return;
@@ -88,8 +92,11 @@ impl ResponseHeaders {
             headers.insert(name.clone(), value.clone());
         }
         headers.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
+        headers.remove(header::CONTENT_SECURITY_POLICY_REPORT_ONLY);
         if https {
             headers.insert(header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());
+        } else {
+            headers.remove(header::STRICT_TRANSPORT_SECURITY);
         }
     }
 }
@@ -188,6 +195,7 @@ mod tests {
             "x-powered-by",
             "x-aspnet-version",
             "x-aspnetmvc-version",
+            "via",
             "content-type",
         ] {
             map.insert(name, HeaderValue::from_static("v"));

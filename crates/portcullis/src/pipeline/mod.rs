@@ -268,7 +268,11 @@ impl Gateway {
         if let Some(quota) = progress.quota {
             quota.apply(headers);
         }
-        if let Some(cors) = &self.cors {
+        // A refused preflight (an allowed origin asking for a method or header that is
+        // not) says nothing that would let a browser go on.
+        if let Some(cors) = &self.cors
+            && decision != Decision::CorsRefused
+        {
             cors.apply(origin.as_ref(), headers);
         }
         // Never indexed by HTTP/2 header compression, so every answer of the gateway's

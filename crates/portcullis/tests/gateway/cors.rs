@@ -95,6 +95,19 @@ async fn allowlisted_origins_only() {
     )
     .await;
     bad_method.assert_problem(403, "cors-denied");
+    // Fetch standard §4.8: a refused preflight from an allowed origin carries no
+    // Access-Control-Allow-Origin either (nor a header not in the allowlist's).
+    assert!(bad_method.header("access-control-allow-origin").is_none());
+    assert!(
+        bad_method
+            .header("access-control-allow-credentials")
+            .is_none()
+    );
+    let mut bad_header = preflight_headers("https://a.example", "POST");
+    bad_header.push(("access-control-request-headers", "x-evil"));
+    let bad_header = options(&gateway.url("/v1/positions"), &bad_header).await;
+    bad_header.assert_problem(403, "cors-denied");
+    assert!(bad_header.header("access-control-allow-origin").is_none());
     assert!(
         upstream.seen().is_empty(),
         "preflights are answered by the gateway"

@@ -3,11 +3,16 @@
 
 use crate::common::*;
 
-const FINGERPRINTS: [&str; 4] = [
+/// And the upstream's own policies (the echo upstream sends each of these).
+const FINGERPRINTS: [&str; 8] = [
     "server",
     "x-powered-by",
     "x-aspnet-version",
     "x-aspnetmvc-version",
+    "via",
+    "access-control-allow-origin",
+    "access-control-allow-private-network",
+    "content-security-policy-report-only",
 ];
 
 #[tokio::test]
