@@ -203,7 +203,7 @@ problem_responses! {
     AuditOff => "The audit log is off";
 }
 
-/// Requires the bearer scheme on every protected operation, with the 401, 403 and 503
+/// Requires the bearer scheme on every protected operation, with the 401, 403, 429 and 503
 /// that `require_admin` answers.
 struct Protected;
 
@@ -241,6 +241,14 @@ impl Modify for Protected {
                 problem_response("The token lacks the admin scope")
                     .header("WWW-Authenticate", challenge)
                     .build(),
+            ),
+            (
+                "429",
+                problem_response(
+                    "The caller's address is banned after repeated failed authentications",
+                )
+                .header("Retry-After", retry_after.clone())
+                .build(),
             ),
             (
                 "503",
@@ -360,7 +368,7 @@ mod tests {
                 if is_protected(path) {
                     protected += 1;
                     assert_eq!(operation["security"][0]["bearer"], serde_json::json!([]));
-                    for status in ["401", "403", "503"] {
+                    for status in ["401", "403", "429", "503"] {
                         assert_eq!(
                             responses[status]["content"][PROBLEM_JSON]["schema"]["$ref"],
                             "#/components/schemas/ProblemDetails",
