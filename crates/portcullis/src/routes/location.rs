@@ -63,7 +63,11 @@ fn public_path(path: &str, map: PathMap<'_>) -> String {
 
 /// `path` below `prefix`, when `prefix` covers it on a segment boundary.
 fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
-    let rest = path.strip_prefix(prefix)?;
+    // In either case, as routes match: the upstream got the prefix as the client spelled it.
+    let rest = path
+        .get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .and_then(|_| path.get(prefix.len()..))?;
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 

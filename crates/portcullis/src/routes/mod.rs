@@ -294,9 +294,12 @@ impl Route {
     }
 
     /// Where a request for `uri` on this route goes: without the capability segment on a
-    /// capability route, and without the prefix when the route strips it.
+    /// capability route, and without the prefix when the route strips it. A prefix kept is
+    /// kept as the client spelled it (`/ADMIN` for the route `/admin`): paths are not
+    /// rewritten.
     pub fn upstream_uri(&self, uri: &Uri) -> Uri {
         let path = uri.path();
+        let spelled = path.get(..self.prefix.len()).unwrap_or(&self.prefix);
         let mut below = path.get(self.prefix.len()..).unwrap_or_default();
         if self.auth == RouteAuth::Capability {
             let after_secret = below
@@ -308,7 +311,7 @@ impl Route {
             self.upstream.uri_for(below, uri.query())
         } else {
             self.upstream
-                .uri_for(&format!("{}{below}", self.prefix), uri.query())
+                .uri_for(&format!("{spelled}{below}"), uri.query())
         }
     }
 
@@ -606,5 +609,15 @@ mod tests {
         assert_eq!(route.upstream_uri(&uri), "/v1/positions?x=1");
         let kept = Route::new("/inventory", upstream("inv"), false);
         assert_eq!(kept.upstream_uri(&uri), "/inventory/v1/positions?x=1");
+        // A kept prefix is forwarded as the client spelled it, and its locations map back.
+        let shouted: Uri = "/INVENTORY/v1?x=1".parse().unwrap();
+        assert_eq!(kept.upstream_uri(&shouted), "/INVENTORY/v1?x=1");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("/INVENTORY/v1/7"),
+        );
+        kept.rewrite_locations(&mut headers, "/INVENTORY/v1");
+        assert_eq!(headers[header::LOCATION], "/INVENTORY/v1/7");
     }
 }

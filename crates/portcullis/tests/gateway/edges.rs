@@ -525,7 +525,8 @@ async fn redirects_to_the_upstream_are_rewritten_to_the_public_prefix() {
                 "http://{}/BASE-SECRET/api/next?x=1",
                 seen.headers["host"].to_str().unwrap()
             ),
-            "/BASE-SECRET/api/based" => "/BASE-SECRET/api/login".to_owned(),
+            // The prefix arrives as the client spelled it, and comes back so.
+            "/BASE-SECRET/API/based" => "/BASE-SECRET/API/login".to_owned(),
             "/BASE-SECRET/api/away" => "https://auth.example/login".to_owned(),
             // As an upstream told `X-Forwarded-Proto: https` builds its own URL.
             "/BASE-SECRET/api/secure" => "https://127.0.0.1/BASE-SECRET/api/next".to_owned(),
