@@ -167,6 +167,7 @@ impl Hygiene {
         }
 
         check_path(request.uri().path())?;
+        check_method_override(request)?;
 
         if let Some(length) = declared_length(request)?
             && length > self.limits.max_body_bytes
@@ -194,6 +195,36 @@ fn check_method(method: &Method) -> Result<(), Problem> {
     } else {
         Err(Problem::new(ProblemKind::MethodNotImplemented))
     }
+}
+
+/// Refuses a `POST` whose query names `_method`: Laravel (Symfony) and Express's
+/// `methodOverride('_method')` serve it as the method it names, past the scope the gateway
+/// checked for `POST`. The name is read as PHP reads it: percent-decoded, `.` and a space
+/// as `_`, in any case. (A form body's `_method`, which Rails reads, is not looked at: the
+/// body streams.)
+fn check_method_override<B>(request: &Request<B>) -> Result<(), Problem> {
+    if request.method() != Method::POST {
+        return Ok(());
+    }
+    let Some(query) = request.uri().query() else {
+        return Ok(());
+    };
+    let overrides = query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let mut name = percent_decode_lenient(name.as_bytes());
+        for b in &mut name {
+            if matches!(*b, b'.' | b' ' | b'+') {
+                *b = b'_';
+            }
+        }
+        name.eq_ignore_ascii_case(b"_method")
+    });
+    if overrides {
+        return Err(Problem::new(ProblemKind::BadRequest).with_detail(
+            "a POST may not name another method in its query (_method): the method authorised must be the method served",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a request that does not name exactly one valid host: an HTTP/1.1 request needs

@@ -9,6 +9,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::audit::request;
 use crate::common::*;
 
 #[tokio::test]
@@ -59,6 +60,40 @@ async fn ambiguous_paths_are_400_and_never_reach_the_upstream() {
     .await;
     assert_eq!(reply.status, 200);
     assert_eq!(upstream.only().uri, "/v1/.well-known/a..b/caf%C3%A9?q=..");
+}
+
+/// Laravel and Express (`methodOverride('_method')`) serve a POST naming `_method` in its
+/// query as that method: the scope checked for POST would not be the one that applies.
+#[tokio::test]
+async fn a_post_naming_another_method_in_its_query_is_refused() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    for query in [
+        "_method=DELETE",
+        "a=1&%5Fmethod=PUT",
+        "_METHOD=delete",
+        ".method=DELETE",
+    ] {
+        let reply = request(
+            "POST",
+            &gateway.url(&format!("/v1/items/1?{query}")),
+            TOKEN,
+            "",
+        )
+        .await;
+        let problem = reply.assert_problem(400, "bad-request");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("_method"),
+            "{query}: {problem}"
+        );
+    }
+    assert!(upstream.seen().is_empty());
+    // Other methods, and other names, pass.
+    let reply = get_authorized(&gateway.url("/v1/items/1?_method=DELETE")).await;
+    assert_eq!(reply.status, 200);
+    let reply = request("POST", &gateway.url("/v1/items?my_method=x"), TOKEN, "").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(upstream.seen().len(), 2);
 }
 
 #[tokio::test]
