@@ -191,6 +191,15 @@ pub async fn run(store_args: &StoreArgs, action: AuditAction) -> ExitCode {
                         "{verdict}: {} chain(s), {} event(s) linked, {} checkpoint(s) matched",
                         report.chains, report.events, report.checkpoints
                     );
+                    if external.is_empty() {
+                        // Each chain is named by the next: the newest, named by none, can go
+                        // whole, and then the one before it, unnoticed by the store alone.
+                        println!(
+                            "note: what the store holds is intact; that nothing was cut off after \
+                             it (whole chains deleted, newest first) only the logged checkpoints \
+                             prove: run again with --checkpoint and the shipped log"
+                        );
+                    }
                     if report.passed() {
                         ExitCode::SUCCESS
                     } else {

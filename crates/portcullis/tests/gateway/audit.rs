@@ -244,6 +244,10 @@ async fn requests_and_admin_actions_are_chained_events_without_secrets_on_sqlite
     assert!(ok, "{out}");
     // The traffic's seven, after the event that starts the chain.
     assert!(out.contains("ok: 1 chain(s), 8 event(s) linked"), "{out}");
+    assert!(
+        out.contains("note: what the store holds is intact"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -516,6 +520,10 @@ async fn every_kind_of_tampering_is_found() {
     let untouched = tampered(&dir, &[]).await;
     let (ok, out) = verify_copy(&untouched, true);
     assert!(ok, "an untouched log verifies: {out}");
+    assert!(
+        !out.contains("note:"),
+        "checked against a checkpoint: {out}"
+    );
     // The whole shipped log works as the file too: every checkpoint line in it is checked.
     let whole = untouched.join("gateway.log");
     std::fs::write(&whole, &log).unwrap();
