@@ -39,6 +39,12 @@ pub fn rewrite(
     };
     let split = target.find(['?', '#']).unwrap_or(target.len());
     let (path, suffix) = target.split_at(split);
+    // `http://upstream//SECRET/x`: a path that starts `//` would be read as a URL of the
+    // host `SECRET`; as a path, it is the base path's.
+    let path = match path.trim_start_matches('/') {
+        rest if rest.len() + 1 < path.len() => &path[path.len() - rest.len() - 1..],
+        _ => path,
+    };
     let public = public_path(path, map);
     let mut rewritten = String::with_capacity(public.len() + suffix.len() + 1);
     rewritten.push_str(&public);
@@ -149,6 +155,21 @@ mod tests {
             rewrite("/SECRETS/x", outline, at_upstream),
             None,
             "prefixes match whole segments"
+        );
+        // Leading slashes doubled: a path still, never a scheme-relative URL naming a host.
+        for doubled in [
+            "https://10.0.0.5:9000//SECRET/x",
+            "https://10.0.0.5:9000///SECRET/x",
+        ] {
+            assert_eq!(
+                rewrite(doubled, outline, at_upstream).as_deref(),
+                Some("/outline/pcl_cap/x"),
+                "{doubled}"
+            );
+        }
+        assert_eq!(
+            rewrite("https://10.0.0.5:9000//other/x", outline, at_upstream).as_deref(),
+            Some("/other/x")
         );
     }
 
