@@ -415,10 +415,13 @@ pub enum PathError {
     /// upstreams fold to ASCII, making the path another route's.
     #[error("the path holds characters that fold to ASCII letters and would reach another route")]
     FoldsIntoAnotherRoute,
-    /// A percent-encoded character (`%3A` in `/v1/reports%3Arun`) that upstreams decode
-    /// before they route, making the path another route's.
-    #[error("the path holds percent-encoded characters that, decoded, reach another route")]
-    DecodesIntoAnotherRoute,
+    /// A path that upstreams commonly read as another route's: a percent-encoded
+    /// character (`%3A` in `/v1/reports%3Arun`) they decode before they route, or a
+    /// segment's surrounding whitespace or trailing dot they trim (`/admin%20`, `/admin.`).
+    #[error(
+        "the path, read as upstreams commonly read it (escapes decoded, segments trimmed), reaches another route"
+    )]
+    ReadsAsAnotherRoute,
 }
 
 impl From<PathError> for Problem {

@@ -372,17 +372,26 @@ impl Router {
     /// route's prefix (`/adm%C4%B1n` for `/admin`, see the `fold` module) is refused: the gateway
     /// would apply one route's rules while the upstream serves another's.
     ///
-    /// So is a path whose escapes, decoded once or twice, put it under another route
-    /// (`/v1/reports%3Arun` for `/v1/reports:run`): RFC 3986 §2.2 leaves escaped reserved
-    /// characters to the application, and most upstreams decode them before they route.
+    /// So is a path that upstreams commonly read as another route's: its escapes decoded
+    /// once or twice (`/v1/reports%3Arun` for `/v1/reports:run`: RFC 3986 §2.2 leaves
+    /// escaped reserved characters to the application, and most decode them before they
+    /// route), or its segments trimmed of surrounding whitespace (Spring's `trimTokens`:
+    /// `/admin%20`, `/admin%C2%A0`) and of trailing dots (IIS: `/admin.`).
     pub fn find(&self, path: &str) -> Result<Option<&Route>, PathError> {
         let route = self.longest_match(path);
-        if path.contains('%') {
+        // Raw whitespace never gets here (hygiene refuses it): only escapes and trailing
+        // dots can make another reading.
+        if path.contains('%') || path.split('/').any(|segment| segment.ends_with('.')) {
             let once = percent_decoded(path);
             let twice = percent_decoded(&once);
-            for decoded in [&once, &twice] {
-                if self.longest_match(decoded).map(|r| &r.prefix) != route.map(|r| &r.prefix) {
-                    return Err(PathError::DecodesIntoAnotherRoute);
+            for read in [
+                trimmed_segments(&once),
+                trimmed_segments(&twice),
+                once,
+                twice,
+            ] {
+                if self.longest_match(&read).map(|r| &r.prefix) != route.map(|r| &r.prefix) {
+                    return Err(PathError::ReadsAsAnotherRoute);
                 }
             }
         }
@@ -430,6 +439,20 @@ fn percent_decoded(path: &str) -> String {
     percent_encoding::percent_decode_str(path)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// `path` with each segment trimmed of surrounding whitespace (Unicode's, so a no-break
+/// space too) and of trailing dots.
+fn trimmed_segments(path: &str) -> String {
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            segment
+                .trim_start()
+                .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+        })
+        .collect();
+    segments.join("/")
 }
 
 #[cfg(test)]
@@ -552,7 +575,7 @@ mod tests {
     /// RFC 3986 §2.2: an escaped reserved character is left to the application, and most
     /// decode it before routing.
     #[tokio::test]
-    async fn paths_that_decode_into_another_route_are_refused() {
+    async fn paths_that_upstreams_read_as_another_route_are_refused() {
         let router = Router::new(vec![
             Route::new("/", upstream("open"), false),
             Route::new("/v1/reports:run", upstream("guarded"), false),
@@ -562,21 +585,32 @@ mod tests {
             "/v1/reports%3arun/x",
             "/v1/reports%253Arun",
             "/v1%2Freports:run",
+            "/v1/reports:run%20",
+            "/v1/reports:run%09/x",
+            "/v1/reports:run%C2%A0",
+            "/v1/reports:run.",
+            "/v1/reports:run.%20./x",
         ] {
             assert_eq!(
                 router.find(path).unwrap_err(),
-                PathError::DecodesIntoAnotherRoute,
+                PathError::ReadsAsAnotherRoute,
                 "{path}"
             );
         }
         let within = router.find("/v1/reports:run/a%3Ab").unwrap().unwrap();
         assert_eq!(&**within.upstream().name(), "guarded");
-        let elsewhere = router.find("/v1/reports%3Alist").unwrap().unwrap();
-        assert_eq!(
-            &**elsewhere.upstream().name(),
-            "open",
-            "an escape that reaches no other route is fine"
-        );
+        for elsewhere in [
+            "/v1/reports%3Alist",
+            "/v1/reports:run.json",
+            "/v1/a.b/c%20d",
+        ] {
+            let route = router.find(elsewhere).unwrap().unwrap();
+            assert_eq!(
+                &**route.upstream().name(),
+                "open",
+                "{elsewhere}: what reaches no other route is fine"
+            );
+        }
     }
 
     #[tokio::test]

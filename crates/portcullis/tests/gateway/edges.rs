@@ -439,7 +439,8 @@ async fn route_prefixes_hold_against_unicode_case_folding() {
 
 /// RFC 3986 §2.2 leaves an escaped reserved character to the application: the upstream
 /// here, as most frameworks do, decodes `%3A` before it routes, so a route whose prefix
-/// holds `:` (a custom method, `/v1/reports:run`) must hold for its escaped spellings.
+/// holds `:` (a custom method, `/v1/reports:run`) must hold for its escaped spellings, and
+/// for the segment endings other upstreams trim.
 #[tokio::test]
 async fn route_prefixes_hold_against_escaped_reserved_characters() {
     let upstream = Upstream::start_with(|seen| {
@@ -466,6 +467,10 @@ async fn route_prefixes_hold_against_escaped_reserved_characters() {
         "/v1/reports%3arun/x",
         "/v1/reports%253Arun",
         "/v1%2Freports:run",
+        // What Spring's trimTokens and IIS trim from a segment.
+        "/v1/reports:run%20",
+        "/v1/reports:run%C2%A0/x",
+        "/v1/reports:run.",
     ] {
         let reply = get_authorized(&gateway.url(path)).await;
         let problem = reply.assert_problem(400, "invalid-path");
