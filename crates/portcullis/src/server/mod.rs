@@ -195,25 +195,23 @@ const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// address is first bound without `SO_REUSEPORT`, which fails while anything listens there,
 /// and released just before the group binds it.
 fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    if addr.port() != 0 {
-        let probe = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        // A connection of an earlier process in TIME_WAIT is no listener.
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())?;
-    }
-    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count.max(1) {
+    // A connection of an earlier process in TIME_WAIT is no listener: SO_REUSEADDR on all.
+    let socket_for = |addr: SocketAddr| {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
             None,
         )?;
         socket.set_reuse_address(true)?;
+        Ok::<_, std::io::Error>(socket)
+    };
+    if addr.port() != 0 {
+        socket_for(addr)?.bind(&addr.into())?;
+    }
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket_for(addr)?;
         #[cfg(unix)]
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;

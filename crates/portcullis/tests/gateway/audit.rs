@@ -111,7 +111,7 @@ fn checkpoints(log: &str) -> Vec<&str> {
 }
 
 /// Everything the SQLite audit files hold, as text.
-fn sqlite_text(dir: &Path) -> String {
+pub(crate) fn sqlite_text(dir: &Path) -> String {
     ["audit.db", "audit.db-wal"]
         .iter()
         .filter_map(|file| std::fs::read(dir.join(file)).ok())

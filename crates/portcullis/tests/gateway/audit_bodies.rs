@@ -4,7 +4,7 @@
 
 use http::Response;
 
-use crate::audit::{events, request, sqlite_url};
+use crate::audit::{events, request, sqlite_text, sqlite_url};
 use crate::common::*;
 
 /// A password, a token-looking value and an Outline access key, in a JSON body; a secret
@@ -91,10 +91,7 @@ async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
         .3;
     assert!(admission.get("request_body").is_none(), "{admission}");
 
-    let stored = String::from_utf8_lossy(&std::fs::read(dir.join("audit.db")).unwrap())
-        .into_owned()
-        + &String::from_utf8_lossy(&std::fs::read(dir.join("audit.db-wal")).unwrap_or_default())
-        + &log;
+    let stored = sqlite_text(&dir) + &log;
     for secret in [
         "hunter2-very-secret",
         "k-123456",
@@ -180,10 +177,7 @@ async fn the_gateways_secrets_and_tokens_in_paths_are_not_kept() {
         serde_json::from_str(requests[0]["response_body"].as_str().unwrap()).unwrap();
     assert_eq!(body["message"], "***/server does not exist");
     assert_eq!(requests[1]["user_agent"], "***");
-    let stored = String::from_utf8_lossy(&std::fs::read(dir.join("audit.db")).unwrap())
-        .into_owned()
-        + &String::from_utf8_lossy(&std::fs::read(dir.join("audit.db-wal")).unwrap_or_default())
-        + &log;
+    let stored = sqlite_text(&dir) + &log;
     assert!(stored.contains("/ob/reset/***/x"), "the path, masked");
     for secret in [SECRET_PATH, token_in_path, "agent-secret-4242", TOKEN] {
         assert!(!stored.contains(secret), "{secret} was stored or logged");
