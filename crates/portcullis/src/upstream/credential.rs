@@ -2,11 +2,14 @@
 //! a header filled from a pool of keys (`Authorization: Bearer {key}`, `X-Api-Key: {key}`),
 //! and a secret path prefix (an Outline management URL's secret segment).
 //!
-//! Keys are used in turn. One the upstream refuses (401, 403) is benched until the process
-//! restarts; one it rate-limits (429) until its `Retry-After` (60 s when it gives none).
+//! Keys are used in turn. One the upstream refuses (401) rests for [`REFUSED_REST`], unless
+//! it is the last key in use; one it rate-limits (429) until its `Retry-After` (60 s when
+//! it gives none, at most [`RATE_LIMITED_REST_MAX`]). A 403 benches nothing: it may be
+//! about the request rather than the key (RFC 9110 §15.5.4), and a client that could bench
+//! keys with requests the upstream forbids could take the upstream away from everyone.
 //! The pool is shared by every worker; picking a key takes no lock.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
@@ -14,6 +17,13 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// How long a rate-limited key rests when the upstream says nothing of it.
 pub const DEFAULT_RATE_LIMIT_REST: Duration = Duration::from_secs(60);
+
+/// The longest a rate-limited key rests, whatever the upstream's `Retry-After` says.
+pub const RATE_LIMITED_REST_MAX: Duration = Duration::from_secs(3600);
+
+/// How long a refused key rests before it is tried again: a key revoked for good costs
+/// one refused request (sent again with another key when it can be) this often.
+pub const REFUSED_REST: Duration = Duration::from_secs(600);
 
 /// What the gateway adds to each request to one upstream.
 pub struct Credential {
@@ -131,17 +141,18 @@ struct Key {
     /// The header's value, marked sensitive (never indexed by HPACK, shown as such by
     /// `Debug`).
     value: HeaderValue,
-    /// Milliseconds after the pool's epoch until which the key rests: 0 when healthy,
-    /// `u64::MAX` until the process restarts.
+    /// Milliseconds after the pool's epoch until which the key rests: 0 when healthy.
     benched_until: AtomicU64,
+    /// Whether its last rest was for a refusal (not a rate limit), for [`KeyPool::status`].
+    refused: AtomicBool,
 }
 
 /// Why a key was benched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bench {
-    /// The upstream refused it (401 or 403): until the process restarts.
+    /// The upstream refused it (401): for [`REFUSED_REST`].
     Refused,
-    /// The upstream rate-limited it (429): for this long.
+    /// The upstream rate-limited it (429): for this long, at most [`RATE_LIMITED_REST_MAX`].
     RateLimited(Duration),
 }
 
@@ -166,7 +177,7 @@ pub struct KeysExhausted {
 pub struct PoolStatus {
     /// Keys in use.
     pub healthy: usize,
-    /// Keys refused by the upstream (401, 403), benched until restart.
+    /// Keys refused by the upstream (401), resting for ten minutes.
     pub refused: usize,
     /// Keys rate-limited by the upstream (429), benched for a while.
     pub rate_limited: usize,
@@ -192,6 +203,7 @@ impl KeyPool {
                 Ok(Key {
                     value,
                     benched_until: AtomicU64::new(0),
+                    refused: AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -225,25 +237,36 @@ impl KeyPool {
             .keys
             .iter()
             .map(|key| key.benched_until.load(Ordering::Relaxed))
-            .filter(|until| *until != u64::MAX)
             .min();
         Err(KeysExhausted {
             retry_after: soonest.map(|until| Duration::from_millis(until.saturating_sub(now))),
         })
     }
 
-    /// Benches `key` for `why`.
-    pub fn bench(&self, key: &PickedKey, why: Bench) {
-        let until = match why {
-            Bench::Refused => u64::MAX,
-            Bench::RateLimited(rest) => self
-                .now()
-                .saturating_add(u64::try_from(rest.as_millis()).unwrap_or(u64::MAX - 1))
-                .min(u64::MAX - 1),
+    /// Benches `key` for `why`, and says whether it did: a refusal never benches the last
+    /// key in use (the upstream's own answer then reaches the client), so that requests the
+    /// upstream refuses for reasons of their own cannot take every key out of turn.
+    pub fn bench(&self, key: &PickedKey, why: Bench) -> bool {
+        let now = self.now();
+        let rest = match why {
+            Bench::Refused => {
+                let others_in_use = self.keys.iter().enumerate().any(|(index, other)| {
+                    index != key.index && other.benched_until.load(Ordering::Relaxed) <= now
+                });
+                if !others_in_use {
+                    return false;
+                }
+                REFUSED_REST
+            }
+            Bench::RateLimited(rest) => rest.min(RATE_LIMITED_REST_MAX),
         };
-        self.keys[key.index]
-            .benched_until
-            .fetch_max(until, Ordering::Relaxed);
+        let until = now.saturating_add(u64::try_from(rest.as_millis()).unwrap_or(u64::MAX));
+        let benched = &self.keys[key.index];
+        benched
+            .refused
+            .store(why == Bench::Refused, Ordering::Relaxed);
+        benched.benched_until.fetch_max(until, Ordering::Relaxed);
+        true
     }
 
     /// How many keys are healthy, refused and rate-limited now.
@@ -255,10 +278,12 @@ impl KeyPool {
             rate_limited: 0,
         };
         for key in &self.keys {
-            match key.benched_until.load(Ordering::Relaxed) {
-                u64::MAX => status.refused += 1,
-                until if until > now => status.rate_limited += 1,
-                _ => status.healthy += 1,
+            if key.benched_until.load(Ordering::Relaxed) <= now {
+                status.healthy += 1;
+            } else if key.refused.load(Ordering::Relaxed) {
+                status.refused += 1;
+            } else {
+                status.rate_limited += 1;
             }
         }
         status
@@ -352,8 +377,48 @@ mod tests {
         let exhausted = pool.pick().unwrap_err();
         let wait = exhausted.retry_after.unwrap();
         assert!(wait <= Duration::from_secs(30) && wait > Duration::from_secs(28));
-        pool.bench(&b, Bench::Refused);
-        assert_eq!(pool.pick().unwrap_err().retry_after, None);
+        // The last key in use is never benched by a refusal; nor is one none is in use.
+        assert!(!pool.bench(&b, Bench::Refused));
+        assert!(pool.pick().unwrap_err().retry_after.unwrap() <= Duration::from_secs(30));
+    }
+
+    /// A 401 to every key, as an upstream that refuses the request rather than the key
+    /// would answer, leaves one key in use; a refused key rests for a while, not forever;
+    /// a rate limit rests at most an hour, whatever the upstream asks.
+    #[test]
+    fn refusals_never_take_the_last_key_out_of_turn() {
+        let pool = KeyPool::new("{key}", &keys(&["a", "b", "c"])).unwrap();
+        let benched: Vec<bool> = (0..3)
+            .map(|_| pool.bench(&pool.pick().unwrap(), Bench::Refused))
+            .collect();
+        assert_eq!(benched, [true, true, false]);
+        assert_eq!(pool.pick().unwrap().value, "c");
+        assert_eq!(
+            pool.status(),
+            PoolStatus {
+                healthy: 1,
+                refused: 2,
+                rate_limited: 0
+            }
+        );
+        assert!(pool.bench(
+            &pool.pick().unwrap(),
+            Bench::RateLimited(Duration::from_secs(86_400))
+        ));
+        let wait = pool.pick().unwrap_err().retry_after.unwrap();
+        assert!(
+            wait <= REFUSED_REST && wait > REFUSED_REST - Duration::from_secs(5),
+            "{wait:?}"
+        );
+        let pool = KeyPool::new("{key}", &keys(&["a"])).unwrap();
+        assert!(pool.bench(
+            &pool.pick().unwrap(),
+            Bench::RateLimited(Duration::from_secs(86_400))
+        ));
+        let wait = pool.pick().unwrap_err().retry_after.unwrap();
+        assert!(
+            wait <= RATE_LIMITED_REST_MAX && wait > RATE_LIMITED_REST_MAX - Duration::from_secs(5)
+        );
     }
 
     #[test]

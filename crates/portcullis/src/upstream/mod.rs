@@ -697,8 +697,8 @@ impl Upstream {
     }
 
     /// Sends `request` with the next healthy key in `name`. A key the upstream refuses
-    /// (401, 403) or rate-limits (429) is benched, and a request that can be sent again
-    /// (an idempotent method, no body) is, once, with the next healthy key. One call of
+    /// (401) or rate-limits (429) is benched ([`KeyPool::bench`]), and a request that can be
+    /// sent again (an idempotent method, no body) is, once, with the next healthy key. One call of
     /// [`Self::attempt`], in the loop, as in [`Self::send_with_retries`].
     async fn send_with_key(
         &self,
@@ -720,17 +720,13 @@ impl Upstream {
             let Some(bench) = bench_for(&response) else {
                 return Ok(response);
             };
-            if resent {
-                // A 403 may be about the request rather than the key: one request benches
-                // at most one key for it, so that no client can bench the whole pool two
-                // keys at a time.
-                if response.status() != 403 {
-                    keys.bench(&key, bench);
-                }
+            let benched = keys.bench(&key, bench);
+            if benched {
+                tracing::warn!(upstream = %self.shared.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
+            }
+            if resent || !benched {
                 return Ok(response);
             }
-            keys.bench(&key, bench);
-            tracing::warn!(upstream = %self.shared.name, ?bench, status = response.status().as_u16(), "upstream refused a key; it is benched");
             // The next key is taken only for a request that can go again, and, with a
             // retry policy, only while its budget allows: a resend is a retry too.
             let Some(mut copy) = again.take() else {
@@ -804,8 +800,6 @@ impl Upstream {
 /// The most of a health check's answer read (to keep its connection); more closes it.
 const HEALTH_BODY_MAX: usize = 64 * 1024;
 
-/// Whether the upstream's answer benches the key it was sent with: refused (401, 403)
-/// until restart, rate-limited (429) for its `Retry-After`.
 /// Whether a 101 switches to the protocol the request asked for in `Upgrade` (RFC 9110
 /// §7.8), and the request asked for one at all.
 fn switches_as_asked(asked: Option<&HeaderValue>, answer: &http::HeaderMap) -> bool {
@@ -815,9 +809,11 @@ fn switches_as_asked(asked: Option<&HeaderValue>, answer: &http::HeaderMap) -> b
         .is_some_and(|(asked, switched)| asked.as_bytes().eq_ignore_ascii_case(switched.as_bytes()))
 }
 
+/// Whether the upstream's answer benches the key it was sent with: refused (401), or
+/// rate-limited (429) for its `Retry-After`. Not a 403: see [`credential`].
 fn bench_for<B>(response: &Response<B>) -> Option<Bench> {
     match response.status().as_u16() {
-        401 | 403 => Some(Bench::Refused),
+        401 => Some(Bench::Refused),
         429 => Some(Bench::RateLimited(credential::retry_after(
             response.headers().get(http::header::RETRY_AFTER),
         ))),

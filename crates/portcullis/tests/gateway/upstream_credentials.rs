@@ -147,30 +147,26 @@ async fn refused_keys_are_benched_and_idempotent_requests_retried() {
     assert_eq!(seen.len(), 8);
 }
 
-/// A request sent again with the next key after its first was refused benches that key
-/// too when it is refused (401, 429), but not on a 403, which may be about the request
-/// rather than the key: one request benches at most one key on a 403, so no client can
-/// bench the whole pool two keys at a time.
+/// A 403 benches no key: it may be about the request rather than the key (RFC 9110
+/// §15.5.4), and a client whose requests the upstream forbids must not take the keys out of
+/// turn for everyone. A resent request's second key is benched on a 401 like its first.
 #[tokio::test]
-async fn a_resent_request_benches_its_second_key_except_on_a_403() {
+async fn a_403_benches_no_key_and_a_401_benches_all_but_the_last() {
     let upstream = judging_upstream().await;
     let (_dir, gateway) = with_keys(&upstream.url(), "refused-1,forbidden-1,good-1");
     // refused-1 (401) is benched; the GET goes again with forbidden-1, whose 403 the
-    // client gets, and which stays in the pool.
+    // client gets, and which stays in turn, as it does after its next 403.
     assert_eq!(get_authorized(&gateway.url("/api/a")).await.status, 403);
     assert_eq!(get_authorized(&gateway.url("/api/b")).await.status, 200);
-    // forbidden-1 is still in turn: its 403 to a first attempt benches it, and the GET
-    // goes again with good-1.
-    assert_eq!(get_authorized(&gateway.url("/api/c")).await.status, 200);
+    assert_eq!(get_authorized(&gateway.url("/api/c")).await.status, 403);
     assert_eq!(
         keys_seen(&upstream),
-        [
-            "refused-1",
-            "forbidden-1",
-            "good-1",
-            "forbidden-1",
-            "good-1"
-        ]
+        ["refused-1", "forbidden-1", "good-1", "forbidden-1"]
+    );
+    let state = get_authorized(&gateway.admin_url("/v1/upstreams")).await;
+    assert_eq!(
+        state.json()["upstreams"][0]["keys"],
+        serde_json::json!({"healthy": 2, "refused": 1, "rate_limited": 0})
     );
 
     let upstream = judging_upstream().await;
@@ -185,6 +181,15 @@ async fn a_resent_request_benches_its_second_key_except_on_a_403() {
         keys_seen(&upstream),
         ["refused-1", "refused-2", "good-1", "good-1", "good-1"]
     );
+
+    // The last key in use is never benched by a refusal: the upstream keeps being asked,
+    // and its own 401 reaches the client.
+    let upstream = judging_upstream().await;
+    let (_dir, gateway) = with_keys(&upstream.url(), "refused-1");
+    for path in ["/api/a", "/api/b"] {
+        assert_eq!(get_authorized(&gateway.url(path)).await.status, 401);
+    }
+    assert_eq!(keys_seen(&upstream), ["refused-1", "refused-1"]);
 }
 
 /// When every key is benched, the gateway stops calling the upstream: 503
