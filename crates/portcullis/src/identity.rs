@@ -69,10 +69,23 @@ impl ClientIdentity {
             // falling back to the proxy's own address would let the client pass as it.
             Err(()) => context.client_unknown = true,
         }
-        let chain: Vec<&str> = headers
+        // A value with bytes that are not ASCII keeps its readable elements.
+        let chain: Vec<std::borrow::Cow<'_, str>> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|value| match value.to_str() {
+                Ok(text) => text.into(),
+                Err(_) => value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .filter_map(|element| std::str::from_utf8(element).ok())
+                    .filter(|element| element.is_ascii() && !element.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    .into(),
+            })
+            .filter(|text: &std::borrow::Cow<'_, str>| !text.is_empty())
             .collect();
         if !chain.is_empty() {
             context.forwarded_for = HeaderValue::from_str(&format!("{}, {peer}", chain.join(", ")))
@@ -98,14 +111,15 @@ impl ClientIdentity {
     /// trusted proxies appended is skipped, and the first one that is not theirs is the
     /// client. `Ok(None)` without the header; `Err` when the entry where the client should
     /// be is unreadable. Entries left of the client's (which the client wrote) are never
-    /// read.
+    /// read, not even as text: a byte that is not ASCII there (`x\xff, 203.0.113.5`, as a
+    /// proxy appends to what the client sent) changes nothing.
     fn client_from_chain(&self, headers: &HeaderMap) -> Result<Option<IpAddr>, ()> {
         let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
         let mut leftmost = None;
         for value in values.into_iter().rev() {
-            let text = value.to_str().map_err(|_| ())?;
-            for element in text.rsplit(',') {
-                let ip = element
+            for element in value.as_bytes().rsplit(|b| *b == b',') {
+                let ip = std::str::from_utf8(element)
+                    .map_err(|_| ())?
                     .trim()
                     .parse::<IpAddr>()
                     .map_err(|_| ())?
@@ -120,10 +134,12 @@ impl ClientIdentity {
     }
 }
 
-/// The right-most element of a comma-separated header: the one our trusted proxy wrote.
+/// The right-most element of a comma-separated header: the one our trusted proxy wrote
+/// (whatever the client wrote left of it).
 fn last_element<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
-    let last = value.rsplit(',').next()?.trim();
+    let value = headers.get_all(name).iter().next_back()?.as_bytes();
+    let last = value.rsplit(|b| *b == b',').next()?;
+    let last = std::str::from_utf8(last).ok()?.trim();
     (!last.is_empty()).then_some(last)
 }
 
@@ -214,6 +230,30 @@ mod tests {
         let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
         assert_eq!(ctx.client_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
         assert!(!ctx.client_unknown);
+    }
+
+    /// What nginx's `$proxy_add_x_forwarded_for` makes of a client's `X-Forwarded-For:
+    /// x\xff`: the bytes the client wrote, then the client. They are not read.
+    #[test]
+    fn bytes_that_are_not_ascii_left_of_the_client_are_never_read() {
+        let mut req = request(&[]);
+        let headers = req.headers_mut();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"x\xff, 198.51.100.7").unwrap(),
+        );
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_bytes(b"\xff, https").unwrap(),
+        );
+        let ctx = identity(&["10.0.0.0/8"]).resolve(&req, &conn("10.1.1.1:1", false));
+        assert_eq!(ctx.client_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert!(!ctx.client_unknown);
+        assert!(ctx.https);
+        assert_eq!(
+            ctx.forwarded_for, "198.51.100.7, 10.1.1.1",
+            "the unreadable entry dropped"
+        );
     }
 
     #[test]

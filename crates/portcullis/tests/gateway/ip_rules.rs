@@ -104,6 +104,38 @@ async fn repeated_failures_ban_an_address_until_the_ban_lifts() {
     assert_eq!(upstream.seen().len(), 2);
 }
 
+/// A client behind a trusted proxy that writes bytes that are not ASCII into its own
+/// `X-Forwarded-For` (which nginx's `$proxy_add_x_forwarded_for` keeps, then appends the
+/// client) is still itself: counted towards a ban, and held by it.
+#[tokio::test]
+async fn bytes_the_client_wrote_into_x_forwarded_for_do_not_hide_it_from_bans() {
+    let upstream = Upstream::start().await;
+    let (_dir, gateway) = with_config(
+        &upstream,
+        "[bans]\nmax_failures = 3\nwindow = \"1m\"\nduration = \"1m\"\n",
+    );
+    let request = |token: &str| {
+        let mut bytes = format!(
+            "GET /v1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nX-Forwarded-For: x"
+        )
+        .into_bytes();
+        bytes.extend_from_slice(b"\xff, 203.0.113.9\r\n\r\n");
+        bytes
+    };
+    for _ in 0..3 {
+        raw(gateway.addr, &request("guess-0123456789abcdef0123456789"))
+            .await
+            .assert_problem(401, "unauthorized");
+    }
+    raw(gateway.addr, &request(TOKEN))
+        .await
+        .assert_problem(429, "banned");
+    from(&gateway, "/v1", "203.0.113.9", TOKEN)
+        .await
+        .assert_problem(429, "banned");
+    assert!(upstream.seen().is_empty());
+}
+
 /// The admin API's bearer tokens can be guessed like any other: failures there count
 /// towards the same ban, and a ban made on either listener holds on both.
 #[tokio::test]
