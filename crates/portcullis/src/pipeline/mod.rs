@@ -387,6 +387,7 @@ impl Gateway {
             return self.watch_stream(response, route, &principal, ctx, safe);
         };
         let slots = self.open_stream(route, &principal, ctx)?;
+        let safe = request.method().is_safe();
         let client_side = hyper::upgrade::on(&mut request);
         let mut response = self
             .forward(request, route, ctx, None, None, Some(handshake))
@@ -399,15 +400,19 @@ impl Gateway {
                 .with_detail("the upstream did not open the WebSocket")
                 .with_decision(Decision::UpstreamProtocol));
         }
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_side = hyper::upgrade::on(&mut response);
-            handshake.answer_client(&mut response);
-            let revoked = self.stream_revoked(&principal, ctx);
-            let limits = route.stream_limits();
-            let (tunnel, open) = Tunnel::new(client_side, upstream_side, limits, revoked, slots);
-            response.extensions_mut().insert(open);
-            progress.tunnel = Some(tunnel);
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Not switched: an answer like any other, which may stream (events) and is held
+            // to the same caps and limits as one.
+            drop(slots);
+            return self.watch_stream(response, route, &principal, ctx, safe);
         }
+        let upstream_side = hyper::upgrade::on(&mut response);
+        handshake.answer_client(&mut response);
+        let revoked = self.stream_revoked(&principal, ctx);
+        let limits = route.stream_limits();
+        let (tunnel, open) = Tunnel::new(client_side, upstream_side, limits, revoked, slots);
+        response.extensions_mut().insert(open);
+        progress.tunnel = Some(tunnel);
         Ok(response)
     }
 

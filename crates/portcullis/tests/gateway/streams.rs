@@ -9,6 +9,8 @@ use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::common::*;
 use crate::websocket::{EchoServer, config};
 
@@ -171,6 +173,45 @@ async fn a_caller_has_at_most_max_streams_per_principal_429() {
         1,
         "{decisions:?}"
     );
+}
+
+/// A WebSocket handshake the upstream answers with an event stream rather than a switch
+/// is a stream like any other: counted against the caller's cap.
+#[tokio::test]
+async fn a_handshake_answered_with_events_is_a_counted_stream() {
+    let upstream = event_source(1500).await;
+    let (_dir, gateway) = start_configured(
+        &format!(
+            "[limits]\nmax_streams_per_principal = 1\n\
+             [upstreams.api]\nurl = \"{}\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nwebsocket = true\n",
+            upstream.url()
+        ),
+        Launch::bare(),
+    );
+    let handshake = format!(
+        "GET /events/ws HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    let mut first = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    first.write_all(handshake.as_bytes()).await.unwrap();
+    // Open once its first event has come.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: first") {
+        let mut buffer = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    let second = read_reply(open_events(&gateway).await).await;
+    second.assert_problem(429, "too-many-streams");
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest).await;
 }
 
 /// An upstream whose `/events` sends an event every `every` milliseconds, `count` times.
