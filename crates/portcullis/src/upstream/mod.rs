@@ -551,8 +551,11 @@ impl Upstream {
             }
             sent => sent,
         };
+        // The upstream, or one behind it, could not serve (502, 503, 504): as Envoy's
+        // gateway failures. A 500 is an answer, often to what the client sent: counted as
+        // a failure, a client's bad input could hold the circuit open for everyone.
         let outcome = match &sent {
-            Ok(response) if response.status().is_server_error() => Outcome::Failure,
+            Ok(response) if matches!(response.status().as_u16(), 502..=504) => Outcome::Failure,
             Ok(_) => Outcome::Success,
             Err(error) => error.outcome(),
         };
