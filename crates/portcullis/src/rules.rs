@@ -126,6 +126,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
         }
     }
     tls(config, production, &mut report);
+    trusted_proxies(config, production, &mut report);
     upstream_transport(config, production, &mut report);
     admin(config, &mut report);
     if production {
@@ -209,6 +210,23 @@ fn tls(config: &Config, production: bool, report: &mut Report) {
             "set --tls-cert and --tls-key, or PORTCULLIS_TRUSTED_PROXIES to the proxy that terminates TLS",
         ),
         None => {}
+    }
+}
+
+/// A trusted range that holds every address: any client could then name its own address in
+/// `X-Forwarded-For`, and pass address rules, bans and per-address limits.
+fn trusted_proxies(config: &Config, production: bool, report: &mut Report) {
+    if config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.prefix_len() == 0)
+    {
+        report.add(
+            "trusted_proxies.everyone",
+            strict(production),
+            "PORTCULLIS_TRUSTED_PROXIES trusts every address (0.0.0.0/0 or ::/0): any client can name its own address in X-Forwarded-For and pass address rules, bans and per-address limits",
+            "name only the proxies in front of the gateway (their addresses or subnet)",
+        );
     }
 }
 
@@ -546,6 +564,28 @@ mod tests {
             rules(&check(&config, &keyed(), true)),
             [("credentials.length", Severity::Error)]
         );
+    }
+
+    #[test]
+    fn trusting_every_address_warns_and_fails_in_production() {
+        let mut config = valid();
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let trusted = |report: &Report| {
+            rules(report)
+                .into_iter()
+                .filter(|(rule, _)| *rule == "trusted_proxies.everyone")
+                .map(|(_, severity)| severity)
+                .collect::<Vec<_>>()
+        };
+        assert!(trusted(&check(&config, &keyed(), true)).is_empty());
+        for everyone in ["0.0.0.0/0", "::/0"] {
+            config.trusted_proxies = vec![everyone.parse().unwrap()];
+            assert_eq!(
+                trusted(&check(&config, &keyed(), false)),
+                [Severity::Warning]
+            );
+            assert_eq!(trusted(&check(&config, &keyed(), true)), [Severity::Error]);
+        }
     }
 
     #[test]
