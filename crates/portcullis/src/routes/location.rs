@@ -77,6 +77,85 @@ fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
+/// A `Refresh` value (`5; url=http://upstream/SECRET/x`, a redirect browsers follow) with
+/// its URL rewritten as [`rewrite`] does; `None` when it stays as it is.
+pub fn rewrite_refresh(
+    value: &str,
+    map: PathMap<'_>,
+    origin_matches: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let at = value
+        .as_bytes()
+        .windows(4)
+        .position(|window| window.eq_ignore_ascii_case(b"url="))?
+        + 4;
+    let quoted = value[at..].trim_start().starts_with(['"', '\'']);
+    let url = value[at..].trim().trim_matches(['"', '\'']);
+    let rewritten = rewrite(url, map, origin_matches)?;
+    let quote = if quoted { "'" } else { "" };
+    Some(format!("{}{quote}{rewritten}{quote}", &value[..at]))
+}
+
+/// A `Link` value (`<http://upstream/SECRET/x?page=2>; rel="next", ...`, RFC 8288 §3) with
+/// each target rewritten as [`rewrite`] does; `None` when none changes.
+pub fn rewrite_link(
+    value: &str,
+    map: PathMap<'_>,
+    origin_matches: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut changed = false;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>').map(|close| open + close) else {
+            break;
+        };
+        out.push_str(&rest[..=open]);
+        let target = &rest[open + 1..close];
+        match rewrite(target, map, &origin_matches) {
+            Some(rewritten) => {
+                out.push_str(&rewritten);
+                changed = true;
+            }
+            None => out.push_str(target),
+        }
+        rest = &rest[close..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+/// A `Set-Cookie` value with its `Path` mapped as a location's path is (a cookie scoped to
+/// `/SECRET/x` names the secret), and a `Domain` that names the upstream's own host left
+/// out (a browser would refuse it from the gateway's host anyway); `None` when it stays.
+pub fn rewrite_set_cookie(
+    value: &str,
+    map: PathMap<'_>,
+    origin_matches: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let mut changed = false;
+    let mut attributes: Vec<String> = Vec::new();
+    for (index, attribute) in value.split(';').enumerate() {
+        let trimmed = attribute.trim();
+        let (name, argument) = trimmed.split_once('=').unwrap_or((trimmed, ""));
+        let domain = argument.trim().trim_start_matches('.');
+        if index > 0 && name.eq_ignore_ascii_case("domain") && origin_matches(domain) {
+            changed = true;
+            continue;
+        }
+        if index > 0
+            && name.eq_ignore_ascii_case("path")
+            && let Some(path) = rewrite(argument.trim(), map, &origin_matches)
+        {
+            attributes.push(format!("{name}={path}"));
+            changed = true;
+            continue;
+        }
+        attributes.push(trimmed.to_owned());
+    }
+    changed.then(|| attributes.join("; "))
+}
+
 /// `(authority, rest)` of an absolute (`http://host/x`) or scheme-relative (`//host/x`)
 /// URL.
 fn split_origin(location: &str) -> Option<(&str, &str)> {
@@ -183,6 +262,49 @@ mod tests {
         assert_eq!(
             rewrite("/base/elsewhere", based, at_upstream).as_deref(),
             Some("/elsewhere")
+        );
+    }
+
+    /// The headers besides `Location` that carry the upstream's URLs: `Refresh` (a
+    /// redirect), `Link` (pagination) and `Set-Cookie` (`Path`, `Domain`).
+    #[test]
+    fn refresh_link_and_cookies_lose_the_upstream_and_its_secret_path() {
+        let outline = map("/SECRET", "", "/outline/pcl_cap");
+        assert_eq!(
+            rewrite_refresh("0; url=http://10.0.0.5:9000/SECRET/r", outline, at_upstream)
+                .as_deref(),
+            Some("0; url=/outline/pcl_cap/r")
+        );
+        assert_eq!(
+            rewrite_refresh("5; URL='/SECRET/r'", outline, at_upstream).as_deref(),
+            Some("5; URL='/outline/pcl_cap/r'")
+        );
+        assert_eq!(rewrite_refresh("5", outline, at_upstream), None);
+        assert_eq!(
+            rewrite_link(
+                "<http://10.0.0.5:9000/SECRET/next?page=2>; rel=\"next\", <https://docs.example/a>; rel=help",
+                outline,
+                at_upstream
+            )
+            .as_deref(),
+            Some("</outline/pcl_cap/next?page=2>; rel=\"next\", <https://docs.example/a>; rel=help")
+        );
+        assert_eq!(
+            rewrite_link("<https://docs.example/a>; rel=help", outline, at_upstream),
+            None
+        );
+        assert_eq!(
+            rewrite_set_cookie(
+                "s=1; Domain=10.0.0.5:9000; Path=/SECRET; HttpOnly",
+                outline,
+                at_upstream
+            )
+            .as_deref(),
+            Some("s=1; Path=/outline/pcl_cap; HttpOnly")
+        );
+        assert_eq!(
+            rewrite_set_cookie("s=1; Domain=example.com; Path=/", outline, at_upstream),
+            None
         );
     }
 }

@@ -8,7 +8,7 @@ mod location;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 
 use crate::cors::OriginAllowlist;
 use crate::headers::path_has_prefix;
@@ -315,30 +315,30 @@ impl Route {
         }
     }
 
-    /// Rewrites the upstream's `Location` and `Content-Location` that point at the upstream
-    /// (its address, or its base path) to the public path they stand for, below the prefix
-    /// the client used in `client_path`.
+    /// Rewrites the upstream's URLs in its response headers that point at the upstream (its
+    /// address, or its base path) to the public path they stand for, below the prefix the
+    /// client used in `client_path`: `Location` and `Content-Location`, `Refresh`'s URL,
+    /// `Link`'s targets, and `Set-Cookie`'s `Path` (its `Domain` left out when it names the
+    /// upstream's host).
     pub fn rewrite_locations(&self, headers: &mut HeaderMap, client_path: &str) {
+        let map = PathMap {
+            base: self.upstream.base_path(),
+            kept_prefix: if self.strip_prefix { "" } else { &self.prefix },
+            public_base: self.public_base(client_path),
+        };
+        let origin = |authority: &str| self.upstream.is_origin(authority);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            // Read as UTF-8 (lossily), not as visible ASCII only: a location with raw
-            // non-ASCII bytes must not slip past the rewrite.
-            let Some(value) = headers
-                .get(&name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            else {
-                continue;
-            };
-            let map = PathMap {
-                base: self.upstream.base_path(),
-                kept_prefix: if self.strip_prefix { "" } else { &self.prefix },
-                public_base: self.public_base(client_path),
-            };
-            let rewritten =
-                location::rewrite(&value, map, |authority| self.upstream.is_origin(authority));
-            if let Some(value) = rewritten.and_then(|v| HeaderValue::try_from(v).ok()) {
-                headers.insert(name, value);
-            }
+            rewrite_each(headers, name, |value| location::rewrite(value, map, origin));
         }
+        rewrite_each(headers, HeaderName::from_static("refresh"), |value| {
+            location::rewrite_refresh(value, map, origin)
+        });
+        rewrite_each(headers, header::LINK, |value| {
+            location::rewrite_link(value, map, origin)
+        });
+        rewrite_each(headers, header::SET_COOKIE, |value| {
+            location::rewrite_set_cookie(value, map, origin)
+        });
     }
 
     /// The prefix as the client spelled it in `path`, with the capability segment on a
@@ -431,6 +431,32 @@ impl Router {
             }
         }
         upstreams
+    }
+}
+
+/// Replaces each value of `name` in `headers` that `rewrite` changes. Values are read as
+/// UTF-8 (lossily), not as visible ASCII only: one with raw non-ASCII bytes must not slip
+/// past the rewrite.
+fn rewrite_each(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    rewrite: impl Fn(&str) -> Option<String>,
+) {
+    if !headers.contains_key(&name) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers
+        .get_all(&name)
+        .iter()
+        .map(|value| {
+            rewrite(&String::from_utf8_lossy(value.as_bytes()))
+                .and_then(|rewritten| HeaderValue::try_from(rewritten).ok())
+                .unwrap_or_else(|| value.clone())
+        })
+        .collect();
+    headers.remove(&name);
+    for value in values {
+        headers.append(name.clone(), value);
     }
 }
 

@@ -223,14 +223,22 @@ async fn with_every_key_benched_requests_are_refused_until_one_returns() {
 }
 
 /// A secret path prefix (an Outline management URL's secret segment) is put before every
-/// path upstream, mapped back out of `Location`, and shown nowhere.
+/// path upstream, mapped back out of `Location`, `Refresh`, `Link` and `Set-Cookie`, and
+/// shown nowhere.
 #[tokio::test]
 async fn a_secret_path_prefix_is_added_and_never_shown() {
     let upstream = Upstream::start_with(|seen| {
+        let own = format!("http://{}", seen.headers["host"].to_str().unwrap());
         (seen.uri == "/SeCrEtPrefix77/access-keys").then(|| {
             Response::builder()
                 .status(201)
                 .header("location", "/SeCrEtPrefix77/access-keys/7")
+                .header("refresh", format!("0; url={own}/SeCrEtPrefix77/r"))
+                .header(
+                    "link",
+                    format!("<{own}/SeCrEtPrefix77/access-keys?page=2>; rel=\"next\""),
+                )
+                .header("set-cookie", "s=1; Path=/SeCrEtPrefix77; HttpOnly")
                 .body(full("{}"))
                 .unwrap()
         })
@@ -246,6 +254,12 @@ async fn a_secret_path_prefix_is_added_and_never_shown() {
     let reply = get_authorized(&gateway.url("/api/access-keys")).await;
     assert_eq!(reply.status, 201);
     assert_eq!(reply.header("location"), Some("/api/access-keys/7"));
+    assert_eq!(reply.header("refresh"), Some("0; url=/api/r"));
+    assert_eq!(
+        reply.header("link"),
+        Some("</api/access-keys?page=2>; rel=\"next\"")
+    );
+    assert_eq!(reply.header("set-cookie"), Some("s=1; Path=/api; HttpOnly"));
     let uris: Vec<String> = upstream.seen().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(
         uris,
