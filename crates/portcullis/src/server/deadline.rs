@@ -8,8 +8,11 @@
 //! - a new connection must deliver a complete request head within `header_timeout`;
 //! - after a response, an idle keep-alive connection is closed after `idle_timeout`, and
 //!   once the next head's first byte arrives it must complete within `header_timeout`;
-//! - while a request is being served (head parsed, response not yet finished) no deadline
-//!   runs, so slow uploads and long responses are governed by the request timeout.
+//! - while a request is being served (head parsed, response not yet finished) no head
+//!   deadline runs, so slow uploads and long responses are governed by the request timeout;
+//! - but a response the client stops taking (its receive window full, every write waiting)
+//!   for `idle_timeout` closes the connection, as HTTP/2's stalled streams are sent GOAWAY:
+//!   it would otherwise hold its connection, and the upstream's in-flight slot, for ever.
 //!
 //! When the deadline passes with part of a head received, a problem+json 408 is written and
 //! the connection closed; with nothing received, the connection is closed silently.
@@ -76,6 +79,10 @@ pub struct HeadDeadlineIo<T> {
     /// The 408 being written, and how much of it has been.
     pending_reply: Option<(Bytes, usize)>,
     closed: bool,
+    /// While writes wait on the client: when it must have taken something, and the timer
+    /// (made the first time a write waits).
+    write_stall: Option<Instant>,
+    write_sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> HeadDeadlineIo<T> {
@@ -98,6 +105,8 @@ impl<T> HeadDeadlineIo<T> {
             reply,
             pending_reply: None,
             closed: false,
+            write_stall: None,
+            write_sleep: None,
         }
     }
 }
@@ -180,13 +189,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
     }
 }
 
+impl<T> HeadDeadlineIo<T> {
+    /// What a write the client keeps waiting returns: `Pending` until it has waited
+    /// `idle_timeout` (an error then, which closes the connection), `written` as soon as it
+    /// is not waiting. A WebSocket's own limits govern it once upgraded.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if written.is_ready() || self.phase.upgraded.load(Ordering::Acquire) {
+            self.write_stall = None;
+            return written;
+        }
+        let due = *self
+            .write_stall
+            .get_or_insert_with(|| Instant::now() + self.idle_timeout);
+        let sleep = self
+            .write_sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() != due {
+            sleep.as_mut().reset(due);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing of the response for the idle timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -194,7 +237,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -202,7 +247,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadlineIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_write(cx, flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -247,6 +247,65 @@ async fn a_client_that_stalls_mid_head_gets_408() {
     assert!(bytes.is_empty());
 }
 
+/// A client that asks for a large response and stops reading it would hold its
+/// connection, and the upstream's only in-flight slot, for ever: once it has taken nothing
+/// for `idle_timeout`, the connection is closed and the slot comes back (as HTTP/2 sends
+/// GOAWAY to a stalled stream).
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_after_the_idle_timeout() {
+    let upstream = Upstream::start_with(|seen| {
+        (seen.uri == "/big").then(|| {
+            hyper::Response::builder()
+                .body(full(vec![b'x'; 32 * 1024 * 1024]))
+                .unwrap()
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[limits]\nidle_timeout = \"1s\"\n[upstreams.api]\nurl = \"{}\"\nmax_in_flight = 1\n\
+             queue_timeout = \"100ms\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+    );
+    let gateway = Launch::bare()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .start();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(gateway.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!("GET /big HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The stalled response holds the one slot meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    get_authorized(&gateway.url("/ok"))
+        .await
+        .assert_problem(503, "upstream-busy");
+    let mut served = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if get_authorized(&gateway.url("/ok")).await.status == 200 {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the stalled connection still holds the slot");
+    // Its connection was closed under it: what it reads ends short of the body.
+    let mut taken = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut taken)).await;
+    assert!(taken.len() < 32 * 1024 * 1024, "{}", taken.len());
+}
+
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let upstream = Upstream::start().await;
