@@ -34,6 +34,73 @@ pub fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A response body whose source must send each next piece within `timeout`, as nginx's
+/// `proxy_read_timeout` asks of an upstream: one that stalls mid-body ends with an error
+/// (decision `upstream_timeout`), which closes the client's connection (or resets its
+/// HTTP/2 stream), rather than holding it, and the upstream's in-flight slot, for ever.
+/// Only a wait on the source counts: the body is not polled while the client is not
+/// taking what it was given. Its timer is made the first time the source keeps it waiting.
+pub struct PacedBody {
+    inner: ResponseBody,
+    timeout: std::time::Duration,
+    /// While the source keeps it waiting: when it must have sent something, and the timer.
+    due: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl PacedBody {
+    /// `inner`, whose source has `timeout` for each next piece.
+    pub fn new(inner: ResponseBody, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            due: None,
+            sleep: None,
+        }
+    }
+}
+
+impl Body for PacedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.due = None;
+            return polled;
+        }
+        let timeout = this.timeout;
+        let due = *this
+            .due
+            .get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() != due {
+            sleep.as_mut().reset(due);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamClosed(
+                crate::base::exchange::Decision::UpstreamTimeout,
+            ))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response body that holds `G` (a slot, a permit) until the body ends or is dropped.
 pub struct HoldingBody<G> {
     body: ResponseBody,

@@ -457,8 +457,10 @@ impl Gateway {
     /// good ([`WatchedStream`]), and holds its stream slots until it ends. With none free,
     /// the answer to a `safe` request (`GET`, `HEAD`, `OPTIONS`) is dropped unread and the
     /// client refused; an unsafe one's is not, since the upstream has acted on it already
-    /// (a `POST` answered with events): it goes through uncounted. Other responses go as
-    /// they are.
+    /// (a `POST` answered with events): it goes through uncounted. Other responses must
+    /// keep coming: their upstream has its `timeout` for each next piece ([`PacedBody`]).
+    ///
+    /// [`PacedBody`]: body::PacedBody
     fn watch_stream(
         &self,
         response: Response<ResponseBody>,
@@ -469,7 +471,9 @@ impl Gateway {
     ) -> Result<Response<ResponseBody>, Problem> {
         let length = http_body::Body::size_hint(response.body()).exact();
         if !streams::is_stream(response.headers(), length) {
-            return Ok(response);
+            // Its upstream has `timeout` for each next piece, as for the head.
+            let timeout = route.upstream().timeout();
+            return Ok(response.map(|body| body::PacedBody::new(body, timeout).boxed_unsync()));
         }
         let slots = match self.open_stream(route, principal, ctx) {
             Ok(slots) => slots,

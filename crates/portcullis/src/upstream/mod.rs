@@ -446,6 +446,12 @@ impl Upstream {
         self.shared.streams.as_ref()
     }
 
+    /// How long it has for its response head, and for each next piece of a body that does
+    /// not stream.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The `Host` header value requests to it carry, unless it [preserves the
     /// client's](Self::preserves_host).
     pub fn host(&self) -> &HeaderValue {

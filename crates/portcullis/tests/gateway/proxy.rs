@@ -243,6 +243,57 @@ async fn slow_upstream_is_504() {
     assert!(!problem.to_string().contains(&upstream.addr.to_string()));
 }
 
+/// An upstream that sends its head and part of a body of known length, then nothing, has
+/// the request timeout for each next piece, as for its head (nginx's `proxy_read_timeout`):
+/// then the client's connection is closed short of the length, and the record says
+/// `upstream_timeout`.
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_request_timeout() {
+    let upstream = Upstream::start_with(|seen| {
+        (seen.uri == "/stall").then(|| {
+            let body = channel_body(|tx| async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+            Response::builder()
+                .header("content-length", "100")
+                .body(body.boxed())
+                .unwrap()
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--request-timeout")
+        .arg("1s")
+        .arg("--access-log")
+        .arg(dir.path().join("access.log").to_str().unwrap())
+        .start();
+    let started = std::time::Instant::now();
+    let request = format!(
+        "GET /stall HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .expect("the connection was closed")
+        .unwrap_or_default();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("0123456789"),
+        "ends short of its length: {text}"
+    );
+    let decisions = decisions_of(&dir, &mut gateway);
+    assert_eq!(decisions, ["upstream_timeout"]);
+}
+
 #[tokio::test]
 async fn garbage_from_the_upstream_is_502_and_not_relayed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
