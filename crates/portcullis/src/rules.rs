@@ -128,6 +128,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     tls(config, production, &mut report);
     trusted_proxies(config, production, &mut report);
     upstream_transport(config, production, &mut report);
+    pins_beside_a_ca(config, &mut report);
     admin(config, &mut report);
     if production {
         allowed_hosts(config, &mut report);
@@ -227,6 +228,22 @@ fn trusted_proxies(config: &Config, production: bool, report: &mut Report) {
             "PORTCULLIS_TRUSTED_PROXIES trusts every address (0.0.0.0/0 or ::/0): any client can name its own address in X-Forwarded-For and pass address rules, bans and per-address limits",
             "name only the proxies in front of the gateway (their addresses or subnet)",
         );
+    }
+}
+
+/// An upstream with pins and a `ca_file`: the pins alone decide, so the CA is not asked,
+/// which an operator who gave both may not expect.
+fn pins_beside_a_ca(config: &Config, report: &mut Report) {
+    for (name, upstream) in &config.upstreams {
+        let pinned = !upstream.pin_sha256.is_empty() || !upstream.pin_spki_sha256.is_empty();
+        if pinned && upstream.ca_file.is_some() {
+            report.add(
+                "upstreams.pins_and_ca",
+                Severity::Warning,
+                format!("upstream {name:?} has pins and a ca_file: the pins alone decide which certificate is accepted, and the CA is not asked"),
+                "remove ca_file, or the pins if the CA should decide",
+            );
+        }
     }
 }
 
@@ -564,6 +581,21 @@ mod tests {
             rules(&check(&config, &keyed(), true)),
             [("credentials.length", Severity::Error)]
         );
+    }
+
+    #[test]
+    fn pins_beside_a_ca_file_warn() {
+        let mut config = valid();
+        let finds = |config: &Config| {
+            rules(&check(config, &keyed(), false))
+                .contains(&("upstreams.pins_and_ca", Severity::Warning))
+        };
+        let upstream = config.upstreams.values_mut().next().unwrap();
+        upstream.ca_file = Some("/etc/ca.pem".into());
+        assert!(!finds(&config));
+        let upstream = config.upstreams.values_mut().next().unwrap();
+        upstream.pin_spki_sha256 = vec!["47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".into()];
+        assert!(finds(&config));
     }
 
     #[test]
