@@ -106,13 +106,13 @@ impl Redactor {
     }
 
     /// The same redactor, also masking each of `secrets` (those of at least
-    /// [`KNOWN_SECRET_MIN`] bytes) wherever a kept body holds it.
+    /// [`KNOWN_SECRET_MIN`] bytes) wherever a kept body holds it. A secret path is masked
+    /// without its outer slashes, so that it is found however it is quoted (`SECRET/x`).
     pub fn knowing(mut self, secrets: impl IntoIterator<Item = SecretString>) -> Self {
-        self.known.extend(
-            secrets
-                .into_iter()
-                .filter(|secret| secret.expose_secret().len() >= KNOWN_SECRET_MIN),
-        );
+        self.known.extend(secrets.into_iter().filter_map(|secret| {
+            let text = secret.expose_secret().trim_matches('/');
+            (text.len() >= KNOWN_SECRET_MIN).then(|| SecretString::from(text.to_owned()))
+        }));
         self
     }
 
@@ -1048,10 +1048,14 @@ mod tests {
         );
         assert_eq!(
             redactor.body(&body).as_deref(),
-            Some(r#"{"message":"***/server does not exist","short":"short"}"#)
+            Some(r#"{"message":"/***/server does not exist","short":"short"}"#)
         );
-        let text = sample(None, b"GET /OUTLINE-OWN-SECRET-PATH/x", 4096);
-        assert_eq!(redactor.body(&text).as_deref(), Some("GET ***/x"));
+        let text = sample(
+            None,
+            b"GET /OUTLINE-OWN-SECRET-PATH/x from OUTLINE-OWN-SECRET-PATH",
+            4096,
+        );
+        assert_eq!(redactor.body(&text).as_deref(), Some("GET /***/x from ***"));
     }
 
     #[test]
