@@ -12,6 +12,17 @@ use crate::common::*;
 /// a command line's option.
 const BODY: &str = r#"{"name":"report","password":"hunter2-very-secret","nested":{"items":[{"api_key":"k-123456"}]},"access":"ss://Y2hhY2hhMjA@203.0.113.5:443/?outline=1","note":"Bearer abcdefabcdef","payload":"{\"client_secret\":\"inner-secret-42\"}","query":"mutation { login(password: \"graphql-secret-77\") { ok } }","command":"deploy --api-key cli-secret-88 --verbose"}"#;
 
+/// The payloads of the `request` events among `events`.
+fn requests_of(
+    events: &[(String, String, Option<String>, serde_json::Value)],
+) -> Vec<&serde_json::Value> {
+    events
+        .iter()
+        .filter(|(kind, ..)| kind == "request")
+        .map(|(.., payload)| payload)
+        .collect()
+}
+
 #[tokio::test]
 async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
     // The upstream echoes the body back, so the response carries the same secrets.
@@ -61,11 +72,7 @@ async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
     let log = gateway.final_log();
 
     let events = events(&sqlite_url(&dir)).await;
-    let completed: Vec<&serde_json::Value> = events
-        .iter()
-        .filter(|(kind, ..)| kind == "request")
-        .map(|(.., payload)| payload)
-        .collect();
+    let completed = requests_of(&events);
     assert_eq!(completed.len(), 3);
     let kept: serde_json::Value =
         serde_json::from_str(completed[0]["request_body"].as_str().unwrap()).unwrap();
@@ -167,11 +174,7 @@ async fn the_gateways_secrets_and_tokens_in_paths_are_not_kept() {
     let log = gateway.final_log();
 
     let events = events(&sqlite_url(&dir)).await;
-    let requests: Vec<&serde_json::Value> = events
-        .iter()
-        .filter(|(kind, ..)| kind == "request")
-        .map(|(.., payload)| payload)
-        .collect();
+    let requests = requests_of(&events);
     assert_eq!(requests.len(), 2);
     let body: serde_json::Value =
         serde_json::from_str(requests[0]["response_body"].as_str().unwrap()).unwrap();
