@@ -9,6 +9,7 @@
 //! keys with requests the upstream forbids could take the upstream away from everyone.
 //! The pool is shared by every worker; picking a key takes no lock.
 
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -135,6 +136,9 @@ pub struct KeyPool {
     next: AtomicUsize,
     /// What `benched_until` counts from.
     epoch: Instant,
+    /// Held while a refusal benches a key, so that two refusals at once (every worker
+    /// shares the pool) cannot both see the other's key in use and bench the last two.
+    refusing: std::sync::Mutex<()>,
 }
 
 struct Key {
@@ -211,6 +215,7 @@ impl KeyPool {
             keys,
             secrets: keys_given.to_vec(),
             next: AtomicUsize::new(0),
+            refusing: std::sync::Mutex::new(()),
             epoch: Instant::now(),
         })
     }
@@ -247,6 +252,9 @@ impl KeyPool {
     /// key in use (the upstream's own answer then reaches the client), so that requests the
     /// upstream refuses for reasons of their own cannot take every key out of turn.
     pub fn bench(&self, key: &PickedKey, why: Bench) -> bool {
+        // Only refusals take it, and they are rare; a poisoned lock guards nothing (`()`).
+        let _refusing = (why == Bench::Refused)
+            .then(|| self.refusing.lock().unwrap_or_else(PoisonError::into_inner));
         let now = self.now();
         let rest = match why {
             Bench::Refused => {
@@ -419,6 +427,31 @@ mod tests {
         assert!(
             wait <= RATE_LIMITED_REST_MAX && wait > RATE_LIMITED_REST_MAX - Duration::from_secs(5)
         );
+    }
+
+    /// Workers share the pool: two refusals at once still leave a key in use.
+    #[test]
+    fn refusals_at_once_leave_a_key_in_use() {
+        for _ in 0..200 {
+            let pool = std::sync::Arc::new(KeyPool::new("{key}", &keys(&["a", "b"])).unwrap());
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2)
+                .map(|index| {
+                    let (pool, barrier) = (pool.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let key = PickedKey {
+                            value: HeaderValue::from_static("k"),
+                            index,
+                        };
+                        barrier.wait();
+                        pool.bench(&key, Bench::Refused)
+                    })
+                })
+                .collect();
+            let benched: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(benched.iter().filter(|b| **b).count(), 1, "{benched:?}");
+            assert_eq!(pool.status().healthy, 1);
+        }
     }
 
     #[test]
