@@ -321,6 +321,20 @@ impl Route {
     /// `Link`'s targets, and `Set-Cookie`'s `Path` (its `Domain` left out when it names the
     /// upstream's host).
     pub fn rewrite_locations(&self, headers: &mut HeaderMap, client_path: &str) {
+        // Most responses carry none of them: one pass over the names, not five lookups.
+        let carries_urls = headers.keys().any(|name| {
+            [
+                header::LOCATION,
+                header::CONTENT_LOCATION,
+                header::LINK,
+                header::SET_COOKIE,
+            ]
+            .contains(name)
+                || name.as_str() == "refresh"
+        });
+        if !carries_urls {
+            return;
+        }
         let map = PathMap {
             base: self.upstream.base_path(),
             kept_prefix: if self.strip_prefix { "" } else { &self.prefix },
