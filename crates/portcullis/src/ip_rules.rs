@@ -125,6 +125,27 @@ impl Bans {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Holds a ban of `ip` for `remaining` more (at least), made elsewhere: by this process
+    /// in Redis, or by another replica there. Kept here too, so that it still holds while
+    /// Redis cannot be asked.
+    pub fn hold(&self, ip: IpAddr, remaining: Duration) {
+        if self.policy.max_failures == 0 {
+            return;
+        }
+        let mut records = self.records();
+        let now = Instant::now();
+        if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
+            make_room(&mut records, self.policy, now);
+        }
+        let record = records.entry(ip).or_insert(Record {
+            window_start: now,
+            failures: 0,
+            banned_until: None,
+        });
+        let until = now + remaining;
+        record.banned_until = Some(record.banned_until.map_or(until, |held| held.max(until)));
+    }
+
     /// Counts an authentication failure from `ip`, banning it when the policy says so;
     /// whether it did.
     pub fn record_failure(&self, ip: IpAddr) -> bool {

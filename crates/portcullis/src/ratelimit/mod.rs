@@ -529,8 +529,9 @@ impl Limiter {
     }
 
     /// Refuses a banned `ip` with 429 and `Retry-After`. Bans made in memory while Redis
-    /// was unreachable keep holding after it returns. Like limits, bans hold for an IPv6
-    /// address's whole /64.
+    /// was unreachable keep holding after it returns, and a ban Redis holds is kept in
+    /// memory once seen, so that it holds while Redis is unreachable. Like limits, bans
+    /// hold for an IPv6 address's whole /64.
     pub async fn check_ban(&self, ip: IpAddr) -> Result<(), Problem> {
         if self.shared.bans.policy().max_failures == 0 {
             return Ok(());
@@ -540,6 +541,7 @@ impl Limiter {
         if let Some(redis) = &self.redis
             && let Some(Some(remaining)) = redis.ban_remaining(ip).await
         {
+            self.shared.bans.hold(ip, remaining);
             return Err(Bans::refusal(remaining));
         }
         Ok(())
@@ -559,6 +561,7 @@ impl Limiter {
             match recorded {
                 Some(true) => {
                     warn!(%ip, ban = ?policy.duration, "address banned on every replica after repeated authentication failures");
+                    self.shared.bans.hold(ip, policy.duration);
                     let _ = self.shared.bans_made.send(ip);
                     return;
                 }

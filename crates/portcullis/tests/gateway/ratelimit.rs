@@ -463,6 +463,44 @@ async fn a_ban_holds_on_every_replica_sharing_redis() {
     );
 }
 
+/// A ban made in Redis, once made or seen by a replica, is kept in its memory too: it still
+/// holds there while Redis is unreachable, in either `on_backend_error` mode.
+#[tokio::test]
+async fn a_ban_seen_in_redis_holds_while_redis_is_down() {
+    let mut redis = OwnRedis::start();
+    let upstream = Upstream::start().await;
+    let toml = "[bans]\nmax_failures = 3\nduration = \"1m\"\n\
+                [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n";
+    let (_dir_a, launch_a) = launch(&upstream, toml);
+    let (_dir_b, launch_b) = launch(
+        &upstream,
+        &format!("[rate_limit]\non_backend_error = \"deny\"\n{toml}"),
+    );
+    let a = launch_a
+        .env("PORTCULLIS_REDIS_URL", redis.url(None))
+        .start();
+    let b = launch_b
+        .env("PORTCULLIS_REDIS_URL", redis.url(None))
+        .start();
+    let attacker = "203.0.113.68";
+    for _ in 0..3 {
+        call_as(&a, "/v1", "guess-0123456789abcdef0123456789", attacker)
+            .await
+            .assert_problem(401, "unauthorized");
+    }
+    // Made on a, seen on b.
+    call_as(&b, "/v1", TOKEN, attacker)
+        .await
+        .assert_problem(429, "banned");
+    redis.stop();
+    for gateway in [&a, &b] {
+        call_as(gateway, "/v1", TOKEN, attacker)
+            .await
+            .assert_problem(429, "banned");
+    }
+    assert_eq!(status_as(&a, "/v1", TOKEN, "203.0.113.69").await, 200);
+}
+
 /// A Redis server of the test's own, to stop and start again.
 struct OwnRedis {
     port: u16,
