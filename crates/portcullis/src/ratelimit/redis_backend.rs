@@ -29,7 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// none is. KEYS are the buckets; ARGV holds, per bucket, the emission interval and the
 /// burst. Times are microseconds from Redis's own clock. Returns, per bucket: remaining,
 /// microseconds until full, microseconds until a retry may pass (-1 when this bucket
-/// allowed the request).
+/// allowed the request). A bucket that would have allowed a request another refused
+/// reports itself uncharged, as it stays.
 const DECIDE: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -53,6 +54,14 @@ for i, key in ipairs(KEYS) do
     table.insert(out, -1)
   end
   tats[i] = tat + interval
+end
+if not allowed then
+  for i = 1, #KEYS do
+    if out[3 * i] == -1 then
+      out[3 * i - 2] = out[3 * i - 2] + 1
+      out[3 * i - 1] = out[3 * i - 1] - tonumber(ARGV[2 * i - 1])
+    end
+  end
 end
 if allowed then
   for i, key in ipairs(KEYS) do
