@@ -125,6 +125,23 @@ impl Bans {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// `ip`'s entry in `records`, made (room made for it when the table is full) if new.
+    fn entry<'r>(
+        &self,
+        records: &'r mut HashMap<IpAddr, Record>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> &'r mut Record {
+        if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
+            make_room(records, self.policy, now);
+        }
+        records.entry(ip).or_insert(Record {
+            window_start: now,
+            failures: 0,
+            banned_until: None,
+        })
+    }
+
     /// Holds a ban of `ip` for `remaining` more (at least), made elsewhere: by this process
     /// in Redis, or by another replica there. Kept here too, so that it still holds while
     /// Redis cannot be asked.
@@ -134,14 +151,7 @@ impl Bans {
         }
         let mut records = self.records();
         let now = Instant::now();
-        if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
-            make_room(&mut records, self.policy, now);
-        }
-        let record = records.entry(ip).or_insert(Record {
-            window_start: now,
-            failures: 0,
-            banned_until: None,
-        });
+        let record = self.entry(&mut records, ip, now);
         let until = now + remaining;
         record.banned_until = Some(record.banned_until.map_or(until, |held| held.max(until)));
     }
@@ -154,14 +164,7 @@ impl Bans {
         }
         let mut records = self.records();
         let now = Instant::now();
-        if records.len() >= MAX_TRACKED && !records.contains_key(&ip) {
-            make_room(&mut records, self.policy, now);
-        }
-        let record = records.entry(ip).or_insert(Record {
-            window_start: now,
-            failures: 0,
-            banned_until: None,
-        });
+        let record = self.entry(&mut records, ip, now);
         if now.duration_since(record.window_start) >= self.policy.window {
             record.window_start = now;
             record.failures = 0;
@@ -231,6 +234,36 @@ mod tests {
             "an unknown client matches no allow list"
         );
         assert!(IpRules::default().check(None).is_ok());
+    }
+
+    /// A ban made elsewhere (Redis) and held here: it refuses, and a shorter one does not
+    /// shorten it.
+    #[test]
+    fn a_ban_held_from_elsewhere_refuses_until_it_ends() {
+        let bans = Bans::new(BanPolicy {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+        });
+        let banned = ip("198.51.100.9");
+        assert!(bans.check(banned).is_ok());
+        bans.hold(banned, Duration::from_secs(30));
+        bans.hold(banned, Duration::from_secs(1));
+        let refusal = bans.check(banned).unwrap_err();
+        assert_eq!(refusal.kind(), ProblemKind::Banned);
+        let answer = refusal.into_response(&http::HeaderValue::from_static("id"));
+        let wait: u64 = answer.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((29..=30).contains(&wait), "{wait}");
+        assert!(bans.check(ip("198.51.100.10")).is_ok());
+        bans.hold(ip("198.51.100.11"), Duration::ZERO);
+        assert!(
+            bans.check(ip("198.51.100.11")).is_ok(),
+            "a ban already over"
+        );
     }
 
     #[test]
