@@ -188,15 +188,14 @@ pub struct PoolStatus {
 }
 
 impl KeyPool {
-    fn new(format: &str, keys_given: &[SecretString]) -> Result<Self, CredentialError> {
-        let keys = keys_given;
+    fn new(format: &str, secrets: &[SecretString]) -> Result<Self, CredentialError> {
         if !format.contains("{key}") {
             return Err(CredentialError::NoPlaceholder);
         }
-        if keys.is_empty() {
+        if secrets.is_empty() {
             return Err(CredentialError::NoKeys);
         }
-        let keys = keys
+        let keys = secrets
             .iter()
             .enumerate()
             .map(|(i, key)| {
@@ -213,7 +212,7 @@ impl KeyPool {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             keys,
-            secrets: keys_given.to_vec(),
+            secrets: secrets.to_vec(),
             next: AtomicUsize::new(0),
             refusing: std::sync::Mutex::new(()),
             epoch: Instant::now(),
