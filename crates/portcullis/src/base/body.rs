@@ -9,6 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 
+use crate::base::stall::Stall;
+
 /// The error type carried by streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,13 +41,10 @@ pub fn empty() -> ResponseBody {
 /// (decision `upstream_timeout`), which closes the client's connection (or resets its
 /// HTTP/2 stream), rather than holding it, and the upstream's in-flight slot, for ever.
 /// Only a wait on the source counts: the body is not polled while the client is not
-/// taking what it was given. Its timer is made the first time the source keeps it waiting.
+/// taking what it was given.
 pub struct PacedBody {
     inner: ResponseBody,
-    timeout: std::time::Duration,
-    /// While the source keeps it waiting: when it must have sent something, and the timer.
-    due: Option<tokio::time::Instant>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
 }
 
 impl PacedBody {
@@ -53,9 +52,7 @@ impl PacedBody {
     pub fn new(inner: ResponseBody, timeout: std::time::Duration) -> Self {
         Self {
             inner,
-            timeout,
-            due: None,
-            sleep: None,
+            stall: Stall::new(timeout),
         }
     }
 }
@@ -68,28 +65,17 @@ impl Body for PacedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_ready() {
-            this.due = None;
+            self.stall.progressed();
             return polled;
         }
-        let timeout = this.timeout;
-        let due = *this
-            .due
-            .get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if sleep.deadline() != due {
-            sleep.as_mut().reset(due);
-        }
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamClosed(
+        if self.stall.over(cx) {
+            return Poll::Ready(Some(Err(Box::new(StreamClosed(
                 crate::base::exchange::Decision::UpstreamTimeout,
-            ))))),
-            Poll::Pending => Poll::Pending,
+            )))));
         }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

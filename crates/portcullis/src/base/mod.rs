@@ -1,7 +1,7 @@
 //! The types every layer shares, and nothing else: the body types, problems (what a client
 //! is told), the request context (what every stage knows about a request), the exchange
 //! record with its decision codes (what the gateway keeps), the hex they are written in,
-//! and durations as people type them. Nothing here imports anything from the rest of the
+//! durations as people type them, and how long a wait has gone without progress. Nothing here imports anything from the rest of the
 //! crate, so every module may import it.
 
 pub mod body;
@@ -10,3 +10,4 @@ pub mod duration;
 pub mod exchange;
 pub mod hex;
 pub mod problem;
+pub mod stall;

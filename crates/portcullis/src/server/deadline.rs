@@ -36,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::base::stall::Stall;
+
 /// Whether the connection is between requests, shared by its reader and its service.
 #[derive(Debug, Default)]
 pub struct RequestPhase {
@@ -79,10 +81,8 @@ pub struct HeadDeadlineIo<T> {
     /// The 408 being written, and how much of it has been.
     pending_reply: Option<(Bytes, usize)>,
     closed: bool,
-    /// While writes wait on the client: when it must have taken something, and the timer
-    /// (made the first time a write waits).
-    write_stall: Option<Instant>,
-    write_sleep: Option<Pin<Box<Sleep>>>,
+    /// How long writes have waited on the client.
+    write_stall: Stall,
 }
 
 impl<T> HeadDeadlineIo<T> {
@@ -105,8 +105,7 @@ impl<T> HeadDeadlineIo<T> {
             reply,
             pending_reply: None,
             closed: false,
-            write_stall: None,
-            write_sleep: None,
+            write_stall: Stall::new(idle_timeout),
         }
     }
 }
@@ -199,25 +198,16 @@ impl<T> HeadDeadlineIo<T> {
         written: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
         if written.is_ready() || self.phase.upgraded.load(Ordering::Acquire) {
-            self.write_stall = None;
+            self.write_stall.progressed();
             return written;
         }
-        let due = *self
-            .write_stall
-            .get_or_insert_with(|| Instant::now() + self.idle_timeout);
-        let sleep = self
-            .write_sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if sleep.deadline() != due {
-            sleep.as_mut().reset(due);
-        }
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+        if self.write_stall.over(cx) {
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client took nothing of the response for the idle timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+            )));
         }
+        Poll::Pending
     }
 }
 
