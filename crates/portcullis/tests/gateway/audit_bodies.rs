@@ -12,6 +12,20 @@ use crate::common::*;
 /// a command line's option.
 const BODY: &str = r#"{"name":"report","password":"hunter2-very-secret","nested":{"items":[{"api_key":"k-123456"}]},"access":"ss://Y2hhY2hhMjA@203.0.113.5:443/?outline=1","note":"Bearer abcdefabcdef","payload":"{\"client_secret\":\"inner-secret-42\"}","query":"mutation { login(password: \"graphql-secret-77\") { ok } }","command":"deploy --api-key cli-secret-88 --verbose"}"#;
 
+/// A gateway with `config` and the audit log in a scratch data directory of its own.
+fn with_store(config: &str) -> (std::path::PathBuf, Gateway) {
+    let dir = scratch_dir();
+    let config = write_file(&dir, "audit.toml", config);
+    let gateway = Launch::bare()
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--data-dir")
+        .arg(dir.to_str().unwrap())
+        .start();
+    (dir, gateway)
+}
+
 /// The payloads of the `request` events among `events`.
 fn requests_of(
     events: &[(String, String, Option<String>, serde_json::Value)],
@@ -35,24 +49,12 @@ async fn kept_bodies_are_redacted_and_capped_and_only_where_asked() {
         })
     })
     .await;
-    let dir = scratch_dir();
-    let config = write_file(
-        &dir,
-        "bodies.toml",
-        &format!(
-            "[audit]\nmax_body_bytes = 512\n[upstreams.api]\nurl = \"{}\"\n\
-             [[routes]]\npath_prefix = \"/api\"\nupstream = \"api\"\naudit_bodies = true\n\
-             [[routes]]\npath_prefix = \"/plain\"\nupstream = \"api\"\n",
-            upstream.url()
-        ),
-    );
-    let mut gateway = Launch::bare()
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .arg("--data-dir")
-        .arg(dir.to_str().unwrap())
-        .start();
+    let (dir, mut gateway) = with_store(&format!(
+        "[audit]\nmax_body_bytes = 512\n[upstreams.api]\nurl = \"{}\"\n\
+         [[routes]]\npath_prefix = \"/api\"\nupstream = \"api\"\naudit_bodies = true\n\
+         [[routes]]\npath_prefix = \"/plain\"\nupstream = \"api\"\n",
+        upstream.url()
+    ));
     let echoed = request("POST", &gateway.url("/api/echo"), TOKEN, BODY).await;
     assert_eq!(echoed.status, 200);
     assert_eq!(echoed.text(), BODY, "the client gets the body untouched");
@@ -136,24 +138,12 @@ async fn the_gateways_secrets_and_tokens_in_paths_are_not_kept() {
         )
     })
     .await;
-    let dir = scratch_dir();
-    let config = write_file(
-        &dir,
-        "secret-path.toml",
-        &format!(
-            "[upstreams.outline]\nurl = \"{}{SECRET_PATH}\"\n\
-             [[routes]]\npath_prefix = \"/ob\"\nupstream = \"outline\"\nstrip_prefix = true\n\
-             audit_bodies = true\n",
-            upstream.url()
-        ),
-    );
-    let mut gateway = Launch::bare()
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .arg("--data-dir")
-        .arg(dir.to_str().unwrap())
-        .start();
+    let (dir, mut gateway) = with_store(&format!(
+        "[upstreams.outline]\nurl = \"{}{SECRET_PATH}\"\n\
+         [[routes]]\npath_prefix = \"/ob\"\nupstream = \"outline\"\nstrip_prefix = true\n\
+         audit_bodies = true\n",
+        upstream.url()
+    ));
     let bearer = format!("Bearer {TOKEN}");
     let reply = get(&gateway.url("/ob/server"), &[("authorization", &bearer)]).await;
     assert_eq!(reply.status, 404);
