@@ -5,6 +5,7 @@ mod token_cli;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -73,6 +74,10 @@ enum Command {
     Token {
         #[command(flatten)]
         store: StoreArgs,
+        /// The gateway's TOML configuration file: a token may then hold the scopes its
+        /// routes name (`outline:read`), beside read, write and admin.
+        #[arg(long, env = "PORTCULLIS_CONFIG", value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
         /// Print JSON, for scripts.
         #[arg(long, global = true)]
         json: bool,
@@ -112,11 +117,12 @@ fn main() -> ExitCode {
             } => check(&overrides, &store, production).await,
             Command::Token {
                 store,
+                config,
                 json,
                 action,
             } => {
                 init_logging(LogFormat::Text);
-                token_cli::run(&store, json, action).await
+                token_cli::run(&store, config.as_deref(), json, action).await
             }
             Command::Audit { store, action } => {
                 init_logging(LogFormat::Text);

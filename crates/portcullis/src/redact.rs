@@ -117,10 +117,21 @@ impl Redactor {
     }
 
     /// `path` with every segment that looks like a secret, percent-encoded or not, masked:
-    /// a capability sent to a route that does not take one, a token put in a path. (A
-    /// capability route's own segment is masked by the route, whatever it looks like.)
+    /// a capability sent to a route that does not take one, a token put in a path, and any
+    /// part of one of the gateway's own secrets a client wrote into it. (A capability
+    /// route's own segment is masked by the route, whatever it looks like.)
     pub fn path<'a>(&self, path: &'a str) -> Cow<'a, str> {
-        let secret = |segment: &str| !segment.is_empty() && looks_secret(&percent_decoded(segment));
+        let known = self.known_in(path);
+        let secret = |segment: &str| {
+            if segment.is_empty() {
+                return false;
+            }
+            let decoded = percent_decoded(segment);
+            looks_secret(&decoded)
+                || known
+                    .iter()
+                    .any(|known| known.contains(&*decoded) || decoded.contains(known))
+        };
         if !path.split('/').any(secret) {
             return Cow::Borrowed(path);
         }
@@ -132,8 +143,12 @@ impl Redactor {
     }
 
     /// `query` with the value of every sensitive parameter, and every value that looks
-    /// like a secret, replaced by [`MASK`]; names stay, so the shape of the request shows.
+    /// like a secret or holds one of the gateway's own, replaced by [`MASK`]; names stay,
+    /// so the shape of the request shows.
     pub fn query(&self, query: &str) -> String {
+        let hides_secret = |text: &str| {
+            self.hides_secret(&percent_decoded(text)) || !self.known_in(text).is_empty()
+        };
         let mut out = String::with_capacity(query.len());
         for (i, pair) in query.split('&').enumerate() {
             if i > 0 {
@@ -141,17 +156,17 @@ impl Redactor {
             }
             match pair.split_once('=') {
                 // A name that carries a value itself (`token%3Dabc=1`).
-                Some((name, _)) if self.hides_secret(&percent_decoded(name)) => out.push_str(MASK),
+                Some((name, _)) if hides_secret(name) => out.push_str(MASK),
                 Some((name, value)) => {
                     out.push_str(name);
                     out.push('=');
-                    if self.is_sensitive(name) || self.hides_secret(&percent_decoded(value)) {
+                    if self.is_sensitive(name) || hides_secret(value) {
                         out.push_str(MASK);
                     } else {
                         out.push_str(value);
                     }
                 }
-                None if self.hides_secret(&percent_decoded(pair)) => out.push_str(MASK),
+                None if hides_secret(pair) => out.push_str(MASK),
                 None => out.push_str(pair),
             }
         }
@@ -173,6 +188,20 @@ impl Redactor {
             }
         }
         Some(kept)
+    }
+
+    /// The gateway's own secrets that `text` holds, as it is or percent-decoded (a secret
+    /// of several segments is found in the whole path, not in one segment).
+    fn known_in(&self, text: &str) -> Vec<&str> {
+        if self.known.is_empty() {
+            return Vec::new();
+        }
+        let decoded = percent_decoded(text);
+        self.known
+            .iter()
+            .map(|secret| secret.expose_secret())
+            .filter(|secret| text.contains(secret) || decoded.contains(secret))
+            .collect()
     }
 
     /// What [`Self::body`] keeps, before the gateway's own secrets are masked.
@@ -1056,6 +1085,39 @@ mod tests {
             4096,
         );
         assert_eq!(redactor.body(&text).as_deref(), Some("GET /***/x from ***"));
+    }
+
+    /// A client that writes one of the gateway's secrets into its path or query (it may
+    /// know it; the logs' readers may not): masked there too, percent-encoded or not.
+    #[test]
+    fn the_gateways_own_secrets_are_masked_in_paths_and_queries() {
+        let redactor = Redactor::default().knowing([
+            SecretString::from("/OUTLINE-OWN-SECRET-PATH"),
+            SecretString::from("/v1/accounts/KEY-0123456789"),
+        ]);
+        assert_eq!(
+            redactor.path("/outline/OUTLINE-OWN-SECRET-PATH/server"),
+            "/outline/***/server"
+        );
+        assert_eq!(
+            redactor.path("/x/%4FUTLINE-OWN-SECRET-PATH"),
+            "/x/***",
+            "percent-encoded"
+        );
+        assert_eq!(
+            redactor.path("/proxy/v1/accounts/KEY-0123456789/x"),
+            "/proxy/***/***/***/x",
+            "a secret of several segments"
+        );
+        assert_eq!(
+            redactor.query("loc=/OUTLINE-OWN-SECRET-PATH/x&page=2"),
+            "loc=***&page=2"
+        );
+        assert_eq!(redactor.query("loc=%2FOUTLINE-OWN-SECRET-PATH"), "loc=***");
+        assert!(matches!(
+            redactor.path("/v1/accounts/42"),
+            Cow::Borrowed("/v1/accounts/42")
+        ));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `portcullis token ...`: manage tokens directly in the store.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis::audit::{self, AuditLog};
-use portcullis::config::StoreArgs;
+use portcullis::config::{Config, Overrides, StoreArgs};
 use portcullis::credentials::{
     self, CredentialKind, Credentials, NewToken, TokenHasher, TokenRecord,
 };
@@ -58,9 +59,15 @@ pub enum TokenAction {
     },
 }
 
-/// Runs `action` against the store `store_args` names.
-pub async fn run(store_args: &StoreArgs, json: bool, action: TokenAction) -> ExitCode {
-    match execute(store_args, json, action).await {
+/// Runs `action` against the store `store_args` names; the scopes a token may hold beside
+/// the built-in ones are those the routes of the configuration file `config` name.
+pub async fn run(
+    store_args: &StoreArgs,
+    config: Option<&Path>,
+    json: bool,
+    action: TokenAction,
+) -> ExitCode {
+    match execute(store_args, config, json, action).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("portcullis token: {message}");
@@ -85,12 +92,32 @@ async fn open_audit(location: &StoreLocation) -> Result<AuditLog, String> {
     .map_err(|e: audit::AuditError| format!("no change made: {e}"))
 }
 
-async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Result<(), String> {
+/// The scopes the routes of the configuration file at `path` name. Only the file is read:
+/// none of the secrets its variables would give the gateway.
+fn route_scopes(path: Option<&Path>) -> Result<Vec<String>, String> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let overrides = Overrides {
+        config: Some(path.to_owned()),
+        ..Overrides::default()
+    };
+    let config = Config::load(&overrides, |_| None).map_err(|e| e.to_string())?;
+    Ok(config.route_scopes())
+}
+
+async fn execute(
+    store_args: &StoreArgs,
+    config: Option<&Path>,
+    json: bool,
+    action: TokenAction,
+) -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok();
+    let route_scopes = route_scopes(config)?;
     let location = store_args.location(env).map_err(|e| e.to_string())?;
     let pepper = credentials::load_pepper(&location, env).map_err(|e| e.to_string())?;
     let store = Store::open(&location).await.map_err(|e| e.to_string())?;
-    let credentials = Credentials::new(store, TokenHasher::new(&pepper), &[]);
+    let credentials = Credentials::new(store, TokenHasher::new(&pepper), &route_scopes);
     // A change to the store is audited as the gateway's admin API audits it. The command's
     // chain is stored before the change, so that a store that does not take writes stops
     // it first; should the store fail in between, the command says so and fails.
@@ -103,7 +130,7 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
     } else {
         None
     };
-    let done = act(&credentials, json, action).await;
+    let done = act(&credentials, config.is_some(), json, action).await;
     if let Some(mut audit) = audit {
         // Recorded, and the audit log's runtime dropped, off this runtime's thread.
         let change = done.as_ref().ok().cloned().flatten();
@@ -122,10 +149,16 @@ async fn execute(store_args: &StoreArgs, json: bool, action: TokenAction) -> Res
 /// the token it was made to.
 async fn act(
     credentials: &Credentials,
+    knows_routes: bool,
     json: bool,
     action: TokenAction,
 ) -> Result<Option<(&'static str, String)>, String> {
-    let error = |e: credentials::CredentialError| e.to_string();
+    let error = |e: credentials::CredentialError| match e {
+        credentials::CredentialError::UnknownScope(..) if !knows_routes => {
+            format!("{e} (and those the routes name, with --config FILE or PORTCULLIS_CONFIG)")
+        }
+        e => e.to_string(),
+    };
     let mut done = None;
     match action {
         TokenAction::Create {

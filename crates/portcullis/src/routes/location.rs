@@ -138,16 +138,23 @@ pub fn rewrite_set_cookie(
     for (index, attribute) in value.split(';').enumerate() {
         let trimmed = attribute.trim();
         let (name, argument) = trimmed.split_once('=').unwrap_or((trimmed, ""));
-        let domain = argument.trim().trim_start_matches('.');
+        // A quoted value is read inside its quotes: a browser takes `Path="/SECRET/"`
+        // literally (RFC 6265 §5.2.4), but the secret would still reach the client.
+        let argument = argument.trim();
+        let (quote, argument) = match argument.strip_prefix('"').and_then(|a| a.strip_suffix('"')) {
+            Some(inner) => ("\"", inner),
+            None => ("", argument),
+        };
+        let domain = argument.trim_start_matches('.');
         if index > 0 && name.eq_ignore_ascii_case("domain") && origin_matches(domain) {
             changed = true;
             continue;
         }
         if index > 0
             && name.eq_ignore_ascii_case("path")
-            && let Some(path) = rewrite(argument.trim(), map, &origin_matches)
+            && let Some(path) = rewrite(argument, map, &origin_matches)
         {
-            attributes.push(format!("{name}={path}"));
+            attributes.push(format!("{name}={quote}{path}{quote}"));
             changed = true;
             continue;
         }
@@ -301,6 +308,16 @@ mod tests {
             )
             .as_deref(),
             Some("s=1; Path=/outline/pcl_cap; HttpOnly")
+        );
+        assert_eq!(
+            rewrite_set_cookie(
+                "s=1; Domain=\"10.0.0.5:9000\"; Path=\"/SECRET/\"",
+                outline,
+                at_upstream
+            )
+            .as_deref(),
+            Some("s=1; Path=\"/outline/pcl_cap/\""),
+            "quoted values are read inside their quotes"
         );
         assert_eq!(
             rewrite_set_cookie("s=1; Domain=example.com; Path=/", outline, at_upstream),

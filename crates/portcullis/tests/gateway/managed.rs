@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::common::*;
@@ -620,6 +620,70 @@ fn the_cli_refuses_bad_input_clearly() {
         assert!(!ok, "{args:?} succeeded");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+}
+
+/// The README's Outline setup: `token create --scopes outline:read` works once the CLI
+/// reads the gateway's configuration, whose routes name that scope.
+#[test]
+fn the_cli_knows_the_scopes_the_routes_name_from_the_config() {
+    let backend = Backend::sqlite();
+    let config = backend.data_dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        r#"
+[upstreams.outline]
+url = "http://127.0.0.1:9"
+
+[[routes]]
+path_prefix = "/"
+upstream = "outline"
+scopes = { GET = "outline:read", POST = "outline:admin" }
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = backend.token(&["create", "--name", "a", "--scopes", "outline:read"]);
+    assert!(!ok, "a route's scope taken without the configuration");
+    assert!(
+        stderr.contains("unknown scope \"outline:read\"") && stderr.contains("--config FILE"),
+        "{stderr}"
+    );
+
+    let path = config.to_str().unwrap();
+    let (ok, created, stderr) = backend.token(&[
+        "--config",
+        path,
+        "create",
+        "--name",
+        "auditor",
+        "--scopes",
+        "outline:read",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(created["record"]["scopes"], json!(["outline:read"]));
+
+    let output = portcullis()
+        .arg("token")
+        .args(&backend.args)
+        .args(["--json", "create", "--name", "admin", "--scopes"])
+        .arg("outline:admin,outline:read")
+        .env("PORTCULLIS_CONFIG", path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let (ok, _, stderr) = backend.token(&[
+        "--config",
+        path,
+        "create",
+        "--name",
+        "b",
+        "--scopes",
+        "outline:keys",
+    ]);
+    assert!(
+        !ok && stderr.contains("unknown scope \"outline:keys\""),
+        "{stderr}"
+    );
 }
 
 #[test]
