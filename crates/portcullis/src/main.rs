@@ -145,20 +145,24 @@ fn main() -> ExitCode {
 /// Logs go to stderr, as text or JSON lines; `PORTCULLIS_LOG` takes a tracing filter such
 /// as `debug` or `portcullis=debug`.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // The HTTP/2 library's debug and trace events describe frames, request paths included,
-    // and a path can carry a capability secret: they stay off whatever the filter says.
-    let filter = match "h2=info".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
-    // The audit log's checkpoints are logged at info for log shipping to carry off the
-    // host: a filter set to warn must not silence them.
-    let filter = match "portcullis::audit=info".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
+    // Whatever the filter says:
+    // - the HTTP/2 library's debug and trace events describe frames, request paths
+    //   included, and a path can carry a capability secret;
+    // - the PostgreSQL driver warns of a database URL's unknown parameters with their
+    //   values (`?sslpassword=...`, a misspelt `passwd=...`);
+    // - the audit log's checkpoints are logged at info for log shipping to carry off the
+    //   host: a filter set to warn must not silence them.
+    for directive in [
+        "h2=info",
+        "sqlx_postgres::options=error",
+        "portcullis::audit=info",
+    ] {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

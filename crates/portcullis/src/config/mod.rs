@@ -903,7 +903,7 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's explanation, with line and column.
+        /// The parser's explanation, with line and column, without the file's text.
         message: String,
     },
     /// A secret could not be read from the environment.
@@ -921,11 +921,11 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Parses a TOML document.
+    /// Parses a TOML document; a refusal names the line and column, never the file's text.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            message: error.to_string(),
+            message: parse_message(&error, text),
         })
     }
 
@@ -1055,10 +1055,84 @@ fn split_tokens(list: &SecretString) -> Vec<SecretString> {
         .collect()
 }
 
+/// The parser's explanation of `error` in `text` and where it is, without the file's text:
+/// the line it would quote, and the strings it names, may hold a secret (a token pasted
+/// into the wrong file, a key in a misspelt field).
+fn parse_message(error: &toml::de::Error, text: &str) -> String {
+    let explanation = without_strings(error.message().trim());
+    let Some(span) = error.span() else {
+        return explanation;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {explanation}")
+}
+
+/// `message` with the text of every double-quoted string in it left out (`"…"`).
+fn without_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            out.push('…');
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match c {
+                    '"' if !escaped => break,
+                    '\\' => escaped = !escaped,
+                    _ => escaped = false,
+                }
+            }
+            out.push('"');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    /// A refusal says where, and why, but never quotes the file: a secret in the wrong
+    /// file, the wrong field or the wrong type stays out of the error.
+    #[test]
+    fn parse_errors_name_the_place_without_the_files_text() {
+        let secret = "8f3a9c0d2e7b4f16a5c3d9e8b7a6f5e4";
+        let cases = [
+            (
+                format!("PORTCULLIS_API_TOKENS={secret}\n"),
+                "line 1, column 24: expected newline",
+            ),
+            (
+                format!("listen = \"127.0.0.1:1\"\napi_tokens = [\"{secret}\"]\n"),
+                "line 2, column 1: unknown field `api_tokens`",
+            ),
+            (
+                format!("[upstreams.a]\nurl = \"http://x/{secret}\"\ntimeout = \"{secret}\"\n"),
+                "line 3, column 11:",
+            ),
+            (
+                format!("[upstreams.a]\nurl = \"https://1.2.3.4:1/{secret}\n"),
+                "line 2, column ",
+            ),
+            (
+                format!("[[routes]]\npath_prefix = [\"{secret}\"]\n"),
+                "line 2, column 15: invalid type",
+            ),
+        ];
+        for (text, expected) in cases {
+            let Err(error) = Config::from_toml(&text, Path::new("x.toml")) else {
+                panic!("{text:?} parsed");
+            };
+            let message = error.to_string();
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains(&secret[..8]), "{text:?}: {message}");
+        }
+        assert_eq!(without_strings(r#"a "b\"c" d "" e"#), r#"a "…" d "…" e"#);
+    }
 
     #[test]
     fn full_file_parses() {

@@ -14,13 +14,12 @@ pub enum SecretError {
         /// The variable's name.
         name: String,
     },
-    /// `NAME_FILE` names a file that cannot be read.
-    #[error("{name}_FILE: cannot read {path}: {source}")]
+    /// `NAME_FILE` names a file that cannot be read. The path is not quoted: a secret set
+    /// in `NAME_FILE` by mistake would be.
+    #[error("{name}_FILE: cannot read the file it names: {source}")]
     Unreadable {
         /// The variable's name.
         name: String,
-        /// The file.
-        path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -43,7 +42,6 @@ pub fn read_secret(
             let mut text =
                 std::fs::read_to_string(&path).map_err(|source| SecretError::Unreadable {
                     name: name.to_owned(),
-                    path: path.clone(),
                     source,
                 })?;
             let kept = text.trim_end_matches(['\r', '\n']).len();
@@ -145,13 +143,15 @@ mod tests {
         assert!(read_secret("S", env(&[])).unwrap().is_none());
     }
 
+    /// The variable is named, the file not: `S_FILE` set to the secret itself by mistake
+    /// would otherwise print it.
     #[test]
     fn unreadable_file_names_the_variable_not_the_secret() {
-        let error = read_secret("S", env(&[("S_FILE", "/nonexistent/portcullis")])).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .starts_with("S_FILE: cannot read /nonexistent/portcullis")
+        let secret = "sk-live-0123456789abcdef";
+        let error = read_secret("S", env(&[("S_FILE", secret)])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "S_FILE: cannot read the file it names: No such file or directory (os error 2)"
         );
     }
 

@@ -686,6 +686,28 @@ scopes = { GET = "outline:read", POST = "outline:admin" }
     );
 }
 
+/// The PostgreSQL driver's warning about a URL's unknown parameter quotes its value; a
+/// misspelt password must not reach the log.
+#[tokio::test]
+async fn a_database_urls_unknown_parameters_are_not_logged() {
+    let database = PostgresDatabase::create().await;
+    let secret = "KEYPASSPHRASE-0123456789";
+    let output = portcullis()
+        .args(["token", "list"])
+        .env(
+            "PORTCULLIS_DATABASE_URL",
+            format!("{}?sslpassword={secret}&passwd={secret}", database.url),
+        )
+        .env("PORTCULLIS_TOKEN_PEPPER", "test-pepper-0123456789abcdef")
+        .env("PORTCULLIS_AUDIT", "off")
+        .output()
+        .unwrap();
+    database.drop_now().await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+}
+
 #[test]
 fn postgres_needs_a_shared_pepper() {
     let output = portcullis()
