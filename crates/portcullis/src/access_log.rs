@@ -29,7 +29,13 @@ impl AccessLog {
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::Stderr => Box::new(io::stderr()),
             AccessLogTarget::File(path) => {
-                Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+                let mut options = OpenOptions::new();
+                options.create(true).append(true);
+                // Readable by the owner's group (a log shipper), writable by the owner
+                // alone, whatever the umask: anyone else could forge lines.
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+                Box::new(options.open(path)?)
             }
         };
         Ok(Some(Self {

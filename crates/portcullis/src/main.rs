@@ -17,14 +17,14 @@ use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
 use portcullis::audit::store::AuditStore;
 use portcullis::audit::{self, AuditLog};
-use portcullis::config::{Config, LogFormat, Overrides, StoreArgs};
+use portcullis::config::{AccessLogTarget, Config, LogFormat, Overrides, StoreArgs};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::pipeline::Shared;
 use portcullis::recorder::{Recorder, Sink};
 use portcullis::redact::Redactor;
 use portcullis::rules::{self, Facts, Report, Severity};
 use portcullis::server::Server;
-use portcullis::store::{Store, StoreLocation};
+use portcullis::store::{SQLITE_FILE, Store, StoreLocation};
 use tracing::warn;
 
 /// mimalloc: records made on the workers are freed on the recorder's thread, which glibc's
@@ -193,8 +193,13 @@ async fn start_recorder(
     closing: &Arc<AtomicBool>,
 ) -> Result<Shared, String> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if let Some(log) = AccessLog::open(&config.log.access)
-        .map_err(|error| format!("cannot open the access log: {error}"))?
+    if let Some(log) =
+        AccessLog::open(&config.log.access).map_err(|error| match &config.log.access {
+            AccessLogTarget::File(path) => {
+                format!("cannot open the access log {}: {error}", path.display())
+            }
+            _ => format!("cannot open the access log: {error}"),
+        })?
     {
         sinks.push(Box::new(log));
     }
@@ -401,7 +406,7 @@ fn audit_facts(location: &StoreLocation, facts: Facts) -> Facts {
     let env = |name: &str| std::env::var(name).ok();
     Facts {
         audit_key_problem: audit::key_problem(location, env),
-        audit_key_given: audit::key_given(env),
+        audit_key_kept_apart: audit::key_kept_apart(location, env),
         ..facts
     }
 }
@@ -412,8 +417,12 @@ async fn check(overrides: &Overrides, store_args: &StoreArgs, production: bool) 
         Err(code) => return code,
     };
     // Only an existing store is opened: `check` creates nothing.
-    let facts = match store_args.location(|name| std::env::var(name).ok()) {
-        Ok(StoreLocation::DataDir(dir)) if !dir.join("portcullis.db").exists() => Facts::default(),
+    let env = |name: &str| std::env::var(name).ok();
+    let facts = match store_args.location(env) {
+        Ok(StoreLocation::DataDir(dir)) if !dir.join(SQLITE_FILE).exists() => Facts {
+            pepper_problem: credentials::pepper_problem(&dir, env),
+            ..Facts::default()
+        },
         Ok(location) => match open_store(&config, &location).await {
             Ok(opened) => opened.facts,
             Err(message) => {

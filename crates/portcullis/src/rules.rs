@@ -96,11 +96,14 @@ impl Report {
 pub struct Facts {
     /// Live managed tokens in the store.
     pub live_managed_tokens: usize,
+    /// What `serve` would refuse about the token pepper of a store not made yet, if
+    /// anything.
+    pub pepper_problem: Option<String>,
     /// What `serve` would refuse about the audit log's chain key, if anything.
     pub audit_key_problem: Option<String>,
-    /// Whether the chain key is given (`PORTCULLIS_AUDIT_KEY` or `_FILE`) rather than
-    /// generated beside the audit log.
-    pub audit_key_given: bool,
+    /// Whether the chain key is kept apart from the audit log: given in
+    /// `PORTCULLIS_AUDIT_KEY`, or in a file outside the log's data directory.
+    pub audit_key_kept_apart: bool,
 }
 
 /// Runs every rule on `config`: the one validation step ([`Settings::validate`]), whose
@@ -149,6 +152,14 @@ fn strict(production: bool) -> Severity {
 }
 
 fn credentials(config: &Config, facts: &Facts, production: bool, report: &mut Report) {
+    if let Some(problem) = &facts.pepper_problem {
+        report.add(
+            "store.pepper",
+            Severity::Error,
+            problem.clone(),
+            "set PORTCULLIS_TOKEN_PEPPER_FILE to a file holding at least 16 random characters, or neither variable to have one generated",
+        );
+    }
     if config.api_tokens.is_empty() && facts.live_managed_tokens == 0 {
         report.add(
             "credentials.present",
@@ -363,11 +374,11 @@ fn audit(config: &Config, facts: &Facts, production: bool, report: &mut Report) 
             "set PORTCULLIS_AUDIT_KEY_FILE to a file holding at least 32 random characters",
         );
     }
-    if production && !facts.audit_key_given {
+    if production && !facts.audit_key_kept_apart {
         report.add(
             "production.audit_key",
             Severity::Error,
-            "the audit log's chain key would be generated beside the log, where whoever can edit the log can likely read it",
+            "the audit log's chain key would be kept beside the log (generated there, or a file in its data directory), where whoever can edit the log can likely read it",
             "set PORTCULLIS_AUDIT_KEY_FILE to a key kept outside the data directory",
         );
     }
@@ -560,7 +571,7 @@ mod tests {
     /// Facts with the audit chain's key given, as production requires.
     fn keyed() -> Facts {
         Facts {
-            audit_key_given: true,
+            audit_key_kept_apart: true,
             ..Facts::default()
         }
     }
@@ -747,6 +758,32 @@ mod tests {
             .map(|f| f.rule)
             .collect();
         assert_eq!(found, ["routes.upstream", "routes.path_prefix"]);
+    }
+
+    /// The router takes the first route that matches; a second with the same prefix, in
+    /// another case or with a trailing slash, would never apply.
+    #[test]
+    fn two_routes_for_the_same_paths_are_refused() {
+        let mut config = valid();
+        let upstream = config.routes[0].upstream.clone();
+        for prefix in ["/admin/", "/ADMIN", "/reports"] {
+            config
+                .routes
+                .push(crate::config::RouteConfig::new(prefix, &upstream));
+        }
+        config
+            .routes
+            .push(crate::config::RouteConfig::new("/admin", &upstream));
+        let found: Vec<_> = check(&config, &Facts::default(), false)
+            .errors()
+            .map(|f| (f.rule, f.message.clone()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|(rule, _)| *rule == "routes.duplicate"));
+        assert!(
+            found[0].1.contains("\"/admin/\" and \"/ADMIN\""),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -576,8 +576,24 @@ fn credential(
 
 fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<RouteSettings> {
     let mut routes = Vec::new();
-    for route in &config.routes {
+    for (index, route) in config.routes.iter().enumerate() {
         let prefix = &route.path_prefix;
+        // The router takes the first of two routes that match the same paths: the second's
+        // rules (its IP rules, scopes, limits) would never apply.
+        let matched = route.matched_prefix();
+        if let Some(first) = config.routes[..index]
+            .iter()
+            .find(|earlier| earlier.matched_prefix() == matched)
+        {
+            invalid.add(
+                "routes.duplicate",
+                format!(
+                    "routes {:?} and {prefix:?} match the same paths (prefixes are matched in either case, with or without a trailing slash): the second would never apply",
+                    first.path_prefix
+                ),
+                "merge them into one route",
+            );
+        }
         if !config.upstreams.contains_key(&route.upstream) {
             invalid.add(
                 "routes.upstream",

@@ -71,6 +71,29 @@ pub fn key_problem(
         .map(|error| error.to_string())
 }
 
+/// Whether the chain key is kept apart from a log at `location`: given in
+/// `PORTCULLIS_AUDIT_KEY`, or in a file (`_FILE`) outside the log's data directory. A key
+/// generated beside the log, or put there, can be read by whoever can edit the log.
+pub fn key_kept_apart(location: &StoreLocation, env: impl Fn(&str) -> Option<String>) -> bool {
+    if env(AUDIT_KEY_VAR).is_some() {
+        return true;
+    }
+    let Some(file) = env(&format!("{AUDIT_KEY_VAR}_FILE")) else {
+        return false;
+    };
+    match location {
+        StoreLocation::DataDir(dir) => {
+            let canonical = |path: &std::path::Path| std::fs::canonicalize(path).ok();
+            match (canonical(std::path::Path::new(&file)), canonical(dir)) {
+                (Some(file), Some(dir)) => !file.starts_with(dir),
+                // A key that cannot be read is `key_problem`'s to report.
+                _ => true,
+            }
+        }
+        StoreLocation::Postgres(_) => true,
+    }
+}
+
 /// Whether the chain key is given (`PORTCULLIS_AUDIT_KEY` or `_FILE`) rather than left to
 /// be generated beside the log.
 pub fn key_given(env: impl Fn(&str) -> Option<String>) -> bool {

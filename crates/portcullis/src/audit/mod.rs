@@ -21,7 +21,7 @@ pub mod store;
 pub mod succession;
 pub mod verify;
 
-pub use key::{AUDIT_KEY_FILE, key_given, key_problem, load_key};
+pub use key::{AUDIT_KEY_FILE, key_given, key_kept_apart, key_problem, load_key};
 
 use std::collections::HashSet;
 use std::net::IpAddr;

@@ -790,6 +790,12 @@ fn default_stream_max_lifetime() -> Duration {
 }
 
 impl RouteConfig {
+    /// The paths this route covers, as the router matches them: the prefix without a
+    /// trailing slash, its letters in lower case. Two routes with the same are one too many.
+    pub fn matched_prefix(&self) -> String {
+        self.path_prefix.trim_end_matches('/').to_ascii_lowercase()
+    }
+
     /// A route for paths below `path_prefix` to `upstream`, with every option at its
     /// default.
     pub fn new(path_prefix: &str, upstream: &str) -> Self {
@@ -983,7 +989,8 @@ impl Config {
             .insert(MCP_UPSTREAM.to_owned(), UpstreamConfig::new(&origin));
         let mut route = RouteConfig::new(&path, MCP_UPSTREAM);
         route.preset = Some(RoutePreset::Mcp);
-        self.routes.retain(|r| r.path_prefix != path);
+        let matched = route.matched_prefix();
+        self.routes.retain(|r| r.matched_prefix() != matched);
         self.routes.push(route);
     }
 

@@ -22,12 +22,23 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
 
     /// Upstream URL that serves every path not routed elsewhere.
-    #[arg(long, env = "PORTCULLIS_UPSTREAM", value_name = "URL")]
+    // `--help` shows neither variable's value: a base path may be the upstream's secret.
+    #[arg(
+        long,
+        env = "PORTCULLIS_UPSTREAM",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub upstream: Option<String>,
 
     /// An MCP server's Streamable HTTP endpoint (e.g. http://127.0.0.1:8051/mcp), served at
     /// the same path with the MCP preset.
-    #[arg(long, env = "PORTCULLIS_MCP", value_name = "URL")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_MCP",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub mcp: Option<String>,
 
     /// PEM certificate chain for a TLS listener (needs --tls-key).
@@ -262,7 +273,15 @@ impl StoreArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<super::StoreLocation, super::ConfigError> {
         use secrecy::ExposeSecret;
+        let file_var = format!("{}_FILE", super::DATABASE_URL_VAR);
         let url = match &self.database_url {
+            // Either could be the one meant: refused, as for every other secret.
+            Some(_) if env(&file_var).is_some() => {
+                return Err(super::SecretError::Ambiguous {
+                    name: super::DATABASE_URL_VAR.to_owned(),
+                }
+                .into());
+            }
             Some(url) => Some(url.clone()),
             None => super::read_secret(super::DATABASE_URL_VAR, env)?,
         };

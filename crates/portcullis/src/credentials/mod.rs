@@ -13,7 +13,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::config::{SecretError, key_from_data_dir, read_secret};
-use crate::store::{Store, StoreError, StoreLocation, now};
+use crate::store::{SQLITE_FILE, Store, StoreError, StoreLocation, now};
 pub use token::TokenHasher;
 pub use verifier::{Invalid, TokenVerifier, Verdict};
 
@@ -507,7 +507,28 @@ pub fn load_pepper(
     }
 }
 
+/// What [`load_pepper`] would refuse for a data directory `dir` whose store does not exist
+/// yet, if anything, without creating anything: a variable that cannot be read or is too
+/// short, a pepper file too short.
+pub fn pepper_problem(dir: &Path, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let given = env(PEPPER_VAR).is_some() || env(&format!("{PEPPER_VAR}_FILE")).is_some();
+    if !given && !dir.join(PEPPER_FILE).exists() {
+        return None;
+    }
+    load_pepper(&StoreLocation::DataDir(dir.to_owned()), env)
+        .err()
+        .map(|error| error.to_string())
+}
+
 fn pepper_from_data_dir(dir: &Path) -> Result<SecretString, CredentialError> {
+    // A pepper is made with its store: a new one for an existing store would refuse every
+    // token in it, and say nothing.
+    if !dir.join(PEPPER_FILE).exists() && dir.join(SQLITE_FILE).exists() {
+        return Err(CredentialError::Pepper(format!(
+            "{} is missing, but the token store beside it exists: restore the file, or set {PEPPER_VAR} to the pepper it held (a new pepper would refuse every token)",
+            dir.join(PEPPER_FILE).display()
+        )));
+    }
     key_from_data_dir(
         dir,
         PEPPER_FILE,

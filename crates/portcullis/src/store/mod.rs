@@ -48,6 +48,9 @@ pub struct Store {
 /// time is treated as unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The SQLite store's file in the data directory.
+pub const SQLITE_FILE: &str = "portcullis.db";
+
 impl Store {
     /// Opens (creating if needed) the store at `location` and applies the migrations.
     pub async fn open(location: &StoreLocation) -> Result<Self, StoreError> {
@@ -55,7 +58,7 @@ impl Store {
         let (kind, url) = match location {
             StoreLocation::DataDir(dir) => {
                 prepare_data_dir(dir)?;
-                let file = dir.join("portcullis.db");
+                let file = dir.join(SQLITE_FILE);
                 ("SQLite", format!("sqlite://{}?mode=rwc", file.display()))
             }
             StoreLocation::Postgres(url) => ("PostgreSQL", url.expose_secret().to_owned()),

@@ -88,6 +88,11 @@ async fn every_request_is_one_line_with_its_decision() {
         metrics.text()
     );
     let mut lines = logged_lines(&mut gateway, &log);
+    // Made readable by the owner's group at most, writable by the owner alone: no one else
+    // can forge a line.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
+    assert_eq!(mode & 0o037, 0, "access log mode {mode:o}");
     // The admin API's requests are recorded too, marked as such, in the order they ended.
     let admin: Vec<Value> = lines
         .iter()

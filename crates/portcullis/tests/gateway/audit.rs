@@ -692,6 +692,30 @@ fn the_audit_log_can_be_turned_off_with_a_warning_and_production_refuses_it() {
         .unwrap();
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(!out.contains("audit_key"), "{out}");
+
+    // A key file is kept apart only outside the data directory: the generated one, named
+    // in the variable, is still beside the log.
+    let data_dir = scratch_dir();
+    let inside = write_file(&data_dir, "audit.key", AUDIT_KEY);
+    let outside_dir = scratch_dir();
+    let outside = write_file(&outside_dir, "audit.key", AUDIT_KEY);
+    for (file, refused) in [(&inside, true), (&outside, false)] {
+        let output = portcullis()
+            .arg("check")
+            .args(["--production", "--upstream", "http://127.0.0.1:9000"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("PORTCULLIS_API_TOKENS", TOKEN)
+            .env("PORTCULLIS_AUDIT_KEY_FILE", file)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            out.contains("error[production.audit_key]"),
+            refused,
+            "{file:?}: {out}"
+        );
+    }
 }
 
 /// `portcullis token` changes the store directly: each change is audited too, as an admin

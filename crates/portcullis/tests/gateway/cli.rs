@@ -151,3 +151,94 @@ async fn demo_serves_the_sample_api_behind_the_gateway() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `check` says what `serve` would refuse about the token pepper, and creates nothing.
+#[test]
+fn check_refuses_the_pepper_serve_would_refuse() {
+    let dir = scratch_dir();
+    let data_dir = dir.join("data");
+    let args = [
+        "--upstream",
+        "http://127.0.0.1:9000",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
+    let env = [
+        ("PORTCULLIS_API_TOKENS", "0123456789abcdef0123456789abcdef"),
+        ("PORTCULLIS_TOKEN_PEPPER", "short"),
+    ];
+    let (code, out) = check(&args, &env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "error[store.pepper]: token pepper: PORTCULLIS_TOKEN_PEPPER must be at least 16"
+        ),
+        "{out}"
+    );
+    assert!(!data_dir.exists(), "check created {data_dir:?}");
+}
+
+/// A store whose pepper was lost: a new pepper would refuse every token in it, silently.
+/// Neither `check` nor the CLI makes one; both say what to do.
+#[test]
+fn a_lost_pepper_is_not_replaced_beside_an_existing_store() {
+    let dir = scratch_dir();
+    mint_with_id(&dir, "alice", "read");
+    std::fs::remove_file(dir.join("token-pepper")).unwrap();
+    let (code, out) = check(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("error[store.open]") && out.contains("token-pepper is missing"),
+        "{out}"
+    );
+    let listed = token_command(&dir, &["list"]);
+    assert!(!listed.status.success());
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("restore the file"));
+    assert!(!dir.join("token-pepper").exists(), "a new pepper was made");
+}
+
+/// `--help` shows which variables are set, not their values: an upstream's base path may
+/// be its secret (Outline's management URL).
+#[test]
+fn help_does_not_show_the_upstreams_address() {
+    let output = portcullis()
+        .args(["serve", "--help"])
+        .env(
+            "PORTCULLIS_UPSTREAM",
+            "https://203.0.113.5:1/OUTLINE-SECRET-PATH",
+        )
+        .env("PORTCULLIS_MCP", "http://127.0.0.1:1/MCP-SECRET-PATH")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("PORTCULLIS_UPSTREAM"), "{help}");
+    assert!(!help.contains("SECRET-PATH"), "{help}");
+}
+
+/// Both the URL and a file naming one: which was meant is a guess, refused as for every
+/// other secret.
+#[test]
+fn a_database_url_and_its_file_together_are_refused() {
+    let dir = scratch_dir();
+    let output = portcullis()
+        .args(["token", "list"])
+        .env("PORTCULLIS_DATABASE_URL", "postgres://app:pw@127.0.0.1:1/x")
+        .env("PORTCULLIS_DATABASE_URL_FILE", dir.join("url"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("both PORTCULLIS_DATABASE_URL and PORTCULLIS_DATABASE_URL_FILE are set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pw@"), "{stderr}");
+}
