@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use portcullis::audit::{self, AuditLog};
 use portcullis::config::{Config, Overrides, StoreArgs};
 use portcullis::credentials::{
-    self, CredentialKind, Credentials, NewToken, TokenHasher, TokenRecord,
+    self, CredentialKind, Credentials, LATEST_EXPIRY, NewToken, TokenHasher, TokenRecord,
 };
 use portcullis::store::{Store, StoreLocation, now};
 use secrecy::{ExposeSecret, SecretString};
@@ -310,12 +310,14 @@ fn time_json(seconds: Option<i64>) -> serde_json::Value {
     seconds.map_or(serde_json::Value::Null, |s| time(Some(s)).into())
 }
 
-/// RFC 3339 in UTC, or `-`.
+/// RFC 3339 in UTC, or `-`; a time RFC 3339 cannot write (after the year 9999, which a
+/// store written by an earlier version may hold) as seconds since 1970.
 fn time(seconds: Option<i64>) -> String {
     match seconds.and_then(|s| u64::try_from(s).ok()) {
-        Some(s) => {
+        Some(s) if s <= LATEST_EXPIRY.unsigned_abs() => {
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string()
         }
+        Some(s) => format!("{s} seconds after 1970"),
         None => "-".into(),
     }
 }

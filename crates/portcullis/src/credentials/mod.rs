@@ -19,6 +19,10 @@ pub use verifier::{Invalid, TokenVerifier, Verdict};
 
 /// The environment variable that holds the pepper keying token hashes.
 pub const PEPPER_VAR: &str = "PORTCULLIS_TOKEN_PEPPER";
+
+/// The latest expiry a token is given, 9999-12-31T23:59:59Z (seconds since 1970): the last
+/// second RFC 3339 can write. A longer lifetime ends there.
+pub const LATEST_EXPIRY: i64 = 253_402_300_799;
 /// The file in the data directory that holds a generated pepper.
 const PEPPER_FILE: &str = "token-pepper";
 
@@ -268,9 +272,11 @@ impl Credentials {
         self.validate(&new)?;
         let minted = token::mint();
         let created_at = now();
-        let expires_at = new
-            .expires_in
-            .map(|d| created_at.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+        let expires_at = new.expires_in.map(|d| {
+            created_at
+                .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .min(LATEST_EXPIRY)
+        });
         let record = TokenRecord {
             id: token::new_id("tok"),
             kind: new.kind,
@@ -361,7 +367,7 @@ impl Credentials {
             id: token::new_id("tok"),
             public_prefix: minted.public_prefix,
             created_at: at,
-            expires_at: lifetime.map(|l| at.saturating_add(l)),
+            expires_at: lifetime.map(|l| at.saturating_add(l).min(LATEST_EXPIRY)),
             last_used_at: None,
             revoked_at: None,
             superseded_by: None,

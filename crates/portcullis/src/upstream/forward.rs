@@ -106,6 +106,26 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
+/// Removes every header that CGI-style servers (WSGI, Rack, PHP) read as `name`: a client's
+/// `X_Api_Key`, on a route that forwards underscores, would stand beside the `X-Api-Key`
+/// the gateway sets, and may be the one the upstream reads.
+pub fn remove_underscore_spellings(headers: &mut HeaderMap, name: &HeaderName) {
+    let name = name.as_str().as_bytes();
+    let spelled_so = |other: &HeaderName| {
+        let other = other.as_str().as_bytes();
+        other.contains(&b'_')
+            && other.len() == name.len()
+            && other
+                .iter()
+                .zip(name)
+                .all(|(o, n)| o == n || (*o == b'_' && *n == b'-'))
+    };
+    let spellings: Vec<HeaderName> = headers.keys().filter(|n| spelled_so(n)).cloned().collect();
+    for spelling in spellings {
+        headers.remove(spelling);
+    }
+}
+
 /// Whether `name` holds only letters, digits and `-` (and `_` when `underscores`).
 fn is_plain_name(name: &str, underscores: bool) -> bool {
     name.bytes()
@@ -281,6 +301,27 @@ mod tests {
                 "a trusted proxy's {name} was dropped"
             );
         }
+    }
+
+    #[test]
+    fn a_credential_headers_underscore_spellings_are_removed() {
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x_api_key",
+            "x-api_key",
+            "x_api_keys",
+            "x-api-key",
+            "x_other",
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("client"),
+            );
+        }
+        remove_underscore_spellings(&mut headers, &HeaderName::from_static("x-api-key"));
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-api-key", "x_api_keys", "x_other"]);
     }
 
     #[test]

@@ -717,6 +717,7 @@ impl Upstream {
         deadline: Deadline,
     ) -> Result<Response<pool::PooledBody>, ForwardError> {
         let mut key = keys.pick()?;
+        forward::remove_underscore_spellings(request.headers_mut(), name);
         request
             .headers_mut()
             .insert(name.clone(), key.value.clone());

@@ -622,6 +622,25 @@ fn the_cli_refuses_bad_input_clearly() {
     }
 }
 
+/// A lifetime past the year 9999 ends there: RFC 3339 cannot write a later time, and the
+/// token's record must still list, show and rotate.
+#[test]
+fn a_lifetime_past_the_year_9999_ends_there() {
+    let backend = Backend::sqlite();
+    let (id, _) = backend.create("forever", "read", &["--expires", "10000years"]);
+    for args in [&["list"][..], &["show", &id]] {
+        let (ok, listed, stderr) = backend.token(args);
+        assert!(ok, "{args:?}: {stderr}");
+        assert!(
+            listed.to_string().contains("9999-12-31T23:59:59Z"),
+            "{listed}"
+        );
+    }
+    let (ok, rotated, stderr) = backend.token(&["rotate", &id, "--overlap", "0s"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(rotated["record"]["expires_at"], "9999-12-31T23:59:59Z");
+}
+
 /// The README's Outline setup: `token create --scopes outline:read` works once the CLI
 /// reads the gateway's configuration, whose routes name that scope.
 #[test]
