@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::base::body::is_framed_plainly;
 use crate::base::exchange::BodySample;
 use crate::base::problem::{Problem, ProblemKind};
 
@@ -334,21 +335,11 @@ pub fn is_valid_host(value: &[u8]) -> bool {
 /// only `chunked`, once, is decoded; any other coding would otherwise be dropped with the
 /// hop-by-hop `Transfer-Encoding` and the body forwarded without it.
 fn check_transfer_coding<B>(request: &Request<B>) -> Result<(), Problem> {
-    let mut chunked = 0;
-    for value in request.headers().get_all(header::TRANSFER_ENCODING) {
-        for coding in value.as_bytes().split(|b| *b == b',') {
-            let coding = coding.trim_ascii();
-            if coding.is_empty() {
-                continue;
-            }
-            if !coding.eq_ignore_ascii_case(b"chunked") || chunked > 0 {
-                return Err(Problem::new(ProblemKind::TransferCodingNotImplemented)
-                    .with_detail("only the chunked transfer coding is accepted"));
-            }
-            chunked += 1;
-        }
+    if is_framed_plainly(request.headers()) {
+        return Ok(());
     }
-    Ok(())
+    Err(Problem::new(ProblemKind::TransferCodingNotImplemented)
+        .with_detail("only the chunked transfer coding is accepted"))
 }
 
 /// The declared `Content-Length`, refusing one that is not a single decimal number.

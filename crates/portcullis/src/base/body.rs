@@ -18,6 +18,26 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the gateway wrote itself.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// Whether a message's `Transfer-Encoding` is absent or names `chunked` alone, once: the
+/// only coding the gateway decodes (RFC 9112 §6.1). Any other would be dropped with the
+/// hop-by-hop header and the body relayed still coded.
+pub fn is_framed_plainly(headers: &http::HeaderMap) -> bool {
+    let mut chunked = 0;
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|b| *b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") || chunked > 0 {
+                return false;
+            }
+            chunked += 1;
+        }
+    }
+    true
+}
+
 /// A response body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into())

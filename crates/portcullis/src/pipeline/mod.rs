@@ -557,9 +557,22 @@ impl Gateway {
                 handshake.address_upstream(&mut parts.headers);
                 LimitedBody::new(Either::Right(Full::new(Bytes::new())), max_body_bytes)
             }
-            None => LimitedBody::new(Either::Left(body), max_body_bytes)
-                .counting(bytes_in)
-                .sampling(sample),
+            None => {
+                // A body of no declared length on a GET or HEAD would go as none: the
+                // upstream client chunks only methods that usually carry one, unless asked
+                // by name (an HTTP/2 upstream's client drops the header again).
+                if !http_body::Body::is_end_stream(&body)
+                    && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                {
+                    parts.headers.insert(
+                        header::TRANSFER_ENCODING,
+                        HeaderValue::from_static("chunked"),
+                    );
+                }
+                LimitedBody::new(Either::Left(body), max_body_bytes)
+                    .counting(bytes_in)
+                    .sampling(sample)
+            }
         };
 
         let request = Request::from_parts(parts, body);
@@ -629,7 +642,7 @@ impl Gateway {
                     .with_detail("the upstream is at capacity; retry shortly")
                     .with_retry_after(std::time::Duration::from_secs(1))
             }
-            ForwardError::UnexpectedUpgrade => {
+            ForwardError::UnexpectedUpgrade | ForwardError::UnknownTransferCoding => {
                 warn!(request_id = ?ctx.request_id, upstream, %error, "upstream broke the protocol");
                 Problem::new(ProblemKind::UpstreamUnavailable)
                     .with_detail("the upstream sent a response the gateway cannot relay")

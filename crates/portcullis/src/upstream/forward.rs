@@ -173,6 +173,7 @@ pub fn prepare_request_headers(
         headers.remove(name);
     }
     join_cookie_crumbs(headers);
+    single_content_length(headers);
     headers.insert(header::HOST, upstream_host.clone());
     headers.insert(X_FORWARDED_FOR.clone(), ctx.forwarded_for.clone());
     let proto = if ctx.https { "https" } else { "http" };
@@ -182,6 +183,24 @@ pub fn prepare_request_headers(
         None => headers.remove(&X_FORWARDED_HOST),
     };
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+}
+
+/// An HTTP/2 client may repeat `Content-Length` with equal values (hygiene refuses unequal
+/// ones): one goes on, in its plain form, since many HTTP/1.1 servers refuse a repeated
+/// field (RFC 9110 §8.6 lets a recipient collapse them).
+fn single_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let length = first
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok());
+    match length {
+        Some(length) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length)),
+        None => headers.remove(header::CONTENT_LENGTH),
+    };
 }
 
 /// HTTP/2 clients may split `Cookie` into one field per cookie; an HTTP/1.1 upstream
@@ -301,6 +320,28 @@ mod tests {
                 "a trusted proxy's {name} was dropped"
             );
         }
+    }
+
+    /// An equal `Content-Length` repeated (HTTP/2 lets a client send it so) goes on once,
+    /// in its plain form (RFC 9110 §8.6).
+    #[test]
+    fn a_repeated_content_length_goes_on_once() {
+        let mut headers = HeaderMap::new();
+        for value in ["03", "3"] {
+            headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
+        }
+        single_content_length(&mut headers);
+        let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["3"]);
+
+        let mut single = HeaderMap::new();
+        single.insert(header::CONTENT_LENGTH, HeaderValue::from_static("03"));
+        single_content_length(&mut single);
+        assert_eq!(
+            single[header::CONTENT_LENGTH],
+            "03",
+            "a single field is left alone"
+        );
     }
 
     #[test]

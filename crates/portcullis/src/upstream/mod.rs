@@ -43,7 +43,7 @@ pub use tls::{
     parse_spki_pin, pem_certificates,
 };
 
-use crate::base::body::{HoldingBody, RequestBody, ResponseBody};
+use crate::base::body::{HoldingBody, RequestBody, ResponseBody, is_framed_plainly};
 use crate::config::HttpVersion;
 use crate::hygiene::{BodyTooLarge, ClientBodyError, LimitedBody};
 use crate::streams::{UpstreamStreams, is_stream};
@@ -116,6 +116,10 @@ pub enum ForwardError {
     /// The upstream switched protocols (101) on a request the gateway did not upgrade.
     #[error("upstream answered 101 Switching Protocols to a request that asked for no upgrade")]
     UnexpectedUpgrade,
+    /// The upstream framed its response with a transfer coding other than `chunked`
+    /// alone, which the gateway would relay undecoded.
+    #[error("upstream framed its response with a transfer coding other than chunked")]
+    UnknownTransferCoding,
     /// The upstream's in-flight cap is reached and no slot freed in time.
     #[error(transparent)]
     Busy(#[from] Busy),
@@ -555,6 +559,9 @@ impl Upstream {
             {
                 Err(ForwardError::UnexpectedUpgrade)
             }
+            Ok(response) if !is_framed_plainly(response.headers()) => {
+                Err(ForwardError::UnknownTransferCoding)
+            }
             sent => sent,
         };
         // The upstream, or one behind it, could not serve (502, 503, 504): as Envoy's
@@ -573,6 +580,11 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         // An HTTP/1.0 upstream must not turn the client's status line into HTTP/1.0.
         parts.version = http::Version::HTTP_11;
+        // The body was read by its chunks, whatever length the upstream also declared; the
+        // client's connection frames it anew (RFC 9112 §6.3 ¶3).
+        if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         remove_hop_by_hop(&mut parts.headers);
         let body = body.map_err(Into::into).boxed_unsync();
         // The request stays in flight until its response body has been sent, unless the
@@ -892,7 +904,8 @@ impl ForwardError {
             | Self::ConnectTimeout(_)
             | Self::Unavailable(_)
             | Self::PinMismatch(_)
-            | Self::UnexpectedUpgrade => Outcome::Failure,
+            | Self::UnexpectedUpgrade
+            | Self::UnknownTransferCoding => Outcome::Failure,
             Self::BodyTooLarge(_)
             | Self::ClientBody(_)
             | Self::ClientBodyTimeout

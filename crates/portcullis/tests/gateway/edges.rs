@@ -81,6 +81,22 @@ async fn status_line(addr: SocketAddr, request: &[u8]) -> String {
     text.split("\r\n").next().unwrap_or_default().to_owned()
 }
 
+/// A GET's body of no declared length (chunked, RFC 9112 §6.1) reaches the upstream, as
+/// any method's does (RFC 9110 §9.3.1 gives it no meaning, but does not forbid it):
+/// search APIs take one.
+#[tokio::test]
+async fn a_get_with_a_chunked_body_reaches_the_upstream_with_it() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let request = format!(
+        "GET /_search HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7\r\n{{\"q\":1}}\r\n0\r\n\r\n"
+    );
+    let reply = raw(gateway.addr, request.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = upstream.only();
+    assert_eq!(&seen.body[..], br#"{"q":1}"#);
+}
+
 #[tokio::test]
 async fn client_claims_underscored_names_and_httpoxy_never_reach_the_upstream() {
     let upstream = Upstream::start().await;

@@ -314,6 +314,42 @@ async fn garbage_from_the_upstream_is_502_and_not_relayed() {
     assert!(!reply.text().contains("stack trace"));
 }
 
+/// An upstream's response framed by both `Content-Length` and `Transfer-Encoding` is read
+/// by its chunks and relayed whole, its length dropped (RFC 9112 §6.3 ¶3); one framed by a
+/// coding the gateway does not decode (`gzip`) is 502, not relayed still coded (§6.1).
+#[tokio::test]
+async fn an_upstream_responses_framing_is_read_as_rfc_9112_says() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let reply: &[u8] = if head.starts_with("GET /both") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00coded"
+            };
+            let _ = stream.write_all(reply).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    let gateway = Launch::new(&format!("http://{addr}")).start();
+    let reply = get_authorized(&gateway.url("/both")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "whole", "the chunks, not the declared length");
+
+    let reply = get_authorized(&gateway.url("/coded")).await;
+    let problem = reply.assert_problem(502, "upstream-unavailable");
+    assert_eq!(
+        problem["detail"],
+        "the upstream sent a response the gateway cannot relay"
+    );
+    assert!(!reply.text().contains("coded\u{0}"));
+}
+
 #[tokio::test]
 async fn upstream_connections_are_reused() {
     let upstream = Upstream::start().await;
