@@ -692,7 +692,7 @@ impl Upstream {
             Some((end, total)) if end < own => (end, Some(total)),
             _ => (own, None),
         };
-        let body_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body_sent = Arc::new(pool::BodyProgress::default());
         let exchange = async {
             match &self.connections {
                 _ if request.headers().contains_key(http::header::UPGRADE) => {
@@ -703,11 +703,10 @@ impl Upstream {
             }
         };
         match tokio::time::timeout_at(until, exchange).await {
-            // A body still arriving when time ran out is the client's slowness, not the
-            // upstream's: the upstream cannot answer a request it has not had whole.
-            Err(_) if !body_sent.load(std::sync::atomic::Ordering::Acquire) => {
-                Err(ForwardError::ClientBodyTimeout)
-            }
+            // A body the upstream was waiting for when time ran out is the client's
+            // slowness: the upstream cannot answer a request it has not had whole. One the
+            // upstream had stopped taking is the upstream's.
+            Err(_) if body_sent.awaits_client() => Err(ForwardError::ClientBodyTimeout),
             Err(_) => Err(match total {
                 Some(total) => ForwardError::TotalTimeout(total),
                 None => ForwardError::Timeout(self.timeout),

@@ -9,7 +9,6 @@
 //! dispatcher is not ready before).
 
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
@@ -23,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamBody;
-use super::pool::{IDLE_TIMEOUT, MAX_IDLE, PoolError, PooledBody, SentBody};
+use super::pool::{BodyProgress, IDLE_TIMEOUT, MAX_IDLE, PoolError, PooledBody, SentBody};
 use crate::base::body::BoxError;
 use crate::config::HttpVersion;
 use crate::hygiene::{BodyTooLarge, ClientBodyError};
@@ -64,13 +63,13 @@ impl NegotiatingPool {
     }
 
     /// Sends `request` (origin-form URI) on a pooled connection, or a new one;
-    /// `request_sent` is set once its body has been sent whole. A request whose pooled
+    /// `request_sent` follows its body as it is sent. A request whose pooled
     /// connection closed before it was written is sent again on a new one (nothing was
     /// sent).
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
-        request_sent: Arc<AtomicBool>,
+        request_sent: Arc<BodyProgress>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let (mut head, body) = request.into_parts();
         head.uri = self.absolute(head.uri);

@@ -6,7 +6,7 @@
 //! response was abandoned, or that answered before taking the whole upload, is closed.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -75,11 +75,11 @@ impl Pool {
     }
 
     /// Sends `request` (origin-form URI) on a pooled connection, or a new one;
-    /// `request_sent` is set once its body has been sent whole.
+    /// `request_sent` follows its body as it is sent.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<UpstreamBody>,
-        request_sent: Arc<AtomicBool>,
+        request_sent: Arc<BodyProgress>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let mut request = request.map(|body| SentBody::new(body, request_sent.clone()));
         if let Some(mut sender) = self.checkout().await {
@@ -121,7 +121,7 @@ impl Pool {
     pub async fn send_upgrade(
         &self,
         request: Request<UpstreamBody>,
-        request_sent: Arc<AtomicBool>,
+        request_sent: Arc<BodyProgress>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let request = request.map(|body| SentBody::new(body, request_sent));
         // Boxed, as in `send`: an upgrade is sent from the same future as every request.
@@ -155,7 +155,7 @@ impl Pool {
         self: &Arc<Self>,
         response: Response<Incoming>,
         sender: SendRequest<Sent>,
-        request_sent: Arc<AtomicBool>,
+        request_sent: Arc<BodyProgress>,
     ) -> Response<PooledBody> {
         let pool = Arc::downgrade(self);
         response.map(|body| PooledBody {
@@ -186,7 +186,7 @@ impl Pool {
 pub struct PooledBody {
     body: Incoming,
     ended: bool,
-    request_sent: Arc<AtomicBool>,
+    request_sent: Arc<BodyProgress>,
     checkin: Option<(SendRequest<Sent>, Weak<Pool>)>,
 }
 
@@ -196,7 +196,7 @@ impl PooledBody {
         Self {
             body,
             ended: false,
-            request_sent: Arc::new(AtomicBool::new(false)),
+            request_sent: Arc::new(BodyProgress::default()),
             checkin: None,
         }
     }
@@ -207,7 +207,7 @@ impl Drop for PooledBody {
         // A body dropped before its end leaves unread bytes on the connection, and an
         // upload still going holds it busy: either way it closes with the sender instead.
         if (self.ended || self.body.is_end_stream())
-            && self.request_sent.load(Ordering::Acquire)
+            && self.request_sent.sent_whole()
             && let Some((sender, pool)) = self.checkin.take()
             && let Some(pool) = pool.upgrade()
         {
@@ -240,19 +240,48 @@ impl Body for PooledBody {
     }
 }
 
-/// A request body that records when it has been sent whole.
+/// How far a request's body has gone to the upstream; when time runs out, it says whose
+/// slowness it was.
+#[derive(Debug, Default)]
+pub struct BodyProgress(AtomicU8);
+
+/// The body is moving, or the upstream has not asked for more (it is not reading).
+const MOVING: u8 = 0;
+/// The upstream asked for more, and the client has not sent it yet.
+const AWAITING_CLIENT: u8 = 1;
+/// Sent whole.
+const SENT: u8 = 2;
+
+impl BodyProgress {
+    /// Whether the body has been sent whole.
+    pub fn sent_whole(&self) -> bool {
+        self.0.load(Ordering::Acquire) == SENT
+    }
+
+    /// Whether the upstream is waiting for the client's next bytes (rather than the
+    /// client for the upstream to take them).
+    pub fn awaits_client(&self) -> bool {
+        self.0.load(Ordering::Acquire) == AWAITING_CLIENT
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+}
+
+/// A request body that records how far it has been sent.
 pub struct SentBody<B> {
     inner: B,
-    sent: Arc<AtomicBool>,
+    progress: Arc<BodyProgress>,
 }
 
 impl<B: Body> SentBody<B> {
-    /// `inner`, setting `sent` once it has been sent whole.
-    pub fn new(inner: B, sent: Arc<AtomicBool>) -> Self {
+    /// `inner`, keeping `progress` up to date as it is sent.
+    pub fn new(inner: B, progress: Arc<BodyProgress>) -> Self {
         if inner.is_end_stream() {
-            sent.store(true, Ordering::Release);
+            progress.set(SENT);
         }
-        Self { inner, sent }
+        Self { inner, progress }
     }
 }
 
@@ -264,11 +293,16 @@ impl<B: Body + Unpin> Body for SentBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) else {
+            self.progress.set(AWAITING_CLIENT);
+            return Poll::Pending;
+        };
         // Whole when the stream ends, or when the last declared byte has gone (hyper does
         // not ask again after a Content-Length is met).
         if frame.is_none() || self.inner.is_end_stream() {
-            self.sent.store(true, Ordering::Release);
+            self.progress.set(SENT);
+        } else {
+            self.progress.set(MOVING);
         }
         Poll::Ready(frame)
     }

@@ -243,6 +243,74 @@ async fn slow_upstream_is_504() {
     assert!(!problem.to_string().contains(&upstream.addr.to_string()));
 }
 
+/// An upstream that takes a request's head and then stops reading its body: when the
+/// request timeout runs out, the client (still sending as fast as the gateway takes it)
+/// is not blamed with a 408; the upstream gets the 504 and the record `upstream_timeout`,
+/// as nginx's `proxy_send_timeout` and Envoy's upstream timeout do.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_is_the_one_timed_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            use tokio::io::AsyncReadExt;
+            let mut head = [0u8; 2048];
+            let _ = stream.read(&mut head).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Launch::new(&format!("http://{addr}"))
+        .arg("--request-timeout")
+        .arg("1s")
+        .arg("--max-body-bytes")
+        .arg("67108864")
+        .arg("--access-log")
+        .arg(dir.path().join("access.log").to_str().unwrap())
+        .start();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let length = 64 << 20;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..length / chunk.len() {
+            writer.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    // The answer comes while the upload is still going: read its head and its length.
+    let mut bytes = Vec::new();
+    let answered = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buf).await.unwrap_or(0);
+            bytes.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+            let whole = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                head.lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|length| length.trim().parse::<usize>().ok())
+                    .is_some_and(|length| body.len() >= length)
+            });
+            if n == 0 || whole {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), answered)
+        .await
+        .expect("the gateway answered");
+    sending.abort();
+    let reply = parse_raw(&bytes);
+    reply.assert_problem(504, "upstream-timeout");
+    assert_eq!(decisions_of(&dir, &mut gateway), ["upstream_timeout"]);
+}
+
 /// An upstream that sends its head and part of a body of known length, then nothing, has
 /// the request timeout for each next piece, as for its head (nginx's `proxy_read_timeout`):
 /// then the client's connection is closed short of the length, and the record says
