@@ -303,6 +303,17 @@ async fn respond(front: Arc<Front>, mut request: Request, next: Next) -> Respons
             recorder.clone(),
         )
     });
+    if let Some((exchange, _)) = &record {
+        let counted = exchange.bytes_in.clone();
+        request = request.map(|body| {
+            Body::new(body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counted.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                frame
+            }))
+        });
+    }
     let csp = front.headers.csp_for(request.uri().path()).clone();
     let mut response = next.run(request).await;
     let out = response.headers_mut();

@@ -216,6 +216,19 @@ fn assert_events_describe_the_traffic(
             ("token_revoked", id, Some("static"))
         ]
     );
+    let created = events
+        .iter()
+        .find(|(kind, _, _, payload)| {
+            kind == "admin_action" && payload["action"] == "token_created"
+        })
+        .expect("the token's creation");
+    assert!(
+        created.3["bytes_in"]
+            .as_u64()
+            .is_some_and(|bytes| bytes > 0),
+        "the request's body is counted: {}",
+        created.3
+    );
     let managed = events
         .iter()
         .find(|(_, _, principal, _)| principal.as_deref() == Some("audited"))
