@@ -5,7 +5,7 @@ mod record;
 mod stream_watch;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
@@ -538,6 +538,11 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let upstream_uri = route.upstream_uri(&parts.uri);
         let public_uri = std::mem::replace(&mut parts.uri, upstream_uri);
+        // hyper's HTTP/1.1 parser ends a trailer line only at CRLF, where other servers also
+        // take a bare LF: a front proxy and the gateway would disagree where the next request
+        // starts (RFC 9112 §2.2, §7.1.2). A request that had a trailer section (never
+        // forwarded) ends its connection, so nothing read after it is served.
+        let trailers = (parts.version < Version::HTTP_2).then(Arc::default);
         parts.version = Version::HTTP_11;
         let upstream = route.upstream();
         // The host the client named, which hygiene validated (and `allowed_hosts` admitted).
@@ -572,6 +577,7 @@ impl Gateway {
                 LimitedBody::new(Either::Left(body), max_body_bytes)
                     .counting(bytes_in)
                     .sampling(sample)
+                    .noting_trailers(trailers.clone())
             }
         };
 
@@ -586,6 +592,11 @@ impl Gateway {
         headers::strip_fingerprints(response.headers_mut());
         cors::strip_upstream_cors(response.headers_mut());
         route.rewrite_locations(response.headers_mut(), public_uri.path());
+        if trailers.is_some_and(|seen: Arc<AtomicBool>| seen.load(Ordering::Acquire)) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         Ok(response)
     }
 

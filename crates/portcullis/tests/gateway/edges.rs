@@ -81,6 +81,44 @@ async fn status_line(addr: SocketAddr, request: &[u8]) -> String {
     text.split("\r\n").next().unwrap_or_default().to_owned()
 }
 
+/// hyper ends a trailer line only at CRLF; a front proxy that also takes a bare LF (RFC 9112
+/// §2.2) would see the bytes after it as a second request, the gateway as trailers, and the
+/// two would disagree where the next request starts. A request with a trailer section ends
+/// its connection: nothing after it is served.
+#[tokio::test]
+async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
+    let upstream = Upstream::start().await;
+    let gateway = Launch::new(&upstream.url()).start();
+    let smuggled =
+        format!("GET /smuggled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    let request = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the connection was closed")
+    .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    let paths: Vec<String> = upstream
+        .seen()
+        .iter()
+        .map(|seen| seen.uri.clone())
+        .collect();
+    assert_eq!(paths, ["/a"]);
+}
+
 /// A GET's body of no declared length (chunked, RFC 9112 §6.1) reaches the upstream, as
 /// any method's does (RFC 9110 §9.3.1 gives it no meaning, but does not forbid it):
 /// search APIs take one.
