@@ -404,8 +404,12 @@ async fn require_admin(
 fn credential_problem(error: CredentialError, id: &HeaderValue) -> Response {
     let problem = match &error {
         CredentialError::NotFound(_) => extract::not_found(),
-        CredentialError::DuplicateName(_) => Problem::new(ProblemKind::Conflict)
-            .with_detail("a live token already has this name; revoke it or choose another name"),
+        CredentialError::DuplicateName(_) => Problem::new(ProblemKind::Conflict).with_detail(
+            "a live token already has this name, or one that looks like it; revoke it or choose another name",
+        ),
+        CredentialError::ReservedName(_) => Problem::new(ProblemKind::Conflict).with_detail(
+            "the name looks like a principal of the gateway's own (static, cli); choose another name",
+        ),
         CredentialError::NotLive(_) => Problem::new(ProblemKind::Conflict)
             .with_detail("the token is not live (revoked, expired or already rotated)"),
         CredentialError::UnknownScope(_, known) => Problem::new(ProblemKind::BadRequest)

@@ -74,6 +74,21 @@ pub fn is_valid_label(text: &str) -> bool {
         && !text.trim().is_empty()
 }
 
+/// The names the gateway's records give principals of its own: the static tokens' and the
+/// command line's.
+const RESERVED_NAMES: [&str; 2] = ["static", "cli"];
+
+/// What a name looks like: its UTS #39 skeleton (confusables mapped to one prototype, so
+/// Cyrillic `е` is `e`; composed and decomposed forms alike), after compatibility
+/// normalisation and lower case, without surrounding or repeated whitespace. Two names that
+/// look alike (`Deploy`, `deploy `, `dеploy`, `deploy` + U+3000) have the same.
+fn look_of(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded = name.nfkc().collect::<String>().to_lowercase();
+    let skeleton: String = unicode_security::skeleton(&folded).collect();
+    skeleton.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Control characters, and the characters that are not seen: every format character
 /// (Unicode's `Cf`: the soft hyphen, zero-width spaces and joiners, bidirectional
 /// controls, the byte-order mark, Arabic number signs, musical and shorthand format
@@ -96,8 +111,13 @@ fn is_hidden(c: char) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     /// Another live token has this name.
-    #[error("a live token named {0:?} already exists; revoke it or choose another name")]
+    #[error(
+        "a live token named {0:?}, or a name that looks like it, already exists; revoke it or choose another name"
+    )]
     DuplicateName(String),
+    /// A name that looks like one the gateway gives its own principals in records.
+    #[error("{0:?} looks like a principal of the gateway's own (static, cli); choose another name")]
+    ReservedName(String),
     /// No token has this id.
     #[error("no token has the id {0:?}")]
     NotFound(String),
@@ -270,6 +290,23 @@ impl Credentials {
         new: NewToken,
     ) -> Result<(TokenRecord, SecretString), CredentialError> {
         self.validate(&new)?;
+        let look = look_of(&new.name);
+        if RESERVED_NAMES
+            .iter()
+            .any(|reserved| look_of(reserved) == look)
+        {
+            return Err(CredentialError::ReservedName(new.name));
+        }
+        // The store's index holds names unique as written; one that only looks like a live
+        // name is refused here (two creations at once could both pass: admin actions).
+        let live: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM tokens WHERE revoked_at IS NULL AND superseded_by IS NULL",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        if live.iter().any(|(name,)| look_of(name) == look) {
+            return Err(CredentialError::DuplicateName(new.name));
+        }
         let minted = token::mint();
         let created_at = now();
         let expires_at = new.expires_in.map(|d| {
@@ -553,6 +590,26 @@ mod tests {
 
     fn label_regex() -> Regex {
         Regex::new(LABEL_PATTERN).unwrap()
+    }
+
+    /// Names a reader of the token list or the audit log would take for one another.
+    #[test]
+    fn names_that_look_alike_have_one_look() {
+        let deploy = look_of("deploy");
+        for alike in [
+            "Deploy",
+            "deploy ",
+            "deploy\u{3000}",
+            "d\u{435}ploy",
+            "ＤＥＰＬＯＹ",
+        ] {
+            assert_eq!(look_of(alike), deploy, "{alike:?}");
+        }
+        assert_eq!(look_of("caf\u{e9}"), look_of("cafe\u{301}"));
+        assert_eq!(look_of("ci  agent"), look_of("ci agent"));
+        for other in ["deploy-2", "deplo", "ci agent"] {
+            assert_ne!(look_of(other), deploy, "{other:?}");
+        }
     }
 
     /// What the OpenAPI document says: the pattern and the length.

@@ -199,14 +199,23 @@ async fn what_the_schema_forbids_is_refused_and_what_it_allows_is_accepted() {
         assert_eq!(reply.status, 201, "{body}: {}", reply.text());
     }
 
-    let duplicate = create(json!({"name": " x ", "scopes": ["read"]})).await;
-    let problem = duplicate.assert_problem(409, "conflict");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("already has this name")
-    );
+    // The same name, or one a reader would take for it (UTS #39 confusables, case, width,
+    // surrounding spaces), and the names of the gateway's own principals.
+    for (name, detail) in [
+        (" x ", "already has this name"),
+        ("X", "already has this name"),
+        ("\u{445}\u{3000}", "already has this name"),
+        ("\u{2603} ", "already has this name"),
+        ("CLI", "a principal of the gateway's own"),
+        ("st\u{430}tic", "a principal of the gateway's own"),
+    ] {
+        let refused = create(json!({"name": name, "scopes": ["read"]})).await;
+        let problem = refused.assert_problem(409, "conflict");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{name:?}: {problem}"
+        );
+    }
 }
 
 #[tokio::test]
