@@ -541,8 +541,11 @@ impl Gateway {
         // hyper's HTTP/1.1 parser ends a trailer line only at CRLF, where other servers also
         // take a bare LF: a front proxy and the gateway would disagree where the next request
         // starts (RFC 9112 §2.2, §7.1.2). A request that had a trailer section (never
-        // forwarded) ends its connection, so nothing read after it is served.
-        let trailers = (parts.version < Version::HTTP_2).then(Arc::default);
+        // forwarded) ends its connection, so nothing read after it is served. Only a
+        // chunked body has one.
+        let trailers = (parts.version < Version::HTTP_2
+            && parts.headers.contains_key(header::TRANSFER_ENCODING))
+        .then(Arc::default);
         parts.version = Version::HTTP_11;
         let upstream = route.upstream();
         // The host the client named, which hygiene validated (and `allowed_hosts` admitted).
