@@ -249,16 +249,7 @@ async fn slow_upstream_is_504() {
 /// as nginx's `proxy_send_timeout` and Envoy's upstream timeout do.
 #[tokio::test]
 async fn an_upstream_that_stops_reading_an_upload_is_the_one_timed_out() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            use tokio::io::AsyncReadExt;
-            let mut head = [0u8; 2048];
-            let _ = stream.read(&mut head).await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-    });
+    let addr = raw_upstream(|_| None).await;
     let dir = tempfile::tempdir().unwrap();
     let mut gateway = Launch::new(&format!("http://{addr}"))
         .arg("--request-timeout")
@@ -362,20 +353,36 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_request_timeout()
     assert_eq!(decisions, ["upstream_timeout"]);
 }
 
-#[tokio::test]
-async fn garbage_from_the_upstream_is_502_and_not_relayed() {
+/// An upstream on 127.0.0.1 that reads the first bytes of each connection and writes
+/// what `answer` makes of them, then closes; for `None`, it reads nothing more and stays
+/// silent.
+async fn raw_upstream(answer: fn(&str) -> Option<&'static [u8]>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            let _ = stream
-                .write_all(b"NOT HTTP: internal stack trace at /srv/app.py line 3\r\n\r\n")
-                .await;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                match answer(&String::from_utf8_lossy(&buf[..n])) {
+                    Some(reply) => {
+                        let _ = stream.write_all(reply).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(30)).await,
+                }
+            });
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn garbage_from_the_upstream_is_502_and_not_relayed() {
+    let addr =
+        raw_upstream(|_| Some(b"NOT HTTP: internal stack trace at /srv/app.py line 3\r\n\r\n"))
+            .await;
     let gateway = Launch::new(&format!("http://{addr}")).start();
     let reply = get_authorized(&gateway.url("/x")).await;
     reply.assert_problem(502, "upstream-unavailable");
@@ -387,23 +394,14 @@ async fn garbage_from_the_upstream_is_502_and_not_relayed() {
 /// coding the gateway does not decode (`gzip`) is 502, not relayed still coded (§6.1).
 #[tokio::test]
 async fn an_upstream_responses_framing_is_read_as_rfc_9112_says() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let reply: &[u8] = if head.starts_with("GET /both") {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00coded"
-            };
-            let _ = stream.write_all(reply).await;
-            let _ = stream.shutdown().await;
-        }
-    });
+    let addr = raw_upstream(|head| {
+        Some(if head.starts_with("GET /both") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00coded"
+        })
+    })
+    .await;
     let gateway = Launch::new(&format!("http://{addr}")).start();
     let reply = get_authorized(&gateway.url("/both")).await;
     assert_eq!(reply.status, 200);
