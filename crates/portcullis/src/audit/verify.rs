@@ -116,6 +116,12 @@ async fn walk(
             break;
         }
         for event in &page {
+            if event.seq == cursor {
+                return Ok(Err(format!(
+                    "event {} is stored twice (inserted)",
+                    event.seq
+                )));
+            }
             cursor = event.seq;
             if event.seq <= start {
                 return Ok(Err(format!(
@@ -169,6 +175,15 @@ async fn walk(
                 return Ok(Err(broken));
             }
         }
+    }
+    // Every row of the chain was read and linked: one the pages did not reach (a duplicate
+    // number, a number below any a walk starts from) is an insertion.
+    let rows = store.count_events(chain).await?;
+    if rows != last - start {
+        return Ok(Err(format!(
+            "the chain holds {rows} event rows, but {} link from its start to event {last} (inserted)",
+            last - start
+        )));
     }
     // Past the end: a signed checkpoint shows a cut tail; an unsigned one, a forgery.
     let beyond = || checkpoints.range(last + 1..).flat_map(|(_, at)| at);

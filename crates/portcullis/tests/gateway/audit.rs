@@ -548,7 +548,7 @@ async fn every_kind_of_tampering_is_found() {
     assert!(ok, "{out}");
 
     // Event 1 starts the chain; 2 is the allowed request, 3 the refused one (401).
-    let cases: [(&str, Vec<&str>, &str); 9] = [
+    let cases: [(&str, Vec<&str>, &str); 11] = [
         (
             "an edited payload",
             vec![
@@ -600,6 +600,21 @@ async fn every_kind_of_tampering_is_found() {
                 "INSERT INTO audit_events SELECT chain_id, 0, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
             ],
             "event 0 is numbered before the chain's first (inserted)",
+        ),
+        (
+            "a row with the lowest number there is, below where any walk starts",
+            vec![
+                "INSERT INTO audit_events SELECT chain_id, -9223372036854775808, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
+            ],
+            "event rows, but",
+        ),
+        (
+            "a row whose chain id is not text",
+            vec![
+                "INSERT INTO audit_events SELECT CAST(chain_id AS BLOB), seq, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
+            ],
+            // Not a chain left out of the walk: verify cannot read the store, and says so.
+            "audit store:",
         ),
         (
             "every row and checkpoint deleted",
