@@ -623,8 +623,6 @@ pub struct LimitedBody<B> {
     counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Where the first bytes are kept, when the audit log wants them.
     sampled: Option<std::sync::Arc<std::sync::Mutex<BodySample>>>,
-    /// Set when a trailer section arrives, when the connection wants to know.
-    trailers_seen: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<B> LimitedBody<B> {
@@ -636,17 +634,7 @@ impl<B> LimitedBody<B> {
             limit,
             counted: None,
             sampled: None,
-            trailers_seen: None,
         }
-    }
-
-    /// The same body, setting `seen` if a trailer section arrives.
-    pub fn noting_trailers(
-        mut self,
-        seen: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    ) -> Self {
-        self.trailers_seen = seen;
-        self
     }
 
     /// The same body, adding the bytes it reads to `counter`, if any.
@@ -698,10 +686,10 @@ where
                     {
                         sample.take(data);
                     }
-                } else if frame.is_trailers()
-                    && let Some(seen) = &this.trailers_seen
-                {
-                    seen.store(true, std::sync::atomic::Ordering::Release);
+                } else if frame.is_trailers() {
+                    // A trailer section is never forwarded: its fields would pass none of
+                    // the checks the head's do (an HTTP/2 upstream's client would send them).
+                    return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

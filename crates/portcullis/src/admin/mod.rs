@@ -315,8 +315,16 @@ async fn respond(front: Arc<Front>, mut request: Request, next: Next) -> Respons
         });
     }
     let csp = front.headers.csp_for(request.uri().path()).clone();
+    // A chunked HTTP/1.1 request ends its connection: the parser could read a trailer
+    // section otherwise than a front proxy (see `base::body::ChunkedEnd`); the admin API's
+    // few uploads can afford it.
+    let chunked = request.version() < http::Version::HTTP_2
+        && request.headers().contains_key(header::TRANSFER_ENCODING);
     let mut response = next.run(request).await;
     let out = response.headers_mut();
+    if chunked {
+        out.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     front.headers.apply(out, &csp, false);
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     out.insert(X_REQUEST_ID.clone(), id);

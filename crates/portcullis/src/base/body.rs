@@ -1,6 +1,7 @@
 //! The body types that flow through the gateway.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -148,6 +149,29 @@ impl<G: Unpin> Body for HoldingBody<G> {
 pub struct RequestBody {
     inner: Option<Incoming>,
     parking: Option<Parking>,
+    chunked_end: Option<ChunkedEnd>,
+}
+
+/// How far an HTTP/1.1 chunked request body was read: whether its end came, and whether a
+/// trailer section came with it. hyper's parser ends a trailer line only at CRLF, where a
+/// front proxy may also take a bare LF (RFC 9112 §2.2, §7.1.2): after a trailer section,
+/// or a body left unread (which hyper reads on, trailers and all, before the next request),
+/// the two could disagree where the next request starts, so the connection is not kept.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkedEnd(Arc<AtomicU8>);
+
+const BODY_ENDED: u8 = 1;
+const TRAILERS_CAME: u8 = 2;
+
+impl ChunkedEnd {
+    /// Whether the body was read to its end, with no trailer section.
+    pub fn ended_plainly(&self) -> bool {
+        self.0.load(Ordering::Acquire) == BODY_ENDED
+    }
+
+    fn note(&self, what: u8) {
+        self.0.fetch_or(what, Ordering::AcqRel);
+    }
 }
 
 /// Where a [`RequestBody`] dropped before its end is kept.
@@ -194,11 +218,13 @@ pub fn drain_after_response(mut unread: Incoming) -> tokio::sync::oneshot::Sende
 }
 
 impl RequestBody {
-    /// `inner`, parked in `parking` (when some) if dropped before its end.
-    pub fn new(inner: Incoming, parking: Option<Parking>) -> Self {
+    /// `inner`, parked in `parking` (when some) if dropped before its end, telling
+    /// `chunked_end` (when some) how it ends.
+    pub fn new(inner: Incoming, parking: Option<Parking>, chunked_end: Option<ChunkedEnd>) -> Self {
         Self {
             inner: Some(inner),
             parking,
+            chunked_end,
         }
     }
 }
@@ -221,10 +247,21 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.inner {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
+        let this = &mut *self;
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if let Some(end) = &this.chunked_end {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => end.note(TRAILERS_CAME),
+                // Its reader may stop at the last data frame, without asking again.
+                Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => end.note(BODY_ENDED),
+                Poll::Ready(None) => end.note(BODY_ENDED),
+                _ => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -5,7 +5,7 @@ mod record;
 mod stream_watch;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use secrecy::SecretString;
 
-use crate::base::body::{self, Parking, RequestBody};
+use crate::base::body::{self, ChunkedEnd, Parking, RequestBody};
 use std::time::Duration;
 use tracing::warn;
 
@@ -239,7 +239,11 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         // An HTTP/2 request body refused before its end is kept until the answer is sent.
         let parking = (request.version() == Version::HTTP_2).then(Parking::default);
-        let mut request = request.map(|body| RequestBody::new(body, parking.clone()));
+        let chunked_end = (request.version() < Version::HTTP_2
+            && request.headers().contains_key(header::TRANSFER_ENCODING))
+        .then(ChunkedEnd::default);
+        let mut request =
+            request.map(|body| RequestBody::new(body, parking.clone(), chunked_end.clone()));
         let handshake = Handshake::detect(&mut request);
         let ctx = self.identity.resolve(&request, conn);
         let origin = request.headers().get(header::ORIGIN).cloned();
@@ -280,6 +284,10 @@ impl Gateway {
         let mut request_id = ctx.request_id;
         request_id.set_sensitive(true);
         headers.insert(X_REQUEST_ID.clone(), request_id);
+        // See `ChunkedEnd`: refusals included, whatever the body's fate.
+        if chunked_end.is_some_and(|end| !end.ended_plainly()) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(unread) = parking.as_ref().and_then(Parking::take) {
             let draining = body::drain_after_response(unread);
             response = response.map(|body| HoldingBody::new(body, draining).boxed_unsync());
@@ -538,14 +546,6 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let upstream_uri = route.upstream_uri(&parts.uri);
         let public_uri = std::mem::replace(&mut parts.uri, upstream_uri);
-        // hyper's HTTP/1.1 parser ends a trailer line only at CRLF, where other servers also
-        // take a bare LF: a front proxy and the gateway would disagree where the next request
-        // starts (RFC 9112 §2.2, §7.1.2). A request that had a trailer section (never
-        // forwarded) ends its connection, so nothing read after it is served. Only a
-        // chunked body has one.
-        let trailers = (parts.version < Version::HTTP_2
-            && parts.headers.contains_key(header::TRANSFER_ENCODING))
-        .then(Arc::default);
         parts.version = Version::HTTP_11;
         let upstream = route.upstream();
         // The host the client named, which hygiene validated (and `allowed_hosts` admitted).
@@ -580,7 +580,6 @@ impl Gateway {
                 LimitedBody::new(Either::Left(body), max_body_bytes)
                     .counting(bytes_in)
                     .sampling(sample)
-                    .noting_trailers(trailers.clone())
             }
         };
 
@@ -595,11 +594,6 @@ impl Gateway {
         headers::strip_fingerprints(response.headers_mut());
         cors::strip_upstream_cors(response.headers_mut());
         route.rewrite_locations(response.headers_mut(), public_uri.path());
-        if trailers.is_some_and(|seen: Arc<AtomicBool>| seen.load(Ordering::Acquire)) {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         Ok(response)
     }
 

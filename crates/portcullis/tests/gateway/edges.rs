@@ -117,6 +117,33 @@ async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
         .map(|seen| seen.uri.clone())
         .collect();
     assert_eq!(paths, ["/a"]);
+
+    // Refused without reading the body (no token here): the parser would read the body,
+    // trailers and all, before the next request; the connection ends instead.
+    let unauthenticated = request.replace(
+        &format!("Authorization: Bearer {TOKEN}\r\nTransfer"),
+        "Transfer",
+    );
+    let admin: SocketAddr = gateway
+        .admin_url("")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    for (addr, listener) in [(gateway.addr, "gateway"), (admin, "admin API")] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(unauthenticated.as_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut bytes),
+        )
+        .await
+        .expect("the connection was closed")
+        .unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{listener}: {text}");
+    }
+    assert_eq!(upstream.seen().len(), 1, "nothing more was forwarded");
 }
 
 /// A GET's body of no declared length (chunked, RFC 9112 §6.1) reaches the upstream, as
