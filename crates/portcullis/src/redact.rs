@@ -127,10 +127,13 @@ impl Redactor {
                 return false;
             }
             let decoded = percent_decoded(segment);
+            // As written too: `+` is a plus in a path, which the decoding reads as a space.
             looks_secret(&decoded)
-                || known
-                    .iter()
-                    .any(|known| known.contains(&*decoded) || decoded.contains(known))
+                || known.iter().any(|known| {
+                    [segment, &*decoded]
+                        .iter()
+                        .any(|form| known.contains(form) || form.contains(known))
+                })
         };
         if !path.split('/').any(secret) {
             return Cow::Borrowed(path);
@@ -197,10 +200,14 @@ impl Redactor {
             return Vec::new();
         }
         let decoded = percent_decoded(text);
+        let decoded = match &decoded {
+            Cow::Owned(decoded) => Some(decoded.as_str()),
+            Cow::Borrowed(_) => None,
+        };
         self.known
             .iter()
             .map(|secret| secret.expose_secret())
-            .filter(|secret| text.contains(secret) || decoded.contains(secret))
+            .filter(|secret| text.contains(secret) || decoded.is_some_and(|d| d.contains(secret)))
             .collect()
     }
 
@@ -1094,7 +1101,13 @@ mod tests {
         let redactor = Redactor::default().knowing([
             SecretString::from("/OUTLINE-OWN-SECRET-PATH"),
             SecretString::from("/v1/accounts/KEY-0123456789"),
+            SecretString::from("Zm9vYmFy+cXV4YmF6"),
         ]);
+        assert_eq!(
+            redactor.path("/x/Zm9vYmFy+cXV4YmF6"),
+            "/x/***",
+            "a plus in a path is a plus"
+        );
         assert_eq!(
             redactor.path("/outline/OUTLINE-OWN-SECRET-PATH/server"),
             "/outline/***/server"

@@ -113,7 +113,12 @@ async fn execute(
     action: TokenAction,
 ) -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok();
-    let route_scopes = route_scopes(config)?;
+    // Only a new token's scopes are checked against the routes': a configuration being
+    // edited, or unreadable, does not stop a revocation.
+    let route_scopes = match action {
+        TokenAction::Create { .. } => route_scopes(config)?,
+        _ => Vec::new(),
+    };
     let location = store_args.location(env).map_err(|e| e.to_string())?;
     let pepper = credentials::load_pepper(&location, env).map_err(|e| e.to_string())?;
     let store = Store::open(&location).await.map_err(|e| e.to_string())?;

@@ -1076,8 +1076,28 @@ fn parse_message(error: &toml::de::Error, text: &str) -> String {
     format!("line {line}, column {column}: {explanation}")
 }
 
-/// `message` with the text of every double-quoted string in it left out (`"…"`).
+/// `message` with the text of every double-quoted string in it left out (`"…"`), and of the
+/// name or value quoted in backticks where serde names what the file said (`unknown variant
+/// `…``); the backticked names it expects instead stay.
 fn without_strings(message: &str) -> String {
+    let mut out = without_double_quoted(message);
+    for said in [
+        "unknown variant `",
+        "unknown field `",
+        "duplicate field `",
+        "duplicate key `",
+    ] {
+        if let Some(start) = out.find(said).map(|at| at + said.len())
+            && let Some(length) = out[start..].find('`')
+        {
+            out.replace_range(start..start + length, "…");
+        }
+    }
+    out
+}
+
+/// `message` with the text of every double-quoted string in it left out (`"…"`).
+fn without_double_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut chars = message.chars();
     while let Some(c) = chars.next() {
@@ -1115,7 +1135,15 @@ mod tests {
             ),
             (
                 format!("listen = \"127.0.0.1:1\"\napi_tokens = [\"{secret}\"]\n"),
-                "line 2, column 1: unknown field `api_tokens`",
+                "line 2, column 1: unknown field `…`, expected one of `listen`",
+            ),
+            (
+                format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\nauth = \"{secret}\"\n"),
+                "line 4, column 8: unknown variant `…`, expected",
+            ),
+            (
+                format!("{secret} = 1\n"),
+                "line 1, column 1: unknown field `…`",
             ),
             (
                 format!("[upstreams.a]\nurl = \"http://x/{secret}\"\ntimeout = \"{secret}\"\n"),

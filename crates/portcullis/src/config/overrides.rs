@@ -249,15 +249,12 @@ pub struct StoreArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// PostgreSQL URL (postgres://...) to use instead of SQLite. Prefer the environment
-    /// variable or PORTCULLIS_DATABASE_URL_FILE: a flag shows in the process list.
-    #[arg(
-        long,
-        env = "PORTCULLIS_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true,
-        value_parser = secret_arg
-    )]
+    /// PostgreSQL URL (postgres://...) to use instead of SQLite, over
+    /// PORTCULLIS_DATABASE_URL or PORTCULLIS_DATABASE_URL_FILE (prefer those: a flag shows
+    /// in the process list).
+    // The variables are read in `location`, not by clap: a flag then overrides either, and
+    // the two variables together are refused as every secret's are.
+    #[arg(long, value_name = "URL", value_parser = secret_arg)]
     pub database_url: Option<secrecy::SecretString>,
 }
 
@@ -273,15 +270,7 @@ impl StoreArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<super::StoreLocation, super::ConfigError> {
         use secrecy::ExposeSecret;
-        let file_var = format!("{}_FILE", super::DATABASE_URL_VAR);
         let url = match &self.database_url {
-            // Either could be the one meant: refused, as for every other secret.
-            Some(_) if env(&file_var).is_some() => {
-                return Err(super::SecretError::Ambiguous {
-                    name: super::DATABASE_URL_VAR.to_owned(),
-                }
-                .into());
-            }
             Some(url) => Some(url.clone()),
             None => super::read_secret(super::DATABASE_URL_VAR, env)?,
         };

@@ -78,15 +78,27 @@ pub fn is_valid_label(text: &str) -> bool {
 /// command line's.
 const RESERVED_NAMES: [&str; 2] = ["static", "cli"];
 
-/// What a name looks like: its UTS #39 skeleton (confusables mapped to one prototype, so
-/// Cyrillic `е` is `e`; composed and decomposed forms alike), after compatibility
-/// normalisation and lower case, without surrounding or repeated whitespace. Two names that
-/// look alike (`Deploy`, `deploy `, `dеploy`, `deploy` + U+3000) have the same.
-fn look_of(name: &str) -> String {
+/// What a name looks like, two ways: its UTS #39 skeleton (confusables mapped to one
+/// prototype, so Cyrillic `е` is `e`; composed and decomposed forms alike) after
+/// compatibility normalisation and lower case, and the same with a skeleton taken before the
+/// lower case too, without surrounding or repeated whitespace. Two names look alike
+/// (`Deploy`, `deploy `, `dеploy`, `deploy` + U+3000, `Вob` for `bob`) when either way
+/// gives them the same: the table maps some capitals and their small letters apart
+/// (Cyrillic `В` is `B`, `в` is `ʙ`; Latin `I` is `l`, `i` is `i`), so neither alone does.
+fn look_of(name: &str) -> [String; 2] {
     use unicode_normalization::UnicodeNormalization;
-    let folded = name.nfkc().collect::<String>().to_lowercase();
-    let skeleton: String = unicode_security::skeleton(&folded).collect();
-    skeleton.split_whitespace().collect::<Vec<_>>().join(" ")
+    let skeleton = |text: &str| unicode_security::skeleton(text).collect::<String>();
+    let spaced = |text: String| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let normal: String = name.nfkc().collect();
+    [
+        spaced(skeleton(&normal.to_lowercase())),
+        spaced(skeleton(&skeleton(&normal).to_lowercase())),
+    ]
+}
+
+/// Whether two names' looks ([`look_of`]) meet.
+fn look_alike(one: &[String; 2], other: &[String; 2]) -> bool {
+    one[0] == other[0] || one[1] == other[1]
 }
 
 /// Control characters, and the characters that are not seen: every format character
@@ -293,7 +305,7 @@ impl Credentials {
         let look = look_of(&new.name);
         if RESERVED_NAMES
             .iter()
-            .any(|reserved| look_of(reserved) == look)
+            .any(|reserved| look_alike(&look_of(reserved), &look))
         {
             return Err(CredentialError::ReservedName(new.name));
         }
@@ -304,7 +316,7 @@ impl Credentials {
         )
         .fetch_all(self.store.pool())
         .await?;
-        if live.iter().any(|(name,)| look_of(name) == look) {
+        if live.iter().any(|(name,)| look_alike(&look_of(name), &look)) {
             return Err(CredentialError::DuplicateName(new.name));
         }
         let minted = token::mint();
@@ -568,7 +580,7 @@ fn pepper_from_data_dir(dir: &Path) -> Result<SecretString, CredentialError> {
     // token in it, and say nothing.
     if !dir.join(PEPPER_FILE).exists() && dir.join(SQLITE_FILE).exists() {
         return Err(CredentialError::Pepper(format!(
-            "{} is missing, but the token store beside it exists: restore the file, or set {PEPPER_VAR} to the pepper it held (a new pepper would refuse every token)",
+            "{} is missing, but the token store beside it exists: restore the file, or set {PEPPER_VAR} to the pepper it held (a new pepper would refuse every token; if the store held none, remove {SQLITE_FILE} to start afresh)",
             dir.join(PEPPER_FILE).display()
         )));
     }
@@ -595,20 +607,29 @@ mod tests {
     /// Names a reader of the token list or the audit log would take for one another.
     #[test]
     fn names_that_look_alike_have_one_look() {
-        let deploy = look_of("deploy");
-        for alike in [
+        let alike = |one: &str, other: &str| look_alike(&look_of(one), &look_of(other));
+        for alike_deploy in [
             "Deploy",
             "deploy ",
             "deploy\u{3000}",
             "d\u{435}ploy",
             "ＤＥＰＬＯＹ",
         ] {
-            assert_eq!(look_of(alike), deploy, "{alike:?}");
+            assert!(alike(alike_deploy, "deploy"), "{alike_deploy:?}");
         }
-        assert_eq!(look_of("caf\u{e9}"), look_of("cafe\u{301}"));
-        assert_eq!(look_of("ci  agent"), look_of("ci agent"));
+        // Capitals of another script whose small letters look otherwise, and a Latin
+        // capital whose small letter does.
+        for (one, other) in [
+            ("\u{412}ob", "bob"),
+            ("\u{41a}ate", "kate"),
+            ("CLI", "cli"),
+            ("caf\u{e9}", "cafe\u{301}"),
+            ("ci  agent", "ci agent"),
+        ] {
+            assert!(alike(one, other), "{one:?} and {other:?}");
+        }
         for other in ["deploy-2", "deplo", "ci agent"] {
-            assert_ne!(look_of(other), deploy, "{other:?}");
+            assert!(!alike(other, "deploy"), "{other:?}");
         }
     }
 
