@@ -245,6 +245,11 @@ impl AuditStore {
                         connection.execute("PRAGMA synchronous = FULL").await?;
                         connection.execute("PRAGMA busy_timeout = 5000").await?;
                     }
+                    // A reader (`audit verify`, searches) facing a table someone holds locked
+                    // fails after a while, rather than waiting for ever.
+                    if !sqlite && !write {
+                        connection.execute("SET lock_timeout = '10s'").await?;
+                    }
                     Ok(())
                 })
             })

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -278,6 +279,32 @@ async fn requests_and_admin_actions_are_chained_events_on_postgres() {
     assert_events_describe_the_traffic(&events(&database.url).await, &id);
     let (ok, out) = verify(&[], &[], &env);
     assert!(ok, "{out}");
+
+    // A table someone holds locked: verify gives up after its lock timeout (10 s), with
+    // an error, rather than waiting for ever.
+    let mut locker = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut locked = sqlx::Connection::begin(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locked)
+        .await
+        .unwrap();
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let waiting = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        verify(&[], &[], &env)
+    });
+    let (ok, out) = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("verify gave up on the lock")
+        .unwrap();
+    assert!(!ok && out.contains("lock timeout"), "{out}");
+    locked.rollback().await.unwrap();
 
     // Someone with write access to the database alone cannot hide a refusal.
     let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
