@@ -68,6 +68,19 @@ pub fn key_from_data_dir(
     let path = dir.join(file);
     let failed = |error: std::io::Error| format!("{}: {error}", path.display());
     let read = |path: &std::path::Path| -> Result<SecretString, String> {
+        // Made 0600: looser, someone changed it, and whoever can read it can forge what
+        // it keys (tokens' hashes, the audit chain).
+        #[cfg(unix)]
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "a key file is open to others than its owner; chmod 600 it"
+                );
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(failed)?;
         let key = text.trim();
         if key.len() < min_len {

@@ -205,6 +205,27 @@ fn a_lost_pepper_is_not_replaced_beside_an_existing_store() {
     assert!(!dir.join("token-pepper").exists(), "a new pepper was made");
 }
 
+/// A generated key file made readable by others (it is made 0600) is used, with a warning
+/// naming it.
+#[test]
+fn a_key_file_open_to_others_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir();
+    mint_with_id(&dir, "alice", "read");
+    let pepper = dir.join("token-pepper");
+    std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let listed = token_command(&dir, &["list"]);
+    assert!(listed.status.success());
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        stderr.contains("a key file is open to others than its owner") && stderr.contains("644"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let listed = token_command(&dir, &["list"]);
+    assert!(!String::from_utf8_lossy(&listed.stderr).contains("open to others"));
+}
+
 /// `--help` shows which variables are set, not their values: an upstream's base path may
 /// be its secret (Outline's management URL).
 #[test]
