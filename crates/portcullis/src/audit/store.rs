@@ -433,12 +433,30 @@ impl AuditStore {
             .collect::<Result<_, _>>()?)
     }
 
-    /// How many events rows `chain` has, whatever their numbers: `verify` compares it with
-    /// the events it linked, so that no row it did not read (a duplicate, a number outside
-    /// the walk) goes unseen.
-    pub async fn count_events(&self, chain: &str) -> Result<i64, AuditStoreError> {
+    /// How many event rows `chain` has numbered above `after` and up to `upto`: `verify`
+    /// compares it with the events it linked there, so that no row it did not read (a
+    /// duplicate) goes unseen.
+    pub async fn count_events(
+        &self,
+        chain: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<i64, AuditStoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM audit_events WHERE chain_id = $1 AND seq > $2 AND seq <= $3",
+        )
+        .bind(chain.to_owned())
+        .bind(after)
+        .bind(upto)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The lowest number of `chain`'s events, if it has any: `verify` reads from above
+    /// `i64::MIN`, and a row numbered that would otherwise go unread.
+    pub async fn lowest_event(&self, chain: &str) -> Result<Option<i64>, AuditStoreError> {
         Ok(
-            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE chain_id = $1")
+            sqlx::query_scalar("SELECT min(seq) FROM audit_events WHERE chain_id = $1")
                 .bind(chain.to_owned())
                 .fetch_one(&self.pool)
                 .await?,

@@ -176,14 +176,12 @@ async fn walk(
             }
         }
     }
-    // Every row of the chain was read and linked: one the pages did not reach (a duplicate
-    // number, a number below any a walk starts from) is an insertion.
-    let rows = store.count_events(chain).await?;
-    if rows != last - start {
-        return Ok(Err(format!(
-            "the chain holds {rows} event rows, but {} link from its start to event {last} (inserted)",
-            last - start
-        )));
+    // Every row the walk covered was read and linked: one the pages did not reach (a
+    // duplicate number, a number below any a walk starts from) is an insertion. Counted
+    // over the numbers walked, so that events a running gateway appends meanwhile do not
+    // count; a trim by retention meanwhile moves the start, which is read again.
+    if let Err(broken) = every_row_linked(store, key, chain, start, last).await? {
+        return Ok(Err(broken));
     }
     // Past the end: a signed checkpoint shows a cut tail; an unsigned one, a forgery.
     let beyond = || checkpoints.range(last + 1..).flat_map(|(_, at)| at);
@@ -200,6 +198,46 @@ async fn walk(
         )));
     }
     Ok(Ok(()))
+}
+
+/// Whether `chain` holds no row but the events `start + 1 ..= last` that the walk linked:
+/// none numbered at or below the start, none twice. Retention may have trimmed the chain
+/// since the walk began: then the rows from its new anchor on are counted.
+async fn every_row_linked(
+    store: &AuditStore,
+    key: &ChainKey,
+    chain: &str,
+    start: i64,
+    last: i64,
+) -> Result<Result<(), String>, AuditStoreError> {
+    let inserted = |rows: i64, from: i64| {
+        format!(
+            "the chain holds {rows} event rows numbered up to {last}, but {} link from event {} (inserted)",
+            last - from,
+            from + 1
+        )
+    };
+    if let Some(lowest) = store.lowest_event(chain).await?
+        && lowest <= start
+    {
+        return Ok(Err(format!(
+            "event {lowest} is numbered before the chain's first (inserted)"
+        )));
+    }
+    let rows = store.count_events(chain, start, last).await?;
+    if rows == last - start {
+        return Ok(Ok(()));
+    }
+    let trimmed_to = match retention_anchor(store, key, chain).await? {
+        Ok(Some(anchor)) if anchor.seq > start => anchor.seq.min(last),
+        Ok(_) => return Ok(Err(inserted(rows, start))),
+        Err(broken) => return Ok(Err(broken)),
+    };
+    let rows = store.count_events(chain, trimmed_to, last).await?;
+    if rows == last - trimmed_to {
+        return Ok(Ok(()));
+    }
+    Ok(Err(inserted(rows, trimmed_to)))
 }
 
 /// The highest retention anchor of `chain`, or `Err` naming one not sealed by `key`.

@@ -575,7 +575,7 @@ async fn every_kind_of_tampering_is_found() {
     assert!(ok, "{out}");
 
     // Event 1 starts the chain; 2 is the allowed request, 3 the refused one (401).
-    let cases: [(&str, Vec<&str>, &str); 11] = [
+    let cases: [(&str, Vec<&str>, &str); 12] = [
         (
             "an edited payload",
             vec![
@@ -633,7 +633,17 @@ async fn every_kind_of_tampering_is_found() {
             vec![
                 "INSERT INTO audit_events SELECT chain_id, -9223372036854775808, time_ms, kind, request_id, principal, tenant, status, decision, route, path, client_ip, payload, prev_hash, hash FROM audit_events WHERE seq = 2",
             ],
-            "event rows, but",
+            "event -9223372036854775808 is numbered before the chain's first (inserted)",
+        ),
+        (
+            "a row stored twice, its table rebuilt without its key",
+            vec![
+                "CREATE TABLE copied AS SELECT * FROM audit_events",
+                "DROP TABLE audit_events",
+                "ALTER TABLE copied RENAME TO audit_events",
+                "INSERT INTO audit_events SELECT * FROM audit_events WHERE seq = 3",
+            ],
+            "event 3 is stored twice (inserted)",
         ),
         (
             "a row whose chain id is not text",
