@@ -78,27 +78,47 @@ pub fn is_valid_label(text: &str) -> bool {
 /// command line's.
 const RESERVED_NAMES: [&str; 2] = ["static", "cli"];
 
-/// What a name looks like, two ways: its UTS #39 skeleton (confusables mapped to one
-/// prototype, so Cyrillic `е` is `e`; composed and decomposed forms alike) after
-/// compatibility normalisation and lower case, and the same with a skeleton taken before the
-/// lower case too, without surrounding or repeated whitespace. Two names look alike
-/// (`Deploy`, `deploy `, `dеploy`, `deploy` + U+3000, `Вob` for `bob`) when either way
-/// gives them the same: the table maps some capitals and their small letters apart
-/// (Cyrillic `В` is `B`, `в` is `ʙ`; Latin `I` is `l`, `i` is `i`), so neither alone does.
-fn look_of(name: &str) -> [String; 2] {
-    use unicode_normalization::UnicodeNormalization;
-    let skeleton = |text: &str| unicode_security::skeleton(text).collect::<String>();
-    let spaced = |text: String| text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let normal: String = name.nfkc().collect();
-    [
-        spaced(skeleton(&normal.to_lowercase())),
-        spaced(skeleton(&skeleton(&normal).to_lowercase())),
-    ]
+/// What a name looks like, by Unicode's UTS #39 skeletons (confusables mapped to one
+/// prototype: Cyrillic `е` is `e`; composed and decomposed forms alike), after
+/// compatibility normalisation (`ＤＥＰＬＯＹ`), without surrounding or repeated whitespace.
+/// The table maps some capitals and their small letters apart (Cyrillic `В` is `B`, but
+/// `в` is `ʙ`; Latin `I` is `l`, but `i` is `i`), so a name has three looks.
+struct Look {
+    /// In lower case: `Deploy` is `deploy`.
+    folded: String,
+    /// In lower case after each letter outside ASCII is taken to its prototype: `Вob` is
+    /// `bob` (an ASCII capital keeps its own small letter: `CI` is not `CL`).
+    folded_foreign: String,
+    /// In its own case: `CLl` is `CLI`.
+    cased: String,
 }
 
-/// Whether two names' looks ([`look_of`]) meet.
-fn look_alike(one: &[String; 2], other: &[String; 2]) -> bool {
-    one[0] == other[0] || one[1] == other[1]
+impl Look {
+    fn of(name: &str) -> Self {
+        use unicode_normalization::UnicodeNormalization;
+        let skeleton = |text: &str| unicode_security::skeleton(text).collect::<String>();
+        let spaced = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let normal: String = name.nfkc().collect();
+        let foreign: String = normal
+            .chars()
+            .map(|c| match c.is_ascii() {
+                true => c.to_string(),
+                false => skeleton(&c.to_string()),
+            })
+            .collect();
+        Self {
+            folded: spaced(&skeleton(&normal.to_lowercase())),
+            folded_foreign: spaced(&skeleton(&foreign.to_lowercase())),
+            cased: spaced(&skeleton(&normal)),
+        }
+    }
+
+    /// Whether a reader would take the one name for the other.
+    fn alike(&self, other: &Self) -> bool {
+        let folded = [&self.folded, &self.folded_foreign];
+        let others = [&other.folded, &other.folded_foreign];
+        folded.iter().any(|one| others.contains(one)) || self.cased == other.cased
+    }
 }
 
 /// Control characters, and the characters that are not seen: every format character
@@ -302,10 +322,15 @@ impl Credentials {
         new: NewToken,
     ) -> Result<(TokenRecord, SecretString), CredentialError> {
         self.validate(&new)?;
-        let look = look_of(&new.name);
-        if RESERVED_NAMES
-            .iter()
-            .any(|reserved| look_alike(&look_of(reserved), &look))
+        let look = Look::of(&new.name);
+        // In each case they could be written in: `CLl` looks like `CLI`.
+        let reserved_forms = RESERVED_NAMES.iter().flat_map(|reserved| {
+            let title = reserved[..1].to_uppercase() + &reserved[1..];
+            [reserved.to_string(), reserved.to_uppercase(), title]
+        });
+        if reserved_forms
+            .map(|form| Look::of(&form))
+            .any(|reserved| reserved.alike(&look))
         {
             return Err(CredentialError::ReservedName(new.name));
         }
@@ -316,7 +341,7 @@ impl Credentials {
         )
         .fetch_all(self.store.pool())
         .await?;
-        if live.iter().any(|(name,)| look_alike(&look_of(name), &look)) {
+        if live.iter().any(|(name,)| Look::of(name).alike(&look)) {
             return Err(CredentialError::DuplicateName(new.name));
         }
         let minted = token::mint();
@@ -607,7 +632,7 @@ mod tests {
     /// Names a reader of the token list or the audit log would take for one another.
     #[test]
     fn names_that_look_alike_have_one_look() {
-        let alike = |one: &str, other: &str| look_alike(&look_of(one), &look_of(other));
+        let alike = |one: &str, other: &str| Look::of(one).alike(&Look::of(other));
         for alike_deploy in [
             "Deploy",
             "deploy ",
@@ -622,14 +647,23 @@ mod tests {
         for (one, other) in [
             ("\u{412}ob", "bob"),
             ("\u{41a}ate", "kate"),
+            ("ingest-\u{412}ot", "Ingest-Bot"),
             ("CLI", "cli"),
+            ("CLl", "CLI"),
             ("caf\u{e9}", "cafe\u{301}"),
             ("ci  agent", "ci agent"),
         ] {
             assert!(alike(one, other), "{one:?} and {other:?}");
         }
-        for other in ["deploy-2", "deplo", "ci agent"] {
-            assert!(!alike(other, "deploy"), "{other:?}");
+        for (one, other) in [
+            ("deploy-2", "deploy"),
+            ("deplo", "deploy"),
+            ("ci agent", "deploy"),
+            ("CI", "CL"),
+            ("API", "APL"),
+            ("dev0", "devo"),
+        ] {
+            assert!(!alike(one, other), "{one:?} and {other:?}");
         }
     }
 

@@ -208,6 +208,7 @@ async fn what_the_schema_forbids_is_refused_and_what_it_allows_is_accepted() {
         ("\u{2603} ", "already has this name"),
         ("CLI", "a principal of the gateway's own"),
         ("st\u{430}tic", "a principal of the gateway's own"),
+        ("STATlC", "a principal of the gateway's own"),
     ] {
         let refused = create(json!({"name": name, "scopes": ["read"]})).await;
         let problem = refused.assert_problem(409, "conflict");
