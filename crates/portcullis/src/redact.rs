@@ -121,18 +121,20 @@ impl Redactor {
     /// part of one of the gateway's own secrets a client wrote into it. (A capability
     /// route's own segment is masked by the route, whatever it looks like.)
     pub fn path<'a>(&self, path: &'a str) -> Cow<'a, str> {
-        let known = self.known_in(path);
+        // Decoded as a path is (RFC 3986: `+` is a plus there, not a space as in a form).
+        let known = self.known_in(path, path_decoded);
         let secret = |segment: &str| {
             if segment.is_empty() {
                 return false;
             }
-            let decoded = percent_decoded(segment);
-            // As written too: `+` is a plus in a path, which the decoding reads as a space.
-            looks_secret(&decoded)
-                || known.iter().any(|known| {
-                    [segment, &*decoded]
-                        .iter()
-                        .any(|form| known.contains(form) || form.contains(known))
+            looks_secret(&percent_decoded(segment))
+                || (!known.is_empty() && {
+                    let decoded = path_decoded(segment);
+                    known.iter().any(|known| {
+                        [segment, &*decoded]
+                            .iter()
+                            .any(|form| known.contains(form) || form.contains(known))
+                    })
                 })
         };
         if !path.split('/').any(secret) {
@@ -150,7 +152,8 @@ impl Redactor {
     /// so the shape of the request shows.
     pub fn query(&self, query: &str) -> String {
         let hides_secret = |text: &str| {
-            self.hides_secret(&percent_decoded(text)) || !self.known_in(text).is_empty()
+            self.hides_secret(&percent_decoded(text))
+                || !self.known_in(text, percent_decoded).is_empty()
         };
         let mut out = String::with_capacity(query.len());
         for (i, pair) in query.split('&').enumerate() {
@@ -195,11 +198,11 @@ impl Redactor {
 
     /// The gateway's own secrets that `text` holds, as it is or percent-decoded (a secret
     /// of several segments is found in the whole path, not in one segment).
-    fn known_in(&self, text: &str) -> Vec<&str> {
+    fn known_in(&self, text: &str, decode: fn(&str) -> Cow<'_, str>) -> Vec<&str> {
         if self.known.is_empty() {
             return Vec::new();
         }
-        let decoded = percent_decoded(text);
+        let decoded = decode(text);
         let decoded = match &decoded {
             Cow::Owned(decoded) => Some(decoded.as_str()),
             Cow::Borrowed(_) => None,
@@ -705,6 +708,14 @@ fn has_key_prefix(value: &str) -> bool {
 
 /// `text` as a form decoder reads it: `+` as a space, `%XX` escapes decoded (bad ones
 /// kept), as UTF-8, lossily.
+/// `text` percent-decoded as a path is: `+` stays a plus.
+fn path_decoded(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy()
+}
+
 fn percent_decoded(text: &str) -> Cow<'_, str> {
     // Most names and values hold neither: borrowed, nothing allocated on the request path.
     if !text.contains(['%', '+']) {
@@ -1107,6 +1118,11 @@ mod tests {
             redactor.path("/x/Zm9vYmFy+cXV4YmF6"),
             "/x/***",
             "a plus in a path is a plus"
+        );
+        assert_eq!(
+            redactor.path("/x/Zm9vYmFy+cXV4%59mF6"),
+            "/x/***",
+            "a plus beside an escape"
         );
         assert_eq!(
             redactor.path("/outline/OUTLINE-OWN-SECRET-PATH/server"),

@@ -284,10 +284,17 @@ async fn uncancellable(State(front): State<Arc<Front>>, request: Request, next: 
     let served = tokio::spawn(respond(front, request, next));
     match served.await {
         Ok(response) => response,
-        Err(_) => problem(
-            Problem::new(ProblemKind::Internal),
-            &crate::base::context::new_request_id(),
-        ),
+        Err(_) => {
+            let mut response = problem(
+                Problem::new(ProblemKind::Internal),
+                &crate::base::context::new_request_id(),
+            );
+            // Whatever the request left unread stays so: see `respond` on chunked bodies.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 

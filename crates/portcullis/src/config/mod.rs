@@ -1086,6 +1086,11 @@ fn without_strings(message: &str) -> String {
         "unknown field `",
         "duplicate field `",
         "duplicate key `",
+        // serde's `invalid type` and `invalid value` name a value of the wrong kind so.
+        "integer `",
+        "floating point `",
+        "boolean `",
+        "character `",
     ] {
         if let Some(start) = out.find(said).map(|at| at + said.len())
             && let Some(length) = out[start..].find('`')
@@ -1167,6 +1172,15 @@ mod tests {
             assert!(!message.contains(&secret[..8]), "{text:?}: {message}");
         }
         assert_eq!(without_strings(r#"a "b\"c" d "" e"#), r#"a "…" d "…" e"#);
+        // A number where a string belongs (a PIN, a numeric key) is not quoted either.
+        let Err(error) =
+            Config::from_toml("[upstreams.a]\nurl = 83620190417\n", Path::new("x.toml"))
+        else {
+            panic!("a number for a URL parsed");
+        };
+        let message = error.to_string();
+        assert!(message.contains("invalid type: integer `…`"), "{message}");
+        assert!(!message.contains("83620190417"), "{message}");
     }
 
     #[test]

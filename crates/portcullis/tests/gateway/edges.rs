@@ -144,6 +144,26 @@ async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{listener}: {text}");
     }
     assert_eq!(upstream.seen().len(), 1, "nothing more was forwarded");
+
+    // An ordinary chunked upload, read to its end, keeps its connection for the next.
+    let plain = format!(
+        "POST /c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    for _ in 0..2 {
+        stream.write_all(plain.as_bytes()).await.unwrap();
+        let head = read_head(&mut stream).await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|length| length.trim().parse().ok())
+            .expect("a length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.unwrap();
+    }
+    assert_eq!(upstream.seen().len(), 3);
 }
 
 /// A GET's body of no declared length (chunked, RFC 9112 §6.1) reaches the upstream, as
