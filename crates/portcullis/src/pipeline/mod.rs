@@ -402,7 +402,7 @@ impl Gateway {
             .await?;
         // An HTTP/2 client's handshake answered 2xx without switching would read as an open
         // WebSocket there (a 2xx to CONNECT opens the tunnel): it is not one.
-        if handshake == Handshake::ExtendedConnect && response.status().is_success() {
+        if matches!(handshake, Handshake::ExtendedConnect(_)) && response.status().is_success() {
             warn!(request_id = ?ctx.request_id, upstream = %route.upstream().name(), status = response.status().as_u16(), "upstream answered a WebSocket handshake without switching");
             return Err(Problem::new(ProblemKind::UpstreamUnavailable)
                 .with_detail("the upstream did not open the WebSocket")
@@ -413,6 +413,14 @@ impl Gateway {
             // to the same caps and limits as one.
             drop(slots);
             return self.watch_stream(response, route, &principal, ctx, safe);
+        }
+        // A 101 whose accept does not answer the key the gateway sent for an HTTP/2 client
+        // is no WebSocket server's (RFC 6455 §4.1: the client fails the connection).
+        if !handshake.switched_as_asked(response.headers()) {
+            warn!(request_id = ?ctx.request_id, upstream = %route.upstream().name(), "upstream switched protocols without answering the WebSocket key");
+            return Err(Problem::new(ProblemKind::UpstreamUnavailable)
+                .with_detail("the upstream did not open the WebSocket")
+                .with_decision(Decision::UpstreamProtocol));
         }
         let upstream_side = hyper::upgrade::on(&mut response);
         handshake.answer_client(&mut response);

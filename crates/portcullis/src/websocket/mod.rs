@@ -25,8 +25,36 @@ pub enum Handshake {
     /// `GET` with `Upgrade: websocket` and `Connection: upgrade` (RFC 6455 §4.1).
     Http1,
     /// HTTP/2 `CONNECT` with `:protocol = websocket` (RFC 8441 §4), which the stages see
-    /// as the `GET` the upstream is sent.
-    ExtendedConnect,
+    /// as the `GET` the upstream is sent, with the key the gateway sends in its name.
+    ExtendedConnect(WebSocketKey),
+}
+
+/// The key the gateway sends an upstream for an HTTP/2 client's handshake, which has none
+/// (RFC 8441 §5). The gateway is then the upstream's WebSocket client, and checks the
+/// answer as RFC 6455 §4.1 has a client do: the client behind it never sees the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketKey([u8; 16]);
+
+/// Appended to a key before it is hashed into its accept (RFC 6455 §1.3).
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+impl WebSocketKey {
+    /// `Sec-WebSocket-Key`'s value: the 16 bytes, base64.
+    fn encoded(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    /// Whether `accept` answers this key: base64 of the SHA-1 of the key and the GUID.
+    fn accepted_by(&self, accept: &[u8]) -> bool {
+        use sha1::Digest;
+        let mut hash = sha1::Sha1::new();
+        hash.update(self.encoded());
+        hash.update(ACCEPT_GUID);
+        base64::engine::general_purpose::STANDARD
+            .encode(hash.finalize())
+            .as_bytes()
+            == accept
+    }
 }
 
 impl Handshake {
@@ -40,7 +68,7 @@ impl Handshake {
                 return None;
             }
             *request.method_mut() = Method::GET;
-            return Some(Self::ExtendedConnect);
+            return Some(Self::ExtendedConnect(WebSocketKey(rand::random())));
         }
         let headers = request.headers();
         let upgrade = request.version() == Version::HTTP_11
@@ -55,14 +83,24 @@ impl Handshake {
     pub fn address_upstream(self, headers: &mut HeaderMap) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if self == Self::ExtendedConnect {
-            let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-            if let Ok(key) = HeaderValue::from_str(&key) {
+        if let Self::ExtendedConnect(key) = self {
+            if let Ok(key) = HeaderValue::from_str(&key.encoded()) {
                 headers.insert(header::SEC_WEBSOCKET_KEY, key);
             }
             headers
                 .entry(header::SEC_WEBSOCKET_VERSION)
                 .or_insert(HeaderValue::from_static("13"));
+        }
+    }
+
+    /// Whether the upstream's `101` answers the handshake: over HTTP/1.1 the client checks
+    /// the accept itself (it passes through); for an HTTP/2 client, the gateway does.
+    pub fn switched_as_asked(self, headers: &HeaderMap) -> bool {
+        match self {
+            Self::Http1 => true,
+            Self::ExtendedConnect(key) => headers
+                .get(header::SEC_WEBSOCKET_ACCEPT)
+                .is_some_and(|accept| key.accepted_by(accept.as_bytes())),
         }
     }
 
@@ -76,7 +114,7 @@ impl Handshake {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
-            Self::ExtendedConnect => {
+            Self::ExtendedConnect(_) => {
                 headers.remove(header::SEC_WEBSOCKET_ACCEPT);
                 *response.status_mut() = StatusCode::OK;
             }
@@ -255,10 +293,10 @@ mod tests {
         connect
             .extensions_mut()
             .insert(hyper::ext::Protocol::from_static("websocket"));
-        assert_eq!(
+        assert!(matches!(
             Handshake::detect(&mut connect),
-            Some(Handshake::ExtendedConnect)
-        );
+            Some(Handshake::ExtendedConnect(_))
+        ));
         assert_eq!(connect.method(), Method::GET);
 
         let mut other = request(Version::HTTP_2, "CONNECT", &[]);
@@ -276,7 +314,8 @@ mod tests {
     #[test]
     fn an_extended_connect_is_sent_upstream_with_a_key_of_its_own_rfc_8441_5() {
         let mut headers = HeaderMap::new();
-        Handshake::ExtendedConnect.address_upstream(&mut headers);
+        let handshake = Handshake::ExtendedConnect(WebSocketKey(rand::random()));
+        handshake.address_upstream(&mut headers);
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
         assert_eq!(headers[header::SEC_WEBSOCKET_VERSION], "13");
@@ -291,7 +330,7 @@ mod tests {
             .header(header::SEC_WEBSOCKET_PROTOCOL, "chat")
             .body(())
             .unwrap();
-        Handshake::ExtendedConnect.answer_client(&mut response);
+        handshake.answer_client(&mut response);
         assert_eq!(response.status(), StatusCode::OK);
         assert!(
             !response
@@ -299,5 +338,29 @@ mod tests {
                 .contains_key(header::SEC_WEBSOCKET_ACCEPT)
         );
         assert_eq!(response.headers()[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+    }
+
+    /// RFC 6455 §1.3's own example: the key `dGhlIHNhbXBsZSBub25jZQ==` is answered
+    /// `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`; any other accept, or none, is no switch.
+    #[test]
+    fn an_upstreams_accept_must_answer_the_key_rfc_6455_4_1() {
+        let handshake = Handshake::ExtendedConnect(WebSocketKey(*b"the sample nonce"));
+        let answer = |accept: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(accept) = accept {
+                headers.insert(
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::from_static(accept),
+                );
+            }
+            handshake.switched_as_asked(&headers)
+        };
+        assert!(answer(Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")));
+        assert!(!answer(Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")));
+        assert!(!answer(None));
+        assert!(
+            Handshake::Http1.switched_as_asked(&HeaderMap::new()),
+            "the client checks"
+        );
     }
 }
