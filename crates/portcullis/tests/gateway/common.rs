@@ -772,3 +772,28 @@ fn create_token(dir: &Path, name: &str, scopes: &str, extra: &[&str]) -> (String
         created["token"].as_str().unwrap().to_owned(),
     )
 }
+
+/// An upstream on 127.0.0.1 that reads the first bytes of each connection and writes
+/// what `answer` makes of them, then closes; for `None`, it reads nothing more and stays
+/// silent.
+pub async fn raw_upstream(answer: fn(&str) -> Option<&'static [u8]>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                match answer(&String::from_utf8_lossy(&buf[..n])) {
+                    Some(reply) => {
+                        let _ = stream.write_all(reply).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(30)).await,
+                }
+            });
+        }
+    });
+    addr
+}

@@ -81,6 +81,22 @@ async fn status_line(addr: SocketAddr, request: &[u8]) -> String {
     text.split("\r\n").next().unwrap_or_default().to_owned()
 }
 
+/// Writes `request` to `addr` and reads every answer until the connection is closed
+/// (within 10 s).
+async fn answers_until_closed(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the connection was closed")
+    .unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// hyper ends a trailer line only at CRLF; a front proxy that also takes a bare LF (RFC 9112
 /// §2.2) would see the bytes after it as a second request, the gateway as trailers, and the
 /// two would disagree where the next request starts. A request with a trailer section ends
@@ -95,17 +111,7 @@ async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
         "POST /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{smuggled}",
         smuggled.len()
     );
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut bytes),
-    )
-    .await
-    .expect("the connection was closed")
-    .unwrap();
-    let text = String::from_utf8_lossy(&bytes);
+    let text = answers_until_closed(gateway.addr, &request).await;
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(
         text.to_ascii_lowercase().contains("connection: close"),
@@ -130,17 +136,7 @@ async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
         .parse()
         .unwrap();
     for (addr, listener) in [(gateway.addr, "gateway"), (admin, "admin API")] {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(unauthenticated.as_bytes()).await.unwrap();
-        let mut bytes = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            stream.read_to_end(&mut bytes),
-        )
-        .await
-        .expect("the connection was closed")
-        .unwrap();
-        let text = String::from_utf8_lossy(&bytes);
+        let text = answers_until_closed(addr, &unauthenticated).await;
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{listener}: {text}");
     }
     assert_eq!(upstream.seen().len(), 1, "nothing more was forwarded");

@@ -353,31 +353,6 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_request_timeout()
     assert_eq!(decisions, ["upstream_timeout"]);
 }
 
-/// An upstream on 127.0.0.1 that reads the first bytes of each connection and writes
-/// what `answer` makes of them, then closes; for `None`, it reads nothing more and stays
-/// silent.
-async fn raw_upstream(answer: fn(&str) -> Option<&'static [u8]>) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                match answer(&String::from_utf8_lossy(&buf[..n])) {
-                    Some(reply) => {
-                        let _ = stream.write_all(reply).await;
-                        let _ = stream.shutdown().await;
-                    }
-                    None => tokio::time::sleep(Duration::from_secs(30)).await,
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn garbage_from_the_upstream_is_502_and_not_relayed() {
     let addr =
@@ -570,23 +545,10 @@ async fn a_connection_that_answered_before_the_whole_upload_is_not_reused() {
 async fn upstream_closing_kept_alive_connections_is_harmless() {
     // An upstream that answers one request per connection and then closes it, as one
     // with a short keep-alive timeout does.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=1\r\n\r\nok",
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
-        }
-    });
+    let addr = raw_upstream(|_| {
+        Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=1\r\n\r\nok")
+    })
+    .await;
     let gateway = Launch::new(&format!("http://{addr}"))
         .arg("--workers")
         .arg("1")
