@@ -773,27 +773,65 @@ fn create_token(dir: &Path, name: &str, scopes: &str, extra: &[&str]) -> (String
     )
 }
 
-/// An upstream on 127.0.0.1 that reads the first bytes of each connection and writes
-/// what `answer` makes of them, then closes; for `None`, it reads nothing more and stays
-/// silent.
-pub async fn raw_upstream(answer: fn(&str) -> Option<&'static [u8]>) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                match answer(&String::from_utf8_lossy(&buf[..n])) {
-                    Some(reply) => {
-                        let _ = stream.write_all(reply).await;
-                        let _ = stream.shutdown().await;
+/// An upstream on 127.0.0.1 that reads each connection's request head and writes what
+/// its answer makes of it, then closes; for `None`, it reads nothing more and stays silent.
+/// It keeps the raw bytes of each head: for framing no HTTP library would produce.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    pub heads: Arc<Mutex<Vec<String>>>,
+}
+
+type RawAnswer = Arc<dyn Fn(&str) -> Option<&'static [u8]> + Send + Sync>;
+
+impl RawUpstream {
+    /// Answers every connection with `answer`, whatever it was sent.
+    pub async fn start(answer: &'static [u8]) -> Self {
+        Self::serve(Arc::new(move |_| Some(answer))).await
+    }
+
+    /// Answers each connection with what `answer` makes of its head.
+    pub async fn answering(answer: fn(&str) -> Option<&'static [u8]>) -> Self {
+        Self::serve(Arc::new(answer)).await
+    }
+
+    async fn serve(answer: RawAnswer) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let record = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (record, answer) = (record.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let head = read_head(&mut stream).await;
+                    record.lock().unwrap().push(head.clone());
+                    match answer(&head) {
+                        Some(reply) => {
+                            let _ = stream.write_all(reply).await;
+                            let _ = stream.shutdown().await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
                     }
-                    None => tokio::time::sleep(Duration::from_secs(30)).await,
-                }
-            });
+                });
+            }
+        });
+        Self { addr, heads }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The bytes of a request or response head read from `stream`, up to its blank line.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
         }
-    });
-    addr
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }

@@ -3,11 +3,10 @@
 //! detail of the upstream (its HTTP version, its address, its base path) reaches the client.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use http::{Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::common::*;
@@ -27,65 +26,17 @@ fn with_routes(upstream: &Upstream, routes: &str) -> (tempfile::TempDir, Gateway
     (dir, gateway)
 }
 
-/// An upstream that answers every connection with `answer`, whatever it was sent, and
-/// keeps the raw bytes of each request head: for framing no HTTP library would produce.
-struct RawUpstream {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl RawUpstream {
-    async fn start(answer: &'static [u8]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let record = heads.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let head = read_head(&mut stream).await;
-                    record.lock().unwrap().push(head);
-                    let _ = stream.write_all(answer).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Self { addr, heads }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 /// Writes `request` and returns the raw status line of the answer.
 async fn status_line(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).await.unwrap();
-    let text = String::from_utf8_lossy(&bytes);
+    let text = answers_until_closed(addr, request).await;
     text.split("\r\n").next().unwrap_or_default().to_owned()
 }
 
 /// Writes `request` to `addr` and reads every answer until the connection is closed
 /// (within 10 s).
-async fn answers_until_closed(addr: SocketAddr, request: &str) -> String {
+async fn answers_until_closed(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut bytes = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -111,7 +62,7 @@ async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
         "POST /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{smuggled}",
         smuggled.len()
     );
-    let text = answers_until_closed(gateway.addr, &request).await;
+    let text = answers_until_closed(gateway.addr, request.as_bytes()).await;
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(
         text.to_ascii_lowercase().contains("connection: close"),
@@ -136,7 +87,7 @@ async fn a_request_with_trailers_ends_its_connection_rfc_9112_7_1_2() {
         .parse()
         .unwrap();
     for (addr, listener) in [(gateway.addr, "gateway"), (admin, "admin API")] {
-        let text = answers_until_closed(addr, &unauthenticated).await;
+        let text = answers_until_closed(addr, unauthenticated.as_bytes()).await;
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{listener}: {text}");
     }
     assert_eq!(upstream.seen().len(), 1, "nothing more was forwarded");

@@ -249,7 +249,7 @@ async fn slow_upstream_is_504() {
 /// as nginx's `proxy_send_timeout` and Envoy's upstream timeout do.
 #[tokio::test]
 async fn an_upstream_that_stops_reading_an_upload_is_the_one_timed_out() {
-    let addr = raw_upstream(|_| None).await;
+    let addr = RawUpstream::answering(|_| None).await.addr;
     let dir = tempfile::tempdir().unwrap();
     let mut gateway = Launch::new(&format!("http://{addr}"))
         .arg("--request-timeout")
@@ -355,9 +355,11 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_request_timeout()
 
 #[tokio::test]
 async fn garbage_from_the_upstream_is_502_and_not_relayed() {
-    let addr =
-        raw_upstream(|_| Some(b"NOT HTTP: internal stack trace at /srv/app.py line 3\r\n\r\n"))
-            .await;
+    let addr = RawUpstream::answering(|_| {
+        Some(b"NOT HTTP: internal stack trace at /srv/app.py line 3\r\n\r\n")
+    })
+    .await
+    .addr;
     let gateway = Launch::new(&format!("http://{addr}")).start();
     let reply = get_authorized(&gateway.url("/x")).await;
     reply.assert_problem(502, "upstream-unavailable");
@@ -369,14 +371,14 @@ async fn garbage_from_the_upstream_is_502_and_not_relayed() {
 /// coding the gateway does not decode (`gzip`) is 502, not relayed still coded (§6.1).
 #[tokio::test]
 async fn an_upstream_responses_framing_is_read_as_rfc_9112_says() {
-    let addr = raw_upstream(|head| {
+    let addr = RawUpstream::answering(|head| {
         Some(if head.starts_with("GET /both") {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"
         } else {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00coded"
         })
     })
-    .await;
+    .await.addr;
     let gateway = Launch::new(&format!("http://{addr}")).start();
     let reply = get_authorized(&gateway.url("/both")).await;
     assert_eq!(reply.status, 200);
@@ -545,10 +547,11 @@ async fn a_connection_that_answered_before_the_whole_upload_is_not_reused() {
 async fn upstream_closing_kept_alive_connections_is_harmless() {
     // An upstream that answers one request per connection and then closes it, as one
     // with a short keep-alive timeout does.
-    let addr = raw_upstream(|_| {
+    let addr = RawUpstream::answering(|_| {
         Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=1\r\n\r\nok")
     })
-    .await;
+    .await
+    .addr;
     let gateway = Launch::new(&format!("http://{addr}"))
         .arg("--workers")
         .arg("1")

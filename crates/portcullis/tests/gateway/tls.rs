@@ -881,10 +881,10 @@ async fn an_http2_handshake_the_upstream_does_not_switch_is_a_502_not_a_tunnel_r
 /// HTTP/2 client's name (RFC 6455 §4.1): no tunnel, a 502; the client could not check.
 #[tokio::test]
 async fn an_http2_handshake_switched_without_the_keys_answer_is_a_502_rfc_6455_4_1() {
-    let addr = raw_upstream(|_| {
+    let addr = RawUpstream::answering(|_| {
         Some(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n\x81\x05hello")
     })
-    .await;
+    .await.addr;
     let cert = test_cert();
     let (_dir, gateway) = websocket_gateway(&format!("http://{addr}"), &cert);
     let (mut sender, _connection) = h2_connection(&cert, &gateway).await;
