@@ -407,30 +407,38 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test]
-async fn route_prefixes_hold_against_unicode_case_folding() {
-    // The upstream serves its admin area for any path that folds to /admin, as a
-    // case-insensitive Java or Python router would.
-    let upstream = Upstream::start_with(|seen| {
-        let folded = folded_like_a_lenient_router(&seen.uri);
-        folded.starts_with("/admin").then(|| {
+/// An upstream that serves its protected area for any path it `reads` (as a lenient
+/// framework would) as under `prefix`, behind a gateway whose route `prefix` only addresses
+/// outside loopback may reach, everything else open to the token: a request of these tests
+/// that the upstream sees has slipped past the route.
+async fn behind_a_guarded_route(
+    prefix: &'static str,
+    reads: fn(&str) -> String,
+) -> (Upstream, tempfile::TempDir, Gateway) {
+    let upstream = Upstream::start_with(move |seen| {
+        reads(&seen.uri).starts_with(prefix).then(|| {
             Response::builder()
                 .status(StatusCode::OK)
-                .body(full("the admin area"))
+                .body(full("the protected area"))
                 .unwrap()
         })
     })
     .await;
-    // Only addresses outside loopback may reach /admin; everything else is open to the token.
-    let (_dir, gateway) = with_routes(
+    let (dir, gateway) = with_routes(
         &upstream,
-        r#"
-        [[routes]]
-        path_prefix = "/admin"
-        upstream = "api"
-        deny_ips = ["127.0.0.0/8"]
-        "#,
+        &format!(
+            "[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"api\"\ndeny_ips = [\"127.0.0.0/8\"]\n"
+        ),
     );
+    (upstream, dir, gateway)
+}
+
+#[tokio::test]
+async fn route_prefixes_hold_against_unicode_case_folding() {
+    // The upstream serves its admin area for any path that folds to /admin, as a
+    // case-insensitive Java or Python router would.
+    let (upstream, _dir, gateway) =
+        behind_a_guarded_route("/admin", folded_like_a_lenient_router).await;
     let attacks = [
         "/adm%C4%B1n/users",     // ı, dotless i
         "/ADM%C4%B0N/users",     // İ, dotted capital I
@@ -491,25 +499,12 @@ async fn route_prefixes_hold_against_unicode_case_folding() {
 /// for the segment endings other upstreams trim.
 #[tokio::test]
 async fn route_prefixes_hold_against_escaped_reserved_characters() {
-    let upstream = Upstream::start_with(|seen| {
-        let decoded = percent_encoding::percent_decode_str(&seen.uri).decode_utf8_lossy();
-        decoded.starts_with("/v1/reports:run").then(|| {
-            Response::builder()
-                .status(StatusCode::OK)
-                .body(full("the report ran"))
-                .unwrap()
-        })
+    let (upstream, _dir, gateway) = behind_a_guarded_route("/v1/reports:run", |uri| {
+        percent_encoding::percent_decode_str(uri)
+            .decode_utf8_lossy()
+            .into_owned()
     })
     .await;
-    let (_dir, gateway) = with_routes(
-        &upstream,
-        r#"
-        [[routes]]
-        path_prefix = "/v1/reports:run"
-        upstream = "api"
-        deny_ips = ["127.0.0.0/8"]
-        "#,
-    );
     for path in [
         "/v1/reports%3Arun",
         "/v1/reports%3arun/x",
