@@ -335,11 +335,13 @@ impl Credentials {
             return Err(CredentialError::ReservedName(new.name));
         }
         // The store's index holds names unique as written; one that only looks like a live
-        // name is refused here (two creations at once could both pass: admin actions).
+        // name is refused here, in a transaction no other creation runs beside, so that two
+        // creations at once (two admins, two replicas) cannot both pass the look.
+        let mut transaction = self.store.begin_serialized().await?;
         let live: Vec<(String,)> = sqlx::query_as(
             "SELECT name FROM tokens WHERE revoked_at IS NULL AND superseded_by IS NULL",
         )
-        .fetch_all(self.store.pool())
+        .fetch_all(&mut *transaction)
         .await?;
         if live.iter().any(|(name,)| Look::of(name).alike(&look)) {
             return Err(CredentialError::DuplicateName(new.name));
@@ -365,8 +367,8 @@ impl Credentials {
             superseded_by: None,
         };
         let hash = self.hasher.hash(minted.secret.expose_secret());
-        let mut connection = self.store.pool().acquire().await?;
-        insert(&mut connection, &record, &hash).await?;
+        insert(&mut transaction, &record, &hash).await?;
+        transaction.commit().await?;
         Ok((record, minted.secret))
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use crate::config::StoreLocation;
 
@@ -42,6 +42,7 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    is_sqlite: bool,
 }
 
 /// How long a query may wait for a pooled connection; a store that cannot answer in this
@@ -81,12 +82,27 @@ impl Store {
             .await
             .map_err(|source| StoreError::Connect { kind, source })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, is_sqlite })
     }
 
     /// The connection pool, for the modules that own tables.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A transaction that no other [`Self::begin_serialized`] transaction, of this process
+    /// or another on the same store, runs beside: for a check that a unique index cannot
+    /// make, such as names that only look alike. SQLite takes its write lock at the start
+    /// (`BEGIN IMMEDIATE`); PostgreSQL, an advisory lock of its own until the end.
+    pub async fn begin_serialized(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        if self.is_sqlite {
+            return Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?);
+        }
+        let mut transaction = self.pool.begin().await?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock(7463726561746573)")
+            .await?;
+        Ok(transaction)
     }
 
     /// Whether the store answers a trivial query.

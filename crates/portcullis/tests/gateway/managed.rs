@@ -760,6 +760,59 @@ async fn admin(url: String, method: &str, token: Option<&str>, body: Option<Valu
     send(builder.body(body).unwrap()).await
 }
 
+/// Names a reader would take for one another, created at the same moment through `replicas`
+/// gateways on one store: one token is made, every other creation is refused 409 (the look
+/// is checked in a transaction no other creation runs beside; the store's unique index
+/// holds names only as written).
+async fn look_alike_names_created_at_once_make_one_token(backend: Backend, replicas: usize) {
+    let upstream = Upstream::start().await;
+    let gateways: Vec<Gateway> = (0..replicas)
+        .map(|_| {
+            backend
+                .launch(&upstream)
+                .env("PORTCULLIS_API_TOKENS", TOKEN)
+                .start()
+        })
+        .collect();
+    for round in 0..6 {
+        let names = [
+            format!("r{round}-bot"),
+            format!("R{round}-BOT"),
+            format!("r{round}-b\u{43e}t"),
+            format!("\u{ff52}{round}-bot"),
+            format!(" r{round}-bot "),
+            format!("r{round}-Bot"),
+        ];
+        let mut creations = tokio::task::JoinSet::new();
+        for (n, name) in names.iter().enumerate() {
+            let url = gateways[n % replicas].admin_url("/v1/tokens");
+            let body = serde_json::json!({"name": name, "scopes": ["read"]});
+            creations.spawn(async move { admin(url, "POST", Some(TOKEN), Some(body)).await });
+        }
+        let replies = creations.join_all().await;
+        let created = replies.iter().filter(|reply| reply.status == 201).count();
+        assert_eq!(created, 1, "round {round}: {created} of {names:?} created");
+        for refused in replies.iter().filter(|reply| reply.status != 201) {
+            let problem = refused.assert_problem(409, "conflict");
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(detail.contains("already has this name"), "{problem}");
+        }
+    }
+    let (ok, listed, stderr) = backend.token(&["list"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(listed.as_array().unwrap().len(), 6, "{listed}");
+}
+
+#[tokio::test]
+async fn look_alike_names_created_at_once_make_one_token_on_sqlite() {
+    look_alike_names_created_at_once_make_one_token(Backend::sqlite(), 1).await;
+}
+
+#[tokio::test]
+async fn look_alike_names_created_at_once_through_two_replicas_make_one_token_on_postgres() {
+    look_alike_names_created_at_once_make_one_token(Backend::postgres().await, 2).await;
+}
+
 #[tokio::test]
 async fn the_admin_api_manages_tokens_and_revokes_at_once() {
     let backend = Backend::sqlite();
