@@ -17,7 +17,9 @@ use portcullis::access_log::AccessLog;
 use portcullis::admin::AdminServer;
 use portcullis::audit::store::AuditStore;
 use portcullis::audit::{self, AuditLog};
-use portcullis::config::{AccessLogTarget, Config, LogFormat, Overrides, StoreArgs};
+use portcullis::config::{
+    AccessLogTarget, Config, LogFormat, Overrides, StoreArgs, variable_not_text,
+};
 use portcullis::credentials::{self, Credentials, TokenHasher, TokenVerifier};
 use portcullis::pipeline::Shared;
 use portcullis::recorder::{Recorder, Sink};
@@ -94,6 +96,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(name) = variable_not_text(std::env::vars_os()) {
+        eprintln!("portcullis: {name} is not valid UTF-8; set it as text, or unset it");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     // This runtime waits for signals and runs the admin API, the upstreams' health checks
     // (and the demo's sample API); requests are served by the server's own worker runtimes.

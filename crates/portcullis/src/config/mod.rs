@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use overrides::{Overrides, StoreArgs};
 pub use rate::{LimitKey, RateSpec};
-pub use secret::{SecretError, key_from_data_dir, read_secret};
+pub use secret::{SecretError, key_from_data_dir, read_secret, variable_not_text};
 
 /// The environment variable that holds the static bearer tokens.
 pub const API_TOKENS_VAR: &str = "PORTCULLIS_API_TOKENS";

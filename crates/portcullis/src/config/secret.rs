@@ -25,6 +25,19 @@ pub enum SecretError {
     },
 }
 
+/// The first of the gateway's own variables (`PORTCULLIS_...`) in `vars` whose value is not
+/// UTF-8. Every command reads its variables as text, and one that is not would be read as
+/// unset: a PostgreSQL URL so mangled would leave each replica on a SQLite store of its
+/// own, saying nothing. The commands refuse to start instead, naming the variable alone.
+pub fn variable_not_text(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Option<String> {
+    vars.into_iter().find_map(|(name, value)| {
+        let name = name.to_string_lossy();
+        (name.starts_with("PORTCULLIS_") && value.to_str().is_none()).then(|| name.into_owned())
+    })
+}
+
 /// The secret in `name` or in the file `name_FILE` names, with trailing line breaks
 /// removed; `None` when neither is set.
 pub fn read_secret(
@@ -121,6 +134,28 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
     use std::collections::HashMap;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn a_variable_of_the_gateways_own_that_is_not_text_is_named() {
+        let var =
+            |name: &str, value: &[u8]| (OsString::from(name), OsString::from_vec(value.to_vec()));
+        let mangled = b"postgres://db/\xff";
+        assert_eq!(
+            variable_not_text([
+                var("HOME", mangled),
+                var("PORTCULLIS_AUDIT", b"on"),
+                var("PORTCULLIS_DATABASE_URL", mangled),
+            ]),
+            Some("PORTCULLIS_DATABASE_URL".to_owned())
+        );
+        // Others' variables are not the gateway's to judge.
+        assert_eq!(
+            variable_not_text([var("HOME", mangled), var("PORTCULLIS_AUDIT", b"off")]),
+            None
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

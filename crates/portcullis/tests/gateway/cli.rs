@@ -263,3 +263,35 @@ fn a_database_url_and_its_file_together_are_refused() {
     );
     assert!(!stderr.contains("pw@"), "{stderr}");
 }
+
+/// A variable that is not UTF-8 would be read as unset: a mangled PostgreSQL URL would put
+/// each replica on a SQLite store of its own. Every command refuses it, naming the
+/// variable and not its value.
+#[test]
+fn a_variable_that_is_not_text_stops_every_command() {
+    use std::os::unix::ffi::OsStringExt;
+    let mangled = std::ffi::OsString::from_vec(b"postgres://app:pw@127.0.0.1/x\xff".to_vec());
+    for command in [
+        &["serve"][..],
+        &["check"],
+        &["token", "list"],
+        &["audit", "verify"],
+    ] {
+        let dir = scratch_dir();
+        let output = portcullis()
+            .args(command)
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("PORTCULLIS_DATABASE_URL", &mangled)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("PORTCULLIS_DATABASE_URL is not valid UTF-8"),
+            "{command:?}: {stderr}"
+        );
+        assert!(!stderr.contains("pw@"), "{command:?}: {stderr}");
+        assert!(!dir.join("portcullis.db").exists(), "{command:?}");
+    }
+}
