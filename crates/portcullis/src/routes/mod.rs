@@ -390,7 +390,9 @@ impl Router {
     /// once or twice (`/v1/reports%3Arun` for `/v1/reports:run`: RFC 3986 §2.2 leaves
     /// escaped reserved characters to the application, and most decode them before they
     /// route), or its segments trimmed of surrounding whitespace (Spring's `trimTokens`:
-    /// `/admin%20`, `/admin%C2%A0`) and of trailing dots (IIS: `/admin.`).
+    /// `/admin%20`, `/admin%C2%A0`) and of trailing dots (IIS: `/admin.`), or cut at a
+    /// decoded `?` or `#` (`/admin%3Fx=1`: a proxy that decodes the path and sends it on,
+    /// as nginx's `proxy_pass ...$uri` does, makes it `/admin` and a query).
     pub fn find(&self, path: &str) -> Result<Option<&Route>, PathError> {
         let route = self.longest_match(path);
         // Raw whitespace never gets here (hygiene refuses it): only escapes and trailing
@@ -398,14 +400,14 @@ impl Router {
         if path.contains('%') || path.split('/').any(|segment| segment.ends_with('.')) {
             let once = percent_decoded(path);
             let twice = percent_decoded(&once);
-            for read in [
-                trimmed_segments(&once),
-                trimmed_segments(&twice),
-                once,
-                twice,
-            ] {
-                if self.longest_match(&read).map(|r| &r.prefix) != route.map(|r| &r.prefix) {
-                    return Err(PathError::ReadsAsAnotherRoute);
+            for decoded in [&once, &twice] {
+                let cut = before_query(decoded);
+                for read in [decoded, cut] {
+                    for read in [read, &trimmed_segments(read)] {
+                        if self.longest_match(read).map(|r| &r.prefix) != route.map(|r| &r.prefix) {
+                            return Err(PathError::ReadsAsAnotherRoute);
+                        }
+                    }
                 }
             }
         }
@@ -472,6 +474,12 @@ fn rewrite_each(
     for value in values {
         headers.append(name.clone(), value);
     }
+}
+
+/// `path` up to its first `?` or `#`: what a server reads as the path when a decoded path
+/// is sent on as a request target.
+fn before_query(path: &str) -> &str {
+    path.find(['?', '#']).map_or(path, |end| &path[..end])
 }
 
 /// `path` with every escape decoded (bad ones kept), as text.
@@ -630,6 +638,11 @@ mod tests {
             "/v1/reports:run%C2%A0",
             "/v1/reports:run.",
             "/v1/reports:run.%20./x",
+            "/v1/reports:run%3Fdelete=1",
+            "/v1/reports:run%23",
+            "/v1/reports:run%253F",
+            "/v1/reports%3Arun%3F",
+            "/v1/reports:run%20%3Fx",
         ] {
             assert_eq!(
                 router.find(path).unwrap_err(),
@@ -639,10 +652,17 @@ mod tests {
         }
         let within = router.find("/v1/reports:run/a%3Ab").unwrap().unwrap();
         assert_eq!(&**within.upstream().name(), "guarded");
+        let within = router
+            .find("/v1/reports:run/what%3F%23.txt")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&**within.upstream().name(), "guarded");
         for elsewhere in [
             "/v1/reports%3Alist",
             "/v1/reports:run.json",
             "/v1/a.b/c%20d",
+            "/v1/what%3F.txt",
+            "/v1/reports:runs%3F",
         ] {
             let route = router.find(elsewhere).unwrap().unwrap();
             assert_eq!(

@@ -535,6 +535,48 @@ async fn route_prefixes_hold_against_escaped_reserved_characters() {
     assert_eq!(upstream.only().uri, "/v1/reports%3Alist");
 }
 
+/// A proxy between the gateway and the application that decodes the path and sends it on
+/// as a new request target (nginx's `proxy_pass http://app$uri`) turns an escaped `?` or
+/// `#` into the end of the path (RFC 3986 §3.3): `/admin%3Fdelete=1` reaches the
+/// application as `/admin` with a query. The route's rules must hold for it.
+#[tokio::test]
+async fn route_prefixes_hold_against_an_escaped_query_or_fragment() {
+    let (upstream, _dir, gateway) = behind_a_guarded_route("/admin", |uri| {
+        let decoded = percent_encoding::percent_decode_str(uri).decode_utf8_lossy();
+        decoded
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .await;
+    for path in [
+        "/admin%3Fdelete=1",
+        "/admin%3f",
+        "/admin%23",
+        "/admin%253Fdelete=1",
+        "/admin%20%3Fx",
+    ] {
+        let reply = get_authorized(&gateway.url(path)).await;
+        let problem = reply.assert_problem(400, "invalid-path");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("another route"),
+            "{path}: {problem}"
+        );
+    }
+    assert!(upstream.seen().is_empty(), "{:#?}", upstream.seen());
+    // An escaped `?` within a route, or one that reaches no other route, passes as sent.
+    for path in ["/admins%3F", "/files/what%3F.txt"] {
+        let reply = get_authorized(&gateway.url(path)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    }
+    let seen: Vec<String> = upstream.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(seen, ["/admins%3F", "/files/what%3F.txt"]);
+}
+
 #[tokio::test]
 async fn responses_carry_the_gateway_http_version_whatever_the_upstream_spoke() {
     let upstream =
