@@ -273,11 +273,10 @@ impl Gateway {
             quota.apply(headers);
         }
         // A refused preflight (an allowed origin asking for a method or header that is
-        // not) says nothing that would let a browser go on.
-        if let Some(cors) = &self.cors
-            && decision != Decision::CorsRefused
-        {
-            cors.apply(origin.as_ref(), headers);
+        // not) says nothing that would let a browser go on, but for `Vary: Origin`.
+        if let Some(cors) = &self.cors {
+            let origin = origin.as_ref().filter(|_| decision != Decision::CorsRefused);
+            cors.apply(origin, headers);
         }
         // Never indexed by HTTP/2 header compression, so every answer of the gateway's
         // carries it in full: the connection tells h2's own bare 431 apart by its size.

@@ -108,6 +108,10 @@ async fn allowlisted_origins_only() {
     let bad_header = options(&gateway.url("/v1/positions"), &bad_header).await;
     bad_header.assert_problem(403, "cors-denied");
     assert!(bad_header.header("access-control-allow-origin").is_none());
+    // The refusals depend on the Origin too (RFC 9110 §12.5.5).
+    for refused in [&denied, &bad_method, &bad_header] {
+        assert!(refused.header("vary").is_some_and(|v| v.contains("Origin")));
+    }
     assert!(
         upstream.seen().is_empty(),
         "preflights are answered by the gateway"
