@@ -246,17 +246,21 @@ pub fn exact_origin(origin: &str) -> Option<HeaderValue> {
 }
 
 /// `scheme://host[:port]` in lowercase, or `None` when `origin` is not an exact http(s)
-/// origin (a wildcard, `null`, a path, userinfo, a missing host).
+/// origin as a browser sends it (a wildcard, `null`, a path, userinfo, a missing host; a
+/// port that browsers leave out or write otherwise, `:443` for https, `:080`: RFC 6454
+/// §6.2, no `Origin` header ever holds it, so listed it would match nothing).
 pub fn normalize_origin(origin: &str) -> Option<String> {
     let lower = origin.trim().to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))?;
+    let (rest, default_port) = match lower.strip_prefix("https://") {
+        Some(rest) => (rest, 443),
+        None => (lower.strip_prefix("http://")?, 80),
+    };
     let authority: http::uri::Authority = rest.parse().ok()?;
-    let has_port = authority.as_str().len() > authority.host().len();
-    let exact = !rest.contains(['@', '*'])
-        && !authority.host().is_empty()
-        && (!has_port || authority.port_u16().is_some());
+    let port = authority.as_str().get(authority.host().len() + 1..);
+    let port_as_sent = port.is_none_or(|port| {
+        !port.starts_with('0') && authority.port_u16().is_some_and(|n| n != default_port)
+    });
+    let exact = !rest.contains(['@', '*']) && !authority.host().is_empty() && port_as_sent;
     exact.then_some(lower)
 }
 
@@ -391,6 +395,11 @@ mod tests {
             normalize_origin("http://[::1]:3000"),
             Some("http://[::1]:3000".into())
         );
+        // Another scheme's default port is a port like any other.
+        assert_eq!(
+            normalize_origin("http://a.example:443"),
+            Some("http://a.example:443".into())
+        );
         for bad in [
             "*",
             "null",
@@ -400,6 +409,11 @@ mod tests {
             "https://",
             "https://u@a",
             "https://a:x",
+            "https://a.example:443",
+            "http://a.example:80",
+            "http://a.example:080",
+            "http://a.example:0",
+            "http://a.example:",
         ] {
             assert_eq!(normalize_origin(bad), None, "{bad}");
         }

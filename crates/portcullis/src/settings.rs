@@ -723,8 +723,8 @@ fn route_origins(
             Some(exact) => origins.push(exact),
             None => invalid.add(
                 "routes.allowed_origins",
-                format!("route {prefix:?}: origin {origin:?} is not an exact origin (wildcards and null are refused)"),
-                "list each origin exactly, e.g. allowed_origins = [\"https://app.example\"]",
+                format!("route {prefix:?}: origin {origin:?} is not an origin as browsers send it (wildcards, null, paths and default ports are refused)"),
+                "list each origin as a browser's Origin header shows it, e.g. allowed_origins = [\"https://app.example\"]",
             ),
         }
     }
@@ -782,8 +782,8 @@ fn cors(config: &Config, invalid: &mut InvalidList) -> CorsPolicy {
             Some(exact) => allowed_origins.push(exact),
             None => invalid.add(
                 "cors.origins",
-                format!("CORS origin {origin:?} is not an exact origin (wildcards and null are refused)"),
-                "list each origin exactly, e.g. PORTCULLIS_CORS_ALLOWED_ORIGINS=https://a.example,https://b.example",
+                format!("CORS origin {origin:?} is not an origin as browsers send it (wildcards, null, paths and default ports are refused)"),
+                "list each origin as a browser's Origin header shows it, e.g. PORTCULLIS_CORS_ALLOWED_ORIGINS=https://a.example,https://b.example:8443",
             ),
         }
     }

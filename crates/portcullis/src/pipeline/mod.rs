@@ -275,7 +275,9 @@ impl Gateway {
         // A refused preflight (an allowed origin asking for a method or header that is
         // not) says nothing that would let a browser go on, but for `Vary: Origin`.
         if let Some(cors) = &self.cors {
-            let origin = origin.as_ref().filter(|_| decision != Decision::CorsRefused);
+            let origin = origin
+                .as_ref()
+                .filter(|_| decision != Decision::CorsRefused);
             cors.apply(origin, headers);
         }
         // Never indexed by HTTP/2 header compression, so every answer of the gateway's

@@ -38,6 +38,36 @@ fn check_reports_each_failed_rule_with_a_fix() {
     assert!(out.contains("error[upstreams.url]"), "{out}");
 }
 
+/// A browser's `Origin` never holds its scheme's default port (RFC 6454 §6.2): listed so,
+/// an origin would match nothing, and the operator would believe the site allowed.
+#[test]
+fn check_refuses_an_origin_no_browser_sends() {
+    for origin in ["https://b.example:443", "http://b.example:080"] {
+        let (code, out) = check(
+            &[
+                "--upstream",
+                "http://127.0.0.1:9000",
+                "--cors-allowed-origins",
+                origin,
+            ],
+            &[("PORTCULLIS_API_TOKENS", TOKEN)],
+        );
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("error[cors.origins]"), "{out}");
+        assert!(out.contains("not an origin as browsers send it"), "{out}");
+    }
+    let (code, out) = check(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--cors-allowed-origins",
+            "https://b.example:8443",
+        ],
+        &[("PORTCULLIS_API_TOKENS", TOKEN)],
+    );
+    assert_eq!(code, Some(0), "{out}");
+}
+
 #[test]
 fn check_warns_on_short_tokens_and_production_refuses_them() {
     let env = [("PORTCULLIS_API_TOKENS", "short-token")];
