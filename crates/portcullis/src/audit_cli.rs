@@ -191,7 +191,7 @@ pub async fn run(store_args: &StoreArgs, action: AuditAction) -> ExitCode {
                         "{verdict}: {} chain(s), {} event(s) linked, {} checkpoint(s) matched",
                         report.chains, report.events, report.checkpoints
                     );
-                    if external.is_empty() {
+                    if external.is_empty() && report.passed() {
                         // Each chain is named by the next: the newest, named by none, can go
                         // whole, and then the one before it, unnoticed by the store alone.
                         println!(
