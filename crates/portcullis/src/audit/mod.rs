@@ -87,8 +87,12 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// How long shutdown keeps trying to store the last batch.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
-/// How long one write may take before it counts as failed (a store that hangs).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write, or one look for a batch, may take before it counts as failed (a
+/// store that hangs: a table someone holds locked, a server that stopped answering). Under
+/// [`crate::recorder::ADMISSION_TIMEOUT`], so that a strict request waiting on a batch, or
+/// behind a replay, is admitted from the spool rather than refused. A batch is 200 ms of
+/// events; the writer stores 64 000 a second on PostgreSQL (bench/RESULTS.md).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the audit log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +163,9 @@ struct Target {
 
 impl Target {
     /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
-    /// already: a commit whose answer was lost, or a spooled batch replayed before.
-    fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> bool {
+    /// already: a commit whose answer was lost, or a spooled batch replayed before. `None`
+    /// when the store did not answer.
+    fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> Option<bool> {
         let probe = async {
             match (events.first(), checkpoint) {
                 (Some(first), _) => {
@@ -174,7 +179,8 @@ impl Target {
         };
         self.runtime
             .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, probe).await })
-            .is_ok_and(|held| held.unwrap_or(false))
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// Stores `events` and `checkpoint` in one transaction: on PostgreSQL within
@@ -464,9 +470,14 @@ impl AuditLog {
             let offset = match record {
                 Record::Batch(batch, offset) => {
                     let checkpoint = batch.checkpoint.as_ref();
-                    if !self.target.holds(&batch.events, checkpoint)
-                        && let Err(cause) = self.target.append(&batch.events, checkpoint)
-                    {
+                    // A store that does not answer the look is not asked to write too: one
+                    // try holds the writer's thread for one timeout at most.
+                    let stored = match self.target.holds(&batch.events, checkpoint) {
+                        Some(true) => Ok(()),
+                        Some(false) => self.target.append(&batch.events, checkpoint),
+                        None => Err("no answer to the look for the batch".to_owned()),
+                    };
+                    if let Err(cause) = stored {
                         debug!(error = %cause, "audit log: the store still refuses the spooled batches");
                         self.last_refusal = Some(Instant::now());
                         self.refusals = self.refusals.saturating_add(1);
@@ -584,7 +595,10 @@ impl AuditLog {
                 }
                 // A commit whose answer was lost may have happened: retrying it would fail
                 // on its own rows forever.
-                Err(_) if failures > 0 && self.target.holds(&self.pending, checkpoint.as_ref()) => {
+                Err(_)
+                    if failures > 0
+                        && self.target.holds(&self.pending, checkpoint.as_ref()) == Some(true) =>
+                {
                     self.health.set(AuditState::Ok);
                     break;
                 }

@@ -636,3 +636,53 @@ async fn a_full_disk_fails_ready_and_strict_requests_until_there_is_room_and_los
     let (ok, text, errors) = run(&[&store[..], &["verify"]].concat());
     assert!(ok, "{text}{errors}");
 }
+
+/// A store that hangs rather than refuses (its table held locked by another session, as a
+/// long migration or a stuck transaction would): a write gives up within 3 s, under strict
+/// mode's 5 s, so held requests are admitted from the spool all along, never refused; once
+/// the lock goes, every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hangs_admits_strict_requests_from_the_spool() {
+    let database = PostgresDatabase::create().await;
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let mut gateway = gateway_on(&upstream, &database.url, &dir);
+    let mut locker = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut locked = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locked)
+        .await
+        .unwrap();
+    // Long enough for the first write to hang, and for replays to hang after it.
+    let until = Instant::now() + Duration::from_secs(14);
+    let mut answered = HashMap::new();
+    let mut n = 0;
+    while Instant::now() < until {
+        let path = format!("/c0/{n:06}");
+        let reply = request("POST", &gateway.url(&path), TOKEN, "{}").await;
+        let id = reply.header("x-request-id").unwrap().to_owned();
+        answered.insert(id, ("POST", reply.status.as_u16(), path));
+        n += 1;
+    }
+    let ready = get(&gateway.url("/ready"), &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["audit"], "degraded");
+    assert_spooling(&dir);
+    let refused: Vec<_> = answered
+        .values()
+        .filter(|(_, status, _)| *status != 200)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+
+    locked.rollback().await.unwrap();
+    let status = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = gateway.whole_log();
+    assert!(
+        log.contains("the spool is replayed into the store"),
+        "{log}"
+    );
+    every_answer_is_recorded(&database.url, &answered, false).await;
+    let (ok, out) = verify_direct(&database.url, &dir);
+    assert!(ok, "{out}");
+}
