@@ -25,9 +25,9 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,6 +45,10 @@ pub struct RequestPhase {
     /// The connection was handed over to a WebSocket: no deadline of this module runs.
     upgraded: AtomicBool,
     responses_finished: AtomicU64,
+    /// The reader, when it last waited on the socket while a request was served: woken
+    /// when the response is finished, to start the idle deadline. Otherwise a client that
+    /// sends nothing more is never timed out, as nothing would poll the reader again.
+    waiting_reader: Mutex<Option<Waker>>,
 }
 
 impl RequestPhase {
@@ -62,6 +66,20 @@ impl RequestPhase {
     pub fn response_finished(&self) {
         self.responses_finished.fetch_add(1, Ordering::AcqRel);
         self.serving.store(false, Ordering::Release);
+        let reader = self.waiting_reader.lock().ok().and_then(|mut w| w.take());
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+
+    /// Keeps `waker` to wake once the response is finished.
+    fn wait_for_response(&self, waker: &Waker) {
+        if let Ok(mut waiting) = self.waiting_reader.lock() {
+            match &mut *waiting {
+                Some(kept) if kept.will_wake(waker) => {}
+                _ => *waiting = Some(waker.clone()),
+            }
+        }
     }
 }
 
@@ -144,9 +162,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
-        if this.phase.serving.load(Ordering::Acquire) || this.phase.upgraded.load(Ordering::Acquire)
-        {
+        if this.phase.upgraded.load(Ordering::Acquire) {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.phase.serving.load(Ordering::Acquire) {
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if read.is_pending() {
+                this.phase.wait_for_response(cx.waker());
+                // Finished between the two looks: its wake found no reader.
+                if !this.phase.serving.load(Ordering::Acquire) {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            return read;
         }
         let finished = this.phase.responses_finished.load(Ordering::Acquire);
         if finished != this.seen_responses {

@@ -251,6 +251,63 @@ async fn a_client_that_stalls_mid_head_gets_408() {
 /// connection, and the upstream's only in-flight slot, for ever: once it has taken nothing
 /// for `idle_timeout`, the connection is closed and the slot comes back (as HTTP/2 sends
 /// GOAWAY to a stalled stream).
+/// RFC 9112 §9.5: a keep-alive connection idle after its response is closed after
+/// `idle_timeout`, counted from the response, not from an earlier head deadline nor never
+/// (the reader must be woken when the response ends, whatever hyper polled meanwhile).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[limits]\nheader_read_timeout = \"20s\"\nidle_timeout = \"1s\"\n\
+             [upstreams.api]\nurl = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+    );
+    let gateway = Launch::bare()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .start();
+    let sent = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for path in ["/health", "/ok", "/health", "/ok"] {
+        let addr = gateway.addr;
+        clients.push(tokio::spawn(async move {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head =
+                format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+            client.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = tokio::time::timeout(Duration::from_secs(15), client.read(&mut buf))
+                    .await
+                    .expect("the idle connection was never closed")
+                    .unwrap_or(0);
+                if n == 0 {
+                    break std::time::Instant::now();
+                }
+                if answer.is_empty() {
+                    answer.extend_from_slice(&buf[..n]);
+                    assert!(answer.starts_with(b"HTTP/1.1 200"), "{path}");
+                }
+            }
+        }));
+    }
+    for client in clients {
+        let closed_at = client.await.unwrap();
+        let after = closed_at - sent;
+        assert!(
+            after < Duration::from_secs(5),
+            "closed {after:?} after the request"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_connection_after_the_idle_timeout() {
     let upstream = Upstream::start_with(|seen| {
