@@ -286,9 +286,22 @@ impl Worker {
             .is_err()
         {
             warn!("grace period over; closing the remaining connections");
-            // Open WebSockets get a close frame (1001) and their records are finished.
+            // Open WebSockets get a close frame (1001) and their records are finished. Each
+            // holds a receiver of the signal until it is through, beside the gateway's own:
+            // what else is in flight is not waited for again.
             let _ = self.close_tunnels.send(true);
-            let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, &mut drained).await;
+            let tunnels_closed = async {
+                while self.close_tunnels.receiver_count() > 1 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, async {
+                tokio::select! {
+                    _ = &mut drained => {}
+                    _ = tunnels_closed => {}
+                }
+            })
+            .await;
         }
     }
 }

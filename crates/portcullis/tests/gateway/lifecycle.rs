@@ -72,6 +72,53 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     );
 }
 
+/// A request still in flight when the grace period ends is cut then, not later (the wait
+/// for WebSockets' close frames is for WebSockets), and its record names its route.
+#[tokio::test]
+async fn a_request_still_in_flight_at_the_end_of_the_grace_is_cut_then() {
+    let upstream = Upstream::start().await;
+    let dir = scratch_dir();
+    let config = write_file(&dir, "c.toml", "[limits]\nshutdown_grace = \"1s\"\n");
+    let access_log = dir.join("access.log");
+    let mut gateway = Launch::new(&upstream.url())
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("--access-log")
+        .arg(access_log.to_str().unwrap())
+        .start();
+    let mut in_flight = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let head =
+        format!("GET /slow/20000 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut in_flight, head.as_bytes())
+        .await
+        .unwrap();
+    upstream.wait_for("/slow/20000").await;
+    let sent = std::time::Instant::now();
+    signal(gateway.pid(), "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gateway.wait(Duration::from_secs(20));
+        gateway.whole_log();
+        status
+    })
+    .await
+    .unwrap();
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    // The grace (1 s), then the last records; not the WebSockets' 2 s more.
+    assert!(
+        took < Duration::from_millis(2500),
+        "exited {took:?} after SIGTERM"
+    );
+    drop(in_flight);
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    let cut = log
+        .lines()
+        .find(|line| line.contains("/slow/20000"))
+        .unwrap_or_else(|| panic!("no record: {log}"));
+    assert!(cut.contains("\"route\":\"/\""), "{cut}");
+    assert!(cut.contains("\"decision\":\"client_aborted\""), "{cut}");
+}
+
 #[tokio::test]
 async fn sigint_on_an_idle_gateway_exits_zero() {
     let upstream = Upstream::start().await;
