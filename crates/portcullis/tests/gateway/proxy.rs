@@ -362,7 +362,12 @@ async fn garbage_from_the_upstream_is_502_and_not_relayed() {
     .addr;
     let gateway = Launch::new(&format!("http://{addr}")).start();
     let reply = get_authorized(&gateway.url("/x")).await;
-    reply.assert_problem(502, "upstream-unavailable");
+    let problem = reply.assert_problem(502, "upstream-unavailable");
+    // It answered, if not in HTTP: the client is not told it could not be reached.
+    assert_eq!(
+        problem["detail"],
+        "the upstream could not be reached or did not answer with a valid response"
+    );
     assert!(!reply.text().contains("stack trace"));
 }
 
