@@ -160,11 +160,8 @@ fn init_logging(format: LogFormat) {
     //   values (`?sslpassword=...`, a misspelt `passwd=...`);
     // - the audit log's checkpoints are logged at info for log shipping to carry off the
     //   host: a filter set to warn must not silence them.
-    for directive in [
-        "h2=info",
-        "sqlx_postgres::options=error",
-        "portcullis::audit=info",
-    ] {
+    let checkpoints = format!("{}=info", portcullis::audit::CHECKPOINT_TARGET);
+    for directive in ["h2=info", "sqlx_postgres::options=error", &checkpoints] {
         if let Ok(directive) = directive.parse() {
             filter = filter.add_directive(directive);
         }

@@ -239,7 +239,7 @@ mod tests {
         };
         checkpoint.mac = key().seal(&checkpoint);
         let text = format!(
-            "2026-11-27T16:00:00Z  INFO portcullis::audit: audit checkpoint chain={} seq={} head={} time_ms={} mac={}",
+            "2026-11-27T16:00:00Z  INFO portcullis::checkpoint: audit checkpoint chain={} seq={} head={} time_ms={} mac={}",
             checkpoint.chain, checkpoint.seq, checkpoint.head, checkpoint.time_ms, checkpoint.mac
         );
         assert_eq!(Checkpoint::from_log_line(&text), Some(checkpoint.clone()));

@@ -63,6 +63,11 @@ const LOOK_REACH: Duration = Duration::from_secs(300);
 /// ...and this much before it (other processes' clocks).
 const LOOK_SLACK: Duration = Duration::from_secs(10);
 
+/// The log target of checkpoint lines: the command line logs it at info whatever
+/// `PORTCULLIS_LOG` says, so that a filter set to warn never silences what log shipping is
+/// to carry off the host.
+pub const CHECKPOINT_TARGET: &str = "portcullis::checkpoint";
+
 /// The kind of the event that records a corrupted spool record skipped at replay.
 pub const SPOOL_LOSS: &str = "spool_loss";
 
@@ -667,8 +672,10 @@ impl AuditLog {
         self.pending.clear();
         if let Some(checkpoint) = checkpoint {
             // One line carrying the whole checkpoint, for log shipping to take off the host;
-            // `audit verify --checkpoint` reads it back in either log format.
+            // `audit verify --checkpoint` reads it back in either log format. Its target
+            // is logged at info whatever the filter ([`CHECKPOINT_TARGET`]).
             info!(
+                target: CHECKPOINT_TARGET,
                 chain = %checkpoint.chain,
                 seq = checkpoint.seq,
                 head = %checkpoint.head,

@@ -707,8 +707,9 @@ impl Gateway {
                 let cause = error_chain(&error);
                 warn!(request_id = ?ctx.request_id, upstream, error = %cause, "upstream failed");
                 // Which of the two is for the operator's log: it may name the upstream.
-                Problem::new(ProblemKind::UpstreamUnavailable)
-                    .with_detail("the upstream could not be reached or did not answer with a valid response")
+                Problem::new(ProblemKind::UpstreamUnavailable).with_detail(
+                    "the upstream could not be reached or did not answer with a valid response",
+                )
             }
         }
     }

@@ -1334,3 +1334,28 @@ async fn replicas_starting_at_once_create_the_audit_tables_once() {
     }
     database.drop_now().await;
 }
+
+/// A filter set to warn keeps the checkpoint lines, which log shipping carries off the
+/// host, and nothing else of the audit log's at info.
+#[test]
+fn checkpoints_are_logged_whatever_the_filter_and_nothing_else_below_it() {
+    let dir = scratch_dir();
+    let output = portcullis()
+        .args(["token", "--data-dir", dir.to_str().unwrap()])
+        .args(["create", "--name", "ci", "--scopes", "read"])
+        .env("PORTCULLIS_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("INFO portcullis::checkpoint: audit checkpoint chain="),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .all(|line| !line.contains("INFO") || line.contains("audit checkpoint")),
+        "{stderr}"
+    );
+}
