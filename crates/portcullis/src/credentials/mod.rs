@@ -43,6 +43,9 @@ macro_rules! hidden_class {
             r"\u2066-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb",
             "\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}",
             "\u{e0000}-\u{e0fff}",
+            // Private use and noncharacters: no font shows them alike, or at all.
+            r"\ue000-\uf8ff\ufdd0-\ufdef\ufffe\uffff",
+            "\u{f0000}-\u{10ffff}",
         )
     };
 }
@@ -136,7 +139,9 @@ fn is_hidden(c: char) -> bool {
             | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{2800}' | '\u{3164}'
             | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}'
             | '\u{110bd}' | '\u{110cd}' | '\u{13430}'..='\u{1343f}' | '\u{1bca0}'..='\u{1bca3}'
-            | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
+            | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}'
+            | '\u{e000}'..='\u{f8ff}' | '\u{fdd0}'..='\u{fdef}' | '\u{fffe}' | '\u{ffff}'
+            | '\u{f0000}'..='\u{10ffff}')
 }
 
 /// Why a credential operation failed.
@@ -172,8 +177,8 @@ pub enum CredentialError {
         "a tenant must be 1 to 100 characters, not only whitespace, without control or invisible formatting characters"
     )]
     InvalidTenant,
-    /// An expiry of zero.
-    #[error("the expiry must be in the future")]
+    /// An expiry under a second.
+    #[error("the expiry must be at least a second ahead")]
     ExpiryInPast,
     /// The pepper could not be read or created.
     #[error("token pepper: {0}")]
@@ -319,8 +324,17 @@ impl Credentials {
     /// Creates a token; the secret is returned once and never stored.
     pub async fn create(
         &self,
-        new: NewToken,
+        mut new: NewToken,
     ) -> Result<(TokenRecord, SecretString), CredentialError> {
+        // A scope named twice is granted once, and listed once.
+        let mut seen = Vec::with_capacity(new.scopes.len());
+        new.scopes.retain(|scope| {
+            if seen.contains(scope) {
+                return false;
+            }
+            seen.push(scope.clone());
+            true
+        });
         self.validate(&new)?;
         let look = Look::of(&new.name);
         // In each case they could be written in: `CLl` looks like `CLI`.
@@ -388,7 +402,8 @@ impl Credentials {
                 self.known_scopes.join(", "),
             ));
         }
-        if new.expires_in.is_some_and(|d| d.is_zero()) {
+        // Lifetimes are kept in whole seconds: under one would end as it began.
+        if new.expires_in.is_some_and(|d| d.as_secs() == 0) {
             return Err(CredentialError::ExpiryInPast);
         }
         Ok(())
@@ -449,7 +464,9 @@ impl Credentials {
             superseded_by: None,
             ..old.clone()
         };
-        let overlap_end = at.saturating_add(i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX));
+        let overlap_end = at
+            .saturating_add(i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX))
+            .min(LATEST_EXPIRY);
         let old_expiry = old.expires_at.map_or(overlap_end, |e| e.min(overlap_end));
 
         let mut transaction = self.store.pool().begin().await?;

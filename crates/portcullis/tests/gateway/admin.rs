@@ -168,6 +168,15 @@ async fn what_the_schema_forbids_is_refused_and_what_it_allows_is_accepted() {
             json!({"name": "line\u{2028}break", "scopes": ["read"]}),
             "a token name",
         ),
+        // Private use and noncharacters: shown as nothing, or as one box for any of them.
+        (
+            json!({"name": "a\u{e000}b", "scopes": ["read"]}),
+            "a token name",
+        ),
+        (
+            json!({"name": "a\u{fffe}b", "scopes": ["read"]}),
+            "a token name",
+        ),
         (
             json!({"name": "ci", "scopes": ["read"], "expires_in": "0d"}),
             "durations are",
@@ -192,11 +201,16 @@ async fn what_the_schema_forbids_is_refused_and_what_it_allows_is_accepted() {
     // At the edges of what the schema allows.
     for body in [
         json!({"name": "é".repeat(100), "scopes": ["read"], "tenant": null, "expires_in": null}),
-        json!({"name": " x ", "scopes": ["admin", "admin"], "capability": true, "expires_in": "999999w"}),
+        json!({"name": " x ", "scopes": ["admin", "write", "admin"], "capability": true, "expires_in": "999999w"}),
         json!({"name": "\u{2603}", "scopes": ["write"], "tenant": "t", "expires_in": "1s"}),
     ] {
         let reply = create(body.clone()).await;
         assert_eq!(reply.status, 201, "{body}: {}", reply.text());
+        // A scope named twice is kept once.
+        let scopes = reply.json()["record"]["scopes"].clone();
+        let mut unique = scopes.as_array().unwrap().clone();
+        unique.dedup();
+        assert_eq!(scopes, serde_json::Value::Array(unique), "{body}");
     }
 
     // The same name, or one a reader would take for it (UTS #39 confusables, case, width,

@@ -591,7 +591,7 @@ async fn static_tokens_work_beside_managed_ones() {
 fn the_cli_refuses_bad_input_clearly() {
     let backend = Backend::sqlite();
     backend.create("alice", "read", &[]);
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["create", "--name", "alice", "--scopes", "read"],
             "already exists",
@@ -610,7 +610,19 @@ fn the_cli_refuses_bad_input_clearly() {
                 "--expires",
                 "0s",
             ],
-            "in the future",
+            "at least a second ahead",
+        ),
+        (
+            &[
+                "create",
+                "--name",
+                "bob",
+                "--scopes",
+                "read",
+                "--expires",
+                "500ms",
+            ],
+            "at least a second ahead",
         ),
         (&["show", "tok_missing"], "no token has the id"),
         (&["revoke", "tok_missing"], "no token has the id"),
@@ -639,6 +651,14 @@ fn a_lifetime_past_the_year_9999_ends_there() {
     let (ok, rotated, stderr) = backend.token(&["rotate", &id, "--overlap", "0s"]);
     assert!(ok, "{stderr}");
     assert_eq!(rotated["record"]["expires_at"], "9999-12-31T23:59:59Z");
+
+    // So does a rotation's overlap: the old token of one without expiry stops there too.
+    let (id, _) = backend.create("lasting", "read", &[]);
+    let (ok, _, stderr) = backend.token(&["rotate", &id, "--overlap", "500000000000years"]);
+    assert!(ok, "{stderr}");
+    let (ok, old, stderr) = backend.token(&["show", &id]);
+    assert!(ok, "{stderr}");
+    assert_eq!(old["expires_at"], "9999-12-31T23:59:59Z", "{old}");
 }
 
 /// The README's Outline setup: `token create --scopes outline:read` works once the CLI
