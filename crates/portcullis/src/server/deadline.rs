@@ -25,9 +25,9 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,16 +39,28 @@ use tokio::time::{Instant, Sleep};
 use crate::base::stall::Stall;
 
 /// Whether the connection is between requests, shared by its reader and its service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestPhase {
     serving: AtomicBool,
     /// The connection was handed over to a WebSocket: no deadline of this module runs.
     upgraded: AtomicBool,
     responses_finished: AtomicU64,
-    /// The reader, when it last waited on the socket while a request was served: woken
-    /// when the response is finished, to start the idle deadline. Otherwise a client that
-    /// sends nothing more is never timed out, as nothing would poll the reader again.
-    waiting_reader: Mutex<Option<Waker>>,
+    /// When the last response was finished, in milliseconds after `born`: the idle
+    /// deadline runs from there.
+    finished_ms: AtomicU64,
+    born: Instant,
+}
+
+impl Default for RequestPhase {
+    fn default() -> Self {
+        Self {
+            serving: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            responses_finished: AtomicU64::new(0),
+            finished_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
 }
 
 impl RequestPhase {
@@ -64,22 +76,15 @@ impl RequestPhase {
 
     /// The response body has been sent or dropped: the next head may come.
     pub fn response_finished(&self) {
+        let at = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.finished_ms.store(at, Ordering::Relaxed);
         self.responses_finished.fetch_add(1, Ordering::AcqRel);
         self.serving.store(false, Ordering::Release);
-        let reader = self.waiting_reader.lock().ok().and_then(|mut w| w.take());
-        if let Some(reader) = reader {
-            reader.wake();
-        }
     }
 
-    /// Keeps `waker` to wake once the response is finished.
-    fn wait_for_response(&self, waker: &Waker) {
-        if let Ok(mut waiting) = self.waiting_reader.lock() {
-            match &mut *waiting {
-                Some(kept) if kept.will_wake(waker) => {}
-                _ => *waiting = Some(waker.clone()),
-            }
-        }
+    /// When the last response was finished.
+    fn finished_at(&self) -> Instant {
+        self.born + Duration::from_millis(self.finished_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -94,6 +99,8 @@ pub struct HeadDeadlineIo<T> {
     idle_timeout: Duration,
     seen_responses: u64,
     head_started: bool,
+    /// The timer was put to the idle deadline for the request being served.
+    armed_while_serving: bool,
     sleep: Pin<Box<Sleep>>,
     reply: TimeoutReply,
     /// The 408 being written, and how much of it has been.
@@ -119,6 +126,7 @@ impl<T> HeadDeadlineIo<T> {
             idle_timeout,
             seen_responses: 0,
             head_started: false,
+            armed_while_serving: false,
             sleep: Box::pin(tokio::time::sleep(header_timeout)),
             reply,
             pending_reply: None,
@@ -129,6 +137,20 @@ impl<T> HeadDeadlineIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> HeadDeadlineIo<T> {
+    /// While a request is served, no deadline runs, but the timer is kept due no later than
+    /// the idle deadline could pass: the end of the response wakes nobody, and a client
+    /// that sends nothing more would otherwise never be polled again, and never timed out.
+    /// Due while still serving, it is put off again.
+    fn watch_while_serving(&mut self, cx: &mut Context<'_>) {
+        if !self.armed_while_serving || self.sleep.is_elapsed() {
+            self.armed_while_serving = true;
+            self.sleep
+                .as_mut()
+                .reset(Instant::now() + self.idle_timeout);
+        }
+        let _ = self.sleep.as_mut().poll(cx);
+    }
+
     /// Writes the 408, then reports end of stream so hyper closes the connection.
     fn poll_send_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((reply, written)) = &mut self.pending_reply {
@@ -168,22 +190,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadlineIo<T> {
         if this.phase.serving.load(Ordering::Acquire) {
             let read = Pin::new(&mut this.inner).poll_read(cx, buf);
             if read.is_pending() {
-                this.phase.wait_for_response(cx.waker());
-                // Finished between the two looks: its wake found no reader.
-                if !this.phase.serving.load(Ordering::Acquire) {
-                    cx.waker().wake_by_ref();
-                }
+                this.watch_while_serving(cx);
             }
             return read;
         }
         let finished = this.phase.responses_finished.load(Ordering::Acquire);
         if finished != this.seen_responses {
-            // A response went out since we last looked: the connection is now idle.
+            // A response went out since we last looked: the connection is idle since then.
             this.seen_responses = finished;
             this.head_started = false;
-            this.sleep
-                .as_mut()
-                .reset(Instant::now() + this.idle_timeout);
+            this.armed_while_serving = false;
+            let idle_until = this.phase.finished_at() + this.idle_timeout;
+            this.sleep.as_mut().reset(idle_until);
         }
 
         let before = buf.filled().len();
