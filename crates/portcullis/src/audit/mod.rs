@@ -92,12 +92,18 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// How long shutdown keeps trying to store the last batch.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
-/// How long one write, or one look for a batch, may take before it counts as failed (a
-/// store that hangs: a table someone holds locked, a server that stopped answering). Under
-/// [`crate::recorder::ADMISSION_TIMEOUT`], so that a strict request waiting on a batch, or
-/// behind a replay, is admitted from the spool rather than refused. A batch is 200 ms of
-/// events; the writer stores 64 000 a second on PostgreSQL (bench/RESULTS.md).
+/// How long one write of a batch, with the look for it that a replay makes first, may take
+/// before it counts as failed (a store that hangs: a table someone holds locked, a server
+/// that stopped answering). Under [`crate::recorder::ADMISSION_TIMEOUT`], so that a strict
+/// request waiting on a batch, or behind a replay, is admitted from the spool rather than
+/// refused. A batch is 200 ms of events (the writer stores 64 000 a second on PostgreSQL,
+/// bench/RESULTS.md); one larger than [`WRITE_RATE_FLOOR`] writes in this time (kept
+/// bodies) gets longer, or a slow store could never take it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The slowest a store that works is taken to write, in bytes a second.
+const WRITE_RATE_FLOOR: u64 = 4 << 20;
+/// How long one replay goes on starting batches before it looks at the recorder's queue.
+const REPLAY_SLICE_TIME: Duration = Duration::from_secs(1);
 
 /// Why the audit log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +175,13 @@ struct Target {
 impl Target {
     /// Whether `batch` (its first event or, with none, its checkpoint) is in the store
     /// already: a commit whose answer was lost, or a spooled batch replayed before. `None`
-    /// when the store did not answer.
-    fn holds(&self, events: &[StoredEvent], checkpoint: Option<&Checkpoint>) -> Option<bool> {
+    /// when the store did not answer within `limit`.
+    fn holds(
+        &self,
+        events: &[StoredEvent],
+        checkpoint: Option<&Checkpoint>,
+        limit: Duration,
+    ) -> Option<bool> {
         let probe = async {
             match (events.first(), checkpoint) {
                 (Some(first), _) => {
@@ -183,13 +194,13 @@ impl Target {
             }
         };
         self.runtime
-            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, probe).await })
+            .block_on(async { tokio::time::timeout(limit, probe).await })
             .ok()
             .and_then(Result::ok)
     }
 
-    /// Stores `events` and `checkpoint` in one transaction: on PostgreSQL within
-    /// [`WRITE_TIMEOUT`]; on SQLite, waiting at most its busy timeout for a lock, but as
+    /// Stores `events` and `checkpoint` in one transaction: on PostgreSQL within `limit`;
+    /// on SQLite, waiting at most its busy timeout for a lock, but as
     /// long as the disk takes to write (a disk that hangs holds the recorder's thread;
     /// strict-mode requests are then refused after [`crate::recorder::ADMISSION_TIMEOUT`],
     /// and shutdown does not wait for it past its own timeout).
@@ -197,6 +208,7 @@ impl Target {
         &mut self,
         events: &[StoredEvent],
         checkpoint: Option<&Checkpoint>,
+        limit: Duration,
     ) -> Result<(), String> {
         if let Some(appender) = &mut self.appender {
             return appender
@@ -206,10 +218,10 @@ impl Target {
         let attempt = self.store.append(events, checkpoint);
         match self
             .runtime
-            .block_on(async { tokio::time::timeout(WRITE_TIMEOUT, attempt).await })
+            .block_on(async { tokio::time::timeout(limit, attempt).await })
         {
             Ok(stored) => stored.map_err(|error| error.to_string()),
-            Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {limit:?}")),
         }
     }
 }
@@ -460,8 +472,9 @@ impl AuditLog {
             }
         };
         let mut replayed = 0;
+        let began = Instant::now();
         for _ in 0..REPLAY_SLICE {
-            if replayed >= REPLAY_SLICE_EVENTS {
+            if replayed >= REPLAY_SLICE_EVENTS || began.elapsed() >= REPLAY_SLICE_TIME {
                 break;
             }
             let record = match reader.next_record() {
@@ -475,11 +488,16 @@ impl AuditLog {
             let offset = match record {
                 Record::Batch(batch, offset) => {
                     let checkpoint = batch.checkpoint.as_ref();
-                    // A store that does not answer the look is not asked to write too: one
-                    // try holds the writer's thread for one timeout at most.
-                    let stored = match self.target.holds(&batch.events, checkpoint) {
+                    // The look and the write share one limit: a try holds the writer's
+                    // thread for one timeout at most.
+                    let began = Instant::now();
+                    let limit = write_limit(&batch.events);
+                    let stored = match self.target.holds(&batch.events, checkpoint, limit) {
                         Some(true) => Ok(()),
-                        Some(false) => self.target.append(&batch.events, checkpoint),
+                        Some(false) => {
+                            let left = limit.saturating_sub(began.elapsed());
+                            self.target.append(&batch.events, checkpoint, left)
+                        }
                         None => Err("no answer to the look for the batch".to_owned()),
                     };
                     if let Err(cause) = stored {
@@ -588,10 +606,13 @@ impl AuditLog {
         let started = Instant::now();
         let mut failures = 0u32;
         loop {
-            let stored = if self.spooling() {
+            let behind_the_spool = self.spooling();
+            let stored = if behind_the_spool {
                 Err("the spool holds earlier batches".to_owned())
             } else {
-                self.target.append(&self.pending, checkpoint.as_ref())
+                let limit = write_limit(&self.pending);
+                self.target
+                    .append(&self.pending, checkpoint.as_ref(), limit)
             };
             let cause = match stored {
                 Ok(()) => {
@@ -602,7 +623,10 @@ impl AuditLog {
                 // on its own rows forever.
                 Err(_)
                     if failures > 0
-                        && self.target.holds(&self.pending, checkpoint.as_ref()) == Some(true) =>
+                        && self
+                            .target
+                            .holds(&self.pending, checkpoint.as_ref(), WRITE_TIMEOUT)
+                            == Some(true) =>
                 {
                     self.health.set(AuditState::Ok);
                     break;
@@ -618,6 +642,12 @@ impl AuditLog {
                 self.pending = batch.events;
                 match spooled {
                     Ok(()) => {
+                        // The store just failed this batch: the spool's replay waits out a
+                        // backoff too, rather than try it again at the next batch.
+                        if !behind_the_spool {
+                            self.last_refusal = Some(Instant::now());
+                            self.refusals = self.refusals.max(1);
+                        }
                         if self.health.state() != AuditState::Degraded {
                             warn!(error = %cause, "audit log: the store does not take writes; batches go to the spool until it does");
                         }
@@ -762,6 +792,18 @@ impl Sink for AuditLog {
         // What the store refused to the end is logged as lost; shutdown goes on.
         let _ = self.write(true, Some(CLOSE_PATIENCE));
     }
+}
+
+/// How long a batch of `events` may take to write ([`WRITE_TIMEOUT`], or longer for one
+/// that a store writing [`WRITE_RATE_FLOOR`] bytes a second would need longer for).
+fn write_limit(events: &[StoredEvent]) -> Duration {
+    // The payload, and about as much again for the columns and the index entries.
+    let bytes: usize = events
+        .iter()
+        .map(|event| 2 * event.payload.len() + 256)
+        .sum();
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    WRITE_TIMEOUT.max(Duration::from_millis(bytes / (WRITE_RATE_FLOOR / 1000)))
 }
 
 /// How long a replay waits after `refusals` in a row: [`RETRY_BACKOFF`], doubled after

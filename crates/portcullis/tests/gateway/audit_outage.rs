@@ -653,17 +653,27 @@ async fn a_store_that_hangs_admits_strict_requests_from_the_spool() {
         .execute(&mut *locked)
         .await
         .unwrap();
-    // Long enough for the first write to hang, and for replays to hang after it.
+    // Long enough for the first write to hang, and for replays to hang after it; three
+    // clients at once, so that requests arrive while a write or a replay hangs.
     let until = Instant::now() + Duration::from_secs(14);
-    let mut answered = HashMap::new();
-    let mut n = 0;
-    while Instant::now() < until {
-        let path = format!("/c0/{n:06}");
-        let reply = request("POST", &gateway.url(&path), TOKEN, "{}").await;
-        let id = reply.header("x-request-id").unwrap().to_owned();
-        answered.insert(id, ("POST", reply.status.as_u16(), path));
-        n += 1;
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..3 {
+        let base = gateway.url("");
+        clients.spawn(async move {
+            let mut answered = Vec::new();
+            let mut n = 0;
+            while Instant::now() < until {
+                let path = format!("/c{client}/{n:06}");
+                let reply = request("POST", &format!("{base}{path}"), TOKEN, "{}").await;
+                let id = reply.header("x-request-id").unwrap().to_owned();
+                answered.push((id, ("POST", reply.status.as_u16(), path)));
+                n += 1;
+            }
+            answered
+        });
     }
+    let answered: HashMap<String, Answer> =
+        clients.join_all().await.into_iter().flatten().collect();
     let ready = get(&gateway.url("/ready"), &[]).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["audit"], "degraded");
