@@ -358,6 +358,8 @@ impl Credentials {
         .fetch_all(&mut *transaction)
         .await?;
         if live.iter().any(|(name,)| Look::of(name).alike(&look)) {
+            // Now rather than when the connection is next used: the lock goes with it.
+            transaction.rollback().await?;
             return Err(CredentialError::DuplicateName(new.name));
         }
         let minted = token::mint();

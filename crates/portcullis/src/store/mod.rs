@@ -93,12 +93,19 @@ impl Store {
     /// A transaction that no other [`Self::begin_serialized`] transaction, of this process
     /// or another on the same store, runs beside: for a check that a unique index cannot
     /// make, such as names that only look alike. SQLite takes its write lock at the start
-    /// (`BEGIN IMMEDIATE`); PostgreSQL, an advisory lock of its own until the end.
+    /// (`BEGIN IMMEDIATE`, waiting up to its busy timeout); PostgreSQL, an advisory lock of
+    /// its own until the end, waiting at most 5 s for a replica that holds it (one stalled
+    /// with it must not stop every creation), in READ COMMITTED whatever the database's
+    /// default, so that what the lock's last holder committed is seen.
     pub async fn begin_serialized(&self) -> Result<Transaction<'static, Any>, StoreError> {
         if self.is_sqlite {
             return Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?);
         }
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        transaction.execute("SET LOCAL lock_timeout = '5s'").await?;
         transaction
             .execute("SELECT pg_advisory_xact_lock(7463726561746573)")
             .await?;
