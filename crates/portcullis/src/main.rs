@@ -96,11 +96,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     if let Some(name) = variable_not_text(std::env::vars_os()) {
         eprintln!("portcullis: {name} is not valid UTF-8; set it as text, or unset it");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
     // This runtime waits for signals and runs the admin API, the upstreams' health checks
     // (and the demo's sample API); requests are served by the server's own worker runtimes.
     let runtime = match tokio::runtime::Builder::new_current_thread()

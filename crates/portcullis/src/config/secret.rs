@@ -25,16 +25,26 @@ pub enum SecretError {
     },
 }
 
+/// The gateway's variables that hold a path, read as one (a path need not be text).
+const PATH_VARIABLES: [&str; 4] = [
+    "PORTCULLIS_CONFIG",
+    "PORTCULLIS_DATA_DIR",
+    "PORTCULLIS_TLS_CERT",
+    "PORTCULLIS_TLS_KEY",
+];
+
 /// The first of the gateway's own variables (`PORTCULLIS_...`) in `vars` whose value is not
-/// UTF-8. Every command reads its variables as text, and one that is not would be read as
-/// unset: a PostgreSQL URL so mangled would leave each replica on a SQLite store of its
-/// own, saying nothing. The commands refuse to start instead, naming the variable alone.
+/// UTF-8, but for those that hold a path. The others are read as text, and one that is not
+/// would be read as unset: a PostgreSQL URL so mangled would leave each replica on a SQLite
+/// store of its own, saying nothing. The commands refuse to start instead, naming the
+/// variable alone.
 pub fn variable_not_text(
     vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> Option<String> {
     vars.into_iter().find_map(|(name, value)| {
         let name = name.to_string_lossy();
-        (name.starts_with("PORTCULLIS_") && value.to_str().is_none()).then(|| name.into_owned())
+        let read_as_text = name.starts_with("PORTCULLIS_") && !PATH_VARIABLES.contains(&&*name);
+        (read_as_text && value.to_str().is_none()).then(|| name.into_owned())
     })
 }
 
@@ -150,9 +160,13 @@ mod tests {
             ]),
             Some("PORTCULLIS_DATABASE_URL".to_owned())
         );
-        // Others' variables are not the gateway's to judge.
+        // Others' variables are not the gateway's to judge, and a path need not be text.
         assert_eq!(
-            variable_not_text([var("HOME", mangled), var("PORTCULLIS_AUDIT", b"off")]),
+            variable_not_text([
+                var("HOME", mangled),
+                var("PORTCULLIS_AUDIT", b"off"),
+                var("PORTCULLIS_CONFIG", b"/etc/gw-\xff.toml"),
+            ]),
             None
         );
     }
