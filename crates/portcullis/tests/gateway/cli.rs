@@ -305,10 +305,12 @@ fn a_variable_that_is_not_text_stops_every_command() {
     // would start, and this test would wait on it).
     for command in [&["check"][..], &["token", "list"], &["audit", "verify"]] {
         let dir = scratch_dir();
+        // The store's flags come before a subcommand's action.
         let output = portcullis()
-            .args(command)
+            .arg(command[0])
             .arg("--data-dir")
             .arg(&dir)
+            .args(&command[1..])
             .env("PORTCULLIS_DATABASE_URL", &mangled)
             .output()
             .unwrap();
