@@ -370,7 +370,7 @@ impl Gateway {
             admitted?;
         }
         if let Some(record) = &mut progress.record {
-            record.upstream(route);
+            record.routed(route);
         }
         let sample = match (route.body_sample(), &mut progress.record) {
             (Some(limit), Some(record)) => Some(record.sample_bodies(limit, &request)),
@@ -706,10 +706,9 @@ impl Gateway {
             ForwardError::Unavailable(_) => {
                 let cause = error_chain(&error);
                 warn!(request_id = ?ctx.request_id, upstream, error = %cause, "upstream failed");
-                // Which of the two is for the operator's log: it may name the upstream.
-                Problem::new(ProblemKind::UpstreamUnavailable).with_detail(
-                    "the upstream could not be reached or did not answer with a valid response",
-                )
+                // Which it was is for the operator's log: it may name the upstream.
+                Problem::new(ProblemKind::UpstreamUnavailable)
+                    .with_detail("the upstream gave no valid response")
             }
         }
     }

@@ -93,7 +93,7 @@ impl PendingRecord {
 
     /// Notes the route and the upstream the request goes to (so that a record finished
     /// before the answer, as when the connection is cut, still names them).
-    pub fn upstream(&mut self, route: &Route) {
+    pub fn routed(&mut self, route: &Route) {
         if let Some((exchange, _)) = &mut self.pending {
             exchange.route = Some(route.prefix().clone());
             exchange.upstream = Some(route.upstream().name().clone());

@@ -247,13 +247,9 @@ async fn a_client_that_stalls_mid_head_gets_408() {
     assert!(bytes.is_empty());
 }
 
-/// A client that asks for a large response and stops reading it would hold its
-/// connection, and the upstream's only in-flight slot, for ever: once it has taken nothing
-/// for `idle_timeout`, the connection is closed and the slot comes back (as HTTP/2 sends
-/// GOAWAY to a stalled stream).
 /// RFC 9112 §9.5: a keep-alive connection idle after its response is closed after
 /// `idle_timeout`, counted from the response, not from an earlier head deadline nor never
-/// (the reader must be woken when the response ends, whatever hyper polled meanwhile).
+/// (the reader must be polled again once the response ends, whatever hyper polled meanwhile).
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let upstream = Upstream::start().await;
@@ -308,6 +304,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     }
 }
 
+/// A client that asks for a large response and stops reading it would hold its
+/// connection, and the upstream's only in-flight slot, for ever: once it has taken nothing
+/// for `idle_timeout`, the connection is closed and the slot comes back (as HTTP/2 sends
+/// GOAWAY to a stalled stream).
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_connection_after_the_idle_timeout() {
     let upstream = Upstream::start_with(|seen| {
