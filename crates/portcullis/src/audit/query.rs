@@ -233,7 +233,7 @@ pub fn shown(event: &StoredEvent) -> Value {
 }
 
 /// The columns of `audit export --format csv`, in order: keys of [`shown`].
-pub const CSV_COLUMNS: [&str; 23] = [
+pub const CSV_COLUMNS: [&str; 24] = [
     "time_ms",
     "chain_id",
     "seq",
@@ -256,6 +256,8 @@ pub const CSV_COLUMNS: [&str; 23] = [
     "bytes_out",
     "duration_us",
     "user_agent",
+    // An admin action: what was done (`token_revoked`) to what.
+    "action",
     "target",
 ];
 
@@ -380,5 +382,7 @@ mod tests {
         assert!(record.ends_with("\r\n"));
         // The separators, and the comma inside the quoted path.
         assert_eq!(record.matches(',').count(), CSV_COLUMNS.len());
+        let action = serde_json::json!({"kind": "admin_action", "action": "token_revoked", "target": "tok_9"});
+        assert!(csv_record(&action).ends_with(",token_revoked,tok_9\r\n"));
     }
 }

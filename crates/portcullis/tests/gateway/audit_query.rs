@@ -279,11 +279,10 @@ async fn the_audit_commands_search_tail_follow_and_export() {
     let (ok, csv) = audit_command(&dir, &["export", "--format", "csv"]);
     assert!(ok, "{csv}");
     let mut rows = csv.split("\r\n").filter(|row| !row.is_empty());
-    assert!(
-        rows.next()
-            .unwrap()
-            .starts_with("time_ms,chain_id,seq,kind,request_id,")
-    );
+    let header = rows.next().unwrap();
+    assert!(header.starts_with("time_ms,chain_id,seq,kind,request_id,"));
+    // An admin action's row says which it was.
+    assert!(header.ends_with(",user_agent,action,target"), "{header}");
     assert_eq!(rows.count(), exported.len());
     let (ok, none) = audit_command(&dir, &["export", "--since", "2999-01-01T00:00:00Z"]);
     assert!(ok && none.is_empty(), "{none}");
