@@ -25,8 +25,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -327,47 +327,52 @@ impl Drop for PhaseGuard {
 /// A stream is busy while the gateway or the upstream owes it something (its response
 /// head, or the next piece of its body). Once its response is ready, it waits on the
 /// client: a client that stops taking data (a zero flow-control window) leaves hyper
-/// nothing to send, and such a stream must not hold the connection for ever.
+/// nothing to send, and such a stream must not hold the connection, and the upstream's
+/// slot, for ever. Each stream keeps its own clock: what other streams of the connection
+/// do (a `/health` every few seconds) does not put off a stalled one's deadline.
 #[derive(Debug)]
 pub struct OpenStreams {
     count: watch::Sender<usize>,
-    /// Streams waiting on the gateway or the upstream, not on the client.
-    busy: AtomicU64,
-    /// When a response last moved towards the client (or a stream opened or closed), in
-    /// milliseconds since `epoch`.
-    last_progress: AtomicU64,
+    /// The clocks of the open streams (and of streams closed since the last open).
+    clocks: Mutex<Vec<Weak<StreamClock>>>,
     epoch: Instant,
 }
+
+/// Since when a stream has waited on the client, in milliseconds after its connection's
+/// epoch; [`BUSY`] while the gateway or the upstream owes it something.
+#[derive(Debug)]
+struct StreamClock(AtomicU64);
+
+/// A stream's clock while it waits on the gateway or the upstream.
+const BUSY: u64 = u64::MAX;
 
 /// One open stream; dropping it (with the response body, or with the request's future when
 /// the client resets the stream) closes it.
 pub struct StreamGuard {
     streams: Arc<OpenStreams>,
-    busy: bool,
+    clock: Arc<StreamClock>,
 }
 
 impl StreamGuard {
-    fn set_busy(&mut self, busy: bool) {
-        if busy != self.busy {
-            self.busy = busy;
-            match busy {
-                true => self.streams.busy.fetch_add(1, Ordering::Relaxed),
-                false => self.streams.busy.fetch_sub(1, Ordering::Relaxed),
-            };
-        }
+    /// The response moved towards the client just now, and waits on it from now.
+    fn moved(&self) {
+        self.clock.0.store(self.streams.now_ms(), Ordering::Relaxed);
+    }
+
+    fn owed(&self) {
+        self.clock.0.store(BUSY, Ordering::Relaxed);
     }
 }
 
 impl BodyProgress for StreamGuard {
     fn response_started(&mut self) {
-        self.set_busy(false);
-        self.streams.mark_progress();
+        self.moved();
     }
 
     fn polled(&mut self, ready: bool) {
-        self.set_busy(!ready);
-        if ready {
-            self.streams.mark_progress();
+        match ready {
+            true => self.moved(),
+            false => self.owed(),
         }
     }
 }
@@ -375,8 +380,8 @@ impl BodyProgress for StreamGuard {
 impl StreamGuard {
     /// The same stream, now a WebSocket: never counted as waiting on the client (the
     /// WebSocket's own idle limit governs it), open until dropped.
-    pub fn into_tunnel(mut self) -> Self {
-        self.set_busy(true);
+    pub fn into_tunnel(self) -> Self {
+        self.owed();
         self
     }
 }
@@ -397,8 +402,6 @@ impl<G: BodyProgress> BodyProgress for Option<G> {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.set_busy(false);
-        self.streams.mark_progress();
         self.streams.count.send_modify(|count| *count -= 1);
     }
 }
@@ -410,8 +413,7 @@ pub enum Idle {
     NeverUsed,
     /// Streams were served, and none has been open for the idle timeout since.
     Quiet,
-    /// Streams are open, but every one waits on a client that has taken nothing for the
-    /// idle timeout.
+    /// A stream waits on a client that has taken nothing of it for the idle timeout.
     Stalled,
 }
 
@@ -420,8 +422,7 @@ impl OpenStreams {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             count: watch::Sender::new(0),
-            busy: AtomicU64::new(0),
-            last_progress: AtomicU64::new(0),
+            clocks: Mutex::new(Vec::new()),
             epoch: Instant::now(),
         })
     }
@@ -430,26 +431,38 @@ impl OpenStreams {
     /// the guard is dropped.
     pub fn open(self: &Arc<Self>) -> StreamGuard {
         self.count.send_modify(|count| *count += 1);
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        self.mark_progress();
+        let clock = Arc::new(StreamClock(AtomicU64::new(BUSY)));
+        if let Ok(mut clocks) = self.clocks.lock() {
+            clocks.retain(|clock| clock.strong_count() > 0);
+            clocks.push(Arc::downgrade(&clock));
+        }
         StreamGuard {
             streams: self.clone(),
-            busy: true,
+            clock,
         }
     }
 
-    fn mark_progress(&self) {
-        let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_progress.store(since, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        // Never `BUSY`: that is 584 million years away.
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(BUSY - 1)
     }
 
-    fn last_progress(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_progress.load(Ordering::Relaxed))
+    /// Since when the open stream that has waited longest on its client has waited, if
+    /// one waits on its client.
+    fn longest_wait(&self) -> Option<Instant> {
+        let clocks = self.clocks.lock().ok()?;
+        let since = clocks
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|clock| clock.0.load(Ordering::Relaxed))
+            .filter(|&since| since != BUSY)
+            .min()?;
+        Some(self.epoch + Duration::from_millis(since))
     }
 
     /// Returns once no stream has been opened for `first`; or, after some were, once none
-    /// has been open for `then`; or once streams are open but none is busy and no response
-    /// has moved towards the client for `then`.
+    /// has been open for `then`; or once a stream has waited on its client, with nothing
+    /// of its response taken, for `then`.
     pub async fn idle(&self, first: Duration, then: Duration) -> Idle {
         let mut count = self.count.subscribe();
         let mut used = false;
@@ -466,16 +479,13 @@ impl OpenStreams {
                 }
                 continue;
             }
-            let deadline = match self.busy.load(Ordering::Relaxed) {
-                0 => self.last_progress() + then,
-                // Owed by the gateway or the upstream: look again later.
-                _ => Instant::now() + then,
-            };
+            // Every stream owed by the gateway or the upstream: look again later.
+            let deadline = self
+                .longest_wait()
+                .map_or_else(|| Instant::now() + then, |since| since + then);
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    if self.busy.load(Ordering::Relaxed) == 0
-                        && self.last_progress() + then <= Instant::now()
-                    {
+                    if self.longest_wait().is_some_and(|since| since + then <= Instant::now()) {
                         return Idle::Stalled;
                     }
                 }
@@ -648,6 +658,33 @@ mod tests {
         assert!(!watch.is_finished());
         drop(owed);
         assert_eq!(watch.await.unwrap().0, Idle::Quiet);
+    }
+
+    /// What other streams do does not put off a stalled one's deadline: neither one the
+    /// upstream still owes, nor a `/health` answered every 30 s on the same connection.
+    #[tokio::test(start_paused = true)]
+    async fn other_streams_do_not_keep_a_stalled_http2_stream_alive() {
+        let streams = OpenStreams::new();
+        let mut stalled = streams.open();
+        let _owed = streams.open();
+        let watch = watch_idle(streams.clone());
+        stalled.response_started();
+        stalled.polled(true);
+        let health = tokio::spawn({
+            let streams = streams.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    let mut probe = streams.open();
+                    probe.response_started();
+                    probe.polled(true);
+                }
+            }
+        });
+        let (idle, elapsed) = watch.await.unwrap();
+        health.abort();
+        assert_eq!(idle, Idle::Stalled);
+        assert_eq!(elapsed, Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]
