@@ -42,8 +42,8 @@ pub enum AuditAction {
     Search {
         #[command(flatten)]
         filter: FilterArgs,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (read page by page: any number).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// Write every event (between --since and --until), oldest first, page by page: any

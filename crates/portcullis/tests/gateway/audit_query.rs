@@ -286,6 +286,9 @@ async fn the_audit_commands_search_tail_follow_and_export() {
     assert_eq!(rows.count(), exported.len());
     let (ok, none) = audit_command(&dir, &["export", "--since", "2999-01-01T00:00:00Z"]);
     assert!(ok && none.is_empty(), "{none}");
+    // A search for nothing is a mistake, as the API's limit=0 is.
+    let (ok, refused) = audit_command(&dir, &["search", "--limit", "0"]);
+    assert!(!ok && refused.contains("--limit"), "{refused}");
 }
 
 /// A search the audit store cannot answer is a 503 problem with `Retry-After`, naming no
