@@ -253,21 +253,11 @@ async fn a_client_that_stalls_mid_head_gets_408() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
-        &format!(
-            "[limits]\nheader_read_timeout = \"20s\"\nidle_timeout = \"1s\"\n\
-             [upstreams.api]\nurl = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
-            upstream.url()
-        ),
+    let (_dir, gateway) = with_limits(
+        &upstream,
+        "[limits]\nheader_read_timeout = \"20s\"\nidle_timeout = \"1s\"\n",
+        "",
     );
-    let gateway = Launch::bare()
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .start();
     let sent = std::time::Instant::now();
     let mut clients = Vec::new();
     for path in ["/health", "/ok", "/health", "/ok"] {
@@ -318,21 +308,11 @@ async fn a_client_that_stops_reading_loses_its_connection_after_the_idle_timeout
         })
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
-        &format!(
-            "[limits]\nidle_timeout = \"1s\"\n[upstreams.api]\nurl = \"{}\"\nmax_in_flight = 1\n\
-             queue_timeout = \"100ms\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
-            upstream.url()
-        ),
+    let (_dir, gateway) = with_limits(
+        &upstream,
+        "[limits]\nidle_timeout = \"1s\"\n",
+        "max_in_flight = 1\nqueue_timeout = \"100ms\"\n",
     );
-    let gateway = Launch::bare()
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .start();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(gateway.addr).await.unwrap();
@@ -398,6 +378,31 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 }
 
 /// A POST with `body` sent as is after a chunked head.
+/// A gateway with the static [`TOKEN`], `limits` (a `[limits]` table), and one route `/` to
+/// `upstream` with `upstream_settings` (lines of its `[upstreams.api]` table).
+fn with_limits(
+    upstream: &Upstream,
+    limits: &str,
+    upstream_settings: &str,
+) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "{limits}[upstreams.api]\nurl = \"{}\"\n{upstream_settings}\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+    );
+    let gateway = Launch::bare()
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .start();
+    (dir, gateway)
+}
+
 fn chunked_post(extra_headers: &str, body: &str) -> Vec<u8> {
     format!(
         "POST /v1/upload HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n{extra_headers}Connection: close\r\n\r\n{body}"
