@@ -359,6 +359,7 @@ impl StreamGuard {
         self.clock.0.store(self.streams.now_ms(), Ordering::Relaxed);
     }
 
+    /// The gateway or the upstream owes the stream its next piece: not waiting on the client.
     fn owed(&self) {
         self.clock.0.store(BUSY, Ordering::Relaxed);
     }

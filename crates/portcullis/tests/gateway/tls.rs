@@ -394,6 +394,52 @@ async fn an_http2_client_that_stops_taking_its_response_loses_the_connection() {
     drop(response);
 }
 
+/// The same, while the client opens a new stream every 300 ms on the connection (no token
+/// needed for `/health`): each stream is timed on its own, so new ones do not put off the
+/// deadline of the first, which would hold its upstream slot (RFC 9113 §5.2: a zero window
+/// is the client's to keep).
+#[tokio::test]
+async fn new_streams_do_not_keep_a_stalled_http2_stream_alive() {
+    let upstream = Upstream::start().await;
+    let cert = test_cert();
+    let (_dir, gateway) = start_tls_with_short_deadlines(&upstream, &cert);
+    let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let mut connection = tokio::spawn(connection);
+    let url = format!("https://localhost:{}/health", gateway.addr.port());
+    let stalled = sender
+        .send_request(Request::get(&url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    let mut kept = Vec::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            tokio::select! {
+                ended = &mut connection => return ended,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(300)) => {
+                    let probe = sender.send_request(Request::get(&url).body(Full::default()).unwrap());
+                    if let Ok(Ok(response)) =
+                        tokio::time::timeout(std::time::Duration::from_millis(200), probe).await
+                    {
+                        kept.push(response);
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "new streams kept a stalled one's connection open"
+    );
+    drop((stalled, kept));
+}
+
 #[tokio::test]
 async fn http2_requests_are_translated_faithfully_rfc_9113_8_2_3_and_8_3_1() {
     let upstream = Upstream::start().await;
