@@ -385,22 +385,12 @@ fn with_limits(
     limits: &str,
     upstream_settings: &str,
 ) -> (tempfile::TempDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "c.toml",
-        &format!(
-            "{limits}[upstreams.api]\nurl = \"{}\"\n{upstream_settings}\
-             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
-            upstream.url()
-        ),
+    let config = format!(
+        "{limits}[upstreams.api]\nurl = \"{}\"\n{upstream_settings}\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+        upstream.url()
     );
-    let gateway = Launch::bare()
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .start();
-    (dir, gateway)
+    start_configured(&config, Launch::bare())
 }
 
 fn chunked_post(extra_headers: &str, body: &str) -> Vec<u8> {

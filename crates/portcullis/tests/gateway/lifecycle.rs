@@ -77,15 +77,10 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
 #[tokio::test]
 async fn a_request_still_in_flight_at_the_end_of_the_grace_is_cut_then() {
     let upstream = Upstream::start().await;
-    let dir = scratch_dir();
-    let config = write_file(&dir, "c.toml", "[limits]\nshutdown_grace = \"1s\"\n");
-    let access_log = dir.join("access.log");
-    let mut gateway = Launch::new(&upstream.url())
-        .arg("--config")
-        .arg(config.to_str().unwrap())
-        .arg("--access-log")
-        .arg(access_log.to_str().unwrap())
-        .start();
+    let (dir, mut gateway) = start_configured(
+        "[limits]\nshutdown_grace = \"1s\"\n",
+        Launch::new(&upstream.url()),
+    );
     let mut in_flight = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let head =
         format!("GET /slow/20000 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
@@ -117,7 +112,7 @@ async fn a_request_still_in_flight_at_the_end_of_the_grace_is_cut_then() {
     .await
     .unwrap();
     assert!(status.success(), "{status:?}");
-    let log = std::fs::read_to_string(&access_log).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
     let cut = log
         .lines()
         .find(|line| line.contains("/slow/20000"))

@@ -369,20 +369,31 @@ async fn an_idle_http2_connection_is_sent_goaway_rfc_9113_6_8() {
     assert!(sender.is_closed());
 }
 
+/// An HTTP/2 connection of its own that gives every stream a zero flow-control window: the
+/// gateway can send each response's head, never its body, while the client library keeps
+/// answering the gateway's pings.
+async fn zero_window_connection(
+    cert: &TestCert,
+    gateway: &Gateway,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
 #[tokio::test]
 async fn an_http2_client_that_stops_taking_its_response_loses_the_connection() {
     let upstream = Upstream::start().await;
     let cert = test_cert();
     let (_dir, gateway) = start_tls_with_short_deadlines(&upstream, &cert);
-    // A zero flow-control window: the gateway can send the response head, never its body,
-    // while the client library keeps answering the gateway's pings.
-    let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = zero_window_connection(&cert, &gateway).await;
     let url = format!("https://localhost:{}/health", gateway.addr.port());
     let response = sender
         .send_request(Request::get(url).body(Full::default()).unwrap())
@@ -403,13 +414,7 @@ async fn new_streams_do_not_keep_a_stalled_http2_stream_alive() {
     let upstream = Upstream::start().await;
     let cert = test_cert();
     let (_dir, gateway) = start_tls_with_short_deadlines(&upstream, &cert);
-    let stream = tls_connect(&cert.pem, gateway.addr, b"h2").await;
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    let mut connection = tokio::spawn(connection);
+    let (mut sender, mut connection) = zero_window_connection(&cert, &gateway).await;
     let url = format!("https://localhost:{}/health", gateway.addr.port());
     let stalled = sender
         .send_request(Request::get(&url).body(Full::default()).unwrap())
