@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use portcullis::audit::chain::Checkpoint;
 use portcullis::audit::query::{
-    self, Cursor, Filter, MAX_LIMIT, Order, Where, csv_header, csv_record, parse_time, shown,
+    self, Cursor, FILTER_STATUSES, Filter, MAX_LIMIT, Order, Where, csv_header, csv_record,
+    parse_time, shown,
 };
 use portcullis::audit::spool::scan;
 use portcullis::audit::store::{AuditStore, StoredEvent};
@@ -70,7 +71,8 @@ pub enum ExportFormat {
     Csv,
 }
 
-/// The filters of `audit search`, as the admin API's `GET /v1/audit` takes them.
+/// The filters of `audit search`, as the admin API's `GET /v1/audit` takes them, and
+/// refused as it refuses them.
 #[derive(Debug, clap::Args)]
 pub struct FilterArgs {
     /// Events of requests that started at or after this: RFC 3339
@@ -81,29 +83,41 @@ pub struct FilterArgs {
     #[arg(long)]
     until: Option<String>,
     /// The caller's name.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     principal: Option<String>,
     /// The caller's tenant.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     tenant: Option<String>,
-    /// The status sent.
-    #[arg(long)]
+    /// The status sent (100 to 599).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(FILTER_STATUSES))]
     status: Option<u16>,
     /// The decision code, e.g. auth_unknown.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     decision: Option<String>,
     /// The route's prefix, exactly.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     route: Option<String>,
     /// Paths that start with this.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     path_prefix: Option<String>,
     /// One request's events.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     request_id: Option<String>,
     /// The client's address.
-    #[arg(long)]
+    #[arg(long, value_parser = filter_text)]
     client_ip: Option<String>,
+}
+
+/// A text filter, as the admin API takes one.
+fn filter_text(text: &str) -> Result<String, String> {
+    if query::is_filter_text(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "at most {} characters, none of them control characters",
+            query::FILTER_MAX_CHARS
+        ))
+    }
 }
 
 /// `since` and `until` as times, or the message for the one that is not.

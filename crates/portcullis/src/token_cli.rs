@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis::audit::{self, AuditLog};
+use portcullis::base::exchange::AdminAction;
 use portcullis::config::{Config, Overrides, StoreArgs};
 use portcullis::credentials::{
     self, CredentialKind, Credentials, LATEST_EXPIRY, NewToken, TokenHasher, TokenRecord,
@@ -140,7 +141,7 @@ async fn execute(
         // Recorded, and the audit log's runtime dropped, off this runtime's thread.
         let change = done.as_ref().ok().cloned().flatten();
         tokio::task::spawn_blocking(move || match change {
-            Some((action, target)) => audit.record_cli_action(action, &target),
+            Some(action) => audit.record_cli_action(action),
             None => Ok(()),
         })
         .await
@@ -150,14 +151,13 @@ async fn execute(
     done.map(|_| ())
 }
 
-/// Carries out `action`; the change it made to the store, if any, as an admin action and
-/// the token it was made to.
+/// Carries out `action`; the change it made to the store, if any, as an admin action.
 async fn act(
     credentials: &Credentials,
     knows_routes: bool,
     json: bool,
     action: TokenAction,
-) -> Result<Option<(&'static str, String)>, String> {
+) -> Result<Option<AdminAction>, String> {
     let error = |e: credentials::CredentialError| match e {
         credentials::CredentialError::UnknownScope(..) if !knows_routes => {
             format!("{e} (and those the routes name, with --config FILE or PORTCULLIS_CONFIG)")
@@ -185,7 +185,7 @@ async fn act(
                 expires_in: expires,
             };
             let (record, secret) = credentials.create(new).await.map_err(error)?;
-            done = Some(("token_created", record.id.clone()));
+            done = Some(AdminAction::on("token_created", record.id.clone()));
             print_minted("created", &record, &secret, json);
         }
         TokenAction::List => {
@@ -205,11 +205,11 @@ async fn act(
         TokenAction::Revoke { id } => {
             let record = credentials.revoke(&id).await.map_err(error)?;
             print_record(&record, json);
-            done = Some(("token_revoked", id));
+            done = Some(AdminAction::on("token_revoked", id));
         }
         TokenAction::Rotate { id, overlap } => {
             let (record, secret) = credentials.rotate(&id, overlap).await.map_err(error)?;
-            done = Some(("token_rotated", id.clone()));
+            done = Some(AdminAction::rotated(id.clone(), record.id.clone()));
             print_minted(&format!("rotated {id} into"), &record, &secret, json);
             if !json {
                 println!(

@@ -14,13 +14,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::AdminState;
 use super::extract::{RequestId, problem};
 use crate::audit::query::{
-    CURSOR_PATTERN, Cursor, DEFAULT_LIMIT, Filter, MAX_LIMIT, Order, Where, parse_time, shown,
+    CURSOR_PATTERN, Cursor, DEFAULT_LIMIT, FILTER_MAX_CHARS, FILTER_STATUSES, Filter, MAX_LIMIT,
+    Order, Where, is_filter_text, parse_time, shown,
 };
 use crate::base::duration::WHOLE_PATTERN;
 use crate::base::problem::{Problem, ProblemKind};
-
-/// The most characters a text filter may have.
-const FILTER_MAX_CHARS: usize = 2048;
 
 /// The schema of `since` and `until`: an RFC 3339 time, or a duration ago.
 fn time_schema() -> Schema {
@@ -148,9 +146,7 @@ impl AuditParams {
         let text = |value: Option<String>, name: &str| {
             value
                 .map(|text| {
-                    let clean = text.chars().count() <= FILTER_MAX_CHARS
-                        && !text.chars().any(char::is_control);
-                    if clean {
+                    if is_filter_text(&text) {
                         Ok(text)
                     } else {
                         Err(bad_query(&format!(
@@ -165,7 +161,7 @@ impl AuditParams {
             until: time(self.until, "until")?,
             principal: text(self.principal, "principal")?,
             tenant: text(self.tenant, "tenant")?,
-            status: number(self.status, "status", 100..=599)?,
+            status: number(self.status, "status", FILTER_STATUSES)?,
             decision: text(self.decision, "decision")?,
             route: text(self.route, "route")?,
             path_prefix: text(self.path_prefix, "path_prefix")?,

@@ -601,17 +601,16 @@ async fn create_token(
         Ok((record, secret)) => {
             let target = record.id.clone();
             let minted = (StatusCode::CREATED, Json(MintedView::new(record, &secret)));
-            acted("token_created", target, minted.into_response())
+            let action = AdminAction::on("token_created", target);
+            acted(action, minted.into_response())
         }
         Err(error) => credential_problem(error, &id),
     }
 }
 
 /// `response`, carrying the admin action it reports for the request's record.
-fn acted(action: &'static str, target: String, mut response: Response) -> Response {
-    response
-        .extensions_mut()
-        .insert(AdminAction { action, target });
+fn acted(action: AdminAction, mut response: Response) -> Response {
+    response.extensions_mut().insert(action);
     response
 }
 
@@ -663,8 +662,7 @@ async fn revoke_token(
             // cache window.
             state.tokens.forget_cached();
             acted(
-                "token_revoked",
-                token_id,
+                AdminAction::on("token_revoked", token_id),
                 Json(TokenView::from(record)).into_response(),
             )
         }
@@ -697,8 +695,9 @@ async fn rotate_token(
     match state.tokens.credentials().rotate(&token_id, overlap).await {
         Ok((record, secret)) => {
             state.tokens.forget_cached();
+            let action = AdminAction::rotated(token_id, record.id.clone());
             let minted = (StatusCode::CREATED, Json(MintedView::new(record, &secret)));
-            acted("token_rotated", token_id, minted.into_response())
+            acted(action, minted.into_response())
         }
         Err(error) => credential_problem(error, &id),
     }

@@ -45,6 +45,7 @@ struct Payload<'a> {
     admin: bool,
     action: Option<&'static str>,
     target: Option<&'a str>,
+    successor: Option<&'a str>,
     /// What may be kept of the bodies, on routes that keep them.
     bodies: Option<KeptBodies>,
 }
@@ -100,6 +101,7 @@ impl<'a> Payload<'a> {
             admin: exchange.admin,
             action: None,
             target: None,
+            successor: None,
             bodies: None,
         }
     }
@@ -143,6 +145,7 @@ impl<'a> Payload<'a> {
         line.flag("admin", self.admin);
         line.token("action", self.action);
         line.text("target", self.target);
+        line.text("successor", self.successor);
         if let Some(bodies) = &self.bodies {
             line.text("request_body", bodies.request.as_deref());
             line.number("request_body_bytes", bodies.request_bytes);
@@ -169,6 +172,7 @@ pub(super) fn admin_action(exchange: &Exchange) -> Option<StoredEvent> {
     payload.kind = "admin_action";
     payload.action = Some(action.action);
     payload.target = Some(&action.target);
+    payload.successor = action.successor.as_deref();
     Some(payload.event())
 }
 
@@ -389,16 +393,22 @@ mod tests {
         assert!(admin_action(&exchange()).is_none());
         let mut revoked = exchange();
         revoked.admin = true;
-        revoked.action = Some(AdminAction {
-            action: "token_revoked",
-            target: "tok_9".to_owned(),
-        });
+        revoked.action = Some(AdminAction::on("token_revoked", "tok_9".to_owned()));
         let action = admin_action(&revoked).unwrap();
         let payload = payload(&action);
         assert_eq!(action.kind, "admin_action");
         assert_stored_once(&action);
         assert_eq!(payload["action"], "token_revoked");
         assert_eq!(payload["target"], "tok_9");
+        assert!(payload.get("successor").is_none());
+
+        let mut rotated = exchange();
+        rotated.admin = true;
+        rotated.action = Some(AdminAction::rotated("tok_9".to_owned(), "tok_a".to_owned()));
+        let rotation = self::payload(&admin_action(&rotated).unwrap());
+        assert_eq!(rotation["action"], "token_rotated");
+        assert_eq!(rotation["target"], "tok_9");
+        assert_eq!(rotation["successor"], "tok_a");
         assert_eq!(payload["admin"], true);
     }
 

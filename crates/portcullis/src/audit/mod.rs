@@ -731,11 +731,7 @@ impl AuditLog {
 
     /// Records an admin action taken outside the gateway (`portcullis token`), with `cli`
     /// as the acting principal, and stores it at once, within 10 s, with a checkpoint.
-    pub fn record_cli_action(
-        &mut self,
-        action: &'static str,
-        target: &str,
-    ) -> Result<(), AuditError> {
+    pub fn record_cli_action(&mut self, action: AdminAction) -> Result<(), AuditError> {
         let exchange = Exchange {
             caller: Some(Caller {
                 kind: "cli",
@@ -745,10 +741,7 @@ impl AuditLog {
             }),
             decision: Decision::Allowed,
             admin: true,
-            action: Some(AdminAction {
-                action,
-                target: target.to_owned(),
-            }),
+            action: Some(action),
             ..Exchange::begin(
                 crate::base::context::new_request_id(),
                 IpAddr::from([127, 0, 0, 1]),

@@ -14,6 +14,17 @@ pub const MAX_LIMIT: i64 = 1000;
 /// Events per page when no limit is asked for.
 pub const DEFAULT_LIMIT: i64 = 100;
 
+/// The most characters a text filter may have.
+pub const FILTER_MAX_CHARS: usize = 2048;
+/// The statuses a filter may name.
+pub const FILTER_STATUSES: std::ops::RangeInclusive<i64> = 100..=599;
+
+/// Whether `text` may be a text filter: at most [`FILTER_MAX_CHARS`] characters, none of
+/// them a control character (nothing the gateway stores has one).
+pub fn is_filter_text(text: &str) -> bool {
+    text.chars().count() <= FILTER_MAX_CHARS && !text.chars().any(char::is_control)
+}
+
 /// What a cursor looks like: `TIME-CHAIN-SEQ`.
 pub const CURSOR_PATTERN: &str = "^[0-9]{1,18}-[0-9a-f]{32}-[0-9]{1,18}$";
 
@@ -233,7 +244,7 @@ pub fn shown(event: &StoredEvent) -> Value {
 }
 
 /// The columns of `audit export --format csv`, in order: keys of [`shown`].
-pub const CSV_COLUMNS: [&str; 24] = [
+pub const CSV_COLUMNS: [&str; 25] = [
     "time_ms",
     "chain_id",
     "seq",
@@ -256,9 +267,10 @@ pub const CSV_COLUMNS: [&str; 24] = [
     "bytes_out",
     "duration_us",
     "user_agent",
-    // An admin action: what was done (`token_revoked`) to what.
+    // An admin action: what was done (`token_rotated`) to what, and into what.
     "action",
     "target",
+    "successor",
 ];
 
 /// One CSV record (RFC 4180 §2: fields with a comma, quote or line break quoted, quotes
@@ -383,6 +395,8 @@ mod tests {
         // The separators, and the comma inside the quoted path.
         assert_eq!(record.matches(',').count(), CSV_COLUMNS.len());
         let action = serde_json::json!({"kind": "admin_action", "action": "token_revoked", "target": "tok_9"});
-        assert!(csv_record(&action).ends_with(",token_revoked,tok_9\r\n"));
+        assert!(csv_record(&action).ends_with(",token_revoked,tok_9,\r\n"));
+        let rotated = serde_json::json!({"kind": "admin_action", "action": "token_rotated", "target": "tok_9", "successor": "tok_a"});
+        assert!(csv_record(&rotated).ends_with(",token_rotated,tok_9,tok_a\r\n"));
     }
 }

@@ -298,6 +298,29 @@ pub struct AdminAction {
     pub action: &'static str,
     /// The id of the token acted on.
     pub target: String,
+    /// The id of the token it was rotated into (`token_rotated` only), so that what the
+    /// successor does later traces back to the rotation.
+    pub successor: Option<String>,
+}
+
+impl AdminAction {
+    /// `action` (`token_created` or `token_revoked`) done to the token `target`.
+    pub fn on(action: &'static str, target: String) -> Self {
+        Self {
+            action,
+            target,
+            successor: None,
+        }
+    }
+
+    /// The token `target` rotated into the token `successor`.
+    pub fn rotated(target: String, successor: String) -> Self {
+        Self {
+            action: "token_rotated",
+            target,
+            successor: Some(successor),
+        }
+    }
 }
 
 /// The most characters of a `User-Agent` a record keeps.

@@ -39,8 +39,8 @@ pub(crate) async fn request(method: &str, url: &str, token: &str, body: &str) ->
     .await
 }
 
-/// Sends allowed and refused requests, and creates and revokes a token through the admin
-/// API; returns the new token's id and the token itself.
+/// Sends allowed and refused requests, and creates, rotates and revokes a token through the
+/// admin API; returns the new token's id and the token itself.
 async fn traffic(gateway: &Gateway) -> (String, String) {
     let allowed = request(
         "GET",
@@ -70,6 +70,14 @@ async fn traffic(gateway: &Gateway) -> (String, String) {
             .status,
         200
     );
+    let rotated = request(
+        "POST",
+        &gateway.admin_url(&format!("/v1/tokens/{id}/rotate")),
+        TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(rotated.status, 201, "{}", rotated.text());
     let revoked = request(
         "POST",
         &gateway.admin_url(&format!("/v1/tokens/{id}/revoke")),
@@ -176,6 +184,20 @@ pub(crate) fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("audit.db").display())
 }
 
+/// An admin action event as its action, target, successor and acting principal.
+type AdminActionSeen<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
+fn admin_action_seen<'a>(
+    (_, _, principal, payload): &'a (String, String, Option<String>, Value),
+) -> AdminActionSeen<'a> {
+    (
+        payload["action"].as_str().unwrap(),
+        payload["target"].as_str().unwrap(),
+        payload["successor"].as_str(),
+        principal.as_deref(),
+    )
+}
+
 fn assert_events_describe_the_traffic(
     events: &[(String, String, Option<String>, Value)],
     id: &str,
@@ -187,7 +209,14 @@ fn assert_events_describe_the_traffic(
         .collect();
     assert_eq!(
         requests,
-        ["allowed", "auth_unknown", "allowed", "allowed", "allowed"],
+        [
+            "allowed",
+            "auth_unknown",
+            "allowed",
+            "allowed",
+            "allowed",
+            "allowed"
+        ],
         "{events:?}"
     );
     let first = &events[0].3;
@@ -199,23 +228,25 @@ fn assert_events_describe_the_traffic(
     let first = first.as_object().expect("an event is an object");
     assert!(!first.contains_key("principal_id"), "{first:?}");
     assert!(!first.contains_key("tenant"), "{first:?}");
-    let actions: Vec<(&str, &str, Option<&str>)> = events
+    let actions: Vec<AdminActionSeen> = events
         .iter()
         .filter(|(kind, ..)| kind == "admin_action")
-        .map(|(_, _, principal, payload)| {
-            (
-                payload["action"].as_str().unwrap(),
-                payload["target"].as_str().unwrap(),
-                principal.as_deref(),
-            )
-        })
+        .map(admin_action_seen)
         .collect();
+    let [created, rotated, revoked] = &actions[..] else {
+        panic!("three admin actions: {actions:?}");
+    };
+    assert_eq!(created, &("token_created", id, None, Some("static")));
+    assert_eq!(revoked, &("token_revoked", id, None, Some("static")));
+    // A rotation names the token it made, which is neither the old one nor a token.
+    let successor = rotated.2.expect("a rotation names its successor");
     assert_eq!(
-        actions,
-        [
-            ("token_created", id, Some("static")),
-            ("token_revoked", id, Some("static"))
-        ]
+        rotated,
+        &("token_rotated", id, Some(successor), Some("static"))
+    );
+    assert!(
+        successor.starts_with("tok_") && successor != id,
+        "{successor}"
     );
     let created = events
         .iter()
@@ -256,8 +287,8 @@ async fn requests_and_admin_actions_are_chained_events_without_secrets_on_sqlite
     }
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
-    // The traffic's seven, after the event that starts the chain.
-    assert!(out.contains("ok: 1 chain(s), 8 event(s) linked"), "{out}");
+    // The traffic's nine, after the event that starts the chain.
+    assert!(out.contains("ok: 1 chain(s), 10 event(s) linked"), "{out}");
     assert!(
         out.contains("note: what the store holds is intact"),
         "{out}"
@@ -802,34 +833,38 @@ async fn token_command_changes_are_audited() {
     let created = token(&["create", "--name", "cli-made", "--scopes", "read"]);
     let id = created["record"]["id"].as_str().unwrap().to_owned();
     token(&["list"]);
-    token(&["revoke", &id]);
+    let rotated = token(&["rotate", &id]);
+    let successor = rotated["record"]["id"].as_str().unwrap().to_owned();
+    token(&["revoke", &successor]);
 
     let events = events(&sqlite_url(&dir)).await;
     // One chain per command, in no particular order among themselves.
-    let mut actions: Vec<(&str, &str, Option<&str>)> = events
+    let mut actions: Vec<AdminActionSeen> = events
         .iter()
-        .map(|(kind, _, principal, payload)| {
-            assert_eq!(kind, "admin_action");
-            (
-                payload["action"].as_str().unwrap(),
-                payload["target"].as_str().unwrap(),
-                principal.as_deref(),
-            )
-        })
+        .inspect(|(kind, ..)| assert_eq!(kind, "admin_action"))
+        .map(admin_action_seen)
         .collect();
     actions.sort();
     assert_eq!(
         actions,
         [
-            ("token_created", id.as_str(), Some("cli")),
-            ("token_revoked", id.as_str(), Some("cli"))
+            ("token_created", id.as_str(), None, Some("cli")),
+            ("token_revoked", successor.as_str(), None, Some("cli")),
+            (
+                "token_rotated",
+                id.as_str(),
+                Some(successor.as_str()),
+                Some("cli")
+            ),
         ]
     );
     let stored = sqlite_text(&dir);
-    assert!(!stored.contains(created["token"].as_str().unwrap()));
+    for minted in [&created, &rotated] {
+        assert!(!stored.contains(minted["token"].as_str().unwrap()));
+    }
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
-    assert!(out.contains("ok: 2 chain(s), 4 event(s) linked"), "{out}");
+    assert!(out.contains("ok: 3 chain(s), 6 event(s) linked"), "{out}");
 }
 
 /// What `audit verify` says of a copy of `dir` without the chain `chain` (an SQL

@@ -281,14 +281,25 @@ async fn the_audit_commands_search_tail_follow_and_export() {
     let mut rows = csv.split("\r\n").filter(|row| !row.is_empty());
     let header = rows.next().unwrap();
     assert!(header.starts_with("time_ms,chain_id,seq,kind,request_id,"));
-    // An admin action's row says which it was.
-    assert!(header.ends_with(",user_agent,action,target"), "{header}");
+    // An admin action's row says which it was, and a rotation's what it made.
+    assert!(
+        header.ends_with(",user_agent,action,target,successor"),
+        "{header}"
+    );
     assert_eq!(rows.count(), exported.len());
     let (ok, none) = audit_command(&dir, &["export", "--since", "2999-01-01T00:00:00Z"]);
     assert!(ok && none.is_empty(), "{none}");
     // A search for nothing is a mistake, as the API's limit=0 is.
     let (ok, refused) = audit_command(&dir, &["search", "--limit", "0"]);
     assert!(!ok && refused.contains("--limit"), "{refused}");
+    // So are the filters the API refuses: a status no response has, a control character.
+    let (ok, refused) = audit_command(&dir, &["search", "--status", "1000"]);
+    assert!(!ok && refused.contains("--status"), "{refused}");
+    let (ok, refused) = audit_command(&dir, &["search", "--principal", "a\u{1b}[2Jb"]);
+    assert!(
+        !ok && refused.contains("--principal") && refused.contains("control characters"),
+        "{refused}"
+    );
 }
 
 /// A search the audit store cannot answer is a 503 problem with `Retry-After`, naming no
