@@ -401,6 +401,7 @@ mod tests {
         assert_eq!(payload["action"], "token_revoked");
         assert_eq!(payload["target"], "tok_9");
         assert!(payload.get("successor").is_none());
+        assert_eq!(payload["admin"], true);
 
         let mut rotated = exchange();
         rotated.admin = true;
@@ -409,7 +410,6 @@ mod tests {
         assert_eq!(rotation["action"], "token_rotated");
         assert_eq!(rotation["target"], "tok_9");
         assert_eq!(rotation["successor"], "tok_a");
-        assert_eq!(payload["admin"], true);
     }
 
     #[test]
