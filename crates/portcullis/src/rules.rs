@@ -140,6 +140,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     audit(config, facts, production, &mut report);
     limits(config, production, &mut report);
     rate_limits(config, production, &mut report);
+    bans(config, &mut report);
     report
 }
 
@@ -381,6 +382,32 @@ fn audit(config: &Config, facts: &Facts, production: bool, report: &mut Report) 
             "the audit log's chain key would be kept beside the log (generated there, or a file in its data directory), where whoever can edit the log can likely read it",
             "set PORTCULLIS_AUDIT_KEY_FILE to a key kept outside the data directory",
         );
+    }
+}
+
+/// The longest ban window and ban `check` accepts, as for a limit's refill (366 days).
+const MAX_BAN: Duration = MAX_PERIOD;
+
+/// Bans, when on, count failures over a window and hold for a time that are both at least a
+/// second (zero would never ban anyone) and at most [`MAX_BAN`].
+fn bans(config: &Config, report: &mut Report) {
+    let bans = &config.bans;
+    if bans.max_failures == 0 {
+        return;
+    }
+    let allowed = Duration::from_secs(1)..=MAX_BAN;
+    for (name, value) in [("window", bans.window), ("duration", bans.duration)] {
+        if !allowed.contains(&value) {
+            report.add(
+                "bans",
+                Severity::Error,
+                format!(
+                    "bans.{name} is {}, outside 1s..=366d, so bans would never hold or would outlast any deployment",
+                    humantime::format_duration(value)
+                ),
+                "set it between 1s and 366d, or bans.max_failures = 0 to turn bans off",
+            );
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Configuration: the TOML schema, and loading it with precedence file < environment <
 //! flags. Secrets come only from the environment, as `NAME` or `NAME_FILE`.
 
+mod ip_range;
 mod overrides;
 pub mod rate;
 mod secret;
@@ -36,6 +37,7 @@ pub struct Config {
     /// Worker threads, each serving its share of connections; 0 means one per core.
     pub workers: usize,
     /// Peers whose `X-Forwarded-*` headers are believed.
+    #[serde(deserialize_with = "ip_range::ip_ranges")]
     pub trusted_proxies: Vec<IpNet>,
     /// The hosts requests may name (`Host`, `:authority` or an absolute target):
     /// `host` (any port) or `host:port`, any case; empty for any valid host.
@@ -721,10 +723,10 @@ pub struct RouteConfig {
     #[serde(default)]
     pub auth: RouteAuth,
     /// Only these addresses may use the route (empty: any).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ip_range::ip_ranges")]
     pub allow_ips: Vec<IpNet>,
     /// These addresses may not use the route.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ip_range::ip_ranges")]
     pub deny_ips: Vec<IpNet>,
     /// The scope a method needs, e.g. `{ POST = "reports:run" }`; methods not listed need
     /// `read` (GET, HEAD, OPTIONS) or `write` (the rest).

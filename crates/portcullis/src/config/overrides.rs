@@ -54,7 +54,8 @@ pub struct Overrides {
         long,
         env = "PORTCULLIS_TRUSTED_PROXIES",
         value_name = "CIDRS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = super::ip_range::parse_ip_range
     )]
     pub trusted_proxies: Option<Vec<IpNet>>,
 

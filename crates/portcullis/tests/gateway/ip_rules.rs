@@ -11,7 +11,8 @@ fn with_config(upstream: &Upstream, toml: &str) -> (tempfile::TempDir, Gateway) 
         .arg("--config")
         .arg(config.to_str().unwrap())
         .env("PORTCULLIS_API_TOKENS", TOKEN)
-        .env("PORTCULLIS_TRUSTED_PROXIES", "127.0.0.1/32")
+        // A bare address, in its IPv4-mapped form: the peer 127.0.0.1 is trusted.
+        .env("PORTCULLIS_TRUSTED_PROXIES", "::ffff:127.0.0.1")
         .env("PORTCULLIS_UPSTREAM", upstream.url())
         .start();
     (dir, gateway)
@@ -41,7 +42,7 @@ async fn routes_allow_and_deny_addresses() {
             path_prefix = "/internal"
             upstream = "api"
             allow_ips = ["10.0.0.0/8"]
-            deny_ips = ["10.0.0.66/32"]
+            deny_ips = ["10.0.0.66/32", "10.0.0.67", "::ffff:10.0.1.0/120"]
             "#,
             upstream.url()
         ),
@@ -54,9 +55,13 @@ async fn routes_allow_and_deny_addresses() {
     );
     let outside = from(&gateway, "/internal/x", "198.51.100.1", TOKEN).await;
     outside.assert_problem(403, "ip-denied");
-    from(&gateway, "/internal/x", "10.0.0.66", TOKEN)
-        .await
-        .assert_problem(403, "ip-denied");
+    // A bare address is that address; an IPv4-mapped range is the IPv4 range it maps,
+    // as clients' addresses are compared in their IPv4 form.
+    for denied in ["10.0.0.66", "10.0.0.67", "10.0.1.9", "::ffff:10.0.1.9"] {
+        from(&gateway, "/internal/x", denied, TOKEN)
+            .await
+            .assert_problem(403, "ip-denied");
+    }
     // Other routes are not restricted.
     assert_eq!(
         from(&gateway, "/public", "198.51.100.1", TOKEN)
@@ -65,6 +70,31 @@ async fn routes_allow_and_deny_addresses() {
         200
     );
     assert_eq!(upstream.seen().len(), 2);
+}
+
+/// What `check` says of address lists: an address with a part written with a leading zero
+/// (octal to some readers) is refused, at the line that holds it; so is a ban that could
+/// never hold, or that would outlast any deployment.
+#[test]
+fn address_lists_and_bans_are_checked() {
+    let route = "[upstreams.api]\nurl = \"http://127.0.0.1:9000\"\n\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n";
+    let (code, out) = check_config(&format!("{route}deny_ips = [\"10.0.0.1\"]\n"), &[], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, _) = check_config(&format!("{route}deny_ips = [\"010.0.0.1/32\"]\n"), &[], &[]);
+    assert_eq!(code, Some(2));
+    for (bans, why) in [
+        ("window = \"0s\"", "window"),
+        ("duration = \"0s\"", "duration"),
+        ("duration = \"400000000000y\"", "duration"),
+    ] {
+        let (code, out) = check_config(&format!("[bans]\n{bans}\n{route}"), &[], &[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("error[bans]") && out.contains(why), "{out}");
+    }
+    // Bans off: their times do not matter.
+    let off = format!("[bans]\nmax_failures = 0\nwindow = \"0s\"\n{route}");
+    assert_eq!(check_config(&off, &[], &[]).0, Some(0));
 }
 
 #[tokio::test]
