@@ -188,6 +188,10 @@ pub struct RecordedBody<B> {
     /// The record and where it goes; taken when finished.
     pending: Option<(Box<Exchange>, Recorder)>,
     bytes_out: u64,
+    /// The body's declared length: once that much is sent, the body has ended, whether or
+    /// not the stream's end is polled (hyper stops at a `Content-Length`; an HTTP/2
+    /// upstream may end its stream in a frame of its own after the last byte).
+    declared: Option<u64>,
     /// A response that is sent without its body (to `HEAD`, a 204 or a 304): dropping the
     /// body unread is how it ends, not a client leaving.
     bodiless: bool,
@@ -200,6 +204,7 @@ impl<B: Body> RecordedBody<B> {
             || matches!(exchange.status, 204 | 304)
             || inner.is_end_stream();
         Self {
+            declared: inner.size_hint().exact(),
             inner,
             pending: Some((exchange, recorder)),
             bytes_out: 0,
@@ -255,7 +260,11 @@ where
                         samples.response.take(data);
                     }
                 }
-                if this.inner.is_end_stream() {
+                // Trailers are the last frame (RFC 9110 §6.5).
+                if this.inner.is_end_stream()
+                    || frame.is_trailers()
+                    || this.declared == Some(this.bytes_out)
+                {
                     this.finish(None);
                 }
             }

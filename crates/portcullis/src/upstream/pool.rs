@@ -225,7 +225,11 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if frame.is_none() {
+        // Trailers are a body's last frame: a reader may stop there (RFC 9112 §7.1.2).
+        if frame
+            .as_ref()
+            .is_none_or(|frame| frame.as_ref().is_ok_and(Frame::is_trailers))
+        {
             self.ended = true;
         }
         Poll::Ready(frame)

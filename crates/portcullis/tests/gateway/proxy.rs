@@ -565,3 +565,46 @@ async fn upstream_closing_kept_alive_connections_is_harmless() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A chunked response with a trailer section (RFC 9112 §7.1.2) ends at its trailers: the
+/// client gets the whole body, the record says `allowed`, and the upstream's connection
+/// goes back to the pool for the next request rather than being closed.
+#[tokio::test]
+async fn a_response_with_trailers_ends_there_rfc_9112_7_1_2() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // Every request on the connection, answered alike, until the gateway
+                // closes it.
+                while !read_head(&mut stream).await.is_empty() {
+                    let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                        Trailer: X-Checksum\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (dir, mut gateway) = start_configured(
+        &format!(
+            "[upstreams.api]\nurl = \"http://{addr}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n"
+        ),
+        Launch::bare().arg("--workers").arg("1"),
+    );
+    for _ in 0..3 {
+        let reply = get_authorized(&gateway.url("/trailers")).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "hello".to_owned())
+        );
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(decisions_of(&dir, &mut gateway), ["allowed"; 3]);
+}

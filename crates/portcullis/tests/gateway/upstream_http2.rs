@@ -246,3 +246,47 @@ async fn an_upload_over_the_limit_is_the_clients_413_over_http2_too() {
         ["body_too_large", "allowed"]
     );
 }
+
+/// An HTTP/2 upstream may end a stream with an empty DATA frame after the last byte of a
+/// declared length (RFC 9113 §8.1: END_STREAM on any frame), as nginx does: the response
+/// reached the client whole, and is recorded `allowed`, not `client_aborted`.
+#[tokio::test]
+async fn a_stream_ended_in_a_frame_of_its_own_is_recorded_as_answered_rfc_9113_8_1() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    // The data in one frame; the end of the stream found at the next poll.
+                    let body = channel_body(|frames| async move {
+                        let _ = frames
+                            .send(Ok(hyper::body::Frame::data("hello".into())))
+                            .await;
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .header("content-length", "5")
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    let (dir, mut gateway) = gateway_for(&[(
+        "h2c",
+        format!("url = \"http://127.0.0.1:{port}\"\nhttp_version = \"2\"\n"),
+    )]);
+    for _ in 0..3 {
+        let reply = get_authorized(&gateway.url("/h2c/split")).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "hello".to_owned())
+        );
+    }
+    assert_eq!(decisions_of(&dir, &mut gateway), ["allowed"; 3]);
+}
