@@ -159,6 +159,10 @@ pub async fn check_forever(upstream: Arc<Upstream>) {
     loop {
         ticks.tick().await;
         let verdict = upstream.check(&settings.path, settings.timeout).await;
+        if let Err(unsent @ CheckFailed::Unsent) = &verdict {
+            tracing::debug!(upstream = %upstream.shared.name, cause = %unsent, "upstream health check skipped");
+            continue;
+        }
         let passed = verdict.is_ok();
         if let Some(breaker) = &upstream.shared.breaker {
             breaker.checked(passed);
@@ -192,6 +196,10 @@ pub enum CheckFailed {
     /// It could not be called.
     #[error("{0}")]
     Call(#[from] super::ForwardError),
+    /// It was not sent: every upstream key is resting after the upstream refused it, so
+    /// nothing is learnt of the upstream's health, either way.
+    #[error("not sent: every upstream key is resting")]
+    Unsent,
 }
 
 #[cfg(test)]

@@ -783,7 +783,7 @@ impl Upstream {
             HeaderValue::from_static("portcullis-health-check"),
         );
         if let Some((name, keys)) = self.shared.credential.as_ref().and_then(|c| c.header()) {
-            let key = keys.pick().map_err(ForwardError::from)?;
+            let key = keys.pick().map_err(|_| CheckFailed::Unsent)?;
             headers.insert(name.clone(), key.value.clone());
         }
         let checked = async {

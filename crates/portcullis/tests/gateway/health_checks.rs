@@ -157,6 +157,51 @@ async fn failing_checks_refuse_requests_fail_ready_and_open_the_breaker_until_th
     }
 }
 
+/// While every upstream key rests (the upstream answered 429 with a long `Retry-After`),
+/// no check can be sent with a key: nothing is learnt of the upstream's health, so it stays
+/// as it was, ready, its breaker closed, rather than failing checks it never made.
+#[tokio::test]
+async fn checks_are_not_failed_while_every_key_rests() {
+    let upstream = Upstream::start_with(|seen| {
+        seen.uri.ends_with("/busy").then(|| {
+            Response::builder()
+                .status(429)
+                .header("retry-after", "100")
+                .body(full("slow down"))
+                .unwrap()
+        })
+    })
+    .await;
+    let (_dir, mut gateway) = start_configured(
+        &format!(
+            "[upstreams.api]\nurl = \"{}\"\n\
+             credential = {{ header = \"X-Api-Key\", format = \"{{key}}\", keys_env = \"TEST_ONE_KEY\" }}\n\
+             health_check = {{ path = \"/health\", interval = \"1s\", timeout = \"500ms\", unhealthy_threshold = 2, healthy_threshold = 2 }}\n\
+             circuit = {{ failure_threshold = 2, recovery_timeout = \"60s\", success_threshold = 1 }}\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            upstream.url()
+        ),
+        Launch::bare().env("TEST_ONE_KEY", "the-only-key"),
+    );
+    wait_for_health(&gateway, "healthy").await;
+    get_authorized(&gateway.url("/busy")).await;
+    let checks_before = upstream.seen().len();
+    // Three intervals: two failed checks would have made it unhealthy.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(upstream.seen().len(), checks_before, "nothing was sent");
+    let state = entry(&gateway).await;
+    assert_eq!(state["health"]["state"], "healthy", "{state}");
+    assert_eq!(state["circuit"]["state"], "closed", "{state}");
+    assert_eq!(get(&gateway.url("/ready"), &[]).await.status, 200);
+    // Requests are told when a key is back, not that the upstream is unhealthy.
+    let reply = get_authorized(&gateway.url("/ok")).await;
+    reply.assert_problem(503, "upstream-unavailable");
+    let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((90..=100).contains(&wait), "{wait}");
+    let log = gateway.final_log();
+    assert!(!log.contains("failed its health checks"), "{log}");
+}
+
 /// An upstream that cannot be reached fails its checks too.
 #[tokio::test]
 async fn an_unreachable_upstream_is_unhealthy_and_not_ready() {
