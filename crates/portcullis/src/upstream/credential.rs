@@ -64,7 +64,9 @@ pub enum CredentialError {
     #[error("no key: the variable is empty")]
     NoKeys,
     /// The path prefix is not a path segment or more.
-    #[error("the path prefix must be one or more path segments without '?', '#' or spaces")]
+    #[error(
+        "the path prefix must be one or more path segments of letters, digits and -._~!$&'()*+,;=:@"
+    )]
     PathPrefix,
 }
 
@@ -112,13 +114,16 @@ impl Credential {
     }
 }
 
-/// `/segment[/segment...]`, from a prefix given with or without its slashes.
+/// `/segment[/segment...]`, from a prefix given with or without its slashes. A segment is
+/// what RFC 3986 §3.3 lets a path segment hold unescaped (`pchar`, but for `%`: an escape
+/// would be read once here and once by the upstream); anything else would make no valid
+/// request target, and no request could be sent below it.
 fn normalize_prefix(prefix: &str) -> Result<String, CredentialError> {
     let trimmed = prefix.trim().trim_matches('/');
     let valid = !trimmed.is_empty()
         && trimmed
             .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'))
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b))
         && trimmed
             .split('/')
             .all(|s| !s.is_empty() && s != "." && s != "..");
@@ -476,7 +481,16 @@ mod tests {
     fn path_prefixes_are_whole_segments() {
         assert_eq!(normalize_prefix("SeCrEt").unwrap(), "/SeCrEt");
         assert_eq!(normalize_prefix("/a/b/").unwrap(), "/a/b");
-        for bad in ["", "/", "a?b", "a b", "../x", "a//b", "%2e"] {
+        assert_eq!(
+            normalize_prefix("k-1.2_3~!$&'()*+,;=:@").unwrap(),
+            "/k-1.2_3~!$&'()*+,;=:@"
+        );
+        // None of these would make a valid request target (`<`, `>`, `^` and the backtick
+        // sent every request to the upstream's root), or they would be read again there.
+        for bad in [
+            "", "/", "a?b", "a#b", "a b", "../x", "a//b", "%2e", "a<b>", "a^b", "a`b", "a\"b",
+            "a{b}", "a|b", "a\\b", "é",
+        ] {
             assert!(normalize_prefix(bad).is_err(), "{bad}");
         }
     }
