@@ -21,17 +21,23 @@ use crate::base::context::{
     RequestContext, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1); and every
+/// `Proxy-*` header ([`is_about_proxies`]).
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
 ];
+
+/// `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Connection`, `Proxy-Status` (RFC
+/// 9209, where proxies behind an upstream name themselves and their errors) and the rest:
+/// they speak of the proxies on one side, never to the other.
+fn is_about_proxies(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
+}
 
 /// Headers that make some upstreams serve another path or method than the one the
 /// gateway authorised.
@@ -103,7 +109,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
+    let proxies: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_about_proxies(name))
+        .cloned()
+        .collect();
+    for name in proxies {
+        headers.remove(name);
+    }
 }
 
 /// Removes every header that CGI-style servers (WSGI, Rack, PHP) read as `name`: a client's

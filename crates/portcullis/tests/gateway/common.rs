@@ -180,6 +180,11 @@ async fn default_answer(seen: &Seen) -> Response<UpstreamBody> {
         .header("access-control-allow-private-network", "true")
         .header("strict-transport-security", "max-age=1")
         .header("content-security-policy-report-only", "default-src *")
+        .header(
+            "proxy-status",
+            "envoy; error=connection_refused; details=\"10.1.2.3\"",
+        )
+        .header("proxy-authenticate", "Basic realm=\"internal\"")
         .header("x-upstream", "yes")
         .body(full(summary.to_string()))
         .unwrap()

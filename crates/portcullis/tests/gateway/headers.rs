@@ -3,8 +3,9 @@
 
 use crate::common::*;
 
-/// And the upstream's own policies (the echo upstream sends each of these).
-const FINGERPRINTS: [&str; 8] = [
+/// And the upstream's own policies, and what the proxies behind it say of themselves
+/// (RFC 9209's `Proxy-Status`): the echo upstream sends each of these.
+const FINGERPRINTS: [&str; 10] = [
     "server",
     "x-powered-by",
     "x-aspnet-version",
@@ -13,6 +14,8 @@ const FINGERPRINTS: [&str; 8] = [
     "access-control-allow-origin",
     "access-control-allow-private-network",
     "content-security-policy-report-only",
+    "proxy-status",
+    "proxy-authenticate",
 ];
 
 #[tokio::test]
