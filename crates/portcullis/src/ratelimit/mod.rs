@@ -85,6 +85,17 @@ pub struct RouteLimits {
     limited: AtomicU64,
 }
 
+/// One limit in `RateLimit-Policy`: its name, quota (`q`) and window (`w`, whole seconds).
+/// A rate whose period is not whole seconds (`3/1500ms`) is stated over the next whole
+/// second up, its quota scaled to it and rounded down (`q=4;w=2`), so that what the header
+/// promises is never more than what the limit lets through.
+fn policy_item(name: &str, rate: RateSpec) -> String {
+    let period = rate.period().as_secs_f64();
+    let window = period.ceil().max(1.0);
+    let quota = (f64::from(rate.count()) * window / period).floor();
+    format!("\"{name}\";q={};w={}", quota as u64, window as u64)
+}
+
 impl RouteLimits {
     fn new(path_prefix: &str, configs: &[RouteLimitConfig], max_keys: usize) -> Option<Self> {
         if configs.is_empty() {
@@ -116,10 +127,7 @@ impl RouteLimits {
         limits.sort_by_key(|limit| limit.key == LimitKey::Route);
         let policy = limits
             .iter()
-            .map(|l| {
-                let window = l.rate.period().as_secs_f64().ceil() as u64;
-                format!("\"{}\";q={};w={window}", l.name, l.rate.count())
-            })
+            .map(|l| policy_item(&l.name, l.rate))
             .collect::<Vec<_>>()
             .join(", ");
         Some(Self {
@@ -601,6 +609,16 @@ impl Limiter {
 mod tests {
     use super::*;
     use http::header;
+
+    #[test]
+    fn the_policy_states_each_limit_over_whole_seconds() {
+        let item = |rate: &str| policy_item("principal", rate.parse().unwrap());
+        assert_eq!(item("60/min"), "\"principal\";q=60;w=60");
+        assert_eq!(item("10/s"), "\"principal\";q=10;w=1");
+        assert_eq!(item("3/1500ms"), "\"principal\";q=4;w=2");
+        assert_eq!(item("1/500ms"), "\"principal\";q=2;w=1");
+        assert_eq!(item("7/2500ms"), "\"principal\";q=8;w=3");
+    }
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64() {
