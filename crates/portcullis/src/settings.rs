@@ -110,7 +110,8 @@ pub struct Invalid {
 }
 
 /// The methods a route's `scopes` table may name.
-const SCOPE_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+/// (`HEAD` is not one: it needs what `GET` needs, as servers answer it with the GET handler.)
+const SCOPE_METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 impl Settings {
     /// Parses and checks every value of `config` that the gateway is built from; on
@@ -611,6 +612,16 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
         for (method, scope) in &route.scopes {
             let upper = method.to_ascii_uppercase();
             match Method::from_bytes(upper.as_bytes()) {
+                Ok(Method::HEAD) => invalid.add(
+                    "routes.scopes",
+                    format!("route {prefix:?} gives HEAD a scope of its own, which would never be asked: HEAD needs what GET needs"),
+                    "give GET the scope instead",
+                ),
+                Ok(parsed) if scopes.iter().any(|(known, _)| *known == parsed) => invalid.add(
+                    "routes.scopes",
+                    format!("route {prefix:?} gives {upper} a scope twice, in two spellings"),
+                    "keep one entry for each method",
+                ),
                 Ok(parsed) if SCOPE_METHODS.contains(&upper.as_str()) && is_scope_name(scope) => {
                     scopes.push((parsed, scope.clone()));
                 }
@@ -946,6 +957,24 @@ content_security_policy = "default-src\u0001"
                 "security_headers.values",
             ]
         );
+    }
+
+    /// A scope for HEAD would never be asked (HEAD needs GET's), and a method given twice in
+    /// two spellings would keep one scope silently: both are refused, not ignored.
+    #[test]
+    fn scopes_that_would_be_ignored_are_refused() {
+        for (scopes, said) in [
+            (r#"{ HEAD = "admin" }"#, "HEAD needs what GET needs"),
+            (r#"{ get = "a", GET = "b" }"#, "gives GET a scope twice"),
+        ] {
+            let config = config(&format!(
+                "[upstreams.api]\nurl = \"http://127.0.0.1:9000\"\n[[routes]]\npath_prefix = \"/api\"\nupstream = \"api\"\nscopes = {scopes}\n"
+            ));
+            let invalid = Settings::validate(&config).unwrap_err();
+            assert_eq!(invalid.len(), 1, "{scopes}");
+            assert_eq!(invalid[0].rule, "routes.scopes");
+            assert!(invalid[0].message.contains(said), "{}", invalid[0].message);
+        }
     }
 
     #[test]
