@@ -299,10 +299,14 @@ pub fn insufficient_scope(scope: &str) -> Problem {
     }
 }
 
-/// The 401 sent for `error`, with the `WWW-Authenticate` challenge of RFC 6750.
+/// The 401 sent for `error`, with the `WWW-Authenticate` challenge of RFC 6750. A request
+/// with no credential, or one in another scheme (`Basic`, an empty header), gets the
+/// challenge without an error code (§3.1: it "lacks any authentication information").
 pub fn unauthorized(error: CredentialError) -> Problem {
     let (challenge, detail) = match error {
-        CredentialError::Missing => (r#"Bearer realm="portcullis""#, "a bearer token is required"),
+        CredentialError::Missing | CredentialError::WrongScheme => {
+            (r#"Bearer realm="portcullis""#, "a bearer token is required")
+        }
         _ => (
             r#"Bearer realm="portcullis", error="invalid_token""#,
             "the credentials were not accepted",
