@@ -203,9 +203,10 @@ async fn act(
             print_record(&credentials.show(&id).await.map_err(error)?, json)
         }
         TokenAction::Revoke { id } => {
-            let record = credentials.revoke(&id).await.map_err(error)?;
-            print_record(&record, json);
-            done = Some(AdminAction::on("token_revoked", id));
+            let revoked = credentials.revoke(&id).await.map_err(error)?;
+            print_record(&revoked.record, json);
+            // Revoking again changes nothing, and is no admin action to audit.
+            done = revoked.now.then(|| AdminAction::on("token_revoked", id));
         }
         TokenAction::Rotate { id, overlap } => {
             let (record, secret) = credentials.rotate(&id, overlap).await.map_err(error)?;

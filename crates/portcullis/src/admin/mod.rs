@@ -657,14 +657,16 @@ async fn revoke_token(
     TokenId(token_id): TokenId,
 ) -> Response {
     match state.tokens.credentials().revoke(&token_id).await {
-        Ok(record) => {
+        Ok(revoked) => {
             // Revocation applies at once on this instance; others see it within the
             // cache window.
             state.tokens.forget_cached();
-            acted(
-                AdminAction::on("token_revoked", token_id),
-                Json(TokenView::from(record)).into_response(),
-            )
+            let response = Json(TokenView::from(revoked.record)).into_response();
+            // Revoking again changes nothing, and is no admin action to audit.
+            match revoked.now {
+                true => acted(AdminAction::on("token_revoked", token_id), response),
+                false => response,
+            }
         }
         Err(error) => credential_problem(error, &id),
     }

@@ -248,6 +248,15 @@ pub struct TokenRecord {
     pub superseded_by: Option<String>,
 }
 
+/// What [`Credentials::revoke`] did.
+#[derive(Debug)]
+pub struct Revoked {
+    /// The token, revoked.
+    pub record: TokenRecord,
+    /// Whether it was revoked now, rather than already (an admin action only then).
+    pub now: bool,
+}
+
 impl TokenRecord {
     /// Whether the token is accepted at time `at`.
     pub fn is_live_at(&self, at: i64) -> bool {
@@ -432,13 +441,19 @@ impl Credentials {
     }
 
     /// Revokes the token with `id` at once (revoking twice keeps the first time).
-    pub async fn revoke(&self, id: &str) -> Result<TokenRecord, CredentialError> {
-        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now())
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
-        self.show(id).await
+    pub async fn revoke(&self, id: &str) -> Result<Revoked, CredentialError> {
+        let changed =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(id)
+                .execute(self.store.pool())
+                .await?
+                .rows_affected()
+                > 0;
+        Ok(Revoked {
+            record: self.show(id).await?,
+            now: changed,
+        })
     }
 
     /// Mints a successor to the token with `id`, with its name, scopes, tenant and

@@ -78,14 +78,13 @@ async fn traffic(gateway: &Gateway) -> (String, String) {
     )
     .await;
     assert_eq!(rotated.status, 201, "{}", rotated.text());
-    let revoked = request(
-        "POST",
-        &gateway.admin_url(&format!("/v1/tokens/{id}/revoke")),
-        TOKEN,
-        "",
-    )
-    .await;
+    let revoke = gateway.admin_url(&format!("/v1/tokens/{id}/revoke"));
+    let revoked = request("POST", &revoke, TOKEN, "").await;
     assert_eq!(revoked.status, 200);
+    // Revoking again answers the same, and is no second admin action.
+    let again = request("POST", &revoke, TOKEN, "").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["revoked_at"], revoked.json()["revoked_at"]);
     (id, token)
 }
 
@@ -215,6 +214,7 @@ fn assert_events_describe_the_traffic(
             "allowed",
             "allowed",
             "allowed",
+            "allowed",
             "allowed"
         ],
         "{events:?}"
@@ -287,8 +287,8 @@ async fn requests_and_admin_actions_are_chained_events_without_secrets_on_sqlite
     }
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
-    // The traffic's nine, after the event that starts the chain.
-    assert!(out.contains("ok: 1 chain(s), 10 event(s) linked"), "{out}");
+    // The traffic's ten, after the event that starts the chain.
+    assert!(out.contains("ok: 1 chain(s), 11 event(s) linked"), "{out}");
     assert!(
         out.contains("note: what the store holds is intact"),
         "{out}"
@@ -836,6 +836,10 @@ async fn token_command_changes_are_audited() {
     let rotated = token(&["rotate", &id]);
     let successor = rotated["record"]["id"].as_str().unwrap().to_owned();
     token(&["revoke", &successor]);
+    // Again: the same record, and no second admin action (the command's chain holds only
+    // its start).
+    let again = token(&["revoke", &successor]);
+    assert_eq!(again["state"], "revoked");
 
     let events = events(&sqlite_url(&dir)).await;
     // One chain per command, in no particular order among themselves.
@@ -864,7 +868,7 @@ async fn token_command_changes_are_audited() {
     }
     let (ok, out) = verify_dir(&dir);
     assert!(ok, "{out}");
-    assert!(out.contains("ok: 3 chain(s), 6 event(s) linked"), "{out}");
+    assert!(out.contains("ok: 4 chain(s), 7 event(s) linked"), "{out}");
 }
 
 /// What `audit verify` says of a copy of `dir` without the chain `chain` (an SQL
