@@ -27,8 +27,8 @@ pub enum TokenAction {
         /// Comma-separated scopes: read, write, admin (implies all), or one a route names.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
-        /// Lifetime, e.g. 90d or 12h; without it the token does not expire.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Lifetime in whole seconds, e.g. 90d or 12h; without it the token does not expire.
+        #[arg(long, value_parser = whole_seconds)]
         expires: Option<Duration>,
         /// Tenant the token belongs to.
         #[arg(long)]
@@ -54,8 +54,8 @@ pub enum TokenAction {
     Rotate {
         /// The token's id (tok_...).
         id: String,
-        /// How long the old token stays valid, e.g. 24h.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        /// How long the old token stays valid, in whole seconds, e.g. 24h, or 0s.
+        #[arg(long, value_parser = whole_seconds, default_value = "24h")]
         overlap: Duration,
     },
 }
@@ -149,6 +149,17 @@ async fn execute(
         .map_err(|e| format!("the change was made, but its audit event is lost: {e}"))?;
     }
     done.map(|_| ())
+}
+
+/// A duration in whole seconds, as the store keeps times: `1500ms` would be kept as a
+/// second, `500ms` as none.
+fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.subsec_nanos() == 0 {
+        Ok(duration)
+    } else {
+        Err("times are kept in whole seconds: write e.g. 0s, 90s, 12h or 90d".to_owned())
+    }
 }
 
 /// Carries out `action`; the change it made to the store, if any, as an admin action.

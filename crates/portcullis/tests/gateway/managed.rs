@@ -591,7 +591,7 @@ async fn static_tokens_work_beside_managed_ones() {
 fn the_cli_refuses_bad_input_clearly() {
     let backend = Backend::sqlite();
     backend.create("alice", "read", &[]);
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["create", "--name", "alice", "--scopes", "read"],
             "already exists",
@@ -622,8 +622,11 @@ fn the_cli_refuses_bad_input_clearly() {
                 "--expires",
                 "500ms",
             ],
-            "at least a second ahead",
+            "whole seconds",
         ),
+        // An overlap is kept in whole seconds: 500ms would have been none, 1500ms one.
+        (&["rotate", "tok_x", "--overlap", "500ms"], "whole seconds"),
+        (&["rotate", "tok_x", "--overlap", "1500ms"], "whole seconds"),
         (&["show", "tok_missing"], "no token has the id"),
         (&["revoke", "tok_missing"], "no token has the id"),
     ];
