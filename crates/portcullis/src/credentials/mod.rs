@@ -85,8 +85,14 @@ const RESERVED_NAMES: [&str; 2] = ["static", "cli"];
 /// prototype: Cyrillic `е` is `e`; composed and decomposed forms alike), after
 /// compatibility normalisation (`ＤＥＰＬＯＹ`), without surrounding or repeated whitespace.
 /// The table maps some capitals and their small letters apart (Cyrillic `В` is `B`, but
-/// `в` is `ʙ`; Latin `I` is `l`, but `i` is `i`), so a name has three looks.
-struct Look {
+/// `в` is `ʙ`; Latin `I` is `l`, but `i` is `i`), so a name has three looks; and each is
+/// read twice, as written and with each letter outside ASCII first taken to its prototype,
+/// since compatibility normalisation may take a letter somewhere the table does not map
+/// (Greek `ϲ`, a `c` to the table, becomes `ς`).
+struct Look([Reading; 2]);
+
+/// One reading of a name's [`Look`].
+struct Reading {
     /// In lower case: `Deploy` is `deploy`.
     folded: String,
     /// In lower case after each letter outside ASCII is taken to its prototype: `Вob` is
@@ -96,19 +102,36 @@ struct Look {
     cased: String,
 }
 
+/// `text` with each character outside ASCII taken to its prototype.
+fn foreign_skeleton(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_ascii() {
+            true => c.to_string(),
+            false => unicode_security::skeleton(&c.to_string()).collect(),
+        })
+        .collect()
+}
+
 impl Look {
+    fn of(name: &str) -> Self {
+        Self([Reading::of(name), Reading::of(&foreign_skeleton(name))])
+    }
+
+    /// Whether a reader would take the one name for the other.
+    fn alike(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .any(|one| other.0.iter().any(|reading| one.alike(reading)))
+    }
+}
+
+impl Reading {
     fn of(name: &str) -> Self {
         use unicode_normalization::UnicodeNormalization;
         let skeleton = |text: &str| unicode_security::skeleton(text).collect::<String>();
         let spaced = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
         let normal: String = name.nfkc().collect();
-        let foreign: String = normal
-            .chars()
-            .map(|c| match c.is_ascii() {
-                true => c.to_string(),
-                false => skeleton(&c.to_string()),
-            })
-            .collect();
+        let foreign = foreign_skeleton(&normal);
         Self {
             folded: spaced(&skeleton(&normal.to_lowercase())),
             folded_foreign: spaced(&skeleton(&foreign.to_lowercase())),
@@ -116,7 +139,6 @@ impl Look {
         }
     }
 
-    /// Whether a reader would take the one name for the other.
     fn alike(&self, other: &Self) -> bool {
         let folded = [&self.folded, &self.folded_foreign];
         let others = [&other.folded, &other.folded_foreign];
@@ -688,6 +710,11 @@ mod tests {
             ("CLl", "CLI"),
             ("caf\u{e9}", "cafe\u{301}"),
             ("ci  agent", "ci agent"),
+            // Greek lunate sigmas, which compatibility normalisation alone takes to `ς`
+            // and `Σ`, where the table does not follow.
+            ("\u{3f2}li", "cli"),
+            ("\u{3f2}lockwork", "clockwork"),
+            ("\u{3f9}LOCKWORK", "clockwork"),
         ] {
             assert!(alike(one, other), "{one:?} and {other:?}");
         }
