@@ -130,6 +130,7 @@ pub fn check(config: &Config, facts: &Facts, production: bool) -> Report {
     }
     tls(config, production, &mut report);
     trusted_proxies(config, production, &mut report);
+    ranges_with_host_bits(config, &mut report);
     upstream_transport(config, production, &mut report);
     pins_beside_a_ca(config, &mut report);
     admin(config, &mut report);
@@ -240,6 +241,35 @@ fn trusted_proxies(config: &Config, production: bool, report: &mut Report) {
             "PORTCULLIS_TRUSTED_PROXIES trusts every address (0.0.0.0/0 or ::/0): any client can name its own address in X-Forwarded-For and pass address rules, bans and per-address limits",
             "name only the proxies in front of the gateway (their addresses or subnet)",
         );
+    }
+}
+
+/// A range written with bits set below its prefix (`10.0.0.5/30`) means its network
+/// (`10.0.0.4/30`): likely an address meant alone, or a mistyped prefix. nginx warns too.
+fn ranges_with_host_bits(config: &Config, report: &mut Report) {
+    let lists = std::iter::once(("trusted_proxies".to_owned(), &config.trusted_proxies)).chain(
+        config.routes.iter().flat_map(|route| {
+            [
+                (
+                    format!("route {:?} allow_ips", route.path_prefix),
+                    &route.allow_ips,
+                ),
+                (
+                    format!("route {:?} deny_ips", route.path_prefix),
+                    &route.deny_ips,
+                ),
+            ]
+        }),
+    );
+    for (list, ranges) in lists {
+        for range in ranges.iter().filter(|range| range.trunc() != **range) {
+            report.add(
+                "ip_ranges.host_bits",
+                Severity::Warning,
+                format!("{list} has {range}, which has bits set below its prefix and means {}", range.trunc()),
+                "write the network, or the address alone (without a prefix length) if one was meant",
+            );
+        }
     }
 }
 

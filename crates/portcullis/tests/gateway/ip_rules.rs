@@ -81,6 +81,14 @@ fn address_lists_and_bans_are_checked() {
                  [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n";
     let (code, out) = check_config(&format!("{route}deny_ips = [\"10.0.0.1\"]\n"), &[], &[]);
     assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("host_bits"), "{out}");
+    // A range with bits below its prefix is its network: said, as nginx says it.
+    let (code, out) = check_config(&format!("{route}deny_ips = [\"10.0.0.5/30\"]\n"), &[], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning[ip_ranges.host_bits]") && out.contains("means 10.0.0.4/30"),
+        "{out}"
+    );
     let (code, _) = check_config(&format!("{route}deny_ips = [\"010.0.0.1/32\"]\n"), &[], &[]);
     assert_eq!(code, Some(2));
     for (bans, why) in [
