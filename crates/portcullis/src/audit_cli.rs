@@ -410,11 +410,22 @@ async fn tail(store: &AuditStore, lines: i64, follow: bool) -> Result<(), Stop> 
 fn read_checkpoints(path: &std::path::Path) -> Result<Vec<Checkpoint>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let checkpoints: Vec<Checkpoint> = text
+    // A checkpoint line that cannot be read would leave what it proves unchecked: a cut
+    // tail would pass. Refused, by its line number, rather than skipped.
+    let checkpoints = text
         .lines()
-        .filter(|line| line.contains("audit checkpoint"))
-        .filter_map(Checkpoint::from_log_line)
-        .collect();
+        .enumerate()
+        .filter(|(_, line)| line.contains("audit checkpoint"))
+        .map(|(index, line)| {
+            Checkpoint::from_log_line(line).ok_or_else(|| {
+                format!(
+                    "{} line {}: an audit checkpoint line that cannot be read (its chain, seq, head, time_ms or mac is missing or altered)",
+                    path.display(),
+                    index + 1
+                )
+            })
+        })
+        .collect::<Result<Vec<Checkpoint>, String>>()?;
     if checkpoints.is_empty() {
         return Err(format!("{} holds no audit checkpoint line", path.display()));
     }

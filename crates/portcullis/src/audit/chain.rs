@@ -139,9 +139,13 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The checkpoint in a line of the operational log, as the gateway printed it: text
-    /// (`key=value` pairs) or JSON (the fields at the top level).
+    /// (`key=value` pairs) or JSON (the fields at the top level), also after a prefix log
+    /// shipping adds (syslog's or journald's `Nov 29 20:36:00 host portcullis[123]: `).
     pub fn from_log_line(line: &str) -> Option<Self> {
-        let json = serde_json::from_str::<serde_json::Value>(line.trim()).ok();
+        let json = line
+            .find('{')
+            .and_then(|start| serde_json::from_str::<serde_json::Value>(line[start..].trim()).ok())
+            .filter(serde_json::Value::is_object);
         let field = |name: &str| -> Option<String> {
             if let Some(json) = &json {
                 return match &json[name] {
@@ -247,8 +251,20 @@ mod tests {
             r#"{{"timestamp":"x","level":"INFO","message":"audit checkpoint","chain":"c1","seq":42,"head":"{}","time_ms":1800000000000,"mac":"{}"}}"#,
             checkpoint.head, checkpoint.mac
         );
-        assert_eq!(Checkpoint::from_log_line(&json), Some(checkpoint));
+        assert_eq!(Checkpoint::from_log_line(&json), Some(checkpoint.clone()));
+        // As log shipping may pass them on: a syslog or journald prefix before either.
+        for line in [&text, &json] {
+            let shipped = format!("Nov 29 20:36:00 host portcullis[123]: {line}");
+            assert_eq!(
+                Checkpoint::from_log_line(&shipped),
+                Some(checkpoint.clone())
+            );
+        }
         assert_eq!(Checkpoint::from_log_line("nothing here"), None);
+        assert_eq!(
+            Checkpoint::from_log_line(&text.replace("seq=42", "seq=42x")),
+            None
+        );
     }
 
     #[test]

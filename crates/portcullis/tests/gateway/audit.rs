@@ -714,6 +714,27 @@ async fn every_kind_of_tampering_is_found() {
     let (ok, out) = verify_copy(&copy, true);
     assert!(!ok, "{out}");
     assert!(out.contains("(cut short)"), "{out}");
+    // So does the line as log shipping passes it on, after a syslog prefix; and a
+    // checkpoint line that cannot be read is refused, not skipped (it would let the cut
+    // pass).
+    let line = checkpoints(&log).last().unwrap().to_string();
+    let shipped = copy.join("shipped.log");
+    let check_with = |text: String| {
+        std::fs::write(&shipped, text).unwrap();
+        verify(
+            &["--data-dir", copy.to_str().unwrap()],
+            &["--checkpoint", shipped.to_str().unwrap()],
+            &[],
+        )
+    };
+    let (ok, out) = check_with(format!("Nov 29 20:36:00 host portcullis[123]: {line}\n"));
+    assert!(!ok && out.contains("(cut short)"), "{out}");
+    let unreadable = line.replacen(" seq=", " seq=x", 1);
+    let (ok, out) = check_with(format!("{}\n{unreadable}\n", checkpoints(&log)[0]));
+    assert!(
+        !ok && out.contains("line 2: an audit checkpoint line that cannot be read"),
+        "{out}"
+    );
 
     // A file with no checkpoint in it proves nothing: refused, not taken as a pass.
     let (ok, out) = verify(
