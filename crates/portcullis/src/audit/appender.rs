@@ -58,12 +58,17 @@ impl SqliteAppender {
         })
     }
 
-    /// Stores `events` and `checkpoint` (if any) in one transaction: all or nothing.
+    /// Stores `events` and `checkpoint` (if any) in one transaction: all or nothing,
+    /// waiting at most `lock_wait` for a lock another connection holds (a search, retention,
+    /// another process), so that a batch a strict request waits on goes to the spool in time
+    /// rather than the request being refused.
     pub fn append(
         &mut self,
         events: &[StoredEvent],
         checkpoint: Option<&Checkpoint>,
+        lock_wait: Duration,
     ) -> Result<(), AuditStoreError> {
+        self.connection.busy_timeout(lock_wait)?;
         // A transaction left open by a rollback that failed would fail every batch after.
         if !self.connection.is_autocommit() {
             self.connection.execute_batch("ROLLBACK")?;
@@ -190,7 +195,9 @@ mod tests {
             time_ms: 1,
             mac: "mac".to_owned(),
         };
-        appender.append(&events, Some(&checkpoint)).unwrap();
+        appender
+            .append(&events, Some(&checkpoint), BUSY_TIMEOUT)
+            .unwrap();
         let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
         assert_eq!(stored, events);
         assert_eq!(
@@ -204,17 +211,23 @@ mod tests {
         for duplicate_at in [ROWS - 1, ROWS] {
             let mut again: Vec<StoredEvent> = (next..next + ROWS as i64).map(event).collect();
             again.insert(duplicate_at, event(1));
-            assert!(appender.append(&again, None).is_err());
+            assert!(appender.append(&again, None, BUSY_TIMEOUT).is_err());
             let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
             assert_eq!(stored, events);
         }
         // So does a checkpoint already there, after the batch's events went in.
         let again: Vec<StoredEvent> = (next..next + ROWS as i64 + 1).map(event).collect();
-        assert!(appender.append(&again, Some(&checkpoint)).is_err());
+        assert!(
+            appender
+                .append(&again, Some(&checkpoint), BUSY_TIMEOUT)
+                .is_err()
+        );
         let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
         assert_eq!(stored, events);
         let last = event(next);
-        appender.append(std::slice::from_ref(&last), None).unwrap();
+        appender
+            .append(std::slice::from_ref(&last), None, BUSY_TIMEOUT)
+            .unwrap();
         let stored = store.events(&events[0].chain_id, 0, 1000).await.unwrap();
         assert_eq!(stored.last(), Some(&last));
     }

@@ -200,7 +200,7 @@ impl Target {
     }
 
     /// Stores `events` and `checkpoint` in one transaction: on PostgreSQL within `limit`;
-    /// on SQLite, waiting at most its busy timeout for a lock, but as
+    /// on SQLite, waiting at most `limit` for a lock another connection holds, but as
     /// long as the disk takes to write (a disk that hangs holds the recorder's thread;
     /// strict-mode requests are then refused after [`crate::recorder::ADMISSION_TIMEOUT`],
     /// and shutdown does not wait for it past its own timeout).
@@ -212,7 +212,7 @@ impl Target {
     ) -> Result<(), String> {
         if let Some(appender) = &mut self.appender {
             return appender
-                .append(events, checkpoint)
+                .append(events, checkpoint, limit)
                 .map_err(|error| error.to_string());
         }
         let attempt = self.store.append(events, checkpoint);
@@ -536,7 +536,9 @@ impl AuditLog {
                 self.spool_to_clear = true;
                 return;
             }
-            clear_replayed(spool);
+            if clear_replayed(spool) {
+                self.health.set(AuditState::Ok);
+            }
         }
     }
 
@@ -808,10 +810,17 @@ fn replay_backoff(refusals: u32) -> Duration {
 }
 
 /// Empties `spool`, replayed whole into the store.
-fn clear_replayed(spool: &mut Spool) {
+/// Empties `spool`, all of it stored; whether it could.
+fn clear_replayed(spool: &mut Spool) -> bool {
     match spool.clear() {
-        Ok(()) => info!("audit log: the spool is replayed into the store"),
-        Err(error) => error!(%error, "audit log: cannot empty the replayed spool"),
+        Ok(()) => {
+            info!("audit log: the spool is replayed into the store");
+            true
+        }
+        Err(error) => {
+            error!(%error, "audit log: cannot empty the replayed spool");
+            false
+        }
     }
 }
 
