@@ -510,13 +510,13 @@ impl AuditLog {
                     replayed += batch.events.len();
                     offset
                 }
-                Record::Corrupt(offset) => {
+                Record::Corrupt { at, next } => {
                     error!(
-                        offset,
+                        offset = at,
                         "audit log: a corrupted spool record was skipped; its events are lost (recorded as a spool_loss event, which audit verify reports)"
                     );
-                    self.spool_losses.push(offset);
-                    offset
+                    self.spool_losses.push(at);
+                    next
                 }
             };
             if let Some(spool) = &mut self.spool {

@@ -41,8 +41,13 @@ pub struct SpooledBatch {
 pub enum Record {
     /// A whole batch, and the offset just past it.
     Batch(SpooledBatch, u64),
-    /// A record that is corrupted or cut short, skipped up to the offset given.
-    Corrupt(u64),
+    /// A record that is corrupted or cut short.
+    Corrupt {
+        /// Where it starts, as reported (the `spool_loss` event's `spool_offset`).
+        at: u64,
+        /// Where reading goes on: the next record's magic number, or the end.
+        next: u64,
+    },
 }
 
 /// The spool file, appended to while the store is down, and how much of it is replayed.
@@ -213,7 +218,10 @@ impl Reader {
         }
         // Corrupted: look for the next record's magic number after this one's start.
         self.resync(start + 1)?;
-        Ok(Some(Record::Corrupt(self.offset)))
+        Ok(Some(Record::Corrupt {
+            at: start,
+            next: self.offset,
+        }))
     }
 
     /// Moves to the first magic number at or after `from`, or to the end, reading a chunk
@@ -330,7 +338,7 @@ pub fn scan(dir: &Path) -> io::Result<SpoolReport> {
                 report.batches += 1;
                 report.events += batch.events.len();
             }
-            Record::Corrupt(_) => report.corrupt += 1,
+            Record::Corrupt { .. } => report.corrupt += 1,
         }
     }
     Ok(report)
@@ -390,10 +398,26 @@ mod tests {
         while let Some(record) = reader.next_record().unwrap() {
             seen.push(match record {
                 Record::Batch(batch, _) => format!("batch {}", batch.events[0].seq),
-                Record::Corrupt(_) => "corrupt".to_owned(),
+                Record::Corrupt { at, next } => format!("corrupt at {at}, on at {next}"),
             });
         }
-        assert_eq!(seen, ["batch 1", "corrupt", "corrupt"]);
+        // Each corrupted record is reported where it starts; reading goes on at the next.
+        let third = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == MAGIC)
+            .nth(2)
+            .unwrap()
+            .0;
+        let end = bytes.len();
+        assert_eq!(
+            seen,
+            [
+                "batch 1".to_owned(),
+                format!("corrupt at {second}, on at {third}"),
+                format!("corrupt at {third}, on at {end}"),
+            ]
+        );
         assert_eq!(scan(dir.path()).unwrap().corrupt, 2);
 
         spool.clear().unwrap();
@@ -427,7 +451,7 @@ mod tests {
         while let Some(record) = reader.next_record().unwrap() {
             match record {
                 Record::Batch(part, _) => parts.push(part),
-                Record::Corrupt(at) => panic!("corrupt record at {at}"),
+                Record::Corrupt { at, .. } => panic!("corrupt record at {at}"),
             }
         }
         assert!(parts.len() > 1, "{parts:?}");
