@@ -6,6 +6,18 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLarge;
 
+/// Where, in bytes fed at once, the frame that took a message past the limit begins: what
+/// came before it (whole messages among it) may still go on, its own bytes may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Over {
+    /// How many of the bytes fed came before the offending frame's header (0 when the
+    /// header began in bytes fed earlier).
+    pub before: usize,
+    /// Whether those bytes end on a frame boundary: the header began in these bytes, not
+    /// in earlier ones, which went on already.
+    pub at_boundary: bool,
+}
+
 /// Close codes (RFC 6455 §7.4.1).
 pub mod close_code {
     /// The gateway is going away: shutting down, or closing an idle or expired stream.
@@ -49,25 +61,34 @@ impl Frames {
     }
 
     /// Follows `bytes`, the next bytes of the direction; fails at the first frame header
-    /// that takes its message past the limit.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), TooLarge> {
-        while !bytes.is_empty() {
+    /// that takes its message past the limit, saying where it began.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), Over> {
+        let mut rest = bytes;
+        // Where the header being read began in `bytes`; none when it began earlier.
+        let mut header_start = None;
+        while !rest.is_empty() {
             if self.remaining > 0 {
                 let skipped = usize::try_from(self.remaining)
                     .unwrap_or(usize::MAX)
-                    .min(bytes.len());
+                    .min(rest.len());
                 self.remaining -= skipped as u64;
-                bytes = &bytes[skipped..];
+                rest = &rest[skipped..];
                 continue;
             }
+            if self.have == 0 {
+                header_start = Some(bytes.len() - rest.len());
+            }
             let needed = self.header_len();
-            let taken = (needed - self.have).min(bytes.len());
-            self.header[self.have..self.have + taken].copy_from_slice(&bytes[..taken]);
+            let taken = (needed - self.have).min(rest.len());
+            self.header[self.have..self.have + taken].copy_from_slice(&rest[..taken]);
             self.have += taken;
-            bytes = &bytes[taken..];
+            rest = &rest[taken..];
             // The length is known from the second byte on: take any extension too.
             if self.have == needed && needed == self.header_len() {
-                self.frame_read()?;
+                self.frame_read().map_err(|TooLarge| Over {
+                    before: header_start.unwrap_or(0),
+                    at_boundary: header_start.is_some(),
+                })?;
             }
         }
         Ok(())
@@ -195,13 +216,41 @@ mod tests {
         }
     }
 
+    /// What `feed` says of an offending frame at the start of the bytes fed.
+    const FIRST: Over = Over {
+        before: 0,
+        at_boundary: true,
+    };
+
+    /// Whole messages before the offending frame, in the same bytes, may still go on; the
+    /// bytes of a header begun in earlier ones went on already.
+    #[test]
+    fn an_offending_frame_is_placed_after_what_came_before_it() {
+        let small = frame(true, 0x1, true, 11);
+        let mut bytes = small.clone();
+        bytes.extend(frame(true, 0x2, true, 20_000));
+        let mut frames = Frames::new(10_000);
+        let over = Over {
+            before: small.len(),
+            at_boundary: true,
+        };
+        assert_eq!(frames.feed(&bytes), Err(over));
+        let mut frames = Frames::new(10_000);
+        frames.feed(&bytes[..small.len() + 1]).unwrap();
+        let over = Over {
+            before: 0,
+            at_boundary: false,
+        };
+        assert_eq!(frames.feed(&bytes[small.len() + 1..]), Err(over));
+    }
+
     #[test]
     fn a_message_over_the_limit_across_fragments_is_too_large() {
         let mut frames = Frames::new(100);
         frames.feed(&frame(false, 0x2, false, 60)).unwrap();
         // A ping between fragments does not count.
         frames.feed(&frame(true, 0x9, false, 50)).unwrap();
-        assert_eq!(frames.feed(&frame(true, 0x0, false, 60)), Err(TooLarge));
+        assert_eq!(frames.feed(&frame(true, 0x0, false, 60)), Err(FIRST));
     }
 
     #[test]
@@ -210,29 +259,26 @@ mod tests {
         for _ in 0..5 {
             frames.feed(&frame(true, 0x1, true, 90)).unwrap();
         }
-        assert_eq!(frames.feed(&frame(true, 0x1, true, 101)), Err(TooLarge));
+        assert_eq!(frames.feed(&frame(true, 0x1, true, 101)), Err(FIRST));
     }
 
     #[test]
     fn a_declared_length_is_refused_before_its_payload_arrives() {
         let mut frames = Frames::new(1 << 20);
         let header = &frame(true, 0x2, false, 2 << 20)[..10];
-        assert_eq!(frames.feed(header), Err(TooLarge));
+        assert_eq!(frames.feed(header), Err(FIRST));
     }
 
     #[test]
     fn a_control_frame_over_125_bytes_is_too_large_rfc_6455_5_5() {
         let mut frames = Frames::new(1 << 20);
         frames.feed(&frame(true, 0x9, true, 125)).unwrap();
-        assert_eq!(
-            frames.feed(&frame(true, 0x9, true, 126)[..8]),
-            Err(TooLarge)
-        );
+        assert_eq!(frames.feed(&frame(true, 0x9, true, 126)[..8]), Err(FIRST));
         let mut frames = Frames::new(1 << 20);
         // A ping declaring a length with the top bit set.
         let mut huge = vec![0x89, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(frames.feed(&huge), Err(TooLarge));
+        assert_eq!(frames.feed(&huge), Err(FIRST));
     }
 
     #[test]

@@ -80,6 +80,9 @@ struct Half {
     /// Whether what was written so far ends on a frame boundary (bytes refused for a
     /// message over the limit were read but never written).
     boundary_written: bool,
+    /// A message went over the limit: once what came before it is written, this
+    /// direction ends.
+    over: bool,
 }
 
 impl Half {
@@ -93,6 +96,7 @@ impl Half {
             bytes: 0,
             frames: Frames::new(limit),
             boundary_written: true,
+            over: false,
         }
     }
 
@@ -124,6 +128,9 @@ impl Half {
                 self.pending = Vec::new();
                 self.offset = 0;
             }
+            if self.over {
+                return Poll::Ready(Ok(Err(TooLarge)));
+            }
             if self.eof {
                 ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
                 self.done = true;
@@ -144,11 +151,20 @@ impl Half {
                 continue;
             }
             *activity = true;
-            if let Err(too_large) = self.frames.feed(read) {
-                // Nothing of the offending bytes goes on.
-                return Poll::Ready(Ok(Err(too_large)));
-            }
-            self.boundary_written = self.frames.at_boundary();
+            // A message over the limit: nothing of its offending frame goes on, but what
+            // came before it in the same read does (whole messages among it), so that what
+            // arrives does not depend on how the bytes were cut into reads.
+            let read = match self.frames.feed(read) {
+                Ok(()) => {
+                    self.boundary_written = self.frames.at_boundary();
+                    read
+                }
+                Err(over) => {
+                    self.over = true;
+                    self.boundary_written = over.at_boundary;
+                    &read[..over.before]
+                }
+            };
             self.bytes += read.len() as u64;
             let mut sent = 0;
             while sent < read.len() {

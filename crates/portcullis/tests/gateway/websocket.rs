@@ -377,6 +377,31 @@ async fn a_message_over_the_limit_closes_with_1009_rfc_6455_7_4_1() {
     assert_eq!(decisions_of(&dir, &mut gateway), ["message_too_large"]);
 }
 
+/// A whole message that arrives in the same read as the frame that takes the next one over
+/// the limit still goes on (it went on when the two came apart): what arrives does not
+/// depend on how the bytes were cut into reads.
+#[tokio::test]
+async fn a_message_before_one_over_the_limit_goes_on_whatever_the_reads() {
+    let echo = EchoServer::start().await;
+    let (dir, mut gateway) = start_configured(
+        &config(&echo.url(), "max_message_bytes = 1000", ""),
+        Launch::bare(),
+    );
+    let (mut ws, _) = connect(&gateway, "/ws/big", &[]).await.unwrap();
+    // One write: an 11-byte text frame (2 + 4 + 11 bytes, masked) and one over the limit.
+    ws.feed(Message::text("SMALL-VALID")).await.unwrap();
+    ws.feed(Message::binary(vec![1u8; 1001])).await.unwrap();
+    ws.flush().await.unwrap();
+    assert_eq!(close_code(next_message(&mut ws).await), Some(1009));
+    let records = access_log_of(&dir, &mut gateway);
+    let record = records.iter().find(|r| r["path"] == "/ws/big").unwrap();
+    assert_eq!(record["decision"], "message_too_large");
+    assert_eq!(
+        record["bytes_in"], 17,
+        "the small message went on: {record}"
+    );
+}
+
 #[tokio::test]
 async fn the_connection_deadlines_never_fire_inside_a_websocket() {
     let echo = EchoServer::start().await;
