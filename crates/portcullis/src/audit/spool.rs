@@ -381,13 +381,14 @@ mod tests {
         // Flip a byte in the second record's body.
         let path = dir.path().join(SPOOL_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
-        let second = bytes
+        // Where the records start: at their magic numbers.
+        let starts: Vec<usize> = bytes
             .windows(4)
             .enumerate()
             .filter(|(_, w)| *w == MAGIC)
-            .nth(1)
-            .unwrap()
-            .0;
+            .map(|(at, _)| at)
+            .collect();
+        let (second, third) = (starts[1], starts[2]);
         bytes[second + 20] ^= 0x01;
         // And cut the last record short.
         bytes.truncate(bytes.len() - 3);
@@ -402,13 +403,6 @@ mod tests {
             });
         }
         // Each corrupted record is reported where it starts; reading goes on at the next.
-        let third = bytes
-            .windows(4)
-            .enumerate()
-            .filter(|(_, w)| *w == MAGIC)
-            .nth(2)
-            .unwrap()
-            .0;
         let end = bytes.len();
         assert_eq!(
             seen,
