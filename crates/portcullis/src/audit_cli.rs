@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use portcullis::audit::chain::Checkpoint;
+use portcullis::audit::chain::{CHECKPOINT_MESSAGE, Checkpoint};
 use portcullis::audit::query::{
     self, Cursor, FILTER_STATUSES, Filter, MAX_LIMIT, Order, Where, csv_header, csv_record,
     parse_time, shown,
@@ -412,20 +412,23 @@ fn read_checkpoints(path: &std::path::Path) -> Result<Vec<Checkpoint>, String> {
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     // A checkpoint line that cannot be read would leave what it proves unchecked: a cut
     // tail would pass. Refused, by its line number, rather than skipped.
-    let checkpoints = text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains("audit checkpoint"))
-        .map(|(index, line)| {
-            Checkpoint::from_log_line(line).ok_or_else(|| {
-                format!(
-                    "{} line {}: an audit checkpoint line that cannot be read (its chain, seq, head, time_ms or mac is missing or altered)",
+    let mut checkpoints = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if !line.contains(CHECKPOINT_MESSAGE) {
+            continue;
+        }
+        match Checkpoint::from_log_line(line) {
+            Ok(Some(checkpoint)) => checkpoints.push(checkpoint),
+            Ok(None) => {}
+            Err(unreadable) => {
+                return Err(format!(
+                    "{} line {}: {unreadable}",
                     path.display(),
                     index + 1
-                )
-            })
-        })
-        .collect::<Result<Vec<Checkpoint>, String>>()?;
+                ));
+            }
+        }
+    }
     if checkpoints.is_empty() {
         return Err(format!("{} holds no audit checkpoint line", path.display()));
     }

@@ -137,35 +137,72 @@ pub struct Checkpoint {
     pub mac: String,
 }
 
+/// The message of a checkpoint's log line.
+pub const CHECKPOINT_MESSAGE: &str = "audit checkpoint";
+
+/// A log line written as a checkpoint that cannot be read as one: a field missing or
+/// altered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "an audit checkpoint line that cannot be read (its chain, seq, head, time_ms or mac is missing or altered)"
+)]
+pub struct UnreadableCheckpoint;
+
 impl Checkpoint {
     /// The checkpoint in a line of the operational log, as the gateway printed it: text
-    /// (`key=value` pairs) or JSON (the fields at the top level), also after a prefix log
-    /// shipping adds (syslog's or journald's `Nov 29 20:36:00 host portcullis[123]: `).
-    pub fn from_log_line(line: &str) -> Option<Self> {
+    /// (the message, then `key=value` pairs) or JSON (the message and the fields at the
+    /// top level); also after a prefix log shipping adds (syslog's or journald's
+    /// `Nov 29 20:36:00 host portcullis[123]: `), or as the string Docker's `json-file`
+    /// (`log`) or journald's JSON export (`MESSAGE`) wraps it in. `None` for any other
+    /// line, such as an access-log line whose user agent says `audit checkpoint`.
+    pub fn from_log_line(line: &str) -> Result<Option<Self>, UnreadableCheckpoint> {
+        use serde_json::Value;
         let json = line
             .find('{')
-            .and_then(|start| serde_json::from_str::<serde_json::Value>(line[start..].trim()).ok())
-            .filter(serde_json::Value::is_object);
-        let field = |name: &str| -> Option<String> {
-            if let Some(json) = &json {
-                return match &json[name] {
-                    serde_json::Value::String(text) => Some(text.clone()),
-                    serde_json::Value::Number(number) => Some(number.to_string()),
-                    _ => None,
-                };
+            .and_then(|start| serde_json::from_str::<Value>(line[start..].trim()).ok())
+            .filter(Value::is_object);
+        if let Some(json) = json {
+            if let Some(wrapped) = ["log", "MESSAGE"].iter().find_map(|key| json[key].as_str()) {
+                return Self::from_log_line(wrapped);
             }
+            if json["message"] != CHECKPOINT_MESSAGE {
+                return Ok(None);
+            }
+            return Self::from_fields(|name| match &json[name] {
+                Value::String(text) => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            })
+            .map(Some);
+        }
+        // Text: the message, and the fields right after it.
+        let marker = format!("{CHECKPOINT_MESSAGE} chain=");
+        let Some(at) = line.find(&marker) else {
+            return Ok(None);
+        };
+        let fields = &line[at + CHECKPOINT_MESSAGE.len()..];
+        Self::from_fields(|name| {
             let needle = format!("{name}=");
-            line.split_whitespace()
+            fields
+                .split_whitespace()
                 .find_map(|pair| pair.strip_prefix(&needle))
                 .map(|value| value.trim_matches('"').to_owned())
-        };
-        Some(Self {
-            chain: field("chain")?,
-            seq: field("seq")?.parse().ok()?,
-            head: field("head")?,
-            time_ms: field("time_ms")?.parse().ok()?,
-            mac: field("mac")?,
         })
+        .map(Some)
+    }
+
+    /// The checkpoint of the fields `field` reads, each as text.
+    fn from_fields(field: impl Fn(&str) -> Option<String>) -> Result<Self, UnreadableCheckpoint> {
+        let read = || {
+            Some(Self {
+                chain: field("chain")?,
+                seq: field("seq")?.parse().ok()?,
+                head: field("head")?,
+                time_ms: field("time_ms")?.parse().ok()?,
+                mac: field("mac")?,
+            })
+        };
+        read().ok_or(UnreadableCheckpoint)
     }
 }
 
@@ -246,24 +283,32 @@ mod tests {
             "2026-11-27T16:00:00Z  INFO portcullis::checkpoint: audit checkpoint chain={} seq={} head={} time_ms={} mac={}",
             checkpoint.chain, checkpoint.seq, checkpoint.head, checkpoint.time_ms, checkpoint.mac
         );
-        assert_eq!(Checkpoint::from_log_line(&text), Some(checkpoint.clone()));
+        let read = |line: &str| Checkpoint::from_log_line(line);
+        assert_eq!(read(&text), Ok(Some(checkpoint.clone())));
         let json = format!(
             r#"{{"timestamp":"x","level":"INFO","message":"audit checkpoint","chain":"c1","seq":42,"head":"{}","time_ms":1800000000000,"mac":"{}"}}"#,
             checkpoint.head, checkpoint.mac
         );
-        assert_eq!(Checkpoint::from_log_line(&json), Some(checkpoint.clone()));
-        // As log shipping may pass them on: a syslog or journald prefix before either.
+        assert_eq!(read(&json), Ok(Some(checkpoint.clone())));
+        // As log shipping may pass them on: after a syslog or journald prefix, or wrapped
+        // in Docker's json-file record.
         for line in [&text, &json] {
             let shipped = format!("Nov 29 20:36:00 host portcullis[123]: {line}");
-            assert_eq!(
-                Checkpoint::from_log_line(&shipped),
-                Some(checkpoint.clone())
-            );
+            assert_eq!(read(&shipped), Ok(Some(checkpoint.clone())));
+            let docker = serde_json::json!({"log": format!("{line}\n"), "stream": "stderr"});
+            assert_eq!(read(&docker.to_string()), Ok(Some(checkpoint.clone())));
         }
-        assert_eq!(Checkpoint::from_log_line("nothing here"), None);
+        // Other lines are none, whatever they say; a checkpoint line altered is unreadable.
+        assert_eq!(read("nothing here"), Ok(None));
+        let access = r#"{"request_id":"r","user_agent":"audit checkpoint chain=x"}"#;
+        assert_eq!(read(access), Ok(None));
         assert_eq!(
-            Checkpoint::from_log_line(&text.replace("seq=42", "seq=42x")),
-            None
+            read(&text.replace("seq=42", "seq=42x")),
+            Err(UnreadableCheckpoint)
+        );
+        assert_eq!(
+            read(&json.replace("\"mac\"", "\"mic\"")),
+            Err(UnreadableCheckpoint)
         );
     }
 

@@ -37,7 +37,7 @@ use crate::config::StoreLocation;
 use crate::recorder::{Admission, Sink};
 use crate::redact::Redactor;
 use appender::SqliteAppender;
-use chain::{ChainKey, Checkpoint, GENESIS};
+use chain::{CHECKPOINT_MESSAGE, ChainKey, Checkpoint, GENESIS};
 use retention::Trimmed;
 use spool::{Record, Spool, SpooledBatch};
 use store::{AuditStore, AuditStoreError, StoredEvent};
@@ -495,6 +495,7 @@ impl AuditLog {
                     let stored = match self.target.holds(&batch.events, checkpoint, limit) {
                         Some(true) => Ok(()),
                         Some(false) => {
+                            // Zero when the look took it all: then no lock is waited for.
                             let left = limit.saturating_sub(began.elapsed());
                             self.target.append(&batch.events, checkpoint, left)
                         }
@@ -713,7 +714,7 @@ impl AuditLog {
                 head = %checkpoint.head,
                 time_ms = checkpoint.time_ms,
                 mac = %checkpoint.mac,
-                "audit checkpoint"
+                "{CHECKPOINT_MESSAGE}"
             );
             self.since_checkpoint = 0;
             self.last_checkpoint = Instant::now();
@@ -809,8 +810,7 @@ fn replay_backoff(refusals: u32) -> Duration {
         .min(REPLAY_BACKOFF_MAX)
 }
 
-/// Empties `spool`, replayed whole into the store.
-/// Empties `spool`, all of it stored; whether it could.
+/// Empties `spool`, all of it replayed into the store; whether it could.
 fn clear_replayed(spool: &mut Spool) -> bool {
     match spool.clear() {
         Ok(()) => {
