@@ -90,10 +90,11 @@ pub struct RouteLimits {
 /// second up, its quota scaled to it and rounded down (`q=4;w=2`), so that what the header
 /// promises is never more than what the limit lets through.
 fn policy_item(name: &str, rate: RateSpec) -> String {
-    let period = rate.period().as_secs_f64();
-    let window = period.ceil().max(1.0);
-    let quota = (f64::from(rate.count()) * window / period).floor();
-    format!("\"{name}\";q={};w={}", quota as u64, window as u64)
+    // In whole nanoseconds, exactly: floats would round some quotas a unit down.
+    let period = rate.period().as_nanos().max(1);
+    let window = period.div_ceil(1_000_000_000).max(1);
+    let quota = u128::from(rate.count()) * window * 1_000_000_000 / period;
+    format!("\"{name}\";q={quota};w={window}")
 }
 
 impl RouteLimits {
@@ -618,6 +619,8 @@ mod tests {
         assert_eq!(item("3/1500ms"), "\"principal\";q=4;w=2");
         assert_eq!(item("1/500ms"), "\"principal\";q=2;w=1");
         assert_eq!(item("7/2500ms"), "\"principal\";q=8;w=3");
+        assert_eq!(item("17/17ms"), "\"principal\";q=1000;w=1");
+        assert_eq!(item("34/17ms"), "\"principal\";q=2000;w=1");
     }
 
     #[test]
