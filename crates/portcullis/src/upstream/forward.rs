@@ -21,8 +21,7 @@ use crate::base::context::{
     RequestContext, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1); and every
-/// `Proxy-*` header ([`is_about_proxies`]).
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -93,7 +92,7 @@ pub struct HeaderRules {
 }
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -109,6 +108,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Removes hop-by-hop headers from an upstream's response, and every `Proxy-*` header
+/// (a request's are withheld with the client's claims, [`is_withheld`]).
+pub fn remove_hop_by_hop_and_proxies(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
     let proxies: Vec<HeaderName> = headers
         .keys()
         .filter(|name| is_about_proxies(name))

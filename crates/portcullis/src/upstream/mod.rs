@@ -30,7 +30,7 @@ pub use breaker::{
 pub use credential::{
     Bench, Credential, CredentialError, KeyPool, KeysExhausted, PoolStatus, split_keys,
 };
-pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop};
+pub use forward::{HeaderRules, prepare_request_headers, remove_hop_by_hop_and_proxies};
 pub use health_check::{
     CheckFailed, HealthCheckSettings, HealthState, UpstreamHealth, check_forever,
 };
@@ -585,7 +585,7 @@ impl Upstream {
         if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
             parts.headers.remove(http::header::CONTENT_LENGTH);
         }
-        remove_hop_by_hop(&mut parts.headers);
+        remove_hop_by_hop_and_proxies(&mut parts.headers);
         let body = body.map_err(Into::into).boxed_unsync();
         // The request stays in flight until its response body has been sent, unless the
         // response is a stream: that is capped as one (`max_streams`), not as a request.
