@@ -190,7 +190,8 @@ pub struct RecordedBody<B> {
     bytes_out: u64,
     /// The body's declared length: once that much is sent, the body has ended, whether or
     /// not the stream's end is polled (hyper stops at a `Content-Length`; an HTTP/2
-    /// upstream may end its stream in a frame of its own after the last byte).
+    /// upstream may end its stream in a frame of its own after the last byte). The client
+    /// has every byte then: a reset of the upstream's stream after it changes nothing.
     declared: Option<u64>,
     /// A response that is sent without its body (to `HEAD`, a 204 or a 304): dropping the
     /// body unread is how it ends, not a client leaving.

@@ -609,15 +609,19 @@ fn routes(config: &Config, cors: &CorsPolicy, invalid: &mut InvalidList) -> Vec<
             );
         }
         let mut scopes = Vec::new();
+        // Every spelling seen so far, valid or not: `GET` and `get` are one method.
+        let mut named = Vec::new();
         for (method, scope) in &route.scopes {
             let upper = method.to_ascii_uppercase();
+            let repeated = named.contains(&upper);
+            named.push(upper.clone());
             match Method::from_bytes(upper.as_bytes()) {
                 Ok(Method::HEAD) => invalid.add(
                     "routes.scopes",
                     format!("route {prefix:?} gives HEAD a scope of its own, which would never be asked: HEAD needs what GET needs"),
                     "give GET the scope instead",
                 ),
-                Ok(parsed) if scopes.iter().any(|(known, _)| *known == parsed) => invalid.add(
+                Ok(_) if repeated => invalid.add(
                     "routes.scopes",
                     format!("route {prefix:?} gives {upper} a scope twice, in two spellings"),
                     "keep one entry for each method",

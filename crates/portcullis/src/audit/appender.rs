@@ -13,7 +13,8 @@ use rusqlite::{Connection, Statement, params};
 use super::chain::Checkpoint;
 use super::store::{AUDIT_DB_FILE, AuditStoreError, EVENT_COLUMNS, StoredEvent};
 
-/// How long a write waits for a lock another connection holds (a search, retention).
+/// How long opening the file waits for a lock another connection holds (a search,
+/// retention); each batch sets its own wait ([`SqliteAppender::append`]).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Events inserted by one statement. Each run of a statement opens its cursors and seeks
