@@ -34,8 +34,8 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Connection`, `Proxy-Status` (RFC
 /// 9209, where proxies behind an upstream name themselves and their errors) and the rest:
 /// they speak of the proxies on one side, never to the other.
-fn is_about_proxies(name: &HeaderName) -> bool {
-    name.as_str().starts_with("proxy-")
+fn is_about_proxies(name: &str) -> bool {
+    name.starts_with("proxy-")
 }
 
 /// Headers that make some upstreams serve another path or method than the one the
@@ -116,7 +116,7 @@ pub fn remove_hop_by_hop_and_proxies(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     let proxies: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_about_proxies(name))
+        .filter(|name| is_about_proxies(name.as_str()))
         .cloned()
         .collect();
     for name in proxies {
@@ -164,7 +164,7 @@ fn is_withheld(name: &str, trusted: bool, rules: HeaderRules) -> bool {
     };
     let name = spelled.as_ref();
     name == "proxy"
-        || name.starts_with("proxy-")
+        || is_about_proxies(name)
         || OVERRIDES.contains(&name)
         || (!trusted && is_client_claim(name))
         || (rules.drop_referer && name == header::REFERER.as_str())

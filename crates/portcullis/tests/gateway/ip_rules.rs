@@ -89,8 +89,23 @@ fn address_lists_and_bans_are_checked() {
         out.contains("warning[ip_ranges.host_bits]") && out.contains("means 10.0.0.4/30"),
         "{out}"
     );
-    let (code, _) = check_config(&format!("{route}deny_ips = [\"010.0.0.1/32\"]\n"), &[], &[]);
-    assert_eq!(code, Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let octal = write_file(
+        dir.path(),
+        "c.toml",
+        &format!("{route}deny_ips = [\"010.0.0.1/32\"]\n"),
+    );
+    let refused = portcullis()
+        .args(["check", "--config", octal.to_str().unwrap()])
+        .env("PORTCULLIS_API_TOKENS", TOKEN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("line 6") && said.contains("not an address or an address range"),
+        "{said}"
+    );
     for (bans, why) in [
         ("window = \"0s\"", "window"),
         ("duration = \"0s\"", "duration"),
